@@ -1,0 +1,1 @@
+//! keystone-ebpf (skeleton).

@@ -1,0 +1,1 @@
+//! keystone-ringbuf (skeleton).

@@ -1,0 +1,1 @@
+//! keystone-router (skeleton).
