@@ -1,1 +1,461 @@
-//! keystone-ringbuf (skeleton).
+//! keystone-ringbuf: owns request bytes.
+//!
+//! Job: hand every connection a fixed-capacity byte buffer carved, at start-up,
+//! out of one anonymous memory mapping, and name bytes inside it with [`Span`]s
+//! (`u32` offset + length) instead of pointers or `String`s.
+//!
+//! Owns: the slab mapping ([`split_slab`]), the per-connection [`RingBuffer`]
+//! (`head`/`tail` cursors, compaction, in-place cuts, memory release on reuse)
+//! and the [`Span`] type every later layer uses to point at request bytes.
+//!
+//! Never depends on: any other keystone crate (this is layer 1: parser, router,
+//! exchange, lua, response, reactor and server all sit above it).
+//!
+//! # Design note
+//!
+//! Despite the name, a [`RingBuffer`] does not wrap around: unconsumed bytes
+//! are always the contiguous range `[head, tail)`, so a request head, and every
+//! span into it, is one contiguous slice that picohttpparser and Lua can read
+//! without copying. Space is reclaimed in two ways:
+//!
+//! * [`RingBuffer::consume`] resets both cursors to 0 for free when the buffer
+//!   drains (the common keep-alive case: one request, one response, empty);
+//! * [`RingBuffer::compact`] moves the unconsumed tail (a pipelined request)
+//!   down to offset 0. That shifts bytes, so it is only legal while no `Span`
+//!   into the buffer is live; it bumps [`RingBuffer::generation`] so holders
+//!   can assert they did not keep one across it.
+//!
+//! # Implementation notes
+//!
+//! All buffers share one `MmapMut` through an `Rc`; each buffer only ever
+//! touches its own disjoint `[base, base + capacity)` range through a raw
+//! pointer, so no two `&mut` ever alias. Nothing here is `Send`: a slab belongs
+//! to the reactor thread that created it.
+
+use std::fmt;
+use std::num::NonZeroUsize;
+use std::ptr::NonNull;
+use std::rc::Rc;
+
+use memmap2::{MmapMut, MmapOptions, UncheckedAdvice};
+
+/// High-water mark above which [`RingBuffer::reset_for_reuse`] hands the
+/// touched pages back to the kernel.
+///
+/// Why 64 KiB: a typical request head is under 2 KiB and most bodies are small,
+/// so buffers that stayed below 64 KiB are cheap to keep resident (16 pages)
+/// and will be reused warm; a buffer that grew past it carried an upload or a
+/// pipelined burst, and keeping those pages for every idle slot is how RSS
+/// creeps up to `slot_count * slot_bytes`. One `madvise` per such close is
+/// cheap next to receiving 64 KiB.
+pub const RELEASE_THRESHOLD_BYTES: u32 = 64 * 1024;
+
+/// A byte range inside one [`RingBuffer`] region: offsets are absolute from the
+/// region's base.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Span {
+    pub offset: u32,
+    pub len: u32,
+}
+
+// The exchange layer hands spans to LuaJIT FFI as two u32s: pin the layout.
+const _: () = assert!(std::mem::size_of::<Span>() == 8);
+const _: () = assert!(std::mem::align_of::<Span>() == 4);
+
+impl Span {
+    pub const EMPTY: Span = Span { offset: 0, len: 0 };
+
+    pub const fn new(offset: u32, len: u32) -> Span {
+        Span { offset, len }
+    }
+
+    /// One past the last byte. Panics (debug) if the span overflows `u32`,
+    /// which no buffer can hold.
+    pub const fn end(self) -> u32 {
+        self.offset + self.len
+    }
+
+    pub const fn is_empty(self) -> bool {
+        self.len == 0
+    }
+
+    /// The bytes this span names inside `bytes` (a region's `filled()`).
+    ///
+    /// Panics if the span is out of range: spans are produced by this process
+    /// from bytes it holds, so a bad one is a programmer error, not peer input.
+    pub fn slice(self, bytes: &[u8]) -> &[u8] {
+        let start = self.offset as usize;
+        let end = start + self.len as usize;
+        assert!(
+            end <= bytes.len(),
+            "span {self:?} outside {} bytes",
+            bytes.len()
+        );
+        &bytes[start..end]
+    }
+}
+
+/// Errors from this crate; each carries the numbers needed to act on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RingError {
+    /// The slab mapping could not be created (or its size is invalid: EINVAL).
+    Map {
+        slot_count: u32,
+        slot_bytes: u32,
+        errno: i32,
+    },
+    /// `append` needed `needed` bytes but only `spare` were free at the tail.
+    Full { needed: u32, spare: u32 },
+}
+
+impl fmt::Display for RingError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            RingError::Map {
+                slot_count,
+                slot_bytes,
+                errno,
+            } => write!(
+                f,
+                "cannot map {slot_count} buffers of {slot_bytes} bytes: {}",
+                std::io::Error::from_raw_os_error(errno)
+            ),
+            RingError::Full { needed, spare } => {
+                write!(f, "buffer full: needed {needed} bytes, {spare} spare")
+            }
+        }
+    }
+}
+
+impl std::error::Error for RingError {}
+
+/// Allocates ONE anonymous mapping of `slot_count * slot_bytes` bytes (pages
+/// are faulted in lazily, zero-filled) and splits it into `slot_count` disjoint
+/// [`RingBuffer`]s of `slot_bytes` each. Call once at start-up.
+pub fn split_slab(slot_count: u32, slot_bytes: u32) -> Result<Vec<RingBuffer>, RingError> {
+    let invalid = RingError::Map {
+        slot_count,
+        slot_bytes,
+        errno: libc::EINVAL,
+    };
+    if slot_count == 0 || slot_bytes == 0 {
+        return Err(invalid);
+    }
+    let total_bytes = (slot_count as usize)
+        .checked_mul(slot_bytes as usize)
+        .ok_or(invalid)?;
+    let mut mapping = MmapOptions::new()
+        .len(total_bytes)
+        .map_anon()
+        .map_err(|error| RingError::Map {
+            slot_count,
+            slot_bytes,
+            errno: error.raw_os_error().unwrap_or(libc::ENOMEM),
+        })?;
+    assert_eq!(mapping.len(), total_bytes);
+    let page_bytes = page_bytes();
+    let mapping_base = mapping.as_mut_ptr();
+    let mapping = Rc::new(mapping);
+    let mut buffers = Vec::with_capacity(slot_count as usize);
+    for slot_index in 0..slot_count as usize {
+        let region_offset = slot_index * slot_bytes as usize;
+        // SAFETY: region_offset + slot_bytes <= total_bytes (checked_mul above),
+        // so the pointer stays inside the mapping.
+        let base = unsafe { mapping_base.add(region_offset) };
+        buffers.push(RingBuffer {
+            mapping: Rc::clone(&mapping),
+            base: NonNull::new(base).expect("mmap never returns null"),
+            region_offset,
+            page_bytes,
+            capacity: slot_bytes,
+            head: 0,
+            tail: 0,
+            high_water: 0,
+            generation: 0,
+        });
+    }
+    Ok(buffers)
+}
+
+fn page_bytes() -> NonZeroUsize {
+    // SAFETY: sysconf has no preconditions; it only reads a system constant.
+    let page_bytes = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    assert!(page_bytes > 0, "sysconf(_SC_PAGESIZE) failed");
+    let page_bytes = NonZeroUsize::new(page_bytes as usize).expect("checked above");
+    assert!(page_bytes.is_power_of_two());
+    page_bytes
+}
+
+/// One connection's byte buffer: a fixed `[base, base + capacity)` region of
+/// the slab. Unconsumed bytes are `[head, tail)`; `[tail, capacity)` is spare.
+pub struct RingBuffer {
+    /// Keeps the shared mapping alive; never dereferenced as a whole slice,
+    /// so it never aliases the region `base` points at.
+    mapping: Rc<MmapMut>,
+    base: NonNull<u8>,
+    /// Offset of `base` from the mapping's start, for page-aligned madvise.
+    region_offset: usize,
+    page_bytes: NonZeroUsize,
+    capacity: u32,
+    head: u32,
+    tail: u32,
+    /// Largest `tail` since the last `reset_for_reuse`: how far pages were touched.
+    high_water: u32,
+    generation: u32,
+}
+
+impl fmt::Debug for RingBuffer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RingBuffer")
+            .field("capacity", &self.capacity)
+            .field("head", &self.head)
+            .field("tail", &self.tail)
+            .field("high_water", &self.high_water)
+            .field("generation", &self.generation)
+            .finish()
+    }
+}
+
+impl RingBuffer {
+    pub fn capacity(&self) -> u32 {
+        self.capacity
+    }
+
+    /// First unconsumed byte (absolute offset).
+    pub fn head(&self) -> u32 {
+        self.head
+    }
+
+    /// One past the last received byte (absolute offset).
+    pub fn tail(&self) -> u32 {
+        self.tail
+    }
+
+    /// Unconsumed bytes: `tail - head`.
+    pub fn len(&self) -> u32 {
+        self.tail - self.head
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.head == self.tail
+    }
+
+    /// Free bytes after the tail: `capacity - tail`. Bytes before `head` are
+    /// only reclaimed by [`RingBuffer::compact`].
+    pub fn spare(&self) -> u32 {
+        self.capacity - self.tail
+    }
+
+    /// Start of this buffer's region; stable for the buffer's whole life, so
+    /// `(base_ptr() + span.offset, span.len)` views stay valid until the bytes
+    /// are moved (compact, cut, reset).
+    pub fn base_ptr(&self) -> *const u8 {
+        self.base.as_ptr()
+    }
+
+    /// `[0, tail)`: the bytes spans index into.
+    pub fn filled(&self) -> &[u8] {
+        self.region(0, self.tail)
+    }
+
+    /// `[head, tail)`: received and not yet consumed.
+    pub fn unconsumed(&self) -> &[u8] {
+        self.region(self.head, self.tail)
+    }
+
+    /// The bytes of `span`. Panics if the span ends past `tail` (a span that
+    /// outlived a compact/reset, or was built for another buffer).
+    pub fn get(&self, span: Span) -> &[u8] {
+        assert!(
+            span.end() <= self.tail,
+            "span {span:?} past tail {}",
+            self.tail
+        );
+        self.region(span.offset, span.end())
+    }
+
+    /// Mutable bytes of `span`, for in-place chunked decoding.
+    pub fn get_mut(&mut self, span: Span) -> &mut [u8] {
+        assert!(
+            span.end() <= self.tail,
+            "span {span:?} past tail {}",
+            self.tail
+        );
+        self.region_mut(span.offset, span.end())
+    }
+
+    /// `[tail, capacity)`: where the next received bytes go; then [`commit`](Self::commit).
+    pub fn spare_mut(&mut self) -> &mut [u8] {
+        self.region_mut(self.tail, self.capacity)
+    }
+
+    /// Pointer and length of the spare range, for an io_uring `recv`.
+    ///
+    /// The pointer stays valid for the buffer's life. The caller guarantees
+    /// that nothing else reads or writes `[tail, capacity)` and that no method
+    /// that moves bytes (`append`, `compact`, `cut`, `reset_for_reuse`) runs
+    /// until the operation completes and its length is passed to `commit`.
+    pub fn spare_ptr(&mut self) -> (*mut u8, u32) {
+        // SAFETY: tail <= capacity, so the pointer is inside (or one past) the region.
+        let spare = unsafe { self.base.as_ptr().add(self.tail as usize) };
+        (spare, self.spare())
+    }
+
+    /// Marks `n` bytes written into the spare range as received: `tail += n`.
+    pub fn commit(&mut self, n: u32) {
+        assert!(n <= self.spare(), "commit {n} > spare {}", self.spare());
+        self.tail += n;
+        self.high_water = self.high_water.max(self.tail);
+        debug_assert!(self.tail <= self.capacity);
+    }
+
+    /// Copies `bytes` at the tail (outgoing buffers). All or nothing: `Full`
+    /// leaves the buffer untouched.
+    pub fn append(&mut self, bytes: &[u8]) -> Result<(), RingError> {
+        let spare = self.spare();
+        if bytes.len() > spare as usize {
+            let needed = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+            return Err(RingError::Full { needed, spare });
+        }
+        let n = bytes.len() as u32;
+        self.spare_mut()[..bytes.len()].copy_from_slice(bytes);
+        self.commit(n);
+        Ok(())
+    }
+
+    /// Marks `n` unconsumed bytes as done: `head += n`. When that drains the
+    /// buffer both cursors go back to 0 without copying, which ends every
+    /// span into the buffer (they would fail `get`'s tail check).
+    pub fn consume(&mut self, n: u32) {
+        assert!(n <= self.len(), "consume {n} > len {}", self.len());
+        self.head += n;
+        if self.head == self.tail {
+            self.head = 0;
+            self.tail = 0;
+        }
+        debug_assert!(self.head <= self.tail);
+    }
+
+    /// Moves `[head, tail)` down to offset 0 and returns the shift (the old
+    /// `head`); bumps the generation.
+    ///
+    /// RULE: only call when no [`Span`] into this buffer is live, i.e. between
+    /// requests: every span would point `shift` bytes too far afterwards.
+    pub fn compact(&mut self) -> u32 {
+        let shift = self.head;
+        if shift > 0 {
+            let len = self.len() as usize;
+            // SAFETY: source [head, tail) and destination [0, len) both lie in
+            // this buffer's region; ptr::copy handles the overlap (memmove).
+            unsafe {
+                let base = self.base.as_ptr();
+                std::ptr::copy(base.add(shift as usize), base, len);
+            }
+            self.tail -= shift;
+            self.head = 0;
+        }
+        self.generation = self.generation.wrapping_add(1);
+        debug_assert!(self.head == 0);
+        shift
+    }
+
+    /// Bumps on `compact` and on `reset_for_reuse`: a span holder can record
+    /// it and assert it unchanged before resolving the span.
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
+
+    /// Removes `len` bytes at absolute offset `at`: `[at + len, tail)` moves
+    /// down to `at` and `tail -= len`. Used by in-place chunked decoding to
+    /// drop framing bytes. Spans past `at` are shifted by `len` afterwards.
+    pub fn cut(&mut self, at: u32, len: u32) {
+        assert!(at >= self.head, "cut at {at} before head {}", self.head);
+        assert!(
+            at.checked_add(len).is_some_and(|end| end <= self.tail),
+            "cut past tail"
+        );
+        let moved = (self.tail - at - len) as usize;
+        if len > 0 && moved > 0 {
+            // SAFETY: [at + len, tail) and [at, at + moved) lie in this region;
+            // ptr::copy handles the overlap.
+            unsafe {
+                let base = self.base.as_ptr();
+                std::ptr::copy(base.add((at + len) as usize), base.add(at as usize), moved);
+            }
+        }
+        self.tail -= len;
+        debug_assert!(self.head <= self.tail);
+    }
+
+    /// Connection closed: `head = tail = 0`, generation bumped. If the buffer
+    /// was filled past [`RELEASE_THRESHOLD_BYTES`], the touched whole pages
+    /// after the first are returned to the kernel (`MADV_DONTNEED`), so they
+    /// read back as zeros and cost no RSS until touched again.
+    pub fn reset_for_reuse(&mut self) {
+        if self.high_water > RELEASE_THRESHOLD_BYTES {
+            self.release_pages();
+        }
+        self.head = 0;
+        self.tail = 0;
+        self.high_water = 0;
+        self.generation = self.generation.wrapping_add(1);
+    }
+
+    /// madvise(DONTNEED) over the whole pages inside
+    /// `[region + page, region + high_water)`. Rounding inward keeps pages
+    /// shared with a neighbouring region (slot_bytes not page-aligned) intact.
+    fn release_pages(&mut self) {
+        let page_bytes = self.page_bytes.get();
+        let region_start = self.region_offset;
+        let start = (region_start + page_bytes).next_multiple_of(page_bytes);
+        let end = (region_start + self.high_water as usize) / page_bytes * page_bytes;
+        if end <= start {
+            return;
+        }
+        debug_assert!(start >= region_start);
+        debug_assert!(end <= region_start + self.capacity as usize);
+        // SAFETY: [start, end) is page-aligned and lies wholly inside this
+        // buffer's region, which only this buffer accesses; we hold &mut self,
+        // so no slice into it is live. DONTNEED on private anonymous memory
+        // just makes those bytes read as zero, which nothing relies on
+        // (they are past tail after the reset below).
+        let result = unsafe {
+            self.mapping
+                .unchecked_advise_range(UncheckedAdvice::DontNeed, start, end - start)
+        };
+        // Failure only costs RSS; the kernel rejects DONTNEED solely for bad
+        // ranges, which the asserts above rule out.
+        debug_assert!(result.is_ok(), "madvise failed: {result:?}");
+    }
+
+    fn region(&self, start: u32, end: u32) -> &[u8] {
+        debug_assert!(start <= end);
+        debug_assert!(end <= self.capacity);
+        // SAFETY: [start, end) is inside this buffer's region of the live
+        // mapping (kept alive by self.mapping); anonymous memory is always
+        // initialized (zero-filled); only this buffer touches the region and
+        // mutation needs &mut self, so the borrow cannot alias a write.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.base.as_ptr().add(start as usize),
+                (end - start) as usize,
+            )
+        }
+    }
+
+    fn region_mut(&mut self, start: u32, end: u32) -> &mut [u8] {
+        debug_assert!(start <= end);
+        debug_assert!(end <= self.capacity);
+        // SAFETY: as in `region`, and &mut self makes this the only borrow.
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                self.base.as_ptr().add(start as usize),
+                (end - start) as usize,
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

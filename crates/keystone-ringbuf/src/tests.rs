@@ -1,0 +1,388 @@
+//! Conformance tests: table-driven unit tests, then a proptest state machine
+//! checked against a `VecDeque<u8>` model.
+
+use std::collections::VecDeque;
+
+use proptest::prelude::*;
+
+use super::*;
+
+const SLOT_BYTES: u32 = 256;
+
+fn one_buffer(slot_bytes: u32) -> RingBuffer {
+    split_slab(1, slot_bytes)
+        .expect("map")
+        .pop()
+        .expect("one buffer")
+}
+
+#[test]
+fn span_basics() {
+    let cases: &[(Span, u32, bool, &[u8])] = &[
+        (Span::EMPTY, 0, true, b""),
+        (Span::new(0, 3), 3, false, b"GET"),
+        (Span::new(4, 1), 5, false, b"/"),
+        (Span::new(5, 0), 5, true, b""),
+    ];
+    let bytes = b"GET / HTTP/1.1";
+    for &(span, end, empty, expected) in cases {
+        assert_eq!(span.end(), end, "{span:?}");
+        assert_eq!(span.is_empty(), empty, "{span:?}");
+        assert_eq!(span.slice(bytes), expected, "{span:?}");
+    }
+}
+
+#[test]
+fn span_slice_out_of_range_panics() {
+    let result = std::panic::catch_unwind(|| Span::new(2, 3).slice(b"abcd").len());
+    assert!(result.is_err());
+}
+
+#[test]
+fn split_slab_regions_are_disjoint() {
+    let mut buffers = split_slab(4, 100).expect("map");
+    assert_eq!(buffers.len(), 4);
+    for (index, buffer) in buffers.iter_mut().enumerate() {
+        assert_eq!(buffer.capacity(), 100);
+        assert!(buffer.filled().is_empty());
+        let fill = [index as u8 + 1; 100];
+        buffer.append(&fill).expect("room");
+    }
+    for (index, buffer) in buffers.iter().enumerate() {
+        assert!(buffer.unconsumed().iter().all(|&b| b == index as u8 + 1));
+    }
+    let bases: Vec<usize> = buffers.iter().map(|b| b.base_ptr() as usize).collect();
+    for pair in bases.windows(2) {
+        assert_eq!(pair[1] - pair[0], 100);
+    }
+}
+
+#[test]
+fn split_slab_rejects_invalid_sizes() {
+    let cases: &[(u32, u32)] = &[(0, 4096), (4096, 0), (0, 0)];
+    for &(slot_count, slot_bytes) in cases {
+        let error = split_slab(slot_count, slot_bytes).expect_err("invalid");
+        assert_eq!(
+            error,
+            RingError::Map {
+                slot_count,
+                slot_bytes,
+                errno: libc::EINVAL
+            }
+        );
+        assert!(error.to_string().contains("cannot map"));
+    }
+}
+
+#[test]
+fn mapping_outlives_the_vec() {
+    let mut buffers = split_slab(3, 64).expect("map");
+    let mut last = buffers.pop().expect("buffer");
+    drop(buffers);
+    last.append(b"still mapped").expect("room");
+    assert_eq!(last.unconsumed(), b"still mapped");
+}
+
+/// One step of a scripted scenario and what the cursors must read after it.
+enum Step {
+    Append(&'static [u8]),
+    Recv(&'static [u8]),
+    Consume(u32),
+    Compact { shift: u32 },
+    Cut { at: u32, len: u32 },
+}
+
+#[test]
+fn scripted_cursor_moves() {
+    // (step, head, tail, unconsumed)
+    let table: &[(Step, u32, u32, &[u8])] = &[
+        (Step::Recv(b"hello "), 0, 6, b"hello "),
+        (Step::Append(b"world"), 0, 11, b"hello world"),
+        (Step::Consume(6), 6, 11, b"world"),
+        (Step::Cut { at: 7, len: 2 }, 6, 9, b"wld"),
+        (Step::Compact { shift: 6 }, 0, 3, b"wld"),
+        (Step::Compact { shift: 0 }, 0, 3, b"wld"),
+        (Step::Consume(3), 0, 0, b""),
+        (Step::Recv(b"x"), 0, 1, b"x"),
+        (Step::Cut { at: 1, len: 0 }, 0, 1, b"x"),
+        (Step::Cut { at: 0, len: 1 }, 0, 0, b""),
+    ];
+    let mut buffer = one_buffer(SLOT_BYTES);
+    for (index, (step, head, tail, unconsumed)) in table.iter().enumerate() {
+        match *step {
+            Step::Append(bytes) => buffer.append(bytes).expect("room"),
+            Step::Recv(bytes) => {
+                let (ptr, spare) = buffer.spare_ptr();
+                assert!(bytes.len() <= spare as usize);
+                buffer.spare_mut()[..bytes.len()].copy_from_slice(bytes);
+                assert_eq!(ptr as *const u8, buffer.spare_mut().as_ptr());
+                buffer.commit(bytes.len() as u32);
+            }
+            Step::Consume(n) => buffer.consume(n),
+            Step::Compact { shift } => assert_eq!(buffer.compact(), shift, "step {index}"),
+            Step::Cut { at, len } => buffer.cut(at, len),
+        }
+        assert_eq!(buffer.head(), *head, "step {index}");
+        assert_eq!(buffer.tail(), *tail, "step {index}");
+        assert_eq!(buffer.unconsumed(), *unconsumed, "step {index}");
+        assert_eq!(buffer.len() + buffer.spare() + buffer.head(), SLOT_BYTES);
+    }
+}
+
+#[test]
+fn append_is_all_or_nothing_at_the_limit() {
+    // (already filled, append length, accepted)
+    let table: &[(u32, u32, bool)] =
+        &[(0, 16, true), (0, 17, false), (10, 6, true), (10, 7, false)];
+    for &(filled, append_len, accepted) in table {
+        let mut buffer = one_buffer(16);
+        buffer.append(&vec![b'a'; filled as usize]).expect("room");
+        let result = buffer.append(&vec![b'b'; append_len as usize]);
+        if accepted {
+            assert_eq!(result, Ok(()));
+            assert_eq!(buffer.tail(), filled + append_len);
+        } else {
+            let spare = 16 - filled;
+            assert_eq!(
+                result,
+                Err(RingError::Full {
+                    needed: append_len,
+                    spare
+                })
+            );
+            assert_eq!(buffer.tail(), filled, "no partial write");
+        }
+    }
+}
+
+#[test]
+fn contract_violations_panic() {
+    type Violation = fn(&mut RingBuffer);
+    let table: &[(&str, Violation)] = &[
+        ("commit past spare", |b| b.commit(SLOT_BYTES + 1)),
+        ("consume past len", |b| b.consume(5)),
+        ("get past tail", |b| {
+            b.get(Span::new(2, 3));
+        }),
+        ("get_mut past tail", |b| {
+            b.get_mut(Span::new(0, 5));
+        }),
+        ("cut before head", |b| {
+            b.consume(1);
+            b.cut(0, 1);
+        }),
+        ("cut past tail", |b| b.cut(3, 2)),
+    ];
+    for (name, violation) in table {
+        let result = std::panic::catch_unwind(|| {
+            let mut buffer = one_buffer(SLOT_BYTES);
+            buffer.append(b"abcd").expect("room");
+            violation(&mut buffer);
+        });
+        assert!(result.is_err(), "{name} must panic");
+    }
+}
+
+#[test]
+fn generation_bumps_on_compact_and_reset_only() {
+    let mut buffer = one_buffer(SLOT_BYTES);
+    let start = buffer.generation();
+    buffer.append(b"abc").expect("room");
+    buffer.consume(1);
+    buffer.cut(1, 1);
+    assert_eq!(buffer.generation(), start);
+    buffer.compact();
+    assert_eq!(buffer.generation(), start + 1);
+    buffer.reset_for_reuse();
+    assert_eq!(buffer.generation(), start + 2);
+    assert!(buffer.is_empty());
+    assert_eq!(buffer.tail(), 0);
+}
+
+/// Two pipelined requests: the second's span stays valid while the first is
+/// consumed, and after compact (between requests) its bytes sit at offset 0.
+#[test]
+fn compaction_rule_for_pipelined_requests() {
+    let first = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
+    let second = b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut buffer = one_buffer(SLOT_BYTES);
+    buffer.append(first).expect("room");
+    buffer.append(second).expect("room");
+    let second_span = Span::new(first.len() as u32, second.len() as u32);
+    let generation = buffer.generation();
+
+    buffer.consume(first.len() as u32);
+    assert_eq!(buffer.head(), first.len() as u32);
+    assert_eq!(buffer.get(second_span), second, "span valid until compact");
+    assert_eq!(buffer.generation(), generation);
+
+    let shift = buffer.compact();
+    assert_eq!(shift, first.len() as u32);
+    assert_ne!(
+        buffer.generation(),
+        generation,
+        "holders can detect the move"
+    );
+    let moved = Span::new(second_span.offset - shift, second_span.len);
+    assert_eq!(moved.offset, 0);
+    assert_eq!(buffer.get(moved), second);
+    assert_eq!(buffer.unconsumed(), second);
+    assert_eq!(buffer.spare(), SLOT_BYTES - second.len() as u32);
+}
+
+#[test]
+fn consume_to_empty_resets_without_copy() {
+    let mut buffer = one_buffer(SLOT_BYTES);
+    buffer.append(b"request").expect("room");
+    let generation = buffer.generation();
+    buffer.consume(7);
+    assert_eq!((buffer.head(), buffer.tail()), (0, 0));
+    assert_eq!(buffer.spare(), SLOT_BYTES);
+    assert_eq!(buffer.generation(), generation);
+}
+
+#[test]
+fn get_mut_edits_in_place() {
+    let mut buffer = one_buffer(SLOT_BYTES);
+    buffer.append(b"hello").expect("room");
+    buffer.get_mut(Span::new(1, 3)).copy_from_slice(b"ELL");
+    assert_eq!(buffer.filled(), b"hELLo");
+    assert_eq!(buffer.get(Span::new(1, 3)), b"ELL");
+}
+
+fn resident_pages() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("statm");
+    statm
+        .split_whitespace()
+        .nth(1)
+        .expect("resident")
+        .parse()
+        .expect("number")
+}
+
+/// Filling past the threshold and resetting gives the pages back: on
+/// anonymous memory MADV_DONTNEED makes them read as zero, which proves the
+/// advice ran; the first page is kept (its bytes survive).
+#[test]
+fn reset_for_reuse_releases_pages_past_the_threshold() {
+    const SLOT: u32 = 1024 * 1024;
+    let mut buffer = one_buffer(SLOT);
+    let before = resident_pages();
+    buffer.append(&vec![0xAB; SLOT as usize]).expect("room");
+    let filled = resident_pages();
+    buffer.reset_for_reuse();
+    let after = resident_pages();
+    let spare = buffer.spare_mut();
+    let page = page_bytes().get();
+    assert!(
+        spare[..page].iter().all(|&b| b == 0xAB),
+        "first page kept warm"
+    );
+    assert!(spare[page..].iter().all(|&b| b == 0), "rest released");
+    // RSS is process-wide and other tests run concurrently: only report it.
+    eprintln!("resident pages: before {before}, filled {filled}, after {after}");
+}
+
+#[test]
+fn reset_below_threshold_keeps_pages() {
+    let mut buffer = one_buffer(2 * RELEASE_THRESHOLD_BYTES);
+    buffer
+        .append(&vec![7; RELEASE_THRESHOLD_BYTES as usize])
+        .expect("room");
+    buffer.reset_for_reuse();
+    let spare = buffer.spare_mut();
+    assert!(spare[..RELEASE_THRESHOLD_BYTES as usize]
+        .iter()
+        .all(|&b| b == 7));
+}
+
+/// Releasing must never touch a neighbour, even when regions share pages.
+#[test]
+fn release_never_touches_neighbouring_regions() {
+    let slot_bytes = 3 * RELEASE_THRESHOLD_BYTES + 123; // not page-aligned
+    let mut buffers = split_slab(3, slot_bytes).expect("map");
+    for (index, buffer) in buffers.iter_mut().enumerate() {
+        buffer
+            .append(&vec![index as u8 + 1; slot_bytes as usize])
+            .expect("room");
+    }
+    buffers[1].reset_for_reuse();
+    assert!(buffers[0].filled().iter().all(|&b| b == 1));
+    assert!(buffers[2].filled().iter().all(|&b| b == 3));
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Recv(Vec<u8>),
+    Append(Vec<u8>),
+    Consume(u32),
+    Compact,
+    Cut { at: u32, len: u32 },
+    Reset,
+}
+
+fn op_strategy() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => proptest::collection::vec(any::<u8>(), 0..64).prop_map(Op::Recv),
+        2 => proptest::collection::vec(any::<u8>(), 0..64).prop_map(Op::Append),
+        3 => any::<u32>().prop_map(Op::Consume),
+        1 => Just(Op::Compact),
+        2 => (any::<u32>(), any::<u32>()).prop_map(|(at, len)| Op::Cut { at, len }),
+        1 => Just(Op::Reset),
+    ]
+}
+
+fn apply(buffer: &mut RingBuffer, model: &mut VecDeque<u8>, op: &Op) {
+    match op {
+        Op::Recv(bytes) => {
+            let n = bytes.len().min(buffer.spare() as usize);
+            buffer.spare_mut()[..n].copy_from_slice(&bytes[..n]);
+            buffer.commit(n as u32);
+            model.extend(&bytes[..n]);
+        }
+        Op::Append(bytes) => {
+            let fits = bytes.len() <= buffer.spare() as usize;
+            assert_eq!(buffer.append(bytes).is_ok(), fits);
+            if fits {
+                model.extend(bytes);
+            }
+        }
+        Op::Consume(n) => {
+            let n = n % (buffer.len() + 1);
+            buffer.consume(n);
+            model.drain(..n as usize);
+        }
+        Op::Compact => {
+            let head = buffer.head();
+            assert_eq!(buffer.compact(), head);
+            assert_eq!(buffer.head(), 0);
+        }
+        Op::Cut { at, len } => {
+            let relative = at % (buffer.len() + 1);
+            let len = len % (buffer.len() - relative + 1);
+            buffer.cut(buffer.head() + relative, len);
+            model.drain(relative as usize..(relative + len) as usize);
+        }
+        Op::Reset => {
+            buffer.reset_for_reuse();
+            model.clear();
+        }
+    }
+}
+
+proptest! {
+    #[test]
+    fn behaves_like_a_deque(ops in proptest::collection::vec(op_strategy(), 0..200)) {
+        let mut buffer = one_buffer(SLOT_BYTES);
+        let mut model = VecDeque::new();
+        for op in &ops {
+            apply(&mut buffer, &mut model, op);
+            let expected: Vec<u8> = model.iter().copied().collect();
+            prop_assert_eq!(buffer.unconsumed(), &expected[..]);
+            prop_assert_eq!(buffer.len() as usize, model.len());
+            prop_assert!(buffer.head() <= buffer.tail());
+            prop_assert!(buffer.tail() <= buffer.capacity());
+            prop_assert_eq!(buffer.spare(), SLOT_BYTES - buffer.tail());
+        }
+    }
+}
