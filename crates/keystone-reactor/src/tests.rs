@@ -1,0 +1,128 @@
+//! Conformance tests against the real kernel: real sockets, real ring.
+
+use super::*;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+
+#[test]
+fn token_round_trip() {
+    let cases = [
+        (0u32, 0u32, 0u8),
+        (7, 1, 3),
+        (u32::MAX, GENERATION_MASK, 255),
+        (5, 0x0100_0001, 2),
+    ];
+    for (slot, generation, op) in cases {
+        let token = Token::new(slot, generation, op);
+        assert_eq!(token.slot(), slot);
+        assert_eq!(token.generation(), generation & GENERATION_MASK);
+        assert_eq!(token.op(), op);
+    }
+}
+
+fn wait_for(reactor: &mut Reactor, op: u8) -> Completion {
+    let mut out = [Completion::EMPTY; COMPLETIONS_PER_PUMP];
+    for _ in 0..100 {
+        let n = reactor.pump(&mut out).unwrap();
+        if let Some(c) = out[..n].iter().find(|c| c.token.op() == op) {
+            return *c;
+        }
+    }
+    panic!("no completion for op {op}");
+}
+
+#[test]
+fn accept_recv_send_close_over_loopback() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut reactor = Reactor::new(64).unwrap();
+    reactor.accept_multishot(listener.as_raw_fd(), Token::new(0, 0, 1));
+    let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let accepted = wait_for(&mut reactor, 1);
+    assert!(accepted.result >= 0, "accept failed: {}", accepted.result);
+    assert!(accepted.more(), "multishot accept stays armed");
+    let fd = accepted.result;
+
+    client.write_all(b"ping").unwrap();
+    let mut buf = [0u8; 16];
+    // SAFETY: `buf` outlives the operation: we wait for its completion below.
+    unsafe { reactor.recv(fd, buf.as_mut_ptr(), buf.len() as u32, Token::new(1, 1, 2)) };
+    let received = wait_for(&mut reactor, 2);
+    assert_eq!(received.result, 4);
+    assert_eq!(received.token.slot(), 1);
+    assert_eq!(&buf[..4], b"ping");
+
+    let reply = b"pong!";
+    // SAFETY: `reply` is a static literal.
+    unsafe { reactor.send(fd, reply.as_ptr(), reply.len() as u32, Token::new(1, 1, 3)) };
+    assert_eq!(wait_for(&mut reactor, 3).result, 5);
+    let mut got = [0u8; 5];
+    client.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"pong!");
+
+    reactor.close(fd, Token::new(1, 1, 4));
+    assert_eq!(wait_for(&mut reactor, 4).result, 0);
+    let mut rest = Vec::new();
+    client.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "peer sees EOF after close");
+}
+
+#[test]
+fn send_to_vanished_peer_is_an_error_not_a_signal() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    drop(client);
+    let mut reactor = Reactor::new(8).unwrap();
+    let payload = [b'x'; 65536];
+    let mut last = 0;
+    for _ in 0..20 {
+        // SAFETY: `payload` outlives the operation (reaped in `wait_for`).
+        unsafe {
+            reactor.send(
+                server.as_raw_fd(),
+                payload.as_ptr(),
+                payload.len() as u32,
+                Token::new(0, 0, 9),
+            )
+        };
+        last = wait_for(&mut reactor, 9).result;
+        if last < 0 {
+            break;
+        }
+    }
+    assert!(
+        last == -libc::EPIPE || last == -libc::ECONNRESET,
+        "got {last}"
+    );
+}
+
+#[test]
+fn cancel_reports_cancelled_recv() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    let mut reactor = Reactor::new(8).unwrap();
+    let mut buf = [0u8; 8];
+    let target = Token::new(3, 1, 2);
+    // SAFETY: `buf` outlives the operation: its cancelled completion is reaped below.
+    unsafe { reactor.recv(server.as_raw_fd(), buf.as_mut_ptr(), 8, target) };
+    reactor.cancel(target, Token::new(3, 1, 7));
+    assert_eq!(wait_for(&mut reactor, 2).result, -libc::ECANCELED);
+}
+
+#[test]
+fn many_queued_operations_flush_a_full_queue() {
+    let mut reactor = Reactor::new(4).unwrap();
+    for i in 0..32 {
+        reactor.close(-1, Token::new(i, 0, 5));
+    }
+    let mut seen = 0;
+    let mut out = [Completion::EMPTY; COMPLETIONS_PER_PUMP];
+    while seen < 32 {
+        let n = reactor.pump(&mut out).unwrap();
+        assert!(out[..n].iter().all(|c| c.result == -libc::EBADF));
+        seen += n;
+    }
+    assert_eq!(seen, 32);
+}
