@@ -1,0 +1,173 @@
+//! The request line: checked here before picohttpparser sees it, and the
+//! request-target split into path and query.
+
+use crate::{Limits, ParseError};
+
+/// Where the path and query sit inside a request-target (relative offsets).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct TargetParts {
+    pub path_start: usize,
+    pub path_end: usize,
+    /// Start of the bytes after '?', if there is a '?'; the query ends at the target's end.
+    pub query_start: Option<usize>,
+}
+
+/// RFC 9110 §5.6.2 `tchar`.
+pub(crate) fn is_token_byte(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte)
+}
+
+/// Outcome of looking for a complete request line.
+pub(crate) enum RequestLine {
+    /// No LF yet; the target seen so far is within the limit.
+    Incomplete,
+    /// The line is valid; the request head starts with it.
+    Valid,
+}
+
+/// Validates the request line at the start of `buf` (after one optional
+/// leading empty line, which picohttpparser also skips).
+///
+/// Checks, in order: method is a token (Malformed), target length
+/// (UriTooLong, detected even before the line ends), version (505 for a
+/// well-formed `HTTP/x.y` other than 1.0/1.1, else Malformed), target form.
+pub(crate) fn check_request_line(buf: &[u8], limits: &Limits) -> Result<RequestLine, ParseError> {
+    if buf == b"\r" {
+        return Ok(RequestLine::Incomplete); // half of a leading empty line
+    }
+    let buf = skip_leading_empty_line(buf);
+    let line_end = buf.iter().position(|&byte| byte == b'\n');
+    let line = match line_end {
+        Some(end) => buf[..end].strip_suffix(b"\r").unwrap_or(&buf[..end]),
+        None => buf,
+    };
+    let method_end = line.iter().position(|&byte| byte == b' ');
+    let Some(method_end) = method_end else {
+        return incomplete_or(line_end.is_none(), line);
+    };
+    let method = &line[..method_end];
+    if method.is_empty() || !method.iter().all(|&byte| is_token_byte(byte)) {
+        return Err(ParseError::Malformed);
+    }
+    let rest = &line[method_end + 1..];
+    let target_end = rest
+        .iter()
+        .position(|&byte| byte == b' ')
+        .unwrap_or(rest.len());
+    if target_end > limits.max_uri_bytes as usize {
+        return Err(ParseError::UriTooLong {
+            limit: limits.max_uri_bytes,
+        });
+    }
+    if line_end.is_none() {
+        return Ok(RequestLine::Incomplete);
+    }
+    let target = &rest[..target_end];
+    let version = rest.get(target_end + 1..).ok_or(ParseError::Malformed)?;
+    check_version(version)?;
+    split_target(method, target)?;
+    Ok(RequestLine::Valid)
+}
+
+fn incomplete_or(incomplete: bool, line: &[u8]) -> Result<RequestLine, ParseError> {
+    // A complete line without a space can't be a request line; an
+    // incomplete one must still look like the start of a method.
+    if incomplete && line.iter().all(|&byte| is_token_byte(byte)) {
+        Ok(RequestLine::Incomplete)
+    } else {
+        Err(ParseError::Malformed)
+    }
+}
+
+fn skip_leading_empty_line(buf: &[u8]) -> &[u8] {
+    if let Some(rest) = buf.strip_prefix(b"\r\n") {
+        rest
+    } else if let Some(rest) = buf.strip_prefix(b"\n") {
+        rest
+    } else {
+        buf
+    }
+}
+
+/// `HTTP/1.0` and `HTTP/1.1` only. Any other `HTTP/DIGIT+.DIGIT+` is a version
+/// we understand to be unsupported (505); anything else is not HTTP (400).
+fn check_version(version: &[u8]) -> Result<u8, ParseError> {
+    match version {
+        b"HTTP/1.1" => return Ok(1),
+        b"HTTP/1.0" => return Ok(0),
+        _ => {}
+    }
+    let numbers = version
+        .strip_prefix(b"HTTP/")
+        .ok_or(ParseError::Malformed)?;
+    let dot = numbers
+        .iter()
+        .position(|&byte| byte == b'.')
+        .ok_or(ParseError::Malformed)?;
+    let (major, minor) = (&numbers[..dot], &numbers[dot + 1..]);
+    let digits = |part: &[u8]| !part.is_empty() && part.iter().all(u8::is_ascii_digit);
+    if digits(major) && digits(minor) {
+        Err(ParseError::VersionNotSupported)
+    } else {
+        Err(ParseError::Malformed)
+    }
+}
+
+/// Splits a request-target into path and query.
+///
+/// Accepted forms: origin-form (`/p?q`), absolute-form with an http(s)
+/// scheme, a non-empty authority and a path (`http://host/p?q`), and `*`
+/// with OPTIONS only. Authority-form (CONNECT) and anything else: Malformed.
+pub(crate) fn split_target(method: &[u8], target: &[u8]) -> Result<TargetParts, ParseError> {
+    if target == b"*" {
+        if method != b"OPTIONS" {
+            return Err(ParseError::Malformed);
+        }
+        return Ok(TargetParts {
+            path_start: 0,
+            path_end: 1,
+            query_start: None,
+        });
+    }
+    let path_start = match target.first() {
+        Some(b'/') => 0,
+        Some(_) => absolute_form_path_start(target)?,
+        None => return Err(ParseError::Malformed),
+    };
+    let question = target[path_start..].iter().position(|&byte| byte == b'?');
+    Ok(match question {
+        Some(position) => TargetParts {
+            path_start,
+            path_end: path_start + position,
+            query_start: Some(path_start + position + 1),
+        },
+        None => TargetParts {
+            path_start,
+            path_end: target.len(),
+            query_start: None,
+        },
+    })
+}
+
+fn absolute_form_path_start(target: &[u8]) -> Result<usize, ParseError> {
+    let scheme_len = if starts_with_ignore_case(target, b"http://") {
+        7
+    } else if starts_with_ignore_case(target, b"https://") {
+        8
+    } else {
+        return Err(ParseError::Malformed);
+    };
+    let authority = &target[scheme_len..];
+    let authority_len = authority
+        .iter()
+        .position(|&byte| byte == b'/' || byte == b'?')
+        .ok_or(ParseError::Malformed)?;
+    if authority_len == 0 || authority[authority_len] != b'/' {
+        return Err(ParseError::Malformed);
+    }
+    Ok(scheme_len + authority_len)
+}
+
+fn starts_with_ignore_case(bytes: &[u8], prefix: &[u8]) -> bool {
+    bytes.len() >= prefix.len() && bytes[..prefix.len()].eq_ignore_ascii_case(prefix)
+}

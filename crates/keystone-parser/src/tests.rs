@@ -1,0 +1,6 @@
+//! Table-driven parser tests, incremental equivalence, a differential
+//! proptest against httparse, and chunked decoder tests.
+
+mod chunked;
+mod differential;
+mod head;
