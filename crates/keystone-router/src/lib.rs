@@ -1,1 +1,244 @@
-//! keystone-router (skeleton).
+//! keystone-router: assigns meaning to a request.
+//!
+//! Job: map `(method, path)` to a handler id and the path parameters, as
+//! spans into the request bytes, with a matchit radix tree built once at
+//! start-up; a miss is `NotFound` or `MethodNotAllowed` with a precomputed
+//! `Allow` value.
+//!
+//! Owns: route key syntax (`"METHOD /path"`, `{param}`, `{*catch_all}`,
+//! `*` for any method), build-time validation with precise errors, and the
+//! HEAD → GET fallback.
+//!
+//! Never depends on: keystone-parser, keystone-exchange, keystone-lua,
+//! keystone-response, keystone-reactor, keystone-server (layer 3 sees only
+//! layer 1, `keystone-ringbuf`, for `Span`; it takes the path as bytes).
+//!
+//! # Implementation notes
+//!
+//! One matchit tree maps each path pattern to a method table; paths without
+//! parameters are also kept in an exact-match table, which answers most
+//! lookups without walking the tree.
+//!
+//! Not promised: "no allocation" holds for static paths and for parameter
+//! routes with at most 3 parameters whose lookup needs no backtracking.
+//! matchit 0.9 itself allocates (a) when a match has more than 3 parameters
+//! (its `Params` spills to a `Vec`) and (b) when a lookup passes a node that
+//! has both a static child matching the next byte and a parameter child
+//! (it records the parameter child for backtracking, e.g. `/users/mark`
+//! against `/users/me` + `/users/{id}`). `tests/no_alloc.rs` pins both sides.
+
+mod builder;
+mod key;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::fmt;
+
+pub use builder::RouterBuilder;
+pub use keystone_ringbuf::Span;
+
+/// Most parameters one route may declare. 8 covers deep REST paths
+/// (`/orgs/{o}/repos/{r}/issues/{i}/comments/{c}` is 4) with room to spare
+/// and keeps `RouteMatch` a fixed array (8 x 24 bytes); `add` rejects more.
+pub const PARAMS_MAX: usize = 8;
+
+/// Longest method a route key may name. Registered methods are at most 17
+/// bytes (`UPDATEREDIRECTREF`), common ones at most 7; 16 covers every
+/// method in practical use (`VERSION-CONTROL` is 15) and lets a method be
+/// stored inline as a fixed array.
+pub const METHOD_BYTES_MAX: usize = 16;
+
+const _: () = assert!(PARAMS_MAX <= u8::MAX as usize);
+const _: () = assert!(METHOD_BYTES_MAX <= u8::MAX as usize);
+
+/// A route that cannot be added; every variant names the key as given.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RouteError {
+    /// The key is not `"METHOD /path"` or its path syntax is invalid.
+    BadKey { key: String, reason: &'static str },
+    /// The same method and path were already added.
+    Duplicate { key: String },
+    /// The path overlaps an existing pattern ambiguously (matchit's message).
+    Conflict { key: String, message: String },
+    /// More than `PARAMS_MAX` parameters.
+    TooManyParams { key: String },
+}
+
+impl fmt::Display for RouteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RouteError::BadKey { key, reason } => write!(f, "route {key:?}: {reason}"),
+            RouteError::Duplicate { key } => write!(f, "route {key:?} is registered twice"),
+            RouteError::Conflict { key, message } => write!(f, "route {key:?}: {message}"),
+            RouteError::TooManyParams { key } => {
+                write!(f, "route {key:?} has more than {PARAMS_MAX} parameters")
+            }
+        }
+    }
+}
+
+impl std::error::Error for RouteError {}
+
+/// One path parameter: its name from the route key and its value as an
+/// absolute span (`path_offset` + position in the path).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Param<'r> {
+    pub name: &'r str,
+    pub value: Span,
+}
+
+impl Param<'_> {
+    const EMPTY: Param<'static> = Param {
+        name: "",
+        value: Span::EMPTY,
+    };
+}
+
+/// A found route: the handler id and its parameters, in path order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RouteMatch<'r> {
+    pub handler: u32,
+    /// The first `param_count` entries are valid.
+    pub params: [Param<'r>; PARAMS_MAX],
+    pub param_count: u8,
+}
+
+impl<'r> RouteMatch<'r> {
+    pub fn params(&self) -> &[Param<'r>] {
+        &self.params[..self.param_count as usize]
+    }
+}
+
+/// Why no handler was found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RouteMiss<'r> {
+    /// No route has this path: 404.
+    NotFound,
+    /// The path exists for other methods: 405 with `Allow: {allow}`, e.g.
+    /// "GET, HEAD, POST" (sorted; HEAD listed whenever GET is).
+    MethodNotAllowed { allow: &'r str },
+}
+
+/// A method stored inline (at most `METHOD_BYTES_MAX` bytes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Method {
+    bytes: [u8; METHOD_BYTES_MAX],
+    len: u8,
+}
+
+impl Method {
+    pub(crate) fn new(method: &[u8]) -> Method {
+        assert!(method.len() <= METHOD_BYTES_MAX);
+        let mut bytes = [0; METHOD_BYTES_MAX];
+        bytes[..method.len()].copy_from_slice(method);
+        Method {
+            bytes,
+            len: method.len() as u8,
+        }
+    }
+
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
+    }
+}
+
+/// Handlers for one path pattern.
+#[derive(Debug, Default)]
+pub(crate) struct MethodTable {
+    pub(crate) by_method: Vec<(Method, u32)>,
+    /// Handler for key method "*".
+    pub(crate) any_method: Option<u32>,
+    /// Precomputed `Allow` value.
+    pub(crate) allow: String,
+}
+
+impl MethodTable {
+    fn handler(&self, method: &[u8]) -> Option<u32> {
+        let exact = |wanted: &[u8]| {
+            self.by_method
+                .iter()
+                .find(|(registered, _)| registered.as_bytes() == wanted)
+                .map(|&(_, handler)| handler)
+        };
+        exact(method)
+            .or_else(|| {
+                if method == b"HEAD" {
+                    exact(b"GET")
+                } else {
+                    None
+                }
+            })
+            .or(self.any_method)
+    }
+}
+
+/// The built, immutable route table.
+pub struct Router {
+    pub(crate) tree: matchit::Router<usize>,
+    /// Paths without parameters → table index: answered without the tree.
+    pub(crate) static_paths: HashMap<Box<[u8]>, usize>,
+    pub(crate) tables: Vec<MethodTable>,
+    /// Keys as given, in insertion order.
+    pub(crate) routes: Vec<(String, u32)>,
+}
+
+impl fmt::Debug for Router {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Router")
+            .field("routes", &self.routes)
+            .finish()
+    }
+}
+
+impl Router {
+    /// Finds the handler for `method` and `path` (the path without query).
+    /// Parameter spans are absolute: `path_offset` + position in `path`.
+    /// HEAD falls back to GET; a path that is not UTF-8 is `NotFound`.
+    pub fn lookup<'r>(
+        &'r self,
+        method: &[u8],
+        path: &[u8],
+        path_offset: u32,
+    ) -> Result<RouteMatch<'r>, RouteMiss<'r>> {
+        let Ok(path_text) = std::str::from_utf8(path) else {
+            return Err(RouteMiss::NotFound);
+        };
+        let mut found = RouteMatch {
+            handler: 0,
+            params: [Param::EMPTY; PARAMS_MAX],
+            param_count: 0,
+        };
+        let table_index = match self.static_paths.get(path) {
+            Some(&index) => index,
+            None => {
+                let matched = self.tree.at(path_text).map_err(|_| RouteMiss::NotFound)?;
+                // add() rejects keys with more than PARAMS_MAX parameters.
+                assert!(matched.params.len() <= PARAMS_MAX);
+                for (slot, (name, value)) in found.params.iter_mut().zip(matched.params.iter()) {
+                    let start = value.as_ptr() as usize - path.as_ptr() as usize;
+                    debug_assert!(start + value.len() <= path.len());
+                    *slot = Param {
+                        name,
+                        value: Span::new(path_offset + start as u32, value.len() as u32),
+                    };
+                }
+                found.param_count = matched.params.len() as u8;
+                *matched.value
+            }
+        };
+        let table = &self.tables[table_index];
+        found.handler = table.handler(method).ok_or(RouteMiss::MethodNotAllowed {
+            allow: &table.allow,
+        })?;
+        Ok(found)
+    }
+
+    /// Every route as `(key as given, handler)`, in insertion order.
+    pub fn routes(&self) -> impl Iterator<Item = (&str, u32)> {
+        self.routes
+            .iter()
+            .map(|(key, handler)| (key.as_str(), *handler))
+    }
+}

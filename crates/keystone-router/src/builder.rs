@@ -1,0 +1,117 @@
+//! Building the route table: validation, matchit insertion, Allow values.
+
+use std::collections::HashMap;
+
+use crate::key::{parse_key, KeyMethod};
+use crate::{Method, MethodTable, RouteError, Router};
+
+/// Collects routes at start-up; `build` freezes them into a [`Router`].
+#[derive(Default)]
+pub struct RouterBuilder {
+    tree: matchit::Router<usize>,
+    /// Path pattern as given → index into `tables`.
+    patterns: HashMap<String, usize>,
+    static_paths: HashMap<Box<[u8]>, usize>,
+    tables: Vec<MethodTable>,
+    routes: Vec<(String, u32)>,
+}
+
+impl RouterBuilder {
+    pub fn new() -> RouterBuilder {
+        RouterBuilder::default()
+    }
+
+    /// Adds `key` ("GET /users/{id}", "* /files/{*path}") for `handler`.
+    pub fn add(&mut self, key: &str, handler: u32) -> Result<(), RouteError> {
+        let parsed = parse_key(key)?;
+        let table_index = match self.patterns.get(parsed.path) {
+            Some(&index) => index,
+            None => self.insert_pattern(key, parsed.path, parsed.is_static)?,
+        };
+        let table = &mut self.tables[table_index];
+        let duplicate = RouteError::Duplicate {
+            key: key.to_string(),
+        };
+        match parsed.method {
+            KeyMethod::Any if table.any_method.is_some() => return Err(duplicate),
+            KeyMethod::Any => table.any_method = Some(handler),
+            KeyMethod::Exact(method) => {
+                if table
+                    .by_method
+                    .iter()
+                    .any(|(registered, _)| registered.as_bytes() == method)
+                {
+                    return Err(duplicate);
+                }
+                table.by_method.push((Method::new(method), handler));
+            }
+        }
+        self.routes.push((key.to_string(), handler));
+        Ok(())
+    }
+
+    fn insert_pattern(
+        &mut self,
+        key: &str,
+        path: &str,
+        is_static: bool,
+    ) -> Result<usize, RouteError> {
+        let index = self.tables.len();
+        self.tree.insert(path, index).map_err(|error| match error {
+            matchit::InsertError::Conflict { with } => RouteError::Conflict {
+                key: key.to_string(),
+                message: format!("path conflicts with the route path {with:?}"),
+            },
+            matchit::InsertError::InvalidParamSegment => RouteError::BadKey {
+                key: key.to_string(),
+                reason: "only one parameter is allowed per path segment",
+            },
+            matchit::InsertError::InvalidParam => RouteError::BadKey {
+                key: key.to_string(),
+                reason: "parameters need a name and matching braces ({name}, {*name}; {{ and }} escape)",
+            },
+            matchit::InsertError::InvalidCatchAll => RouteError::BadKey {
+                key: key.to_string(),
+                reason: "a catch-all {*name} must be the last segment",
+            },
+            _ => RouteError::BadKey { key: key.to_string(), reason: "rejected by the route tree" },
+        })?;
+        self.tables.push(MethodTable::default());
+        self.patterns.insert(path.to_string(), index);
+        if is_static {
+            self.static_paths.insert(path.as_bytes().into(), index);
+        }
+        Ok(index)
+    }
+
+    /// Freezes the table and precomputes every `Allow` value.
+    pub fn build(mut self) -> Router {
+        for table in &mut self.tables {
+            table.allow = allow_value(table);
+        }
+        Router {
+            tree: self.tree,
+            static_paths: self.static_paths,
+            tables: self.tables,
+            routes: self.routes,
+        }
+    }
+}
+
+/// Sorted, comma-separated methods; HEAD whenever GET is there.
+fn allow_value(table: &MethodTable) -> String {
+    let mut methods: Vec<&[u8]> = table
+        .by_method
+        .iter()
+        .map(|(method, _)| method.as_bytes())
+        .collect();
+    if methods.contains(&&b"GET"[..]) && !methods.contains(&&b"HEAD"[..]) {
+        methods.push(b"HEAD");
+    }
+    methods.sort_unstable();
+    let methods: Vec<&str> = methods
+        .iter()
+        .map(|method| std::str::from_utf8(method).expect("methods are ASCII tokens"))
+        .collect();
+    methods.join(", ")
+}

@@ -1,0 +1,301 @@
+//! Table-driven lookups, build errors, and a proptest that every literal
+//! route is found.
+
+use proptest::prelude::*;
+
+use crate::*;
+
+const OFFSET: u32 = 100;
+
+fn router() -> Router {
+    let mut builder = RouterBuilder::new();
+    let routes: &[(&str, u32)] = &[
+        ("GET /", 1),
+        ("GET /users", 2),
+        ("POST /users", 3),
+        ("GET /users/{id}", 4),
+        ("DELETE /users/{id}", 5),
+        ("GET /users/me", 6),
+        ("GET /users/{id}/posts/{post}", 7),
+        ("GET /files/{*path}", 8),
+        ("* /any", 9),
+        ("HEAD /head-only", 10),
+        ("PURGE /cache/{key}", 11),
+        ("GET /images/img-{n}.png", 12),
+        ("GET /explicit-head", 13),
+        ("HEAD /explicit-head", 14),
+        ("GET /mixed", 15),
+        ("* /mixed", 16),
+        ("GET /lit/{{brace}}", 17),
+    ];
+    for &(key, handler) in routes {
+        builder
+            .add(key, handler)
+            .unwrap_or_else(|error| panic!("{error}"));
+    }
+    builder.build()
+}
+
+/// Expected lookup result: handler and params as (name, text), or a miss.
+#[derive(Debug, PartialEq, Eq)]
+enum Expected {
+    Found(u32, Vec<(&'static str, &'static str)>),
+    NotFound,
+    NotAllowed(&'static str),
+}
+
+fn check(router: &Router, method: &str, path: &str, expected: Expected) {
+    // The path sits at OFFSET in a larger buffer; spans must point there.
+    let mut buffer = vec![b'#'; OFFSET as usize];
+    buffer.extend_from_slice(path.as_bytes());
+    let got = match router.lookup(method.as_bytes(), &buffer[OFFSET as usize..], OFFSET) {
+        Ok(found) => {
+            let params = found
+                .params()
+                .iter()
+                .map(|param| {
+                    (
+                        param.name,
+                        std::str::from_utf8(param.value.slice(&buffer)).expect("utf8"),
+                    )
+                })
+                .collect::<Vec<_>>();
+            let params = params
+                .into_iter()
+                .map(|(name, value)| (leak(name), leak(value)))
+                .collect();
+            Expected::Found(found.handler, params)
+        }
+        Err(RouteMiss::NotFound) => Expected::NotFound,
+        Err(RouteMiss::MethodNotAllowed { allow }) => Expected::NotAllowed(leak(allow)),
+    };
+    assert_eq!(got, expected, "{method} {path}");
+}
+
+fn leak(text: &str) -> &'static str {
+    Box::leak(text.to_string().into_boxed_str())
+}
+
+#[test]
+fn lookups() {
+    use Expected::*;
+    let router = router();
+    let rows: Vec<(&str, &str, Expected)> = vec![
+        ("GET", "/", Found(1, vec![])),
+        ("GET", "/users", Found(2, vec![])),
+        ("POST", "/users", Found(3, vec![])),
+        ("HEAD", "/users", Found(2, vec![])),
+        ("PUT", "/users", NotAllowed("GET, HEAD, POST")),
+        ("GET", "/users/42", Found(4, vec![("id", "42")])),
+        ("DELETE", "/users/42", Found(5, vec![("id", "42")])),
+        ("POST", "/users/42", NotAllowed("DELETE, GET, HEAD")),
+        ("GET", "/users/me", Found(6, vec![])),
+        ("GET", "/users/mark", Found(4, vec![("id", "mark")])),
+        ("DELETE", "/users/me", NotAllowed("GET, HEAD")),
+        (
+            "GET",
+            "/users/7/posts/9",
+            Found(7, vec![("id", "7"), ("post", "9")]),
+        ),
+        (
+            "GET",
+            "/files/a/b/c.txt",
+            Found(8, vec![("path", "a/b/c.txt")]),
+        ),
+        ("GET", "/files/", NotFound),
+        ("GET", "/files", NotFound),
+        ("GET", "/any", Found(9, vec![])),
+        ("BREW", "/any", Found(9, vec![])),
+        ("HEAD", "/head-only", Found(10, vec![])),
+        ("GET", "/head-only", NotAllowed("HEAD")),
+        ("PURGE", "/cache/k1", Found(11, vec![("key", "k1")])),
+        ("purge", "/cache/k1", NotAllowed("PURGE")),
+        ("GET", "/images/img-3.png", Found(12, vec![("n", "3")])),
+        ("GET", "/images/img-3.jpg", NotFound),
+        ("HEAD", "/explicit-head", Found(14, vec![])),
+        ("GET", "/mixed", Found(15, vec![])),
+        ("HEAD", "/mixed", Found(15, vec![])),
+        ("POST", "/mixed", Found(16, vec![])),
+        ("GET", "/lit/{brace}", Found(17, vec![])),
+        ("GET", "/nope", NotFound),
+        ("GET", "", NotFound),
+        ("GET", "/users/", NotFound),
+        ("GET", "/users//posts/1", NotFound),
+        (
+            "A-VERY-LONG-METHOD-NAME",
+            "/users",
+            NotAllowed("GET, HEAD, POST"),
+        ),
+    ];
+    for (method, path, expected) in rows {
+        check(&router, method, path, expected);
+    }
+}
+
+#[test]
+fn non_utf8_path_is_not_found() {
+    let router = router();
+    assert_eq!(
+        router.lookup(b"GET", b"/users/\xff", 0),
+        Err(RouteMiss::NotFound)
+    );
+}
+
+#[test]
+fn build_errors_name_the_key() {
+    let mut builder = RouterBuilder::new();
+    builder.add("GET /users/{id}", 1).expect("first");
+    builder.add("GET /static", 2).expect("first");
+    let rows: &[(&str, RouteError)] = &[
+        ("GET/users", bad("GET/users", "expected \"METHOD /path\"")),
+        (" /users", bad(" /users", "empty method")),
+        (
+            "G(T /users",
+            bad("G(T /users", "method is not an HTTP token"),
+        ),
+        (
+            "ABCDEFGHIJKLMNOPQ /x",
+            bad(
+                "ABCDEFGHIJKLMNOPQ /x",
+                "method longer than METHOD_BYTES_MAX (16) bytes",
+            ),
+        ),
+        ("GET users", bad("GET users", "path must start with '/'")),
+        (
+            "GET /a b",
+            bad("GET /a b", "path contains whitespace or control bytes"),
+        ),
+        (
+            "GET /{a}{b}",
+            bad(
+                "GET /{a}{b}",
+                "only one parameter is allowed per path segment",
+            ),
+        ),
+        (
+            "GET /{}",
+            bad(
+                "GET /{}",
+                "parameters need a name and matching braces ({name}, {*name}; {{ and }} escape)",
+            ),
+        ),
+        (
+            "GET /{*rest}/x",
+            bad(
+                "GET /{*rest}/x",
+                "a catch-all {*name} must be the last segment",
+            ),
+        ),
+        (
+            "GET /users/{id}",
+            RouteError::Duplicate {
+                key: "GET /users/{id}".into(),
+            },
+        ),
+        (
+            "GET /static",
+            RouteError::Duplicate {
+                key: "GET /static".into(),
+            },
+        ),
+        (
+            "GET /users/{name}",
+            RouteError::Conflict {
+                key: "GET /users/{name}".into(),
+                message: "path conflicts with the route path \"/users/{id}\"".into(),
+            },
+        ),
+        (
+            "GET /{a}/{b}/{c}/{d}/{e}/{f}/{g}/{h}/{i}",
+            RouteError::TooManyParams {
+                key: "GET /{a}/{b}/{c}/{d}/{e}/{f}/{g}/{h}/{i}".into(),
+            },
+        ),
+    ];
+    for (key, expected) in rows {
+        let error = builder.add(key, 9).expect_err(key);
+        assert_eq!(&error, expected, "{key}");
+        assert!(
+            error.to_string().contains(key),
+            "message names the key: {error}"
+        );
+    }
+    // Failed adds leave no trace; exactly PARAMS_MAX parameters is fine.
+    builder
+        .add("GET /{a}/{b}/{c}/{d}/{e}/{f}/{g}/{h}", 3)
+        .expect("at the limit");
+    builder
+        .add("* /users/{id}", 4)
+        .expect("any method on an existing pattern");
+    assert_eq!(
+        builder.add("* /users/{id}", 5),
+        Err(RouteError::Duplicate {
+            key: "* /users/{id}".into()
+        })
+    );
+    let router = builder.build();
+    let keys: Vec<(&str, u32)> = router.routes().collect();
+    assert_eq!(
+        keys,
+        vec![
+            ("GET /users/{id}", 1),
+            ("GET /static", 2),
+            ("GET /{a}/{b}/{c}/{d}/{e}/{f}/{g}/{h}", 3),
+            ("* /users/{id}", 4)
+        ]
+    );
+    let found = router
+        .lookup(b"GET", b"/1/2/3/4/5/6/7/8", 0)
+        .expect("eight params");
+    assert_eq!(found.params().len(), PARAMS_MAX);
+    assert_eq!(
+        found.params()[7],
+        Param {
+            name: "h",
+            value: Span::new(15, 1)
+        }
+    );
+}
+
+fn bad(key: &str, reason: &'static str) -> RouteError {
+    RouteError::BadKey {
+        key: key.to_string(),
+        reason,
+    }
+}
+
+#[test]
+fn param_spans_are_absolute() {
+    let router = router();
+    let request = b"GET /users/1234/posts/56 HTTP/1.1";
+    let path = &request[4..24];
+    let found = router.lookup(b"GET", path, 4).expect("found");
+    let params: Vec<(&str, &[u8])> = found
+        .params()
+        .iter()
+        .map(|param| (param.name, param.value.slice(request)))
+        .collect();
+    assert_eq!(params, vec![("id", &b"1234"[..]), ("post", &b"56"[..])]);
+    assert_eq!(found.params()[0].value, Span::new(11, 4));
+}
+
+proptest! {
+    #[test]
+    fn every_literal_route_is_found(
+        paths in proptest::collection::hash_set("(/[a-z0-9._~-]{1,8}){1,4}", 1..40),
+        method in prop::sample::select(vec!["GET", "POST", "PUT", "PURGE"]),
+    ) {
+        let paths: Vec<String> = paths.into_iter().collect();
+        let mut builder = RouterBuilder::new();
+        for (handler, path) in paths.iter().enumerate() {
+            builder.add(&format!("{method} {path}"), handler as u32).expect("literal routes never conflict");
+        }
+        let router = builder.build();
+        for (handler, path) in paths.iter().enumerate() {
+            let found = router.lookup(method.as_bytes(), path.as_bytes(), 0).expect("found");
+            prop_assert_eq!(found.handler, handler as u32);
+            prop_assert_eq!(found.param_count, 0);
+            prop_assert!(router.tree.at(path).is_ok(), "the tree agrees with the exact table");
+        }
+    }
+}
