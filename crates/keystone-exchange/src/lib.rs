@@ -1,1 +1,436 @@
-//! keystone-exchange (skeleton).
+//! keystone-exchange — binds the memory contract: [`HttpExchange`], the one
+//! object policy code touches, a stable `#[repr(C)]` view valid for exactly
+//! one request.
+//!
+//! Owns: the exchange layout (the ABI the trusted Lua prelude reads through
+//! LuaJIT's FFI), the response state policy writes into (status, headers in a
+//! fixed arena, body view), and the generation counter that makes a view kept
+//! beyond its request detectably expired.
+//!
+//! Does not own: request bytes (they live in a `keystone-ringbuf` buffer; the
+//! exchange only points at them), parsing, routing, Lua, serialization, I/O.
+//!
+//! Never depends on: keystone-lua, keystone-response, keystone-reactor,
+//! keystone-ebpf, keystone-server.
+//!
+//! # Lifetime contract
+//! [`HttpExchange::bind`] points the exchange at one request; the views stay
+//! valid until [`HttpExchange::expire`], which the server calls once the
+//! response has been serialized and before the ring buffer may move or reuse
+//! the bytes. `expire` bumps `generation`: every accessor the prelude exposes
+//! compares the generation captured when `ctx` was made with the live one,
+//! so a reference kept beyond its request fails with "exchange expired"
+//! instead of reading stale bytes.
+#![deny(missing_docs)]
+
+mod header;
+mod query;
+
+pub use header::{valid_header_name, valid_header_value};
+pub use query::{find_query_arg, percent_decode_into};
+
+use keystone_parser::{Head, HeaderSpan};
+use keystone_ringbuf::Span;
+use keystone_router::Param;
+
+/// Route parameters one exchange can carry; equal to the router's bound so
+/// every match fits.
+pub const PARAMS_MAX: usize = keystone_router::PARAMS_MAX;
+/// Response headers policy may set per request. nginx sets no hard limit;
+/// 64 covers every real response we know of (cookies included) and keeps the
+/// table a fixed 1 KiB.
+pub const RESPONSE_HEADERS_MAX: usize = 64;
+/// Bytes of response header names and values per request. Beyond it
+/// `set_header` fails with [`HeaderError::ArenaFull`] (→ 500): a response head
+/// larger than this is a bug in the policy, not a use case.
+pub const RESPONSE_ARENA_BYTES: usize = 8 * 1024;
+/// Scratch for one percent-decoded query argument: an argument cannot be
+/// longer than the URI, whose default limit is 8 KiB.
+pub const SCRATCH_BYTES: usize = 8 * 1024;
+
+const _: () = assert!(RESPONSE_HEADERS_MAX <= u16::MAX as usize);
+const _: () = assert!(RESPONSE_ARENA_BYTES <= u32::MAX as usize);
+
+/// A route parameter as the ABI shows it: the name points into the router
+/// (immutable for the worker's life), the value is a span of the request.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ParamView {
+    /// Parameter name bytes (owned by the router).
+    pub name_ptr: *const u8,
+    /// Length of the name.
+    pub name_len: u32,
+    /// Value, a span of the request buffer.
+    pub value: Span,
+    /// Keeps the layout explicit (no implicit tail padding).
+    pub _pad: u32,
+}
+
+impl ParamView {
+    const EMPTY: ParamView = ParamView {
+        name_ptr: std::ptr::null(),
+        name_len: 0,
+        value: Span::EMPTY,
+        _pad: 0,
+    };
+}
+
+/// One response header: name and value as spans of the response arena.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ResponseHeader {
+    /// Name bytes in `arena`.
+    pub name: Span,
+    /// Value bytes in `arena`.
+    pub value: Span,
+}
+
+/// Why setting a response header failed; the bridge turns it into a Lua
+/// error, which the server answers with 500.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeaderError {
+    /// The name is not an RFC 9110 token.
+    InvalidName,
+    /// The value holds CR, LF, NUL or another forbidden control byte.
+    InvalidValue,
+    /// More than [`RESPONSE_HEADERS_MAX`] headers.
+    TooMany,
+    /// More than [`RESPONSE_ARENA_BYTES`] of names and values.
+    ArenaFull,
+    /// The header is computed by the engine (Content-Length,
+    /// Transfer-Encoding, Connection, Date, ...) and cannot be set by policy.
+    Reserved,
+}
+
+impl HeaderError {
+    /// Message used by the bridge; stable, tested.
+    pub fn message(self) -> &'static str {
+        match self {
+            HeaderError::InvalidName => "invalid response header name (must be an HTTP token)",
+            HeaderError::InvalidValue => {
+                "invalid response header value (CR, LF, NUL and control bytes are not allowed)"
+            }
+            HeaderError::TooMany => "too many response headers",
+            HeaderError::ArenaFull => "response headers exceed the per-request arena",
+            HeaderError::Reserved => {
+                "this response header is computed by keystone and cannot be set"
+            }
+        }
+    }
+
+    /// Stable negative code for the FFI boundary.
+    pub const fn code(self) -> i32 {
+        match self {
+            HeaderError::InvalidName => -1,
+            HeaderError::InvalidValue => -2,
+            HeaderError::TooMany => -3,
+            HeaderError::ArenaFull => -4,
+            HeaderError::Reserved => -5,
+        }
+    }
+
+    /// Inverse of [`HeaderError::code`].
+    pub const fn from_code(code: i32) -> Option<HeaderError> {
+        match code {
+            -1 => Some(HeaderError::InvalidName),
+            -2 => Some(HeaderError::InvalidValue),
+            -3 => Some(HeaderError::TooMany),
+            -4 => Some(HeaderError::ArenaFull),
+            -5 => Some(HeaderError::Reserved),
+            _ => None,
+        }
+    }
+}
+
+/// The memory contract between the engine and policy code.
+///
+/// Request fields are spans into the bytes at `base` (the connection's ring
+/// buffer), valid while `generation` is unchanged. Response fields are
+/// written by policy through the prelude. Field order and types are the ABI:
+/// `tests/abi.rs` pins the size and every offset, and the Lua prelude's
+/// `ffi.cdef` mirrors this declaration (keystone-lua checks both agree).
+#[repr(C)]
+pub struct HttpExchange {
+    // --- identity -----------------------------------------------------
+    /// Bumped by [`HttpExchange::expire`]; a `ctx` whose captured generation
+    /// differs is expired. `u32` so LuaJIT reads it as a plain number.
+    pub generation: u32,
+    /// 0-based index of the worker that owns this exchange.
+    pub worker: u32,
+    // --- request (read-only for policy) --------------------------------
+    /// Start of the request buffer; every request span is relative to it.
+    pub base: *const u8,
+    /// Method token.
+    pub method: Span,
+    /// Request target as sent.
+    pub target: Span,
+    /// Path part of the target (absolute-form reduced to its path).
+    pub path: Span,
+    /// Query without `?`; empty when absent.
+    pub query: Span,
+    /// Request body (Content-Length body, or decoded chunked body).
+    pub body: Span,
+    /// Parsed request headers (spans relative to `base`).
+    pub headers: *const HeaderSpan,
+    /// Number of entries at `headers`.
+    pub header_count: u32,
+    /// Number of valid entries in `params`.
+    pub param_count: u32,
+    /// Route parameters of the matched route.
+    pub params: [ParamView; PARAMS_MAX],
+    /// HTTP minor version (0 or 1).
+    pub minor_version: u32,
+    // --- response (written by policy) ----------------------------------
+    /// Response status; 200 unless policy sets it. Validated at commit.
+    pub status: u32,
+    /// Number of valid entries in `response_headers`.
+    pub response_header_count: u32,
+    /// Bytes used in `arena`.
+    pub arena_len: u32,
+    /// Response body set by policy: a view of a Lua string that the bridge
+    /// keeps alive until the response is committed. Null when unset.
+    pub body_ptr: *const u8,
+    /// Length of the body at `body_ptr`.
+    pub body_len: u64,
+    /// Response headers, in the order policy set them.
+    pub response_headers: [ResponseHeader; RESPONSE_HEADERS_MAX],
+    /// Name and value bytes of `response_headers`.
+    pub arena: [u8; RESPONSE_ARENA_BYTES],
+    /// Scratch the engine decodes one query argument into for the prelude.
+    pub scratch: [u8; SCRATCH_BYTES],
+}
+
+/// Headers policy may not set because the engine computes them; checked
+/// case-insensitively.
+const RESERVED_HEADERS: [&[u8]; 6] = [
+    b"content-length",
+    b"transfer-encoding",
+    b"connection",
+    b"date",
+    b"keep-alive",
+    b"upgrade",
+];
+
+impl HttpExchange {
+    /// A zeroed, unbound exchange for worker `worker`. Boxed because it is
+    /// large and its address must be stable: the prelude holds a pointer.
+    pub fn new_boxed(worker: u32) -> Box<HttpExchange> {
+        Box::new(HttpExchange {
+            generation: 1,
+            worker,
+            base: std::ptr::null(),
+            method: Span::EMPTY,
+            target: Span::EMPTY,
+            path: Span::EMPTY,
+            query: Span::EMPTY,
+            body: Span::EMPTY,
+            headers: std::ptr::null(),
+            header_count: 0,
+            param_count: 0,
+            params: [ParamView::EMPTY; PARAMS_MAX],
+            minor_version: 1,
+            status: 200,
+            response_header_count: 0,
+            arena_len: 0,
+            body_ptr: std::ptr::null(),
+            body_len: 0,
+            response_headers: [ResponseHeader::default(); RESPONSE_HEADERS_MAX],
+            arena: [0; RESPONSE_ARENA_BYTES],
+            scratch: [0; SCRATCH_BYTES],
+        })
+    }
+
+    /// Points the exchange at one request: `base` is the start of the buffer
+    /// `head`'s spans index, `body` the request body span in that buffer.
+    ///
+    /// The caller keeps those bytes and `head` unchanged until
+    /// [`HttpExchange::expire`]; that is the one lifetime types cannot show
+    /// here (the server's connection state machine enforces it).
+    pub fn bind(&mut self, base: &[u8], head: &Head, params: &[Param<'_>], body: Span) {
+        debug_assert!(self.base.is_null(), "bind while a request is bound");
+        assert!(params.len() <= PARAMS_MAX);
+        assert!(body.end() as usize <= base.len());
+        debug_assert!(head.path.end() as usize <= base.len());
+        self.base = base.as_ptr();
+        self.method = head.method;
+        self.target = head.target;
+        self.path = head.path;
+        self.query = if head.has_query {
+            head.query
+        } else {
+            Span::EMPTY
+        };
+        self.body = body;
+        let headers = head.headers();
+        self.headers = headers.as_ptr();
+        self.header_count = headers.len() as u32;
+        self.param_count = params.len() as u32;
+        for (slot, param) in self.params.iter_mut().zip(params) {
+            *slot = ParamView {
+                name_ptr: param.name.as_ptr(),
+                name_len: param.name.len() as u32,
+                value: param.value,
+                _pad: 0,
+            };
+        }
+        self.minor_version = u32::from(head.minor_version);
+        self.status = 200;
+        self.response_header_count = 0;
+        self.arena_len = 0;
+        self.body_ptr = std::ptr::null();
+        self.body_len = 0;
+    }
+
+    /// Ends the request: views become invalid and every `ctx` made for it
+    /// reports "exchange expired" from now on.
+    pub fn expire(&mut self) {
+        self.generation = self.generation.wrapping_add(1).max(1);
+        self.base = std::ptr::null();
+        self.headers = std::ptr::null();
+        self.header_count = 0;
+        self.param_count = 0;
+        self.body_ptr = std::ptr::null();
+        self.body_len = 0;
+    }
+
+    /// Whether a request is bound.
+    pub fn is_bound(&self) -> bool {
+        !self.base.is_null()
+    }
+
+    /// Bytes of a request span.
+    pub fn request_bytes(&self, span: Span) -> &[u8] {
+        assert!(self.is_bound(), "request_bytes on an expired exchange");
+        // SAFETY: while bound, `base` points at a buffer of at least the end
+        // of every span `bind` received (asserted there), and the server
+        // keeps those bytes unchanged until `expire`.
+        unsafe {
+            std::slice::from_raw_parts(self.base.add(span.offset as usize), span.len as usize)
+        }
+    }
+
+    /// The request headers, as (name, value) byte pairs.
+    pub fn request_headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        let spans: &[HeaderSpan] = if self.headers.is_null() {
+            &[]
+        } else {
+            // SAFETY: `headers` and `header_count` come from one `Head`
+            // slice in `bind`; the server keeps that `Head` alive and
+            // unchanged until `expire`, which nulls the pointer.
+            unsafe { std::slice::from_raw_parts(self.headers, self.header_count as usize) }
+        };
+        spans
+            .iter()
+            .map(|h| (self.request_bytes(h.name), self.request_bytes(h.value)))
+    }
+
+    /// The first request header named `name` (ASCII case-insensitive).
+    pub fn request_header(&self, name: &[u8]) -> Option<&[u8]> {
+        self.request_headers()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
+
+    /// Index of the route parameter named `name`.
+    pub fn param_index(&self, name: &[u8]) -> Option<usize> {
+        self.params[..self.param_count as usize]
+            .iter()
+            .position(|p| {
+                // SAFETY: `name_ptr`/`name_len` were taken from a `&str` owned by
+                // the router, which outlives every exchange of its worker.
+                let bytes = unsafe { std::slice::from_raw_parts(p.name_ptr, p.name_len as usize) };
+                bytes == name
+            })
+    }
+
+    /// Sets response header `name` to `value`, replacing any earlier value
+    /// of the same name (case-insensitive), as assigning a table field does.
+    pub fn set_header(&mut self, name: &[u8], value: &[u8]) -> Result<(), HeaderError> {
+        self.remove_header(name)?;
+        self.add_header(name, value)
+    }
+
+    /// Appends a response header without removing earlier ones of the same
+    /// name (for `Set-Cookie` lists).
+    pub fn add_header(&mut self, name: &[u8], value: &[u8]) -> Result<(), HeaderError> {
+        check_settable(name)?;
+        if !valid_header_value(value) {
+            return Err(HeaderError::InvalidValue);
+        }
+        if self.response_header_count as usize >= RESPONSE_HEADERS_MAX {
+            return Err(HeaderError::TooMany);
+        }
+        let start = self.arena_len as usize;
+        let end = start + name.len() + value.len();
+        if end > RESPONSE_ARENA_BYTES {
+            return Err(HeaderError::ArenaFull);
+        }
+        self.arena[start..start + name.len()].copy_from_slice(name);
+        self.arena[start + name.len()..end].copy_from_slice(value);
+        self.response_headers[self.response_header_count as usize] = ResponseHeader {
+            name: Span::new(start as u32, name.len() as u32),
+            value: Span::new((start + name.len()) as u32, value.len() as u32),
+        };
+        self.response_header_count += 1;
+        self.arena_len = end as u32;
+        Ok(())
+    }
+
+    /// Removes every response header named `name`.
+    pub fn remove_header(&mut self, name: &[u8]) -> Result<(), HeaderError> {
+        check_settable(name)?;
+        let count = self.response_header_count as usize;
+        let mut kept = 0;
+        for index in 0..count {
+            let header = self.response_headers[index];
+            if !self.arena_bytes(header.name).eq_ignore_ascii_case(name) {
+                self.response_headers[kept] = header;
+                kept += 1;
+            }
+        }
+        self.response_header_count = kept as u32;
+        Ok(())
+    }
+
+    /// The value of the first response header named `name`.
+    pub fn response_header(&self, name: &[u8]) -> Option<&[u8]> {
+        self.response_headers()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
+
+    /// Response headers in the order they were set.
+    pub fn response_headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        self.response_headers[..self.response_header_count as usize]
+            .iter()
+            .map(|h| (self.arena_bytes(h.name), self.arena_bytes(h.value)))
+    }
+
+    /// The response body policy set, if any.
+    pub fn response_body(&self) -> Option<&[u8]> {
+        if self.body_ptr.is_null() {
+            return None;
+        }
+        // SAFETY: the bridge sets `body_ptr`/`body_len` from a Lua string it
+        // keeps referenced until the response is committed (see
+        // keystone-lua's `Outcome`), and `expire` clears them.
+        Some(unsafe { std::slice::from_raw_parts(self.body_ptr, self.body_len as usize) })
+    }
+
+    fn arena_bytes(&self, span: Span) -> &[u8] {
+        &self.arena[span.offset as usize..span.end() as usize]
+    }
+}
+
+fn check_settable(name: &[u8]) -> Result<(), HeaderError> {
+    if !valid_header_name(name) {
+        return Err(HeaderError::InvalidName);
+    }
+    if RESERVED_HEADERS
+        .iter()
+        .any(|r| r.eq_ignore_ascii_case(name))
+    {
+        return Err(HeaderError::Reserved);
+    }
+    Ok(())
+}

@@ -24,6 +24,9 @@ use std::os::fd::RawFd;
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
+/// Interval type for [`Reactor::tick`].
+pub use io_uring::types::Timespec;
+
 /// Completions copied out per [`Reactor::pump`]; more wait in the CQ ring
 /// for the next call. 256 keeps the caller's array at 4 KiB.
 pub const COMPLETIONS_PER_PUMP: usize = 256;

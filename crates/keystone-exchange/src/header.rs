@@ -1,0 +1,68 @@
+//! Response header validation: nothing malformed may reach the wire.
+
+/// Whether `name` is an RFC 9110 token (`tchar`+), the only legal header
+/// field name.
+pub fn valid_header_name(name: &[u8]) -> bool {
+    !name.is_empty() && name.iter().all(|&b| is_tchar(b))
+}
+
+/// Whether `value` is a legal field value: visible ASCII, obs-text, SP and
+/// HTAB; no CR, LF, NUL or other control bytes (they would split or end the
+/// head), and no leading or trailing whitespace (it would change meaning).
+pub fn valid_header_value(value: &[u8]) -> bool {
+    let interior_ok = value
+        .iter()
+        .all(|&b| b == b'\t' || b == b' ' || (0x21..=0x7e).contains(&b) || b >= 0x80);
+    let trimmed =
+        !matches!(value.first(), Some(b' ' | b'\t')) && !matches!(value.last(), Some(b' ' | b'\t'));
+    interior_ok && trimmed
+}
+
+const fn is_tchar(b: u8) -> bool {
+    matches!(b,
+        b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~'
+        | b'0'..=b'9' | b'a'..=b'z' | b'A'..=b'Z')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        let cases: &[(&[u8], bool)] = &[
+            (b"Content-Type", true),
+            (b"x-a_b.c~1", true),
+            (b"", false),
+            (b"Bad Name", false),
+            (b"Bad:Name", false),
+            (b"a\r\nb", false),
+            (b"a\0", false),
+            (b"caf\xc3\xa9", false),
+        ];
+        for (name, expected) in cases {
+            assert_eq!(valid_header_name(name), *expected, "{name:?}");
+        }
+    }
+
+    #[test]
+    fn values() {
+        let cases: &[(&[u8], bool)] = &[
+            (b"text/plain; charset=utf-8", true),
+            (b"", true),
+            (b"a\tb", true),
+            (b"caf\xc3\xa9", true),
+            (b"a\r\nSet-Cookie: x", false),
+            (b"a\nb", false),
+            (b"a\rb", false),
+            (b"a\0b", false),
+            (b"a\x7fb", false),
+            (b"a\x01b", false),
+            (b" lead", false),
+            (b"trail ", false),
+        ];
+        for (value, expected) in cases {
+            assert_eq!(valid_header_value(value), *expected, "{value:?}");
+        }
+    }
+}

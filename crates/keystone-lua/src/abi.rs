@@ -1,0 +1,200 @@
+//! The FFI surface the prelude calls: `extern "C"` functions handed to Lua
+//! as function pointers (no symbol export needed), plus the layout table the
+//! prelude checks its `ffi.cdef` against at start-up.
+
+use std::mem::offset_of;
+
+use keystone_exchange::{find_query_arg, HeaderError, HttpExchange};
+use mlua::{Lua, Table};
+
+/// Reads `len` bytes at `ptr` that LuaJIT passed from a Lua string.
+///
+/// # Safety
+/// `ptr` must point at `len` readable bytes for the duration of the call
+/// (LuaJIT passes the string's data, alive across the call).
+unsafe fn bytes<'a>(ptr: *const u8, len: usize) -> &'a [u8] {
+    if len == 0 {
+        return &[];
+    }
+    // SAFETY: guaranteed by the caller.
+    unsafe { std::slice::from_raw_parts(ptr, len) }
+}
+
+/// # Safety
+/// `ex` is the worker's exchange (the only pointer the prelude holds), and no
+/// Rust reference to it is live while Lua runs (`LuaWorker::run` takes
+/// `&mut self`).
+unsafe fn exchange<'a>(ex: *mut HttpExchange) -> &'a mut HttpExchange {
+    assert!(!ex.is_null());
+    // SAFETY: guaranteed by the caller.
+    unsafe { &mut *ex }
+}
+
+fn index_or_missing(found: Option<usize>) -> i32 {
+    found.map_or(-1, |i| i as i32)
+}
+
+fn result_code(result: Result<(), HeaderError>) -> i32 {
+    match result {
+        Ok(()) => 0,
+        Err(err) => err.code(),
+    }
+}
+
+unsafe extern "C" fn find_header(ex: *mut HttpExchange, name: *const u8, len: usize) -> i32 {
+    // SAFETY: the prelude passes its exchange and a live Lua string.
+    let (ex, name) = unsafe { (exchange(ex), bytes(name, len)) };
+    let count = ex.header_count as usize;
+    let found = (0..count).find(|&i| {
+        // SAFETY: `headers` holds `header_count` entries while bound.
+        let header = unsafe { &*ex.headers.add(i) };
+        ex.request_bytes(header.name).eq_ignore_ascii_case(name)
+    });
+    index_or_missing(found)
+}
+
+unsafe extern "C" fn find_param(ex: *mut HttpExchange, name: *const u8, len: usize) -> i32 {
+    // SAFETY: the prelude passes its exchange and a live Lua string.
+    let (ex, name) = unsafe { (exchange(ex), bytes(name, len)) };
+    index_or_missing(ex.param_index(name))
+}
+
+unsafe extern "C" fn query_arg(ex: *mut HttpExchange, name: *const u8, len: usize) -> i32 {
+    // SAFETY: the prelude passes its exchange and a live Lua string.
+    let (ex, name) = unsafe { (exchange(ex), bytes(name, len)) };
+    if !ex.is_bound() {
+        return -1;
+    }
+    // SAFETY: while bound, `base` covers every span `bind` received,
+    // including `query`; the bytes are not the scratch we write below.
+    let query = unsafe {
+        std::slice::from_raw_parts(ex.base.add(ex.query.offset as usize), ex.query.len as usize)
+    };
+    match find_query_arg(query, name, &mut ex.scratch) {
+        Some(n) => n as i32,
+        None => -1,
+    }
+}
+
+unsafe extern "C" fn response_header(ex: *mut HttpExchange, name: *const u8, len: usize) -> i32 {
+    // SAFETY: the prelude passes its exchange and a live Lua string.
+    let (ex, name) = unsafe { (exchange(ex), bytes(name, len)) };
+    let found = ex.response_headers[..ex.response_header_count as usize]
+        .iter()
+        .position(|h| {
+            ex.arena[h.name.offset as usize..h.name.end() as usize].eq_ignore_ascii_case(name)
+        });
+    index_or_missing(found)
+}
+
+unsafe extern "C" fn remove_header(ex: *mut HttpExchange, name: *const u8, len: usize) -> i32 {
+    // SAFETY: the prelude passes its exchange and a live Lua string.
+    let (ex, name) = unsafe { (exchange(ex), bytes(name, len)) };
+    result_code(ex.remove_header(name))
+}
+
+unsafe extern "C" fn set_header(
+    ex: *mut HttpExchange,
+    name: *const u8,
+    name_len: usize,
+    value: *const u8,
+    value_len: usize,
+) -> i32 {
+    // SAFETY: the prelude passes its exchange and two live Lua strings.
+    let (ex, name, value) =
+        unsafe { (exchange(ex), bytes(name, name_len), bytes(value, value_len)) };
+    result_code(ex.set_header(name, value))
+}
+
+unsafe extern "C" fn add_header(
+    ex: *mut HttpExchange,
+    name: *const u8,
+    name_len: usize,
+    value: *const u8,
+    value_len: usize,
+) -> i32 {
+    // SAFETY: the prelude passes its exchange and two live Lua strings.
+    let (ex, name, value) =
+        unsafe { (exchange(ex), bytes(name, name_len), bytes(value, value_len)) };
+    result_code(ex.add_header(name, value))
+}
+
+type FindFn = unsafe extern "C" fn(*mut HttpExchange, *const u8, usize) -> i32;
+type SetFn = unsafe extern "C" fn(*mut HttpExchange, *const u8, usize, *const u8, usize) -> i32;
+
+fn pointer(f: usize) -> mlua::LightUserData {
+    mlua::LightUserData(f as *mut std::ffi::c_void)
+}
+
+/// The function-pointer table handed to the prelude's `init`.
+pub(crate) fn functions(lua: &Lua) -> mlua::Result<Table> {
+    let table = lua.create_table()?;
+    let finds: [(&str, FindFn); 5] = [
+        ("find_header", find_header),
+        ("find_param", find_param),
+        ("query_arg", query_arg),
+        ("response_header", response_header),
+        ("remove_header", remove_header),
+    ];
+    for (name, f) in finds {
+        table.set(name, pointer(f as usize))?;
+    }
+    let sets: [(&str, SetFn); 2] = [("set_header", set_header), ("add_header", add_header)];
+    for (name, f) in sets {
+        table.set(name, pointer(f as usize))?;
+    }
+    Ok(table)
+}
+
+/// Size and field offsets of [`HttpExchange`], checked by the prelude
+/// against its `ffi.cdef` so the two declarations cannot drift.
+pub(crate) fn layout(lua: &Lua) -> mlua::Result<Table> {
+    let offsets = lua.create_table()?;
+    let fields: [(&str, usize); 21] = [
+        ("generation", offset_of!(HttpExchange, generation)),
+        ("worker", offset_of!(HttpExchange, worker)),
+        ("base", offset_of!(HttpExchange, base)),
+        ("method", offset_of!(HttpExchange, method)),
+        ("target", offset_of!(HttpExchange, target)),
+        ("path", offset_of!(HttpExchange, path)),
+        ("query", offset_of!(HttpExchange, query)),
+        ("body", offset_of!(HttpExchange, body)),
+        ("headers", offset_of!(HttpExchange, headers)),
+        ("header_count", offset_of!(HttpExchange, header_count)),
+        ("param_count", offset_of!(HttpExchange, param_count)),
+        ("params", offset_of!(HttpExchange, params)),
+        ("minor_version", offset_of!(HttpExchange, minor_version)),
+        ("status", offset_of!(HttpExchange, status)),
+        (
+            "response_header_count",
+            offset_of!(HttpExchange, response_header_count),
+        ),
+        ("arena_len", offset_of!(HttpExchange, arena_len)),
+        ("body_ptr", offset_of!(HttpExchange, body_ptr)),
+        ("body_len", offset_of!(HttpExchange, body_len)),
+        (
+            "response_headers",
+            offset_of!(HttpExchange, response_headers),
+        ),
+        ("arena", offset_of!(HttpExchange, arena)),
+        ("scratch", offset_of!(HttpExchange, scratch)),
+    ];
+    for (name, offset) in fields {
+        offsets.set(name, offset)?;
+    }
+    let layout = lua.create_table()?;
+    layout.set("size", std::mem::size_of::<HttpExchange>())?;
+    layout.set("offsets", offsets)?;
+    Ok(layout)
+}
+
+/// Messages for the negative codes the header functions return.
+pub(crate) fn messages(lua: &Lua) -> mlua::Result<Table> {
+    let table = lua.create_table()?;
+    for code in -5..=-1 {
+        if let Some(err) = HeaderError::from_code(code) {
+            table.set(code, err.message())?;
+        }
+    }
+    Ok(table)
+}

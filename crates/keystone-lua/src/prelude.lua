@@ -1,0 +1,294 @@
+-- Keystone engine prelude: trusted code, run once per worker in the real
+-- globals before any user code. It builds `ctx` over the HttpExchange ABI
+-- with LuaJIT's FFI (as lua-resty-core does for ngx.*), so field reads
+-- compile into plain loads. User code never sees `ffi`: everything it needs
+-- is captured here as upvalues.
+--
+-- Returns `init(ex_addr, fns, layout, messages)`, which returns
+-- `dispatch(index)`, `register(handlers)` and `sandbox()`.
+
+local ffi = require("ffi")
+local debug_traceback = debug.traceback
+local setmetatable, rawget, type, tostring, tonumber, error, xpcall, pairs, ipairs =
+    setmetatable, rawget, type, tostring, tonumber, error, xpcall, pairs, ipairs
+local floor = math.floor
+local ffi_string = ffi.string
+
+ffi.cdef [[
+typedef struct { uint32_t offset; uint32_t len; } ks_span;
+typedef struct { ks_span name; ks_span value; } ks_header;
+typedef struct { const char *name_ptr; uint32_t name_len; ks_span value; uint32_t _pad; } ks_param;
+typedef struct {
+  uint32_t generation;
+  uint32_t worker;
+  const char *base;
+  ks_span method;
+  ks_span target;
+  ks_span path;
+  ks_span query;
+  ks_span body;
+  const ks_header *headers;
+  uint32_t header_count;
+  uint32_t param_count;
+  ks_param params[8];
+  uint32_t minor_version;
+  uint32_t status;
+  uint32_t response_header_count;
+  uint32_t arena_len;
+  const char *body_ptr;
+  uint64_t body_len;
+  ks_header response_headers[64];
+  char arena[8192];
+  char scratch[8192];
+} HttpExchange;
+typedef int32_t (*ks_find_fn)(HttpExchange *, const char *, size_t);
+typedef int32_t (*ks_set_fn)(HttpExchange *, const char *, size_t, const char *, size_t);
+]]
+
+return function(ex_addr, fns, layout, messages)
+  -- The Rust side passes its own layout; refuse to run on a mismatch rather
+  -- than read the wrong bytes.
+  assert(ffi.sizeof("HttpExchange") == layout.size,
+    "HttpExchange size mismatch: prelude " .. ffi.sizeof("HttpExchange") .. ", engine " .. layout.size)
+  for field, offset in pairs(layout.offsets) do
+    assert(ffi.offsetof("HttpExchange", field) == offset, "HttpExchange offset mismatch for " .. field)
+  end
+
+  local ex = ffi.cast("HttpExchange *", ex_addr)
+  local find_header = ffi.cast("ks_find_fn", fns.find_header)
+  local find_param = ffi.cast("ks_find_fn", fns.find_param)
+  local query_arg = ffi.cast("ks_find_fn", fns.query_arg)
+  local response_header = ffi.cast("ks_find_fn", fns.response_header)
+  local remove_header = ffi.cast("ks_find_fn", fns.remove_header)
+  local set_header = ffi.cast("ks_set_fn", fns.set_header)
+  local add_header = ffi.cast("ks_set_fn", fns.add_header)
+
+  local GEN = {} -- private key: the generation a ctx or proxy was made for
+  local handlers = {}
+  local current_body, cur_params, cur_args, cur_request, cur_headers, cur_request_headers
+
+  local function expired()
+    error("exchange expired: ctx was kept beyond the request it was made for", 3)
+  end
+
+  local function span(s)
+    return ffi_string(ex.base + s.offset, s.len)
+  end
+
+  local function check_name(what, k)
+    if type(k) ~= "string" then
+      error(what .. " keys must be strings, got " .. type(k), 3)
+    end
+  end
+
+  local function header_error(code, name)
+    error((messages[code] or "response header error") .. " (header '" .. tostring(name) .. "')", 3)
+  end
+
+  local function proxy(mt)
+    return setmetatable({ [GEN] = ex.generation }, mt)
+  end
+
+  local function read_only(what)
+    return function(_, k)
+      error(what .. " is read-only (tried to set '" .. tostring(k) .. "')", 2)
+    end
+  end
+
+  local params_mt = {
+    __index = function(t, k)
+      if rawget(t, GEN) ~= ex.generation then expired() end
+      check_name("ctx.params", k)
+      local i = find_param(ex, k, #k)
+      if i < 0 then return nil end
+      return span(ex.params[i].value)
+    end,
+    __newindex = read_only("ctx.params"),
+  }
+
+  local args_mt = {
+    __index = function(t, k)
+      if rawget(t, GEN) ~= ex.generation then expired() end
+      check_name("ctx.args", k)
+      local n = query_arg(ex, k, #k)
+      if n < 0 then return nil end
+      return ffi_string(ex.scratch, n)
+    end,
+    __newindex = read_only("ctx.args"),
+  }
+
+  local request_headers_mt = {
+    __index = function(t, k)
+      if rawget(t, GEN) ~= ex.generation then expired() end
+      check_name("ctx.request.headers", k)
+      local i = find_header(ex, k, #k)
+      if i < 0 then return nil end
+      return span(ex.headers[i].value)
+    end,
+    __newindex = read_only("ctx.request.headers"),
+  }
+
+  local request_fields = {
+    method = function() return span(ex.method) end,
+    path = function() return span(ex.path) end,
+    query = function() return span(ex.query) end,
+    target = function() return span(ex.target) end,
+    body = function() return span(ex.body) end,
+    version = function() return ex.minor_version == 0 and "1.0" or "1.1" end,
+    headers = function()
+      if not cur_request_headers then cur_request_headers = proxy(request_headers_mt) end
+      return cur_request_headers
+    end,
+  }
+
+  local request_mt = {
+    __index = function(t, k)
+      if rawget(t, GEN) ~= ex.generation then expired() end
+      local f = request_fields[k]
+      if f then return f() end
+      return nil
+    end,
+    __newindex = read_only("ctx.request"),
+  }
+
+  local function set_one(name, value)
+    local tv = type(value)
+    if tv == "number" then value = tostring(value) elseif tv ~= "string" then
+      error("ctx.headers['" .. name .. "'] must be a string, number, list of strings or nil, got " .. tv, 3)
+    end
+    return value
+  end
+
+  local headers_mt = {
+    __index = function(t, k)
+      if rawget(t, GEN) ~= ex.generation then expired() end
+      check_name("ctx.headers", k)
+      local i = response_header(ex, k, #k)
+      if i < 0 then return nil end
+      local h = ex.response_headers[i]
+      return ffi_string(ex.arena + h.value.offset, h.value.len)
+    end,
+    __newindex = function(t, k, v)
+      if rawget(t, GEN) ~= ex.generation then expired() end
+      check_name("ctx.headers", k)
+      local rc
+      if v == nil then
+        rc = remove_header(ex, k, #k)
+      elseif type(v) == "table" then
+        rc = remove_header(ex, k, #k)
+        for _, item in ipairs(v) do
+          if rc < 0 then break end
+          item = set_one(k, item)
+          rc = add_header(ex, k, #k, item, #item)
+        end
+      else
+        v = set_one(k, v)
+        rc = set_header(ex, k, #k, v, #v)
+      end
+      if rc < 0 then header_error(rc, k) end
+    end,
+  }
+
+  local function response_headers()
+    if not cur_headers then cur_headers = proxy(headers_mt) end
+    return cur_headers
+  end
+
+  local getters = {
+    method = request_fields.method,
+    path = request_fields.path,
+    query = request_fields.query,
+    target = request_fields.target,
+    worker = function() return ex.worker end,
+    status = function() return ex.status end,
+    body = function() return current_body end,
+    headers = response_headers,
+    params = function()
+      if not cur_params then cur_params = proxy(params_mt) end
+      return cur_params
+    end,
+    args = function()
+      if not cur_args then cur_args = proxy(args_mt) end
+      return cur_args
+    end,
+    request = function()
+      if not cur_request then cur_request = proxy(request_mt) end
+      return cur_request
+    end,
+  }
+
+  local setters = {
+    status = function(v)
+      local n = tonumber(v)
+      if n == nil or n ~= floor(n) or n < 100 or n > 999 then
+        error("ctx.status must be an integer from 100 to 999, got " .. tostring(v), 3)
+      end
+      ex.status = n
+    end,
+    body = function(v)
+      local tv = type(v)
+      if tv == "number" then v = tostring(v) elseif tv ~= "string" and v ~= nil then
+        error("ctx.body must be a string (or nil), got " .. tv, 3)
+      end
+      current_body = v
+      if v == nil then
+        ex.body_ptr = nil
+        ex.body_len = 0
+      else
+        ex.body_ptr = v
+        ex.body_len = #v
+      end
+    end,
+    headers = function(v)
+      if type(v) ~= "table" then
+        error("ctx.headers can only be assigned a table of headers, got " .. type(v), 3)
+      end
+      local h = response_headers()
+      for name in pairs(v) do h[name] = v[name] end
+    end,
+  }
+
+  local ctx_mt = {
+    __index = function(ctx, k)
+      if rawget(ctx, GEN) ~= ex.generation then expired() end
+      local f = getters[k]
+      if f then return f() end
+      return nil
+    end,
+    __newindex = function(ctx, k, v)
+      if rawget(ctx, GEN) ~= ex.generation then expired() end
+      local f = setters[k]
+      if not f then
+        error("ctx has no writable field '" .. tostring(k) .. "'", 2)
+      end
+      f(v)
+    end,
+  }
+
+  local function traceback(err)
+    return debug_traceback(tostring(err), 2)
+  end
+
+  -- Runs handler `index` for the request bound in the exchange. Returns
+  -- true and the body string (kept referenced by the engine until the
+  -- response is committed), or false and the error with its traceback.
+  local function dispatch(index)
+    current_body, cur_params, cur_args, cur_request, cur_headers, cur_request_headers =
+        nil, nil, nil, nil, nil, nil
+    local ctx = setmetatable({ [GEN] = ex.generation }, ctx_mt)
+    local ok, err = xpcall(handlers[index], traceback, ctx)
+    if not ok then
+      current_body = nil
+      return false, err
+    end
+    local body = current_body
+    current_body = nil
+    return true, body
+  end
+
+  local function register(list)
+    handlers = list
+  end
+
+  return dispatch, register
+end

@@ -1,0 +1,135 @@
+use super::*;
+use keystone_exchange::HttpExchange;
+
+fn text(bytes: &[u8]) -> &str {
+    std::str::from_utf8(bytes).unwrap()
+}
+
+const KEEP: Framing = Framing {
+    keep_alive: true,
+    head_request: false,
+    minor_version: 1,
+};
+
+fn date() -> DateCache {
+    let mut d = DateCache::new();
+    d.set(784_111_777);
+    d
+}
+
+#[test]
+fn date_format() {
+    let cases: &[(u64, &str)] = &[
+        (0, "Thu, 01 Jan 1970 00:00:00 GMT"),
+        (784_111_777, "Sun, 06 Nov 1994 08:49:37 GMT"),
+        (951_782_400, "Tue, 29 Feb 2000 00:00:00 GMT"),
+        (1_795_000_000, "Fri, 18 Nov 2026 11:06:40 GMT"),
+        (4_102_444_799, "Thu, 31 Dec 2099 23:59:59 GMT"),
+    ];
+    for (secs, expected) in cases {
+        assert_eq!(text(&date::format_imf(*secs)), *expected, "{secs}");
+    }
+}
+
+#[test]
+fn head_defaults() {
+    let ex = HttpExchange::new_boxed(0);
+    let mut out = [0u8; 512];
+    let n = write_head(&ex, 13, KEEP, &date(), &mut out).unwrap();
+    assert_eq!(
+        text(&out[..n]),
+        "HTTP/1.1 200 OK\r\nServer: keystone\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\n\
+         Content-Type: text/plain; charset=utf-8\r\nContent-Length: 13\r\n\r\n"
+    );
+}
+
+#[test]
+fn head_policy_headers_and_close() {
+    let mut ex = HttpExchange::new_boxed(0);
+    ex.status = 201;
+    ex.set_header(b"Content-Type", b"application/json").unwrap();
+    ex.add_header(b"Set-Cookie", b"a=1").unwrap();
+    ex.add_header(b"Set-Cookie", b"b=2").unwrap();
+    let mut out = [0u8; 512];
+    let framing = Framing {
+        keep_alive: false,
+        ..KEEP
+    };
+    let n = write_head(&ex, 0, framing, &date(), &mut out).unwrap();
+    let head = text(&out[..n]);
+    assert!(head.starts_with("HTTP/1.1 201 Created\r\n"), "{head}");
+    assert!(head.contains("Connection: close\r\n"));
+    assert!(head.contains("Content-Type: application/json\r\n"));
+    assert!(!head.contains("text/plain"));
+    assert!(head.contains("Set-Cookie: a=1\r\nSet-Cookie: b=2\r\n"));
+    assert!(head.ends_with("Content-Length: 0\r\n\r\n"));
+}
+
+#[test]
+fn head_no_length_for_204_and_304() {
+    for status in [204u32, 304] {
+        let mut ex = HttpExchange::new_boxed(0);
+        ex.status = status;
+        let mut out = [0u8; 512];
+        let n = write_head(&ex, 0, KEEP, &date(), &mut out).unwrap();
+        assert!(!text(&out[..n]).contains("Content-Length"), "{status}");
+        assert!(!has_body(status as u16, false));
+    }
+}
+
+#[test]
+fn http10_keep_alive_is_announced() {
+    let ex = HttpExchange::new_boxed(0);
+    let mut out = [0u8; 512];
+    let framing = Framing {
+        minor_version: 0,
+        ..KEEP
+    };
+    let n = write_head(&ex, 1, framing, &date(), &mut out).unwrap();
+    assert!(text(&out[..n]).contains("Connection: keep-alive\r\n"));
+}
+
+#[test]
+fn invalid_status_is_refused() {
+    for status in [0u32, 99, 100, 199, 1000, 70000] {
+        let mut ex = HttpExchange::new_boxed(0);
+        ex.status = status;
+        let mut out = [0u8; 512];
+        assert_eq!(
+            write_head(&ex, 0, KEEP, &date(), &mut out),
+            Err(ResponseError::InvalidStatus { status })
+        );
+    }
+}
+
+#[test]
+fn overflow_is_an_error_not_a_partial_head() {
+    let ex = HttpExchange::new_boxed(0);
+    let mut out = [0u8; 40];
+    assert_eq!(
+        write_head(&ex, 0, KEEP, &date(), &mut out),
+        Err(ResponseError::HeadTooLarge { capacity: 40 })
+    );
+}
+
+#[test]
+fn canned_errors() {
+    let mut out = [0u8; 512];
+    let close = Framing {
+        keep_alive: false,
+        ..KEEP
+    };
+    let n = write_error(405, Some(b"GET, HEAD"), KEEP, &date(), &mut out).unwrap();
+    let response = text(&out[..n]);
+    assert!(response.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"));
+    assert!(response.contains("Allow: GET, HEAD\r\n"));
+    assert!(response.ends_with("Content-Length: 19\r\n\r\nMethod Not Allowed\n"));
+    let n = write_error(400, None, close, &date(), &mut out).unwrap();
+    assert!(text(&out[..n]).contains("Connection: close\r\n"));
+    let head = Framing {
+        head_request: true,
+        ..KEEP
+    };
+    let n = write_error(404, None, head, &date(), &mut out).unwrap();
+    assert!(text(&out[..n]).ends_with("Content-Length: 10\r\n\r\n"));
+}

@@ -1,0 +1,93 @@
+//! The command line: `keystone serve [APP.lua] [flags]`, `keystone check
+//! APP.lua`. Usage errors exit 2 with a message naming the flag (clap's
+//! convention, which is also nginx's `-t` habit of precise messages).
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use keystone_ebpf::EbpfMode;
+
+/// Keystone: an HTTP/1.1 engine where Rust owns memory and I/O (io_uring)
+/// and LuaJIT expresses request policy.
+#[derive(Debug, Parser)]
+#[command(name = "keystone", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve an app (the bundled example app when APP is omitted).
+    Serve(ServeArgs),
+    /// Load an app, report errors with file:line, and list its routes.
+    Check {
+        /// The app file (a Lua chunk returning a table with `routes`).
+        app: PathBuf,
+    },
+}
+
+/// Defaults, each with its reason.
+pub mod defaults {
+    /// Loopback by default: exposing a server is an explicit decision.
+    pub const LISTEN: &str = "127.0.0.1:8080";
+    /// nginx's `worker_connections` default is 512; 1024 is the common
+    /// production setting and costs only address space until used.
+    pub const MAX_CONNECTIONS: u32 = 1024;
+    /// SIGTERM drain deadline, seconds; Kubernetes' default grace period is
+    /// 30 s, so 10 s leaves room for the rest of a pod's shutdown.
+    pub const DRAIN_TIMEOUT_SECS: u64 = 10;
+}
+
+/// `keystone serve` flags.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// The app file; omitted: the bundled example app.
+    pub app: Option<PathBuf>,
+    /// Address to listen on (IP:PORT, [IPv6]:PORT or HOST:PORT).
+    #[arg(long, default_value = defaults::LISTEN, value_parser = parse_listen)]
+    pub listen: SocketAddr,
+    /// Worker threads, one per core (default: the number of online CPUs).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub workers: Option<u32>,
+    /// Connections each worker holds at once; beyond it accepting pauses and
+    /// new connections wait in the kernel's backlog.
+    #[arg(long, default_value_t = defaults::MAX_CONNECTIONS, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
+    /// Largest request body accepted, in bytes (413 above).
+    #[arg(long, default_value_t = keystone_parser::Limits::default().max_body_bytes)]
+    pub max_body_bytes: u64,
+    /// Largest request head (request line + headers), in bytes (431 above).
+    #[arg(long, default_value_t = keystone_parser::Limits::default().max_header_bytes, value_parser = clap::value_parser!(u32).range(256..=1_048_576))]
+    pub max_header_bytes: u32,
+    /// Most request headers accepted (431 above).
+    #[arg(long, default_value_t = keystone_parser::Limits::default().max_headers, value_parser = clap::value_parser!(u16).range(1..=keystone_parser::HEADERS_CAPACITY as i64))]
+    pub max_headers: u16,
+    /// Longest request target, in bytes (414 above).
+    #[arg(long, default_value_t = keystone_parser::Limits::default().max_uri_bytes, value_parser = clap::value_parser!(u32).range(16..=1_048_576))]
+    pub max_uri_bytes: u32,
+    /// eBPF connection steering: auto (fall back with a warning), require
+    /// (exit 2 when the kernel refuses), off (kernel reuseport hashing).
+    #[arg(long, default_value = "auto")]
+    pub ebpf: EbpfMode,
+    /// Seconds to finish in-flight requests after SIGTERM/SIGINT.
+    #[arg(long, default_value_t = defaults::DRAIN_TIMEOUT_SECS)]
+    pub drain_timeout: u64,
+}
+
+fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    match text.to_socket_addrs() {
+        Ok(mut addrs) => addrs
+            .next()
+            .ok_or_else(|| format!("'{text}' resolves to no address")),
+        Err(err) => Err(format!(
+            "'{text}' is not an address like 127.0.0.1:8080 ({err})"
+        )),
+    }
+}

@@ -1,0 +1,254 @@
+//! One request, from parsed bytes to committed response bytes: the wiring of
+//! parser → router → exchange → Lua → response builder for a connection's
+//! buffers. No I/O happens here; the worker submits what this queues.
+
+use keystone_lua::{BodyString, LuaWorker, Outcome};
+use keystone_parser::{BodyFraming, Head, Limits, ParseStatus, Parser, Persistence};
+use keystone_response::{has_body, write_error, write_head, DateCache, Framing, CONTINUE};
+use keystone_ringbuf::{RingBuffer, Span};
+use keystone_router::{RouteMiss, Router};
+
+use crate::log::Level;
+
+/// Free space the send buffer must have before another request is taken
+/// on: the largest head policy can produce (its header arena) plus the
+/// engine's own headers, so committing a response can never fail for room.
+pub const SEND_HEADROOM_BYTES: u32 = keystone_exchange::RESPONSE_ARENA_BYTES as u32 + 2048;
+
+/// A pinned response body: a Lua string too large for the send buffer,
+/// sent straight from Lua's memory (zero copy). The string handle keeps the
+/// bytes alive (LuaJIT's GC does not move strings) until they are sent.
+pub struct PinnedBody {
+    _owner: BodyString,
+    ptr: *const u8,
+    len: usize,
+    /// Bytes already sent.
+    pub sent: usize,
+}
+
+impl PinnedBody {
+    /// The bytes still to send.
+    pub fn remaining(&self) -> (*const u8, usize) {
+        // SAFETY: `ptr..ptr+len` is the string `_owner` keeps alive; `sent`
+        // never exceeds `len` (the worker adds only completed send counts).
+        (unsafe { self.ptr.add(self.sent) }, self.len - self.sent)
+    }
+}
+
+/// Per-connection HTTP state that survives between reads.
+#[derive(Default)]
+pub struct Exchange {
+    /// Bytes the current request needs buffered (head + body), once its head
+    /// has been seen; 0 when unknown.
+    pub awaiting: u32,
+    /// `100 Continue` already queued for the current request.
+    pub continue_sent: bool,
+}
+
+/// What handling the front of the buffer did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// One request answered; more may follow.
+    Answered,
+    /// The buffer holds no complete request: read more.
+    NeedMore,
+    /// An answer was queued after which the connection must close.
+    Close,
+}
+
+/// The worker's HTTP machinery: one parser, one head scratch, the app's
+/// router and Lua state, the cached Date.
+pub struct Http {
+    /// Worker index, for log lines.
+    pub worker: u32,
+    /// picohttpparser state.
+    pub parser: Parser,
+    /// Parsed head scratch, reused for every request.
+    pub head: Box<Head>,
+    /// Request limits.
+    pub limits: Limits,
+    /// The app's routes.
+    pub router: Router,
+    /// The worker's Lua state and exchange.
+    pub lua: LuaWorker,
+    /// Cached `Date`.
+    pub date: DateCache,
+}
+
+impl Http {
+    /// Handles the request at the front of `recv`, queueing its response in
+    /// `send` (or `pinned` for a large body). Consumes the request's bytes.
+    pub fn handle_one(
+        &mut self,
+        recv: &mut RingBuffer,
+        send: &mut RingBuffer,
+        state: &mut Exchange,
+        pinned: &mut Option<PinnedBody>,
+    ) -> Step {
+        debug_assert!(send.spare() >= SEND_HEADROOM_BYTES);
+        debug_assert!(pinned.is_none());
+        let data = recv.unconsumed();
+        let base_offset = recv.head();
+        self.parser.reset();
+        match self
+            .parser
+            .parse(data, base_offset, &self.limits, &mut self.head)
+        {
+            Ok(ParseStatus::Complete) => {}
+            Ok(ParseStatus::Partial) => return Step::NeedMore,
+            Err(err) => {
+                self.queue_error(send, err.status(), None, CLOSE);
+                return Step::Close;
+            }
+        }
+        let head = &self.head;
+        let body_len = match head.body {
+            BodyFraming::None => 0,
+            BodyFraming::Length(n) => n,
+            // Chunked request bodies are refused until in-place decoding
+            // lands (issue 4); 411 tells the client to send a length.
+            BodyFraming::Chunked => {
+                self.queue_error(send, 411, None, CLOSE);
+                return Step::Close;
+            }
+        };
+        let total = u64::from(head.head_len) + body_len;
+        if total > u64::from(recv.capacity()) {
+            self.queue_error(send, 413, None, CLOSE);
+            return Step::Close;
+        }
+        if (data.len() as u64) < total {
+            state.awaiting = total as u32;
+            if head.expect_continue && !state.continue_sent {
+                // The headroom check above guarantees room for 25 bytes.
+                send.append(CONTINUE)
+                    .expect("send headroom holds 100 Continue");
+                state.continue_sent = true;
+            }
+            return Step::NeedMore;
+        }
+        *state = Exchange::default();
+        let framing = Framing {
+            keep_alive: head.persistence == Persistence::KeepAlive,
+            head_request: recv.get(head.method) == b"HEAD",
+            minor_version: head.minor_version,
+        };
+        let body = Span::new(base_offset + head.head_len, body_len as u32);
+        self.respond(recv, send, framing, body, pinned);
+        recv.consume(total as u32);
+        if framing.keep_alive {
+            Step::Answered
+        } else {
+            Step::Close
+        }
+    }
+
+    fn respond(
+        &mut self,
+        recv: &RingBuffer,
+        send: &mut RingBuffer,
+        framing: Framing,
+        body: Span,
+        pinned: &mut Option<PinnedBody>,
+    ) {
+        let head = &*self.head;
+        let method = recv.get(head.method);
+        let path = recv.get(head.path);
+        let matched = match self.router.lookup(method, path, head.path.offset) {
+            Ok(matched) => matched,
+            Err(RouteMiss::NotFound) => return self.queue_error(send, 404, None, framing),
+            Err(RouteMiss::MethodNotAllowed { allow }) => {
+                let allow = allow.as_bytes();
+                let n = write_error(405, Some(allow), framing, &self.date, send.spare_mut())
+                    .expect("send headroom holds a canned response");
+                send.commit(n as u32);
+                return;
+            }
+        };
+        self.lua
+            .exchange_mut()
+            .bind(recv.filled(), head, matched.params(), body);
+        let handler = matched.handler;
+        match self.lua.run(handler) {
+            Outcome::Done { body } => self.commit(send, framing, body, pinned, method, path),
+            Outcome::Failed { message } => {
+                crate::log!(
+                    Level::Error,
+                    Some(self.worker),
+                    "{} {}: handler failed: {message}",
+                    String::from_utf8_lossy(method),
+                    String::from_utf8_lossy(path)
+                );
+                self.queue_error(send, 500, None, framing);
+            }
+        }
+        self.lua.exchange_mut().expire();
+    }
+
+    fn commit(
+        &mut self,
+        send: &mut RingBuffer,
+        framing: Framing,
+        body: Option<BodyString>,
+        pinned: &mut Option<PinnedBody>,
+        method: &[u8],
+        path: &[u8],
+    ) {
+        let exchange = self.lua.exchange();
+        let bytes = exchange.response_body().unwrap_or(&[]);
+        let written = write_head(
+            exchange,
+            bytes.len() as u64,
+            framing,
+            &self.date,
+            send.spare_mut(),
+        );
+        let n = match written {
+            Ok(n) => n,
+            Err(err) => {
+                crate::log!(
+                    Level::Error,
+                    Some(self.worker),
+                    "{} {}: invalid response: {err}",
+                    String::from_utf8_lossy(method),
+                    String::from_utf8_lossy(path)
+                );
+                return self.queue_error(send, 500, None, framing);
+            }
+        };
+        send.commit(n as u32);
+        if !has_body(exchange.status as u16, framing.head_request) || bytes.is_empty() {
+            return;
+        }
+        if bytes.len() <= send.spare() as usize {
+            send.append(bytes).expect("checked spare");
+        } else if let Some(owner) = body {
+            *pinned = Some(PinnedBody {
+                ptr: bytes.as_ptr(),
+                len: bytes.len(),
+                sent: 0,
+                _owner: owner,
+            });
+        }
+    }
+
+    /// Queues a canned response for an engine-decided status.
+    pub fn queue_error(
+        &self,
+        send: &mut RingBuffer,
+        status: u16,
+        allow: Option<&[u8]>,
+        framing: Framing,
+    ) {
+        let n = write_error(status, allow, framing, &self.date, send.spare_mut())
+            .expect("send headroom holds a canned response");
+        send.commit(n as u32);
+    }
+}
+
+/// Framing for errors after which the connection closes.
+pub const CLOSE: Framing = Framing {
+    keep_alive: false,
+    head_request: false,
+    minor_version: 1,
+};

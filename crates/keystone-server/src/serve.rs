@@ -1,0 +1,300 @@
+//! `keystone serve`: bind one SO_REUSEPORT listener per worker, attach the
+//! eBPF steering program, start the workers, then wait for signals and
+//! drain.
+//!
+//! Shared between threads, and why it is safe: the app source (an immutable
+//! `Arc<str>` each worker compiles into its own Lua state), each worker's
+//! wake eventfd (the main thread only writes to it to start a drain), and
+//! the exit channel (a message when a worker stops). Nothing on the request
+//! path is shared.
+
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::process::ExitCode;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use keystone_ebpf::{EbpfMode, ReuseportSteering};
+use keystone_lua::{AppSource, LoadedApp};
+use keystone_parser::Limits;
+
+use crate::cli::ServeArgs;
+use crate::log::Level;
+use crate::worker::{self, WorkerConfig};
+use crate::{EXAMPLE_APP, EXAMPLE_APP_NAME, EXIT_USAGE};
+
+/// Pending connections the kernel queues per listener while workers are
+/// busy or at `--max-connections` (nginx uses 511; the kernel caps it at
+/// `net.core.somaxconn`, 4096 on current kernels).
+const LISTEN_BACKLOG: i32 = 4096;
+
+fn fail(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("keystone: {message}");
+    ExitCode::from(EXIT_USAGE)
+}
+
+/// Runs the server until SIGTERM/SIGINT and the drain that follows.
+pub fn serve(args: ServeArgs) -> ExitCode {
+    let app = match &args.app {
+        Some(path) => match AppSource::read(path) {
+            Ok(app) => app,
+            Err(err) => return fail(err),
+        },
+        None => AppSource::bundled(EXAMPLE_APP_NAME, EXAMPLE_APP),
+    };
+    // Compile once here so a broken app fails before any socket is bound.
+    if let Err(err) = LoadedApp::load(&app, 0, |_| {}) {
+        return fail(err);
+    }
+    let workers = args
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32));
+    let limits = Limits {
+        max_header_bytes: args.max_header_bytes,
+        max_headers: args.max_headers,
+        max_uri_bytes: args.max_uri_bytes,
+        max_body_bytes: args.max_body_bytes,
+    };
+    let mut listeners = Vec::with_capacity(workers as usize);
+    let mut addr = args.listen;
+    for _ in 0..workers {
+        match listen(addr) {
+            Ok((fd, bound)) => {
+                addr = bound; // port 0: every worker joins the first one's port
+                listeners.push(fd);
+            }
+            Err(err) => return fail(format_args!("cannot listen on {}: {err}", args.listen)),
+        }
+    }
+    let steering = match steer(args.ebpf, &listeners) {
+        Ok(steering) => steering,
+        Err(code) => return code,
+    };
+    block_signals();
+    let (exit_tx, exit_rx) = mpsc::channel();
+    let mut wakes = Vec::with_capacity(workers as usize);
+    for (index, listener) in listeners.into_iter().enumerate() {
+        let wake = match eventfd() {
+            Ok(fd) => fd,
+            Err(err) => return fail(format_args!("eventfd: {err}")),
+        };
+        let config = WorkerConfig {
+            index: index as u32,
+            listener,
+            wake: wake.try_clone().expect("dup eventfd"),
+            app: app.clone(),
+            limits,
+            max_connections: args.max_connections,
+        };
+        wakes.push(wake);
+        if let Err(message) = spawn(config, workers, exit_tx.clone()) {
+            return fail(message);
+        }
+    }
+    crate::log!(
+        Level::Info,
+        None,
+        "listening on http://{addr} ({workers} workers, app {}, steering: {})",
+        app.path.display(),
+        if steering.is_some() {
+            "ebpf"
+        } else {
+            "kernel reuseport hash"
+        }
+    );
+    let code = supervise(
+        &wakes,
+        exit_rx,
+        workers,
+        Duration::from_secs(args.drain_timeout),
+    );
+    drop(steering);
+    code
+}
+
+/// Starts worker `config.index` pinned to a core and waits until it has
+/// loaded the app (or failed to).
+fn spawn(
+    config: WorkerConfig,
+    workers: u32,
+    exits: mpsc::Sender<(u32, bool)>,
+) -> Result<(), String> {
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let index = config.index;
+    let builder = std::thread::Builder::new().name(format!("keystone-w{index}"));
+    builder
+        .spawn(move || {
+            pin_to_core(index, workers);
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                worker::run(config, |ready| {
+                    let _ = ready_tx.send(ready);
+                })
+            }));
+            let _ = exits.send((index, outcome.is_ok()));
+        })
+        .map_err(|err| format!("cannot start worker {index}: {err}"))?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(message)) => Err(format!("worker {index} failed to start: {message}")),
+        Err(_) => Err(format!("worker {index} died while starting")),
+    }
+}
+
+fn steer(mode: EbpfMode, listeners: &[OwnedFd]) -> Result<Option<ReuseportSteering>, ExitCode> {
+    if mode == EbpfMode::Off {
+        return Ok(None);
+    }
+    let fds: Vec<_> = listeners.iter().map(|fd| fd.as_fd()).collect();
+    match ReuseportSteering::attach(&fds) {
+        Ok(steering) => Ok(Some(steering)),
+        Err(err) if mode == EbpfMode::Require => Err(fail(format_args!(
+            "--ebpf require: eBPF steering unavailable: {err}"
+        ))),
+        Err(err) => {
+            crate::log!(
+                Level::Warn,
+                None,
+                "eBPF steering unavailable, falling back to the kernel's reuseport hashing: {err}"
+            );
+            Ok(None)
+        }
+    }
+}
+
+/// Waits for SIGTERM/SIGINT, then drains; exits early with status 1 if a
+/// worker stops on its own (a bug: the process must not limp on).
+fn supervise(
+    wakes: &[OwnedFd],
+    exits: mpsc::Receiver<(u32, bool)>,
+    workers: u32,
+    drain: Duration,
+) -> ExitCode {
+    let mut deadline: Option<Instant> = None;
+    let mut stopped = 0;
+    loop {
+        if let Some(signal) = wait_signal(Duration::from_millis(100)) {
+            match signal {
+                libc::SIGTERM | libc::SIGINT if deadline.is_none() => {
+                    crate::log!(
+                        Level::Info,
+                        None,
+                        "signal {signal}: draining (deadline {}s)",
+                        drain.as_secs()
+                    );
+                    deadline = Some(Instant::now() + drain);
+                    for wake in wakes {
+                        let one: u64 = 1;
+                        // SAFETY: writes 8 bytes from a stack u64 to an eventfd we own.
+                        unsafe { libc::write(wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
+                    }
+                }
+                libc::SIGHUP => crate::log!(
+                    Level::Warn,
+                    None,
+                    "SIGHUP: hot reload is not implemented yet; ignoring"
+                ),
+                _ => {}
+            }
+        }
+        while let Ok((index, clean)) = exits.try_recv() {
+            stopped += 1;
+            if deadline.is_none() || !clean {
+                crate::log!(
+                    Level::Error,
+                    Some(index),
+                    "worker stopped unexpectedly; exiting"
+                );
+                return ExitCode::from(1);
+            }
+        }
+        if stopped == workers {
+            crate::log!(Level::Info, None, "drained; exiting");
+            return ExitCode::SUCCESS;
+        }
+        if deadline.is_some_and(|d| Instant::now() > d) {
+            crate::log!(
+                Level::Warn,
+                None,
+                "drain deadline passed with {} workers still busy; exiting",
+                workers - stopped
+            );
+            return ExitCode::SUCCESS;
+        }
+    }
+}
+
+fn signal_set() -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset initialise and fill a local set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(&mut set, signal);
+        }
+        set
+    }
+}
+
+/// Blocks the handled signals in this thread before workers start, so they
+/// inherit the mask and only `wait_signal` ever sees them.
+fn block_signals() {
+    let set = signal_set();
+    // SAFETY: changes this thread's mask with a valid set.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    // SAFETY: ignoring SIGPIPE process-wide; sends use MSG_NOSIGNAL anyway.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+}
+
+fn wait_signal(timeout: Duration) -> Option<i32> {
+    let set = signal_set();
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: valid set and timespec; no siginfo requested.
+    let signal = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &ts) };
+    (signal > 0).then_some(signal)
+}
+
+fn eventfd() -> std::io::Result<OwnedFd> {
+    // SAFETY: plain syscall; the result is checked before use.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn pin_to_core(index: u32, workers: u32) {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if workers as usize > cpus {
+        return; // more workers than cores: let the scheduler place them
+    }
+    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET writes within it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(index as usize % cpus, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// Binds a SO_REUSEPORT listener on `addr`; returns it and the bound
+/// address (which has the real port when `addr`'s port was 0).
+fn listen(addr: SocketAddr) -> std::io::Result<(OwnedFd, SocketAddr)> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM.cloexec(),
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_tcp_nodelay(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    let bound = socket
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| std::io::Error::other("listener has no IP address"))?;
+    Ok((socket.into(), bound))
+}

@@ -1,0 +1,626 @@
+//! One worker: a thread pinned to a core with its own listening socket, its
+//! own io_uring, its own connection slab and its own Lua state. Nothing here
+//! is shared with another worker; the event loop below is the only loop
+//! meant to run until told to stop.
+//!
+//! Connection life: accept → (recv → handle → send)* → shutdown(WR) →
+//! drain reads (lingering close, so a response is never lost to a reset) →
+//! close → slot free. A slot is reused only once no operation of it is in
+//! flight; its generation (in every token) makes late completions harmless.
+
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+use keystone_lua::{AppSource, LoadedApp};
+use keystone_parser::{Head, Limits, Parser};
+use keystone_reactor::{
+    Completion, Reactor, Timespec, Token, COMPLETIONS_PER_PUMP, GENERATION_MASK,
+};
+use keystone_response::DateCache;
+use keystone_ringbuf::{split_slab, RingBuffer};
+
+use crate::http::{Exchange, Http, PinnedBody, Step, SEND_HEADROOM_BYTES};
+use crate::log::Level;
+
+const OP_ACCEPT: u8 = 1;
+const OP_RECV: u8 = 2;
+const OP_SEND: u8 = 3;
+const OP_CLOSE: u8 = 4;
+const OP_SHUTDOWN: u8 = 5;
+const OP_CANCEL: u8 = 6;
+const OP_WAKE: u8 = 7;
+const OP_TICK: u8 = 8;
+
+/// Slot number used by operations that belong to the worker, not a
+/// connection (accept, wake-up, tick).
+const WORKER_SLOT: u32 = u32::MAX;
+
+/// Submission queue entries. Each connection has at most two operations
+/// queued per turn (recv and send); a full queue is flushed, not an error.
+const RING_ENTRIES: u32 = 1024;
+/// Response bytes buffered per connection: room for 16 pipelined small
+/// responses per send, plus the headroom one more response needs.
+pub const SEND_BUFFER_BYTES: u32 = 64 * 1024;
+const _: () = assert!(SEND_BUFFER_BYTES >= 2 * SEND_HEADROOM_BYTES);
+/// Accepted connections parked while the slab is full (accept is cancelled
+/// meanwhile); beyond it a connection is closed, with one warning.
+const PENDING_ACCEPTS_MAX: usize = 64;
+/// How long a closing connection may keep sending us bytes before we close
+/// it anyway (nginx's `lingering_time` is 30 s, `lingering_timeout` 5 s;
+/// the short one suits a server that only discards).
+const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
+/// The tick that drives deadlines; deadlines are checked at this grain.
+const TICK: Timespec = Timespec::new().sec(1);
+
+/// Everything a worker thread needs, moved into it at spawn.
+pub struct WorkerConfig {
+    /// 0-based worker index.
+    pub index: u32,
+    /// This worker's SO_REUSEPORT listening socket.
+    pub listener: OwnedFd,
+    /// eventfd the main thread writes to start draining.
+    pub wake: OwnedFd,
+    /// The app to load into this worker's Lua state.
+    pub app: AppSource,
+    /// Request limits.
+    pub limits: Limits,
+    /// Connection slots.
+    pub max_connections: u32,
+}
+
+#[derive(Default)]
+struct Conn {
+    fd: RawFd,
+    generation: u32,
+    ops_in_flight: u8,
+    recv_armed: bool,
+    /// Bytes of the send in flight (0: none).
+    sending: u32,
+    sending_pinned: bool,
+    close_after_send: bool,
+    closing: bool,
+    close_submitted: bool,
+    lingering: bool,
+    linger_deadline: Option<Instant>,
+    http: Exchange,
+    pinned: Option<PinnedBody>,
+}
+
+struct Slot {
+    conn: Conn,
+    recv: RingBuffer,
+    send: RingBuffer,
+}
+
+/// Starts a worker: loads the app, then serves until drained. Returns an
+/// error message for start-up failures.
+pub fn run(config: WorkerConfig, ready: impl FnOnce(Result<(), String>)) {
+    let mut worker = match Worker::new(config) {
+        Ok(worker) => worker,
+        Err(message) => return ready(Err(message)),
+    };
+    ready(Ok(()));
+    if let Err(err) = worker.event_loop() {
+        crate::log!(
+            Level::Error,
+            Some(worker.http.worker),
+            "event loop failed: {err}"
+        );
+    }
+}
+
+struct Worker {
+    reactor: Reactor,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    live: u32,
+    listener: Option<OwnedFd>,
+    accept_armed: bool,
+    pending: Vec<RawFd>,
+    pending_warned: bool,
+    wake: OwnedFd,
+    wake_buf: Box<[u8; 8]>,
+    tick: Box<Timespec>,
+    draining: bool,
+    http: Http,
+}
+
+impl Worker {
+    fn new(config: WorkerConfig) -> Result<Worker, String> {
+        let index = config.index;
+        let loaded = LoadedApp::load(&config.app, index, move |line| {
+            crate::log!(Level::Info, Some(index), "lua: {line}");
+        })
+        .map_err(|err| err.to_string())?;
+        let recv_bytes = u64::from(config.limits.max_header_bytes) + config.limits.max_body_bytes;
+        let recv_bytes = u32::try_from(recv_bytes).map_err(|_| {
+            format!("--max-header-bytes + --max-body-bytes = {recv_bytes} exceeds 4 GiB")
+        })?;
+        let recvs = split_slab(config.max_connections, recv_bytes).map_err(|e| e.to_string())?;
+        let sends =
+            split_slab(config.max_connections, SEND_BUFFER_BYTES).map_err(|e| e.to_string())?;
+        let slots = recvs
+            .into_iter()
+            .zip(sends)
+            .map(|(recv, send)| Slot {
+                conn: Conn {
+                    fd: -1,
+                    ..Conn::default()
+                },
+                recv,
+                send,
+            })
+            .collect();
+        let reactor =
+            Reactor::new(RING_ENTRIES).map_err(|e| format!("io_uring setup failed: {e}"))?;
+        Ok(Worker {
+            reactor,
+            slots,
+            free: (0..config.max_connections).rev().collect(),
+            live: 0,
+            listener: Some(config.listener),
+            accept_armed: false,
+            pending: Vec::with_capacity(PENDING_ACCEPTS_MAX),
+            pending_warned: false,
+            wake: config.wake,
+            wake_buf: Box::new([0; 8]),
+            tick: Box::new(TICK),
+            draining: false,
+            http: Http {
+                worker: index,
+                parser: Parser::new(),
+                head: Box::new(Head::new()),
+                limits: config.limits,
+                router: loaded.router,
+                lua: loaded.lua,
+                date: DateCache::new(),
+            },
+        })
+    }
+
+    fn event_loop(&mut self) -> std::io::Result<()> {
+        self.arm_accept();
+        self.arm_wake();
+        // SAFETY: `tick` is boxed and lives as long as the worker (and so
+        // the ring, which is dropped with it).
+        unsafe {
+            self.reactor
+                .tick(&*self.tick, Token::new(WORKER_SLOT, 0, OP_TICK))
+        };
+        let mut completions = [Completion::EMPTY; COMPLETIONS_PER_PUMP];
+        while !(self.draining && self.live == 0 && !self.accept_armed) {
+            let count = self.reactor.pump(&mut completions)?;
+            self.http.date.refresh();
+            for completion in &completions[..count] {
+                self.complete(*completion);
+            }
+        }
+        self.reactor.flush()
+    }
+
+    fn complete(&mut self, c: Completion) {
+        let token = c.token;
+        if token.slot() == WORKER_SLOT {
+            return match token.op() {
+                OP_ACCEPT => self.on_accept(c),
+                OP_WAKE => self.on_wake(c),
+                OP_TICK => self.on_tick(),
+                _ => {}
+            };
+        }
+        let slot = token.slot() as usize;
+        let conn = &mut self.slots[slot].conn;
+        if conn.fd < 0 || conn.generation != token.generation() {
+            return; // a late completion of a slot since reused
+        }
+        if token.op() != OP_CANCEL {
+            debug_assert!(conn.ops_in_flight > 0);
+            conn.ops_in_flight -= 1;
+        }
+        match token.op() {
+            OP_RECV => self.on_recv(slot, c.result),
+            OP_SEND => self.on_send(slot, c.result),
+            OP_SHUTDOWN => self.on_shutdown(slot),
+            OP_CLOSE => return self.on_close(slot),
+            _ => {}
+        }
+        self.finish_if_closing(slot);
+    }
+
+    fn token(&self, slot: usize, op: u8) -> Token {
+        Token::new(slot as u32, self.slots[slot].conn.generation, op)
+    }
+
+    // --- accepting ---------------------------------------------------
+
+    fn arm_accept(&mut self) {
+        if let Some(listener) = &self.listener {
+            if !self.accept_armed && !self.draining {
+                self.reactor
+                    .accept_multishot(listener.as_raw_fd(), Token::new(WORKER_SLOT, 0, OP_ACCEPT));
+                self.accept_armed = true;
+            }
+        }
+    }
+
+    fn on_accept(&mut self, c: Completion) {
+        if !c.more() {
+            self.accept_armed = false;
+        }
+        if c.result >= 0 {
+            self.adopt(c.result);
+        } else if c.result != -libc::ECANCELED {
+            crate::log!(
+                Level::Warn,
+                Some(self.http.worker),
+                "accept failed: {}",
+                errno_text(c.result)
+            );
+        }
+        if self.draining {
+            if !self.accept_armed {
+                self.listener = None;
+            }
+        } else if self.free.is_empty() && self.accept_armed {
+            // Slab full: stop accepting; new connections wait in the backlog.
+            self.reactor.cancel(
+                Token::new(WORKER_SLOT, 0, OP_ACCEPT),
+                Token::new(WORKER_SLOT, 0, OP_CANCEL),
+            );
+        } else if !self.free.is_empty() {
+            self.arm_accept();
+        }
+    }
+
+    fn adopt(&mut self, fd: RawFd) {
+        if self.draining {
+            // SAFETY: `fd` was just accepted and is owned by nobody else.
+            unsafe { libc::close(fd) };
+            return;
+        }
+        let Some(slot) = self.free.pop() else {
+            if self.pending.len() < PENDING_ACCEPTS_MAX {
+                self.pending.push(fd);
+            } else {
+                if !self.pending_warned {
+                    crate::log!(Level::Warn, Some(self.http.worker), "connection slab and accept queue full: closing new connections (raise --max-connections)");
+                    self.pending_warned = true;
+                }
+                // SAFETY: as above.
+                unsafe { libc::close(fd) };
+            }
+            return;
+        };
+        set_nodelay(fd);
+        let conn = &mut self.slots[slot as usize].conn;
+        debug_assert!(conn.fd < 0 && conn.ops_in_flight == 0);
+        let generation = conn.generation;
+        *conn = Conn {
+            fd,
+            generation,
+            ..Conn::default()
+        };
+        self.live += 1;
+        self.arm_recv(slot as usize);
+    }
+
+    // --- reading -----------------------------------------------------
+
+    fn arm_recv(&mut self, slot: usize) {
+        let token = self.token(slot, OP_RECV);
+        let Slot { conn, recv, .. } = &mut self.slots[slot];
+        debug_assert!(!conn.recv_armed);
+        if recv.spare() == 0 && recv.head() > 0 {
+            recv.compact();
+        }
+        let (ptr, len) = recv.spare_ptr();
+        // Limits make a request always fit (capacity = head + body limits),
+        // so a full buffer here is a bug, not a peer error.
+        assert!(len > 0, "receive buffer full without a complete request");
+        // SAFETY: the spare region belongs to this slot's buffer, which lives
+        // as long as the worker; nothing touches it until the completion
+        // (`recv_armed` blocks compaction and processing meanwhile).
+        unsafe { self.reactor.recv(conn.fd, ptr, len, token) };
+        conn.recv_armed = true;
+        conn.ops_in_flight += 1;
+    }
+
+    fn on_recv(&mut self, slot: usize, result: i32) {
+        let Slot { conn, recv, .. } = &mut self.slots[slot];
+        conn.recv_armed = false;
+        if conn.closing {
+            if conn.lingering {
+                // Discard what a closing peer still sends, until EOF.
+                recv.reset_for_reuse();
+                let in_time = conn.linger_deadline.is_some_and(|d| Instant::now() <= d);
+                if result > 0 && in_time {
+                    self.arm_recv(slot);
+                }
+            }
+            return;
+        }
+        if result <= 0 {
+            // EOF or error: whatever was queued is still sent, then close.
+            conn.close_after_send = true;
+            return self.after_drive(slot, false);
+        }
+        recv.commit(result as u32);
+        self.drive(slot);
+    }
+
+    // --- handling ----------------------------------------------------
+
+    /// Answers every complete request buffered, as far as send space
+    /// allows, then arranges the next I/O.
+    fn drive(&mut self, slot: usize) {
+        let Slot { conn, recv, send } = &mut self.slots[slot];
+        let mut need_more = false;
+        loop {
+            if conn.close_after_send || conn.pinned.is_some() {
+                break;
+            }
+            if send.spare() < SEND_HEADROOM_BYTES {
+                if conn.sending == 0 && send.head() > 0 {
+                    send.compact();
+                }
+                if send.spare() < SEND_HEADROOM_BYTES {
+                    break; // wait for the send in flight to free room
+                }
+            }
+            if recv.is_empty() || conn.http.awaiting > recv.len() {
+                need_more = true;
+                break;
+            }
+            match self
+                .http
+                .handle_one(recv, send, &mut conn.http, &mut conn.pinned)
+            {
+                Step::Answered => {}
+                Step::NeedMore => {
+                    need_more = true;
+                    break;
+                }
+                Step::Close => conn.close_after_send = true,
+            }
+        }
+        self.after_drive(slot, need_more);
+    }
+
+    fn after_drive(&mut self, slot: usize, need_more: bool) {
+        let draining = self.draining;
+        let Slot { conn, recv, send } = &mut self.slots[slot];
+        if conn.closing {
+            return;
+        }
+        if draining && need_more && recv.is_empty() && conn.http.awaiting == 0 {
+            conn.close_after_send = true; // idle while draining: finish and close
+        }
+        if conn.sending == 0 {
+            if !send.is_empty() || conn.pinned.is_some() {
+                self.start_send(slot);
+            } else if conn.close_after_send {
+                return self.begin_close(slot);
+            }
+        }
+        let conn = &self.slots[slot].conn;
+        if need_more && !conn.recv_armed && !conn.close_after_send {
+            self.arm_recv(slot);
+        }
+    }
+
+    // --- writing -----------------------------------------------------
+
+    fn start_send(&mut self, slot: usize) {
+        let token = self.token(slot, OP_SEND);
+        let Slot { conn, send, .. } = &mut self.slots[slot];
+        debug_assert_eq!(conn.sending, 0);
+        let (ptr, len, pinned) = if !send.is_empty() {
+            let bytes = send.unconsumed();
+            (bytes.as_ptr(), bytes.len(), false)
+        } else if let Some(body) = &conn.pinned {
+            let (ptr, len) = body.remaining();
+            (ptr, len, true)
+        } else {
+            return;
+        };
+        let len = len.min(u32::MAX as usize) as u32;
+        // SAFETY: the bytes are this slot's send buffer (appends land past
+        // them and compaction waits for `sending == 0`) or a pinned Lua
+        // string kept alive until its last byte is sent.
+        unsafe { self.reactor.send(conn.fd, ptr, len, token) };
+        conn.sending = len;
+        conn.sending_pinned = pinned;
+        conn.ops_in_flight += 1;
+    }
+
+    fn on_send(&mut self, slot: usize, result: i32) {
+        let Slot { conn, send, .. } = &mut self.slots[slot];
+        debug_assert!(conn.sending > 0);
+        conn.sending = 0;
+        if conn.closing {
+            return;
+        }
+        if result <= 0 {
+            // The peer is gone: nothing more can be delivered.
+            conn.pinned = None;
+            send.consume(send.len());
+            return self.begin_close_now(slot);
+        }
+        let sent = result as u32;
+        if conn.sending_pinned {
+            let body = conn.pinned.as_mut().expect("pinned send without a body");
+            body.sent += sent as usize;
+            if body.remaining().1 == 0 {
+                conn.pinned = None;
+            }
+        } else {
+            send.consume(sent);
+        }
+        if !send.is_empty() || conn.pinned.is_some() {
+            return self.start_send(slot);
+        }
+        if conn.close_after_send {
+            return self.begin_close(slot);
+        }
+        // Room again: answer pipelined requests that were waiting.
+        self.drive(slot);
+    }
+
+    // --- closing -----------------------------------------------------
+
+    /// Graceful close: FIN after the last response, then discard reads
+    /// until the peer closes (or the linger deadline), then close.
+    fn begin_close(&mut self, slot: usize) {
+        let token = self.token(slot, OP_SHUTDOWN);
+        let conn = &mut self.slots[slot].conn;
+        debug_assert!(!conn.closing);
+        conn.closing = true;
+        if conn.recv_armed {
+            // A read is pending: shut both ways so it returns, then close.
+            // SAFETY: `fd` is this connection's open socket.
+            unsafe { libc::shutdown(conn.fd, libc::SHUT_RDWR) };
+            return;
+        }
+        conn.lingering = true;
+        conn.linger_deadline = Some(Instant::now() + LINGER_TIMEOUT);
+        self.reactor.shutdown(conn.fd, libc::SHUT_WR, token);
+        conn.ops_in_flight += 1;
+    }
+
+    /// Abortive close: the peer is gone, no lingering.
+    fn begin_close_now(&mut self, slot: usize) {
+        let conn = &mut self.slots[slot].conn;
+        conn.closing = true;
+        conn.lingering = false;
+        if conn.recv_armed {
+            // SAFETY: `fd` is this connection's open socket.
+            unsafe { libc::shutdown(conn.fd, libc::SHUT_RDWR) };
+        }
+    }
+
+    fn on_shutdown(&mut self, slot: usize) {
+        let conn = &self.slots[slot].conn;
+        if conn.lingering && !conn.recv_armed {
+            self.arm_recv(slot);
+        }
+    }
+
+    /// Submits the close once a closing connection has nothing in flight.
+    fn finish_if_closing(&mut self, slot: usize) {
+        let token = self.token(slot, OP_CLOSE);
+        let conn = &mut self.slots[slot].conn;
+        if conn.fd < 0 || !conn.closing || conn.ops_in_flight > 0 || conn.close_submitted {
+            return;
+        }
+        conn.close_submitted = true;
+        self.reactor.close(conn.fd, token);
+        conn.ops_in_flight += 1;
+    }
+
+    fn on_close(&mut self, slot: usize) {
+        let Slot { conn, recv, send } = &mut self.slots[slot];
+        debug_assert_eq!(conn.ops_in_flight, 0);
+        let generation = (conn.generation + 1) & GENERATION_MASK;
+        *conn = Conn {
+            fd: -1,
+            generation,
+            ..Conn::default()
+        };
+        recv.reset_for_reuse();
+        send.reset_for_reuse();
+        self.free.push(slot as u32);
+        self.live -= 1;
+        if let Some(fd) = self.pending.pop() {
+            return self.adopt(fd);
+        }
+        self.arm_accept();
+    }
+
+    // --- worker events -------------------------------------------------
+
+    fn arm_wake(&mut self) {
+        let fd = self.wake.as_raw_fd();
+        let buf = self.wake_buf.as_mut_ptr();
+        // SAFETY: `wake_buf` is boxed and lives as long as the worker.
+        unsafe {
+            self.reactor
+                .read(fd, buf, 8, Token::new(WORKER_SLOT, 0, OP_WAKE))
+        };
+    }
+
+    /// The main thread asked us to drain: stop accepting, close idle
+    /// connections, finish the rest.
+    fn on_wake(&mut self, c: Completion) {
+        if c.result < 0 && c.result != -libc::EINTR {
+            return;
+        }
+        if self.draining {
+            return;
+        }
+        self.draining = true;
+        crate::log!(
+            Level::Info,
+            Some(self.http.worker),
+            "draining {} connections",
+            self.live
+        );
+        if self.accept_armed {
+            self.reactor.cancel(
+                Token::new(WORKER_SLOT, 0, OP_ACCEPT),
+                Token::new(WORKER_SLOT, 0, OP_CANCEL),
+            );
+        } else {
+            self.listener = None;
+        }
+        for fd in self.pending.drain(..) {
+            // SAFETY: parked accepted sockets are owned by this worker.
+            unsafe { libc::close(fd) };
+        }
+        for slot in &mut self.slots {
+            let conn = &mut slot.conn;
+            let idle = conn.fd >= 0 && conn.recv_armed && slot.recv.is_empty() && conn.sending == 0;
+            if idle && !conn.closing {
+                conn.close_after_send = true;
+                // SAFETY: `fd` is an open socket of this worker; the pending
+                // recv returns 0 and the normal close path follows.
+                unsafe { libc::shutdown(conn.fd, libc::SHUT_RDWR) };
+            }
+        }
+    }
+
+    /// Once a second: close lingering connections past their deadline.
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        for slot in &mut self.slots {
+            let conn = &slot.conn;
+            if conn.fd >= 0
+                && conn.lingering
+                && conn.recv_armed
+                && conn.linger_deadline.is_some_and(|d| now > d)
+            {
+                // SAFETY: an open socket of this worker; its pending recv
+                // returns and the close path follows.
+                unsafe { libc::shutdown(conn.fd, libc::SHUT_RDWR) };
+            }
+        }
+    }
+}
+
+fn set_nodelay(fd: RawFd) {
+    let on: libc::c_int = 1;
+    // SAFETY: `fd` is a freshly accepted TCP socket; the option value is a
+    // c_int on the stack, valid for the call.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+}
+
+fn errno_text(result: i32) -> String {
+    std::io::Error::from_raw_os_error(-result).to_string()
+}
