@@ -26,6 +26,7 @@ tasks:
   test            packages, fmt, clippy, check-layers, BPF up-to-date, cargo test
   check-layers    check workspace dependency edges against the layer DAG
   build-ebpf      compile ebpf/*.c into the committed ebpf/<name>.bpf.o
+  check-ebpf      check the committed BPF objects match their sources
   bench           (not implemented yet)
 ";
 
@@ -53,6 +54,7 @@ fn main() -> ExitCode {
         ("test", []) => test(&root),
         ("check-layers", []) => check_layers(&root),
         ("build-ebpf", []) => ebpf::build(&root),
+        ("check-ebpf", []) => ebpf::check_up_to_date(&root),
         ("bench", _) => {
             eprintln!("cargo xtask bench: not implemented yet: see issue 8");
             return ExitCode::FAILURE;
@@ -61,7 +63,7 @@ fn main() -> ExitCode {
             print!("{USAGE}");
             return ExitCode::SUCCESS;
         }
-        ("test" | "check-layers" | "build-ebpf", extra) => {
+        ("test" | "check-layers" | "build-ebpf" | "check-ebpf", extra) => {
             eprintln!("cargo xtask {task}: takes no arguments, got {extra:?}\n");
             eprint!("{USAGE}");
             return ExitCode::from(EXIT_USAGE);
@@ -178,13 +180,14 @@ impl TestTotals {
     }
 }
 
-/// `cargo test --workspace`, streaming its output while counting results.
+/// `cargo test --workspace --no-fail-fast`, streaming its output while
+/// counting results: every test binary runs, so the summary covers them all.
 fn cargo_test(root: &Path) -> Result<()> {
     use std::io::{BufRead as _, BufReader};
 
     let mut child = cargo()
         .current_dir(root)
-        .args(["test", "--workspace"])
+        .args(["test", "--workspace", "--no-fail-fast"])
         .stdout(Stdio::piped())
         .spawn()
         .context("running cargo test")?;
@@ -213,10 +216,7 @@ fn test(root: &Path) -> Result<()> {
     let steps: Vec<Step> = vec![
         (
             "system packages",
-            Box::new(|| {
-                debian::ensure(debian::BUILD_PACKAGES)?;
-                debian::ensure(debian::TEST_PACKAGES)
-            }),
+            Box::new(|| debian::ensure(&[debian::BUILD_PACKAGES, debian::TEST_PACKAGES].concat())),
         ),
         (
             "fmt",
