@@ -175,7 +175,7 @@ impl LoadedApp {
             .load(&*source.text)
             .set_name(format!("@{}", source.path.display()))
             .set_environment(env)
-            .eval()
+            .call(())
             .map_err(lua_error)?;
         let (router, routes, handlers) = compile_routes(&lua, source, app)?;
         register.call::<()>(handlers).map_err(engine)?;

@@ -1,0 +1,165 @@
+//! The exchange is an ABI: the Lua prelude's `ffi.cdef` reads these exact
+//! offsets. A change here is a breaking change and must change the prelude
+//! in the same commit (the prelude also checks at start-up).
+
+use std::mem::{align_of, offset_of, size_of};
+
+use keystone_exchange::{HeaderError, HttpExchange, ParamView, ResponseHeader};
+use keystone_parser::{Head, HeaderSpan, Limits, ParseStatus, Parser};
+use keystone_ringbuf::Span;
+use keystone_router::{Param, RouterBuilder};
+
+#[test]
+fn layout_is_pinned() {
+    assert_eq!(size_of::<Span>(), 8);
+    assert_eq!(size_of::<HeaderSpan>(), 16);
+    assert_eq!(size_of::<ParamView>(), 24);
+    assert_eq!(size_of::<ResponseHeader>(), 16);
+    assert_eq!(align_of::<HttpExchange>(), 8);
+    let offsets = [
+        ("generation", offset_of!(HttpExchange, generation), 0),
+        ("worker", offset_of!(HttpExchange, worker), 4),
+        ("base", offset_of!(HttpExchange, base), 8),
+        ("method", offset_of!(HttpExchange, method), 16),
+        ("target", offset_of!(HttpExchange, target), 24),
+        ("path", offset_of!(HttpExchange, path), 32),
+        ("query", offset_of!(HttpExchange, query), 40),
+        ("body", offset_of!(HttpExchange, body), 48),
+        ("headers", offset_of!(HttpExchange, headers), 56),
+        ("header_count", offset_of!(HttpExchange, header_count), 64),
+        ("param_count", offset_of!(HttpExchange, param_count), 68),
+        ("params", offset_of!(HttpExchange, params), 72),
+        (
+            "minor_version",
+            offset_of!(HttpExchange, minor_version),
+            264,
+        ),
+        ("status", offset_of!(HttpExchange, status), 268),
+        (
+            "response_header_count",
+            offset_of!(HttpExchange, response_header_count),
+            272,
+        ),
+        ("arena_len", offset_of!(HttpExchange, arena_len), 276),
+        ("body_ptr", offset_of!(HttpExchange, body_ptr), 280),
+        ("body_len", offset_of!(HttpExchange, body_len), 288),
+        (
+            "response_headers",
+            offset_of!(HttpExchange, response_headers),
+            296,
+        ),
+        ("arena", offset_of!(HttpExchange, arena), 1320),
+        ("scratch", offset_of!(HttpExchange, scratch), 9512),
+    ];
+    for (name, actual, expected) in offsets {
+        assert_eq!(actual, expected, "offset of {name}");
+    }
+    assert_eq!(size_of::<HttpExchange>(), 17704);
+}
+
+fn parse(request: &[u8], head: &mut Head) {
+    let mut parser = Parser::new();
+    let status = parser.parse(request, 0, &Limits::default(), head).unwrap();
+    assert!(matches!(status, ParseStatus::Complete));
+}
+
+#[test]
+fn bind_exposes_views_and_expire_invalidates() {
+    let request = b"GET /users/42?a=1 HTTP/1.1\r\nHost: x\r\nX-Token: t0k\r\n\r\n";
+    let mut head = Head::new();
+    parse(request, &mut head);
+    let mut builder = RouterBuilder::new();
+    builder.add("GET /users/{id}", 1).unwrap();
+    let router = builder.build();
+    let matched = router
+        .lookup(b"GET", b"/users/42", head.path.offset)
+        .unwrap();
+    let mut ex = HttpExchange::new_boxed(3);
+    let generation = ex.generation;
+    ex.bind(request, &head, matched.params(), Span::EMPTY);
+    assert!(ex.is_bound());
+    assert_eq!(ex.worker, 3);
+    assert_eq!(ex.request_bytes(ex.method), b"GET");
+    assert_eq!(ex.request_bytes(ex.path), b"/users/42");
+    assert_eq!(ex.request_bytes(ex.query), b"a=1");
+    assert_eq!(ex.request_header(b"x-token"), Some(&b"t0k"[..]));
+    assert_eq!(ex.request_header(b"absent"), None);
+    assert_eq!(ex.param_index(b"id"), Some(0));
+    assert_eq!(ex.request_bytes(ex.params[0].value), b"42");
+    ex.expire();
+    assert!(!ex.is_bound());
+    assert_ne!(ex.generation, generation);
+    assert_eq!(ex.request_headers().count(), 0);
+    assert_eq!(ex.param_index(b"id"), None);
+}
+
+#[test]
+fn bind_with_no_params() {
+    let request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut head = Head::new();
+    parse(request, &mut head);
+    let mut ex = HttpExchange::new_boxed(0);
+    let params: [Param<'_>; 0] = [];
+    ex.bind(request, &head, &params, Span::EMPTY);
+    assert_eq!(ex.query.len, 0);
+    assert_eq!(ex.status, 200);
+    ex.expire();
+}
+
+#[test]
+fn response_headers_set_replace_add_remove() {
+    let mut ex = HttpExchange::new_boxed(0);
+    ex.set_header(b"Content-Type", b"text/html").unwrap();
+    ex.set_header(b"content-type", b"application/json").unwrap();
+    assert_eq!(ex.response_headers().count(), 1);
+    assert_eq!(
+        ex.response_header(b"CONTENT-TYPE"),
+        Some(&b"application/json"[..])
+    );
+    ex.add_header(b"Set-Cookie", b"a=1").unwrap();
+    ex.add_header(b"Set-Cookie", b"b=2").unwrap();
+    assert_eq!(
+        ex.response_headers()
+            .filter(|(n, _)| *n == b"Set-Cookie")
+            .count(),
+        2
+    );
+    ex.remove_header(b"set-cookie").unwrap();
+    assert_eq!(ex.response_headers().count(), 1);
+}
+
+#[test]
+fn response_header_errors() {
+    let cases: &[(&[u8], &[u8], HeaderError)] = &[
+        (b"Bad Name", b"v", HeaderError::InvalidName),
+        (b"", b"v", HeaderError::InvalidName),
+        (b"X-Split", b"a\r\nInjected: 1", HeaderError::InvalidValue),
+        (b"X-Nul", b"a\0", HeaderError::InvalidValue),
+        (b"Content-Length", b"5", HeaderError::Reserved),
+        (b"connection", b"close", HeaderError::Reserved),
+        (b"Transfer-Encoding", b"chunked", HeaderError::Reserved),
+    ];
+    for (name, value, expected) in cases {
+        let mut ex = HttpExchange::new_boxed(0);
+        assert_eq!(ex.set_header(name, value), Err(*expected), "{name:?}");
+        assert_eq!(
+            ex.response_headers().count(),
+            0,
+            "nothing stored for {name:?}"
+        );
+        assert_eq!(HeaderError::from_code(expected.code()), Some(*expected));
+    }
+}
+
+#[test]
+fn response_header_limits_at_and_past() {
+    let mut ex = HttpExchange::new_boxed(0);
+    for i in 0..keystone_exchange::RESPONSE_HEADERS_MAX {
+        ex.add_header(format!("X-{i}").as_bytes(), b"v").unwrap();
+    }
+    assert_eq!(ex.add_header(b"X-Extra", b"v"), Err(HeaderError::TooMany));
+    let mut ex = HttpExchange::new_boxed(0);
+    let big = vec![b'v'; keystone_exchange::RESPONSE_ARENA_BYTES - 1];
+    ex.add_header(b"X", &big).unwrap();
+    assert_eq!(ex.add_header(b"Y", b"v"), Err(HeaderError::ArenaFull));
+}

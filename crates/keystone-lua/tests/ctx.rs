@@ -1,0 +1,345 @@
+//! Conformance of the policy bridge in isolation: a real LuaJIT state, a
+//! real parsed request, no sockets. Each case runs one handler against one
+//! request and checks what policy left in the exchange.
+
+use keystone_lua::{AppSource, LoadError, LoadedApp, Outcome};
+use keystone_parser::{Head, Limits, ParseStatus, Parser};
+use keystone_ringbuf::Span;
+
+struct Response {
+    status: u32,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+fn load(source: &str) -> LoadedApp {
+    LoadedApp::load(&AppSource::bundled("test_app.lua", leak(source)), 0, |_| {})
+        .unwrap_or_else(|err| panic!("app failed to load: {err}"))
+}
+
+fn leak(source: &str) -> &'static str {
+    Box::leak(source.to_string().into_boxed_str())
+}
+
+/// Runs `request` through `app`; Ok(response) or Err(error message).
+fn run(app: &mut LoadedApp, request: &[u8]) -> Result<Response, String> {
+    let mut head = Head::new();
+    let mut parser = Parser::new();
+    let status = parser
+        .parse(request, 0, &Limits::default(), &mut head)
+        .unwrap();
+    assert!(matches!(status, ParseStatus::Complete));
+    let body_len = request.len() as u32 - head.head_len;
+    let body = Span::new(head.head_len, body_len);
+    let method = &request[head.method.offset as usize..head.method.end() as usize];
+    let path = &request[head.path.offset as usize..head.path.end() as usize];
+    let matched = app
+        .router
+        .lookup(method, path, head.path.offset)
+        .ok()
+        .expect("route");
+    let handler = matched.handler;
+    app.lua
+        .exchange_mut()
+        .bind(request, &head, matched.params(), body);
+    let outcome = app.lua.run(handler);
+    let result = match outcome {
+        Outcome::Done { .. } => {
+            let ex = app.lua.exchange();
+            Ok(Response {
+                status: ex.status,
+                headers: ex
+                    .response_headers()
+                    .map(|(n, v)| (lossy(n), lossy(v)))
+                    .collect(),
+                body: lossy(ex.response_body().unwrap_or(b"")),
+            })
+        }
+        Outcome::Failed { message } => Err(message),
+    };
+    app.lua.exchange_mut().expire();
+    result
+}
+
+fn lossy(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+const ECHO_APP: &str = r#"
+return { routes = {
+  ["GET /echo/{id}"] = function(ctx)
+    ctx.body = table.concat({ ctx.method, ctx.path, ctx.query, tostring(ctx.args.q),
+      tostring(ctx.args.missing), ctx.params.id, tostring(ctx.params.nope),
+      tostring(ctx.request.headers["x-token"]), tostring(ctx.request.headers["absent"]),
+      ctx.request.body, tostring(ctx.worker) }, "|")
+  end,
+  ["POST /echo/{id}"] = function(ctx) ctx.body = ctx.request.body end,
+}}
+"#;
+
+#[test]
+fn ctx_reads() {
+    let mut app = load(ECHO_APP);
+    let response = run(
+        &mut app,
+        b"GET /echo/7?q=a+b%21&z HTTP/1.1\r\nHost: h\r\nX-TOKEN: secret\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(response.status, 200);
+    assert_eq!(
+        response.body,
+        "GET|/echo/7|q=a+b%21&z|a b!|nil|7|nil|secret|nil||0"
+    );
+    let response = run(&mut app, b"GET /echo/x HTTP/1.1\r\nHost: h\r\n\r\n").unwrap();
+    assert!(
+        response.body.starts_with("GET|/echo/x||nil|nil|x|"),
+        "{}",
+        response.body
+    );
+}
+
+#[test]
+fn ctx_request_body() {
+    let mut app = load(ECHO_APP);
+    let response = run(
+        &mut app,
+        b"POST /echo/1 HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello",
+    )
+    .unwrap();
+    assert_eq!(response.body, "hello");
+}
+
+#[test]
+fn ctx_writes() {
+    let mut app = load(
+        r#"return { routes = { ["GET /"] = function(ctx)
+            ctx.status = 201
+            ctx.headers["Content-Type"] = "application/json"
+            ctx.headers["X-Num"] = 42
+            ctx.headers["Set-Cookie"] = { "a=1", "b=2" }
+            ctx.headers["X-Gone"] = "x"
+            ctx.headers["X-Gone"] = nil
+            ctx.body = 12345
+            assert(ctx.headers["content-type"] == "application/json")
+            assert(ctx.status == 201)
+        end } }"#,
+    );
+    let response = run(&mut app, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n").unwrap();
+    assert_eq!(response.status, 201);
+    assert_eq!(response.body, "12345");
+    let names: Vec<_> = response
+        .headers
+        .iter()
+        .map(|(n, v)| format!("{n}={v}"))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "Content-Type=application/json",
+            "X-Num=42",
+            "Set-Cookie=a=1",
+            "Set-Cookie=b=2"
+        ]
+    );
+}
+
+/// One row per policy mistake: the handler body and a fragment the error
+/// message must contain (the field, and the app's file:line).
+#[test]
+fn policy_errors_are_precise() {
+    let cases: &[(&str, &str)] = &[
+        ("ctx.bogus = 1", "ctx has no writable field 'bogus'"),
+        (
+            "ctx.status = 'abc'",
+            "ctx.status must be an integer from 100 to 999",
+        ),
+        (
+            "ctx.status = 1000",
+            "ctx.status must be an integer from 100 to 999",
+        ),
+        (
+            "ctx.status = 99",
+            "ctx.status must be an integer from 100 to 999",
+        ),
+        ("ctx.body = {}", "ctx.body must be a string"),
+        (
+            "ctx.headers['X-A'] = 'a\\r\\nb'",
+            "invalid response header value",
+        ),
+        (
+            "ctx.headers['Bad Name'] = 'v'",
+            "invalid response header name",
+        ),
+        (
+            "ctx.headers['X-Nul'] = 'a\\0b'",
+            "invalid response header value",
+        ),
+        (
+            "ctx.headers['Content-Length'] = '5'",
+            "computed by keystone",
+        ),
+        ("ctx.params.id = 'x'", "ctx.params is read-only"),
+        ("error('boom')", "boom"),
+        ("local x = nil; x.y = 1", "attempt to index"),
+    ];
+    for (code, expected) in cases {
+        let source =
+            format!("return {{ routes = {{ [\"GET /\"] = function(ctx)\n{code}\nend }} }}");
+        let mut app = load(&source);
+        let err = run(&mut app, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+            .err()
+            .unwrap_or_else(|| panic!("{code} should fail"));
+        assert!(err.contains(expected), "{code}: {err}");
+        assert!(
+            err.contains("test_app.lua:2:"),
+            "{code}: no file:line in {err}"
+        );
+        // The state keeps working after an error, and the next request gets a clean ctx.
+        let app_ok = run(&mut app, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n");
+        assert!(app_ok.is_err(), "same handler fails again");
+    }
+}
+
+#[test]
+fn failed_request_leaves_no_state_for_the_next() {
+    let mut app = load(
+        r#"local n = 0
+        return { routes = { ["GET /"] = function(ctx)
+            n = n + 1
+            if n == 1 then ctx.headers["X-Leak"] = "1"; ctx.status = 418; ctx.body = "x"; error("first fails") end
+            ctx.body = tostring(ctx.headers["X-Leak"]) .. ":" .. ctx.status
+        end } }"#,
+    );
+    assert!(run(&mut app, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n").is_err());
+    let response = run(&mut app, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n").unwrap();
+    assert_eq!(response.body, "nil:200");
+    assert!(response.headers.is_empty());
+}
+
+#[test]
+fn kept_ctx_expires() {
+    let mut app = load(
+        r#"local saved
+        return { routes = {
+          ["GET /save"] = function(ctx) saved = ctx; saved_params = ctx.params; ctx.body = "saved" end,
+          ["GET /use"] = function(ctx)
+            local ok1, e1 = pcall(function() return saved.path end)
+            local ok2, e2 = pcall(function() return saved_params.id end)
+            local ok3, e3 = pcall(function() saved.status = 500 end)
+            ctx.body = tostring(ok1) .. " " .. tostring(e1) .. "\n" .. tostring(ok2) .. "\n" .. tostring(ok3)
+          end,
+        } }"#,
+    );
+    run(&mut app, b"GET /save HTTP/1.1\r\nHost: h\r\n\r\n").unwrap();
+    let response = run(&mut app, b"GET /use HTTP/1.1\r\nHost: h\r\n\r\n").unwrap();
+    assert!(response.body.starts_with("false "), "{}", response.body);
+    assert!(
+        response.body.contains("exchange expired"),
+        "{}",
+        response.body
+    );
+    assert!(response.body.ends_with("false\nfalse"), "{}", response.body);
+    assert_eq!(
+        response.status, 200,
+        "a stale write did not touch the live request"
+    );
+}
+
+#[test]
+fn globals_persist_per_state() {
+    let source = r#"return { routes = { ["GET /"] = function(ctx) count = (count or 0) + 1; ctx.body = tostring(count) end } }"#;
+    let mut a = load(source);
+    let mut b = load(source);
+    for _ in 0..3 {
+        run(&mut a, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n").unwrap();
+    }
+    assert_eq!(
+        run(&mut a, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+            .unwrap()
+            .body,
+        "4"
+    );
+    assert_eq!(
+        run(&mut b, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+            .unwrap()
+            .body,
+        "1"
+    );
+}
+
+#[test]
+fn sandbox_hides_dangerous_globals() {
+    let mut app = load(
+        r#"return { routes = { ["GET /"] = function(ctx)
+            local seen = {}
+            for _, name in ipairs({ "io", "debug", "ffi", "jit", "dofile", "loadfile", "module" }) do
+              if _G[name] ~= nil then seen[#seen + 1] = name end
+            end
+            if os.execute or os.getenv or os.remove then seen[#seen + 1] = "os" end
+            if package.loadlib then seen[#seen + 1] = "loadlib" end
+            local ok = pcall(require, "ffi")
+            if ok then seen[#seen + 1] = "require ffi" end
+            local f, err = loadstring(string.dump(function() end))
+            if f then seen[#seen + 1] = "bytecode" end
+            ctx.body = table.concat(seen, ",") .. "|" .. type(os.time())
+        end } }"#,
+    );
+    assert_eq!(
+        run(&mut app, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+            .unwrap()
+            .body,
+        "|number"
+    );
+}
+
+fn load_err(source: &str) -> String {
+    match LoadedApp::load(&AppSource::bundled("bad_app.lua", leak(source)), 0, |_| {}) {
+        Ok(_) => panic!("should not load: {source}"),
+        Err(err) => err.to_string(),
+    }
+}
+
+#[test]
+fn load_errors_are_precise() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "return {\n routes = {\n ['GET /'] = function(ctx) ctx.body = 'x' end,,\n}}",
+            "bad_app.lua:3:",
+        ),
+        ("error('broken at load')", "bad_app.lua:1: broken at load"),
+        (
+            "return 42",
+            "must return a table with `routes`, got integer",
+        ),
+        ("return {}", "has no `routes` table"),
+        ("return { routes = 1 }", "`routes` must be a table"),
+        (
+            "return { routes = { ['GET /'] = 'x' } }",
+            "routes[\"GET /\"] must be a function",
+        ),
+        ("return { route = {} }", "unknown field"),
+        ("return { routes = { ['GET'] = function() end } }", "GET"),
+        (
+            "return { routes = { ['GET nopath'] = function() end } }",
+            "nopath",
+        ),
+    ];
+    for (source, expected) in cases {
+        let err = load_err(source);
+        assert!(err.contains(expected), "{source:?}: {err}");
+        assert!(err.contains("bad_app.lua"), "{source:?}: no file in {err}");
+    }
+}
+
+#[test]
+fn read_error_names_the_path() {
+    let err = AppSource::read(std::path::Path::new("/nonexistent/app.lua")).unwrap_err();
+    assert!(matches!(err, LoadError::Read { .. }));
+    assert!(err.to_string().contains("/nonexistent/app.lua"), "{err}");
+}
+
+#[test]
+fn routes_are_listed_sorted() {
+    let app = load(ECHO_APP);
+    assert_eq!(app.routes, ["GET /echo/{id}", "POST /echo/{id}"]);
+}
