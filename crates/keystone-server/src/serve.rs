@@ -35,6 +35,9 @@ fn fail(message: impl std::fmt::Display) -> ExitCode {
 
 /// Runs the server until SIGTERM/SIGINT and the drain that follows.
 pub fn serve(args: ServeArgs) -> ExitCode {
+    // Before any socket exists: once the port accepts connections, SIGTERM
+    // must mean "drain", never the default kill.
+    block_signals();
     let app = match &args.app {
         Some(path) => match AppSource::read(path) {
             Ok(app) => app,
@@ -55,6 +58,9 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         max_uri_bytes: args.max_uri_bytes,
         max_body_bytes: args.max_body_bytes,
     };
+    if let Err(err) = probe_free(args.listen) {
+        return fail(format_args!("cannot listen on {}: {err}", args.listen));
+    }
     let mut listeners = Vec::with_capacity(workers as usize);
     let mut addr = args.listen;
     for _ in 0..workers {
@@ -70,7 +76,6 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         Ok(steering) => steering,
         Err(code) => return code,
     };
-    block_signals();
     let (exit_tx, exit_rx) = mpsc::channel();
     let mut wakes = Vec::with_capacity(workers as usize);
     for (index, listener) in listeners.into_iter().enumerate() {
@@ -277,6 +282,24 @@ fn pin_to_core(index: u32, workers: u32) {
         libc::CPU_SET(index as usize % cpus, &mut set);
         libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
     }
+}
+
+/// Fails when something already listens on `addr`. Our listeners use
+/// SO_REUSEPORT, which would silently join another process's group (another
+/// keystone, say) and split its traffic; a probe bound without it gets
+/// `EADDRINUSE` instead.
+fn probe_free(addr: SocketAddr) -> std::io::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let probe = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM.cloexec(),
+        Some(socket2::Protocol::TCP),
+    )?;
+    // TIME_WAIT leftovers of an earlier run must not count as "in use".
+    probe.set_reuse_address(true)?;
+    probe.bind(&addr.into())
 }
 
 /// Binds a SO_REUSEPORT listener on `addr`; returns it and the bound
