@@ -247,16 +247,19 @@ fn body_arriving_in_many_pieces() {
 }
 
 /// Bytes that are not a valid HTTP/1.x request; each gets 400 and a close.
+/// Each carries a valid `Host` so that its one defect, not a missing Host, is what is refused.
 const MALFORMED: &[&[u8]] = &[
     b"GARBAGE\r\n\r\n",
-    b"GET / HTTP/1.1\r\nHost t\r\n\r\n",
-    b"GET / HTTP/1.1\r\nContent-Length: abc\r\n\r\n",
-    b"GET / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
-    b"POST /echo HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
-    b"GET / HTTP/1.1\r\nBad Header Name: x\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: t\r\nNo-Colon-Here\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: t\r\nContent-Length: abc\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: t\r\nContent-Length: -1\r\n\r\n",
+    b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+    b"GET / HTTP/1.1\r\nHost: t\r\nBad Header Name: x\r\n\r\n",
     b"\x00\x01\x02\x03\r\n\r\n",
-    b"GET / HTTP/1.1 extra\r\n\r\n",
-    b"GET / HTTX/1.1\r\n\r\n",
+    b"GET / HTTP/1.1 extra\r\nHost: t\r\n\r\n",
+    b"GET / HTTX/1.1\r\nHost: t\r\n\r\n",
+    // RFC 9112 section 3.2: an HTTP/1.1 request without Host gets 400.
+    b"GET / HTTP/1.1\r\n\r\n",
 ];
 
 fn check_malformed(server: &Server, input: &[u8]) {
@@ -346,4 +349,32 @@ fn handler_error_inside_a_pipeline() {
     assert!(clean.header("x-leak").is_none(), "leaked header in a pipeline");
     check_failure_response(&client.read_response());
     assert_eq!(client.read_response().body_str(), "n=5");
+}
+
+#[test]
+fn connection_slots_are_recycled_under_max_connections() {
+    // With room for only two connections, fifty in a row must all be served:
+    // a slot left behind by a closed connection (clean close, client reset, or a
+    // close after 400) would run the server out within a few.
+    let server = Server::start(Some(APP), &["--max-connections", "2"]);
+    for i in 0..50 {
+        let mut client = server.raw();
+        match i % 3 {
+            0 => {
+                client.send(get(&format!("/n/{i}"), "Connection: close\r\n").as_bytes());
+                assert_eq!(client.read_response().body_str(), format!("n={i}"), "connection {i}");
+                client.expect_closed("Connection: close");
+            }
+            1 => {
+                // The client walks away from a keep-alive connection after one answer.
+                client.send(get(&format!("/n/{i}"), "").as_bytes());
+                assert_eq!(client.read_response().body_str(), format!("n={i}"), "connection {i}");
+            }
+            _ => {
+                client.send(b"NOT HTTP\r\n\r\n");
+                assert_eq!(client.read_response().status, 400, "connection {i}");
+                client.expect_closed("after 400");
+            }
+        }
+    }
 }
