@@ -44,7 +44,11 @@ pub fn keystone_bin() -> &'static Path {
     BIN.get_or_init(|| {
         if let Some(path) = std::env::var_os("KEYSTONE_BIN") {
             let path = PathBuf::from(path);
-            assert!(path.exists(), "KEYSTONE_BIN={} does not exist", path.display());
+            assert!(
+                path.exists(),
+                "KEYSTONE_BIN={} does not exist",
+                path.display()
+            );
             return path;
         }
         build_keystone()
@@ -58,11 +62,15 @@ fn build_keystone() -> PathBuf {
     let release = !cfg!(debug_assertions);
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
-    command.current_dir(&workspace).args(["build", "-p", "keystone-server", "--bin", "keystone"]);
+    command
+        .current_dir(&workspace)
+        .args(["build", "-p", "keystone-server", "--bin", "keystone"]);
     if release {
         command.arg("--release");
     }
-    let output = command.output().expect("spawning cargo build for keystone-server");
+    let output = command
+        .output()
+        .expect("spawning cargo build for keystone-server");
     assert!(
         output.status.success(),
         "cargo build -p keystone-server failed:\n{}",
@@ -71,12 +79,22 @@ fn build_keystone() -> PathBuf {
     let target = match std::env::var_os("CARGO_TARGET_DIR") {
         Some(dir) => {
             let dir = PathBuf::from(dir);
-            if dir.is_absolute() { dir } else { workspace.join(dir) }
+            if dir.is_absolute() {
+                dir
+            } else {
+                workspace.join(dir)
+            }
         }
         None => workspace.join("target"),
     };
-    let path = target.join(if release { "release" } else { "debug" }).join("keystone");
-    assert!(path.exists(), "built keystone but {} is missing", path.display());
+    let path = target
+        .join(if release { "release" } else { "debug" })
+        .join("keystone");
+    assert!(
+        path.exists(),
+        "built keystone but {} is missing",
+        path.display()
+    );
     path
 }
 
@@ -184,7 +202,12 @@ impl Server {
         }
         args.extend(extra_args.iter().map(|a| a.to_string()));
         let child = spawn_logged(&args, dir.path());
-        let mut server = Server { child: Some(child), addr, dir, app_path };
+        let mut server = Server {
+            child: Some(child),
+            addr,
+            dir,
+            app_path,
+        };
         server.wait_ready();
         server
     }
@@ -204,7 +227,9 @@ impl Server {
 
     /// Path of the app file the server was started with.
     pub fn app_path(&self) -> &Path {
-        self.app_path.as_deref().expect("server was started without an app")
+        self.app_path
+            .as_deref()
+            .expect("server was started without an app")
     }
 
     /// Captured stderr followed by stdout, as written so far.
@@ -249,10 +274,19 @@ impl Server {
             }
             let child = self.child.as_mut().expect("child");
             if let Some(status) = child.try_wait().expect("try_wait") {
-                panic!("keystone exited early with {status} before listening on {}; log:\n{}", self.addr, self.log());
+                panic!(
+                    "keystone exited early with {status} before listening on {}; log:\n{}",
+                    self.addr,
+                    self.log()
+                );
             }
             if Instant::now() >= deadline {
-                panic!("keystone did not accept on {} within {:?}; log:\n{}", self.addr, STARTUP_TIMEOUT, self.log());
+                panic!(
+                    "keystone did not accept on {} within {:?}; log:\n{}",
+                    self.addr,
+                    STARTUP_TIMEOUT,
+                    self.log()
+                );
             }
             thread::sleep(Duration::from_millis(25));
         }
@@ -261,7 +295,9 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
         if child.try_wait().ok().flatten().is_none() {
             signal(&child, libc::SIGTERM);
             if wait_timeout(&mut child, KILL_GRACE).is_none() {
@@ -335,12 +371,18 @@ pub struct Response {
 impl Response {
     /// First value of header `name`, compared case-insensitively.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     /// How many times header `name` appears.
     pub fn header_count(&self, name: &str) -> usize {
-        self.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).count()
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .count()
     }
 
     pub fn body_str(&self) -> String {
@@ -349,7 +391,8 @@ impl Response {
 
     /// True when the response asks for the connection to close.
     pub fn closes(&self) -> bool {
-        self.header("connection").is_some_and(|v| v.to_ascii_lowercase().contains("close"))
+        self.header("connection")
+            .is_some_and(|v| v.to_ascii_lowercase().contains("close"))
     }
 }
 
@@ -370,7 +413,10 @@ pub fn curl(args: &[&str]) -> Response {
         String::from_utf8_lossy(&output.stderr)
     );
     parse_curl_output(&output.stdout).unwrap_or_else(|| {
-        panic!("curl {args:?} printed no parsable response:\n{}", String::from_utf8_lossy(&output.stdout))
+        panic!(
+            "curl {args:?} printed no parsable response:\n{}",
+            String::from_utf8_lossy(&output.stdout)
+        )
     })
 }
 
@@ -381,7 +427,11 @@ pub fn curl_body(args: &[&str]) -> String {
         .args(args)
         .output()
         .expect("spawning curl (is it installed?)");
-    assert!(output.status.success(), "curl {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "curl {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
@@ -419,10 +469,23 @@ pub fn from_ureq(mut response: ureq::http::Response<ureq::Body>) -> Response {
     let headers = response
         .headers()
         .iter()
-        .map(|(n, v)| (n.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .map(|(n, v)| {
+            (
+                n.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
         .collect();
-    let body = response.body_mut().read_to_vec().expect("reading ureq body");
-    Response { version: "HTTP/1.1".into(), status, headers, body }
+    let body = response
+        .body_mut()
+        .read_to_vec()
+        .expect("reading ureq body");
+    Response {
+        version: "HTTP/1.1".into(),
+        status,
+        headers,
+        body,
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -447,10 +510,17 @@ pub enum Ending {
 impl RawClient {
     pub fn connect(addr: SocketAddr) -> RawClient {
         let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT).expect("connecting to keystone");
-        stream.set_read_timeout(Some(IO_TIMEOUT)).expect("read timeout");
-        stream.set_write_timeout(Some(IO_TIMEOUT)).expect("write timeout");
+        stream
+            .set_read_timeout(Some(IO_TIMEOUT))
+            .expect("read timeout");
+        stream
+            .set_write_timeout(Some(IO_TIMEOUT))
+            .expect("write timeout");
         stream.set_nodelay(true).expect("nodelay");
-        RawClient { stream, pending: Vec::new() }
+        RawClient {
+            stream,
+            pending: Vec::new(),
+        }
     }
 
     /// Local address of this connection (to tell connections apart in logs).
@@ -469,7 +539,9 @@ impl RawClient {
     pub fn try_send(&mut self, bytes: &[u8]) -> bool {
         match self.stream.write_all(bytes) {
             Ok(()) => true,
-            Err(e) if matches!(e.kind(), ErrorKind::BrokenPipe | ErrorKind::ConnectionReset) => false,
+            Err(e) if matches!(e.kind(), ErrorKind::BrokenPipe | ErrorKind::ConnectionReset) => {
+                false
+            }
             Err(e) => panic!("writing request: {e}"),
         }
     }
@@ -503,7 +575,9 @@ impl RawClient {
 
     /// Half-closes the write side, as a client that is done sending.
     pub fn shutdown_write(&self) {
-        self.stream.shutdown(Shutdown::Write).expect("shutdown write");
+        self.stream
+            .shutdown(Shutdown::Write)
+            .expect("shutdown write");
     }
 
     /// Reads one complete response to a request that is not HEAD.
@@ -513,7 +587,8 @@ impl RawClient {
 
     /// Reads one complete response to a request with `method` (HEAD responses have no body).
     pub fn read_response_to(&mut self, method: &str) -> Response {
-        self.try_read_response_to(method).unwrap_or_else(|error| panic!("reading response: {error}"))
+        self.try_read_response_to(method)
+            .unwrap_or_else(|error| panic!("reading response: {error}"))
     }
 
     /// Like `read_response_to`, but reports a missing or broken response as an error.
@@ -524,19 +599,29 @@ impl RawClient {
             }
             self.fill("response head")?;
         };
-        let mut response = parse_head(&self.pending[..head_end])
-            .ok_or_else(|| format!("unparsable head: {:?}", String::from_utf8_lossy(&self.pending[..head_end])))?;
+        let mut response = parse_head(&self.pending[..head_end]).ok_or_else(|| {
+            format!(
+                "unparsable head: {:?}",
+                String::from_utf8_lossy(&self.pending[..head_end])
+            )
+        })?;
         self.pending.drain(..head_end + 4);
         let status = response.status;
-        let bodyless = method == "HEAD" || (100..200).contains(&status) || status == 204 || status == 304;
+        let bodyless =
+            method == "HEAD" || (100..200).contains(&status) || status == 204 || status == 304;
         if bodyless {
             return Ok(response);
         }
-        let chunked = response.header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+        let chunked = response
+            .header("transfer-encoding")
+            .is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
         if chunked {
             response.body = self.read_chunked()?;
         } else if let Some(length) = response.header("content-length") {
-            let length: usize = length.trim().parse().map_err(|_| format!("bad Content-Length {length:?}"))?;
+            let length: usize = length
+                .trim()
+                .parse()
+                .map_err(|_| format!("bad Content-Length {length:?}"))?;
             if length > RESPONSE_BYTES_MAX {
                 return Err(format!("Content-Length {length} over the test limit"));
             }
@@ -571,7 +656,10 @@ impl RawClient {
                 }
                 Err(e) => panic!("reading until EOF: {e}"),
             }
-            assert!(bytes.len() <= RESPONSE_BYTES_MAX, "server sent more than the test limit");
+            assert!(
+                bytes.len() <= RESPONSE_BYTES_MAX,
+                "server sent more than the test limit"
+            );
         }
     }
 
@@ -590,11 +678,19 @@ impl RawClient {
     /// Asserts the connection is still usable: nothing unexpected arrives within
     /// `quiet` and the server has not closed.
     pub fn expect_open(&mut self, quiet: Duration, why: &str) {
-        assert!(self.pending.is_empty(), "{why}: unexpected extra bytes {:?}", String::from_utf8_lossy(&self.pending));
-        self.stream.set_read_timeout(Some(quiet)).expect("read timeout");
+        assert!(
+            self.pending.is_empty(),
+            "{why}: unexpected extra bytes {:?}",
+            String::from_utf8_lossy(&self.pending)
+        );
+        self.stream
+            .set_read_timeout(Some(quiet))
+            .expect("read timeout");
         let mut byte = [0u8; 1];
         let result = self.stream.read(&mut byte);
-        self.stream.set_read_timeout(Some(IO_TIMEOUT)).expect("read timeout");
+        self.stream
+            .set_read_timeout(Some(IO_TIMEOUT))
+            .expect("read timeout");
         match result {
             Ok(0) => panic!("{why}: server closed the connection"),
             Ok(_) => panic!("{why}: server sent unexpected bytes"),
@@ -614,7 +710,8 @@ impl RawClient {
             };
             let line = String::from_utf8_lossy(&self.pending[..line_end]).into_owned();
             let size_text = line.split(';').next().unwrap_or("").trim();
-            let size = usize::from_str_radix(size_text, 16).map_err(|_| format!("bad chunk size {line:?}"))?;
+            let size = usize::from_str_radix(size_text, 16)
+                .map_err(|_| format!("bad chunk size {line:?}"))?;
             self.pending.drain(..line_end + 2);
             if size == 0 {
                 // Trailers (none expected) end with an empty line.
@@ -663,10 +760,12 @@ impl RawClient {
                 }
                 Ok(n)
             }
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => Err(format!(
-                "no response within {IO_TIMEOUT:?}; had {:?}",
-                String::from_utf8_lossy(&self.pending)
-            )),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                Err(format!(
+                    "no response within {IO_TIMEOUT:?}; had {:?}",
+                    String::from_utf8_lossy(&self.pending)
+                ))
+            }
             Err(e) if e.kind() == ErrorKind::ConnectionReset => Ok(0),
             Err(e) => Err(format!("read failed: {e}")),
         }
@@ -702,7 +801,12 @@ fn parse_head(head: &[u8]) -> Option<Response> {
         let (name, value) = line.split_once(':')?;
         headers.push((name.to_string(), value.trim().to_string()));
     }
-    Some(Response { version, status, headers, body: Vec::new() })
+    Some(Response {
+        version,
+        status,
+        headers,
+        body: Vec::new(),
+    })
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -711,7 +815,10 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 
 /// Asserts that no output of keystone ever reports a Rust panic.
 pub fn assert_no_panic(output: &str, context: &str) {
-    assert!(!output.contains("panicked"), "{context}: keystone panicked:\n{output}");
+    assert!(
+        !output.contains("panicked"),
+        "{context}: keystone panicked:\n{output}"
+    );
 }
 
 /// 1-based line number of the first line of `source` containing `needle`, so

@@ -5,8 +5,8 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use keystone_tests::{
-    curl, curl_body, from_ureq, get_request, read_log, request, spawn_logged, ureq_agent, wait_timeout, Response,
-    Server, STARTUP_TIMEOUT,
+    curl, curl_body, from_ureq, get_request, read_log, request, spawn_logged, ureq_agent,
+    wait_timeout, Response, Server, STARTUP_TIMEOUT,
 };
 
 #[test]
@@ -28,26 +28,74 @@ struct Case {
 }
 
 const CASES: &[Case] = &[
-    Case { method: "GET", path: "/", status: 200, content_type: Some("text/plain; charset=utf-8"), body: "Hello, World!" },
-    Case { method: "GET", path: "/json", status: 200, content_type: Some("application/json"), body: r#"{"message":"Hello, World!"}"# },
-    Case { method: "GET", path: "/users/7", status: 200, content_type: Some("application/json"), body: r#"{"id":7}"# },
-    Case { method: "GET", path: "/users/1234567", status: 200, content_type: Some("application/json"), body: r#"{"id":1234567}"# },
-    Case { method: "GET", path: "/json?pretty=1", status: 200, content_type: Some("application/json"), body: r#"{"message":"Hello, World!"}"# },
-    Case { method: "GET", path: "/no/such/page", status: 404, content_type: None, body: "" },
-    Case { method: "POST", path: "/json", status: 405, content_type: None, body: "" },
+    Case {
+        method: "GET",
+        path: "/",
+        status: 200,
+        content_type: Some("text/plain; charset=utf-8"),
+        body: "Hello, World!",
+    },
+    Case {
+        method: "GET",
+        path: "/json",
+        status: 200,
+        content_type: Some("application/json"),
+        body: r#"{"message":"Hello, World!"}"#,
+    },
+    Case {
+        method: "GET",
+        path: "/users/7",
+        status: 200,
+        content_type: Some("application/json"),
+        body: r#"{"id":7}"#,
+    },
+    Case {
+        method: "GET",
+        path: "/users/1234567",
+        status: 200,
+        content_type: Some("application/json"),
+        body: r#"{"id":1234567}"#,
+    },
+    Case {
+        method: "GET",
+        path: "/json?pretty=1",
+        status: 200,
+        content_type: Some("application/json"),
+        body: r#"{"message":"Hello, World!"}"#,
+    },
+    Case {
+        method: "GET",
+        path: "/no/such/page",
+        status: 404,
+        content_type: None,
+        body: "",
+    },
+    Case {
+        method: "POST",
+        path: "/json",
+        status: 405,
+        content_type: None,
+        body: "",
+    },
 ];
 
 fn check(client: &str, case: &Case, response: &Response) {
     let what = format!("{client}: {} {}", case.method, case.path);
     assert_eq!(response.status, case.status, "{what}");
     if let Some(content_type) = case.content_type {
-        assert_eq!(response.header("content-type"), Some(content_type), "{what}");
+        assert_eq!(
+            response.header("content-type"),
+            Some(content_type),
+            "{what}"
+        );
     }
     if case.status == 200 {
         assert_eq!(response.body_str(), case.body, "{what}");
     }
     if case.status == 405 {
-        let allow = response.header("allow").unwrap_or_else(|| panic!("{what}: 405 without Allow"));
+        let allow = response
+            .header("allow")
+            .unwrap_or_else(|| panic!("{what}: 405 without Allow"));
         assert!(allow.contains("GET"), "{what}: Allow {allow:?} lacks GET");
     }
     assert_eq!(response.header("server"), Some("keystone"), "{what}");
@@ -65,7 +113,11 @@ fn bundled_routes_through_three_clients() {
             "POST" => agent.post(&url).send_empty(),
             other => unreachable!("no {other} case"),
         };
-        check("ureq", case, &from_ureq(ureq_response.expect("ureq request")));
+        check(
+            "ureq",
+            case,
+            &from_ureq(ureq_response.expect("ureq request")),
+        );
         let raw = format!(
             "{} {} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
             case.method, case.path
@@ -84,7 +136,10 @@ fn listen_defaults_to_127_0_0_1_8080() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut child = spawn_logged(&["serve".into(), "--workers".into(), "1".into()], dir.path());
+    let mut child = spawn_logged(
+        &["serve".into(), "--workers".into(), "1".into()],
+        dir.path(),
+    );
     let deadline = Instant::now() + STARTUP_TIMEOUT;
     let mut connected = false;
     while Instant::now() < deadline && child.try_wait().expect("try_wait").is_none() {
@@ -97,7 +152,11 @@ fn listen_defaults_to_127_0_0_1_8080() {
     let response = connected.then(|| request(default, &get_request("/")));
     let _ = child.kill();
     let _ = wait_timeout(&mut child, Duration::from_secs(5));
-    assert!(connected, "nothing listened on {default}; log:\n{}", read_log(dir.path()));
+    assert!(
+        connected,
+        "nothing listened on {default}; log:\n{}",
+        read_log(dir.path())
+    );
     let response = response.expect("response");
     assert_eq!(response.status, 200);
     assert_eq!(response.body_str(), "Hello, World!");

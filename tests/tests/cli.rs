@@ -17,10 +17,12 @@ const VALID_APP: &str = r#"return {
 "#;
 
 /// The `end` on line 3 is missing its function, so the parser stops there.
-const SYNTAX_ERROR_APP: &str = "return {\n  routes = {\n    [\"GET /\"] = function(ctx) ctx.body = 'x' end end,\n  },\n}\n";
+const SYNTAX_ERROR_APP: &str =
+    "return {\n  routes = {\n    [\"GET /\"] = function(ctx) ctx.body = 'x' end end,\n  },\n}\n";
 
 /// Loads fine as Lua but fails while the chunk runs.
-const RUNTIME_ERROR_APP: &str = "local x = 1\nerror(\"app failed to initialise\")\nreturn { routes = {} }\n";
+const RUNTIME_ERROR_APP: &str =
+    "local x = 1\nerror(\"app failed to initialise\")\nreturn { routes = {} }\n";
 
 /// A chunk that returns a table without `routes`.
 const NO_ROUTES_APP: &str = "return { handlers = {} }\n";
@@ -40,11 +42,21 @@ fn check(case: &Case) {
     let args: Vec<&str> = case.args.iter().map(String::as_str).collect();
     let output = run_keystone(&args);
     let all = output.all();
-    assert!(!output.timed_out, "keystone {args:?} hung; output so far:\n{all}");
+    assert!(
+        !output.timed_out,
+        "keystone {args:?} hung; output so far:\n{all}"
+    );
     assert_no_panic(&all, &format!("keystone {args:?}"));
-    assert_eq!(output.code, Some(case.code), "keystone {args:?} exit code; output:\n{all}");
+    assert_eq!(
+        output.code,
+        Some(case.code),
+        "keystone {args:?} exit code; output:\n{all}"
+    );
     for needle in &case.output_contains {
-        assert!(all.contains(needle.as_str()), "keystone {args:?} output lacks {needle:?}:\n{all}");
+        assert!(
+            all.contains(needle.as_str()),
+            "keystone {args:?} output lacks {needle:?}:\n{all}"
+        );
     }
 }
 
@@ -57,9 +69,21 @@ fn help_and_version() {
     // The version comes from the workspace, which the tests package shares with the server.
     let version = env!("CARGO_PKG_VERSION");
     let cases = [
-        Case { args: strings(&["--help"]), code: 0, output_contains: strings(&["serve", "check"]) },
-        Case { args: strings(&["serve", "--help"]), code: 0, output_contains: strings(&["--listen", "--workers"]) },
-        Case { args: strings(&["--version"]), code: 0, output_contains: strings(&[version]) },
+        Case {
+            args: strings(&["--help"]),
+            code: 0,
+            output_contains: strings(&["serve", "check"]),
+        },
+        Case {
+            args: strings(&["serve", "--help"]),
+            code: 0,
+            output_contains: strings(&["--listen", "--workers"]),
+        },
+        Case {
+            args: strings(&["--version"]),
+            code: 0,
+            output_contains: strings(&[version]),
+        },
     ];
     for case in &cases {
         check(case);
@@ -69,17 +93,57 @@ fn help_and_version() {
 #[test]
 fn bad_flags_exit_2_naming_the_flag() {
     let cases = [
-        Case { args: strings(&["serve", "--workers", "abc"]), code: 2, output_contains: strings(&["--workers"]) },
-        Case { args: strings(&["serve", "--bogus"]), code: 2, output_contains: strings(&["--bogus"]) },
-        Case { args: strings(&["serve", "--workers", "0"]), code: 2, output_contains: strings(&["--workers"]) },
+        Case {
+            args: strings(&["serve", "--workers", "abc"]),
+            code: 2,
+            output_contains: strings(&["--workers"]),
+        },
+        Case {
+            args: strings(&["serve", "--bogus"]),
+            code: 2,
+            output_contains: strings(&["--bogus"]),
+        },
+        Case {
+            args: strings(&["serve", "--workers", "0"]),
+            code: 2,
+            output_contains: strings(&["--workers"]),
+        },
         // A precise message names the value that could not be used.
-        Case { args: strings(&["serve", "--listen", "not-an-address"]), code: 2, output_contains: strings(&["not-an-address"]) },
-        Case { args: strings(&["serve", "--max-body-bytes", "lots"]), code: 2, output_contains: strings(&["--max-body-bytes"]) },
-        Case { args: strings(&["serve", "--max-connections", "many"]), code: 2, output_contains: strings(&["--max-connections"]) },
-        Case { args: strings(&["serve", "--drain-timeout", "soon"]), code: 2, output_contains: strings(&["--drain-timeout"]) },
-        Case { args: strings(&["serve", "--ebpf", "sometimes"]), code: 2, output_contains: strings(&["sometimes"]) },
-        Case { args: strings(&["frobnicate"]), code: 2, output_contains: strings(&["frobnicate"]) },
-        Case { args: strings(&["check"]), code: 2, output_contains: vec![] },
+        Case {
+            args: strings(&["serve", "--listen", "not-an-address"]),
+            code: 2,
+            output_contains: strings(&["not-an-address"]),
+        },
+        Case {
+            args: strings(&["serve", "--max-body-bytes", "lots"]),
+            code: 2,
+            output_contains: strings(&["--max-body-bytes"]),
+        },
+        Case {
+            args: strings(&["serve", "--max-connections", "many"]),
+            code: 2,
+            output_contains: strings(&["--max-connections"]),
+        },
+        Case {
+            args: strings(&["serve", "--drain-timeout", "soon"]),
+            code: 2,
+            output_contains: strings(&["--drain-timeout"]),
+        },
+        Case {
+            args: strings(&["serve", "--ebpf", "sometimes"]),
+            code: 2,
+            output_contains: strings(&["sometimes"]),
+        },
+        Case {
+            args: strings(&["frobnicate"]),
+            code: 2,
+            output_contains: strings(&["frobnicate"]),
+        },
+        Case {
+            args: strings(&["check"]),
+            code: 2,
+            output_contains: vec![],
+        },
     ];
     for case in &cases {
         check(case);
@@ -93,7 +157,12 @@ fn check_lists_routes_of_a_valid_app() {
     let case = Case {
         args: vec!["check".into(), app.display().to_string()],
         code: 0,
-        output_contains: strings(&["GET /", "GET /users/{id}", "POST /items", "GET /files/{*path}"]),
+        output_contains: strings(&[
+            "GET /",
+            "GET /users/{id}",
+            "POST /items",
+            "GET /files/{*path}",
+        ]),
     };
     check(&case);
 }
@@ -112,19 +181,38 @@ fn check_and_serve_reject_bad_apps_with_file_and_line() {
     // `serve` must fail the same way before it ever listens.
     let apps = [
         (syntax.display().to_string(), vec![syntax_line]),
-        (runtime.display().to_string(), vec![runtime_line, "app failed to initialise".into()]),
-        (no_routes.display().to_string(), vec!["noroutes.lua".into(), "routes".into()]),
-        (not_function.display().to_string(), vec!["GET /broken".into()]),
-        (missing.display().to_string(), vec![missing.display().to_string()]),
+        (
+            runtime.display().to_string(),
+            vec![runtime_line, "app failed to initialise".into()],
+        ),
+        (
+            no_routes.display().to_string(),
+            vec!["noroutes.lua".into(), "routes".into()],
+        ),
+        (
+            not_function.display().to_string(),
+            vec!["GET /broken".into()],
+        ),
+        (
+            missing.display().to_string(),
+            vec![missing.display().to_string()],
+        ),
     ];
     for (app, contains) in &apps {
         for command in ["check", "serve"] {
             let mut args = vec![command.to_string(), app.clone()];
             if command == "serve" {
                 // A port nobody listens on, so a wrongly successful start is visible and harmless.
-                args.extend(["--listen".into(), format!("127.0.0.1:{}", keystone_tests::free_port())]);
+                args.extend([
+                    "--listen".into(),
+                    format!("127.0.0.1:{}", keystone_tests::free_port()),
+                ]);
             }
-            check(&Case { args, code: 2, output_contains: contains.clone() });
+            check(&Case {
+                args,
+                code: 2,
+                output_contains: contains.clone(),
+            });
         }
     }
 }
@@ -139,11 +227,21 @@ fn flags_are_accepted_by_a_serving_server() {
         &["--drain-timeout", "3"],
         &["--ebpf", "off"],
         &["--ebpf", "auto"],
-        &["--workers", "1", "--max-connections", "8", "--ebpf", "off", "--drain-timeout", "1"],
+        &[
+            "--workers",
+            "1",
+            "--max-connections",
+            "8",
+            "--ebpf",
+            "off",
+            "--drain-timeout",
+            "1",
+        ],
     ];
     for extra in cases {
         let server = Server::start(Some(VALID_APP), extra);
-        let response = keystone_tests::request(server.addr(), &keystone_tests::get_request("/users/5"));
+        let response =
+            keystone_tests::request(server.addr(), &keystone_tests::get_request("/users/5"));
         assert_eq!(response.status, 200, "with {extra:?}");
         assert_eq!(response.body_str(), r#"{"id":5}"#, "with {extra:?}");
         assert_no_panic(&server.log(), &format!("serve {extra:?}"));

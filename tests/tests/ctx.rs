@@ -41,27 +41,107 @@ struct ReadCase {
 }
 
 const READS: &[ReadCase] = &[
-    ReadCase { request: "GET /method HTTP/1.1\r\nHost: t\r\n\r\n", status: 200, body: "GET" },
-    ReadCase { request: "POST /method HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n", status: 200, body: "POST" },
-    ReadCase { request: "GET /path/a/b/c?x=1 HTTP/1.1\r\nHost: t\r\n\r\n", status: 200, body: "/path/a/b/c" },
-    ReadCase { request: "GET /query?a=1&b=two HTTP/1.1\r\nHost: t\r\n\r\n", status: 200, body: "[a=1&b=two]" },
+    ReadCase {
+        request: "GET /method HTTP/1.1\r\nHost: t\r\n\r\n",
+        status: 200,
+        body: "GET",
+    },
+    ReadCase {
+        request: "POST /method HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n",
+        status: 200,
+        body: "POST",
+    },
+    ReadCase {
+        request: "GET /path/a/b/c?x=1 HTTP/1.1\r\nHost: t\r\n\r\n",
+        status: 200,
+        body: "/path/a/b/c",
+    },
+    ReadCase {
+        request: "GET /query?a=1&b=two HTTP/1.1\r\nHost: t\r\n\r\n",
+        status: 200,
+        body: "[a=1&b=two]",
+    },
     // The raw query keeps its escapes; only ctx.args decodes.
-    ReadCase { request: "GET /query?q=a%20b HTTP/1.1\r\nHost: t\r\n\r\n", status: 200, body: "[q=a%20b]" },
-    ReadCase { request: "GET /query HTTP/1.1\r\nHost: t\r\n\r\n", status: 200, body: "[]" },
-    ReadCase { request: "GET /query? HTTP/1.1\r\nHost: t\r\n\r\n", status: 200, body: "[]" },
-    ReadCase { request: "GET /arg?name=ada HTTP/1.1\r\nHost: t\r\n\r\n", status: 200, body: "ada" },
-    ReadCase { request: "GET /arg?x=1&name=hello%20world&y=2 HTTP/1.1\r\nHost: t\r\n\r\n", status: 200, body: "hello world" },
-    ReadCase { request: "GET /arg?name=a%2Fb%3Dc HTTP/1.1\r\nHost: t\r\n\r\n", status: 200, body: "a/b=c" },
-    ReadCase { request: "GET /arg?other=1 HTTP/1.1\r\nHost: t\r\n\r\n", status: 200, body: "nil" },
-    ReadCase { request: "GET /arg HTTP/1.1\r\nHost: t\r\n\r\n", status: 200, body: "nil" },
-    ReadCase { request: "GET /params/one/two HTTP/1.1\r\nHost: t\r\n\r\n", status: 200, body: "one,two" },
-    ReadCase { request: "GET /header HTTP/1.1\r\nHost: t\r\nX-Probe: yes\r\n\r\n", status: 200, body: "yes,yes,nil" },
-    ReadCase { request: "GET /header HTTP/1.1\r\nHost: t\r\nx-PROBE: mixed\r\n\r\n", status: 200, body: "mixed,mixed,nil" },
-    ReadCase { request: "GET /header HTTP/1.1\r\nHost: t\r\n\r\n", status: 200, body: "nil,nil,nil" },
-    ReadCase { request: "GET /body HTTP/1.1\r\nHost: t\r\n\r\n", status: 200, body: "[]" },
-    ReadCase { request: "POST /body HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello", status: 200, body: "[hello]" },
-    ReadCase { request: "POST /body HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n", status: 200, body: "[]" },
-    ReadCase { request: "GET /worker HTTP/1.1\r\nHost: t\r\n\r\n", status: 200, body: "0" },
+    ReadCase {
+        request: "GET /query?q=a%20b HTTP/1.1\r\nHost: t\r\n\r\n",
+        status: 200,
+        body: "[q=a%20b]",
+    },
+    ReadCase {
+        request: "GET /query HTTP/1.1\r\nHost: t\r\n\r\n",
+        status: 200,
+        body: "[]",
+    },
+    ReadCase {
+        request: "GET /query? HTTP/1.1\r\nHost: t\r\n\r\n",
+        status: 200,
+        body: "[]",
+    },
+    ReadCase {
+        request: "GET /arg?name=ada HTTP/1.1\r\nHost: t\r\n\r\n",
+        status: 200,
+        body: "ada",
+    },
+    ReadCase {
+        request: "GET /arg?x=1&name=hello%20world&y=2 HTTP/1.1\r\nHost: t\r\n\r\n",
+        status: 200,
+        body: "hello world",
+    },
+    ReadCase {
+        request: "GET /arg?name=a%2Fb%3Dc HTTP/1.1\r\nHost: t\r\n\r\n",
+        status: 200,
+        body: "a/b=c",
+    },
+    ReadCase {
+        request: "GET /arg?other=1 HTTP/1.1\r\nHost: t\r\n\r\n",
+        status: 200,
+        body: "nil",
+    },
+    ReadCase {
+        request: "GET /arg HTTP/1.1\r\nHost: t\r\n\r\n",
+        status: 200,
+        body: "nil",
+    },
+    ReadCase {
+        request: "GET /params/one/two HTTP/1.1\r\nHost: t\r\n\r\n",
+        status: 200,
+        body: "one,two",
+    },
+    ReadCase {
+        request: "GET /header HTTP/1.1\r\nHost: t\r\nX-Probe: yes\r\n\r\n",
+        status: 200,
+        body: "yes,yes,nil",
+    },
+    ReadCase {
+        request: "GET /header HTTP/1.1\r\nHost: t\r\nx-PROBE: mixed\r\n\r\n",
+        status: 200,
+        body: "mixed,mixed,nil",
+    },
+    ReadCase {
+        request: "GET /header HTTP/1.1\r\nHost: t\r\n\r\n",
+        status: 200,
+        body: "nil,nil,nil",
+    },
+    ReadCase {
+        request: "GET /body HTTP/1.1\r\nHost: t\r\n\r\n",
+        status: 200,
+        body: "[]",
+    },
+    ReadCase {
+        request: "POST /body HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello",
+        status: 200,
+        body: "[hello]",
+    },
+    ReadCase {
+        request: "POST /body HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n",
+        status: 200,
+        body: "[]",
+    },
+    ReadCase {
+        request: "GET /worker HTTP/1.1\r\nHost: t\r\n\r\n",
+        status: 200,
+        body: "0",
+    },
 ];
 
 #[test]
@@ -88,15 +168,58 @@ struct WriteCase {
 const TEXT: &str = "text/plain; charset=utf-8";
 
 const WRITES: &[WriteCase] = &[
-    WriteCase { path: "/method", status: 200, body: "GET", headers: &[("content-type", TEXT), ("content-length", "3")] },
-    WriteCase { path: "/status/201", status: 201, body: "s", headers: &[("content-length", "1")] },
-    WriteCase { path: "/status/418", status: 418, body: "s", headers: &[] },
-    WriteCase { path: "/status/503", status: 503, body: "s", headers: &[] },
-    WriteCase { path: "/custom-header", status: 200, body: "h", headers: &[("x-custom", "custom value"), ("content-type", TEXT)] },
-    WriteCase { path: "/json", status: 200, body: r#"{"ok":true}"#, headers: &[("content-type", "application/json"), ("content-length", "11")] },
-    WriteCase { path: "/empty", status: 200, body: "", headers: &[("content-length", "0")] },
+    WriteCase {
+        path: "/method",
+        status: 200,
+        body: "GET",
+        headers: &[("content-type", TEXT), ("content-length", "3")],
+    },
+    WriteCase {
+        path: "/status/201",
+        status: 201,
+        body: "s",
+        headers: &[("content-length", "1")],
+    },
+    WriteCase {
+        path: "/status/418",
+        status: 418,
+        body: "s",
+        headers: &[],
+    },
+    WriteCase {
+        path: "/status/503",
+        status: 503,
+        body: "s",
+        headers: &[],
+    },
+    WriteCase {
+        path: "/custom-header",
+        status: 200,
+        body: "h",
+        headers: &[("x-custom", "custom value"), ("content-type", TEXT)],
+    },
+    WriteCase {
+        path: "/json",
+        status: 200,
+        body: r#"{"ok":true}"#,
+        headers: &[
+            ("content-type", "application/json"),
+            ("content-length", "11"),
+        ],
+    },
+    WriteCase {
+        path: "/empty",
+        status: 200,
+        body: "",
+        headers: &[("content-length", "0")],
+    },
     // Content-Length counts bytes, not characters: "héllo" is 6 bytes.
-    WriteCase { path: "/utf8", status: 200, body: "héllo", headers: &[("content-length", "6")] },
+    WriteCase {
+        path: "/utf8",
+        status: 200,
+        body: "héllo",
+        headers: &[("content-length", "6")],
+    },
 ];
 
 fn check_write(client: &str, case: &WriteCase, response: &Response) {
@@ -109,8 +232,13 @@ fn check_write(client: &str, case: &WriteCase, response: &Response) {
     // Every response: Server, Date (IMF-fixdate, 29 bytes ending in GMT),
     // one Content-Length, one Content-Type.
     assert_eq!(response.header("server"), Some("keystone"), "{what}");
-    let date = response.header("date").unwrap_or_else(|| panic!("{what}: no Date header"));
-    assert!(date.len() == 29 && date.ends_with(" GMT"), "{what}: Date {date:?} is not an IMF-fixdate");
+    let date = response
+        .header("date")
+        .unwrap_or_else(|| panic!("{what}: no Date header"));
+    assert!(
+        date.len() == 29 && date.ends_with(" GMT"),
+        "{what}: Date {date:?} is not an IMF-fixdate"
+    );
     assert_eq!(response.header_count("content-length"), 1, "{what}");
     assert_eq!(response.header_count("content-type"), 1, "{what}");
 }
@@ -120,10 +248,16 @@ fn ctx_writes_and_standard_headers() {
     let server = Server::start(Some(APP), &[]);
     let agent = ureq_agent();
     for case in WRITES {
-        let raw = format!("GET {} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", case.path);
+        let raw = format!(
+            "GET {} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+            case.path
+        );
         check_write("raw", case, &request(server.addr(), &raw));
         check_write("curl", case, &curl(&[&server.url(case.path)]));
-        let response = agent.get(&server.url(case.path)).call().expect("ureq request");
+        let response = agent
+            .get(&server.url(case.path))
+            .call()
+            .expect("ureq request");
         check_write("ureq", case, &from_ureq(response));
     }
 }
@@ -131,15 +265,27 @@ fn ctx_writes_and_standard_headers() {
 #[test]
 fn writing_unknown_ctx_field_is_500_naming_the_field() {
     let server = Server::start(Some(APP), &[]);
-    let response = request(server.addr(), "GET /unknown-field HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    let response = request(
+        server.addr(),
+        "GET /unknown-field HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
     assert_eq!(response.status, 500);
     // The name of the field and where it was written are what a developer needs to fix it.
     let line = line_of(APP, "bogus_field_name");
     let log = server.wait_for_log("bogus_field_name", std::time::Duration::from_secs(2));
-    assert!(log.contains("bogus_field_name"), "log does not name the field:\n{log}");
-    assert!(log.contains(&format!("app.lua:{line}")), "log lacks app.lua:{line}:\n{log}");
+    assert!(
+        log.contains("bogus_field_name"),
+        "log does not name the field:\n{log}"
+    );
+    assert!(
+        log.contains(&format!("app.lua:{line}")),
+        "log lacks app.lua:{line}:\n{log}"
+    );
     // The worker survives its handler's error.
-    let after = request(server.addr(), "GET /method HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    let after = request(
+        server.addr(),
+        "GET /method HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
     assert_eq!(after.status, 200);
     assert_eq!(after.body_str(), "GET");
 }

@@ -46,7 +46,14 @@ return {
 "#;
 
 /// The secrets the saving request carried; a probe must never return any of them.
-const SECRETS: &[&str] = &["/save/sekrit-id", "sekrit-id", "sekrit-query", "sekrit-header", "sekrit-body", "POST"];
+const SECRETS: &[&str] = &[
+    "/save/sekrit-id",
+    "sekrit-id",
+    "sekrit-query",
+    "sekrit-header",
+    "sekrit-body",
+    "POST",
+];
 
 fn save_request() -> String {
     let body = "sekrit-body";
@@ -57,21 +64,45 @@ fn save_request() -> String {
 }
 
 const PROBES: &[&str] = &[
-    "path", "method", "query", "worker", "arg", "param", "param_table", "header", "header_table", "body",
-    "request_table", "write_body", "write_status", "write_header",
+    "path",
+    "method",
+    "query",
+    "worker",
+    "arg",
+    "param",
+    "param_table",
+    "header",
+    "header_table",
+    "body",
+    "request_table",
+    "write_body",
+    "write_status",
+    "write_header",
 ];
 
 fn check(probe: &str, response: &keystone_tests::Response) {
     assert_eq!(response.status, 200, "probe {probe}");
     let body = response.body_str();
-    assert!(body.starts_with("error: "), "probe {probe}: stale access did not fail: {body:?}");
-    assert!(body.contains("expired"), "probe {probe}: error does not say 'expired': {body:?}");
+    assert!(
+        body.starts_with("error: "),
+        "probe {probe}: stale access did not fail: {body:?}"
+    );
+    assert!(
+        body.contains("expired"),
+        "probe {probe}: error does not say 'expired': {body:?}"
+    );
     for secret in SECRETS {
         let leaked = body.replace("error: ", "");
-        assert!(!leaked.contains(secret), "probe {probe}: error shows stale data {secret:?}: {body:?}");
+        assert!(
+            !leaked.contains(secret),
+            "probe {probe}: error shows stale data {secret:?}: {body:?}"
+        );
     }
     // A write through the stale ctx must not land on the current response.
-    assert!(response.header("x-stale").is_none(), "probe {probe}: stale header write reached a response");
+    assert!(
+        response.header("x-stale").is_none(),
+        "probe {probe}: stale header write reached a response"
+    );
 }
 
 #[test]
@@ -94,7 +125,10 @@ fn saved_ctx_expires_on_another_connection() {
     for probe in PROBES {
         let saved = request(server.addr(), &save_request());
         assert_eq!(saved.body_str(), "saved");
-        let response = request(server.addr(), &format!("GET /probe/{probe} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"));
+        let response = request(
+            server.addr(),
+            &format!("GET /probe/{probe} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"),
+        );
         check(probe, &response);
     }
 }

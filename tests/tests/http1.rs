@@ -29,7 +29,11 @@ fn get(path: &str, extra_headers: &str) -> String {
 }
 
 fn post_echo(body: &[u8]) -> Vec<u8> {
-    let mut bytes = format!("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+    let mut bytes = format!(
+        "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
     bytes.extend_from_slice(body);
     bytes
 }
@@ -54,14 +58,38 @@ struct ConnectionCase {
 }
 
 const CONNECTION_CASES: &[ConnectionCase] = &[
-    ConnectionCase { request: "GET / HTTP/1.1\r\nHost: t\r\n\r\n", closes: false },
-    ConnectionCase { request: "GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", closes: true },
-    ConnectionCase { request: "GET / HTTP/1.1\r\nHost: t\r\nConnection: Close\r\n\r\n", closes: true },
-    ConnectionCase { request: "GET / HTTP/1.1\r\nHost: t\r\nConnection: keep-alive\r\n\r\n", closes: false },
-    ConnectionCase { request: "GET / HTTP/1.0\r\n\r\n", closes: true },
-    ConnectionCase { request: "GET / HTTP/1.0\r\nHost: t\r\n\r\n", closes: true },
-    ConnectionCase { request: "GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", closes: false },
-    ConnectionCase { request: "GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n", closes: false },
+    ConnectionCase {
+        request: "GET / HTTP/1.1\r\nHost: t\r\n\r\n",
+        closes: false,
+    },
+    ConnectionCase {
+        request: "GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        closes: true,
+    },
+    ConnectionCase {
+        request: "GET / HTTP/1.1\r\nHost: t\r\nConnection: Close\r\n\r\n",
+        closes: true,
+    },
+    ConnectionCase {
+        request: "GET / HTTP/1.1\r\nHost: t\r\nConnection: keep-alive\r\n\r\n",
+        closes: false,
+    },
+    ConnectionCase {
+        request: "GET / HTTP/1.0\r\n\r\n",
+        closes: true,
+    },
+    ConnectionCase {
+        request: "GET / HTTP/1.0\r\nHost: t\r\n\r\n",
+        closes: true,
+    },
+    ConnectionCase {
+        request: "GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+        closes: false,
+    },
+    ConnectionCase {
+        request: "GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n",
+        closes: false,
+    },
 ];
 
 fn check_connection(server: &Server, case: &ConnectionCase) {
@@ -72,14 +100,31 @@ fn check_connection(server: &Server, case: &ConnectionCase) {
     assert_eq!(response.body_str(), "root", "{:?}", case.request);
     if case.closes {
         // The server says so and then does so, with nothing after the response.
-        assert!(response.closes(), "{:?}: response lacks Connection: close", case.request);
+        assert!(
+            response.closes(),
+            "{:?}: response lacks Connection: close",
+            case.request
+        );
         let rest = client.expect_closed(case.request);
-        assert!(rest.is_empty(), "{:?}: bytes after a closing response", case.request);
+        assert!(
+            rest.is_empty(),
+            "{:?}: bytes after a closing response",
+            case.request
+        );
     } else {
-        assert!(!response.closes(), "{:?}: response says close", case.request);
+        assert!(
+            !response.closes(),
+            "{:?}: response says close",
+            case.request
+        );
         // Still usable: a second request on it is answered.
         client.send(case.request.as_bytes());
-        assert_eq!(client.read_response().body_str(), "root", "{:?}: second request", case.request);
+        assert_eq!(
+            client.read_response().body_str(),
+            "root",
+            "{:?}: second request",
+            case.request
+        );
     }
 }
 
@@ -116,14 +161,35 @@ struct PipelineCase {
 }
 
 const PIPELINE_CASES: &[PipelineCase] = &[
-    PipelineCase { count: 3, cut_every_bytes: None },
-    PipelineCase { count: 8, cut_every_bytes: None },
-    PipelineCase { count: 16, cut_every_bytes: None },
+    PipelineCase {
+        count: 3,
+        cut_every_bytes: None,
+    },
+    PipelineCase {
+        count: 8,
+        cut_every_bytes: None,
+    },
+    PipelineCase {
+        count: 16,
+        cut_every_bytes: None,
+    },
     // Odd steps land cuts inside request lines, header names, the blank line and bodies.
-    PipelineCase { count: 3, cut_every_bytes: Some(1) },
-    PipelineCase { count: 5, cut_every_bytes: Some(7) },
-    PipelineCase { count: 16, cut_every_bytes: Some(37) },
-    PipelineCase { count: 16, cut_every_bytes: Some(101) },
+    PipelineCase {
+        count: 3,
+        cut_every_bytes: Some(1),
+    },
+    PipelineCase {
+        count: 5,
+        cut_every_bytes: Some(7),
+    },
+    PipelineCase {
+        count: 16,
+        cut_every_bytes: Some(37),
+    },
+    PipelineCase {
+        count: 16,
+        cut_every_bytes: Some(101),
+    },
 ];
 
 fn check_pipeline(server: &Server, case: &PipelineCase) {
@@ -141,8 +207,18 @@ fn check_pipeline(server: &Server, case: &PipelineCase) {
     }
     for (i, body) in expected.iter().enumerate() {
         let response = client.read_response();
-        assert_eq!(response.status, 200, "count {} cut {:?}: response {i}", case.count, case.cut_every_bytes);
-        assert_eq!(&response.body_str(), body, "count {} cut {:?}: response {i} out of order", case.count, case.cut_every_bytes);
+        assert_eq!(
+            response.status, 200,
+            "count {} cut {:?}: response {i}",
+            case.count, case.cut_every_bytes
+        );
+        assert_eq!(
+            &response.body_str(),
+            body,
+            "count {} cut {:?}: response {i} out of order",
+            case.count,
+            case.cut_every_bytes
+        );
     }
     client.expect_open(QUIET, "after a pipelined batch");
 }
@@ -164,15 +240,25 @@ fn head_sends_headers_only() {
     client.send(b"HEAD / HTTP/1.1\r\nHost: t\r\n\r\nGET /n/2 HTTP/1.1\r\nHost: t\r\n\r\n");
     let head = client.read_response_to("HEAD");
     assert_eq!(head.status, 200);
-    assert_eq!(head.header("content-length"), Some("4"), "HEAD must carry the GET's length");
-    assert_eq!(head.header("content-type"), Some("text/plain; charset=utf-8"));
+    assert_eq!(
+        head.header("content-length"),
+        Some("4"),
+        "HEAD must carry the GET's length"
+    );
+    assert_eq!(
+        head.header("content-type"),
+        Some("text/plain; charset=utf-8")
+    );
     let get = client.read_response();
     assert_eq!(get.status, 200);
     assert_eq!(get.body_str(), "n=2");
     // Last, HEAD with Connection: close: nothing at all may follow its head.
     client.send(b"HEAD / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
     let _ = client.read_response_to("HEAD");
-    assert!(client.expect_closed("HEAD with close").is_empty(), "HEAD response carried body bytes");
+    assert!(
+        client.expect_closed("HEAD with close").is_empty(),
+        "HEAD response carried body bytes"
+    );
 }
 
 /// A body limit (None = the default of 1 MiB), a body size, and the status it gets.
@@ -185,15 +271,51 @@ struct BodyCase {
 const MIB: usize = 1024 * 1024;
 
 const BODY_CASES: &[BodyCase] = &[
-    BodyCase { limit_bytes: None, body_bytes: 0, status: 200 },
-    BodyCase { limit_bytes: None, body_bytes: 1, status: 200 },
-    BodyCase { limit_bytes: None, body_bytes: 4096, status: 200 },
-    BodyCase { limit_bytes: None, body_bytes: 100_000, status: 200 },
-    BodyCase { limit_bytes: None, body_bytes: MIB, status: 200 },
-    BodyCase { limit_bytes: None, body_bytes: MIB + 1, status: 413 },
-    BodyCase { limit_bytes: Some(16), body_bytes: 16, status: 200 },
-    BodyCase { limit_bytes: Some(16), body_bytes: 17, status: 413 },
-    BodyCase { limit_bytes: Some(16), body_bytes: 100 * MIB, status: 413 },
+    BodyCase {
+        limit_bytes: None,
+        body_bytes: 0,
+        status: 200,
+    },
+    BodyCase {
+        limit_bytes: None,
+        body_bytes: 1,
+        status: 200,
+    },
+    BodyCase {
+        limit_bytes: None,
+        body_bytes: 4096,
+        status: 200,
+    },
+    BodyCase {
+        limit_bytes: None,
+        body_bytes: 100_000,
+        status: 200,
+    },
+    BodyCase {
+        limit_bytes: None,
+        body_bytes: MIB,
+        status: 200,
+    },
+    BodyCase {
+        limit_bytes: None,
+        body_bytes: MIB + 1,
+        status: 413,
+    },
+    BodyCase {
+        limit_bytes: Some(16),
+        body_bytes: 16,
+        status: 200,
+    },
+    BodyCase {
+        limit_bytes: Some(16),
+        body_bytes: 17,
+        status: 413,
+    },
+    BodyCase {
+        limit_bytes: Some(16),
+        body_bytes: 100 * MIB,
+        status: 413,
+    },
 ];
 
 /// A body of `len` bytes that is not all one byte, so an offset mistake shows.
@@ -202,12 +324,21 @@ fn body_of(len: usize) -> Vec<u8> {
 }
 
 fn check_body(server: &Server, case: &BodyCase) {
-    let what = format!("limit {:?}, body {} bytes", case.limit_bytes, case.body_bytes);
+    let what = format!(
+        "limit {:?}, body {} bytes",
+        case.limit_bytes, case.body_bytes
+    );
     let mut client = server.raw();
     if case.status == 413 {
         // Only the head goes out: the server can refuse on Content-Length alone,
         // and may close before a body it will not read arrives.
-        client.send(format!("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n", case.body_bytes).as_bytes());
+        client.send(
+            format!(
+                "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+                case.body_bytes
+            )
+            .as_bytes(),
+        );
         let response = client.read_response();
         assert_eq!(response.status, 413, "{what}");
         return;
@@ -220,7 +351,11 @@ fn check_body(server: &Server, case: &BodyCase) {
     assert!(response.body == body, "{what}: echoed bytes differ");
     // The connection is still in step: another request on it is answered.
     client.send(get("/n/1", "").as_bytes());
-    assert_eq!(client.read_response().body_str(), "n=1", "{what}: request after the body");
+    assert_eq!(
+        client.read_response().body_str(),
+        "n=1",
+        "{what}: request after the body"
+    );
 }
 
 #[test]
@@ -228,7 +363,11 @@ fn request_bodies_and_the_body_limit() {
     let default_server = Server::start(Some(APP), &[]);
     let small_server = Server::start(Some(APP), &["--max-body-bytes", "16"]);
     for case in BODY_CASES {
-        let server = if case.limit_bytes.is_some() { &small_server } else { &default_server };
+        let server = if case.limit_bytes.is_some() {
+            &small_server
+        } else {
+            &default_server
+        };
         check_body(server, case);
     }
 }
@@ -243,7 +382,11 @@ fn body_arriving_in_many_pieces() {
     client.send_split(&request, &[3, 40, 61, 999, 20_001, 49_999]);
     let response = client.read_response();
     assert_eq!(response.status, 200);
-    assert!(response.body == body, "body reassembled wrongly ({} bytes back)", response.body.len());
+    assert!(
+        response.body == body,
+        "body reassembled wrongly ({} bytes back)",
+        response.body.len()
+    );
 }
 
 /// Bytes that are not a valid HTTP/1.x request; each gets 400 and a close.
@@ -266,7 +409,9 @@ fn check_malformed(server: &Server, input: &[u8]) {
     let what = String::from_utf8_lossy(input).into_owned();
     let mut client = server.raw();
     client.send(input);
-    let response = client.try_read_response_to("GET").unwrap_or_else(|e| panic!("{what:?}: no 400 response: {e}"));
+    let response = client
+        .try_read_response_to("GET")
+        .unwrap_or_else(|e| panic!("{what:?}: no 400 response: {e}"));
     assert_eq!(response.status, 400, "{what:?}");
     client.expect_closed(&format!("{what:?} after 400"));
 }
@@ -300,10 +445,23 @@ fn malformed_request_after_good_ones_in_a_pipeline() {
 fn check_failure_response(response: &Response) {
     assert_eq!(response.status, 500);
     let body = response.body_str();
-    assert!(body.len() < 256, "500 body is not short ({} bytes): {body:?}", body.len());
-    assert!(!body.to_ascii_lowercase().contains("traceback"), "500 body leaks the traceback: {body:?}");
-    assert!(!body.contains("app.lua"), "500 body leaks the app's file name: {body:?}");
-    assert!(response.header("x-leak").is_none(), "500 carries a header the failed handler set");
+    assert!(
+        body.len() < 256,
+        "500 body is not short ({} bytes): {body:?}",
+        body.len()
+    );
+    assert!(
+        !body.to_ascii_lowercase().contains("traceback"),
+        "500 body leaks the traceback: {body:?}"
+    );
+    assert!(
+        !body.contains("app.lua"),
+        "500 body leaks the app's file name: {body:?}"
+    );
+    assert!(
+        response.header("x-leak").is_none(),
+        "500 carries a header the failed handler set"
+    );
 }
 
 #[test]
@@ -319,18 +477,27 @@ fn handler_error_is_500_logged_and_the_connection_stays_clean() {
     let next = client.read_response();
     assert_eq!(next.status, 200);
     assert_eq!(next.body_str(), "clean");
-    assert!(next.header("x-leak").is_none(), "header from the failed request leaked: {next:?}");
+    assert!(
+        next.header("x-leak").is_none(),
+        "header from the failed request leaked: {next:?}"
+    );
 
     // The traceback is in the log, pointing at the line that failed.
     let line = line_of(APP, "deliberate handler failure");
     let needle = format!("app.lua:{line}");
     let log = server.wait_for_log(&needle, Duration::from_secs(2));
     assert!(log.contains(&needle), "log lacks {needle}:\n{log}");
-    assert!(log.contains("deliberate handler failure"), "log lacks the error message:\n{log}");
+    assert!(
+        log.contains("deliberate handler failure"),
+        "log lacks the error message:\n{log}"
+    );
 
     // Failures repeat without wearing the worker down, on new connections too.
     for _ in 0..20 {
-        check_failure_response(&request(server.addr(), &get("/fail", "Connection: close\r\n")));
+        check_failure_response(&request(
+            server.addr(),
+            &get("/fail", "Connection: close\r\n"),
+        ));
     }
     let after = request(server.addr(), &get("/clean", "Connection: close\r\n"));
     assert_eq!(after.body_str(), "clean");
@@ -340,13 +507,23 @@ fn handler_error_is_500_logged_and_the_connection_stays_clean() {
 fn handler_error_inside_a_pipeline() {
     let server = Server::start(Some(APP), &[]);
     let mut client = RawClient::connect(server.addr());
-    let batch = [get("/n/1", ""), get("/fail", ""), get("/clean", ""), get("/fail", ""), get("/n/5", "")].concat();
+    let batch = [
+        get("/n/1", ""),
+        get("/fail", ""),
+        get("/clean", ""),
+        get("/fail", ""),
+        get("/n/5", ""),
+    ]
+    .concat();
     client.send(batch.as_bytes());
     assert_eq!(client.read_response().body_str(), "n=1");
     check_failure_response(&client.read_response());
     let clean = client.read_response();
     assert_eq!(clean.body_str(), "clean");
-    assert!(clean.header("x-leak").is_none(), "leaked header in a pipeline");
+    assert!(
+        clean.header("x-leak").is_none(),
+        "leaked header in a pipeline"
+    );
     check_failure_response(&client.read_response());
     assert_eq!(client.read_response().body_str(), "n=5");
 }
@@ -362,13 +539,21 @@ fn connection_slots_are_recycled_under_max_connections() {
         match i % 3 {
             0 => {
                 client.send(get(&format!("/n/{i}"), "Connection: close\r\n").as_bytes());
-                assert_eq!(client.read_response().body_str(), format!("n={i}"), "connection {i}");
+                assert_eq!(
+                    client.read_response().body_str(),
+                    format!("n={i}"),
+                    "connection {i}"
+                );
                 client.expect_closed("Connection: close");
             }
             1 => {
                 // The client walks away from a keep-alive connection after one answer.
                 client.send(get(&format!("/n/{i}"), "").as_bytes());
-                assert_eq!(client.read_response().body_str(), format!("n={i}"), "connection {i}");
+                assert_eq!(
+                    client.read_response().body_str(),
+                    format!("n={i}"),
+                    "connection {i}"
+                );
             }
             _ => {
                 client.send(b"NOT HTTP\r\n\r\n");

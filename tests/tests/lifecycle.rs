@@ -38,9 +38,15 @@ const PIPELINED: usize = 10;
 fn read_in_order(client: &mut RawClient, prefix: &str, limit: usize) -> usize {
     let mut answered = 0;
     while answered < limit {
-        let Some(response) = client.read_response_or_close("GET") else { break };
+        let Some(response) = client.read_response_or_close("GET") else {
+            break;
+        };
         assert_eq!(response.status, 200, "{prefix} response {answered}");
-        assert_eq!(response.body_str(), format!("{prefix}={answered}"), "{prefix} response {answered}");
+        assert_eq!(
+            response.body_str(),
+            format!("{prefix}={answered}"),
+            "{prefix} response {answered}"
+        );
         answered += 1;
         if response.closes() {
             break;
@@ -63,9 +69,15 @@ fn stream_requests(addr: std::net::SocketAddr, progress: Arc<AtomicUsize>) -> us
         if !client.try_send(format!("GET /n/{answered} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes()) {
             break;
         }
-        let Some(response) = client.read_response_or_close("GET") else { break };
+        let Some(response) = client.read_response_or_close("GET") else {
+            break;
+        };
         assert_eq!(response.status, 200, "streamed request {answered}");
-        assert_eq!(response.body_str(), format!("n={answered}"), "streamed request {answered}");
+        assert_eq!(
+            response.body_str(),
+            format!("n={answered}"),
+            "streamed request {answered}"
+        );
         answered += 1;
         progress.store(answered, Ordering::SeqCst);
         if response.closes() {
@@ -90,26 +102,45 @@ fn sigterm_answers_every_sent_request_then_exits_0() {
     // starting, and SIGTERM during start-up is a separate test below.
     let deadline = Instant::now() + STARTUP_TIMEOUT;
     while progress.load(Ordering::SeqCst) < 3 {
-        assert!(Instant::now() < deadline, "streaming client never got going; log:\n{}", server.log());
+        assert!(
+            Instant::now() < deadline,
+            "streaming client never got going; log:\n{}",
+            server.log()
+        );
         thread::sleep(Duration::from_millis(10));
     }
 
     // A batch of slow pipelined requests: all sent (one write) before SIGTERM.
     let mut batch_client = server.raw();
-    let batch: String = (0..PIPELINED).map(|i| format!("GET /slow/{i} HTTP/1.1\r\nHost: t\r\n\r\n")).collect();
+    let batch: String = (0..PIPELINED)
+        .map(|i| format!("GET /slow/{i} HTTP/1.1\r\nHost: t\r\n\r\n"))
+        .collect();
     batch_client.send(batch.as_bytes());
     thread::sleep(Duration::from_millis(120));
     server.terminate();
 
     let answered = read_in_order(&mut batch_client, "slow", PIPELINED);
-    assert_eq!(answered, PIPELINED, "pipelined requests sent before SIGTERM went unanswered");
-    assert!(matches!(batch_client.read_to_end(), Ending::Closed(_)), "batch connection not closed after drain");
+    assert_eq!(
+        answered, PIPELINED,
+        "pipelined requests sent before SIGTERM went unanswered"
+    );
+    assert!(
+        matches!(batch_client.read_to_end(), Ending::Closed(_)),
+        "batch connection not closed after drain"
+    );
 
     let streamed = streamer.join().expect("streaming client");
     assert!(streamed > 0, "the streaming client got no responses at all");
 
-    let status = server.wait_exit(Duration::from_secs(12)).unwrap_or_else(|| panic!("still running 12 s after SIGTERM; log:\n{}", server.log()));
-    assert_eq!(status.code(), Some(0), "exit status after SIGTERM; log:\n{}", server.log());
+    let status = server
+        .wait_exit(Duration::from_secs(12))
+        .unwrap_or_else(|| panic!("still running 12 s after SIGTERM; log:\n{}", server.log()));
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status after SIGTERM; log:\n{}",
+        server.log()
+    );
     assert_no_panic(&server.log(), "drain");
 }
 
@@ -122,8 +153,15 @@ fn sigterm_right_after_start_still_drains_and_exits_0() {
     let mut client = server.raw();
     client.send(b"GET /n/0 HTTP/1.1\r\nHost: t\r\n\r\n");
     server.terminate();
-    let status = server.wait_exit(Duration::from_secs(8)).unwrap_or_else(|| panic!("still running 8 s after SIGTERM; log:\n{}", server.log()));
-    assert_eq!(status.code(), Some(0), "exit status ({status}) for SIGTERM just after start; log:\n{}", server.log());
+    let status = server
+        .wait_exit(Duration::from_secs(8))
+        .unwrap_or_else(|| panic!("still running 8 s after SIGTERM; log:\n{}", server.log()));
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status ({status}) for SIGTERM just after start; log:\n{}",
+        server.log()
+    );
     // The request may still sit in the listen backlog, never accepted, when the
     // signal lands; closing the listener then resets it, which a client can retry.
     // What must not happen is half a response.
@@ -143,10 +181,23 @@ fn sigterm_with_idle_connections_exits_within_the_drain_deadline() {
     server.terminate();
     // An idle keep-alive connection has nothing in flight: it must not hold the
     // process past the 1 s deadline (2 s of slack for a loaded machine).
-    let status = server.wait_exit(Duration::from_secs(3)).unwrap_or_else(|| panic!("still running 3 s after SIGTERM with --drain-timeout 1; log:\n{}", server.log()));
-    assert_eq!(status.code(), Some(0), "exit status; log:\n{}", server.log());
+    let status = server.wait_exit(Duration::from_secs(3)).unwrap_or_else(|| {
+        panic!(
+            "still running 3 s after SIGTERM with --drain-timeout 1; log:\n{}",
+            server.log()
+        )
+    });
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status; log:\n{}",
+        server.log()
+    );
     assert!(start.elapsed() < Duration::from_secs(3));
-    assert!(matches!(idle.read_to_end(), Ending::Closed(_)), "idle connection left open after exit");
+    assert!(
+        matches!(idle.read_to_end(), Ending::Closed(_)),
+        "idle connection left open after exit"
+    );
 }
 
 #[test]
@@ -161,7 +212,11 @@ fn drain_deadline_bounds_shutdown_with_a_stuck_handler() {
     let start = Instant::now();
     server.terminate();
     let exited = server.wait_exit(Duration::from_secs(4));
-    assert!(exited.is_some(), "still running 4 s after SIGTERM with --drain-timeout 1 and a 6 s handler; log:\n{}", server.log());
+    assert!(
+        exited.is_some(),
+        "still running 4 s after SIGTERM with --drain-timeout 1 and a 6 s handler; log:\n{}",
+        server.log()
+    );
     assert!(start.elapsed() < Duration::from_secs(4));
     assert_no_panic(&server.log(), "drain deadline");
 }
@@ -174,16 +229,36 @@ fn port_already_in_use_exits_2_naming_address_and_error() {
     let plain_addr = plain.local_addr().expect("addr").to_string();
     let first = Server::start(None, &[]);
     let keystone_addr = first.addr().to_string();
-    for (holder, addr) in [("a plain listener", plain_addr), ("another keystone", keystone_addr)] {
+    for (holder, addr) in [
+        ("a plain listener", plain_addr),
+        ("another keystone", keystone_addr),
+    ] {
         let start = Instant::now();
         let output = run_keystone(&["serve", "--listen", &addr, "--workers", "1"]);
         let all = output.all();
-        assert!(!output.timed_out, "port held by {holder}: keystone did not exit; output:\n{all}");
-        assert!(start.elapsed() < Duration::from_secs(10), "port held by {holder}: took {:?}", start.elapsed());
+        assert!(
+            !output.timed_out,
+            "port held by {holder}: keystone did not exit; output:\n{all}"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "port held by {holder}: took {:?}",
+            start.elapsed()
+        );
         assert_no_panic(&all, holder);
-        assert_eq!(output.code, Some(2), "port held by {holder}; output:\n{all}");
-        assert!(all.contains(&addr), "port held by {holder}: message does not name {addr}:\n{all}");
-        assert!(all.contains("Address already in use"), "port held by {holder}: message lacks the OS error:\n{all}");
+        assert_eq!(
+            output.code,
+            Some(2),
+            "port held by {holder}; output:\n{all}"
+        );
+        assert!(
+            all.contains(&addr),
+            "port held by {holder}: message does not name {addr}:\n{all}"
+        );
+        assert!(
+            all.contains("Address already in use"),
+            "port held by {holder}: message lacks the OS error:\n{all}"
+        );
     }
     // The first server is untouched by the failed second start.
     let response = keystone_tests::request(first.addr(), &keystone_tests::get_request("/"));

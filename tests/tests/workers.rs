@@ -26,8 +26,13 @@ const REQUESTS_PER_CONNECTION: usize = 3;
 const SHARE_MIN_PERCENT: usize = 10;
 
 fn parse(body: &str) -> (usize, u64) {
-    let (worker, count) = body.split_once(':').unwrap_or_else(|| panic!("body {body:?} is not worker:count"));
-    (worker.parse().expect("worker index"), count.parse().expect("count"))
+    let (worker, count) = body
+        .split_once(':')
+        .unwrap_or_else(|| panic!("body {body:?} is not worker:count"));
+    (
+        worker.parse().expect("worker index"),
+        count.parse().expect("count"),
+    )
 }
 
 /// Runs the affinity and spread check against a server started with `extra`.
@@ -42,11 +47,17 @@ fn check(server: &Server, what: &str) {
             let response = client.read_response();
             assert_eq!(response.status, 200, "{what}: connection {connection}");
             let (worker, count) = parse(&response.body_str());
-            assert!(worker < WORKERS, "{what}: worker index {worker} out of 0..{WORKERS}");
+            assert!(
+                worker < WORKERS,
+                "{what}: worker index {worker} out of 0..{WORKERS}"
+            );
             seen.push(worker);
             counts_per_worker.entry(worker).or_default().push(count);
         }
-        assert!(seen.iter().all(|w| *w == seen[0]), "{what}: connection {connection} moved between workers: {seen:?}");
+        assert!(
+            seen.iter().all(|w| *w == seen[0]),
+            "{what}: connection {connection} moved between workers: {seen:?}"
+        );
         *connections_per_worker.entry(seen[0]).or_default() += 1;
     }
     for worker in 0..WORKERS {
@@ -61,7 +72,11 @@ fn check(server: &Server, what: &str) {
     for (worker, mut counts) in counts_per_worker {
         counts.sort_unstable();
         let expected: Vec<u64> = (1..=counts.len() as u64).collect();
-        assert!(counts == expected, "{what}: worker {worker} counter is not 1..={}: {counts:?}", expected.len());
+        assert!(
+            counts == expected,
+            "{what}: worker {worker} counter is not 1..={}: {counts:?}",
+            expected.len()
+        );
     }
 }
 
@@ -88,12 +103,28 @@ fn ebpf_require_serves_or_refuses_clearly() {
     // `require` depends on the kernel and privileges, so both outcomes are legal;
     // what is not: a panic, a hang, or a refusal that does not say why.
     let port = keystone_tests::free_port().to_string();
-    let probe = run_keystone_quick_exit(&["--workers", "4", "--ebpf", "require", "--listen", &format!("127.0.0.1:{port}")]);
+    let probe = run_keystone_quick_exit(&[
+        "--workers",
+        "4",
+        "--ebpf",
+        "require",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+    ]);
     match probe {
         Some(output) => {
             assert_no_panic(&output.all(), "--ebpf require");
-            assert_eq!(output.code, Some(2), "--ebpf require refused with the wrong code:\n{}", output.all());
-            assert!(output.all().to_ascii_lowercase().contains("ebpf"), "refusal does not mention eBPF:\n{}", output.all());
+            assert_eq!(
+                output.code,
+                Some(2),
+                "--ebpf require refused with the wrong code:\n{}",
+                output.all()
+            );
+            assert!(
+                output.all().to_ascii_lowercase().contains("ebpf"),
+                "refusal does not mention eBPF:\n{}",
+                output.all()
+            );
         }
         None => {
             let server = Server::start(Some(APP), &["--workers", "4", "--ebpf", "require"]);
@@ -117,7 +148,12 @@ fn run_keystone_quick_exit(args: &[&str]) -> Option<keystone_tests::CommandOutpu
         return None;
     };
     let log = keystone_tests::read_log(dir.path());
-    Some(keystone_tests::CommandOutput { code: status.code(), stdout: String::new(), stderr: log, timed_out: false })
+    Some(keystone_tests::CommandOutput {
+        code: status.code(),
+        stdout: String::new(),
+        stderr: log,
+        timed_out: false,
+    })
 }
 
 #[test]
@@ -135,7 +171,11 @@ fn workers_have_independent_lua_state() {
         let (worker, _) = parse(&client.read_response().body_str());
         by_worker.entry(worker).or_insert(client);
     }
-    assert_eq!(by_worker.len(), 2, "200 connections never reached both workers");
+    assert_eq!(
+        by_worker.len(),
+        2,
+        "200 connections never reached both workers"
+    );
     // Read each worker's current count, then bump only worker 0 five times:
     // worker 1's count must not move.
     let mut current = BTreeMap::new();
@@ -146,11 +186,18 @@ fn workers_have_independent_lua_state() {
     let zero = by_worker.get_mut(&0).expect("worker 0");
     for step in 1..=5u64 {
         zero.send(b"GET /count HTTP/1.1\r\nHost: t\r\n\r\n");
-        assert_eq!(parse(&zero.read_response().body_str()), (0, current[&0] + step));
+        assert_eq!(
+            parse(&zero.read_response().body_str()),
+            (0, current[&0] + step)
+        );
     }
     let one = by_worker.get_mut(&1).expect("worker 1");
     one.send(b"GET /count HTTP/1.1\r\nHost: t\r\n\r\n");
-    assert_eq!(parse(&one.read_response().body_str()), (1, current[&1] + 1), "worker 1 saw worker 0's increments");
+    assert_eq!(
+        parse(&one.read_response().body_str()),
+        (1, current[&1] + 1),
+        "worker 1 saw worker 0's increments"
+    );
 }
 
 #[test]

@@ -10,7 +10,12 @@ use keystone_tests::{wait_timeout, Server};
 const WRK_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn wrk_available() -> bool {
-    Command::new("wrk").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
+    Command::new("wrk")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
 }
 
 /// The lines of wrk's report that mean something went wrong.
@@ -18,7 +23,10 @@ const ERROR_MARKERS: &[&str] = &["Socket errors", "Non-2xx or 3xx responses"];
 
 fn check(report: &str) {
     for marker in ERROR_MARKERS {
-        assert!(!report.contains(marker), "wrk reported {marker:?}:\n{report}");
+        assert!(
+            !report.contains(marker),
+            "wrk reported {marker:?}:\n{report}"
+        );
     }
     // "  12345 requests in 2.00s, 1.23MB read"
     let requests: u64 = report
@@ -52,7 +60,10 @@ fn wrk_keep_alive_load_has_no_errors() {
             let _ = child.wait();
         }
         let report = std::fs::read_to_string(&report_path).unwrap_or_default();
-        assert!(status.is_some_and(|s| s.success()), "wrk failed or hung (--workers {workers}):\n{report}");
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "wrk failed or hung (--workers {workers}):\n{report}"
+        );
         check(&report);
         keystone_tests::assert_no_panic(&server.log(), "under wrk");
     }
