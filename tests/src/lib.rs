@@ -496,7 +496,12 @@ pub struct RawClient {
     stream: TcpStream,
     /// Bytes read but not yet consumed by a parsed response (pipelining).
     pending: Vec<u8>,
+    /// The start of the last write, so a failed read can say what it answered.
+    last_sent: String,
 }
+
+/// How much of the last write a failure message quotes.
+const LAST_SENT_QUOTED_BYTES: usize = 120;
 
 /// How the connection ended when a client read until EOF.
 #[derive(Debug, PartialEq, Eq)]
@@ -520,6 +525,7 @@ impl RawClient {
         RawClient {
             stream,
             pending: Vec::new(),
+            last_sent: String::new(),
         }
     }
 
@@ -531,12 +537,19 @@ impl RawClient {
     /// Writes all of `bytes` in one `write` call sequence (one segment on loopback
     /// in practice, since nodelay is set and the sizes here are small).
     pub fn send(&mut self, bytes: &[u8]) {
+        self.remember(bytes);
         self.stream.write_all(bytes).expect("writing request");
+    }
+
+    fn remember(&mut self, bytes: &[u8]) {
+        let quoted = &bytes[..bytes.len().min(LAST_SENT_QUOTED_BYTES)];
+        self.last_sent = String::from_utf8_lossy(quoted).into_owned();
     }
 
     /// Writes `bytes`, returning false if the server has already closed or reset
     /// the connection (for tests that race a shutdown on purpose).
     pub fn try_send(&mut self, bytes: &[u8]) -> bool {
+        self.remember(bytes);
         match self.stream.write_all(bytes) {
             Ok(()) => true,
             Err(e) if matches!(e.kind(), ErrorKind::BrokenPipe | ErrorKind::ConnectionReset) => {
@@ -553,7 +566,10 @@ impl RawClient {
             match self.fill_once() {
                 Ok(0) => return None,
                 Ok(_) => {}
-                Err(error) => panic!("reading response: {error}"),
+                Err(error) => panic!(
+                    "reading the response (last write began {:?}): {error}",
+                    self.last_sent
+                ),
             }
         }
         Some(self.read_response_to(method))
@@ -587,8 +603,12 @@ impl RawClient {
 
     /// Reads one complete response to a request with `method` (HEAD responses have no body).
     pub fn read_response_to(&mut self, method: &str) -> Response {
-        self.try_read_response_to(method)
-            .unwrap_or_else(|error| panic!("reading response: {error}"))
+        self.try_read_response_to(method).unwrap_or_else(|error| {
+            panic!(
+                "reading the response (last write began {:?}): {error}",
+                self.last_sent
+            )
+        })
     }
 
     /// Like `read_response_to`, but reports a missing or broken response as an error.

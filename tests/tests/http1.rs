@@ -206,7 +206,14 @@ fn check_pipeline(server: &Server, case: &PipelineCase) {
         }
     }
     for (i, body) in expected.iter().enumerate() {
-        let response = client.read_response();
+        let response = client.try_read_response_to("GET").unwrap_or_else(|error| {
+            panic!(
+                "count {} cut {:?}: response {i} of {}: {error}",
+                case.count,
+                case.cut_every_bytes,
+                expected.len()
+            )
+        });
         assert_eq!(
             response.status, 200,
             "count {} cut {:?}: response {i}",
