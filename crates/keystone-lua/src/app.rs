@@ -10,6 +10,7 @@ use keystone_exchange::HttpExchange;
 use keystone_router::{RouteError, Router, RouterBuilder};
 use mlua::{Function, LightUserData, Lua, LuaOptions, StdLib, Table, Value};
 
+use crate::config::{LuaConfig, SearchPaths};
 use crate::{abi, LuaWorker};
 
 const PRELUDE: &str = include_str!("prelude.lua");
@@ -17,7 +18,7 @@ const SANDBOX: &str = include_str!("sandbox.lua");
 
 /// Top-level fields an app table may have; anything else is a typo we
 /// report instead of silently serving nothing.
-const APP_FIELDS: [&str; 1] = ["routes"];
+const APP_FIELDS: [&str; 4] = ["routes", "init_worker", "rocks_trees", "allow_c_modules"];
 
 /// An app's source, read once by the main thread and shared immutably with
 /// every worker (each compiles it into its own Lua state).
@@ -145,40 +146,89 @@ fn engine(err: mlua::Error) -> LoadError {
     }
 }
 
-fn lua_error(err: mlua::Error) -> LoadError {
-    let message = match err {
+fn lua_message(err: mlua::Error) -> String {
+    match err {
         mlua::Error::SyntaxError { message, .. } => message,
         mlua::Error::RuntimeError(message) => message,
         mlua::Error::CallbackError { traceback, cause } => format!("{cause}\n{traceback}"),
         other => other.to_string(),
-    };
-    LoadError::Lua { message }
+    }
+}
+
+fn lua_error(err: mlua::Error) -> LoadError {
+    LoadError::Lua {
+        message: lua_message(err),
+    }
 }
 
 impl LoadedApp {
-    /// Loads `source` into a fresh Lua state for worker `worker`; `log`
-    /// receives the lines handlers `print`.
+    /// Loads `source` into a fresh Lua state for worker `worker` with
+    /// [`LuaConfig::from_env`] (sandbox on, no rocks trees or C modules from
+    /// the command line, `LUA_PATH`/`LUA_CPATH` honoured); `log` receives
+    /// the lines handlers `print`.
     pub fn load(
         source: &AppSource,
         worker: u32,
+        log: impl Fn(&str) + 'static,
+    ) -> Result<LoadedApp, LoadError> {
+        LoadedApp::load_with(source, worker, &LuaConfig::from_env(), log)
+    }
+
+    /// Loads `source` into a fresh Lua state for worker `worker` with the
+    /// engine's Lua options: rocks trees and allowed C modules from the
+    /// command line, the sandbox switch, `LUA_PATH`/`LUA_CPATH`. Runs the
+    /// chunk, reads the app table (`routes`, `init_worker`, `rocks_trees`,
+    /// `allow_c_modules`), compiles the routes, then runs `init_worker`.
+    ///
+    /// Loading again for the same worker while an earlier `LoadedApp`
+    /// lives is fine (hot reload): each has its own state and exchange.
+    pub fn load_with(
+        source: &AppSource,
+        worker: u32,
+        config: &LuaConfig,
         log: impl Fn(&str) + 'static,
     ) -> Result<LoadedApp, LoadError> {
         let guard = ExchangeGuard(NonNull::from(Box::leak(HttpExchange::new_boxed(worker))));
         // SAFETY: `unsafe_new_with` allows C modules and the ffi library.
         // The prelude needs ffi; user code never reaches it because it runs
         // in the sandbox environment built below, which holds neither `ffi`
-        // nor `require` of C modules.
+        // nor `require` of C modules that are not allowed. `--unsafe-lua`
+        // (`config.unsafe_lua`) hands user code the real globals on purpose.
         let lua = unsafe { Lua::unsafe_new_with(StdLib::ALL, LuaOptions::new()) };
         let (dispatch, register) = init_prelude(&lua, guard.0)?;
-        let env = new_sandbox(&lua, source, log)?;
-        let app: Value = lua
+        let dir = source.dir.as_deref();
+        let paths = SearchPaths::build(config, dir, &[]).map_err(|e| shape(source, e.message))?;
+        let user = if config.unsafe_lua {
+            log(UNSAFE_LUA_NOTICE);
+            UserCode::unsafe_globals(&lua, &paths, log)?
+        } else {
+            UserCode::sandbox(&lua, &paths, &config.allow_c_modules, log)?
+        };
+        let chunk = lua
             .load(&*source.text)
-            .set_name(format!("@{}", source.path.display()))
-            .set_environment(env)
-            .call(())
-            .map_err(lua_error)?;
-        let (router, routes, handlers) = compile_routes(&lua, source, app)?;
+            .set_name(format!("@{}", source.path.display()));
+        let chunk = match &user {
+            UserCode::Sandbox { env, .. } => chunk.set_environment(env.clone()),
+            UserCode::Unsafe => chunk,
+        };
+        let app = AppTable::read(source, chunk.call(()).map_err(lua_error)?)?;
+        if !app.rocks_trees.is_empty() || !app.allow_c_modules.is_empty() {
+            let paths = SearchPaths::build(config, dir, &app.rocks_trees)
+                .map_err(|e| shape(source, e.message))?;
+            user.configure(&lua, &paths, &app.allow_c_modules)?;
+        }
+        let (router, routes, handlers) = compile_routes(&lua, source, app.routes)?;
         register.call::<()>(handlers).map_err(engine)?;
+        if let Some(init_worker) = app.init_worker {
+            init_worker
+                .call::<()>(worker)
+                .map_err(|err| LoadError::Lua {
+                    message: format!(
+                        "init_worker failed on worker {worker}: {}",
+                        lua_message(err)
+                    ),
+                })?;
+        }
         let exchange = guard.0;
         std::mem::forget(guard);
         Ok(LoadedApp {
@@ -187,6 +237,115 @@ impl LoadedApp {
             routes,
         })
     }
+}
+
+/// What `--unsafe-lua` writes to the log at every load.
+pub const UNSAFE_LUA_NOTICE: &str = "keystone: --unsafe-lua: the Lua sandbox is OFF; app code \
+runs with the real globals (io, os, debug, ffi, jit, require of any module, C modules included)";
+
+/// Where user code runs: the sandbox environment, or (`--unsafe-lua`) the
+/// real globals.
+enum UserCode {
+    Sandbox {
+        env: Table,
+        /// `configure(lua_templates, c_templates, allowed)` from sandbox.lua.
+        configure: Function,
+    },
+    Unsafe,
+}
+
+impl UserCode {
+    fn sandbox(
+        lua: &Lua,
+        paths: &SearchPaths,
+        allowed: &[String],
+        log: impl Fn(&str) + 'static,
+    ) -> Result<UserCode, LoadError> {
+        let new_env: Function = lua
+            .load(SANDBOX)
+            .set_name("=keystone-sandbox")
+            .eval()
+            .map_err(engine)?;
+        let (lua_templates, c_templates) = templates(lua, paths)?;
+        let allowed = lua
+            .create_sequence_from(allowed.iter().map(String::as_str))
+            .map_err(engine)?;
+        let (env, configure) = new_env
+            .call((log_function(lua, log)?, lua_templates, c_templates, allowed))
+            .map_err(engine)?;
+        Ok(UserCode::Sandbox { env, configure })
+    }
+
+    fn unsafe_globals(
+        lua: &Lua,
+        paths: &SearchPaths,
+        log: impl Fn(&str) + 'static,
+    ) -> Result<UserCode, LoadError> {
+        let print: Function = lua
+            .load(LOG_PRINT)
+            .set_name("=keystone-print")
+            .call(log_function(lua, log)?)
+            .map_err(engine)?;
+        lua.globals().set("print", print).map_err(engine)?;
+        let user = UserCode::Unsafe;
+        user.configure(lua, paths, &[])?;
+        Ok(user)
+    }
+
+    /// Replaces the search paths and adds allowed C modules (the sandbox
+    /// only: without it every module may load).
+    fn configure(
+        &self,
+        lua: &Lua,
+        paths: &SearchPaths,
+        allowed: &[String],
+    ) -> Result<(), LoadError> {
+        match self {
+            UserCode::Sandbox { configure, .. } => {
+                let (lua_templates, c_templates) = templates(lua, paths)?;
+                let allowed = lua
+                    .create_sequence_from(allowed.iter().map(String::as_str))
+                    .map_err(engine)?;
+                configure
+                    .call::<()>((lua_templates, c_templates, allowed))
+                    .map_err(engine)
+            }
+            UserCode::Unsafe => {
+                let package: Table = lua.globals().get("package").map_err(engine)?;
+                package.set("path", paths.lua.join(";")).map_err(engine)?;
+                package.set("cpath", paths.c.join(";")).map_err(engine)
+            }
+        }
+    }
+}
+
+/// `print` over the log for `--unsafe-lua` (the sandbox builds its own).
+const LOG_PRINT: &str = r##"
+local log = ...
+local select, tostring, concat = select, tostring, table.concat
+return function(...)
+  local parts = {}
+  for i = 1, select("#", ...) do parts[i] = tostring((select(i, ...))) end
+  log(concat(parts, "\t"))
+end
+"##;
+
+fn log_function(lua: &Lua, log: impl Fn(&str) + 'static) -> Result<Function, LoadError> {
+    lua.create_function(move |_, line: mlua::String| {
+        log(&line.to_string_lossy());
+        Ok(())
+    })
+    .map_err(engine)
+}
+
+fn templates(lua: &Lua, paths: &SearchPaths) -> Result<(Table, Table), LoadError> {
+    let lua_templates = lua
+        .create_sequence_from(paths.lua.iter().map(String::as_str))
+        .map_err(engine)?;
+    let c_templates = lua
+        .create_sequence_from(paths.c.iter().map(String::as_str))
+        .map_err(engine)?;
+    Ok((lua_templates, c_templates))
 }
 
 fn init_prelude(
@@ -208,29 +367,6 @@ fn init_prelude(
     init.call(args).map_err(engine)
 }
 
-fn new_sandbox(
-    lua: &Lua,
-    source: &AppSource,
-    log: impl Fn(&str) + 'static,
-) -> Result<Table, LoadError> {
-    let new_env: Function = lua
-        .load(SANDBOX)
-        .set_name("=keystone-sandbox")
-        .eval()
-        .map_err(engine)?;
-    let log = lua
-        .create_function(move |_, line: mlua::String| {
-            log(&line.to_string_lossy());
-            Ok(())
-        })
-        .map_err(engine)?;
-    let search_path = match &source.dir {
-        Some(dir) => format!("{0}/?.lua;{0}/?/init.lua", dir.display()),
-        None => String::new(),
-    };
-    new_env.call((log, search_path)).map_err(engine)
-}
-
 fn shape(source: &AppSource, message: String) -> LoadError {
     LoadError::Shape {
         path: source.path.clone(),
@@ -238,40 +374,127 @@ fn shape(source: &AppSource, message: String) -> LoadError {
     }
 }
 
-fn compile_routes(
-    lua: &Lua,
-    source: &AppSource,
-    app: Value,
-) -> Result<(Router, Vec<String>, Table), LoadError> {
-    let Value::Table(app) = app else {
-        return Err(shape(
-            source,
-            format!(
-                "the app must return a table with `routes`, got {}",
-                app.type_name()
-            ),
-        ));
-    };
-    for pair in app.pairs::<Value, Value>() {
-        let (key, _) = pair.map_err(lua_error)?;
-        let known = matches!(&key, Value::String(s) if APP_FIELDS.contains(&&*s.to_string_lossy()));
-        if !known {
+/// The app table's known fields, checked.
+struct AppTable {
+    routes: Table,
+    init_worker: Option<Function>,
+    rocks_trees: Vec<PathBuf>,
+    allow_c_modules: Vec<String>,
+}
+
+impl AppTable {
+    fn read(source: &AppSource, app: Value) -> Result<AppTable, LoadError> {
+        let Value::Table(app) = app else {
             return Err(shape(
                 source,
-                format!("the app table has an unknown field {key:?} (known: routes)"),
+                format!(
+                    "the app must return a table with `routes`, got {}",
+                    app.type_name()
+                ),
             ));
+        };
+        for pair in app.pairs::<Value, Value>() {
+            let (key, _) = pair.map_err(lua_error)?;
+            let known =
+                matches!(&key, Value::String(s) if APP_FIELDS.contains(&&*s.to_string_lossy()));
+            if !known {
+                let key = match &key {
+                    Value::String(s) => format!("\"{}\"", s.to_string_lossy()),
+                    other => format!("{other:?}"),
+                };
+                return Err(shape(
+                    source,
+                    format!(
+                        "the app table has an unknown field {key} (known: {})",
+                        APP_FIELDS.join(", ")
+                    ),
+                ));
+            }
         }
+        let routes = match app.get::<Value>("routes").map_err(lua_error)? {
+            Value::Table(t) => t,
+            Value::Nil => return Err(shape(source, "the app table has no `routes` table".into())),
+            other => {
+                return Err(shape(
+                    source,
+                    format!("`routes` must be a table, got {}", other.type_name()),
+                ))
+            }
+        };
+        let init_worker = match app.get::<Value>("init_worker").map_err(lua_error)? {
+            Value::Function(f) => Some(f),
+            Value::Nil => None,
+            other => {
+                return Err(shape(
+                    source,
+                    format!(
+                        "`init_worker` must be a function(worker), got {}",
+                        other.type_name()
+                    ),
+                ))
+            }
+        };
+        let rocks_trees = string_list(source, &app, "rocks_trees")?
+            .into_iter()
+            .map(PathBuf::from)
+            .collect();
+        let allow_c_modules = string_list(source, &app, "allow_c_modules")?;
+        Ok(AppTable {
+            routes,
+            init_worker,
+            rocks_trees,
+            allow_c_modules,
+        })
     }
-    let routes: Table = match app.get::<Value>("routes").map_err(lua_error)? {
+}
+
+/// Field `field` of the app table as a list of strings; absent is empty.
+fn string_list(source: &AppSource, app: &Table, field: &str) -> Result<Vec<String>, LoadError> {
+    let list = match app.get::<Value>(field).map_err(lua_error)? {
         Value::Table(t) => t,
-        Value::Nil => return Err(shape(source, "the app table has no `routes` table".into())),
+        Value::Nil => return Ok(Vec::new()),
         other => {
             return Err(shape(
                 source,
-                format!("`routes` must be a table, got {}", other.type_name()),
+                format!(
+                    "`{field}` must be a list of strings, got {}",
+                    other.type_name()
+                ),
             ))
         }
     };
+    let mut out = Vec::new();
+    for pair in list.pairs::<Value, Value>() {
+        let (key, value) = pair.map_err(lua_error)?;
+        let index = match key {
+            Value::Integer(i) if i >= 1 => i,
+            other => {
+                return Err(shape(
+                    source,
+                    format!("`{field}` must be a list, but has the key {other:?}"),
+                ))
+            }
+        };
+        let Value::String(text) = value else {
+            return Err(shape(
+                source,
+                format!(
+                    "{field}[{index}] must be a string, got {}",
+                    value.type_name()
+                ),
+            ));
+        };
+        out.push((index, text.to_string_lossy()));
+    }
+    out.sort();
+    Ok(out.into_iter().map(|(_, text)| text).collect())
+}
+
+fn compile_routes(
+    lua: &Lua,
+    source: &AppSource,
+    routes: Table,
+) -> Result<(Router, Vec<String>, Table), LoadError> {
     let mut entries = Vec::new();
     for pair in routes.pairs::<Value, Value>() {
         let (key, handler) = pair.map_err(lua_error)?;

@@ -17,8 +17,10 @@
 
 mod abi;
 mod app;
+mod config;
 
-pub use app::{AppSource, LoadError, LoadedApp};
+pub use app::{AppSource, LoadError, LoadedApp, UNSAFE_LUA_NOTICE};
+pub use config::{LuaConfig, DEFAULT_LUA_CPATH, DEFAULT_LUA_PATH};
 
 use std::ptr::NonNull;
 

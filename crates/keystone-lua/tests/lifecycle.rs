@@ -1,0 +1,168 @@
+//! The app table's lifecycle fields and hot reload: `init_worker` runs once
+//! per state after load, its errors fail the load with file:line; field
+//! types are checked; a new state for the same worker loads beside the old.
+
+mod support;
+
+use keystone_lua::{AppSource, LoadedApp, LuaConfig};
+use support::{get, load, source, temp_dir, try_load, write_files};
+
+#[test]
+fn init_worker_runs_once_per_state_with_the_worker_index() {
+    let app = source(
+        r#"local runs, seen = 0, nil
+        return {
+          init_worker = function(worker)
+            runs = runs + 1
+            seen = worker
+            print("init " .. worker)
+          end,
+          routes = { ["GET /"] = function(ctx)
+            ctx.body = runs .. " " .. seen .. " " .. ctx.worker
+          end },
+        }"#,
+    );
+    let log = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    let sink = log.clone();
+    let mut loaded = LoadedApp::load_with(&app, 3, &LuaConfig::default(), move |line| {
+        sink.borrow_mut().push(line.to_string())
+    })
+    .unwrap();
+    assert_eq!(log.borrow().as_slice(), ["init 3"]);
+    assert_eq!(get(&mut loaded, "/").unwrap(), "1 3 3");
+    assert_eq!(get(&mut loaded, "/").unwrap(), "1 3 3");
+}
+
+#[test]
+fn init_worker_error_fails_the_load_with_file_line() {
+    let err = try_load(
+        &source(
+            "return {\n  routes = {},\n  init_worker = function(worker)\n    error('no database for worker ' .. worker)\n  end,\n}",
+        ),
+        &LuaConfig::default(),
+    )
+    .err()
+    .unwrap();
+    assert!(
+        err.starts_with("init_worker failed on worker 0: test_app.lua:4: no database for worker 0"),
+        "{err}"
+    );
+    assert!(err.contains("stack traceback"), "{err}");
+    // A runtime error inside init_worker (not error()) is reported the same way.
+    let err = try_load(
+        &source("return { routes = {}, init_worker = function()\n local t = nil; return t.x end }"),
+        &LuaConfig::default(),
+    )
+    .err()
+    .unwrap();
+    assert!(err.contains("test_app.lua:2: attempt to index"), "{err}");
+}
+
+#[test]
+fn app_fields_are_checked() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "return { routes = {}, init_worker = 1 }",
+            "`init_worker` must be a function(worker), got integer",
+        ),
+        (
+            "return { routes = {}, rocks_trees = 'lua_modules' }",
+            "`rocks_trees` must be a list of strings, got string",
+        ),
+        (
+            "return { routes = {}, rocks_trees = { 1 } }",
+            "rocks_trees[1] must be a string, got integer",
+        ),
+        (
+            "return { routes = {}, allow_c_modules = { cjson = true } }",
+            "`allow_c_modules` must be a list",
+        ),
+        (
+            "return { routes = {}, rocks_trees = { 'a?b' } }",
+            "rocks_trees 'a?b' contains ';' or '?'",
+        ),
+        (
+            "return { routes = {}, allow_c_module = { 'cjson' } }",
+            "unknown field \"allow_c_module\" (known: routes, init_worker, rocks_trees, allow_c_modules)",
+        ),
+    ];
+    for (text, expected) in cases {
+        let err = try_load(&source(text), &LuaConfig::default())
+            .err()
+            .unwrap_or_else(|| panic!("loaded: {text}"));
+        assert!(err.contains(expected), "{text}: {err}");
+        assert!(err.contains("test_app.lua"), "{text}: no file in {err}");
+    }
+}
+
+#[test]
+fn all_known_fields_together() {
+    let (mut app, _) = load(
+        &source(
+            r#"return {
+              routes = { ["GET /"] = function(ctx) ctx.body = "ok" end },
+              init_worker = function() end,
+              rocks_trees = {},
+              allow_c_modules = {},
+            }"#,
+        ),
+        &LuaConfig::default(),
+    );
+    assert_eq!(get(&mut app, "/").unwrap(), "ok");
+}
+
+/// Hot reload on the Lua side: the new app loads for the same worker while
+/// the old one still serves, each with its own state, module cache and
+/// exchange; the old one is dropped afterwards.
+#[test]
+fn reload_loads_beside_the_old_state() {
+    let dir = temp_dir("reload");
+    let write = |version: &str| {
+        write_files(
+            &dir,
+            &[
+                ("version.lua", &format!("return '{version}'")),
+                (
+                    "app.lua",
+                    r#"local version = require "version"
+                    local hits = 0
+                    return { routes = { ["GET /"] = function(ctx)
+                      hits = hits + 1
+                      ctx.body = version .. " " .. hits
+                    end } }"#,
+                ),
+            ],
+        );
+        AppSource::read(&dir.join("app.lua")).unwrap()
+    };
+    let (mut old, _) = load(&write("v1"), &LuaConfig::default());
+    assert_eq!(get(&mut old, "/").unwrap(), "v1 1");
+    let (mut new, _) = load(&write("v2"), &LuaConfig::default());
+    // Interleaved: both states serve, neither sees the other's globals.
+    assert_eq!(get(&mut old, "/").unwrap(), "v1 2");
+    assert_eq!(get(&mut new, "/").unwrap(), "v2 1");
+    assert_eq!(get(&mut old, "/").unwrap(), "v1 3");
+    drop(old);
+    assert_eq!(get(&mut new, "/").unwrap(), "v2 2");
+    // A broken reload leaves the running app untouched.
+    write_files(&dir, &[("version.lua", "return {")]);
+    let err = try_load(
+        &AppSource::read(&dir.join("app.lua")).unwrap(),
+        &LuaConfig::default(),
+    )
+    .err()
+    .unwrap();
+    assert!(err.contains("version.lua:1:"), "{err}");
+    assert_eq!(get(&mut new, "/").unwrap(), "v2 3");
+}
+
+#[test]
+fn load_without_options_still_works() {
+    let mut app = LoadedApp::load(
+        &source(r#"return { routes = { ["GET /"] = function(ctx) ctx.body = "plain" end } }"#),
+        0,
+        |_| {},
+    )
+    .unwrap();
+    assert_eq!(get(&mut app, "/").unwrap(), "plain");
+}
