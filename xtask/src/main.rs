@@ -8,6 +8,7 @@
 //! `cargo` and reads it through `cargo metadata`, so a broken layer crate
 //! cannot break the tool that reports it.
 
+mod bench;
 mod debian;
 mod ebpf;
 mod layers;
@@ -27,7 +28,9 @@ tasks:
   check-layers    check workspace dependency edges against the layer DAG
   build-ebpf      compile ebpf/*.c into the committed ebpf/<name>.bpf.o
   check-ebpf      check the committed BPF objects match their sources
-  bench           (not implemented yet)
+  bench [--quick] [--rounds N] [--seconds N]
+                  keystone vs nginx+lua vs raw io_uring: req/s, CPU/request,
+                  latency, syscalls, idle RSS (target/bench/latest.{md,json})
 ";
 
 /// Exit status for bad usage, as in sysexits' EX_USAGE spirit: distinct from
@@ -55,10 +58,7 @@ fn main() -> ExitCode {
         ("check-layers", []) => check_layers(&root),
         ("build-ebpf", []) => ebpf::build(&root),
         ("check-ebpf", []) => ebpf::check_up_to_date(&root),
-        ("bench", _) => {
-            eprintln!("cargo xtask bench: not implemented yet: see issue 8");
-            return ExitCode::FAILURE;
-        }
+        ("bench", rest) => bench::run(&root, rest),
         ("help" | "-h" | "--help", []) => {
             print!("{USAGE}");
             return ExitCode::SUCCESS;

@@ -221,8 +221,14 @@ fn run(address: &str, fd_slots: usize) -> io::Result<()> {
     // Declared after `responder`, so dropped before it: no op can outlive
     // the buffers it names.
     let mut ring: IoUring = IoUring::builder()
+        // One thread submits, and completions are reaped only when it
+        // enters the kernel anyway: no task-work interrupts (Keystone's
+        // reactor sets the same; kernels before 6.0 refuse them).
+        .setup_single_issuer()
+        .setup_coop_taskrun()
         .setup_cqsize(CQ_ENTRIES)
-        .build(RING_ENTRIES)?;
+        .build(RING_ENTRIES)
+        .or_else(|_| IoUring::builder().setup_cqsize(CQ_ENTRIES).build(RING_ENTRIES))?;
     let (submitter, mut sq, mut cq) = ring.split();
     push(&mut sq, &submitter, &responder.accept())?;
     eprintln!("raw-uring listening on {address}");

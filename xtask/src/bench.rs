@@ -1,0 +1,1345 @@
+//! `cargo xtask bench`: Keystone vs nginx + lua-nginx-module vs the raw
+//! io_uring responder (`keystone-benches`' `raw-uring`), in one run, with
+//! ratios.
+//!
+//! Design note: on a small machine non-pipelined req/s is bound by wrk and
+//! loopback TCP, so req/s alone cannot tell a lean server from a fat one.
+//! Each server therefore runs pinned to core 0 (`taskset -c 0`, one worker)
+//! with wrk pinned to core 1, and next to req/s we report the server's CPU
+//! time per request (utime + stime from `/proc/PID/stat` over the run ÷
+//! requests completed), pipelined ×16 throughput (where the server, not the
+//! client, is the bottleneck), latency percentiles from `wrk --latency`,
+//! syscalls per request (`strace -c -f`), and RSS with 10,000 idle
+//! keep-alive connections.
+//!
+//! Rounds are interleaved per scenario (A/B/C/A/B/C) so drift (thermal,
+//! other load) hits every server alike; each figure is the median of the
+//! rounds. Targets are reported, never asserted: a noisy machine must not
+//! fail a build.
+//!
+//! Not promised: absolute numbers. Other processes on the machine (a
+//! compiling colleague) move them; ratios from one run are the figure to
+//! read.
+
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::ExitStatusExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context as _, Result};
+use serde_json::{json, Value};
+
+use crate::{cargo, debian, run_checked};
+
+/// Debian packages the comparison needs. `luajit` is never among them: it
+/// conflicts with libnginx-mod-http-lua (which brings its own libluajit2).
+pub const BENCH_PACKAGES: &[(&str, &str)] = &[
+    ("nginx", "the comparison server"),
+    (
+        "libnginx-mod-http-lua",
+        "content_by_lua_block handlers for the nginx+lua comparison",
+    ),
+    ("wrk", "HTTP load generator"),
+    ("strace", "syscalls per request (strace -c)"),
+];
+
+/// Core the servers run on; wrk gets [`CLIENT_CORE`]. Two cores is the
+/// smallest machine where client and server do not share one.
+const SERVER_CORE: &str = "0";
+const CLIENT_CORE: &str = "1";
+
+/// Idle keep-alive connections held open for the RSS figure.
+const IDLE_CONNECTIONS: usize = 10_000;
+/// Connection limit given to each server: the idle connections plus room for
+/// sockets of earlier wrk runs that are still closing.
+const SERVER_CONNECTIONS_MAX: u32 = 10_240;
+const _: () = assert!(IDLE_CONNECTIONS < SERVER_CONNECTIONS_MAX as usize);
+/// Fds each process needs (our idle client, each server): the connections
+/// plus 1024 for everything else (listeners, rings, logs, wrk's leftovers).
+/// The limit is per process, so client and server do not add up.
+const NOFILE_NEEDED: u64 = SERVER_CONNECTIONS_MAX as u64 + 1024;
+/// The fd limit we ask for (inherited by the servers); containers without
+/// CAP_SYS_RESOURCE keep their hard limit, which needs only to reach
+/// [`NOFILE_NEEDED`].
+const NOFILE_WANTED: u64 = 65_536;
+const _: () = assert!(NOFILE_NEEDED < NOFILE_WANTED);
+
+/// Requests per write in the pipelined scenario (TechEmpower's depth).
+const PIPELINE_DEPTH: u32 = 16;
+/// Length of the strace-attached run; strace slows the server a lot, so
+/// only the calls-per-request ratio means anything.
+const STRACE_SECONDS: u32 = 2;
+/// How long a server may take to answer its first request.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Read/write timeout of our own HTTP client (smoke checks, idle clients).
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest response our client reads: the canned bodies are tiny.
+const CLIENT_RESPONSE_BYTES_MAX: usize = 4096;
+/// Lines of a server's log quoted when it fails to start.
+const LOG_TAIL_LINES: usize = 12;
+
+const HELLO: &str = "Hello, World!";
+
+/// TechEmpower's pipeline.lua: each write carries `depth` requests. wrk
+/// counts every response as a request (it sets `pending` to the number of
+/// requests it finds in the buffer), so req/s needs no division; latency is
+/// per batch, from the write to the last of its responses.
+const PIPELINE_LUA: &str = r#"-- TechEmpower pipeline.lua: `depth` requests per write.
+init = function(args)
+  local r = {}
+  local depth = tonumber(args[1]) or 1
+  for i = 1, depth do
+    r[i] = wrk.format()
+  end
+  req = table.concat(r)
+end
+
+request = function()
+  return req
+end
+"#;
+
+/// nginx + lua-nginx-module equivalent of Keystone's example app. `{port}`,
+/// `{dir}` and `{load_modules}` are filled in; Content-Length is set so the
+/// bytes on the wire match Keystone's (without it nginx sends chunked).
+const NGINX_CONF: &str = r#"daemon off;
+master_process off;
+worker_processes 1;
+worker_rlimit_nofile {nofile};
+pid {dir}/nginx.pid;
+error_log {dir}/error.log crit;
+{load_modules}
+events {
+    worker_connections {connections};
+}
+http {
+    access_log off;
+    # nginx closes keep-alive connections after 1000 requests by default;
+    # Keystone and raw-uring never do, so neither may nginx here.
+    keepalive_requests 100000000;
+    keepalive_timeout 600s;
+    client_body_temp_path {dir}/client_body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    server {
+        listen 127.0.0.1:{port} backlog=4096;
+        location = / {
+            content_by_lua_block {
+                ngx.header["Content-Type"] = "text/plain"
+                ngx.header["Content-Length"] = 13
+                ngx.print("Hello, World!")
+            }
+        }
+        location = /json {
+            content_by_lua_block {
+                local body = '{"message":"Hello, World!"}'
+                ngx.header["Content-Type"] = "application/json"
+                ngx.header["Content-Length"] = #body
+                ngx.print(body)
+            }
+        }
+        location ~ ^/users/(\d+)$ {
+            content_by_lua_block {
+                local body = '{"id":' .. ngx.var[1] .. '}'
+                ngx.header["Content-Type"] = "application/json"
+                ngx.header["Content-Length"] = #body
+                ngx.print(body)
+            }
+        }
+    }
+}
+"#;
+
+/// Where Debian keeps nginx's dynamic modules, and the ones the Lua module
+/// needs (NDK first: lua-nginx-module links against it).
+const NGINX_MODULES_DIR: &str = "/usr/lib/nginx/modules";
+const NGINX_MODULES: [&str; 2] = ["ndk_http_module.so", "ngx_http_lua_module.so"];
+
+/// The servers compared, in the order each round runs them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ServerKind {
+    Keystone,
+    NginxLua,
+    RawUring,
+}
+
+const SERVERS: [ServerKind; 3] = [
+    ServerKind::Keystone,
+    ServerKind::NginxLua,
+    ServerKind::RawUring,
+];
+
+impl ServerKind {
+    fn name(self) -> &'static str {
+        match self {
+            ServerKind::Keystone => "keystone",
+            ServerKind::NginxLua => "nginx+lua",
+            ServerKind::RawUring => "raw-uring",
+        }
+    }
+
+    /// Whether it routes: raw-uring answers every request with the canned
+    /// `Hello, World!`, so its param-route figure is its plaintext one.
+    fn routes(self) -> bool {
+        self != ServerKind::RawUring
+    }
+}
+
+/// One load scenario.
+#[derive(Clone, Copy, Debug)]
+struct Scenario {
+    name: &'static str,
+    path: &'static str,
+    connections: u32,
+    /// Requests per write; 1 is not pipelined.
+    pipeline: u32,
+}
+
+const SCENARIOS: [Scenario; 4] = [
+    Scenario {
+        name: "plaintext",
+        path: "/",
+        connections: 64,
+        pipeline: 1,
+    },
+    Scenario {
+        name: "json-param",
+        path: "/users/42",
+        connections: 64,
+        pipeline: 1,
+    },
+    Scenario {
+        name: "pipelined-16",
+        path: "/",
+        connections: 64,
+        pipeline: PIPELINE_DEPTH,
+    },
+    Scenario {
+        name: "connections-256",
+        path: "/",
+        connections: 256,
+        pipeline: 1,
+    },
+];
+
+impl Scenario {
+    /// Whether wrk's latency percentiles mean anything here. Not when
+    /// pipelined: wrk records one latency per batch but derives its
+    /// coordinated-omission correction interval from responses per
+    /// connection, 16 times too short, so it adds phantom samples below the
+    /// recorded minimum and its percentiles come out distorted (p99 often
+    /// prints as 0).
+    fn latency_valid(&self) -> bool {
+        self.pipeline == 1
+    }
+}
+
+/// Scenarios of the issue that Keystone cannot serve yet: listed, not faked.
+const NOT_IMPLEMENTED: [&str; 2] = ["static-4KiB", "static-1MiB"];
+
+/// Run parameters from the command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Options {
+    rounds: u32,
+    seconds: u32,
+    quick: bool,
+    /// A Keystone binary to measure instead of the freshly built one (to
+    /// compare two builds, or a commit while the tree is mid-edit).
+    keystone: Option<PathBuf>,
+}
+
+impl Options {
+    fn parse(args: &[String]) -> Result<Options> {
+        let mut options = Options {
+            rounds: 3,
+            seconds: 5,
+            quick: false,
+            keystone: None,
+        };
+        let mut rest = args.iter();
+        while let Some(arg) = rest.next() {
+            match arg.as_str() {
+                "--quick" => {
+                    options.quick = true;
+                    options.rounds = 3;
+                    options.seconds = 2;
+                }
+                "--rounds" | "--seconds" => {
+                    let value: u32 = rest
+                        .next()
+                        .with_context(|| format!("{arg} needs a number"))?
+                        .parse()
+                        .with_context(|| format!("{arg} needs a number"))?;
+                    ensure!((1..=600).contains(&value), "{arg} must be 1..=600");
+                    if arg == "--rounds" {
+                        options.rounds = value;
+                    } else {
+                        options.seconds = value;
+                    }
+                }
+                "--keystone" => {
+                    let path = rest.next().context("--keystone needs a path")?;
+                    options.keystone = Some(PathBuf::from(path));
+                }
+                other => bail!(
+                    "unknown argument {other:?} (--quick, --rounds N, --seconds N, --keystone PATH)"
+                ),
+            }
+        }
+        Ok(options)
+    }
+}
+
+/// One wrk run's figures.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct WrkResult {
+    requests: u64,
+    requests_per_s: f64,
+    latency_p50_ms: f64,
+    latency_p99_ms: f64,
+    /// Socket errors plus non-2xx/3xx responses.
+    errors: u64,
+}
+
+/// One server's figures for one round of one scenario.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Sample {
+    wrk: WrkResult,
+    cpu_us_per_request: f64,
+}
+
+/// Seconds of a wrk duration or latency (`1.23ms`, `456.00us`, `2.10s`,
+/// `1.00m`), in milliseconds.
+fn parse_duration_ms(text: &str) -> Option<f64> {
+    let split = text.find(|c: char| c.is_ascii_alphabetic())?;
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number.parse().ok()?;
+    let factor = match unit {
+        "us" => 0.001,
+        "ms" => 1.0,
+        "s" => 1000.0,
+        "m" => 60_000.0,
+        "h" => 3_600_000.0,
+        _ => return None,
+    };
+    Some(value * factor)
+}
+
+/// Parses `wrk --latency` output.
+fn parse_wrk(output: &str) -> Result<WrkResult> {
+    let mut result = WrkResult::default();
+    let mut seen_requests = false;
+    let mut seen_rate = false;
+    for line in output.lines().map(str::trim) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            [count, "requests", "in", ..] => {
+                result.requests = count.parse().context("wrk request count")?;
+                seen_requests = true;
+            }
+            ["Requests/sec:", rate] => {
+                result.requests_per_s = rate.parse().context("wrk Requests/sec")?;
+                seen_rate = true;
+            }
+            ["50%", latency] => {
+                result.latency_p50_ms = parse_duration_ms(latency).context("wrk p50")?;
+            }
+            ["99%", latency] => {
+                result.latency_p99_ms = parse_duration_ms(latency).context("wrk p99")?;
+            }
+            ["Non-2xx", "or", "3xx", "responses:", count] => {
+                result.errors += count.parse::<u64>().context("wrk non-2xx count")?;
+            }
+            ["Socket", "errors:", ..] => {
+                // "Socket errors: connect 0, read 0, write 0, timeout 0"
+                for count in words[2..].iter().skip(1).step_by(2) {
+                    let count = count.trim_end_matches(',');
+                    result.errors += count.parse::<u64>().context("wrk socket errors")?;
+                }
+            }
+            _ => {}
+        }
+    }
+    ensure!(
+        seen_requests && seen_rate,
+        "wrk output without totals:\n{output}"
+    );
+    Ok(result)
+}
+
+/// utime + stime of a process in clock ticks: fields 14 and 15 of
+/// `/proc/PID/stat`, which for a thread-group leader already sum all its
+/// threads, live and exited (the per-thread figures are in
+/// `/proc/PID/task/TID/stat`; adding those too would count twice).
+fn parse_cpu_ticks(stat: &str) -> Result<u64> {
+    // Field 2 (comm) is in parentheses and may hold spaces: split after it.
+    let after_comm = &stat[stat.rfind(')').context("no ')' in /proc/PID/stat")? + 1..];
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    // fields[0] is field 3 (state), so field N is fields[N - 3].
+    ensure!(fields.len() > 12, "short /proc/PID/stat: {stat:?}");
+    let utime: u64 = fields[14 - 3].parse().context("utime")?;
+    let stime: u64 = fields[15 - 3].parse().context("stime")?;
+    Ok(utime + stime)
+}
+
+fn cpu_ticks(pid: u32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    parse_cpu_ticks(&stat)
+}
+
+fn clock_ticks_per_s() -> f64 {
+    // SAFETY: sysconf has no preconditions; it only reads a constant.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    assert!(ticks > 0, "sysconf(_SC_CLK_TCK) failed");
+    ticks as f64
+}
+
+/// `VmRSS` from `/proc/PID/status`, in KiB.
+fn parse_rss_kib(status: &str) -> Result<u64> {
+    let line = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .context("no VmRSS line")?;
+    let kib = line.trim().trim_end_matches("kB").trim();
+    kib.parse().with_context(|| format!("VmRSS value {kib:?}"))
+}
+
+fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    parse_rss_kib(&status)
+}
+
+/// Totals from `strace -c` output: (calls, the syscall with most calls).
+fn parse_strace_summary(summary: &str) -> Result<(u64, String)> {
+    let mut total = None;
+    let mut top: Option<(u64, String)> = None;
+    for line in summary.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        // "% time seconds usecs/call calls [errors] syscall"
+        if words.len() < 5 || words[0].parse::<f64>().is_err() {
+            continue;
+        }
+        let Ok(calls) = words[3].parse::<u64>() else {
+            continue;
+        };
+        let name = words[words.len() - 1];
+        if name == "total" {
+            total = Some(calls);
+        } else if top.as_ref().is_none_or(|(most, _)| calls > *most) {
+            top = Some((calls, name.to_string()));
+        }
+    }
+    let total = total.context("no total line in strace -c output")?;
+    Ok((total, top.map_or_else(String::new, |(_, name)| name)))
+}
+
+/// Median of `values` (mean of the middle two for an even count).
+fn median(values: &mut [f64]) -> f64 {
+    assert!(!values.is_empty(), "median of nothing");
+    values.sort_by(f64::total_cmp);
+    let middle = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[middle]
+    } else {
+        (values[middle - 1] + values[middle]) / 2.0
+    }
+}
+
+fn median_sample(samples: &[Sample]) -> Sample {
+    let pick = |field: fn(&Sample) -> f64| {
+        let mut values: Vec<f64> = samples.iter().map(field).collect();
+        median(&mut values)
+    };
+    Sample {
+        wrk: WrkResult {
+            requests: pick(|s| s.wrk.requests as f64) as u64,
+            requests_per_s: pick(|s| s.wrk.requests_per_s),
+            latency_p50_ms: pick(|s| s.wrk.latency_p50_ms),
+            latency_p99_ms: pick(|s| s.wrk.latency_p99_ms),
+            errors: samples.iter().map(|s| s.wrk.errors).sum(),
+        },
+        cpu_us_per_request: pick(|s| s.cpu_us_per_request),
+    }
+}
+
+/// Raises our fd limit (the servers inherit it): the hard limit too when
+/// we are root, else the soft limit up to the hard one.
+fn raise_nofile() -> Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit through a valid pointer.
+    let got = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    ensure!(got == 0, "getrlimit: {}", std::io::Error::last_os_error());
+    let wanted = NOFILE_WANTED.max(limit.rlim_cur);
+    let raised = libc::rlimit {
+        rlim_cur: wanted,
+        rlim_max: wanted.max(limit.rlim_max),
+    };
+    // SAFETY: setrlimit reads one rlimit through a valid pointer.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+        return Ok(wanted);
+    }
+    let soft = libc::rlimit {
+        rlim_cur: limit.rlim_max,
+        rlim_max: limit.rlim_max,
+    };
+    // SAFETY: as above.
+    let set = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &soft) };
+    ensure!(set == 0, "setrlimit: {}", std::io::Error::last_os_error());
+    Ok(limit.rlim_max)
+}
+
+/// A free loopback port (the kernel's pick; released before use, so a race
+/// with another process is possible but harmless: the server fails loudly).
+fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("binding a probe port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Sends `GET path` on `stream` and reads one response; returns its status
+/// line and body. Reads exactly the response (Content-Length framed), so the
+/// connection stays usable.
+fn http_get(stream: &mut TcpStream, path: &str) -> Result<(String, String)> {
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let mut buffer = [0u8; CLIENT_RESPONSE_BYTES_MAX];
+    let mut filled = 0;
+    loop {
+        let read = stream.read(&mut buffer[filled..])?;
+        ensure!(read > 0, "connection closed after {filled} bytes");
+        filled += read;
+        let text = String::from_utf8_lossy(&buffer[..filled]);
+        if let Some(head_end) = text.find("\r\n\r\n") {
+            let head = &text[..head_end];
+            let length: usize = head
+                .lines()
+                .find_map(|line| {
+                    let (name, value) = line.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse().ok())?
+                })
+                .context("response without Content-Length")?;
+            let body_start = head_end + 4;
+            if filled >= body_start + length {
+                ensure!(filled == body_start + length, "bytes after the response");
+                let status = head.lines().next().unwrap_or_default().to_string();
+                return Ok((status, text[body_start..].to_string()));
+            }
+        }
+        ensure!(
+            filled < buffer.len(),
+            "response over {} bytes",
+            buffer.len()
+        );
+    }
+}
+
+fn connect(port: u16) -> Result<TcpStream> {
+    let address = SocketAddr::from(([127, 0, 0, 1], port));
+    let stream = TcpStream::connect_timeout(&address, CLIENT_TIMEOUT)?;
+    stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
+    stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
+    Ok(stream)
+}
+
+/// A server under test; killed when dropped.
+struct Server {
+    kind: ServerKind,
+    port: u16,
+    child: Child,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    /// The server's pid: `taskset` execs the server, so it is the child's.
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn start(kind: ServerKind, root: &Path, dir: &Path, options: &Options) -> Result<Server> {
+        let port = free_port()?;
+        let release = root.join("target/release");
+        let keystone = options
+            .keystone
+            .clone()
+            .unwrap_or_else(|| release.join("keystone"));
+        let mut command = Command::new("taskset");
+        command.args(["-c", SERVER_CORE]);
+        match kind {
+            ServerKind::Keystone => {
+                command.arg(keystone).args([
+                    "serve".to_string(),
+                    "--listen".to_string(),
+                    format!("127.0.0.1:{port}"),
+                    "--workers".to_string(),
+                    "1".to_string(),
+                    "--max-connections".to_string(),
+                    SERVER_CONNECTIONS_MAX.to_string(),
+                ]);
+            }
+            ServerKind::NginxLua => {
+                let conf = write_nginx_conf(dir, port)?;
+                command.arg("nginx").arg("-p").arg(dir).arg("-c").arg(conf);
+                command.arg("-e").arg(dir.join("error.log"));
+            }
+            ServerKind::RawUring => {
+                command
+                    .arg(release.join("raw-uring"))
+                    .arg(format!("127.0.0.1:{port}"))
+                    .arg((2 * SERVER_CONNECTIONS_MAX).to_string());
+            }
+        }
+        let log_path = dir.join(format!("{}.log", kind.name().replace('+', "-")));
+        let log = File::create(&log_path)?;
+        command
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {command:?}"))?;
+        let mut server = Server { kind, port, child };
+        if let Err(error) = server.wait_ready() {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(LOG_TAIL_LINES).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            bail!(
+                "{} did not start ({error:#}); the end of {}:\n{}",
+                kind.name(),
+                log_path.display(),
+                tail.join("\n")
+            );
+        }
+        Ok(server)
+    }
+
+    /// Waits until the server answers `GET /` with `Hello, World!`.
+    fn wait_ready(&mut self) -> Result<()> {
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("exited: {status}");
+            }
+            let answer = connect(self.port).and_then(|mut stream| http_get(&mut stream, "/"));
+            match answer {
+                Ok((_, body)) if body == HELLO => return Ok(()),
+                Ok((status, body)) => bail!("GET / answered {status:?} {body:?}"),
+                Err(error) if Instant::now() > deadline => return Err(error),
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+
+    /// The smoke check: each routed path answers what the app says.
+    fn check_routes(&self) -> Result<()> {
+        if !self.kind.routes() {
+            return Ok(());
+        }
+        let mut stream = connect(self.port)?;
+        for (path, expected) in [("/", HELLO), ("/users/42", r#"{"id":42}"#)] {
+            let (status, body) = http_get(&mut stream, path)?;
+            ensure!(
+                status.starts_with("HTTP/1.1 200") && body == expected,
+                "{} GET {path}: {status:?} {body:?}, expected {expected:?}",
+                self.kind.name()
+            );
+        }
+        Ok(())
+    }
+}
+
+fn write_nginx_conf(dir: &Path, port: u16) -> Result<PathBuf> {
+    let mut load_modules = String::new();
+    for module in NGINX_MODULES {
+        let path = Path::new(NGINX_MODULES_DIR).join(module);
+        ensure!(
+            path.exists(),
+            "{} missing: is libnginx-mod-http-lua installed?",
+            path.display()
+        );
+        writeln!(load_modules, "load_module {};", path.display())?;
+    }
+    let conf = NGINX_CONF
+        .replace("{nofile}", &NOFILE_NEEDED.to_string())
+        .replace("{connections}", &SERVER_CONNECTIONS_MAX.to_string())
+        .replace("{load_modules}", &load_modules)
+        .replace("{dir}", &dir.display().to_string())
+        .replace("{port}", &port.to_string());
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, conf)?;
+    Ok(path)
+}
+
+/// Runs wrk (pinned to the client core) against `server`.
+fn run_wrk(server: &Server, scenario: &Scenario, seconds: u32, dir: &Path) -> Result<WrkResult> {
+    let mut command = Command::new("taskset");
+    command.args([
+        "-c",
+        CLIENT_CORE,
+        "wrk",
+        "-t1",
+        "--latency",
+        "--timeout",
+        "5s",
+    ]);
+    command.arg(format!("-c{}", scenario.connections));
+    command.arg(format!("-d{seconds}s"));
+    if scenario.pipeline > 1 {
+        command.arg("-s").arg(dir.join("pipeline.lua"));
+    }
+    command.arg(format!("http://127.0.0.1:{}{}", server.port, scenario.path));
+    if scenario.pipeline > 1 {
+        command.args(["--", &scenario.pipeline.to_string()]);
+    }
+    let output = command
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {command:?}"))?;
+    ensure!(
+        output.status.success(),
+        "{command:?} failed: {}",
+        output.status
+    );
+    parse_wrk(&String::from_utf8_lossy(&output.stdout))
+}
+
+/// One wrk run with the server's CPU time measured around it.
+fn measure(server: &Server, scenario: &Scenario, seconds: u32, dir: &Path) -> Result<Sample> {
+    let before = cpu_ticks(server.pid())?;
+    let wrk = run_wrk(server, scenario, seconds, dir)?;
+    let after = cpu_ticks(server.pid())?;
+    ensure!(
+        wrk.requests > 0,
+        "{}: wrk completed no requests",
+        server.kind.name()
+    );
+    let cpu_us = (after - before) as f64 / clock_ticks_per_s() * 1e6;
+    Ok(Sample {
+        wrk,
+        cpu_us_per_request: cpu_us / wrk.requests as f64,
+    })
+}
+
+/// Syscalls per request: strace attached to every thread for a short
+/// plaintext run.
+struct SyscallFigure {
+    calls: u64,
+    requests: u64,
+    top: String,
+}
+
+fn count_syscalls(server: &Server, dir: &Path) -> Result<SyscallFigure> {
+    let summary_path = dir.join(format!(
+        "strace-{}.txt",
+        server.kind.name().replace('+', "-")
+    ));
+    let mut strace = Command::new("strace")
+        .args(["-c", "-f", "-q", "-p", &server.pid().to_string(), "-o"])
+        .arg(&summary_path)
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting strace")?;
+    // strace attaches to each thread in turn; give it time before the load.
+    std::thread::sleep(Duration::from_millis(500));
+    let wrk = run_wrk(server, &SCENARIOS[0], STRACE_SECONDS, dir);
+    // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
+    let signalled = unsafe { libc::kill(strace.id() as libc::pid_t, libc::SIGINT) };
+    assert!(signalled == 0, "kill(strace, SIGINT) failed");
+    let status = strace.wait()?;
+    let wrk = wrk?;
+    // strace prints its summary on SIGINT, then dies of the signal.
+    let interrupted = status.signal() == Some(libc::SIGINT) || status.code() == Some(130);
+    ensure!(status.success() || interrupted, "strace: {status}");
+    let summary = std::fs::read_to_string(&summary_path)
+        .with_context(|| format!("reading {}", summary_path.display()))?;
+    let (calls, top) = parse_strace_summary(&summary)?;
+    ensure!(wrk.requests > 0, "no requests completed under strace");
+    Ok(SyscallFigure {
+        calls,
+        requests: wrk.requests,
+        top,
+    })
+}
+
+/// RSS before and with `IDLE_CONNECTIONS` idle keep-alive connections, each
+/// having completed one request.
+struct RssFigure {
+    before_kib: u64,
+    idle_kib: u64,
+}
+
+fn measure_idle_rss(server: &Server) -> Result<RssFigure> {
+    let before_kib = rss_kib(server.pid())?;
+    let mut connections = Vec::with_capacity(IDLE_CONNECTIONS);
+    for index in 0..IDLE_CONNECTIONS {
+        let mut stream = connect(server.port)
+            .with_context(|| format!("connection {index} of {IDLE_CONNECTIONS}"))?;
+        let (_, body) =
+            http_get(&mut stream, "/").with_context(|| format!("request on connection {index}"))?;
+        ensure!(body == HELLO, "connection {index}: body {body:?}");
+        connections.push(stream);
+    }
+    // Let the server settle (freeing per-request scratch, if any).
+    std::thread::sleep(Duration::from_millis(500));
+    let idle_kib = rss_kib(server.pid())?;
+    drop(connections);
+    Ok(RssFigure {
+        before_kib,
+        idle_kib,
+    })
+}
+
+/// Everything one run measured.
+struct Report {
+    options: Options,
+    date: String,
+    /// Per scenario (as `SCENARIOS`), per server (as `SERVERS`): the median.
+    medians: Vec<[Sample; 3]>,
+    /// Per scenario, per server: every round.
+    rounds: Vec<[Vec<Sample>; 3]>,
+    syscalls: [Result<SyscallFigure>; 3],
+    rss: [Result<RssFigure>; 3],
+}
+
+/// `cargo xtask bench [--quick] [--rounds N] [--seconds N]`.
+pub fn run(root: &Path, args: &[String]) -> Result<()> {
+    let options = Options::parse(args)?;
+    debian::ensure(&[debian::BUILD_PACKAGES, BENCH_PACKAGES].concat())?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    ensure!(
+        cores >= 2,
+        "need 2 cores (server on core {SERVER_CORE}, wrk on core {CLIENT_CORE}); found {cores}"
+    );
+    // With --keystone the tree's server is not built: it may be mid-edit.
+    let packages: &[&str] = match options.keystone {
+        None => &["-p", "keystone-server", "-p", "keystone-benches"],
+        Some(_) => &["-p", "keystone-benches"],
+    };
+    println!("==> building {packages:?} (release)");
+    run_checked(
+        cargo()
+            .current_dir(root)
+            .args(["build", "--release", "--bins"])
+            .args(packages),
+    )?;
+    let nofile = raise_nofile()?;
+    ensure!(
+        nofile >= NOFILE_NEEDED,
+        "fd limit {nofile} too low for {IDLE_CONNECTIONS} idle connections"
+    );
+    let dir = std::env::temp_dir().join(format!("keystone-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("pipeline.lua"), PIPELINE_LUA)?;
+    // On failure the directory stays: its server logs say why.
+    let report = run_in(root, &dir, &options)
+        .with_context(|| format!("server logs and configs kept in {}", dir.display()))?;
+    let _ = std::fs::remove_dir_all(&dir);
+    let markdown = render_markdown(&report);
+    print!("\n{markdown}");
+    let out = root.join("target/bench");
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(out.join("latest.md"), &markdown)?;
+    let json = serde_json::to_string_pretty(&render_json(&report))?;
+    std::fs::write(out.join("latest.json"), json + "\n")?;
+    println!("\nwrote {0}/latest.md and {0}/latest.json", out.display());
+    Ok(())
+}
+
+fn run_in(root: &Path, dir: &Path, options: &Options) -> Result<Report> {
+    let servers = SERVERS
+        .iter()
+        .map(|&kind| Server::start(kind, root, dir, options))
+        .collect::<Result<Vec<Server>>>()?;
+    for server in &servers {
+        server.check_routes()?;
+    }
+    let date = Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_string())
+        .unwrap_or_default();
+    let mut medians = Vec::new();
+    let mut rounds = Vec::new();
+    for scenario in &SCENARIOS {
+        let mut samples: [Vec<Sample>; 3] = Default::default();
+        for round in 1..=options.rounds {
+            for (index, server) in servers.iter().enumerate() {
+                println!(
+                    "==> {} round {round}/{}: {} ({}s, {} connections, pipeline {})",
+                    scenario.name,
+                    options.rounds,
+                    server.kind.name(),
+                    options.seconds,
+                    scenario.connections,
+                    scenario.pipeline
+                );
+                samples[index].push(measure(server, scenario, options.seconds, dir)?);
+            }
+        }
+        medians.push(std::array::from_fn(|index| median_sample(&samples[index])));
+        rounds.push(samples);
+    }
+    println!("==> syscalls per request (strace -c -f, {STRACE_SECONDS}s)");
+    let syscalls = std::array::from_fn(|index| count_syscalls(&servers[index], dir));
+    println!("==> RSS with {IDLE_CONNECTIONS} idle keep-alive connections");
+    let rss = std::array::from_fn(|index| measure_idle_rss(&servers[index]));
+    Ok(Report {
+        options: options.clone(),
+        date,
+        medians,
+        rounds,
+        syscalls,
+        rss,
+    })
+}
+
+/// `a ÷ b` to two decimals and a trailing `×`, or `-` when b is zero.
+fn ratio(a: f64, b: f64) -> String {
+    if b > 0.0 {
+        format!("{:.2}×", a / b)
+    } else {
+        "-".to_string()
+    }
+}
+
+/// One reported (never asserted) target: what, measured, met.
+struct Target {
+    what: &'static str,
+    measured: Option<f64>,
+    limit: f64,
+    at_most: bool,
+}
+
+impl Target {
+    fn met(&self) -> Option<bool> {
+        let measured = self.measured?;
+        Some(if self.at_most {
+            measured <= self.limit
+        } else {
+            measured >= self.limit
+        })
+    }
+}
+
+fn targets(report: &Report) -> Vec<Target> {
+    const KEYSTONE: usize = 0;
+    const NGINX: usize = 1;
+    const RAW: usize = 2;
+    let plaintext = &report.medians[0];
+    let pipelined = &report.medians[2];
+    let cpu = |index: usize| plaintext[index].cpu_us_per_request;
+    let pipelined_rate = |index: usize| pipelined[index].wrk.requests_per_s;
+    let keystone_syscalls = report.syscalls[KEYSTONE]
+        .as_ref()
+        .ok()
+        .map(|figure| figure.calls as f64 / figure.requests as f64);
+    let rss = |index: usize| report.rss[index].as_ref().ok().map(|f| f.idle_kib as f64);
+    vec![
+        Target {
+            what: "CPU/request, plaintext 64 conns: keystone ÷ nginx+lua",
+            measured: Some(cpu(KEYSTONE) / cpu(NGINX)),
+            limit: 0.7,
+            at_most: true,
+        },
+        Target {
+            what: "CPU/request, plaintext 64 conns: keystone ÷ raw-uring",
+            measured: Some(cpu(KEYSTONE) / cpu(RAW)),
+            limit: 1.25,
+            at_most: true,
+        },
+        Target {
+            what: "pipelined ×16 req/s: keystone ÷ nginx+lua",
+            measured: Some(pipelined_rate(KEYSTONE) / pipelined_rate(NGINX)),
+            limit: 6.0,
+            at_most: false,
+        },
+        Target {
+            what: "pipelined ×16 req/s: keystone ÷ raw-uring",
+            measured: Some(pipelined_rate(KEYSTONE) / pipelined_rate(RAW)),
+            limit: 0.5,
+            at_most: false,
+        },
+        Target {
+            what: "p99 latency, plaintext 64 conns: keystone ÷ nginx+lua",
+            measured: Some(
+                plaintext[KEYSTONE].wrk.latency_p99_ms / plaintext[NGINX].wrk.latency_p99_ms,
+            ),
+            limit: 1.0,
+            at_most: true,
+        },
+        Target {
+            what: "keystone syscalls per request",
+            measured: keystone_syscalls,
+            limit: 0.1,
+            at_most: true,
+        },
+        Target {
+            what: "RSS with 10k idle keep-alive: keystone ÷ nginx+lua",
+            measured: rss(KEYSTONE).zip(rss(NGINX)).map(|(k, n)| k / n),
+            limit: 1.0,
+            at_most: true,
+        },
+    ]
+}
+
+fn render_markdown(report: &Report) -> String {
+    let mut md = String::new();
+    let options = &report.options;
+    let _ = writeln!(
+        md,
+        "Keystone benchmark, {}{}: {} rounds × {} s per scenario and server, \
+         interleaved; medians. Each server: 1 worker pinned to core {SERVER_CORE}; \
+         wrk -t1 pinned to core {CLIENT_CORE}.\n",
+        report.date,
+        if options.quick { " (--quick)" } else { "" },
+        options.rounds,
+        options.seconds
+    );
+    if let Some(keystone) = &options.keystone {
+        let _ = writeln!(md, "Keystone binary: `{}`.\n", keystone.display());
+    }
+    render_throughput(&mut md, report);
+    render_ratios(&mut md, report);
+    render_syscalls_and_rss(&mut md, report);
+    let _ = writeln!(
+        md,
+        "| target (reported, never asserted) | measured | limit | met |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---|");
+    for target in targets(report) {
+        let measured = target
+            .measured
+            .map_or("-".to_string(), |value| format!("{value:.2}"));
+        let met = match target.met() {
+            Some(true) => "yes",
+            Some(false) => "no",
+            None => "-",
+        };
+        let bound = if target.at_most { "≤" } else { "≥" };
+        let _ = writeln!(
+            md,
+            "| {} | {measured} | {bound} {} | {met} |",
+            target.what, target.limit
+        );
+    }
+    md
+}
+
+fn render_throughput(md: &mut String, report: &Report) {
+    let _ = writeln!(
+        md,
+        "| scenario | server | req/s | server CPU µs/req | p50 ms | p99 ms | errors |"
+    );
+    let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|");
+    for (scenario, medians) in SCENARIOS.iter().zip(&report.medians) {
+        for (kind, sample) in SERVERS.iter().zip(medians) {
+            let note = if !kind.routes() && scenario.path != "/" {
+                " (no routing: canned reply)"
+            } else {
+                ""
+            };
+            let latency = if scenario.latency_valid() {
+                format!(
+                    "{:.3} | {:.3}",
+                    sample.wrk.latency_p50_ms, sample.wrk.latency_p99_ms
+                )
+            } else {
+                "- | -".to_string()
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {}{note} | {:.0} | {:.2} | {latency} | {} |",
+                scenario.name,
+                kind.name(),
+                sample.wrk.requests_per_s,
+                sample.cpu_us_per_request,
+                sample.wrk.errors
+            );
+        }
+    }
+    for name in NOT_IMPLEMENTED {
+        let _ = writeln!(md, "| {name} | all | n/a: not implemented | | | | |");
+    }
+    let _ = writeln!(
+        md,
+        "\npipelined-16: no latency: wrk records one per batch of {PIPELINE_DEPTH} \
+         but corrects for coordinated omission as if each request were written \
+         alone, which makes its pipelined percentiles meaningless.\n"
+    );
+}
+
+fn render_ratios(md: &mut String, report: &Report) {
+    let _ = writeln!(
+        md,
+        "| scenario | req/s K÷nginx | req/s K÷raw | CPU/req K÷nginx | CPU/req K÷raw | p99 K÷nginx |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|");
+    for (scenario, [keystone, nginx, raw]) in SCENARIOS.iter().zip(&report.medians) {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} |",
+            scenario.name,
+            ratio(keystone.wrk.requests_per_s, nginx.wrk.requests_per_s),
+            ratio(keystone.wrk.requests_per_s, raw.wrk.requests_per_s),
+            ratio(keystone.cpu_us_per_request, nginx.cpu_us_per_request),
+            ratio(keystone.cpu_us_per_request, raw.cpu_us_per_request),
+            if scenario.latency_valid() {
+                ratio(keystone.wrk.latency_p99_ms, nginx.wrk.latency_p99_ms)
+            } else {
+                "-".to_string()
+            },
+        );
+    }
+    let _ = writeln!(md);
+}
+
+fn render_syscalls_and_rss(md: &mut String, report: &Report) {
+    let _ = writeln!(
+        md,
+        "| server | syscalls/req (strace, plaintext) | most frequent | RSS idle MiB | RSS with {IDLE_CONNECTIONS} idle conns MiB | KiB per idle conn |"
+    );
+    let _ = writeln!(md, "|---|---:|---|---:|---:|---:|");
+    for (index, kind) in SERVERS.iter().enumerate() {
+        let (per_request, top) = match &report.syscalls[index] {
+            Ok(figure) => (
+                format!("{:.3}", figure.calls as f64 / figure.requests as f64),
+                figure.top.clone(),
+            ),
+            Err(error) => (format!("failed: {error:#}"), String::new()),
+        };
+        let rss = match &report.rss[index] {
+            Ok(figure) => format!(
+                "{:.1} | {:.1} | {:.2}",
+                figure.before_kib as f64 / 1024.0,
+                figure.idle_kib as f64 / 1024.0,
+                (figure.idle_kib as f64 - figure.before_kib as f64) / IDLE_CONNECTIONS as f64
+            ),
+            Err(error) => format!("failed: {error:#} | | "),
+        };
+        let _ = writeln!(md, "| {} | {per_request} | {top} | {rss} |", kind.name());
+    }
+    let _ = writeln!(md);
+}
+
+fn sample_json(sample: &Sample) -> Value {
+    json!({
+        "requests": sample.wrk.requests,
+        "requests_per_s": sample.wrk.requests_per_s,
+        "cpu_us_per_request": sample.cpu_us_per_request,
+        "latency_p50_ms": sample.wrk.latency_p50_ms,
+        "latency_p99_ms": sample.wrk.latency_p99_ms,
+        "errors": sample.wrk.errors,
+    })
+}
+
+fn render_json(report: &Report) -> Value {
+    let scenarios: Vec<Value> = SCENARIOS
+        .iter()
+        .enumerate()
+        .map(|(index, scenario)| {
+            let servers: serde_json::Map<String, Value> = SERVERS
+                .iter()
+                .enumerate()
+                .map(|(server, kind)| {
+                    let rounds: Vec<Value> = report.rounds[index][server]
+                        .iter()
+                        .map(sample_json)
+                        .collect();
+                    let mut figures = sample_json(&report.medians[index][server]);
+                    figures["rounds"] = Value::from(rounds);
+                    if !scenario.latency_valid() {
+                        figures["latency_p50_ms"] = Value::Null;
+                        figures["latency_p99_ms"] = Value::Null;
+                    }
+                    (kind.name().to_string(), figures)
+                })
+                .collect();
+            json!({
+                "name": scenario.name,
+                "path": scenario.path,
+                "connections": scenario.connections,
+                "pipeline": scenario.pipeline,
+                "servers": servers,
+            })
+        })
+        .collect();
+    let per_server = |index: usize| {
+        let syscalls = match &report.syscalls[index] {
+            Ok(f) => {
+                json!({"calls": f.calls, "requests": f.requests, "per_request": f.calls as f64 / f.requests as f64, "most_frequent": f.top})
+            }
+            Err(error) => json!({"error": format!("{error:#}")}),
+        };
+        let rss = match &report.rss[index] {
+            Ok(f) => {
+                json!({"before_kib": f.before_kib, "idle_connections": IDLE_CONNECTIONS, "with_idle_kib": f.idle_kib})
+            }
+            Err(error) => json!({"error": format!("{error:#}")}),
+        };
+        json!({"syscalls": syscalls, "rss": rss})
+    };
+    let servers: serde_json::Map<String, Value> = SERVERS
+        .iter()
+        .enumerate()
+        .map(|(index, kind)| (kind.name().to_string(), per_server(index)))
+        .collect();
+    let targets: Vec<Value> = targets(report)
+        .iter()
+        .map(|t| json!({"what": t.what, "measured": t.measured, "limit": t.limit, "at_most": t.at_most, "met": t.met()}))
+        .collect();
+    json!({
+        "date": report.date,
+        "quick": report.options.quick,
+        "keystone_binary": report.options.keystone.as_ref().map(|path| path.display().to_string()),
+        "rounds": report.options.rounds,
+        "seconds": report.options.seconds,
+        "server_core": SERVER_CORE,
+        "client_core": CLIENT_CORE,
+        "scenarios": scenarios,
+        "not_implemented": NOT_IMPLEMENTED,
+        "servers": servers,
+        "targets": targets,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WRK_OUTPUT: &str = "Running 2s test @ http://127.0.0.1:18555/
+  1 threads and 64 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   351.03us  166.42us   4.08ms   86.95%
+    Req/Sec   102.73k    10.09k  120.56k    71.43%
+  Latency Distribution
+     50%  316.00us
+     75%  382.00us
+     90%  534.00us
+     99%    1.20ms
+  214697 requests in 2.10s, 19.86MB read
+  Socket errors: connect 0, read 2, write 0, timeout 1
+  Non-2xx or 3xx responses: 4
+Requests/sec: 102258.09
+Transfer/sec:      9.46MB
+";
+
+    #[test]
+    fn parses_wrk_latency_output() {
+        let result = parse_wrk(WRK_OUTPUT).unwrap();
+        assert_eq!(result.requests, 214_697);
+        assert_eq!(result.requests_per_s, 102_258.09);
+        assert!((result.latency_p50_ms - 0.316).abs() < 1e-9);
+        assert!((result.latency_p99_ms - 1.2).abs() < 1e-9);
+        assert_eq!(result.errors, 7);
+        assert!(parse_wrk("Running 2s test\n").is_err());
+    }
+
+    #[test]
+    fn parses_durations() {
+        for (text, expected) in [
+            ("316.00us", Some(0.316)),
+            ("1.20ms", Some(1.2)),
+            ("2.10s", Some(2100.0)),
+            ("1.00m", Some(60_000.0)),
+            ("12", None),
+            ("1.0xs", None),
+        ] {
+            let parsed = parse_duration_ms(text);
+            match (parsed, expected) {
+                (Some(a), Some(b)) => assert!((a - b).abs() < 1e-9, "{text}: {a} vs {b}"),
+                (a, b) => assert_eq!(a, b, "{text}"),
+            }
+        }
+    }
+
+    #[test]
+    fn parses_proc_stat_with_spaces_in_comm() {
+        let stat = "1234 (raw uring) S 1 1234 1234 0 -1 4194560 150 0 0 0 \
+                    250 17 0 0 20 0 2 0 12345 1000000 300 18446744073709551615";
+        assert_eq!(parse_cpu_ticks(stat).unwrap(), 267);
+        assert!(parse_cpu_ticks("1234 (x) S 1 2").is_err());
+    }
+
+    #[test]
+    fn parses_vm_rss() {
+        let status = "Name:\tnginx\nVmPeak:\t  20000 kB\nVmRSS:\t    8812 kB\nThreads:\t1\n";
+        assert_eq!(parse_rss_kib(status).unwrap(), 8812);
+        assert!(parse_rss_kib("Name:\tx\n").is_err());
+    }
+
+    #[test]
+    fn parses_strace_summary() {
+        let summary = "% time     seconds  usecs/call     calls    errors syscall
+------ ----------- ----------- --------- --------- ----------------
+ 62.11    0.102345           3     30000           io_uring_enter
+ 37.89    0.062431           2     31000      1000 writev
+------ ----------- ----------- --------- --------- ----------------
+100.00    0.164776           2     61000      1000 total
+";
+        let (calls, top) = parse_strace_summary(summary).unwrap();
+        assert_eq!(calls, 61_000);
+        assert_eq!(top, "writev");
+        assert!(parse_strace_summary("nothing here").is_err());
+    }
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(&mut [7.0]), 7.0);
+    }
+
+    #[test]
+    fn options_quick_and_explicit() {
+        let args = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let quick = Options::parse(&args(&["--quick"])).unwrap();
+        assert_eq!((quick.rounds, quick.seconds, quick.quick), (3, 2, true));
+        let explicit = Options::parse(&args(&["--rounds", "5", "--seconds", "10"])).unwrap();
+        assert_eq!((explicit.rounds, explicit.seconds), (5, 10));
+        assert!(Options::parse(&args(&["--rounds", "0"])).is_err());
+        assert!(Options::parse(&args(&["--rounds"])).is_err());
+        assert!(Options::parse(&args(&["--fast"])).is_err());
+    }
+
+    #[test]
+    fn bench_packages_never_include_luajit() {
+        for (name, _) in BENCH_PACKAGES {
+            assert_ne!(*name, "luajit");
+        }
+    }
+
+    #[test]
+    fn nginx_conf_has_no_unfilled_placeholders() {
+        let dir = std::env::temp_dir();
+        if !Path::new(NGINX_MODULES_DIR).join(NGINX_MODULES[1]).exists() {
+            // Without the module the writer refuses, which is what we want.
+            assert!(write_nginx_conf(&dir.join("missing-modules"), 1).is_err());
+            return;
+        }
+        let dir = dir.join(format!("keystone-bench-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let conf = std::fs::read_to_string(write_nginx_conf(&dir, 8081).unwrap()).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            !conf.contains("{port}") && !conf.contains("{dir}"),
+            "{conf}"
+        );
+        assert!(conf.contains("listen 127.0.0.1:8081"));
+        assert!(conf.contains("worker_connections 10240;"));
+    }
+}
