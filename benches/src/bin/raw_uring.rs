@@ -228,7 +228,11 @@ fn run(address: &str, fd_slots: usize) -> io::Result<()> {
         .setup_coop_taskrun()
         .setup_cqsize(CQ_ENTRIES)
         .build(RING_ENTRIES)
-        .or_else(|_| IoUring::builder().setup_cqsize(CQ_ENTRIES).build(RING_ENTRIES))?;
+        .or_else(|_| {
+            IoUring::builder()
+                .setup_cqsize(CQ_ENTRIES)
+                .build(RING_ENTRIES)
+        })?;
     let (submitter, mut sq, mut cq) = ring.split();
     push(&mut sq, &submitter, &responder.accept())?;
     eprintln!("raw-uring listening on {address}");
