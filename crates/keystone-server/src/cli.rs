@@ -27,7 +27,48 @@ pub enum Command {
     Check {
         /// The app file (a Lua chunk returning a table with `routes`).
         app: PathBuf,
+        /// Module resolution and sandbox options, as for `serve`.
+        #[command(flatten)]
+        lua: LuaArgs,
     },
+    /// Ask a running server to reload its app (sends it SIGHUP).
+    Reload {
+        /// The server's process id (`keystone serve` logs it at start-up).
+        #[arg(long)]
+        pid: i32,
+    },
+}
+
+/// How apps find modules, and the sandbox switch (`serve` and `check`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct LuaArgs {
+    /// A LuaRocks tree (as given to `luarocks --tree`) whose modules
+    /// `require` finds, after the app's directory; repeatable, searched in
+    /// order. Adds DIR/share/lua/5.1/?.lua, DIR/share/lua/5.1/?/init.lua and
+    /// DIR/lib/lua/5.1/?.so, as `luarocks path` does.
+    #[arg(long = "rocks-tree", value_name = "DIR")]
+    pub rocks_trees: Vec<PathBuf>,
+    /// A C module (by module name, e.g. cjson) the sandbox's `require` may
+    /// load; repeatable. The app table's `allow_c_modules` adds more.
+    #[arg(long = "allow-c-module", value_name = "NAME")]
+    pub allow_c_modules: Vec<String>,
+    /// Turn the Lua sandbox off: app code gets the real globals (io, os,
+    /// debug, ffi, require of any module). Logged at start-up.
+    #[arg(long)]
+    pub unsafe_lua: bool,
+}
+
+impl LuaArgs {
+    /// These flags plus `LUA_PATH`/`LUA_CPATH` from the environment, for
+    /// `LoadedApp::load_with`.
+    pub fn config(&self) -> keystone_lua::LuaConfig {
+        keystone_lua::LuaConfig {
+            rocks_trees: self.rocks_trees.clone(),
+            allow_c_modules: self.allow_c_modules.clone(),
+            unsafe_lua: self.unsafe_lua,
+            ..keystone_lua::LuaConfig::from_env()
+        }
+    }
 }
 
 /// Defaults, each with its reason.
@@ -76,6 +117,9 @@ pub struct ServeArgs {
     /// Seconds to finish in-flight requests after SIGTERM/SIGINT.
     #[arg(long, default_value_t = defaults::DRAIN_TIMEOUT_SECS)]
     pub drain_timeout: u64,
+    /// Module resolution and sandbox options.
+    #[command(flatten)]
+    pub lua: LuaArgs,
 }
 
 fn parse_listen(text: &str) -> Result<SocketAddr, String> {

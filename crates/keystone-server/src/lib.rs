@@ -30,12 +30,14 @@ pub const EXIT_USAGE: u8 = 2;
 pub fn run(cli: cli::Cli) -> ExitCode {
     match cli.command {
         cli::Command::Serve(args) => serve::serve(args),
-        cli::Command::Check { app } => check(&app),
+        cli::Command::Check { app, lua } => check(&app, &lua.config()),
+        cli::Command::Reload { pid } => reload(pid),
     }
 }
 
-fn check(path: &std::path::Path) -> ExitCode {
-    let loaded = AppSource::read(path).and_then(|source| LoadedApp::load(&source, 0, |_| {}));
+fn check(path: &std::path::Path, config: &keystone_lua::LuaConfig) -> ExitCode {
+    let loaded = AppSource::read(path)
+        .and_then(|source| LoadedApp::load_with(&source, 0, config, |line| eprintln!("{line}")));
     match loaded {
         Ok(app) => {
             println!("{}: ok, {} routes", path.display(), app.routes.len());
@@ -49,4 +51,57 @@ fn check(path: &std::path::Path) -> ExitCode {
             ExitCode::from(EXIT_USAGE)
         }
     }
+}
+
+/// `keystone reload --pid PID`: sends SIGHUP to a running `keystone serve`,
+/// which loads the app again beside the running one and swaps it in. Exit
+/// 2, with the reason, when PID is not a keystone process we may signal.
+fn reload(pid: i32) -> ExitCode {
+    match send_reload(pid) {
+        Ok(()) => {
+            println!("keystone: sent SIGHUP to {pid} (reload)");
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("keystone: reload: {message}");
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+fn send_reload(pid: i32) -> Result<(), String> {
+    // kill(0) and kill(-N) signal process groups, kill(-1) every process:
+    // only a single positive pid is a valid target.
+    if pid <= 0 {
+        return Err(format!(
+            "--pid {pid} is not a process id (must be positive)"
+        ));
+    }
+    // SIGHUP's default action ends a process: refuse anything that is not
+    // a keystone server rather than hang up an unrelated program.
+    let comm_path = format!("/proc/{pid}/comm");
+    let comm = match std::fs::read_to_string(&comm_path) {
+        Ok(comm) => comm,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            return Err(format!("no process with pid {pid}"));
+        }
+        Err(err) => return Err(format!("cannot read {comm_path}: {err}")),
+    };
+    let comm = comm.trim_end();
+    if !comm.starts_with("keystone") {
+        return Err(format!(
+            "process {pid} is '{comm}', not keystone; refusing to send it SIGHUP"
+        ));
+    }
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
+    let rc = unsafe { libc::kill(pid, libc::SIGHUP) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    Err(match err.raw_os_error() {
+        Some(libc::ESRCH) => format!("no process with pid {pid} (it exited)"),
+        Some(libc::EPERM) => format!("not permitted to signal process {pid} ({err})"),
+        _ => format!("kill({pid}, SIGHUP) failed: {err}"),
+    })
 }
