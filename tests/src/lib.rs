@@ -500,6 +500,8 @@ pub struct RawClient {
     last_sent: String,
 }
 
+/// Bound on back-to-back EINTR retries of one read; a storm of signals this long is a bug.
+const INTERRUPTED_RETRIES_MAX: u32 = 1000;
 /// How much of the last write a failure message quotes.
 const LAST_SENT_QUOTED_BYTES: usize = 120;
 
@@ -527,6 +529,19 @@ impl RawClient {
             pending: Vec::new(),
             last_sent: String::new(),
         }
+    }
+
+    /// One `read`, retried when a signal interrupts it: a socket with a receive
+    /// timeout returns EINTR even for SA_RESTART handlers (signal(7)), and a
+    /// signal meant for someone else must not fail the test.
+    fn read_retrying(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        for _ in 0..INTERRUPTED_RETRIES_MAX {
+            match self.stream.read(buffer) {
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                other => return other,
+            }
+        }
+        panic!("read interrupted {INTERRUPTED_RETRIES_MAX} times in a row");
     }
 
     /// Local address of this connection (to tell connections apart in logs).
@@ -667,7 +682,7 @@ impl RawClient {
         let mut bytes = std::mem::take(&mut self.pending);
         let mut chunk = [0u8; 16 * 1024];
         loop {
-            match self.stream.read(&mut chunk) {
+            match self.read_retrying(&mut chunk) {
                 Ok(0) => return Ending::Closed(bytes),
                 Ok(n) => bytes.extend_from_slice(&chunk[..n]),
                 Err(e) if e.kind() == ErrorKind::ConnectionReset => return Ending::Closed(bytes),
@@ -707,7 +722,7 @@ impl RawClient {
             .set_read_timeout(Some(quiet))
             .expect("read timeout");
         let mut byte = [0u8; 1];
-        let result = self.stream.read(&mut byte);
+        let result = self.read_retrying(&mut byte);
         self.stream
             .set_read_timeout(Some(IO_TIMEOUT))
             .expect("read timeout");
@@ -772,7 +787,7 @@ impl RawClient {
 
     fn fill_once(&mut self) -> Result<usize, String> {
         let mut chunk = [0u8; 16 * 1024];
-        match self.stream.read(&mut chunk) {
+        match self.read_retrying(&mut chunk) {
             Ok(n) => {
                 self.pending.extend_from_slice(&chunk[..n]);
                 if self.pending.len() > RESPONSE_BYTES_MAX {
