@@ -606,7 +606,9 @@ impl Server {
         }
         let log_path = dir.join(format!("{}.log", kind.name().replace('+', "-")));
         let log = File::create(&log_path)?;
+        // The root, so a server resolving paths (the example app) finds them.
         command
+            .current_dir(root)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
