@@ -36,8 +36,7 @@ fn run(app: &mut LoadedApp, request: &[u8]) -> Result<Response, String> {
     let matched = app
         .router
         .lookup(method, path, head.path.offset)
-        .ok()
-        .expect("route");
+        .unwrap_or_else(|_| panic!("no route for {}", lossy(path)));
     let handler = matched.handler;
     app.lua
         .exchange_mut()
@@ -56,6 +55,9 @@ fn run(app: &mut LoadedApp, request: &[u8]) -> Result<Response, String> {
             })
         }
         Outcome::Failed { message } => Err(message),
+        // Any other outcome (a stopped handler) is a failure here too.
+        #[allow(unreachable_patterns)]
+        _ => Err("handler did not finish".to_string()),
     };
     app.lua.exchange_mut().expire();
     result
