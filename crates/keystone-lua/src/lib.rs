@@ -17,9 +17,11 @@
 
 mod abi;
 mod app;
+mod budget;
 mod config;
 
 pub use app::{AppSource, LoadError, LoadedApp, UNSAFE_LUA_NOTICE};
+pub use budget::interrupt_running_handler;
 pub use config::{LuaConfig, DEFAULT_LUA_CPATH, DEFAULT_LUA_PATH};
 
 use std::ptr::NonNull;
@@ -46,6 +48,12 @@ pub enum Outcome {
         /// Error message and traceback.
         message: String,
     },
+    /// The handler ran past its budget and was stopped
+    /// ([`interrupt_running_handler`]).
+    Stopped {
+        /// Where it was stopped (message and traceback).
+        message: String,
+    },
 }
 
 /// One worker's Lua state and exchange. Not `Send`: it lives and dies on the
@@ -57,6 +65,8 @@ pub struct LuaWorker {
     dispatch: Function,
     exchange: NonNull<HttpExchange>,
     worker: u32,
+    /// The VM's main state, for the budget hook.
+    state: *mut mlua::ffi::lua_State,
 }
 
 impl LuaWorker {
@@ -84,7 +94,17 @@ impl LuaWorker {
     /// request bound in the exchange. Never panics on a handler error.
     pub fn run(&mut self, handler: u32) -> Outcome {
         debug_assert!(self.exchange().is_bound(), "run without a bound request");
-        match self.dispatch.call::<(bool, mlua::Value)>(handler) {
+        let running = budget::Running::enter(self.state);
+        let result = self.dispatch.call::<(bool, mlua::Value)>(handler);
+        if running.leave() {
+            let message = match result {
+                Ok((_, mlua::Value::String(s))) => s.to_string_lossy(),
+                Ok(_) => budget::BUDGET_MESSAGE.to_string_lossy().into_owned(),
+                Err(err) => err.to_string(),
+            };
+            return Outcome::Stopped { message };
+        }
+        match result {
             Ok((true, mlua::Value::String(body))) => Outcome::Done { body: Some(body) },
             Ok((true, _)) => Outcome::Done { body: None },
             Ok((false, err)) => Outcome::Failed {
@@ -115,11 +135,17 @@ impl LuaWorker {
         exchange: NonNull<HttpExchange>,
         worker: u32,
     ) -> Self {
+        let mut state = std::ptr::null_mut();
+        // SAFETY: the closure only copies the state pointer out; it stays
+        // valid as long as `lua` lives, which is as long as this worker.
+        let _ = unsafe { lua.exec_raw::<()>((), |s| state = s) };
+        assert!(!state.is_null());
         LuaWorker {
             lua,
             dispatch,
             exchange,
             worker,
+            state,
         }
     }
 }

@@ -96,6 +96,7 @@ return function(ex_addr, fns, layout, messages)
   end
 
   local params_mt = {
+    __metatable = false, -- getmetatable(ctx) reveals nothing, setmetatable fails
     __index = function(t, k)
       if rawget(t, GEN) ~= ex.generation then expired() end
       check_name("ctx.params", k)
@@ -107,6 +108,7 @@ return function(ex_addr, fns, layout, messages)
   }
 
   local args_mt = {
+    __metatable = false, -- getmetatable(ctx) reveals nothing, setmetatable fails
     __index = function(t, k)
       if rawget(t, GEN) ~= ex.generation then expired() end
       check_name("ctx.args", k)
@@ -118,6 +120,7 @@ return function(ex_addr, fns, layout, messages)
   }
 
   local request_headers_mt = {
+    __metatable = false, -- getmetatable(ctx) reveals nothing, setmetatable fails
     __index = function(t, k)
       if rawget(t, GEN) ~= ex.generation then expired() end
       check_name("ctx.request.headers", k)
@@ -142,6 +145,7 @@ return function(ex_addr, fns, layout, messages)
   }
 
   local request_mt = {
+    __metatable = false, -- getmetatable(ctx) reveals nothing, setmetatable fails
     __index = function(t, k)
       if rawget(t, GEN) ~= ex.generation then expired() end
       local f = request_fields[k]
@@ -160,6 +164,7 @@ return function(ex_addr, fns, layout, messages)
   end
 
   local headers_mt = {
+    __metatable = false, -- getmetatable(ctx) reveals nothing, setmetatable fails
     __index = function(t, k)
       if rawget(t, GEN) ~= ex.generation then expired() end
       check_name("ctx.headers", k)
@@ -249,6 +254,7 @@ return function(ex_addr, fns, layout, messages)
   }
 
   local ctx_mt = {
+    __metatable = false, -- getmetatable(ctx) reveals nothing, setmetatable fails
     __index = function(ctx, k)
       if rawget(ctx, GEN) ~= ex.generation then expired() end
       local f = getters[k]

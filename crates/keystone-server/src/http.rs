@@ -3,12 +3,16 @@
 //! buffers. No I/O happens here; the worker submits what this queues.
 
 use keystone_lua::{BodyString, LuaWorker, Outcome};
-use keystone_parser::{BodyFraming, Head, Limits, ParseStatus, Parser, Persistence};
+use keystone_parser::{
+    BodyFraming, ChunkedDecoder, Head, Limits, ParseError, ParseStatus, Parser, Persistence,
+};
 use keystone_response::{has_body, write_error, write_head, DateCache, Framing, CONTINUE};
 use keystone_ringbuf::{RingBuffer, Span};
 use keystone_router::{RouteMiss, Router};
 
 use crate::log::Level;
+use crate::watchdog::Pulse;
+use std::sync::Arc;
 
 /// Free space the send buffer must have before another request is taken
 /// on: the largest head policy can produce (its header arena) plus the
@@ -43,6 +47,34 @@ pub struct Exchange {
     pub awaiting: u32,
     /// `100 Continue` already queued for the current request.
     pub continue_sent: bool,
+    /// A chunked body being decoded in place.
+    pub chunked: Option<ChunkedBody>,
+    /// Responses queued since the send buffer was last empty.
+    pub queued: u32,
+}
+
+impl Exchange {
+    /// Whether a request body is being received.
+    pub fn in_body(&self) -> bool {
+        self.chunked.is_some()
+    }
+}
+
+/// In-place decoding state of one chunked request body: decoded payload
+/// sits at `[body_start, decoded_end)` of the receive buffer, undecoded
+/// bytes follow it.
+pub struct ChunkedBody {
+    decoder: ChunkedDecoder,
+    body_start: u32,
+    decoded_end: u32,
+}
+
+/// Where decoding a chunked body got to.
+enum Chunked {
+    /// Complete: the payload span.
+    Done(Span),
+    /// More bytes needed.
+    Partial,
 }
 
 /// What handling the front of the buffer did.
@@ -73,6 +105,10 @@ pub struct Http {
     pub lua: LuaWorker,
     /// Cached `Date`.
     pub date: DateCache,
+    /// Responses one connection may have queued but not yet sent.
+    pub max_pipeline: u32,
+    /// What the watchdog reads to spot a runaway handler.
+    pub pulse: Arc<Pulse>,
 }
 
 impl Http {
@@ -102,38 +138,47 @@ impl Http {
             }
         }
         let head = &self.head;
-        let body_len = match head.body {
-            BodyFraming::None => 0,
-            BodyFraming::Length(n) => n,
-            // Chunked request bodies are refused until in-place decoding
-            // lands (issue 4); 411 tells the client to send a length.
-            BodyFraming::Chunked => {
-                self.queue_error(send, 411, None, CLOSE);
-                return Step::Close;
+        let (body, total) = match head.body {
+            BodyFraming::None => (
+                Span::new(base_offset + head.head_len, 0),
+                u64::from(head.head_len),
+            ),
+            BodyFraming::Length(n) => {
+                let total = u64::from(head.head_len) + n;
+                if total > u64::from(recv.capacity()) {
+                    self.queue_error(send, 413, None, CLOSE);
+                    return Step::Close;
+                }
+                if (data.len() as u64) < total {
+                    state.awaiting = total as u32;
+                    self.send_continue(send, state);
+                    return Step::NeedMore;
+                }
+                (Span::new(base_offset + head.head_len, n as u32), total)
             }
+            BodyFraming::Chunked => match self.decode_chunked(recv, state) {
+                Ok(Chunked::Done(body)) => (body, u64::from(body.end() - base_offset)),
+                Ok(Chunked::Partial) => {
+                    self.send_continue(send, state);
+                    return Step::NeedMore;
+                }
+                Err(err) => {
+                    self.queue_error(send, err.status(), None, CLOSE);
+                    return Step::Close;
+                }
+            },
         };
-        let total = u64::from(head.head_len) + body_len;
-        if total > u64::from(recv.capacity()) {
-            self.queue_error(send, 413, None, CLOSE);
-            return Step::Close;
-        }
-        if (data.len() as u64) < total {
-            state.awaiting = total as u32;
-            if head.expect_continue && !state.continue_sent {
-                // The headroom check above guarantees room for 25 bytes.
-                send.append(CONTINUE)
-                    .expect("send headroom holds 100 Continue");
-                state.continue_sent = true;
-            }
-            return Step::NeedMore;
-        }
-        *state = Exchange::default();
+        let head = &self.head;
+        let queued = state.queued + 1;
+        *state = Exchange {
+            queued,
+            ..Exchange::default()
+        };
         let framing = Framing {
             keep_alive: head.persistence == Persistence::KeepAlive,
             head_request: recv.get(head.method) == b"HEAD",
             minor_version: head.minor_version,
         };
-        let body = Span::new(base_offset + head.head_len, body_len as u32);
         self.respond(recv, send, framing, body, pinned);
         recv.consume(total as u32);
         if framing.keep_alive {
@@ -141,6 +186,49 @@ impl Http {
         } else {
             Step::Close
         }
+    }
+
+    fn send_continue(&self, send: &mut RingBuffer, state: &mut Exchange) {
+        if self.head.expect_continue && !state.continue_sent {
+            // The caller's headroom check guarantees room for 25 bytes.
+            send.append(CONTINUE)
+                .expect("send headroom holds 100 Continue");
+            state.continue_sent = true;
+        }
+    }
+
+    /// Decodes the chunked body after the current head in place, resuming
+    /// where the previous read left off; framing bytes are cut out of the
+    /// buffer so only payload (and any pipelined next request) remains.
+    fn decode_chunked(
+        &mut self,
+        recv: &mut RingBuffer,
+        state: &mut Exchange,
+    ) -> Result<Chunked, ParseError> {
+        let body_start = recv.head() + self.head.head_len;
+        let body = state.chunked.get_or_insert_with(|| ChunkedBody {
+            decoder: ChunkedDecoder::new(),
+            body_start,
+            decoded_end: body_start,
+        });
+        debug_assert_eq!(
+            body.body_start, body_start,
+            "head re-parsed to a different length"
+        );
+        let undecoded = Span::new(body.decoded_end, recv.tail() - body.decoded_end);
+        let progress = body
+            .decoder
+            .decode(recv.get_mut(undecoded), self.limits.max_body_bytes)?;
+        let payload_end = body.decoded_end + progress.decoded_len;
+        let stale_start = payload_end + progress.leftover;
+        recv.cut(stale_start, recv.tail() - stale_start);
+        body.decoded_end = payload_end;
+        if !progress.consumed_all {
+            return Ok(Chunked::Partial);
+        }
+        let payload = Span::new(body.body_start, payload_end - body.body_start);
+        state.chunked = None;
+        Ok(Chunked::Done(payload))
     }
 
     fn respond(
@@ -169,7 +257,10 @@ impl Http {
             .exchange_mut()
             .bind(recv.filled(), head, matched.params(), body);
         let handler = matched.handler;
-        match self.lua.run(handler) {
+        self.pulse.enter_handler();
+        let outcome = self.lua.run(handler);
+        self.pulse.leave_handler();
+        match outcome {
             Outcome::Done { body } => self.commit(send, framing, body, pinned, method, path),
             Outcome::Failed { message } => {
                 crate::log!(
@@ -180,6 +271,16 @@ impl Http {
                     String::from_utf8_lossy(path)
                 );
                 self.queue_error(send, 500, None, framing);
+            }
+            Outcome::Stopped { message } => {
+                crate::log!(
+                    Level::Error,
+                    Some(self.worker),
+                    "{} {}: handler stopped: {message}",
+                    String::from_utf8_lossy(method),
+                    String::from_utf8_lossy(path)
+                );
+                self.queue_error(send, 503, None, framing);
             }
         }
         self.lua.exchange_mut().expire();

@@ -11,6 +11,7 @@ pub mod cli;
 mod http;
 pub mod log;
 mod serve;
+mod watchdog;
 mod worker;
 
 use std::process::ExitCode;

@@ -20,13 +20,18 @@ use keystone_parser::Limits;
 
 use crate::cli::ServeArgs;
 use crate::log::Level;
-use crate::worker::{self, WorkerConfig};
+use crate::watchdog::{self, Pulse, Watchdog};
+use crate::worker::{self, Timeouts, WorkerConfig};
 use crate::{EXAMPLE_APP, EXAMPLE_APP_NAME, EXIT_USAGE};
+use std::sync::Arc;
 
 /// Pending connections the kernel queues per listener while workers are
 /// busy or at `--max-connections` (nginx uses 511; the kernel caps it at
 /// `net.core.somaxconn`, 4096 on current kernels).
 const LISTEN_BACKLOG: i32 = 4096;
+/// How often the main thread samples worker pulses (and so the grain of the
+/// handler budget).
+const WATCHDOG_PERIOD: Duration = Duration::from_millis(50);
 
 fn fail(message: impl std::fmt::Display) -> ExitCode {
     eprintln!("keystone: {message}");
@@ -46,7 +51,8 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         None => AppSource::bundled(EXAMPLE_APP_NAME, EXAMPLE_APP),
     };
     // Compile once here so a broken app fails before any socket is bound.
-    if let Err(err) = LoadedApp::load(&app, 0, |_| {}) {
+    let lua = args.lua.config();
+    if let Err(err) = LoadedApp::load_with(&app, 0, &lua, |_| {}) {
         return fail(err);
     }
     let workers = args
@@ -78,7 +84,10 @@ pub fn serve(args: ServeArgs) -> ExitCode {
     };
     let (exit_tx, exit_rx) = mpsc::channel();
     let mut wakes = Vec::with_capacity(workers as usize);
+    let mut pulses = Vec::with_capacity(workers as usize);
+    watchdog::install_signal_handler();
     for (index, listener) in listeners.into_iter().enumerate() {
+        let pulse = Arc::new(Pulse::default());
         let wake = match eventfd() {
             Ok(fd) => fd,
             Err(err) => return fail(format_args!("eventfd: {err}")),
@@ -88,10 +97,20 @@ pub fn serve(args: ServeArgs) -> ExitCode {
             listener,
             wake: wake.try_clone().expect("dup eventfd"),
             app: app.clone(),
+            lua: lua.clone(),
             limits,
             max_connections: args.max_connections,
+            timeouts: Timeouts {
+                header: Duration::from_secs(args.header_timeout),
+                body: Duration::from_secs(args.body_timeout),
+                idle: Duration::from_secs(args.keepalive_timeout),
+                send: Duration::from_secs(args.send_timeout),
+            },
+            max_pipeline: args.max_pipeline,
+            pulse: Arc::clone(&pulse),
         };
         wakes.push(wake);
+        pulses.push(pulse);
         if let Err(message) = spawn(config, workers, exit_tx.clone()) {
             return fail(message);
         }
@@ -107,10 +126,12 @@ pub fn serve(args: ServeArgs) -> ExitCode {
             "kernel reuseport hash"
         }
     );
+    let watchdog = Watchdog::new(Duration::from_millis(args.lua_budget_ms), workers as usize);
     let code = supervise(
         &wakes,
+        &pulses,
+        watchdog,
         exit_rx,
-        workers,
         Duration::from_secs(args.drain_timeout),
     );
     drop(steering);
@@ -170,14 +191,17 @@ fn steer(mode: EbpfMode, listeners: &[OwnedFd]) -> Result<Option<ReuseportSteeri
 /// worker stops on its own (a bug: the process must not limp on).
 fn supervise(
     wakes: &[OwnedFd],
+    pulses: &[Arc<Pulse>],
+    mut watchdog: Watchdog,
     exits: mpsc::Receiver<(u32, bool)>,
-    workers: u32,
     drain: Duration,
 ) -> ExitCode {
+    let workers = wakes.len() as u32;
     let mut deadline: Option<Instant> = None;
     let mut stopped = 0;
     loop {
-        if let Some(signal) = wait_signal(Duration::from_millis(100)) {
+        watchdog.check(pulses);
+        if let Some(signal) = wait_signal(WATCHDOG_PERIOD) {
             match signal {
                 libc::SIGTERM | libc::SIGINT if deadline.is_none() => {
                     crate::log!(

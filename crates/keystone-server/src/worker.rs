@@ -11,7 +11,7 @@
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
-use keystone_lua::{AppSource, LoadedApp};
+use keystone_lua::{AppSource, LoadedApp, LuaConfig};
 use keystone_parser::{Head, Limits, Parser};
 use keystone_reactor::{
     Completion, Reactor, Timespec, Token, COMPLETIONS_PER_PUMP, GENERATION_MASK,
@@ -21,6 +21,8 @@ use keystone_ringbuf::{split_slab, RingBuffer};
 
 use crate::http::{Exchange, Http, PinnedBody, Step, SEND_HEADROOM_BYTES};
 use crate::log::Level;
+use crate::watchdog::Pulse;
+use std::sync::Arc;
 
 const OP_ACCEPT: u8 = 1;
 const OP_RECV: u8 = 2;
@@ -62,10 +64,49 @@ pub struct WorkerConfig {
     pub wake: OwnedFd,
     /// The app to load into this worker's Lua state.
     pub app: AppSource,
+    /// Module paths, C-module allow-list, sandbox switch.
+    pub lua: LuaConfig,
     /// Request limits.
     pub limits: Limits,
     /// Connection slots.
     pub max_connections: u32,
+    /// Connection timeouts.
+    pub timeouts: Timeouts,
+    /// Responses one connection may have queued but not yet sent.
+    pub max_pipeline: u32,
+    /// This worker's heartbeat for the handler-budget watchdog.
+    pub pulse: Arc<Pulse>,
+}
+
+/// Which timeout a connection's deadline is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Timer {
+    #[default]
+    None,
+    /// Waiting for a complete request head (counted from its first byte, or
+    /// from accept for the first request): slowloris defence → 408.
+    Header,
+    /// Waiting for more body bytes (between reads) → 408.
+    Body,
+    /// Keep-alive: waiting for the next request → close.
+    Idle,
+    /// Waiting for the peer to take our bytes (between writes) → close.
+    Send,
+    /// Discarding reads before close.
+    Linger,
+}
+
+/// Timeouts, each between two points named in [`Timer`].
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    /// Whole request head.
+    pub header: Duration,
+    /// Between two reads of a body.
+    pub body: Duration,
+    /// Keep-alive idle.
+    pub idle: Duration,
+    /// Between two writes.
+    pub send: Duration,
 }
 
 #[derive(Default)]
@@ -81,7 +122,11 @@ struct Conn {
     closing: bool,
     close_submitted: bool,
     lingering: bool,
-    linger_deadline: Option<Instant>,
+    /// When `timer` fires (checked by the once-a-second tick).
+    deadline: Option<Instant>,
+    timer: Timer,
+    /// Requests answered on this connection (0: still waiting for the first).
+    served: u32,
     http: Exchange,
     pinned: Option<PinnedBody>,
 }
@@ -95,6 +140,7 @@ struct Slot {
 /// Starts a worker: loads the app, then serves until drained. Returns an
 /// error message for start-up failures.
 pub fn run(config: WorkerConfig, ready: impl FnOnce(Result<(), String>)) {
+    config.pulse.register_thread();
     let mut worker = match Worker::new(config) {
         Ok(worker) => worker,
         Err(message) => return ready(Err(message)),
@@ -122,13 +168,16 @@ struct Worker {
     wake_buf: Box<[u8; 8]>,
     tick: Box<Timespec>,
     draining: bool,
+    timeouts: Timeouts,
+    /// The clock, read once per loop turn.
+    now: Instant,
     http: Http,
 }
 
 impl Worker {
     fn new(config: WorkerConfig) -> Result<Worker, String> {
         let index = config.index;
-        let loaded = LoadedApp::load(&config.app, index, move |line| {
+        let loaded = LoadedApp::load_with(&config.app, index, &config.lua, move |line| {
             crate::log!(Level::Info, Some(index), "lua: {line}");
         })
         .map_err(|err| err.to_string())?;
@@ -166,6 +215,8 @@ impl Worker {
             wake_buf: Box::new([0; 8]),
             tick: Box::new(TICK),
             draining: false,
+            timeouts: config.timeouts,
+            now: Instant::now(),
             http: Http {
                 worker: index,
                 parser: Parser::new(),
@@ -174,6 +225,8 @@ impl Worker {
                 router: loaded.router,
                 lua: loaded.lua,
                 date: DateCache::new(),
+                max_pipeline: config.max_pipeline,
+                pulse: config.pulse,
             },
         })
     }
@@ -191,6 +244,7 @@ impl Worker {
         while !(self.draining && self.live == 0 && !self.accept_armed) {
             let count = self.reactor.pump(&mut completions)?;
             self.http.date.refresh();
+            self.now = Instant::now();
             for completion in &completions[..count] {
                 self.complete(*completion);
             }
@@ -225,6 +279,7 @@ impl Worker {
             _ => {}
         }
         self.finish_if_closing(slot);
+        self.refresh_timer(slot);
     }
 
     fn token(&self, slot: usize, op: u8) -> Token {
@@ -302,6 +357,7 @@ impl Worker {
         };
         self.live += 1;
         self.arm_recv(slot as usize);
+        self.refresh_timer(slot as usize);
     }
 
     // --- reading -----------------------------------------------------
@@ -332,8 +388,7 @@ impl Worker {
             if conn.lingering {
                 // Discard what a closing peer still sends, until EOF.
                 recv.reset_for_reuse();
-                let in_time = conn.linger_deadline.is_some_and(|d| Instant::now() <= d);
-                if result > 0 && in_time {
+                if result > 0 && conn.timer == Timer::Linger {
                     self.arm_recv(slot);
                 }
             }
@@ -359,6 +414,15 @@ impl Worker {
             if conn.close_after_send || conn.pinned.is_some() {
                 break;
             }
+            if conn.recv_armed {
+                // A receive is in flight: the buffer holds no complete
+                // request (we arm only then), and its tail must not move.
+                need_more = true;
+                break;
+            }
+            if conn.http.queued >= self.http.max_pipeline {
+                break; // --max-pipeline answers wait for the send to drain
+            }
             if send.spare() < SEND_HEADROOM_BYTES {
                 if conn.sending == 0 && send.head() > 0 {
                     send.compact();
@@ -375,7 +439,7 @@ impl Worker {
                 .http
                 .handle_one(recv, send, &mut conn.http, &mut conn.pinned)
             {
-                Step::Answered => {}
+                Step::Answered => conn.served += 1,
                 Step::NeedMore => {
                     need_more = true;
                     break;
@@ -459,6 +523,7 @@ impl Worker {
         if !send.is_empty() || conn.pinned.is_some() {
             return self.start_send(slot);
         }
+        conn.http.queued = 0;
         if conn.close_after_send {
             return self.begin_close(slot);
         }
@@ -482,7 +547,8 @@ impl Worker {
             return;
         }
         conn.lingering = true;
-        conn.linger_deadline = Some(Instant::now() + LINGER_TIMEOUT);
+        conn.timer = Timer::Linger;
+        conn.deadline = Some(self.now + LINGER_TIMEOUT);
         self.reactor.shutdown(conn.fd, libc::SHUT_WR, token);
         conn.ops_in_flight += 1;
     }
@@ -588,20 +654,67 @@ impl Worker {
         }
     }
 
-    /// Once a second: close lingering connections past their deadline.
+    /// Sets the connection's deadline for the state it is now in. Called
+    /// after every completion of the slot: progress restarts the between-
+    /// operations timers; the header timer keeps counting from its start.
+    fn refresh_timer(&mut self, slot: usize) {
+        let now = self.now;
+        let timeouts = self.timeouts;
+        let Slot { conn, recv, .. } = &mut self.slots[slot];
+        if conn.fd < 0 || conn.closing {
+            return;
+        }
+        let (timer, restart) = if conn.sending > 0 {
+            (Timer::Send, true)
+        } else if !conn.recv_armed {
+            (Timer::None, true)
+        } else if conn.http.awaiting > 0 || conn.http.in_body() {
+            (Timer::Body, true)
+        } else if recv.is_empty() && conn.served > 0 {
+            (Timer::Idle, false)
+        } else {
+            (Timer::Header, false)
+        };
+        if timer == conn.timer && !restart {
+            return;
+        }
+        conn.timer = timer;
+        conn.deadline = match timer {
+            Timer::None | Timer::Linger => None,
+            Timer::Header => Some(now + timeouts.header),
+            Timer::Body => Some(now + timeouts.body),
+            Timer::Idle => Some(now + timeouts.idle),
+            Timer::Send => Some(now + timeouts.send),
+        };
+    }
+
+    /// Once a second: act on connections whose deadline has passed. A
+    /// pending operation is woken by shutting the socket down; the normal
+    /// completion path then closes the connection.
     fn on_tick(&mut self) {
         let now = Instant::now();
         for slot in &mut self.slots {
-            let conn = &slot.conn;
-            if conn.fd >= 0
-                && conn.lingering
-                && conn.recv_armed
-                && conn.linger_deadline.is_some_and(|d| now > d)
-            {
-                // SAFETY: an open socket of this worker; its pending recv
-                // returns and the close path follows.
-                unsafe { libc::shutdown(conn.fd, libc::SHUT_RDWR) };
+            let conn = &mut slot.conn;
+            if conn.fd < 0 || conn.deadline.is_none_or(|d| now <= d) {
+                continue;
             }
+            conn.deadline = None;
+            let how = match conn.timer {
+                Timer::Header | Timer::Body => {
+                    // 408 unless a response is already on its way.
+                    if conn.sending == 0 && slot.send.is_empty() && conn.pinned.is_none() {
+                        self.http
+                            .queue_error(&mut slot.send, 408, None, crate::http::CLOSE);
+                    }
+                    conn.http = Exchange::default();
+                    libc::SHUT_RD
+                }
+                Timer::Idle | Timer::Send | Timer::Linger => libc::SHUT_RDWR,
+                Timer::None => continue,
+            };
+            // SAFETY: an open socket of this worker; its pending operation
+            // returns and the close path follows.
+            unsafe { libc::shutdown(conn.fd, how) };
         }
     }
 }

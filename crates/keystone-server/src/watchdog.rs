@@ -1,0 +1,102 @@
+//! The handler budget watchdog. Each worker publishes a [`Pulse`]: a
+//! sequence number it bumps on entering and on leaving a Lua handler (odd =
+//! inside). The main thread samples every pulse while it waits for signals;
+//! a handler seen inside for longer than the budget gets its worker thread
+//! signalled (`SIGUSR1`), and the signal handler stops it through
+//! `keystone_lua::interrupt_running_handler` (→ 503).
+//!
+//! The hot path pays two relaxed stores per request: no lock, no syscall,
+//! no clock read.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// The signal that interrupts a runaway handler.
+pub const BUDGET_SIGNAL: i32 = libc::SIGUSR1;
+
+/// One worker's heartbeat.
+#[derive(Default)]
+pub struct Pulse {
+    handler_seq: AtomicU64,
+    thread: AtomicU64,
+}
+
+impl Pulse {
+    /// Records the calling thread as this worker's (for `pthread_kill`).
+    pub fn register_thread(&self) {
+        // SAFETY: pthread_self has no preconditions.
+        let thread = unsafe { libc::pthread_self() };
+        self.thread.store(thread as u64, Ordering::Release);
+    }
+
+    /// The worker enters a handler. Single writer: load + store, no RMW.
+    pub fn enter_handler(&self) {
+        let seq = self.handler_seq.load(Ordering::Relaxed);
+        debug_assert!(seq.is_multiple_of(2));
+        self.handler_seq.store(seq + 1, Ordering::Relaxed);
+    }
+
+    /// The worker left the handler.
+    pub fn leave_handler(&self) {
+        let seq = self.handler_seq.load(Ordering::Relaxed);
+        debug_assert!(!seq.is_multiple_of(2));
+        self.handler_seq.store(seq + 1, Ordering::Relaxed);
+    }
+}
+
+/// The main thread's view of every pulse.
+pub struct Watchdog {
+    budget: Duration,
+    seen: Vec<(u64, Instant)>,
+}
+
+impl Watchdog {
+    /// A watchdog for `workers` pulses.
+    pub fn new(budget: Duration, workers: usize) -> Watchdog {
+        Watchdog {
+            budget,
+            seen: vec![(0, Instant::now()); workers],
+        }
+    }
+
+    /// Samples each pulse; signals workers stuck in one handler past the
+    /// budget (again every budget interval while they stay stuck).
+    pub fn check(&mut self, pulses: &[std::sync::Arc<Pulse>]) {
+        let now = Instant::now();
+        for (pulse, (last_seq, since)) in pulses.iter().zip(&mut self.seen) {
+            let seq = pulse.handler_seq.load(Ordering::Relaxed);
+            if seq != *last_seq {
+                *last_seq = seq;
+                *since = now;
+                continue;
+            }
+            if !seq.is_multiple_of(2) && now.duration_since(*since) >= self.budget {
+                let thread = pulse.thread.load(Ordering::Acquire);
+                if thread != 0 {
+                    // SAFETY: `thread` is a live worker thread (workers run
+                    // until the process exits); the signal's handler is
+                    // installed before workers start.
+                    unsafe { libc::pthread_kill(thread as libc::pthread_t, BUDGET_SIGNAL) };
+                }
+                *since = now;
+            }
+        }
+    }
+}
+
+extern "C" fn on_budget_signal(_signal: libc::c_int) {
+    keystone_lua::interrupt_running_handler();
+}
+
+/// Installs the budget signal's handler (process-wide, before workers).
+pub fn install_signal_handler() {
+    // SAFETY: a zeroed sigaction with a valid handler and an empty mask;
+    // SA_RESTART keeps interrupted syscalls transparent to the workers.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_budget_signal as extern "C" fn(libc::c_int) as usize;
+        action.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(BUDGET_SIGNAL, &action, std::ptr::null_mut());
+    }
+}
