@@ -15,7 +15,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use keystone_ebpf::{EbpfMode, ReuseportSteering};
-use keystone_lua::{AppSource, LoadedApp};
+use keystone_lua::{AppSource, LoadedApp, LuaConfig};
 use keystone_parser::Limits;
 
 use crate::cli::ServeArgs;
@@ -85,9 +85,11 @@ pub fn serve(args: ServeArgs) -> ExitCode {
     let (exit_tx, exit_rx) = mpsc::channel();
     let mut wakes = Vec::with_capacity(workers as usize);
     let mut pulses = Vec::with_capacity(workers as usize);
+    let mut reloads = Vec::with_capacity(workers as usize);
     watchdog::install_signal_handler();
     for (index, listener) in listeners.into_iter().enumerate() {
         let pulse = Arc::new(Pulse::default());
+        let (reload_tx, reload_rx) = mpsc::channel();
         let wake = match eventfd() {
             Ok(fd) => fd,
             Err(err) => return fail(format_args!("eventfd: {err}")),
@@ -108,7 +110,9 @@ pub fn serve(args: ServeArgs) -> ExitCode {
             },
             max_pipeline: args.max_pipeline,
             pulse: Arc::clone(&pulse),
+            reloads: reload_rx,
         };
+        reloads.push(reload_tx);
         wakes.push(wake);
         pulses.push(pulse);
         if let Err(message) = spawn(config, workers, exit_tx.clone()) {
@@ -127,9 +131,15 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         }
     );
     let watchdog = Watchdog::new(Duration::from_millis(args.lua_budget_ms), workers as usize);
+    let fleet = Fleet {
+        wakes,
+        pulses,
+        reloads,
+        app,
+        lua,
+    };
     let code = supervise(
-        &wakes,
-        &pulses,
+        &fleet,
         watchdog,
         exit_rx,
         Duration::from_secs(args.drain_timeout),
@@ -189,18 +199,65 @@ fn steer(mode: EbpfMode, listeners: &[OwnedFd]) -> Result<Option<ReuseportSteeri
 
 /// Waits for SIGTERM/SIGINT, then drains; exits early with status 1 if a
 /// worker stops on its own (a bug: the process must not limp on).
+/// What the main thread keeps of its workers.
+struct Fleet {
+    wakes: Vec<OwnedFd>,
+    pulses: Vec<Arc<Pulse>>,
+    reloads: Vec<mpsc::Sender<AppSource>>,
+    app: AppSource,
+    lua: LuaConfig,
+}
+
+impl Fleet {
+    fn wake(&self, value: u64) {
+        for wake in &self.wakes {
+            // SAFETY: writes 8 bytes from a stack u64 to an eventfd we own.
+            unsafe { libc::write(wake.as_raw_fd(), (&value as *const u64).cast(), 8) };
+        }
+    }
+
+    /// SIGHUP: re-read and compile the app here first, so a broken file is
+    /// reported once (with file:line) and the workers keep the old code.
+    fn reload(&self) {
+        let source = match &self.app.dir {
+            Some(_) => AppSource::read(&self.app.path),
+            None => Ok(self.app.clone()), // bundled: nothing to re-read
+        };
+        let checked =
+            source.and_then(|s| LoadedApp::load_with(&s, 0, &self.lua, |_| {}).map(|_| s));
+        match checked {
+            Ok(source) => {
+                crate::log!(
+                    Level::Info,
+                    None,
+                    "SIGHUP: reloading {}",
+                    source.path.display()
+                );
+                for reload in &self.reloads {
+                    let _ = reload.send(source.clone());
+                }
+                self.wake(worker::RELOAD_WAKE);
+            }
+            Err(err) => crate::log!(
+                Level::Error,
+                None,
+                "SIGHUP: reload failed, keeping the running app: {err}"
+            ),
+        }
+    }
+}
+
 fn supervise(
-    wakes: &[OwnedFd],
-    pulses: &[Arc<Pulse>],
+    fleet: &Fleet,
     mut watchdog: Watchdog,
     exits: mpsc::Receiver<(u32, bool)>,
     drain: Duration,
 ) -> ExitCode {
-    let workers = wakes.len() as u32;
+    let workers = fleet.wakes.len() as u32;
     let mut deadline: Option<Instant> = None;
     let mut stopped = 0;
     loop {
-        watchdog.check(pulses);
+        watchdog.check(&fleet.pulses);
         if let Some(signal) = wait_signal(WATCHDOG_PERIOD) {
             match signal {
                 libc::SIGTERM | libc::SIGINT if deadline.is_none() => {
@@ -211,17 +268,9 @@ fn supervise(
                         drain.as_secs()
                     );
                     deadline = Some(Instant::now() + drain);
-                    for wake in wakes {
-                        let one: u64 = 1;
-                        // SAFETY: writes 8 bytes from a stack u64 to an eventfd we own.
-                        unsafe { libc::write(wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
-                    }
+                    fleet.wake(worker::DRAIN_WAKE);
                 }
-                libc::SIGHUP => crate::log!(
-                    Level::Warn,
-                    None,
-                    "SIGHUP: hot reload is not implemented yet; ignoring"
-                ),
+                libc::SIGHUP if deadline.is_none() => fleet.reload(),
                 _ => {}
             }
         }

@@ -22,7 +22,7 @@ use keystone_ringbuf::{split_slab, RingBuffer};
 use crate::http::{Exchange, Http, PinnedBody, Step, SEND_HEADROOM_BYTES};
 use crate::log::Level;
 use crate::watchdog::Pulse;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 
 const OP_ACCEPT: u8 = 1;
 const OP_RECV: u8 = 2;
@@ -76,7 +76,16 @@ pub struct WorkerConfig {
     pub max_pipeline: u32,
     /// This worker's heartbeat for the handler-budget watchdog.
     pub pulse: Arc<Pulse>,
+    /// Apps to reload, each announced by a [`RELOAD_WAKE`] on `wake`.
+    pub reloads: mpsc::Receiver<AppSource>,
 }
+
+/// Added to a worker's wake eventfd to ask it to drain.
+pub const DRAIN_WAKE: u64 = 1 << 32;
+/// Added to a worker's wake eventfd to ask it to reload (eventfd sums
+/// writes, so both requests survive arriving together).
+pub const RELOAD_WAKE: u64 = 1;
+const RELOAD_MASK: u64 = DRAIN_WAKE - 1;
 
 /// Which timeout a connection's deadline is.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -168,6 +177,10 @@ struct Worker {
     wake_buf: Box<[u8; 8]>,
     tick: Box<Timespec>,
     draining: bool,
+    reloads: mpsc::Receiver<AppSource>,
+    lua_config: LuaConfig,
+    /// Lua states replaced by a reload, kept while bodies point into them.
+    retired: Vec<keystone_lua::LuaWorker>,
     timeouts: Timeouts,
     /// The clock, read once per loop turn.
     now: Instant,
@@ -215,6 +228,9 @@ impl Worker {
             wake_buf: Box::new([0; 8]),
             tick: Box::new(TICK),
             draining: false,
+            reloads: config.reloads,
+            lua_config: config.lua,
+            retired: Vec::new(),
             timeouts: config.timeouts,
             now: Instant::now(),
             http: Http {
@@ -604,6 +620,47 @@ impl Worker {
 
     // --- worker events -------------------------------------------------
 
+    /// Loads the app the main thread sent and swaps it in. Runs between
+    /// completions, so no handler is running: requests already answered
+    /// were answered by the old code, the next one runs the new code.
+    fn reload(&mut self) {
+        let Ok(app) = self.reloads.try_recv() else {
+            return;
+        };
+        let index = self.http.worker;
+        let log = move |line: &str| crate::log!(Level::Info, Some(index), "lua: {line}");
+        match LoadedApp::load_with(&app, index, &self.lua_config, log) {
+            Ok(loaded) => {
+                let routes = loaded.routes.len();
+                self.http.router = loaded.router;
+                let old = std::mem::replace(&mut self.http.lua, loaded.lua);
+                // Bodies still being sent may point into the old state's
+                // strings: keep it until none are pinned.
+                self.retired.push(old);
+                self.drop_retired();
+                crate::log!(
+                    Level::Info,
+                    Some(index),
+                    "reloaded {} ({routes} routes)",
+                    app.path.display()
+                );
+            }
+            Err(err) => {
+                crate::log!(
+                    Level::Error,
+                    Some(index),
+                    "reload failed, keeping the running app: {err}"
+                );
+            }
+        }
+    }
+
+    fn drop_retired(&mut self) {
+        if !self.retired.is_empty() && self.slots.iter().all(|s| s.conn.pinned.is_none()) {
+            self.retired.clear();
+        }
+    }
+
     fn arm_wake(&mut self) {
         let fd = self.wake.as_raw_fd();
         let buf = self.wake_buf.as_mut_ptr();
@@ -617,10 +674,15 @@ impl Worker {
     /// The main thread asked us to drain: stop accepting, close idle
     /// connections, finish the rest.
     fn on_wake(&mut self, c: Completion) {
-        if c.result < 0 && c.result != -libc::EINTR {
-            return;
+        let value = u64::from_ne_bytes(*self.wake_buf);
+        if c.result == 8 && value & RELOAD_MASK != 0 {
+            self.reload();
         }
-        if self.draining {
+        let drain = c.result == 8 && value >= DRAIN_WAKE;
+        if !drain || self.draining {
+            if !self.draining {
+                self.arm_wake();
+            }
             return;
         }
         self.draining = true;
@@ -688,10 +750,12 @@ impl Worker {
         };
     }
 
-    /// Once a second: act on connections whose deadline has passed. A
+    /// Once a second: act on connections whose deadline has passed (and
+    /// free Lua states retired by a reload once nothing points into them). A
     /// pending operation is woken by shutting the socket down; the normal
     /// completion path then closes the connection.
     fn on_tick(&mut self) {
+        self.drop_retired();
         let now = Instant::now();
         for slot in &mut self.slots {
             let conn = &mut slot.conn;
