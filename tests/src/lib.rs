@@ -298,6 +298,13 @@ impl Drop for Server {
         let Some(mut child) = self.child.take() else {
             return;
         };
+        // Who else holds the port matters when a connection was answered by the
+        // wrong process, so it is captured before this server goes away.
+        let sockets = if thread::panicking() {
+            sockets_on_port(self.addr.port())
+        } else {
+            String::new()
+        };
         if child.try_wait().ok().flatten().is_none() {
             signal(&child, libc::SIGTERM);
             if wait_timeout(&mut child, KILL_GRACE).is_none() {
@@ -308,8 +315,26 @@ impl Drop for Server {
         // A failing test is easier to read with the server's side of the story.
         if thread::panicking() {
             eprintln!("---- keystone log ({}) ----\n{}", self.addr, self.log());
+            eprintln!(
+                "---- sockets on port {} (keystone pid {}) ----\n{sockets}",
+                self.addr.port(),
+                child.id()
+            );
         }
     }
+}
+
+/// `ss` lines for TCP sockets on `port`, with owning processes; empty if `ss` is absent.
+fn sockets_on_port(port: u16) -> String {
+    let Ok(output) = Command::new("ss").args(["-tanp"]).output() else {
+        return String::new();
+    };
+    let needle = format!(":{port} ");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|line| line.contains(&needle))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Spawns `keystone ARGS` with stdout and stderr going to files in `dir`.
