@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use keystone_exchange::HttpExchange;
 use keystone_router::{RouteError, Router, RouterBuilder};
-use mlua::{Function, LightUserData, Lua, LuaOptions, StdLib, Table, Value};
+use mlua::{Function, LightUserData, Lua, Table, Value};
 
 use crate::config::{LuaConfig, SearchPaths};
 use crate::{abi, LuaWorker};
@@ -129,6 +129,40 @@ pub struct LoadedApp {
     pub routes: Vec<String>,
 }
 
+/// Closes a LuaJIT state if loading fails before a `LuaWorker` owns it.
+/// Declared before the `Lua` handle and every value made from it, so it is
+/// dropped after them.
+struct StateGuard(*mut mlua::ffi::lua_State);
+
+impl StateGuard {
+    fn new() -> StateGuard {
+        // SAFETY: plain constructors; the result is checked before use.
+        let state = unsafe { mlua::ffi::luaL_newstate() };
+        assert!(
+            !state.is_null(),
+            "LuaJIT could not create a state (out of memory)"
+        );
+        // SAFETY: `state` is a fresh state; opening the standard libraries
+        // (ffi and jit included) is what the trusted prelude needs.
+        unsafe { mlua::ffi::luaL_openlibs(state) };
+        StateGuard(state)
+    }
+
+    fn release(self) -> *mut mlua::ffi::lua_State {
+        let state = self.0;
+        std::mem::forget(self);
+        state
+    }
+}
+
+impl Drop for StateGuard {
+    fn drop(&mut self) {
+        // SAFETY: the state is open and every mlua handle made from it was
+        // declared after this guard, so it has been dropped already.
+        unsafe { mlua::ffi::lua_close(self.0) };
+    }
+}
+
 /// Frees the exchange if loading fails before a `LuaWorker` owns it.
 struct ExchangeGuard(NonNull<HttpExchange>);
 
@@ -189,13 +223,21 @@ impl LoadedApp {
         log: impl Fn(&str) + 'static,
     ) -> Result<LoadedApp, LoadError> {
         let guard = ExchangeGuard(NonNull::from(Box::leak(HttpExchange::new_boxed(worker))));
-        // SAFETY: `unsafe_new_with` allows C modules and the ffi library.
-        // The prelude needs ffi; user code never reaches it because it runs
-        // in the sandbox environment built below, which holds neither `ffi`
-        // nor `require` of C modules that are not allowed. `--unsafe-lua`
+        // The state is created by LuaJIT itself (`luaL_newstate`), so Lua
+        // objects live in LuaJIT's own allocator (mmap'd arenas), not the
+        // Rust heap: the engine's zero-allocation proof stays about Rust,
+        // and Lua memory is reported separately (`memory_kib`).
+        let state = StateGuard::new();
+        // SAFETY: `state.0` is a fresh, open state; mlua wraps it without
+        // owning it (it never closes it: `StateGuard`, then `LuaWorker`,
+        // does, after every mlua handle is gone). The state is in mlua's
+        // unsafe mode (C modules and ffi allowed): the prelude needs ffi;
+        // user code never reaches it because it runs in the sandbox
+        // environment built below, which holds neither `ffi` nor `require`
+        // of C modules that are not allowed. `--unsafe-lua`
         // (`config.unsafe_lua`) hands user code the real globals on purpose.
-        let lua = unsafe { Lua::unsafe_new_with(StdLib::ALL, LuaOptions::new()) };
-        let (dispatch, register) = init_prelude(&lua, guard.0)?;
+        let lua = unsafe { Lua::get_or_init_from_ptr(state.0) }.clone();
+        let (dispatch, register, pin) = init_prelude(&lua, guard.0)?;
         let dir = source.dir.as_deref();
         let paths = SearchPaths::build(config, dir, &[]).map_err(|e| shape(source, e.message))?;
         let user = if config.unsafe_lua {
@@ -231,8 +273,9 @@ impl LoadedApp {
         }
         let exchange = guard.0;
         std::mem::forget(guard);
+        let state = state.release();
         Ok(LoadedApp {
-            lua: LuaWorker::from_parts(lua, dispatch, exchange, worker),
+            lua: LuaWorker::from_parts(lua, [dispatch, pin], state, exchange, worker),
             router,
             routes,
         })
@@ -351,7 +394,7 @@ fn templates(lua: &Lua, paths: &SearchPaths) -> Result<(Table, Table), LoadError
 fn init_prelude(
     lua: &Lua,
     exchange: NonNull<HttpExchange>,
-) -> Result<(Function, Function), LoadError> {
+) -> Result<(Function, Function, Function), LoadError> {
     let init: Function = lua
         .load(PRELUDE)
         .set_name("=keystone-prelude")

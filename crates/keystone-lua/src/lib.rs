@@ -24,24 +24,18 @@ pub use app::{AppSource, LoadError, LoadedApp, UNSAFE_LUA_NOTICE};
 pub use budget::interrupt_running_handler;
 pub use config::{LuaConfig, DEFAULT_LUA_CPATH, DEFAULT_LUA_PATH};
 
+use std::mem::ManuallyDrop;
 use std::ptr::NonNull;
 
 use keystone_exchange::HttpExchange;
 use mlua::{Function, Lua};
 
-/// A Lua string handle: keeps the string's bytes alive (LuaJIT never moves
-/// strings) for as long as the engine holds it.
-pub use mlua::String as BodyString;
-
 /// What running a handler produced.
 pub enum Outcome {
-    /// The handler returned; the response state is in the exchange. `body`
-    /// keeps the Lua string that `exchange.body_ptr` points into alive: drop
-    /// it only after the bytes have been copied or sent.
-    Done {
-        /// The body string, if the handler set one.
-        body: Option<mlua::String>,
-    },
+    /// The handler returned; the response state is in the exchange. The
+    /// body `exchange.body_ptr` points at stays valid until the next `run`
+    /// (or, once pinned with [`LuaWorker::pin_body`], until unpinned).
+    Done,
     /// The handler raised an error; `message` carries the Lua message with
     /// file:line and the traceback (for the log, never for the client).
     Failed {
@@ -61,11 +55,13 @@ pub enum Outcome {
 pub struct LuaWorker {
     // Field order is drop order: the Lua state (whose prelude holds the
     // exchange address) goes before the exchange it points at.
-    lua: Lua,
-    dispatch: Function,
+    lua: ManuallyDrop<Lua>,
+    dispatch: ManuallyDrop<Function>,
+    pin: ManuallyDrop<Function>,
     exchange: NonNull<HttpExchange>,
     worker: u32,
-    /// The VM's main state, for the budget hook.
+    /// The VM's main state: LuaJIT's own (see `LoadedApp::load_with`),
+    /// closed by this worker's `Drop` after the mlua handles above.
     state: *mut mlua::ffi::lua_State,
 }
 
@@ -95,28 +91,39 @@ impl LuaWorker {
     pub fn run(&mut self, handler: u32) -> Outcome {
         debug_assert!(self.exchange().is_bound(), "run without a bound request");
         let running = budget::Running::enter(self.state);
-        let result = self.dispatch.call::<(bool, mlua::Value)>(handler);
+        let result = self.dispatch.call::<(bool, Option<mlua::String>)>(handler);
         if running.leave() {
             let message = match result {
-                Ok((_, mlua::Value::String(s))) => s.to_string_lossy(),
+                Ok((_, Some(s))) => s.to_string_lossy(),
                 Ok(_) => budget::BUDGET_MESSAGE.to_string_lossy().into_owned(),
                 Err(err) => err.to_string(),
             };
             return Outcome::Stopped { message };
         }
         match result {
-            Ok((true, mlua::Value::String(body))) => Outcome::Done { body: Some(body) },
-            Ok((true, _)) => Outcome::Done { body: None },
+            Ok((true, _)) => Outcome::Done,
             Ok((false, err)) => Outcome::Failed {
-                message: match err {
-                    mlua::Value::String(s) => s.to_string_lossy(),
-                    other => format!("{other:?}"),
-                },
+                message: err.map_or_else(|| "handler failed".to_owned(), |s| s.to_string_lossy()),
             },
             Err(err) => Outcome::Failed {
                 message: err.to_string(),
             },
         }
+    }
+
+    /// Keeps the body of the last `run` alive under `key` (a connection
+    /// slot) after later runs, for a body sent straight from Lua's memory.
+    /// The bytes do not move: LuaJIT never moves strings.
+    pub fn pin_body(&mut self, key: u32) -> Result<(), String> {
+        self.pin
+            .call::<()>((key, true))
+            .map_err(|err| err.to_string())
+    }
+
+    /// Releases what [`LuaWorker::pin_body`] kept under `key`. Failing to
+    /// release (out of memory in the VM) only delays freeing the string.
+    pub fn unpin_body(&mut self, key: u32) {
+        let _ = self.pin.call::<()>((key, false));
     }
 
     /// Lua memory in use, in KiB (`collectgarbage("count")`), for reports.
@@ -131,18 +138,16 @@ impl LuaWorker {
 
     fn from_parts(
         lua: Lua,
-        dispatch: Function,
+        [dispatch, pin]: [Function; 2],
+        state: *mut mlua::ffi::lua_State,
         exchange: NonNull<HttpExchange>,
         worker: u32,
     ) -> Self {
-        let mut state = std::ptr::null_mut();
-        // SAFETY: the closure only copies the state pointer out; it stays
-        // valid as long as `lua` lives, which is as long as this worker.
-        let _ = unsafe { lua.exec_raw::<()>((), |s| state = s) };
         assert!(!state.is_null());
         LuaWorker {
-            lua,
-            dispatch,
+            lua: ManuallyDrop::new(lua),
+            dispatch: ManuallyDrop::new(dispatch),
+            pin: ManuallyDrop::new(pin),
             exchange,
             worker,
             state,
@@ -152,11 +157,18 @@ impl LuaWorker {
 
 impl Drop for LuaWorker {
     fn drop(&mut self) {
-        // SAFETY: `exchange` came from `Box::into_raw` and is freed once,
-        // here. The Lua state may outlive this line (values such as
-        // `dispatch` keep it alive) but nothing calls into it any more, and
-        // the prelude's cdata pointer to the exchange has no finalizer, so
-        // closing the state never reads the freed exchange.
-        drop(unsafe { Box::from_raw(self.exchange.as_ptr()) });
+        // SAFETY: each field is dropped exactly once, here, in the order the
+        // state needs: mlua handles first (they unreference into the state),
+        // then the state itself (no mlua value made from it is left: bodies
+        // the engine pinned are released before a worker is dropped), then
+        // the exchange the prelude pointed at (the closed state cannot read
+        // it any more; its cdata pointer had no finalizer).
+        unsafe {
+            ManuallyDrop::drop(&mut self.dispatch);
+            ManuallyDrop::drop(&mut self.pin);
+            ManuallyDrop::drop(&mut self.lua);
+            mlua::ffi::lua_close(self.state);
+            drop(Box::from_raw(self.exchange.as_ptr()));
+        }
     }
 }

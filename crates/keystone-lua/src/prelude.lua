@@ -275,26 +275,38 @@ return function(ex_addr, fns, layout, messages)
     return debug_traceback(tostring(err), 2)
   end
 
+  -- The body of the last request stays referenced until the next dispatch,
+  -- so the engine can copy it from `ex.body_ptr` after `dispatch` returns;
+  -- a body too large to copy is pinned under a key until it has been sent.
+  local last_body
+  local pinned = {}
+
   -- Runs handler `index` for the request bound in the exchange. Returns
-  -- true and the body string (kept referenced by the engine until the
-  -- response is committed), or false and the error with its traceback.
+  -- true (the response is in the exchange), or false and the error with
+  -- its traceback. Returns no Lua values to the engine on success, so the
+  -- call costs the engine no allocation.
   local function dispatch(index)
     current_body, cur_params, cur_args, cur_request, cur_headers, cur_request_headers =
         nil, nil, nil, nil, nil, nil
     local ctx = setmetatable({ [GEN] = ex.generation }, ctx_mt)
     local ok, err = xpcall(handlers[index], traceback, ctx)
+    last_body = current_body
+    current_body = nil
     if not ok then
-      current_body = nil
       return false, err
     end
-    local body = current_body
-    current_body = nil
-    return true, body
+    return true
   end
 
   local function register(list)
     handlers = list
   end
 
-  return dispatch, register
+  -- pin(key, true) keeps the last body alive under `key`; pin(key, false)
+  -- lets it go.
+  local function pin(key, keep)
+    if keep then pinned[key] = last_body else pinned[key] = nil end
+  end
+
+  return dispatch, register, pin
 end

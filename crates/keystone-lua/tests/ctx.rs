@@ -43,7 +43,7 @@ fn run(app: &mut LoadedApp, request: &[u8]) -> Result<Response, String> {
         .bind(request, &head, matched.params(), body);
     let outcome = app.lua.run(handler);
     let result = match outcome {
-        Outcome::Done { .. } => {
+        Outcome::Done => {
             let ex = app.lua.exchange();
             Ok(Response {
                 status: ex.status,

@@ -2,7 +2,7 @@
 //! parser → router → exchange → Lua → response builder for a connection's
 //! buffers. No I/O happens here; the worker submits what this queues.
 
-use keystone_lua::{BodyString, LuaWorker, Outcome};
+use keystone_lua::{LuaWorker, Outcome};
 use keystone_parser::{
     BodyFraming, ChunkedDecoder, Head, Limits, ParseError, ParseStatus, Parser, Persistence,
 };
@@ -20,10 +20,10 @@ use std::sync::Arc;
 pub const SEND_HEADROOM_BYTES: u32 = keystone_exchange::RESPONSE_ARENA_BYTES as u32 + 2048;
 
 /// A pinned response body: a Lua string too large for the send buffer,
-/// sent straight from Lua's memory (zero copy). The string handle keeps the
-/// bytes alive (LuaJIT's GC does not move strings) until they are sent.
+/// sent straight from Lua's memory (zero copy). The Lua state keeps the
+/// string referenced under the connection's slot (`LuaWorker::pin_body`;
+/// LuaJIT's GC does not move strings) until the worker unpins it.
 pub struct PinnedBody {
-    _owner: BodyString,
     ptr: *const u8,
     len: usize,
     /// Bytes already sent.
@@ -33,7 +33,8 @@ pub struct PinnedBody {
 impl PinnedBody {
     /// The bytes still to send.
     pub fn remaining(&self) -> (*const u8, usize) {
-        // SAFETY: `ptr..ptr+len` is the string `_owner` keeps alive; `sent`
+        // SAFETY: `ptr..ptr+len` is the string the Lua state keeps pinned
+        // until the worker unpins it after the last byte is sent; `sent`
         // never exceeds `len` (the worker adds only completed send counts).
         (unsafe { self.ptr.add(self.sent) }, self.len - self.sent)
     }
@@ -120,6 +121,7 @@ impl Http {
         send: &mut RingBuffer,
         state: &mut Exchange,
         pinned: &mut Option<PinnedBody>,
+        key: u32,
     ) -> Step {
         debug_assert!(send.spare() >= SEND_HEADROOM_BYTES);
         debug_assert!(pinned.is_none());
@@ -179,7 +181,7 @@ impl Http {
             head_request: recv.get(head.method) == b"HEAD",
             minor_version: head.minor_version,
         };
-        self.respond(recv, send, framing, body, pinned);
+        self.respond(recv, send, framing, body, pinned, key);
         recv.consume(total as u32);
         if framing.keep_alive {
             Step::Answered
@@ -238,6 +240,7 @@ impl Http {
         framing: Framing,
         body: Span,
         pinned: &mut Option<PinnedBody>,
+        key: u32,
     ) {
         let head = &*self.head;
         let method = recv.get(head.method);
@@ -261,7 +264,7 @@ impl Http {
         let outcome = self.lua.run(handler);
         self.pulse.leave_handler();
         match outcome {
-            Outcome::Done { body } => self.commit(send, framing, body, pinned, method, path),
+            Outcome::Done => self.commit(send, framing, pinned, key, method, path),
             Outcome::Failed { message } => {
                 crate::log!(
                     Level::Error,
@@ -290,13 +293,14 @@ impl Http {
         &mut self,
         send: &mut RingBuffer,
         framing: Framing,
-        body: Option<BodyString>,
         pinned: &mut Option<PinnedBody>,
+        key: u32,
         method: &[u8],
         path: &[u8],
     ) {
         let exchange = self.lua.exchange();
         let bytes = exchange.response_body().unwrap_or(&[]);
+        let head_start = send.tail();
         let written = write_head(
             exchange,
             bytes.len() as u64,
@@ -323,13 +327,21 @@ impl Http {
         }
         if bytes.len() <= send.spare() as usize {
             send.append(bytes).expect("checked spare");
-        } else if let Some(owner) = body {
-            *pinned = Some(PinnedBody {
-                ptr: bytes.as_ptr(),
-                len: bytes.len(),
-                sent: 0,
-                _owner: owner,
-            });
+            return;
+        }
+        let (ptr, len) = (bytes.as_ptr(), bytes.len());
+        match self.lua.pin_body(key) {
+            Ok(()) => *pinned = Some(PinnedBody { ptr, len, sent: 0 }),
+            Err(err) => {
+                // Take the head back so nothing half-framed is sent.
+                send.cut(head_start, n as u32);
+                crate::log!(
+                    Level::Error,
+                    Some(self.worker),
+                    "cannot pin a response body: {err}"
+                );
+                self.queue_error(send, 500, None, framing);
+            }
         }
     }
 

@@ -453,7 +453,7 @@ impl Worker {
             }
             match self
                 .http
-                .handle_one(recv, send, &mut conn.http, &mut conn.pinned)
+                .handle_one(recv, send, &mut conn.http, &mut conn.pinned, slot as u32)
             {
                 Step::Answered => conn.served += 1,
                 Step::NeedMore => {
@@ -522,7 +522,9 @@ impl Worker {
         }
         if result <= 0 {
             // The peer is gone: nothing more can be delivered.
-            conn.pinned = None;
+            if conn.pinned.take().is_some() {
+                self.http.lua.unpin_body(slot as u32);
+            }
             send.consume(send.len());
             return self.begin_close_now(slot);
         }
@@ -532,6 +534,7 @@ impl Worker {
             body.sent += sent as usize;
             if body.remaining().1 == 0 {
                 conn.pinned = None;
+                self.http.lua.unpin_body(slot as u32);
             }
         } else {
             send.consume(sent);
@@ -600,6 +603,9 @@ impl Worker {
     }
 
     fn on_close(&mut self, slot: usize) {
+        if self.slots[slot].conn.pinned.is_some() {
+            self.http.lua.unpin_body(slot as u32);
+        }
         let Slot { conn, recv, send } = &mut self.slots[slot];
         debug_assert_eq!(conn.ops_in_flight, 0);
         let generation = (conn.generation + 1) & GENERATION_MASK;

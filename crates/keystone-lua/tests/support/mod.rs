@@ -87,7 +87,7 @@ pub fn run(app: &mut LoadedApp, request: &[u8]) -> Result<String, String> {
         .exchange_mut()
         .bind(request, &head, matched.params(), body);
     let result = match app.lua.run(handler) {
-        Outcome::Done { .. } => {
+        Outcome::Done => {
             let ex = app.lua.exchange();
             Ok(String::from_utf8_lossy(ex.response_body().unwrap_or(b"")).into_owned())
         }
