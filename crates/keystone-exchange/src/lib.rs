@@ -75,6 +75,18 @@ impl ParamView {
     };
 }
 
+/// What the response body is; the prelude writes it as a `u16`.
+#[repr(u16)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyKind {
+    /// `body_ptr`/`body_len` are the body bytes (a Lua string).
+    Inline = 0,
+    /// `body_ptr`/`body_len` are a file path, relative to the app directory.
+    File = 1,
+    /// The body is a generator the engine pulls (`LuaWorker::pull`).
+    Stream = 2,
+}
+
 /// One response header: name and value as spans of the response arena.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -179,8 +191,10 @@ pub struct HttpExchange {
     /// Route parameters of the matched route.
     pub params: [ParamView; PARAMS_MAX],
     /// HTTP minor version (0 or 1).
-    pub minor_version: u32,
+    pub minor_version: u16,
     // --- response (written by policy) ----------------------------------
+    /// What `body_ptr`/`body_len` mean: [`BodyKind`] as its `u16`.
+    pub body_kind: u16,
     /// Response status; 200 unless policy sets it. Validated at commit.
     pub status: u32,
     /// Number of valid entries in `response_headers`.
@@ -229,6 +243,7 @@ impl HttpExchange {
             param_count: 0,
             params: [ParamView::EMPTY; PARAMS_MAX],
             minor_version: 1,
+            body_kind: BodyKind::Inline as u16,
             status: 200,
             response_header_count: 0,
             arena_len: 0,
@@ -273,7 +288,8 @@ impl HttpExchange {
                 _pad: 0,
             };
         }
-        self.minor_version = u32::from(head.minor_version);
+        self.minor_version = u16::from(head.minor_version);
+        self.body_kind = BodyKind::Inline as u16;
         self.status = 200;
         self.response_header_count = 0;
         self.arena_len = 0;
@@ -406,7 +422,17 @@ impl HttpExchange {
             .map(|h| (self.arena_bytes(h.name), self.arena_bytes(h.value)))
     }
 
-    /// The response body policy set, if any.
+    /// What kind of body policy set (an unknown value reads as inline).
+    pub fn body_kind(&self) -> BodyKind {
+        match self.body_kind {
+            1 => BodyKind::File,
+            2 => BodyKind::Stream,
+            _ => BodyKind::Inline,
+        }
+    }
+
+    /// The response body policy set, if any (for [`BodyKind::File`], the
+    /// path; for [`BodyKind::Stream`], the chunk the last pull produced).
     pub fn response_body(&self) -> Option<&[u8]> {
         if self.body_ptr.is_null() {
             return None;

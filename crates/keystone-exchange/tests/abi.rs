@@ -34,6 +34,7 @@ fn layout_is_pinned() {
             offset_of!(HttpExchange, minor_version),
             264,
         ),
+        ("body_kind", offset_of!(HttpExchange, body_kind), 266),
         ("status", offset_of!(HttpExchange, status), 268),
         (
             "response_header_count",

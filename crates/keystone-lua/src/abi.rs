@@ -150,7 +150,7 @@ pub(crate) fn functions(lua: &Lua) -> mlua::Result<Table> {
 /// against its `ffi.cdef` so the two declarations cannot drift.
 pub(crate) fn layout(lua: &Lua) -> mlua::Result<Table> {
     let offsets = lua.create_table()?;
-    let fields: [(&str, usize); 21] = [
+    let fields: [(&str, usize); 22] = [
         ("generation", offset_of!(HttpExchange, generation)),
         ("worker", offset_of!(HttpExchange, worker)),
         ("base", offset_of!(HttpExchange, base)),
@@ -164,6 +164,7 @@ pub(crate) fn layout(lua: &Lua) -> mlua::Result<Table> {
         ("param_count", offset_of!(HttpExchange, param_count)),
         ("params", offset_of!(HttpExchange, params)),
         ("minor_version", offset_of!(HttpExchange, minor_version)),
+        ("body_kind", offset_of!(HttpExchange, body_kind)),
         ("status", offset_of!(HttpExchange, status)),
         (
             "response_header_count",

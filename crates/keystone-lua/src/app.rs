@@ -18,7 +18,13 @@ const SANDBOX: &str = include_str!("sandbox.lua");
 
 /// Top-level fields an app table may have; anything else is a typo we
 /// report instead of silently serving nothing.
-const APP_FIELDS: [&str; 4] = ["routes", "init_worker", "rocks_trees", "allow_c_modules"];
+const APP_FIELDS: [&str; 5] = [
+    "routes",
+    "init_worker",
+    "rocks_trees",
+    "allow_c_modules",
+    "static",
+];
 
 /// An app's source, read once by the main thread and shared immutably with
 /// every worker (each compiles it into its own Lua state).
@@ -127,6 +133,11 @@ pub struct LoadedApp {
     pub router: Router,
     /// Route keys in the order they were compiled (sorted), for `check`.
     pub routes: Vec<String>,
+    /// Static directories: (URL prefix, directory), longest prefix first.
+    pub statics: Vec<(String, PathBuf)>,
+    /// Where `ctx.body = { file = ... }` paths are resolved (confined to
+    /// it): the app's directory, or the working directory for bundled apps.
+    pub files_dir: PathBuf,
 }
 
 /// Closes a LuaJIT state if loading fails before a `LuaWorker` owns it.
@@ -237,7 +248,7 @@ impl LoadedApp {
         // of C modules that are not allowed. `--unsafe-lua`
         // (`config.unsafe_lua`) hands user code the real globals on purpose.
         let lua = unsafe { Lua::get_or_init_from_ptr(state.0) }.clone();
-        let (dispatch, register, pin) = init_prelude(&lua, guard.0)?;
+        let (dispatch, register, pin, pull) = init_prelude(&lua, guard.0)?;
         let dir = source.dir.as_deref();
         let paths = SearchPaths::build(config, dir, &[]).map_err(|e| shape(source, e.message))?;
         let user = if config.unsafe_lua {
@@ -259,6 +270,7 @@ impl LoadedApp {
                 .map_err(|e| shape(source, e.message))?;
             user.configure(&lua, &paths, &app.allow_c_modules)?;
         }
+        let statics = app.statics;
         let (router, routes, handlers) = compile_routes(&lua, source, app.routes)?;
         register.call::<()>(handlers).map_err(engine)?;
         if let Some(init_worker) = app.init_worker {
@@ -275,9 +287,11 @@ impl LoadedApp {
         std::mem::forget(guard);
         let state = state.release();
         Ok(LoadedApp {
-            lua: LuaWorker::from_parts(lua, [dispatch, pin], state, exchange, worker),
+            lua: LuaWorker::from_parts(lua, [dispatch, pin, pull], state, exchange, worker),
             router,
             routes,
+            statics,
+            files_dir: source.dir.clone().unwrap_or_else(|| PathBuf::from(".")),
         })
     }
 }
@@ -394,7 +408,7 @@ fn templates(lua: &Lua, paths: &SearchPaths) -> Result<(Table, Table), LoadError
 fn init_prelude(
     lua: &Lua,
     exchange: NonNull<HttpExchange>,
-) -> Result<(Function, Function, Function), LoadError> {
+) -> Result<(Function, Function, Function, Function), LoadError> {
     let init: Function = lua
         .load(PRELUDE)
         .set_name("=keystone-prelude")
@@ -423,6 +437,7 @@ struct AppTable {
     init_worker: Option<Function>,
     rocks_trees: Vec<PathBuf>,
     allow_c_modules: Vec<String>,
+    statics: Vec<(String, PathBuf)>,
 }
 
 impl AppTable {
@@ -482,13 +497,64 @@ impl AppTable {
             .map(PathBuf::from)
             .collect();
         let allow_c_modules = string_list(source, &app, "allow_c_modules")?;
+        let statics = static_dirs(source, &app)?;
         Ok(AppTable {
             routes,
             init_worker,
             rocks_trees,
             allow_c_modules,
+            statics,
         })
     }
+}
+
+/// `static = { ["/assets/"] = "./public" }`: URL prefixes served from
+/// directories (relative to the app's directory), longest prefix first.
+fn static_dirs(source: &AppSource, app: &Table) -> Result<Vec<(String, PathBuf)>, LoadError> {
+    let table = match app.get::<Value>("static").map_err(lua_error)? {
+        Value::Table(t) => t,
+        Value::Nil => return Ok(Vec::new()),
+        other => {
+            return Err(shape(
+                source,
+                format!(
+                    "`static` must be a table of \"/prefix/\" = \"directory\", got {}",
+                    other.type_name()
+                ),
+            ))
+        }
+    };
+    let mut out = Vec::new();
+    for pair in table.pairs::<Value, Value>() {
+        let (prefix, dir) = pair.map_err(lua_error)?;
+        let (Value::String(prefix), Value::String(dir)) = (&prefix, &dir) else {
+            return Err(shape(
+                source,
+                "`static` maps URL prefixes (strings) to directories (strings)".into(),
+            ));
+        };
+        let prefix = prefix.to_string_lossy();
+        if !prefix.starts_with('/') {
+            return Err(shape(
+                source,
+                format!("static prefix \"{prefix}\" must start with '/'"),
+            ));
+        }
+        let dir = PathBuf::from(dir.to_string_lossy());
+        let dir = match (&source.dir, dir.is_absolute()) {
+            (Some(base), false) => base.join(dir),
+            _ => dir,
+        };
+        if !dir.is_dir() {
+            return Err(shape(
+                source,
+                format!("static[\"{prefix}\"]: {} is not a directory", dir.display()),
+            ));
+        }
+        out.push((prefix, dir));
+    }
+    out.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
+    Ok(out)
 }
 
 /// Field `field` of the app table as a list of strings; absent is empty.

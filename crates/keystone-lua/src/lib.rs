@@ -50,6 +50,19 @@ pub enum Outcome {
     },
 }
 
+/// What pulling a stream generator produced.
+pub enum Pull {
+    /// A chunk, readable as the exchange's `response_body()`.
+    Chunk,
+    /// The generator returned nil: the stream is complete.
+    End,
+    /// The generator raised an error (or ran past its budget).
+    Failed {
+        /// Error message and traceback.
+        message: String,
+    },
+}
+
 /// One worker's Lua state and exchange. Not `Send`: it lives and dies on the
 /// worker thread that created it (one Lua state per worker, never shared).
 pub struct LuaWorker {
@@ -58,6 +71,7 @@ pub struct LuaWorker {
     lua: ManuallyDrop<Lua>,
     dispatch: ManuallyDrop<Function>,
     pin: ManuallyDrop<Function>,
+    pull: ManuallyDrop<Function>,
     exchange: NonNull<HttpExchange>,
     worker: u32,
     /// The VM's main state: LuaJIT's own (see `LoadedApp::load_with`),
@@ -120,6 +134,31 @@ impl LuaWorker {
             .map_err(|err| err.to_string())
     }
 
+    /// Pulls one chunk from the stream generator pinned under `key` (with
+    /// [`LuaWorker::pin_body`] after a handler set `ctx.body = function`).
+    /// The chunk is the exchange's `response_body()` until the next pull.
+    /// Runs under the same budget as handlers.
+    pub fn pull(&mut self, key: u32) -> Pull {
+        let running = budget::Running::enter(self.state);
+        let result = self.pull.call::<(i32, Option<mlua::String>)>(key);
+        if running.leave() {
+            return Pull::Failed {
+                message: budget::BUDGET_MESSAGE.to_string_lossy().into_owned(),
+            };
+        }
+        match result {
+            Ok((1, _)) => Pull::Chunk,
+            Ok((0, _)) => Pull::End,
+            Ok((_, message)) => Pull::Failed {
+                message: message
+                    .map_or_else(|| "stream failed".to_owned(), |s| s.to_string_lossy()),
+            },
+            Err(err) => Pull::Failed {
+                message: err.to_string(),
+            },
+        }
+    }
+
     /// Releases what [`LuaWorker::pin_body`] kept under `key`. Failing to
     /// release (out of memory in the VM) only delays freeing the string.
     pub fn unpin_body(&mut self, key: u32) {
@@ -138,7 +177,7 @@ impl LuaWorker {
 
     fn from_parts(
         lua: Lua,
-        [dispatch, pin]: [Function; 2],
+        [dispatch, pin, pull]: [Function; 3],
         state: *mut mlua::ffi::lua_State,
         exchange: NonNull<HttpExchange>,
         worker: u32,
@@ -148,6 +187,7 @@ impl LuaWorker {
             lua: ManuallyDrop::new(lua),
             dispatch: ManuallyDrop::new(dispatch),
             pin: ManuallyDrop::new(pin),
+            pull: ManuallyDrop::new(pull),
             exchange,
             worker,
             state,
@@ -166,6 +206,7 @@ impl Drop for LuaWorker {
         unsafe {
             ManuallyDrop::drop(&mut self.dispatch);
             ManuallyDrop::drop(&mut self.pin);
+            ManuallyDrop::drop(&mut self.pull);
             ManuallyDrop::drop(&mut self.lua);
             mlua::ffi::lua_close(self.state);
             drop(Box::from_raw(self.exchange.as_ptr()));

@@ -31,7 +31,8 @@ typedef struct {
   uint32_t header_count;
   uint32_t param_count;
   ks_param params[8];
-  uint32_t minor_version;
+  uint16_t minor_version;
+  uint16_t body_kind;
   uint32_t status;
   uint32_t response_header_count;
   uint32_t arena_len;
@@ -64,6 +65,7 @@ return function(ex_addr, fns, layout, messages)
   local add_header = ffi.cast("ks_set_fn", fns.add_header)
 
   local GEN = {} -- private key: the generation a ctx or proxy was made for
+  local BODY_INLINE, BODY_FILE, BODY_STREAM = 0, 1, 2 -- keystone_exchange::BodyKind
   local handlers = {}
   local current_body, cur_params, cur_args, cur_request, cur_headers, cur_request_headers
 
@@ -232,16 +234,29 @@ return function(ex_addr, fns, layout, messages)
     end,
     body = function(v)
       local tv = type(v)
-      if tv == "number" then v = tostring(v) elseif tv ~= "string" and v ~= nil then
-        error("ctx.body must be a string (or nil), got " .. tv, 3)
+      if tv == "number" then v = tostring(v); tv = "string" end
+      local kind, bytes = BODY_INLINE, v
+      if tv == "table" then
+        bytes = rawget(v, "file")
+        if type(bytes) ~= "string" or bytes == "" then
+          error("ctx.body as a table must be { file = \"relative/path\" }", 3)
+        end
+        kind = BODY_FILE
+      elseif tv == "function" then
+        kind, bytes = BODY_STREAM, nil
+      elseif tv ~= "string" and tv ~= "nil" then
+        error("ctx.body must be a string, { file = path }, a generator function or nil, got " .. tv, 3)
       end
-      current_body = v
-      if v == nil then
+      -- The string (or generator) stays referenced as `current_body`, so
+      -- the pointer handed to the engine stays valid.
+      current_body = (kind == BODY_FILE) and bytes or v
+      ex.body_kind = kind
+      if bytes == nil then
         ex.body_ptr = nil
         ex.body_len = 0
       else
-        ex.body_ptr = v
-        ex.body_len = #v
+        ex.body_ptr = bytes
+        ex.body_len = #bytes
       end
     end,
     headers = function(v)
@@ -302,11 +317,37 @@ return function(ex_addr, fns, layout, messages)
     handlers = list
   end
 
-  -- pin(key, true) keeps the last body alive under `key`; pin(key, false)
-  -- lets it go.
+  local pulled = {}
+
+  -- pin(key, true) keeps the last body (a string, or a stream generator)
+  -- alive under `key`; pin(key, false) lets it and its last chunk go.
   local function pin(key, keep)
-    if keep then pinned[key] = last_body else pinned[key] = nil end
+    if keep then
+      pinned[key] = last_body
+    else
+      pinned[key], pulled[key] = nil, nil
+    end
   end
 
-  return dispatch, register, pin
+  -- Calls the generator pinned under `key` once. Returns 1 with the chunk
+  -- in ex.body_ptr/body_len (kept alive until the next pull), 0 at the end
+  -- of the stream, or -1 and the error (traceback included).
+  local function pull(key)
+    local generator = pinned[key]
+    if generator == nil then return 0 end
+    local ok, chunk = xpcall(generator, traceback)
+    if ok and type(chunk) == "number" then chunk = tostring(chunk) end
+    if not ok or type(chunk) ~= "string" then
+      pinned[key], pulled[key] = nil, nil
+      if not ok then return -1, chunk end
+      if chunk == nil then return 0 end
+      return -1, "stream generator must return a string or nil, got " .. type(chunk)
+    end
+    pulled[key] = chunk
+    ex.body_ptr = chunk
+    ex.body_len = #chunk
+    return 1
+  end
+
+  return dispatch, register, pin, pull
 end

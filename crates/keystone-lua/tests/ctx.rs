@@ -163,7 +163,8 @@ fn policy_errors_are_precise() {
             "ctx.status = 99",
             "ctx.status must be an integer from 100 to 999",
         ),
-        ("ctx.body = {}", "ctx.body must be a string"),
+        ("ctx.body = {}", "ctx.body as a table must be { file = "),
+        ("ctx.body = true", "ctx.body must be a string"),
         (
             "ctx.headers['X-A'] = 'a\\r\\nb'",
             "invalid response header value",

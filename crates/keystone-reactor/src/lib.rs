@@ -199,6 +199,16 @@ impl Reactor {
         self.push(entry);
     }
 
+    /// Moves `len` bytes from `fd_in` (at `offset_in`, or the current
+    /// position when -1) to `fd_out` without copying them through user
+    /// space; one side must be a pipe.
+    pub fn splice(&mut self, fd_in: RawFd, offset_in: i64, fd_out: RawFd, len: u32, token: Token) {
+        let entry = opcode::Splice::new(types::Fd(fd_in), offset_in, types::Fd(fd_out), -1, len)
+            .build()
+            .user_data(token.raw());
+        self.push(entry);
+    }
+
     /// Half-closes or closes a socket's directions (`libc::SHUT_*`).
     pub fn shutdown(&mut self, fd: RawFd, how: i32, token: Token) {
         let entry = opcode::Shutdown::new(types::Fd(fd), how)

@@ -126,3 +126,45 @@ fn many_queued_operations_flush_a_full_queue() {
     }
     assert_eq!(seen, 32);
 }
+
+#[test]
+fn splice_moves_file_bytes_through_a_pipe_to_a_socket() {
+    use std::os::fd::FromRawFd;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    let path = std::env::temp_dir().join(format!("keystone-splice-{}", std::process::id()));
+    std::fs::write(&path, b"0123456789abcdef").unwrap();
+    let file = std::fs::File::open(&path).unwrap();
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: both descriptors are fresh and owned by nobody else.
+    let (read_end, write_end) = unsafe {
+        (
+            std::fs::File::from_raw_fd(fds[0]),
+            std::fs::File::from_raw_fd(fds[1]),
+        )
+    };
+    let mut reactor = Reactor::new(8).unwrap();
+    reactor.splice(
+        file.as_raw_fd(),
+        4,
+        write_end.as_raw_fd(),
+        8,
+        Token::new(0, 0, 10),
+    );
+    assert_eq!(wait_for(&mut reactor, 10).result, 8);
+    reactor.splice(
+        read_end.as_raw_fd(),
+        -1,
+        server.as_raw_fd(),
+        8,
+        Token::new(0, 0, 11),
+    );
+    assert_eq!(wait_for(&mut reactor, 11).result, 8);
+    let mut got = [0u8; 8];
+    client.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"456789ab");
+    std::fs::remove_file(path).unwrap();
+}

@@ -12,7 +12,7 @@
 mod date;
 mod status;
 
-pub use date::{civil_from_days, DateCache};
+pub use date::{civil_from_days, format_imf, DateCache, DATE_BYTES};
 pub use status::reason;
 
 use keystone_exchange::HttpExchange;
@@ -149,6 +149,32 @@ fn engine_headers(w: &mut Writer<'_>, date: &DateCache, framing: Framing) {
     }
 }
 
+/// How the body after a head is delimited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyLength {
+    /// `Content-Length: n`.
+    Known(u64),
+    /// `Transfer-Encoding: chunked` (HTTP/1.1 streams).
+    Chunked,
+    /// Neither: the body ends when the connection closes (HTTP/1.0
+    /// streams; the caller must close after it).
+    UntilClose,
+}
+
+/// A response head the engine decides beyond policy's headers: status,
+/// body delimitation and the engine's own extra headers (file metadata).
+#[derive(Clone, Copy, Debug)]
+pub struct HeadSpec<'a> {
+    /// Final status, 200–999.
+    pub status: u16,
+    /// Body delimitation.
+    pub length: BodyLength,
+    /// `Content-Type` when policy set none.
+    pub default_content_type: &'a [u8],
+    /// Engine headers written after policy's (ETag, Content-Range, ...).
+    pub extra: &'a [(&'a [u8], &'a [u8])],
+}
+
 /// Writes the head of the response policy left in `exchange`, for a body of
 /// `body_len` bytes, into `out`; returns the bytes written. The caller
 /// appends the body unless [`has_body`] is false.
@@ -159,33 +185,83 @@ pub fn write_head(
     date: &DateCache,
     out: &mut [u8],
 ) -> Result<usize, ResponseError> {
+    let status = policy_status(exchange)?;
+    let spec = HeadSpec {
+        status,
+        length: BodyLength::Known(body_len),
+        default_content_type: DEFAULT_CONTENT_TYPE,
+        extra: &[],
+    };
+    write_head_spec(&spec, exchange.response_headers(), framing, date, out)
+}
+
+/// The status policy set, if it can be a final response.
+pub fn policy_status(exchange: &HttpExchange) -> Result<u16, ResponseError> {
     let status = exchange.status;
     if !(200..=999).contains(&status) {
         return Err(ResponseError::InvalidStatus { status });
     }
-    let status = status as u16;
+    Ok(status as u16)
+}
+
+/// Writes a head from `spec` and policy's `headers` into `out`.
+pub fn write_head_spec<'h>(
+    spec: &HeadSpec<'_>,
+    headers: impl Iterator<Item = (&'h [u8], &'h [u8])>,
+    framing: Framing,
+    date: &DateCache,
+    out: &mut [u8],
+) -> Result<usize, ResponseError> {
+    debug_assert!(spec.status >= 200);
     let mut w = Writer::new(out);
-    status_line(&mut w, status);
+    status_line(&mut w, spec.status);
     engine_headers(&mut w, date, framing);
     let mut has_content_type = false;
-    for (name, value) in exchange.response_headers() {
+    for (name, value) in headers {
         has_content_type |= name.eq_ignore_ascii_case(b"content-type");
+        w.header(name, value);
+    }
+    for (name, value) in spec.extra {
         w.header(name, value);
     }
     // 204 and 1xx must not carry Content-Length (RFC 9110 8.6); 304 keeps
     // none either, as nginx does, since we do not know the selected
     // representation's length.
-    if status != 204 && status != 304 {
+    if spec.status != 204 && spec.status != 304 {
         if !has_content_type {
-            w.header(b"Content-Type", DEFAULT_CONTENT_TYPE);
+            w.header(b"Content-Type", spec.default_content_type);
         }
-        w.put(b"Content-Length: ");
-        w.put_u64(body_len);
-        w.put(b"\r\n");
+        match spec.length {
+            BodyLength::Known(len) => {
+                w.put(b"Content-Length: ");
+                w.put_u64(len);
+                w.put(b"\r\n");
+            }
+            BodyLength::Chunked => w.header(b"Transfer-Encoding", b"chunked"),
+            BodyLength::UntilClose => {}
+        }
     }
     w.put(b"\r\n");
     w.finish()
 }
+
+/// Writes the frame header of one chunk (`{len:x}\r\n`) into `out`.
+pub fn chunk_header(len: usize, out: &mut [u8; CHUNK_HEADER_MAX]) -> usize {
+    debug_assert!(len > 0, "a zero-length chunk ends the body");
+    let digits = (usize::BITS - len.leading_zeros()).div_ceil(4) as usize;
+    for (i, slot) in out[..digits].iter_mut().enumerate() {
+        let nibble = (len >> (4 * (digits - 1 - i))) & 0xf;
+        *slot = b"0123456789abcdef"[nibble];
+    }
+    out[digits] = b'\r';
+    out[digits + 1] = b'\n';
+    digits + 2
+}
+
+/// Longest chunk frame header: 16 hex digits and CRLF.
+pub const CHUNK_HEADER_MAX: usize = 18;
+/// The end of a chunked body (no trailers).
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
 /// Writes a complete canned response (head and a short text body) for an
 /// engine-decided status such as 400, 404, 405 (with `allow`), 413 or 500.

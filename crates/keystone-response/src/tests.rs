@@ -133,3 +133,57 @@ fn canned_errors() {
     let n = write_error(404, None, head, &date(), &mut out).unwrap();
     assert!(text(&out[..n]).ends_with("Content-Length: 10\r\n\r\n"));
 }
+
+#[test]
+fn chunk_headers() {
+    let cases: &[(usize, &str)] = &[
+        (1, "1\r\n"),
+        (15, "f\r\n"),
+        (16, "10\r\n"),
+        (4096, "1000\r\n"),
+        (0xabcdef, "abcdef\r\n"),
+    ];
+    for (len, expected) in cases {
+        let mut out = [0u8; CHUNK_HEADER_MAX];
+        let n = chunk_header(*len, &mut out);
+        assert_eq!(text(&out[..n]), *expected);
+    }
+}
+
+#[test]
+fn spec_heads_for_streams_and_files() {
+    let spec = HeadSpec {
+        status: 206,
+        length: BodyLength::Known(10),
+        default_content_type: b"text/css",
+        extra: &[(b"Content-Range", b"bytes 0-9/100"), (b"ETag", b"\"1-64\"")],
+    };
+    let mut out = [0u8; 512];
+    let n = write_head_spec(&spec, std::iter::empty(), KEEP, &date(), &mut out).unwrap();
+    let head = text(&out[..n]);
+    assert!(
+        head.starts_with("HTTP/1.1 206 Partial Content\r\n"),
+        "{head}"
+    );
+    assert!(head.contains("Content-Range: bytes 0-9/100\r\nETag: \"1-64\"\r\nContent-Type: text/css\r\nContent-Length: 10\r\n\r\n"), "{head}");
+    let chunked = HeadSpec {
+        status: 200,
+        length: BodyLength::Chunked,
+        ..spec
+    };
+    let n = write_head_spec(&chunked, std::iter::empty(), KEEP, &date(), &mut out).unwrap();
+    let head = text(&out[..n]);
+    assert!(head.contains("Transfer-Encoding: chunked\r\n"), "{head}");
+    assert!(!head.contains("Content-Length"), "{head}");
+    let close = HeadSpec {
+        status: 200,
+        length: BodyLength::UntilClose,
+        ..spec
+    };
+    let n = write_head_spec(&close, std::iter::empty(), KEEP, &date(), &mut out).unwrap();
+    let head = text(&out[..n]);
+    assert!(
+        !head.contains("Content-Length") && !head.contains("Transfer-Encoding"),
+        "{head}"
+    );
+}

@@ -2,14 +2,19 @@
 //! parser → router → exchange → Lua → response builder for a connection's
 //! buffers. No I/O happens here; the worker submits what this queues.
 
-use keystone_lua::{LuaWorker, Outcome};
+use keystone_exchange::BodyKind;
+use keystone_lua::{LuaWorker, Outcome, Pull};
 use keystone_parser::{
     BodyFraming, ChunkedDecoder, Head, Limits, ParseError, ParseStatus, Parser, Persistence,
 };
-use keystone_response::{has_body, write_error, write_head, DateCache, Framing, CONTINUE};
+use keystone_response::{
+    chunk_header, has_body, policy_status, write_error, write_head, write_head_spec, BodyLength,
+    DateCache, Framing, HeadSpec, CONTINUE, DEFAULT_CONTENT_TYPE, LAST_CHUNK,
+};
 use keystone_ringbuf::{RingBuffer, Span};
 use keystone_router::{RouteMiss, Router};
 
+use crate::files::{self, Root};
 use crate::log::Level;
 use crate::watchdog::Pulse;
 use std::sync::Arc;
@@ -39,6 +44,67 @@ impl PinnedBody {
         (unsafe { self.ptr.add(self.sent) }, self.len - self.sent)
     }
 }
+
+/// A file being spliced to the socket through the connection's pipe.
+pub struct FileSend {
+    /// The open file.
+    pub file: std::os::fd::OwnedFd,
+    /// Next file offset to move.
+    pub offset: u64,
+    /// Bytes still to move from the file.
+    pub remaining: u64,
+    /// Bytes sitting in the pipe, not yet sent.
+    pub in_pipe: u32,
+}
+
+/// A stream generator being pulled as the socket drains.
+pub struct StreamSend {
+    /// Chunked framing (HTTP/1.1) or raw bytes until close (HTTP/1.0).
+    pub chunked: bool,
+    /// The part of the last chunk not yet framed into the send buffer.
+    pending: Option<(*const u8, usize)>,
+}
+
+/// What follows the buffered bytes of the response in progress.
+#[derive(Default)]
+pub enum Tail {
+    /// Nothing: the response is entirely in the send buffer.
+    #[default]
+    None,
+    /// A large Lua string, sent from Lua's memory.
+    Pinned(PinnedBody),
+    /// A file, spliced.
+    File(FileSend),
+    /// A generator, pulled.
+    Stream(StreamSend),
+}
+
+impl Tail {
+    /// Whether nothing follows.
+    pub fn is_none(&self) -> bool {
+        matches!(self, Tail::None)
+    }
+}
+
+/// What filling the send buffer from a stream did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum StreamStep {
+    /// More to come once the socket drains.
+    More,
+    /// The generator ended; the terminator is queued.
+    Done,
+    /// The generator failed: the stream is aborted (no terminating chunk).
+    Failed,
+}
+
+/// Room a stream leaves for framing when it fills the send buffer.
+const STREAM_FRAME_BYTES: u32 = keystone_response::CHUNK_HEADER_MAX as u32 + 2 + 5;
+/// Bytes a stream queues before waiting for the socket: enough for a few
+/// TCP segments in flight, small enough to keep a slow reader's memory at
+/// the send buffer, and a generator pulled only as the socket drains.
+const STREAM_QUEUE_BYTES: u32 = 32 * 1024;
+/// Consecutive empty chunks accepted before a generator counts as stuck.
+const STREAM_EMPTY_PULLS_MAX: u32 = 1000;
 
 /// Per-connection HTTP state that survives between reads.
 #[derive(Default)]
@@ -110,6 +176,10 @@ pub struct Http {
     pub max_pipeline: u32,
     /// What the watchdog reads to spot a runaway handler.
     pub pulse: Arc<Pulse>,
+    /// Static directories, longest prefix first.
+    pub statics: Vec<Root>,
+    /// Where `ctx.body = { file = ... }` paths resolve.
+    pub files: Root,
 }
 
 impl Http {
@@ -120,11 +190,11 @@ impl Http {
         recv: &mut RingBuffer,
         send: &mut RingBuffer,
         state: &mut Exchange,
-        pinned: &mut Option<PinnedBody>,
+        tail: &mut Tail,
         key: u32,
     ) -> Step {
         debug_assert!(send.spare() >= SEND_HEADROOM_BYTES);
-        debug_assert!(pinned.is_none());
+        debug_assert!(tail.is_none());
         let data = recv.unconsumed();
         let base_offset = recv.head();
         self.parser.reset();
@@ -181,9 +251,9 @@ impl Http {
             head_request: recv.get(head.method) == b"HEAD",
             minor_version: head.minor_version,
         };
-        self.respond(recv, send, framing, body, pinned, key);
+        let close = self.respond(recv, send, framing, body, tail, key);
         recv.consume(total as u32);
-        if framing.keep_alive {
+        if framing.keep_alive && !close {
             Step::Answered
         } else {
             Step::Close
@@ -233,27 +303,48 @@ impl Http {
         Ok(Chunked::Done(payload))
     }
 
+    /// Answers the parsed request; returns true when the connection must
+    /// close after this response (a body delimited by close).
     fn respond(
         &mut self,
         recv: &RingBuffer,
         send: &mut RingBuffer,
         framing: Framing,
         body: Span,
-        pinned: &mut Option<PinnedBody>,
+        tail: &mut Tail,
         key: u32,
-    ) {
+    ) -> bool {
         let head = &*self.head;
         let method = recv.get(head.method);
         let path = recv.get(head.path);
+        if let Some(index) = self
+            .statics
+            .iter()
+            .position(|r| path.starts_with(r.prefix.as_bytes()))
+        {
+            if method != b"GET" && method != b"HEAD" {
+                self.queue_error(send, 405, Some(b"GET, HEAD"), framing);
+                return false;
+            }
+            let relative = &path[self.statics[index].prefix.len()..];
+            match files::open(&self.statics[index], relative, true) {
+                Ok(file) => self.serve_file(recv, send, tail, framing, file, None),
+                Err(err) => self.queue_error(send, err.status(), None, framing),
+            }
+            return false;
+        }
         let matched = match self.router.lookup(method, path, head.path.offset) {
             Ok(matched) => matched,
-            Err(RouteMiss::NotFound) => return self.queue_error(send, 404, None, framing),
+            Err(RouteMiss::NotFound) => {
+                self.queue_error(send, 404, None, framing);
+                return false;
+            }
             Err(RouteMiss::MethodNotAllowed { allow }) => {
                 let allow = allow.as_bytes();
                 let n = write_error(405, Some(allow), framing, &self.date, send.spare_mut())
                     .expect("send headroom holds a canned response");
                 send.commit(n as u32);
-                return;
+                return false;
             }
         };
         self.lua
@@ -263,8 +354,9 @@ impl Http {
         self.pulse.enter_handler();
         let outcome = self.lua.run(handler);
         self.pulse.leave_handler();
+        let mut close = false;
         match outcome {
-            Outcome::Done => self.commit(send, framing, pinned, key, method, path),
+            Outcome::Done => close = self.commit(recv, send, framing, tail, key),
             Outcome::Failed { message } => {
                 crate::log!(
                     Level::Error,
@@ -287,62 +379,320 @@ impl Http {
             }
         }
         self.lua.exchange_mut().expire();
+        close
     }
 
+    /// Commits what policy left in the exchange; returns true when the
+    /// connection must close after it.
     fn commit(
         &mut self,
+        recv: &RingBuffer,
         send: &mut RingBuffer,
         framing: Framing,
-        pinned: &mut Option<PinnedBody>,
+        tail: &mut Tail,
         key: u32,
-        method: &[u8],
-        path: &[u8],
-    ) {
+    ) -> bool {
+        let status = match policy_status(self.lua.exchange()) {
+            Ok(status) => status,
+            Err(err) => {
+                self.log_request_error(recv, format_args!("invalid response: {err}"));
+                self.queue_error(send, 500, None, framing);
+                return false;
+            }
+        };
+        match self.lua.exchange().body_kind() {
+            BodyKind::Inline => self.commit_inline(recv, send, framing, tail, key),
+            BodyKind::File => {
+                let path = self.lua.exchange().response_body().unwrap_or(&[]);
+                match files::open(&self.files, path, false) {
+                    Ok(file) => self.serve_file(recv, send, tail, framing, file, Some(status)),
+                    Err(err) => {
+                        let shown = String::from_utf8_lossy(path).into_owned();
+                        self.log_request_error(
+                            recv,
+                            format_args!("ctx.body file {shown:?}: {err:?}"),
+                        );
+                        self.queue_error(send, err.status(), None, framing);
+                    }
+                }
+                false
+            }
+            BodyKind::Stream => self.commit_stream(recv, send, framing, tail, key, status),
+        }
+    }
+
+    fn commit_inline(
+        &mut self,
+        recv: &RingBuffer,
+        send: &mut RingBuffer,
+        framing: Framing,
+        tail: &mut Tail,
+        key: u32,
+    ) -> bool {
         let exchange = self.lua.exchange();
         let bytes = exchange.response_body().unwrap_or(&[]);
         let head_start = send.tail();
-        let written = write_head(
+        let n = match write_head(
             exchange,
             bytes.len() as u64,
             framing,
             &self.date,
             send.spare_mut(),
-        );
-        let n = match written {
+        ) {
             Ok(n) => n,
             Err(err) => {
-                crate::log!(
-                    Level::Error,
-                    Some(self.worker),
-                    "{} {}: invalid response: {err}",
-                    String::from_utf8_lossy(method),
-                    String::from_utf8_lossy(path)
-                );
-                return self.queue_error(send, 500, None, framing);
+                self.log_request_error(recv, format_args!("invalid response: {err}"));
+                self.queue_error(send, 500, None, framing);
+                return false;
             }
         };
         send.commit(n as u32);
         if !has_body(exchange.status as u16, framing.head_request) || bytes.is_empty() {
-            return;
+            return false;
         }
         if bytes.len() <= send.spare() as usize {
             send.append(bytes).expect("checked spare");
-            return;
+            return false;
         }
         let (ptr, len) = (bytes.as_ptr(), bytes.len());
         match self.lua.pin_body(key) {
-            Ok(()) => *pinned = Some(PinnedBody { ptr, len, sent: 0 }),
+            Ok(()) => *tail = Tail::Pinned(PinnedBody { ptr, len, sent: 0 }),
             Err(err) => {
                 // Take the head back so nothing half-framed is sent.
                 send.cut(head_start, n as u32);
-                crate::log!(
-                    Level::Error,
-                    Some(self.worker),
-                    "cannot pin a response body: {err}"
-                );
+                self.log_request_error(recv, format_args!("cannot pin a response body: {err}"));
                 self.queue_error(send, 500, None, framing);
             }
         }
+        false
+    }
+
+    /// `ctx.body = function() ... end`: chunked for HTTP/1.1, delimited by
+    /// close for HTTP/1.0; the generator is pulled as the socket drains.
+    fn commit_stream(
+        &mut self,
+        recv: &RingBuffer,
+        send: &mut RingBuffer,
+        framing: Framing,
+        tail: &mut Tail,
+        key: u32,
+        status: u16,
+    ) -> bool {
+        let chunked = framing.minor_version >= 1;
+        let framing = Framing {
+            keep_alive: framing.keep_alive && chunked,
+            ..framing
+        };
+        let spec = HeadSpec {
+            status,
+            length: if chunked {
+                BodyLength::Chunked
+            } else {
+                BodyLength::UntilClose
+            },
+            default_content_type: DEFAULT_CONTENT_TYPE,
+            extra: &[],
+        };
+        let exchange = self.lua.exchange();
+        let n = match write_head_spec(
+            &spec,
+            exchange.response_headers(),
+            framing,
+            &self.date,
+            send.spare_mut(),
+        ) {
+            Ok(n) => n,
+            Err(err) => {
+                self.log_request_error(recv, format_args!("invalid response: {err}"));
+                self.queue_error(send, 500, None, framing);
+                return false;
+            }
+        };
+        send.commit(n as u32);
+        if !has_body(status, framing.head_request) {
+            return !framing.keep_alive;
+        }
+        match self.lua.pin_body(key) {
+            Ok(()) => {
+                *tail = Tail::Stream(StreamSend {
+                    chunked,
+                    pending: None,
+                })
+            }
+            Err(err) => {
+                self.log_request_error(recv, format_args!("cannot pin a stream: {err}"));
+                return true;
+            }
+        }
+        !framing.keep_alive
+    }
+
+    /// Frames chunks from the stream pinned under `key` into `send` until
+    /// enough is queued for the socket or the generator ends.
+    pub fn fill_stream(
+        &mut self,
+        send: &mut RingBuffer,
+        stream: &mut StreamSend,
+        key: u32,
+    ) -> StreamStep {
+        let mut empty_pulls = 0;
+        loop {
+            if send.spare() <= STREAM_FRAME_BYTES {
+                return StreamStep::More;
+            }
+            if let Some((ptr, len)) = stream.pending.take() {
+                let room = (send.spare() - STREAM_FRAME_BYTES) as usize;
+                let take = len.min(room);
+                // SAFETY: `ptr..ptr+len` is the last pulled chunk, which the
+                // prelude keeps referenced (`pulled[key]`) until the next
+                // pull or unpin; no pull happens while `pending` is set.
+                let bytes = unsafe { std::slice::from_raw_parts(ptr, take) };
+                frame_chunk(send, bytes, stream.chunked);
+                if take < len {
+                    // SAFETY: `take < len`, so the advanced pointer stays in the chunk.
+                    stream.pending = Some((unsafe { ptr.add(take) }, len - take));
+                }
+                continue;
+            }
+            if send.len() >= STREAM_QUEUE_BYTES {
+                return StreamStep::More;
+            }
+            self.pulse.enter_handler();
+            let pulled = self.lua.pull(key);
+            self.pulse.leave_handler();
+            match pulled {
+                Pull::Chunk => {
+                    let chunk = self.lua.exchange().response_body().unwrap_or(&[]);
+                    if chunk.is_empty() {
+                        empty_pulls += 1;
+                        if empty_pulls == STREAM_EMPTY_PULLS_MAX {
+                            crate::log!(Level::Error, Some(self.worker), "stream aborted: the generator returned {empty_pulls} empty chunks in a row");
+                            self.lua.unpin_body(key);
+                            return StreamStep::Failed;
+                        }
+                        continue;
+                    }
+                    empty_pulls = 0;
+                    stream.pending = Some((chunk.as_ptr(), chunk.len()));
+                }
+                Pull::End => {
+                    if stream.chunked {
+                        send.append(LAST_CHUNK)
+                            .expect("frame room kept for the last chunk");
+                    }
+                    self.lua.unpin_body(key);
+                    return StreamStep::Done;
+                }
+                Pull::Failed { message } => {
+                    crate::log!(
+                        Level::Error,
+                        Some(self.worker),
+                        "stream aborted: generator failed: {message}"
+                    );
+                    self.lua.unpin_body(key);
+                    return StreamStep::Failed;
+                }
+            }
+        }
+    }
+
+    /// Answers with a file: validators, conditionals and a single range
+    /// for 200 responses; `status` is policy's for a Lua-chosen file
+    /// (other statuses send the whole file, no conditionals).
+    fn serve_file(
+        &mut self,
+        recv: &RingBuffer,
+        send: &mut RingBuffer,
+        tail: &mut Tail,
+        framing: Framing,
+        file: files::OpenFile,
+        status: Option<u16>,
+    ) {
+        let validators = files::Validators::of(&file);
+        let policy = status.is_some();
+        let mut status = status.unwrap_or(200);
+        let (mut start, mut len) = (0, file.size);
+        let mut content_range = [0u8; 64];
+        let mut content_range_len = 0;
+        if status == 200 {
+            let header = |name: &[u8]| self.request_header(recv, name);
+            if files::not_modified(
+                &validators,
+                file.mtime,
+                header(b"if-none-match"),
+                header(b"if-modified-since"),
+            ) {
+                status = 304;
+            } else if header(b"if-range").is_none_or(|v| v == validators.etag()) {
+                match files::range(header(b"range"), file.size) {
+                    files::RangeAnswer::Full => {}
+                    files::RangeAnswer::Partial { start: s, len: l } => {
+                        (status, start, len) = (206, s, l);
+                        content_range_len = write_content_range(
+                            &mut content_range,
+                            Some((s, s + l - 1)),
+                            file.size,
+                        );
+                    }
+                    files::RangeAnswer::Unsatisfiable => {
+                        status = 416;
+                        len = 0;
+                        content_range_len =
+                            write_content_range(&mut content_range, None, file.size);
+                    }
+                }
+            }
+        }
+        let mut extra: [(&[u8], &[u8]); 4] = [
+            (b"ETag", validators.etag()),
+            (b"Last-Modified", validators.last_modified()),
+            (b"Accept-Ranges", b"bytes"),
+            (b"Content-Range", &content_range[..content_range_len]),
+        ];
+        let extra_count = if content_range_len > 0 { 4 } else { 3 };
+        if status == 304 {
+            extra[2] = extra[1];
+        }
+        let spec = HeadSpec {
+            status,
+            length: BodyLength::Known(len),
+            default_content_type: file.content_type.as_bytes(),
+            extra: &extra[..if status == 304 { 2 } else { extra_count }],
+        };
+        let policy_headers = self
+            .lua
+            .exchange()
+            .response_headers()
+            .filter(move |_| policy);
+        let n = write_head_spec(&spec, policy_headers, framing, &self.date, send.spare_mut())
+            .expect("send headroom holds a file head");
+        send.commit(n as u32);
+        if has_body(status, framing.head_request) && len > 0 && status != 416 {
+            *tail = Tail::File(FileSend {
+                file: file.file,
+                offset: start,
+                remaining: len,
+                in_pipe: 0,
+            });
+        }
+    }
+
+    fn request_header<'r>(&self, recv: &'r RingBuffer, name: &[u8]) -> Option<&'r [u8]> {
+        self.head
+            .headers()
+            .iter()
+            .find(|h| recv.get(h.name).eq_ignore_ascii_case(name))
+            .map(|h| recv.get(h.value))
+    }
+
+    fn log_request_error(&self, recv: &RingBuffer, message: std::fmt::Arguments<'_>) {
+        crate::log!(
+            Level::Error,
+            Some(self.worker),
+            "{} {}: {message}",
+            String::from_utf8_lossy(recv.get(self.head.method)),
+            String::from_utf8_lossy(recv.get(self.head.path))
+        );
     }
 
     /// Queues a canned response for an engine-decided status.
@@ -357,6 +707,28 @@ impl Http {
             .expect("send headroom holds a canned response");
         send.commit(n as u32);
     }
+}
+
+fn frame_chunk(send: &mut RingBuffer, bytes: &[u8], chunked: bool) {
+    if chunked {
+        let mut header = [0u8; keystone_response::CHUNK_HEADER_MAX];
+        let n = chunk_header(bytes.len(), &mut header);
+        send.append(&header[..n]).expect("frame room checked");
+        send.append(bytes).expect("frame room checked");
+        send.append(b"\r\n").expect("frame room checked");
+    } else {
+        send.append(bytes).expect("room checked");
+    }
+}
+
+fn write_content_range(out: &mut [u8; 64], range: Option<(u64, u64)>, size: u64) -> usize {
+    use std::io::Write;
+    let mut cursor = std::io::Cursor::new(&mut out[..]);
+    let _ = match range {
+        Some((first, last)) => write!(cursor, "bytes {first}-{last}/{size}"),
+        None => write!(cursor, "bytes */{size}"),
+    };
+    cursor.position() as usize
 }
 
 /// Framing for errors after which the connection closes.

@@ -8,6 +8,7 @@
 //! Never depended on by any layer crate.
 
 pub mod cli;
+mod files;
 mod http;
 pub mod log;
 mod serve;

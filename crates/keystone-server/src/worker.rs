@@ -8,7 +8,7 @@
 //! close → slot free. A slot is reused only once no operation of it is in
 //! flight; its generation (in every token) makes late completions harmless.
 
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use keystone_lua::{AppSource, LoadedApp, LuaConfig};
@@ -19,7 +19,8 @@ use keystone_reactor::{
 use keystone_response::DateCache;
 use keystone_ringbuf::{split_slab, RingBuffer};
 
-use crate::http::{Exchange, Http, PinnedBody, Step, SEND_HEADROOM_BYTES};
+use crate::files::Root;
+use crate::http::{Exchange, Http, Step, StreamStep, Tail, SEND_HEADROOM_BYTES};
 use crate::log::Level;
 use crate::watchdog::Pulse;
 use std::sync::{mpsc, Arc};
@@ -32,6 +33,26 @@ const OP_SHUTDOWN: u8 = 5;
 const OP_CANCEL: u8 = 6;
 const OP_WAKE: u8 = 7;
 const OP_TICK: u8 = 8;
+const OP_SPLICE_IN: u8 = 9;
+const OP_SPLICE_OUT: u8 = 10;
+
+/// What the output operation in flight is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Output {
+    /// Bytes of the send buffer.
+    #[default]
+    Buffer,
+    /// A pinned Lua string.
+    Pinned,
+    /// File → pipe.
+    SpliceIn,
+    /// Pipe → socket.
+    SpliceOut,
+}
+
+/// Bytes moved per file splice: the default pipe capacity (16 pages), so
+/// the pipe → socket half always has room to take what the file half put.
+const PIPE_BYTES: u32 = 64 * 1024;
 
 /// Slot number used by operations that belong to the worker, not a
 /// connection (accept, wake-up, tick).
@@ -126,7 +147,7 @@ struct Conn {
     recv_armed: bool,
     /// Bytes of the send in flight (0: none).
     sending: u32,
-    sending_pinned: bool,
+    output: Output,
     close_after_send: bool,
     closing: bool,
     close_submitted: bool,
@@ -137,7 +158,9 @@ struct Conn {
     /// Requests answered on this connection (0: still waiting for the first).
     served: u32,
     http: Exchange,
-    pinned: Option<PinnedBody>,
+    tail: Tail,
+    /// The pipe files are spliced through, made on first use.
+    pipe: Option<[OwnedFd; 2]>,
 }
 
 struct Slot {
@@ -213,6 +236,7 @@ impl Worker {
                 send,
             })
             .collect();
+        let (statics, files) = open_roots(&loaded)?;
         let reactor =
             Reactor::new(RING_ENTRIES).map_err(|e| format!("io_uring setup failed: {e}"))?;
         Ok(Worker {
@@ -243,6 +267,8 @@ impl Worker {
                 date: DateCache::new(),
                 max_pipeline: config.max_pipeline,
                 pulse: config.pulse,
+                statics,
+                files,
             },
         })
     }
@@ -289,7 +315,7 @@ impl Worker {
         }
         match token.op() {
             OP_RECV => self.on_recv(slot, c.result),
-            OP_SEND => self.on_send(slot, c.result),
+            OP_SEND | OP_SPLICE_IN | OP_SPLICE_OUT => self.on_send(slot, c.result),
             OP_SHUTDOWN => self.on_shutdown(slot),
             OP_CLOSE => return self.on_close(slot),
             _ => {}
@@ -427,8 +453,8 @@ impl Worker {
         let Slot { conn, recv, send } = &mut self.slots[slot];
         let mut need_more = false;
         loop {
-            if conn.close_after_send || conn.pinned.is_some() {
-                break;
+            if conn.close_after_send || !conn.tail.is_none() {
+                break; // the response in progress finishes first
             }
             if conn.recv_armed {
                 // A receive is in flight: the buffer holds no complete
@@ -453,7 +479,7 @@ impl Worker {
             }
             match self
                 .http
-                .handle_one(recv, send, &mut conn.http, &mut conn.pinned, slot as u32)
+                .handle_one(recv, send, &mut conn.http, &mut conn.tail, slot as u32)
             {
                 Step::Answered => conn.served += 1,
                 Step::NeedMore => {
@@ -468,19 +494,15 @@ impl Worker {
 
     fn after_drive(&mut self, slot: usize, need_more: bool) {
         let draining = self.draining;
-        let Slot { conn, recv, send } = &mut self.slots[slot];
+        let Slot { conn, recv, .. } = &mut self.slots[slot];
         if conn.closing {
             return;
         }
         if draining && need_more && recv.is_empty() && conn.http.awaiting == 0 {
             conn.close_after_send = true; // idle while draining: finish and close
         }
-        if conn.sending == 0 {
-            if !send.is_empty() || conn.pinned.is_some() {
-                self.start_send(slot);
-            } else if conn.close_after_send {
-                return self.begin_close(slot);
-            }
+        if conn.sending == 0 && !self.flush(slot) && self.slots[slot].conn.close_after_send {
+            return self.begin_close(slot);
         }
         let conn = &self.slots[slot].conn;
         if need_more && !conn.recv_armed && !conn.close_after_send {
@@ -490,27 +512,99 @@ impl Worker {
 
     // --- writing -----------------------------------------------------
 
-    fn start_send(&mut self, slot: usize) {
-        let token = self.token(slot, OP_SEND);
+    /// Starts the next output operation of an idle connection: buffered
+    /// bytes first, then the response's tail (pinned string, file splice,
+    /// stream chunks). Returns false when there is nothing to output.
+    fn flush(&mut self, slot: usize) -> bool {
         let Slot { conn, send, .. } = &mut self.slots[slot];
         debug_assert_eq!(conn.sending, 0);
-        let (ptr, len, pinned) = if !send.is_empty() {
+        if let Tail::Stream(stream) = &mut conn.tail {
+            if send.spare() > 0 && send.head() > 0 && send.is_empty() {
+                send.compact();
+            }
+            match self.http.fill_stream(send, stream, slot as u32) {
+                StreamStep::More => {}
+                StreamStep::Done => conn.tail = Tail::None,
+                StreamStep::Failed => {
+                    // Abort: what is queued goes out, no terminating chunk.
+                    conn.tail = Tail::None;
+                    conn.close_after_send = true;
+                }
+            }
+        }
+        if !send.is_empty() {
             let bytes = send.unconsumed();
-            (bytes.as_ptr(), bytes.len(), false)
-        } else if let Some(body) = &conn.pinned {
-            let (ptr, len) = body.remaining();
-            (ptr, len, true)
-        } else {
-            return;
-        };
-        let len = len.min(u32::MAX as usize) as u32;
-        // SAFETY: the bytes are this slot's send buffer (appends land past
-        // them and compaction waits for `sending == 0`) or a pinned Lua
-        // string kept alive until its last byte is sent.
+            let (ptr, len) = (bytes.as_ptr(), bytes.len() as u32);
+            // SAFETY: this slot's send buffer: appends land past these bytes
+            // and compaction waits for `sending == 0`.
+            self.submit_send(slot, ptr, len, Output::Buffer);
+            return true;
+        }
+        match &mut self.slots[slot].conn.tail {
+            Tail::None | Tail::Stream(_) => false,
+            Tail::Pinned(body) => {
+                let (ptr, len) = body.remaining();
+                let len = len.min(u32::MAX as usize) as u32;
+                // SAFETY: a pinned Lua string, kept alive until its last byte
+                // is sent (the worker unpins it then).
+                self.submit_send(slot, ptr, len, Output::Pinned);
+                true
+            }
+            Tail::File(_) => self.splice_file(slot),
+        }
+    }
+
+    fn submit_send(&mut self, slot: usize, ptr: *const u8, len: u32, what: Output) {
+        let token = self.token(slot, OP_SEND);
+        let conn = &mut self.slots[slot].conn;
+        // SAFETY: callers pass bytes that stay valid and unmodified until
+        // the completion (see each call site).
         unsafe { self.reactor.send(conn.fd, ptr, len, token) };
-        conn.sending = len;
-        conn.sending_pinned = pinned;
+        conn.sending = len.max(1);
+        conn.output = what;
         conn.ops_in_flight += 1;
+    }
+
+    /// Moves the next piece of a file: file → pipe, then pipe → socket.
+    fn splice_file(&mut self, slot: usize) -> bool {
+        let token_in = self.token(slot, OP_SPLICE_IN);
+        let token_out = self.token(slot, OP_SPLICE_OUT);
+        let conn = &mut self.slots[slot].conn;
+        if conn.pipe.is_none() {
+            match pipe() {
+                Ok(pipe) => conn.pipe = Some(pipe),
+                Err(err) => {
+                    crate::log!(Level::Error, Some(self.http.worker), "pipe: {err}; closing");
+                    conn.tail = Tail::None;
+                    self.begin_close_now(slot);
+                    return true;
+                }
+            }
+        }
+        let [read_end, write_end] = conn.pipe.as_ref().expect("pipe just made");
+        let Tail::File(file) = &conn.tail else {
+            unreachable!("splice without a file")
+        };
+        if file.in_pipe > 0 {
+            self.reactor
+                .splice(read_end.as_raw_fd(), -1, conn.fd, file.in_pipe, token_out);
+            conn.output = Output::SpliceOut;
+            conn.sending = file.in_pipe;
+        } else {
+            let len = file.remaining.min(u64::from(PIPE_BYTES)) as u32;
+            debug_assert!(len > 0);
+            self.reactor.splice(
+                file.file.as_raw_fd(),
+                file.offset as i64,
+                write_end.as_raw_fd(),
+                len,
+                token_in,
+            );
+            conn.output = Output::SpliceIn;
+            conn.sending = len;
+        }
+        conn.ops_in_flight += 1;
+        true
     }
 
     fn on_send(&mut self, slot: usize, result: i32) {
@@ -521,33 +615,59 @@ impl Worker {
             return;
         }
         if result <= 0 {
-            // The peer is gone: nothing more can be delivered.
-            if conn.pinned.take().is_some() {
-                self.http.lua.unpin_body(slot as u32);
+            // The peer is gone (or the file shrank): nothing more can be
+            // delivered with correct framing.
+            if conn.output == Output::SpliceIn && result == 0 {
+                crate::log!(
+                    Level::Warn,
+                    Some(self.http.worker),
+                    "file shrank while being sent; closing the connection"
+                );
             }
             send.consume(send.len());
+            self.release_tail(slot);
             return self.begin_close_now(slot);
         }
-        let sent = result as u32;
-        if conn.sending_pinned {
-            let body = conn.pinned.as_mut().expect("pinned send without a body");
-            body.sent += sent as usize;
-            if body.remaining().1 == 0 {
-                conn.pinned = None;
-                self.http.lua.unpin_body(slot as u32);
+        let moved = result as u32;
+        match (conn.output, &mut conn.tail) {
+            (Output::Buffer, _) => send.consume(moved),
+            (Output::Pinned, Tail::Pinned(body)) => {
+                body.sent += moved as usize;
+                if body.remaining().1 == 0 {
+                    self.release_tail(slot);
+                }
             }
-        } else {
-            send.consume(sent);
+            (Output::SpliceIn, Tail::File(file)) => {
+                file.in_pipe = moved;
+                file.offset += u64::from(moved);
+                file.remaining -= u64::from(moved);
+            }
+            (Output::SpliceOut, Tail::File(file)) => {
+                file.in_pipe -= moved;
+                if file.in_pipe == 0 && file.remaining == 0 {
+                    conn.tail = Tail::None;
+                }
+            }
+            (output, _) => unreachable!("{output:?} completion without its tail"),
         }
-        if !send.is_empty() || conn.pinned.is_some() {
-            return self.start_send(slot);
+        if self.flush(slot) {
+            return;
         }
+        let conn = &mut self.slots[slot].conn;
         conn.http.queued = 0;
         if conn.close_after_send {
             return self.begin_close(slot);
         }
         // Room again: answer pipelined requests that were waiting.
         self.drive(slot);
+    }
+
+    /// Lets go of a response tail; a Lua string or generator is unpinned.
+    fn release_tail(&mut self, slot: usize) {
+        let tail = std::mem::take(&mut self.slots[slot].conn.tail);
+        if matches!(tail, Tail::Pinned(_) | Tail::Stream(_)) {
+            self.http.lua.unpin_body(slot as u32);
+        }
     }
 
     // --- closing -----------------------------------------------------
@@ -603,9 +723,7 @@ impl Worker {
     }
 
     fn on_close(&mut self, slot: usize) {
-        if self.slots[slot].conn.pinned.is_some() {
-            self.http.lua.unpin_body(slot as u32);
-        }
+        self.release_tail(slot);
         let Slot { conn, recv, send } = &mut self.slots[slot];
         debug_assert_eq!(conn.ops_in_flight, 0);
         let generation = (conn.generation + 1) & GENERATION_MASK;
@@ -637,6 +755,19 @@ impl Worker {
         let log = move |line: &str| crate::log!(Level::Info, Some(index), "lua: {line}");
         match LoadedApp::load_with(&app, index, &self.lua_config, log) {
             Ok(loaded) => {
+                let (statics, files) = match open_roots(&loaded) {
+                    Ok(roots) => roots,
+                    Err(err) => {
+                        crate::log!(
+                            Level::Error,
+                            Some(index),
+                            "reload failed, keeping the running app: {err}"
+                        );
+                        return;
+                    }
+                };
+                self.http.statics = statics;
+                self.http.files = files;
                 let routes = loaded.routes.len();
                 self.http.router = loaded.router;
                 let old = std::mem::replace(&mut self.http.lua, loaded.lua);
@@ -662,7 +793,8 @@ impl Worker {
     }
 
     fn drop_retired(&mut self) {
-        if !self.retired.is_empty() && self.slots.iter().all(|s| s.conn.pinned.is_none()) {
+        let lua_tails = |s: &Slot| matches!(s.conn.tail, Tail::Pinned(_) | Tail::Stream(_));
+        if !self.retired.is_empty() && !self.slots.iter().any(lua_tails) {
             self.retired.clear();
         }
     }
@@ -772,7 +904,7 @@ impl Worker {
             let how = match conn.timer {
                 Timer::Header | Timer::Body => {
                     // 408 unless a response is already on its way.
-                    if conn.sending == 0 && slot.send.is_empty() && conn.pinned.is_none() {
+                    if conn.sending == 0 && slot.send.is_empty() && conn.tail.is_none() {
                         self.http
                             .queue_error(&mut slot.send, 408, None, crate::http::CLOSE);
                     }
@@ -787,6 +919,24 @@ impl Worker {
             unsafe { libc::shutdown(conn.fd, how) };
         }
     }
+}
+
+/// Opens an app's static roots and its policy-file root.
+fn open_roots(app: &LoadedApp) -> Result<(Vec<Root>, Root), String> {
+    let statics = Root::open_all(&app.statics).map_err(|e| e.to_string())?;
+    let files = Root::open("", &app.files_dir)
+        .map_err(|e| format!("app directory {}: {e}", app.files_dir.display()))?;
+    Ok((statics, files))
+}
+
+fn pipe() -> std::io::Result<[OwnedFd; 2]> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors are fresh and owned by nobody else.
+    Ok(unsafe { [OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])] })
 }
 
 fn set_nodelay(fd: RawFd) {
