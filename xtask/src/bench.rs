@@ -778,6 +778,9 @@ fn count_syscalls(server: &Server, dir: &Path) -> Result<SyscallFigure> {
     })
 }
 
+/// How long connections sit idle before RSS is read.
+const IDLE_SETTLE: Duration = Duration::from_secs(2);
+
 /// RSS before and with `IDLE_CONNECTIONS` idle keep-alive connections, each
 /// having completed one request.
 struct RssFigure {
@@ -796,8 +799,9 @@ fn measure_idle_rss(server: &Server) -> Result<RssFigure> {
         ensure!(body == HELLO, "connection {index}: body {body:?}");
         connections.push(stream);
     }
-    // Let the server settle (freeing per-request scratch, if any).
-    std::thread::sleep(Duration::from_millis(500));
+    // Let the servers settle: nginx frees an idle connection's buffers at
+    // once, Keystone at its next once-a-second tick; 2 s is idle for both.
+    std::thread::sleep(IDLE_SETTLE);
     let idle_kib = rss_kib(server.pid())?;
     drop(connections);
     Ok(RssFigure {

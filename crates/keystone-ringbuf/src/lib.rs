@@ -402,14 +402,38 @@ impl RingBuffer {
         self.generation = self.generation.wrapping_add(1);
     }
 
-    /// madvise(DONTNEED) over the whole pages inside
-    /// `[region + page, region + high_water)`. Rounding inward keeps pages
-    /// shared with a neighbouring region (slot_bytes not page-aligned) intact.
+    /// An idle connection's buffer: empty, it gives every touched page back
+    /// to the kernel (the first one too), so thousands of idle keep-alive
+    /// connections cost no resident memory. One `madvise`; the caller does
+    /// it once per idle period, not per request.
+    pub fn release_idle(&mut self) {
+        assert!(self.is_empty(), "release_idle on a buffer holding bytes");
+        if self.high_water > 0 {
+            self.release_pages_from(0);
+        }
+        self.head = 0;
+        self.tail = 0;
+        self.high_water = 0;
+    }
+
+    /// madvise(DONTNEED) over the whole pages from `region + page` up to the
+    /// page holding `high_water`. Pages shared with a neighbouring region
+    /// (slot_bytes not page-aligned) are kept intact.
     fn release_pages(&mut self) {
+        self.release_pages_from(self.page_bytes.get());
+    }
+
+    fn release_pages_from(&mut self, keep_bytes: usize) {
         let page_bytes = self.page_bytes.get();
         let region_start = self.region_offset;
-        let start = (region_start + page_bytes).next_multiple_of(page_bytes);
-        let end = (region_start + self.high_water as usize) / page_bytes * page_bytes;
+        let start = (region_start + keep_bytes).next_multiple_of(page_bytes);
+        // The page holding the high-water mark is ours too unless it runs
+        // past the region's end (a neighbour's page when slots are not
+        // page-aligned).
+        let region_end = (region_start + self.capacity as usize) / page_bytes * page_bytes;
+        let end = (region_start + self.high_water as usize)
+            .next_multiple_of(page_bytes)
+            .min(region_end);
         if end <= start {
             return;
         }

@@ -11,6 +11,7 @@ pub mod cli;
 mod files;
 mod http;
 pub mod log;
+pub mod pipeline;
 mod serve;
 mod watchdog;
 mod worker;

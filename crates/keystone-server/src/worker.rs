@@ -897,6 +897,19 @@ impl Worker {
         let now = Instant::now();
         for slot in &mut self.slots {
             let conn = &mut slot.conn;
+            if conn.fd >= 0
+                && conn.timer == Timer::Idle
+                && conn.sending == 0
+                && slot.send.is_empty()
+                && slot.recv.is_empty()
+            {
+                // Idle keep-alive: give the buffers' pages back (nginx frees
+                // an idle connection's buffers too). A pending receive is
+                // completed in this thread's context, never concurrently, so
+                // the pages it will write simply fault in again.
+                slot.recv.release_idle();
+                slot.send.release_idle();
+            }
             if conn.fd < 0 || conn.deadline.is_none_or(|d| now <= d) {
                 continue;
             }
