@@ -153,6 +153,17 @@ pub struct ServeArgs {
     /// (503); catches runaway loops, JIT-compiled ones included.
     #[arg(long, default_value_t = defaults::LUA_BUDGET_MS, value_parser = clap::value_parser!(u64).range(10..))]
     pub lua_budget_ms: u64,
+    /// Admin listener for /metrics, /health and /stats.json (off by default;
+    /// keep it on loopback).
+    #[arg(long, value_parser = parse_listen)]
+    pub admin: Option<SocketAddr>,
+    /// Access log: a file path, or `-` for standard output (off by default).
+    #[arg(long, value_name = "PATH|-")]
+    pub access_log: Option<PathBuf>,
+    /// Load the eBPF observers (syscalls per worker thread, kernel-seen
+    /// latency) and export their figures on the admin listener.
+    #[arg(long)]
+    pub observe: bool,
 }
 
 fn parse_listen(text: &str) -> Result<SocketAddr, String> {

@@ -16,6 +16,7 @@ use keystone_router::{RouteMiss, Router};
 
 use crate::files::{self, Root};
 use crate::log::Level;
+use crate::stats::WorkerStats;
 use crate::watchdog::Pulse;
 use std::sync::Arc;
 
@@ -180,12 +181,39 @@ pub struct Http {
     pub statics: Vec<Root>,
     /// Where `ctx.body = { file = ... }` paths resolve.
     pub files: Root,
+    /// This worker's counters.
+    pub stats: Arc<WorkerStats>,
+    /// Counter slot per handler id.
+    pub route_slots: Vec<u16>,
 }
 
 impl Http {
     /// Handles the request at the front of `recv`, queueing its response in
     /// `send` (or `pinned` for a large body). Consumes the request's bytes.
     pub fn handle_one(
+        &mut self,
+        recv: &mut RingBuffer,
+        send: &mut RingBuffer,
+        state: &mut Exchange,
+        tail: &mut Tail,
+        key: u32,
+    ) -> Step {
+        let start = send.tail();
+        let step = self.handle_inner(recv, send, state, tail, key);
+        if step != Step::NeedMore {
+            // The response head starts at `start`: count its status.
+            let line = &send.filled()[start as usize..];
+            if let Some(digits) = line.get(9..12) {
+                let status = digits
+                    .iter()
+                    .fold(0u16, |n, d| n * 10 + u16::from(d.wrapping_sub(b'0')));
+                self.stats.response(status);
+            }
+        }
+        step
+    }
+
+    fn handle_inner(
         &mut self,
         recv: &mut RingBuffer,
         send: &mut RingBuffer,
@@ -326,6 +354,7 @@ impl Http {
                 self.queue_error(send, 405, Some(b"GET, HEAD"), framing);
                 return false;
             }
+            self.stats.static_files.add(1);
             let relative = &path[self.statics[index].prefix.len()..];
             match files::open(&self.statics[index], relative, true) {
                 Ok(file) => self.serve_file(recv, send, tail, framing, file, None),
@@ -351,6 +380,8 @@ impl Http {
             .exchange_mut()
             .bind(recv.filled(), head, matched.params(), body);
         let handler = matched.handler;
+        let slot = self.route_slots.get(handler as usize).copied().unwrap_or(0);
+        self.stats.routes[slot as usize].add(1);
         self.pulse.enter_handler();
         let outcome = self.lua.run(handler);
         self.pulse.leave_handler();
@@ -358,6 +389,7 @@ impl Http {
         match outcome {
             Outcome::Done => close = self.commit(recv, send, framing, tail, key),
             Outcome::Failed { message } => {
+                self.stats.lua_errors.add(1);
                 crate::log!(
                     Level::Error,
                     Some(self.worker),
@@ -368,6 +400,7 @@ impl Http {
                 self.queue_error(send, 500, None, framing);
             }
             Outcome::Stopped { message } => {
+                self.stats.lua_stopped.add(1);
                 crate::log!(
                     Level::Error,
                     Some(self.worker),
@@ -584,6 +617,7 @@ impl Http {
                     return StreamStep::Done;
                 }
                 Pull::Failed { message } => {
+                    self.stats.lua_errors.add(1);
                     crate::log!(
                         Level::Error,
                         Some(self.worker),

@@ -7,12 +7,14 @@
 //!
 //! Never depended on by any layer crate.
 
+mod admin;
 pub mod cli;
 mod files;
 mod http;
 pub mod log;
 pub mod pipeline;
 mod serve;
+mod stats;
 mod watchdog;
 mod worker;
 

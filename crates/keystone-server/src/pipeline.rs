@@ -78,6 +78,8 @@ impl Pipeline {
             pulse: std::sync::Arc::new(Pulse::default()),
             statics,
             files,
+            route_slots: Vec::new(),
+            stats: std::sync::Arc::new(crate::stats::WorkerStats::default()),
         };
         Pipeline {
             http,

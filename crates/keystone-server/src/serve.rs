@@ -18,11 +18,14 @@ use keystone_ebpf::{EbpfMode, ReuseportSteering};
 use keystone_lua::{AppSource, LoadedApp, LuaConfig};
 use keystone_parser::Limits;
 
+use crate::admin;
 use crate::cli::ServeArgs;
 use crate::log::Level;
+use crate::stats::{Shared, WorkerStats};
 use crate::watchdog::{self, Pulse, Watchdog};
 use crate::worker::{self, Timeouts, WorkerConfig};
 use crate::{EXAMPLE_APP, EXAMPLE_APP_NAME, EXIT_USAGE};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// Pending connections the kernel queues per listener while workers are
@@ -86,9 +89,12 @@ pub fn serve(args: ServeArgs) -> ExitCode {
     let mut wakes = Vec::with_capacity(workers as usize);
     let mut pulses = Vec::with_capacity(workers as usize);
     let mut reloads = Vec::with_capacity(workers as usize);
+    let mut stats = Vec::with_capacity(workers as usize);
     watchdog::install_signal_handler();
     for (index, listener) in listeners.into_iter().enumerate() {
         let pulse = Arc::new(Pulse::default());
+        let worker_stats = Arc::new(WorkerStats::default());
+        stats.push(Arc::clone(&worker_stats));
         let (reload_tx, reload_rx) = mpsc::channel();
         let wake = match eventfd() {
             Ok(fd) => fd,
@@ -111,6 +117,7 @@ pub fn serve(args: ServeArgs) -> ExitCode {
             max_pipeline: args.max_pipeline,
             pulse: Arc::clone(&pulse),
             reloads: reload_rx,
+            stats: worker_stats,
         };
         reloads.push(reload_tx);
         wakes.push(wake);
@@ -131,7 +138,22 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         }
     );
     let watchdog = Watchdog::new(Duration::from_millis(args.lua_budget_ms), workers as usize);
+    let shared = Arc::new(Shared {
+        workers: stats,
+        draining: AtomicBool::new(false),
+    });
+    if let Some(admin) = args.admin {
+        match admin::start(admin, Arc::clone(&shared), None) {
+            Ok(bound) => crate::log!(
+                Level::Info,
+                None,
+                "admin listener on http://{bound} (/metrics, /health, /stats.json)"
+            ),
+            Err(err) => return fail(format_args!("cannot listen on --admin {admin}: {err}")),
+        }
+    }
     let fleet = Fleet {
+        shared,
         wakes,
         pulses,
         reloads,
@@ -201,6 +223,7 @@ fn steer(mode: EbpfMode, listeners: &[OwnedFd]) -> Result<Option<ReuseportSteeri
 /// worker stops on its own (a bug: the process must not limp on).
 /// What the main thread keeps of its workers.
 struct Fleet {
+    shared: Arc<Shared>,
     wakes: Vec<OwnedFd>,
     pulses: Vec<Arc<Pulse>>,
     reloads: Vec<mpsc::Sender<AppSource>>,
@@ -268,6 +291,7 @@ fn supervise(
                         drain.as_secs()
                     );
                     deadline = Some(Instant::now() + drain);
+                    fleet.shared.draining.store(true, Ordering::Relaxed);
                     fleet.wake(worker::DRAIN_WAKE);
                 }
                 libc::SIGHUP if deadline.is_none() => fleet.reload(),

@@ -22,6 +22,7 @@ use keystone_ringbuf::{split_slab, RingBuffer};
 use crate::files::Root;
 use crate::http::{Exchange, Http, Step, StreamStep, Tail, SEND_HEADROOM_BYTES};
 use crate::log::Level;
+use crate::stats::WorkerStats;
 use crate::watchdog::Pulse;
 use std::sync::{mpsc, Arc};
 
@@ -99,6 +100,8 @@ pub struct WorkerConfig {
     pub pulse: Arc<Pulse>,
     /// Apps to reload, each announced by a [`RELOAD_WAKE`] on `wake`.
     pub reloads: mpsc::Receiver<AppSource>,
+    /// This worker's counters (read by the admin listener).
+    pub stats: Arc<WorkerStats>,
 }
 
 /// Added to a worker's wake eventfd to ask it to drain.
@@ -269,6 +272,8 @@ impl Worker {
                 pulse: config.pulse,
                 statics,
                 files,
+                route_slots: config.stats.route_slots(&loaded.routes),
+                stats: config.stats,
             },
         })
     }
@@ -398,6 +403,8 @@ impl Worker {
             ..Conn::default()
         };
         self.live += 1;
+        self.http.stats.accepted.add(1);
+        self.http.stats.open.add(1);
         self.arm_recv(slot as usize);
         self.refresh_timer(slot as usize);
     }
@@ -442,6 +449,7 @@ impl Worker {
             return self.after_drive(slot, false);
         }
         recv.commit(result as u32);
+        self.http.stats.bytes_in.add(result as u64);
         self.drive(slot);
     }
 
@@ -629,6 +637,9 @@ impl Worker {
             return self.begin_close_now(slot);
         }
         let moved = result as u32;
+        if conn.output != Output::SpliceIn {
+            self.http.stats.bytes_out.add(u64::from(moved));
+        }
         match (conn.output, &mut conn.tail) {
             (Output::Buffer, _) => send.consume(moved),
             (Output::Pinned, Tail::Pinned(body)) => {
@@ -736,6 +747,7 @@ impl Worker {
         send.reset_for_reuse();
         self.free.push(slot as u32);
         self.live -= 1;
+        self.http.stats.open.sub(1);
         if let Some(fd) = self.pending.pop() {
             return self.adopt(fd);
         }
@@ -768,6 +780,8 @@ impl Worker {
                 };
                 self.http.statics = statics;
                 self.http.files = files;
+                self.http.route_slots = self.http.stats.route_slots(&loaded.routes);
+                self.http.stats.reloads.add(1);
                 let routes = loaded.routes.len();
                 self.http.router = loaded.router;
                 let old = std::mem::replace(&mut self.http.lua, loaded.lua);

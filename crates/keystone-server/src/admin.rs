@@ -1,0 +1,110 @@
+//! The admin listener (`--admin ADDR`, off by default): `GET /metrics`
+//! (Prometheus text exposition, counters summed over workers at scrape
+//! time), `GET /health` (200, or 503 once draining so a load balancer stops
+//! sending new connections before the process exits) and `GET /stats.json`
+//! (per-worker figures for `keystone stats`). It runs on its own thread with
+//! blocking std sockets: operator traffic, never on a worker's path.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::log::Level;
+use crate::stats::{self, Shared};
+
+/// Largest admin request head read; anything longer is answered 400.
+const ADMIN_REQUEST_BYTES_MAX: usize = 8 * 1024;
+/// A scraper that stalls this long is dropped.
+const ADMIN_IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Extra exposition text (the eBPF observer's families).
+pub type Extra = Box<dyn Fn() -> String + Send>;
+
+/// Binds `addr` and serves it on a new thread.
+pub fn start(
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    extra: Option<Extra>,
+) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr)?;
+    let bound = listener.local_addr()?;
+    std::thread::Builder::new()
+        .name("keystone-admin".into())
+        .spawn(move || {
+            for stream in listener.incoming() {
+                match stream {
+                    Ok(stream) => {
+                        if let Err(err) = answer(stream, &shared, extra.as_ref()) {
+                            crate::log!(Level::Warn, None, "admin: {err}");
+                        }
+                    }
+                    Err(err) => crate::log!(Level::Warn, None, "admin accept: {err}"),
+                }
+            }
+        })?;
+    Ok(bound)
+}
+
+fn answer(mut stream: TcpStream, shared: &Shared, extra: Option<&Extra>) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(ADMIN_IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(ADMIN_IO_TIMEOUT))?;
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut buf)?;
+        if n == 0 || head.len() + n > ADMIN_REQUEST_BYTES_MAX {
+            return respond(&mut stream, 400, "text/plain", "bad request\n");
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
+    let mut parts = line.split(|&b| b == b' ');
+    let (method, target) = (
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+    );
+    let path = target.split(|&b| b == b'?').next().unwrap_or_default();
+    if method != b"GET" && method != b"HEAD" {
+        return respond(&mut stream, 405, "text/plain", "method not allowed\n");
+    }
+    match path {
+        b"/metrics" => {
+            let extra = extra.map(|f| f()).unwrap_or_default();
+            let body = stats::prometheus(shared, &extra);
+            respond(
+                &mut stream,
+                200,
+                "text/plain; version=0.0.4; charset=utf-8",
+                &body,
+            )
+        }
+        b"/health" if shared.draining.load(Ordering::Relaxed) => {
+            respond(&mut stream, 503, "text/plain", "draining\n")
+        }
+        b"/health" => respond(&mut stream, 200, "text/plain", "ok\n"),
+        b"/stats.json" => respond(
+            &mut stream,
+            200,
+            "application/json",
+            &stats::worker_json(shared),
+        ),
+        _ => respond(&mut stream, 404, "text/plain", "not found\n"),
+    }
+}
+
+fn respond(
+    stream: &mut TcpStream,
+    status: u16,
+    content_type: &str,
+    body: &str,
+) -> std::io::Result<()> {
+    let reason = keystone_response::reason(status);
+    let head = format!(
+        "HTTP/1.1 {status} {reason}\r\nServer: keystone\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body.as_bytes())
+}

@@ -1,0 +1,289 @@
+//! Counters for operators. Each worker owns its [`WorkerStats`] and is its
+//! only writer (a relaxed load and store, no read-modify-write, no lock);
+//! the admin listener reads every worker's counters at scrape time and sums
+//! them. Route names change only on load and reload, so they sit behind a
+//! mutex that the request path never takes.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Distinct route names one worker counts; a reload that brings more
+/// routes than this counts the extra ones under `other`.
+pub const ROUTE_COUNTERS_MAX: usize = 256;
+
+/// A counter with one writer.
+#[derive(Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds `n` (single writer: load + store, no locked instruction).
+    pub fn add(&self, n: u64) {
+        let value = self.0.load(Ordering::Relaxed);
+        self.0.store(value.wrapping_add(n), Ordering::Relaxed);
+    }
+
+    /// Subtracts `n` (gauges).
+    pub fn sub(&self, n: u64) {
+        let value = self.0.load(Ordering::Relaxed);
+        self.0.store(value.wrapping_sub(n), Ordering::Relaxed);
+    }
+
+    /// The current value.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// One worker's counters.
+pub struct WorkerStats {
+    /// Responses by status class: 1xx … 5xx.
+    pub responses: [Counter; 5],
+    /// Request bytes received.
+    pub bytes_in: Counter,
+    /// Response bytes sent (buffered, pinned and spliced).
+    pub bytes_out: Counter,
+    /// Connections accepted.
+    pub accepted: Counter,
+    /// Connections open now (gauge).
+    pub open: Counter,
+    /// Handlers (or generators) that raised an error.
+    pub lua_errors: Counter,
+    /// Handlers stopped by the budget.
+    pub lua_stopped: Counter,
+    /// Successful reloads.
+    pub reloads: Counter,
+    /// Requests by route slot (names in `route_names`).
+    pub routes: Box<[Counter]>,
+    /// Requests served from static directories.
+    pub static_files: Counter,
+    route_names: Mutex<Vec<String>>,
+}
+
+impl Default for WorkerStats {
+    fn default() -> Self {
+        WorkerStats {
+            responses: Default::default(),
+            bytes_in: Counter::default(),
+            bytes_out: Counter::default(),
+            accepted: Counter::default(),
+            open: Counter::default(),
+            lua_errors: Counter::default(),
+            lua_stopped: Counter::default(),
+            reloads: Counter::default(),
+            routes: (0..ROUTE_COUNTERS_MAX + 1)
+                .map(|_| Counter::default())
+                .collect(),
+            static_files: Counter::default(),
+            route_names: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl WorkerStats {
+    /// Counts one response from its status code.
+    pub fn response(&self, status: u16) {
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        self.responses[class].add(1);
+    }
+
+    /// Maps an app's route keys (handler id `i + 1` is `keys[i]`) to counter
+    /// slots, adding names not seen before; returns the slot per handler id
+    /// (index 0 unused). Called at load and reload, never per request.
+    pub fn route_slots(&self, keys: &[String]) -> Vec<u16> {
+        let mut names = self.route_names.lock().expect("route names poisoned");
+        let mut slots = vec![ROUTE_COUNTERS_MAX as u16; keys.len() + 1];
+        for (index, key) in keys.iter().enumerate() {
+            let slot = match names.iter().position(|n| n == key) {
+                Some(slot) => slot,
+                None if names.len() < ROUTE_COUNTERS_MAX => {
+                    names.push(key.clone());
+                    names.len() - 1
+                }
+                None => ROUTE_COUNTERS_MAX,
+            };
+            slots[index + 1] = slot as u16;
+        }
+        slots
+    }
+}
+
+/// Everything the admin listener reads.
+pub struct Shared {
+    /// One entry per worker.
+    pub workers: Vec<Arc<WorkerStats>>,
+    /// Set once SIGTERM/SIGINT started the drain: `/health` answers 503.
+    pub draining: AtomicBool,
+}
+
+fn escape_label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Writes one metric family's HELP and TYPE lines.
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+type Read = fn(&WorkerStats) -> u64;
+
+/// Families that are one number summed over workers.
+const SUMMED: [(&str, &str, &str, Read); 8] = [
+    (
+        "keystone_received_bytes_total",
+        "counter",
+        "Request bytes received.",
+        |w| w.bytes_in.get(),
+    ),
+    (
+        "keystone_sent_bytes_total",
+        "counter",
+        "Response bytes sent.",
+        |w| w.bytes_out.get(),
+    ),
+    (
+        "keystone_connections_accepted_total",
+        "counter",
+        "Connections accepted.",
+        |w| w.accepted.get(),
+    ),
+    (
+        "keystone_connections_open",
+        "gauge",
+        "Connections open now.",
+        |w| w.open.get(),
+    ),
+    (
+        "keystone_lua_errors_total",
+        "counter",
+        "Lua handlers or generators that raised an error.",
+        |w| w.lua_errors.get(),
+    ),
+    (
+        "keystone_lua_stopped_total",
+        "counter",
+        "Lua handlers stopped by the time budget.",
+        |w| w.lua_stopped.get(),
+    ),
+    (
+        "keystone_reloads_total",
+        "counter",
+        "Successful app reloads, summed over workers.",
+        |w| w.reloads.get(),
+    ),
+    (
+        "keystone_static_requests_total",
+        "counter",
+        "Requests served from static directories.",
+        |w| w.static_files.get(),
+    ),
+];
+
+/// Renders the Prometheus text exposition (format 0.0.4); `extra` is
+/// appended (the eBPF observer's families, when observing).
+pub fn prometheus(shared: &Shared, extra: &str) -> String {
+    let mut out = String::new();
+    let sum =
+        |read: &dyn Fn(&WorkerStats) -> u64| shared.workers.iter().map(|w| read(w)).sum::<u64>();
+    family(
+        &mut out,
+        "keystone_responses_total",
+        "counter",
+        "Responses sent, by status class.",
+    );
+    for (index, class) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().enumerate() {
+        let total = sum(&|w| w.responses[index].get());
+        let _ = writeln!(out, "keystone_responses_total{{class=\"{class}\"}} {total}");
+    }
+    for (name, kind, help, read) in SUMMED {
+        family(&mut out, name, kind, help);
+        let _ = writeln!(out, "{name} {}", sum(&read));
+    }
+    family(
+        &mut out,
+        "keystone_worker_responses_total",
+        "counter",
+        "Responses sent, by worker.",
+    );
+    for (index, worker) in shared.workers.iter().enumerate() {
+        let total: u64 = worker.responses.iter().map(Counter::get).sum();
+        let _ = writeln!(
+            out,
+            "keystone_worker_responses_total{{worker=\"{index}\"}} {total}"
+        );
+    }
+    family(
+        &mut out,
+        "keystone_route_requests_total",
+        "counter",
+        "Requests that matched a route, by route key.",
+    );
+    for (name, count) in route_totals(shared) {
+        let _ = writeln!(
+            out,
+            "keystone_route_requests_total{{route=\"{}\"}} {count}",
+            escape_label(&name)
+        );
+    }
+    let draining = u8::from(shared.draining.load(Ordering::Relaxed));
+    family(
+        &mut out,
+        "keystone_draining",
+        "gauge",
+        "1 once SIGTERM started the drain.",
+    );
+    let _ = writeln!(out, "keystone_draining {draining}");
+    out.push_str(extra);
+    out
+}
+
+fn route_totals(shared: &Shared) -> Vec<(String, u64)> {
+    let mut totals: Vec<(String, u64)> = Vec::new();
+    for worker in &shared.workers {
+        let names = worker
+            .route_names
+            .lock()
+            .expect("route names poisoned")
+            .clone();
+        let other = ("other".to_owned(), worker.routes[ROUTE_COUNTERS_MAX].get());
+        let counted = names
+            .into_iter()
+            .enumerate()
+            .map(|(slot, name)| (name, worker.routes[slot].get()));
+        for (name, count) in counted.chain(std::iter::once(other)) {
+            match totals.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, total)) => *total += count,
+                None => totals.push((name, count)),
+            }
+        }
+    }
+    totals.retain(|(name, count)| name != "other" || *count > 0);
+    totals
+}
+
+/// One worker's figures for `keystone stats` (JSON, hand-written: the
+/// shape is small and stable).
+pub fn worker_json(shared: &Shared) -> String {
+    let mut out = String::from("{\"workers\":[");
+    for (index, w) in shared.workers.iter().enumerate() {
+        let requests: u64 = w.responses.iter().map(Counter::get).sum();
+        if index > 0 {
+            out.push(',');
+        }
+        let _ = write!(
+            out,
+            "{{\"worker\":{index},\"requests\":{requests},\"open\":{},\"accepted\":{},\"errors_5xx\":{},\"bytes_in\":{},\"bytes_out\":{}}}",
+            w.open.get(),
+            w.accepted.get(),
+            w.responses[4].get(),
+            w.bytes_in.get(),
+            w.bytes_out.get()
+        );
+    }
+    let draining = shared.draining.load(Ordering::Relaxed);
+    let _ = write!(out, "],\"draining\":{draining}}}");
+    out
+}
