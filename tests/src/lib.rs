@@ -254,6 +254,17 @@ impl Server {
         RawClient::connect(self.addr)
     }
 
+    /// Process id of the server (for `keystone reload --pid`).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("server already reaped").id()
+    }
+
+    /// Sends SIGHUP (the reload signal) without waiting.
+    pub fn hangup(&self) {
+        let child = self.child.as_ref().expect("server already reaped");
+        signal(child, libc::SIGHUP);
+    }
+
     /// Sends SIGTERM (the graceful-shutdown signal) without waiting.
     pub fn terminate(&self) {
         let child = self.child.as_ref().expect("server already reaped");
@@ -567,6 +578,12 @@ impl RawClient {
             }
         }
         panic!("read interrupted {INTERRUPTED_RETRIES_MAX} times in a row");
+    }
+
+    /// A second handle on the same socket, for a thread that writes while this
+    /// client reads (a trickling slowloris). It shares the timeouts set here.
+    pub fn clone_stream(&self) -> TcpStream {
+        self.stream.try_clone().expect("cloning the client socket")
     }
 
     /// Local address of this connection (to tell connections apart in logs).
