@@ -4,9 +4,10 @@ use std::error::Error;
 use std::fmt;
 use std::io;
 
-/// Errors of [`crate::ReuseportSteering`]; each carries the kernel's reason
-/// (verifier log, errno text) so a server in `auto` mode can log why it fell
-/// back to plain reuseport hashing.
+/// Errors of [`crate::ReuseportSteering`] and [`crate::Observer`]; each
+/// carries the kernel's reason (verifier log, errno text) so a server in
+/// `auto` mode can log why it fell back to plain reuseport hashing, and a
+/// server with `--observe` why it runs unobserved.
 #[derive(Debug)]
 pub enum EbpfError {
     /// The embedded object did not parse, or the kernel refused the program
@@ -19,6 +20,15 @@ pub enum EbpfError {
     Map { reason: String },
     /// More sockets than `workers` has slots.
     TooManyWorkers { workers: usize, max: u32 },
+    /// An observer could not be set up or read: `step` names the object,
+    /// program or map and what was done to it (e.g. "latency.bpf.o:
+    /// turn_read: attach to raw tracepoint sock_recv_length"); `errno` is the kernel's
+    /// (0 when aya refused before any syscall, e.g. no kernel BTF).
+    Observe {
+        step: String,
+        errno: i32,
+        reason: String,
+    },
 }
 
 impl fmt::Display for EbpfError {
@@ -33,6 +43,11 @@ impl fmt::Display for EbpfError {
                 f,
                 "{workers} workers but the reuseport program steers at most {max} (WORKERS_MAX)"
             ),
+            EbpfError::Observe {
+                step,
+                errno,
+                reason,
+            } => write!(f, "eBPF observer: {step} (errno {errno}): {reason}"),
         }
     }
 }
