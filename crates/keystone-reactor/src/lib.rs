@@ -187,6 +187,19 @@ impl Reactor {
         self.push(entry);
     }
 
+    /// Writes `buf[..len]` at the file's current position (appends to an
+    /// `O_APPEND` file).
+    ///
+    /// # Safety
+    /// Same contract as [`Reactor::send`].
+    pub unsafe fn write(&mut self, fd: RawFd, buf: *const u8, len: u32, token: Token) {
+        let entry = opcode::Write::new(types::Fd(fd), buf, len)
+            .offset(u64::MAX)
+            .build()
+            .user_data(token.raw());
+        self.push(entry);
+    }
+
     /// A timeout that completes every `interval` until cancelled.
     ///
     /// # Safety

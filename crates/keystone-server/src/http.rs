@@ -14,11 +14,13 @@ use keystone_response::{
 use keystone_ringbuf::{RingBuffer, Span};
 use keystone_router::{RouteMiss, Router};
 
+use crate::access_log::{self, AccessLog};
 use crate::files::{self, Root};
 use crate::log::Level;
 use crate::stats::WorkerStats;
 use crate::watchdog::Pulse;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// Free space the send buffer must have before another request is taken
 /// on: the largest head policy can produce (its header arena) plus the
@@ -119,6 +121,8 @@ pub struct Exchange {
     pub chunked: Option<ChunkedBody>,
     /// Responses queued since the send buffer was last empty.
     pub queued: u32,
+    /// The client's address, known when the access log is on.
+    pub peer: Option<std::net::SocketAddr>,
 }
 
 impl Exchange {
@@ -185,6 +189,8 @@ pub struct Http {
     pub stats: Arc<WorkerStats>,
     /// Counter slot per handler id.
     pub route_slots: Vec<u16>,
+    /// The access log, when on.
+    pub access: Option<AccessLog>,
 }
 
 impl Http {
@@ -272,6 +278,7 @@ impl Http {
         let queued = state.queued + 1;
         *state = Exchange {
             queued,
+            peer: state.peer,
             ..Exchange::default()
         };
         let framing = Framing {
@@ -279,7 +286,12 @@ impl Http {
             head_request: recv.get(head.method) == b"HEAD",
             minor_version: head.minor_version,
         };
+        let started = self.access.is_some().then(Instant::now);
+        let head_start = send.tail();
         let close = self.respond(recv, send, framing, body, tail, key);
+        if let Some(started) = started {
+            self.log_access(recv, send, head_start, state.peer, started);
+        }
         recv.consume(total as u32);
         if framing.keep_alive && !close {
             Step::Answered
@@ -708,6 +720,46 @@ impl Http {
                 remaining: len,
                 in_pipe: 0,
             });
+        }
+    }
+
+    /// Writes the access-log line of the request just answered (its
+    /// response head starts at `head_start` in `send`).
+    fn log_access(
+        &mut self,
+        recv: &RingBuffer,
+        send: &RingBuffer,
+        head_start: u32,
+        peer: Option<std::net::SocketAddr>,
+        started: Instant,
+    ) {
+        let response = &send.filled()[head_start as usize..];
+        let status = response.get(9..12).map_or(0, |d| {
+            d.iter()
+                .fold(0u16, |n, b| n * 10 + u16::from(b.wrapping_sub(b'0')))
+        });
+        let head_end = response
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or(response.len());
+        let body_bytes = response[..head_end]
+            .split(|&b| b == b'\n')
+            .find_map(|line| line.strip_prefix(b"Content-Length: "))
+            .and_then(|v| std::str::from_utf8(v.trim_ascii()).ok()?.parse().ok())
+            .unwrap_or(0);
+        let entry = access_log::Entry {
+            peer,
+            method: recv.get(self.head.method),
+            target: recv.get(self.head.target),
+            minor_version: self.head.minor_version,
+            status,
+            body_bytes,
+            referer: self.request_header(recv, b"referer"),
+            user_agent: self.request_header(recv, b"user-agent"),
+            request_time: started.elapsed().as_secs_f64(),
+        };
+        if let Some(log) = &mut self.access {
+            log.record(&entry);
         }
     }
 

@@ -7,6 +7,7 @@
 //!
 //! Never depended on by any layer crate.
 
+mod access_log;
 mod admin;
 pub mod cli;
 mod files;

@@ -79,6 +79,7 @@ impl Pipeline {
             statics,
             files,
             route_slots: Vec::new(),
+            access: None,
             stats: std::sync::Arc::new(crate::stats::WorkerStats::default()),
         };
         Pipeline {
@@ -200,14 +201,13 @@ impl Pipeline {
                 Tail::None => break,
                 Tail::Stream(stream) => self.tail = Tail::Stream(stream),
                 Tail::Pinned(body) => {
-                    // Nothing of it was sent yet, and the exchange still
-                    // refers to the same Lua string (until the next
-                    // dispatch): read it there rather than through a pointer.
                     let (ptr, len) = body.remaining();
-                    let bytes = self.http.lua.exchange().response_body().unwrap_or(&[]);
-                    assert_eq!(bytes.as_ptr(), ptr, "pinned body is the exchange's body");
-                    assert_eq!(bytes.len(), len, "pinned body sent in one piece");
-                    out.extend_from_slice(bytes);
+                    // SAFETY: `ptr..ptr+len` is the unsent part of the Lua
+                    // string pinned under SLOT_KEY (`PinnedBody::remaining`);
+                    // the state keeps it alive and unmoved until the
+                    // `unpin_body` below, after the copy. (The exchange no
+                    // longer refers to it: the request has expired.)
+                    out.extend_from_slice(unsafe { std::slice::from_raw_parts(ptr, len) });
                     self.http.lua.unpin_body(SLOT_KEY);
                 }
                 Tail::File(file) => {

@@ -85,6 +85,18 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         Ok(steering) => steering,
         Err(code) => return code,
     };
+    let access_log = match &args.access_log {
+        Some(path) => match open_access_log(path) {
+            Ok(fd) => Some(fd),
+            Err(err) => {
+                return fail(format_args!(
+                    "cannot open --access-log {}: {err}",
+                    path.display()
+                ))
+            }
+        },
+        None => None,
+    };
     let (exit_tx, exit_rx) = mpsc::channel();
     let mut wakes = Vec::with_capacity(workers as usize);
     let mut pulses = Vec::with_capacity(workers as usize);
@@ -118,6 +130,13 @@ pub fn serve(args: ServeArgs) -> ExitCode {
             pulse: Arc::clone(&pulse),
             reloads: reload_rx,
             stats: worker_stats,
+            access_log: match &access_log {
+                Some(fd) => match fd.try_clone() {
+                    Ok(fd) => Some(fd),
+                    Err(err) => return fail(format_args!("access log: {err}")),
+                },
+                None => None,
+            },
         };
         reloads.push(reload_tx);
         wakes.push(wake);
@@ -379,6 +398,18 @@ fn pin_to_core(index: u32, workers: u32) {
         libc::CPU_SET(index as usize % cpus, &mut set);
         libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
     }
+}
+
+/// Opens the access log for appending; `-` is standard output.
+fn open_access_log(path: &std::path::Path) -> std::io::Result<OwnedFd> {
+    if path.as_os_str() == "-" {
+        return std::io::stdout().as_fd().try_clone_to_owned();
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    Ok(file.into())
 }
 
 /// Fails when something already listens on `addr`. Our listeners use

@@ -19,6 +19,7 @@ use keystone_reactor::{
 use keystone_response::DateCache;
 use keystone_ringbuf::{split_slab, RingBuffer};
 
+use crate::access_log::AccessLog;
 use crate::files::Root;
 use crate::http::{Exchange, Http, Step, StreamStep, Tail, SEND_HEADROOM_BYTES};
 use crate::log::Level;
@@ -36,6 +37,7 @@ const OP_WAKE: u8 = 7;
 const OP_TICK: u8 = 8;
 const OP_SPLICE_IN: u8 = 9;
 const OP_SPLICE_OUT: u8 = 10;
+const OP_LOG: u8 = 11;
 
 /// What the output operation in flight is.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -102,6 +104,8 @@ pub struct WorkerConfig {
     pub reloads: mpsc::Receiver<AppSource>,
     /// This worker's counters (read by the admin listener).
     pub stats: Arc<WorkerStats>,
+    /// Where access-log lines go, when on.
+    pub access_log: Option<OwnedFd>,
 }
 
 /// Added to a worker's wake eventfd to ask it to drain.
@@ -203,6 +207,8 @@ struct Worker {
     wake_buf: Box<[u8; 8]>,
     tick: Box<Timespec>,
     draining: bool,
+    /// Keeps the access log's descriptor open (the log holds its number).
+    _access_log: Option<OwnedFd>,
     reloads: mpsc::Receiver<AppSource>,
     lua_config: LuaConfig,
     /// Lua states replaced by a reload, kept while bodies point into them.
@@ -240,6 +246,7 @@ impl Worker {
             })
             .collect();
         let (statics, files) = open_roots(&loaded)?;
+        let access_fd = config.access_log.as_ref().map(|fd| fd.as_raw_fd());
         let reactor =
             Reactor::new(RING_ENTRIES).map_err(|e| format!("io_uring setup failed: {e}"))?;
         Ok(Worker {
@@ -255,6 +262,7 @@ impl Worker {
             wake_buf: Box::new([0; 8]),
             tick: Box::new(TICK),
             draining: false,
+            _access_log: config.access_log,
             reloads: config.reloads,
             lua_config: config.lua,
             retired: Vec::new(),
@@ -273,6 +281,7 @@ impl Worker {
                 statics,
                 files,
                 route_slots: config.stats.route_slots(&loaded.routes),
+                access: access_fd.map(AccessLog::new),
                 stats: config.stats,
             },
         })
@@ -295,6 +304,12 @@ impl Worker {
             for completion in &completions[..count] {
                 self.complete(*completion);
             }
+            self.write_access_log(false);
+        }
+        if let Some(log) = &mut self.http.access {
+            if !log.in_flight() {
+                log.flush_blocking();
+            }
         }
         self.reactor.flush()
     }
@@ -305,7 +320,21 @@ impl Worker {
             return match token.op() {
                 OP_ACCEPT => self.on_accept(c),
                 OP_WAKE => self.on_wake(c),
-                OP_TICK => self.on_tick(),
+                OP_TICK => {
+                    self.on_tick();
+                    self.write_access_log(true);
+                }
+                OP_LOG => {
+                    let failure = self
+                        .http
+                        .access
+                        .as_mut()
+                        .and_then(|log| log.written(c.result));
+                    if let Some(message) = failure {
+                        crate::log!(Level::Error, Some(self.http.worker), "{message}");
+                    }
+                    self.write_access_log(false);
+                }
                 _ => {}
             };
         }
@@ -405,6 +434,9 @@ impl Worker {
         self.live += 1;
         self.http.stats.accepted.add(1);
         self.http.stats.open.add(1);
+        if self.http.access.is_some() {
+            self.slots[slot as usize].conn.http.peer = peer_addr(fd);
+        }
         self.arm_recv(slot as usize);
         self.refresh_timer(slot as usize);
     }
@@ -756,6 +788,22 @@ impl Worker {
 
     // --- worker events -------------------------------------------------
 
+    /// Submits a batch of access-log lines when one is ready (`force`: the
+    /// tick, any bytes at all).
+    fn write_access_log(&mut self, force: bool) {
+        let Some(log) = &mut self.http.access else {
+            return;
+        };
+        if let Some((ptr, len)) = log.take_batch(force) {
+            // SAFETY: the batch stays untouched until its completion
+            // (`in_flight`), and the log outlives the ring (field order).
+            unsafe {
+                self.reactor
+                    .write(log.fd, ptr, len, Token::new(WORKER_SLOT, 0, OP_LOG))
+            };
+        }
+    }
+
     /// Loads the app the main thread sent and swaps it in. Runs between
     /// completions, so no handler is running: requests already answered
     /// were answered by the old code, the next one runs the new code.
@@ -954,6 +1002,15 @@ fn open_roots(app: &LoadedApp) -> Result<(Vec<Root>, Root), String> {
     let files = Root::open("", &app.files_dir)
         .map_err(|e| format!("app directory {}: {e}", app.files_dir.display()))?;
     Ok((statics, files))
+}
+
+fn peer_addr(fd: RawFd) -> Option<std::net::SocketAddr> {
+    // SAFETY: borrows the connection's open socket for one getpeername.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    socket2::SockRef::from(&borrowed)
+        .peer_addr()
+        .ok()?
+        .as_socket()
 }
 
 fn pipe() -> std::io::Result<[OwnedFd; 2]> {

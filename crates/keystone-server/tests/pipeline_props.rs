@@ -280,7 +280,10 @@ proptest! {
 /// answer as when it arrives in one read.
 #[test]
 fn every_split_point_gives_the_same_answer() {
-    let requests = KEEP_ALIVE.iter().map(|(r, _)| *r).chain(CLOSING.iter().copied());
+    let requests = KEEP_ALIVE
+        .iter()
+        .map(|(r, _)| *r)
+        .chain(CLOSING.iter().copied());
     for request in requests {
         let whole = normalize(&Pipeline::new(APP).feed(request));
         assert!(!whole.is_empty());
@@ -308,7 +311,12 @@ fn table_requests_get_their_answers() {
         let answers = finals(responses(&out, request));
         assert_eq!(answers.len(), 1, "{:?}", String::from_utf8_lossy(request));
         if let Some(body) = body {
-            assert_eq!(answers[0].body, *body, "{:?}", String::from_utf8_lossy(request));
+            assert_eq!(
+                answers[0].body,
+                *body,
+                "{:?}",
+                String::from_utf8_lossy(request)
+            );
         }
     }
     for request in CLOSING {

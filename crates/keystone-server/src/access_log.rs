@@ -1,0 +1,321 @@
+//! The access log (`--access-log PATH|-`, off by default): one line per
+//! request in nginx's "combined" format plus the request time:
+//!
+//! ```text
+//! $remote_addr - - [$time_local] "$request" $status $body_bytes_sent "$http_referer" "$http_user_agent" $request_time
+//! ```
+//!
+//! `$body_bytes_sent` is the body length the response declared (0 for a
+//! stream, whose length is not known when the line is written);
+//! `$request_time` is the seconds (ms resolution) from the moment the
+//! request was complete in the buffer to the moment its response was
+//! committed (handler and serialization; not the network). Lines collect in
+//! a fixed buffer per worker and reach the file in batches through the
+//! reactor (an io_uring write when 32 KiB are ready, and once a second),
+//! never blocking the worker. While one batch is being written the next
+//! fills; when both are full, lines are dropped and counted, so memory
+//! stays bounded. A file that cannot be written is reported once; serving
+//! goes on.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+
+/// Bytes of one batch; a worker holds two.
+pub const BATCH_BYTES: usize = 64 * 1024;
+/// A batch this full is written without waiting for the tick.
+pub const FLUSH_BYTES: usize = 32 * 1024;
+/// Longest line kept; longer request lines or agents are truncated.
+const LINE_BYTES_MAX: usize = 4 * 1024;
+
+/// One request's fields.
+pub struct Entry<'a> {
+    /// Client address.
+    pub peer: Option<SocketAddr>,
+    /// Method, target and version as sent (`GET /x HTTP/1.1`).
+    pub method: &'a [u8],
+    /// Request target.
+    pub target: &'a [u8],
+    /// Minor version.
+    pub minor_version: u8,
+    /// Response status.
+    pub status: u16,
+    /// Declared body length.
+    pub body_bytes: u64,
+    /// Referer header.
+    pub referer: Option<&'a [u8]>,
+    /// User-Agent header.
+    pub user_agent: Option<&'a [u8]>,
+    /// Seconds.
+    pub request_time: f64,
+}
+
+/// A worker's log batches.
+pub struct AccessLog {
+    /// Where lines go.
+    pub fd: std::os::fd::RawFd,
+    filling: Vec<u8>,
+    writing: Vec<u8>,
+    in_flight: bool,
+    /// Lines dropped because both batches were full.
+    pub dropped: u64,
+    failed: bool,
+    time: TimeLocal,
+    line: Vec<u8>,
+}
+
+impl AccessLog {
+    /// Batches for `fd` (allocated once, here).
+    pub fn new(fd: std::os::fd::RawFd) -> AccessLog {
+        AccessLog {
+            fd,
+            filling: Vec::with_capacity(BATCH_BYTES),
+            writing: Vec::with_capacity(BATCH_BYTES),
+            in_flight: false,
+            dropped: 0,
+            failed: false,
+            time: TimeLocal::default(),
+            line: Vec::with_capacity(LINE_BYTES_MAX),
+        }
+    }
+
+    /// Appends one line (no allocation: fixed buffers).
+    pub fn record(&mut self, entry: &Entry<'_>) {
+        self.time.refresh();
+        self.line.clear();
+        let mut line = LineWriter(&mut self.line);
+        match entry.peer {
+            Some(peer) => {
+                let _ = write!(line, "{}", peer.ip());
+            }
+            None => line.push(b"-"),
+        }
+        line.push(b" - - [");
+        line.push(self.time.text());
+        line.push(b"] \"");
+        line.escaped(entry.method);
+        line.push(b" ");
+        line.escaped(entry.target);
+        let _ = write!(
+            line,
+            " HTTP/1.{}\" {} {} \"",
+            entry.minor_version, entry.status, entry.body_bytes
+        );
+        line.escaped(entry.referer.unwrap_or(b"-"));
+        line.push(b"\" \"");
+        line.escaped(entry.user_agent.unwrap_or(b"-"));
+        let _ = write!(line, "\" {:.3}", entry.request_time);
+        self.line.truncate(LINE_BYTES_MAX - 1);
+        self.line.push(b'\n');
+        if self.filling.len() + self.line.len() > BATCH_BYTES {
+            self.dropped += 1;
+            return;
+        }
+        self.filling.extend_from_slice(&self.line);
+    }
+
+    /// A batch to write now, if one is ready (`force`: any bytes at all)
+    /// and none is in flight: (pointer, length) valid until `written`.
+    pub fn take_batch(&mut self, force: bool) -> Option<(*const u8, u32)> {
+        if self.in_flight || self.filling.is_empty() || (!force && self.filling.len() < FLUSH_BYTES)
+        {
+            return None;
+        }
+        std::mem::swap(&mut self.filling, &mut self.writing);
+        self.in_flight = true;
+        Some((self.writing.as_ptr(), self.writing.len() as u32))
+    }
+
+    /// The write of the batch in flight completed with `result`; returns an
+    /// error message the first time writing fails.
+    pub fn written(&mut self, result: i32) -> Option<String> {
+        self.in_flight = false;
+        let expected = self.writing.len();
+        let failed = result < 0 || (result as usize) < expected;
+        self.writing.clear();
+        if failed && !self.failed {
+            self.failed = true;
+            let why = if result < 0 {
+                std::io::Error::from_raw_os_error(-result).to_string()
+            } else {
+                format!("short write ({result} of {expected} bytes)")
+            };
+            return Some(format!(
+                "access log write failed: {why}; further failures are not reported"
+            ));
+        }
+        None
+    }
+
+    /// Whether a write is in flight (its buffer must outlive it).
+    pub fn in_flight(&self) -> bool {
+        self.in_flight
+    }
+
+    /// Writes what is left synchronously (at exit).
+    pub fn flush_blocking(&mut self) {
+        for batch in [&self.writing, &self.filling] {
+            if !batch.is_empty() {
+                // SAFETY: writes an initialised byte slice to our log fd.
+                unsafe { libc::write(self.fd, batch.as_ptr().cast(), batch.len()) };
+            }
+        }
+        self.writing.clear();
+        self.filling.clear();
+    }
+}
+
+struct LineWriter<'a>(&'a mut Vec<u8>);
+
+impl LineWriter<'_> {
+    fn push(&mut self, bytes: &[u8]) {
+        let room = LINE_BYTES_MAX.saturating_sub(self.0.len());
+        self.0.extend_from_slice(&bytes[..bytes.len().min(room)]);
+    }
+
+    /// nginx's escaping: `"`, `\` and bytes outside printable ASCII as `\xHH`.
+    fn escaped(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            if self.0.len() + 4 > LINE_BYTES_MAX {
+                return;
+            }
+            if b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b) {
+                let hex = b"0123456789ABCDEF";
+                self.0.extend_from_slice(&[
+                    b'\\',
+                    b'x',
+                    hex[(b >> 4) as usize],
+                    hex[(b & 15) as usize],
+                ]);
+            } else {
+                self.0.push(b);
+            }
+        }
+    }
+}
+
+impl std::fmt::Write for LineWriter<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.push(s.as_bytes());
+        Ok(())
+    }
+}
+
+/// `24/Nov/2026:20:57:21 +0000`, formatted once per second.
+#[derive(Default)]
+struct TimeLocal {
+    secs: u64,
+    text: [u8; 26],
+}
+
+impl TimeLocal {
+    fn refresh(&mut self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if now == self.secs && self.text[0] != 0 {
+            return;
+        }
+        self.secs = now;
+        let (year, month, day) = keystone_response::civil_from_days((now / 86_400) as i64);
+        let rem = now % 86_400;
+        const MONTHS: [&str; 12] = [
+            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+        ];
+        let mut out = LineBuf {
+            buf: [0; 26],
+            len: 0,
+        };
+        let _ = write!(
+            out,
+            "{day:02}/{}/{year:04}:{:02}:{:02}:{:02} +0000",
+            MONTHS[month as usize - 1],
+            rem / 3600,
+            rem / 60 % 60,
+            rem % 60
+        );
+        self.text = out.buf;
+    }
+
+    fn text(&self) -> &[u8] {
+        &self.text
+    }
+}
+
+struct LineBuf {
+    buf: [u8; 26],
+    len: usize,
+}
+
+impl std::fmt::Write for LineBuf {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = (self.len + s.len()).min(self.buf.len());
+        self.buf[self.len..end].copy_from_slice(&s.as_bytes()[..end - self.len]);
+        self.len = end;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn combined_line() {
+        let mut log = AccessLog::new(-1);
+        log.record(&Entry {
+            peer: Some("127.0.0.1:5555".parse().unwrap()),
+            method: b"GET",
+            target: b"/a?b=\"c\"",
+            minor_version: 1,
+            status: 200,
+            body_bytes: 13,
+            referer: None,
+            user_agent: Some(b"curl/8\x01"),
+            request_time: 0.0012,
+        });
+        let line = String::from_utf8(log.filling.clone()).unwrap();
+        let (start, rest) = line.split_once(" [").unwrap();
+        assert_eq!(start, "127.0.0.1 - -");
+        let (_, rest) = rest.split_once("] ").unwrap();
+        assert_eq!(
+            rest,
+            "\"GET /a?b=\\x22c\\x22 HTTP/1.1\" 200 13 \"-\" \"curl/8\\x01\" 0.001\n"
+        );
+    }
+
+    #[test]
+    fn batches_swap_and_bound_memory() {
+        let mut log = AccessLog::new(-1);
+        let entry = Entry {
+            peer: None,
+            method: b"GET",
+            target: b"/",
+            minor_version: 1,
+            status: 200,
+            body_bytes: 0,
+            referer: None,
+            user_agent: None,
+            request_time: 0.0,
+        };
+        assert!(log.take_batch(false).is_none());
+        log.record(&entry);
+        assert!(log.take_batch(false).is_none(), "below the flush size");
+        let (_, len) = log.take_batch(true).unwrap();
+        assert!(len > 0);
+        assert!(
+            log.take_batch(true).is_none(),
+            "one batch in flight at a time"
+        );
+        for _ in 0..10_000 {
+            log.record(&entry);
+        }
+        assert!(log.dropped > 0);
+        assert!(log.filling.len() <= BATCH_BYTES);
+        assert_eq!(
+            log.written(-libc::EBADF)
+                .map(|m| m.contains("Bad file descriptor")),
+            Some(true)
+        );
+        assert!(log.written(-libc::EBADF).is_none(), "reported once");
+    }
+}
