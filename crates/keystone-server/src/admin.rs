@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::log::Level;
+use crate::observe::Observed;
 use crate::stats::{self, Shared};
 
 /// Largest admin request head read; anything longer is answered 400.
@@ -19,14 +20,11 @@ const ADMIN_REQUEST_BYTES_MAX: usize = 8 * 1024;
 /// A scraper that stalls this long is dropped.
 const ADMIN_IO_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Extra exposition text (the eBPF observer's families).
-pub type Extra = Box<dyn Fn() -> String + Send>;
-
 /// Binds `addr` and serves it on a new thread.
 pub fn start(
     addr: SocketAddr,
     shared: Arc<Shared>,
-    extra: Option<Extra>,
+    observed: Observed,
 ) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
     let bound = listener.local_addr()?;
@@ -36,7 +34,7 @@ pub fn start(
             for stream in listener.incoming() {
                 match stream {
                     Ok(stream) => {
-                        if let Err(err) = answer(stream, &shared, extra.as_ref()) {
+                        if let Err(err) = answer(stream, &shared, &observed) {
                             crate::log!(Level::Warn, None, "admin: {err}");
                         }
                     }
@@ -47,7 +45,7 @@ pub fn start(
     Ok(bound)
 }
 
-fn answer(mut stream: TcpStream, shared: &Shared, extra: Option<&Extra>) -> std::io::Result<()> {
+fn answer(mut stream: TcpStream, shared: &Shared, observed: &Observed) -> std::io::Result<()> {
     stream.set_read_timeout(Some(ADMIN_IO_TIMEOUT))?;
     stream.set_write_timeout(Some(ADMIN_IO_TIMEOUT))?;
     let mut head = Vec::with_capacity(512);
@@ -71,8 +69,7 @@ fn answer(mut stream: TcpStream, shared: &Shared, extra: Option<&Extra>) -> std:
     }
     match path {
         b"/metrics" => {
-            let extra = extra.map(|f| f()).unwrap_or_default();
-            let body = stats::prometheus(shared, &extra);
+            let body = stats::prometheus(shared, &observed.prometheus());
             respond(
                 &mut stream,
                 200,
@@ -88,7 +85,7 @@ fn answer(mut stream: TcpStream, shared: &Shared, extra: Option<&Extra>) -> std:
             &mut stream,
             200,
             "application/json",
-            &stats::worker_json(shared),
+            &stats::worker_json(shared, &observed.json()),
         ),
         _ => respond(&mut stream, 404, "text/plain", "not found\n"),
     }

@@ -31,12 +31,34 @@ pub enum Command {
         #[command(flatten)]
         lua: LuaArgs,
     },
+    /// Live per-worker figures of a running server, read from its admin
+    /// listener every second.
+    Stats(StatsArgs),
     /// Ask a running server to reload its app (sends it SIGHUP).
     Reload {
         /// The server's process id (`keystone serve` logs it at start-up).
         #[arg(long)]
         pid: i32,
     },
+}
+
+/// `keystone stats` flags.
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["pid", "admin"])))]
+pub struct StatsArgs {
+    /// The server's process id; its `--admin` address is read from its
+    /// command line.
+    #[arg(long)]
+    pub pid: Option<i32>,
+    /// The server's admin listener address.
+    #[arg(long, value_parser = parse_listen)]
+    pub admin: Option<SocketAddr>,
+    /// Print one JSON object per refresh instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Stop after this many refreshes (default: run until interrupted).
+    #[arg(long)]
+    pub count: Option<u64>,
 }
 
 /// How apps find modules, and the sandbox switch (`serve` and `check`).

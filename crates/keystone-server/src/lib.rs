@@ -13,9 +13,11 @@ pub mod cli;
 mod files;
 mod http;
 pub mod log;
+mod observe;
 pub mod pipeline;
 mod serve;
 mod stats;
+mod stats_cmd;
 mod watchdog;
 mod worker;
 
@@ -38,6 +40,7 @@ pub fn run(cli: cli::Cli) -> ExitCode {
         cli::Command::Serve(args) => serve::serve(args),
         cli::Command::Check { app, lua } => check(&app, &lua.config()),
         cli::Command::Reload { pid } => reload(pid),
+        cli::Command::Stats(args) => stats_cmd::run(&args),
     }
 }
 

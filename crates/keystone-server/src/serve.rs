@@ -14,13 +14,14 @@ use std::process::ExitCode;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use keystone_ebpf::{EbpfMode, ReuseportSteering};
+use keystone_ebpf::{EbpfMode, Observer, ReuseportSteering};
 use keystone_lua::{AppSource, LoadedApp, LuaConfig};
 use keystone_parser::Limits;
 
 use crate::admin;
 use crate::cli::ServeArgs;
 use crate::log::Level;
+use crate::observe::Observed;
 use crate::stats::{Shared, WorkerStats};
 use crate::watchdog::{self, Pulse, Watchdog};
 use crate::worker::{self, Timeouts, WorkerConfig};
@@ -81,7 +82,7 @@ pub fn serve(args: ServeArgs) -> ExitCode {
             Err(err) => return fail(format_args!("cannot listen on {}: {err}", args.listen)),
         }
     }
-    let steering = match steer(args.ebpf, &listeners) {
+    let mut steering = match steer(args.ebpf, &listeners) {
         Ok(steering) => steering,
         Err(code) => return code,
     };
@@ -148,7 +149,8 @@ pub fn serve(args: ServeArgs) -> ExitCode {
     crate::log!(
         Level::Info,
         None,
-        "listening on http://{addr} ({workers} workers, app {}, steering: {})",
+        "listening on http://{addr} (pid {}, {workers} workers, app {}, steering: {})",
+        std::process::id(),
         app.path.display(),
         if steering.is_some() {
             "ebpf"
@@ -161,8 +163,17 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         workers: stats,
         draining: AtomicBool::new(false),
     });
+    let observer = if args.observe {
+        observe_self(addr.port())
+    } else {
+        None
+    };
     if let Some(admin) = args.admin {
-        match admin::start(admin, Arc::clone(&shared), None) {
+        let observed = Observed {
+            observer,
+            steering: steering.take(),
+        };
+        match admin::start(admin, Arc::clone(&shared), observed) {
             Ok(bound) => crate::log!(
                 Level::Info,
                 None,
@@ -397,6 +408,29 @@ fn pin_to_core(index: u32, workers: u32) {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(index as usize % cpus, &mut set);
         libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// Attaches the eBPF observers to this process; the kernel refusing is one
+/// warning, never fatal.
+fn observe_self(port: u16) -> Option<Observer> {
+    match Observer::attach_for_port(std::process::id(), port) {
+        Ok(observer) => {
+            crate::log!(
+                Level::Info,
+                None,
+                "--observe: eBPF observers attached (syscalls, kernel-seen latency)"
+            );
+            Some(observer)
+        }
+        Err(err) => {
+            crate::log!(
+                Level::Warn,
+                None,
+                "--observe: eBPF observers unavailable, serving without them: {err}"
+            );
+            None
+        }
     }
 }
 

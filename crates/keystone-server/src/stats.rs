@@ -266,7 +266,7 @@ fn route_totals(shared: &Shared) -> Vec<(String, u64)> {
 
 /// One worker's figures for `keystone stats` (JSON, hand-written: the
 /// shape is small and stable).
-pub fn worker_json(shared: &Shared) -> String {
+pub fn worker_json(shared: &Shared, extra: &str) -> String {
     let mut out = String::from("{\"workers\":[");
     for (index, w) in shared.workers.iter().enumerate() {
         let requests: u64 = w.responses.iter().map(Counter::get).sum();
@@ -284,6 +284,6 @@ pub fn worker_json(shared: &Shared) -> String {
         );
     }
     let draining = shared.draining.load(Ordering::Relaxed);
-    let _ = write!(out, "],\"draining\":{draining}}}");
+    let _ = write!(out, "],\"draining\":{draining}{extra}}}");
     out
 }

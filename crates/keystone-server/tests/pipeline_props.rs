@@ -344,3 +344,27 @@ fn pinned_body_then_next_answer() {
     assert_eq!(answers[0].body, vec![b'b'; 100_000]);
     assert_eq!(answers[1].body, b"hello");
 }
+
+/// Regression: the receive buffer fills in the middle of a chunked body
+/// whose head does not start at offset 0 (an earlier request was consumed),
+/// so the worker compacts it; the decoder's saved offsets must follow.
+#[test]
+fn chunked_body_survives_compaction() {
+    let mut first = b"GET / HTTP/1.1\r\nHost: a\r\nX-Pad: ".to_vec();
+    first.resize(466, b'p');
+    first.extend_from_slice(b"\r\n\r\n");
+    let mut input = first.clone();
+    input.extend_from_slice(
+        b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1f4\r\n",
+    );
+    input.extend(std::iter::repeat_n(b'd', 500));
+    input.extend_from_slice(b"\r\n0\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n");
+    let mut pipeline = Pipeline::with_limits(APP, SMALL_LIMITS, 64);
+    let out = pipeline.feed(&input);
+    let answers = responses(&out, &input);
+    assert_eq!(answers.len(), 3);
+    assert_eq!(answers[0].body, b"hello");
+    let hex: String = std::iter::repeat_n("64", 500).collect();
+    assert_eq!(answers[1].body, format!("len=500 hex={hex}").into_bytes());
+    assert_eq!(answers[2].body, b"hello");
+}

@@ -1,0 +1,161 @@
+//! `keystone stats`: a live per-worker table (or JSON lines) read once a
+//! second from a running server's admin listener (`/stats.json`).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::cli::StatsArgs;
+use crate::EXIT_USAGE;
+
+const REFRESH: Duration = Duration::from_secs(1);
+const FETCH_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Runs `keystone stats`.
+pub fn run(args: &StatsArgs) -> ExitCode {
+    let admin = match (args.admin, args.pid) {
+        (Some(admin), _) => admin,
+        (None, Some(pid)) => match admin_of(pid) {
+            Ok(admin) => admin,
+            Err(message) => {
+                eprintln!("keystone stats: {message}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        },
+        (None, None) => {
+            eprintln!("keystone stats: give --pid PID or --admin ADDR");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let mut previous: Option<(Instant, Value)> = None;
+    let mut shown = 0u64;
+    loop {
+        let now = Instant::now();
+        let current = match fetch(admin) {
+            Ok(value) => value,
+            Err(message) => {
+                eprintln!("keystone stats: {admin}: {message}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        };
+        if args.json {
+            println!("{current}");
+        } else {
+            print_table(
+                &current,
+                previous.as_ref().map(|(t, v)| (now.duration_since(*t), v)),
+            );
+        }
+        let _ = std::io::stdout().flush();
+        shown += 1;
+        if args.count.is_some_and(|count| shown >= count) {
+            return ExitCode::SUCCESS;
+        }
+        previous = Some((now, current));
+        std::thread::sleep(REFRESH);
+    }
+}
+
+/// Finds `--admin ADDR` in the server's command line.
+fn admin_of(pid: i32) -> Result<SocketAddr, String> {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map_err(|err| format!("no process {pid}: {err}"))?;
+    let args: Vec<String> = cmdline
+        .split(|&b| b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let value = args.iter().enumerate().find_map(|(i, a)| {
+        a.strip_prefix("--admin=")
+            .map(str::to_owned)
+            .or_else(|| (a == "--admin").then(|| args.get(i + 1).cloned()).flatten())
+    });
+    let value = value.ok_or_else(|| format!("process {pid} was not started with --admin ADDR; `keystone stats` reads the admin listener"))?;
+    value
+        .parse()
+        .map_err(|_| format!("process {pid} has --admin {value:?}, which is not IP:PORT"))
+}
+
+fn fetch(admin: SocketAddr) -> Result<Value, String> {
+    let mut stream =
+        TcpStream::connect_timeout(&admin, FETCH_TIMEOUT).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(FETCH_TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    stream
+        .write_all(b"GET /stats.json HTTP/1.1\r\nHost: keystone\r\nConnection: close\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut response = Vec::new();
+    stream
+        .read_to_end(&mut response)
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text.split_once("\r\n\r\n").ok_or("malformed response")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(format!(
+            "unexpected answer: {}",
+            head.lines().next().unwrap_or_default()
+        ));
+    }
+    serde_json::from_str(body).map_err(|e| format!("bad JSON: {e}"))
+}
+
+fn print_table(current: &Value, previous: Option<(Duration, &Value)>) {
+    let workers = current["workers"].as_array().cloned().unwrap_or_default();
+    let before = |index: usize, field: &str| {
+        previous
+            .and_then(|(_, v)| v["workers"][index][field].as_u64())
+            .unwrap_or(0)
+    };
+    let seconds = previous.map_or(0.0, |(elapsed, _)| elapsed.as_secs_f64());
+    let observe = &current["observe"];
+    let threads = observe["threads"].as_array().cloned().unwrap_or_default();
+    println!(
+        "{:>6} {:>8} {:>10} {:>12} {:>8} {:>12}",
+        "worker", "conns", "req/s", "requests", "5xx", "syscalls/req"
+    );
+    for (index, worker) in workers.iter().enumerate() {
+        let requests = worker["requests"].as_u64().unwrap_or(0);
+        let delta = requests.saturating_sub(before(index, "requests"));
+        let rate = if seconds > 0.0 {
+            delta as f64 / seconds
+        } else {
+            0.0
+        };
+        let name = format!("keystone-w{index}");
+        let syscalls = threads
+            .iter()
+            .find(|t| t["name"] == name.as_str())
+            .and_then(|t| t["syscalls"].as_u64());
+        let per_request = match syscalls {
+            Some(calls) if requests > 0 => format!("{:.3}", calls as f64 / requests as f64),
+            _ => "-".to_owned(),
+        };
+        println!(
+            "{index:>6} {:>8} {rate:>10.0} {requests:>12} {:>8} {per_request:>12}",
+            worker["open"].as_u64().unwrap_or(0),
+            worker["errors_5xx"].as_u64().unwrap_or(0),
+        );
+    }
+    if observe.is_object() {
+        let us = |field: &str| observe[field].as_f64().filter(|v| *v >= 0.0);
+        let show = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.0} µs"));
+        println!(
+            "kernel-seen latency: p50 ≤ {}, p99 ≤ {} ({} samples); io_uring_enter: {}",
+            show(us("p50_us")),
+            show(us("p99_us")),
+            observe["latency_samples"].as_u64().unwrap_or(0),
+            observe["io_uring_enter"].as_u64().unwrap_or(0)
+        );
+    } else {
+        println!(
+            "(start the server with --observe for syscalls per request and latency percentiles)"
+        );
+    }
+    if current["draining"].as_bool() == Some(true) {
+        println!("draining");
+    }
+    println!();
+}
