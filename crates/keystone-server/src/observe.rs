@@ -58,16 +58,13 @@ impl Observed {
             let mut sum_seconds = 0.0;
             for (index, count) in histogram.iter().enumerate().take(BUCKETS) {
                 cumulative += count;
-                match bucket_upper_bound(index) {
-                    Some(upper) => {
-                        sum_seconds += *count as f64 * upper.as_secs_f64() * 0.75;
-                        let _ = writeln!(
-                            out,
-                            "keystone_kernel_latency_seconds_bucket{{le=\"{}\"}} {cumulative}",
-                            upper.as_secs_f64()
-                        );
-                    }
-                    None => {}
+                if let Some(upper) = bucket_upper_bound(index) {
+                    sum_seconds += *count as f64 * upper.as_secs_f64() * 0.75;
+                    let _ = writeln!(
+                        out,
+                        "keystone_kernel_latency_seconds_bucket{{le=\"{}\"}} {cumulative}",
+                        upper.as_secs_f64()
+                    );
                 }
             }
             let _ = writeln!(
