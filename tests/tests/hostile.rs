@@ -767,14 +767,20 @@ const TIMEOUT_FLAGS: &[&str] = &[
 const TIMEOUT_EARLIEST: Duration = Duration::from_millis(950);
 /// ...and must have fired by this (a coarse tick may add up to a second or two).
 const TIMEOUT_LATEST: Duration = Duration::from_millis(3500);
-/// A bystander's request must be answered within this while a hostile peer waits.
+/// A bystander's request must be answered within this while a hostile peer waits...
 const BYSTANDER_LATENCY_MAX: Duration = Duration::from_millis(200);
+/// ...all but this share of them: on a shared two-core box a scheduler hiccup
+/// can delay one request past 200 ms. A worker held up by the hostile peer
+/// would instead stall every request until the one-second timeout fires, which
+/// `BYSTANDER_STALL` catches without exception.
+const BYSTANDER_SLOW_PERCENT_MAX: usize = 5;
+const BYSTANDER_STALL: Duration = Duration::from_millis(900);
 
 /// A second client sending requests on its own connection the whole time a
-/// hostile one is being timed out; it records the slowest answer.
+/// hostile one is being timed out; it records how long each answer took.
 struct Bystander {
     stop: Arc<AtomicBool>,
-    thread: thread::JoinHandle<(usize, Duration)>,
+    thread: thread::JoinHandle<Vec<Duration>>,
 }
 
 impl Bystander {
@@ -782,8 +788,7 @@ impl Bystander {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
         let thread = thread::spawn(move || {
-            let mut answered = 0;
-            let mut slowest = Duration::ZERO;
+            let mut latencies = Vec::new();
             while !flag.load(Ordering::SeqCst) {
                 // A new connection each time: the bystander's own keep-alive
                 // connection would be closed by the one-second idle timeout.
@@ -791,26 +796,41 @@ impl Bystander {
                 let started = Instant::now();
                 client.send(b"GET /ping HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
                 let response = client.read_response();
-                slowest = slowest.max(started.elapsed());
-                assert_eq!(response.body_str(), "pong", "bystander request {answered}");
-                answered += 1;
+                latencies.push(started.elapsed());
+                assert_eq!(
+                    response.body_str(),
+                    "pong",
+                    "bystander request {}",
+                    latencies.len()
+                );
                 thread::sleep(Duration::from_millis(50));
             }
-            (answered, slowest)
+            latencies
         });
         Bystander { stop, thread }
     }
 
     fn finish(self, what: &str) {
         self.stop.store(true, Ordering::SeqCst);
-        let (answered, slowest) = self.thread.join().expect("bystander thread panicked");
+        let latencies = self.thread.join().expect("bystander thread panicked");
         assert!(
-            answered >= 5,
-            "{what}: bystander got only {answered} answers"
+            latencies.len() >= 5,
+            "{what}: bystander got only {} answers",
+            latencies.len()
         );
+        let slowest = latencies.iter().max().copied().unwrap_or_default();
         assert!(
-            slowest < BYSTANDER_LATENCY_MAX,
-            "{what}: a bystander request took {slowest:?}"
+            slowest < BYSTANDER_STALL,
+            "{what}: a bystander request stalled for {slowest:?}"
+        );
+        let slow = latencies
+            .iter()
+            .filter(|latency| **latency >= BYSTANDER_LATENCY_MAX)
+            .count();
+        assert!(
+            slow * 100 <= latencies.len() * BYSTANDER_SLOW_PERCENT_MAX,
+            "{what}: {slow} of {} bystander requests took {BYSTANDER_LATENCY_MAX:?} or more: {latencies:?}",
+            latencies.len()
         );
     }
 }
