@@ -20,13 +20,13 @@ const ADMIN_REQUEST_BYTES_MAX: usize = 8 * 1024;
 /// A scraper that stalls this long is dropped.
 const ADMIN_IO_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Binds `addr` and serves it on a new thread.
+/// Serves `listener` (bound early by `serve`) on a new thread; returns its
+/// address.
 pub fn start(
-    addr: SocketAddr,
+    listener: TcpListener,
     shared: Arc<Shared>,
     observed: Observed,
 ) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr)?;
     let bound = listener.local_addr()?;
     std::thread::Builder::new()
         .name("keystone-admin".into())

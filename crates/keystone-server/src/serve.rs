@@ -71,6 +71,18 @@ pub fn serve(args: ServeArgs) -> ExitCode {
     if let Err(err) = probe_free(args.listen) {
         return fail(format_args!("cannot listen on {}: {err}", args.listen));
     }
+    // Bound before the server's port, so a connection to the admin port
+    // never fails once the server's port accepts (it waits in the backlog
+    // until the admin thread starts, below).
+    let admin_listener = match args.admin.map(std::net::TcpListener::bind).transpose() {
+        Ok(listener) => listener,
+        Err(err) => {
+            return fail(format_args!(
+                "cannot listen on --admin {}: {err}",
+                args.admin.expect("set")
+            ))
+        }
+    };
     let mut listeners = Vec::with_capacity(workers as usize);
     let mut addr = args.listen;
     for _ in 0..workers {
@@ -146,18 +158,6 @@ pub fn serve(args: ServeArgs) -> ExitCode {
             return fail(message);
         }
     }
-    crate::log!(
-        Level::Info,
-        None,
-        "listening on http://{addr} (pid {}, {workers} workers, app {}, steering: {})",
-        std::process::id(),
-        app.path.display(),
-        if steering.is_some() {
-            "ebpf"
-        } else {
-            "kernel reuseport hash"
-        }
-    );
     let watchdog = Watchdog::new(Duration::from_millis(args.lua_budget_ms), workers as usize);
     let shared = Arc::new(Shared {
         workers: stats,
@@ -168,20 +168,39 @@ pub fn serve(args: ServeArgs) -> ExitCode {
     } else {
         None
     };
-    if let Some(admin) = args.admin {
+    let steering_kind = if steering.is_some() {
+        "ebpf"
+    } else {
+        "kernel reuseport hash"
+    };
+    if let Some(listener) = admin_listener {
         let observed = Observed {
             observer,
             steering: steering.take(),
         };
-        match admin::start(admin, Arc::clone(&shared), observed) {
+        match admin::start(listener, Arc::clone(&shared), observed) {
             Ok(bound) => crate::log!(
                 Level::Info,
                 None,
                 "admin listener on http://{bound} (/metrics, /health, /stats.json)"
             ),
-            Err(err) => return fail(format_args!("cannot listen on --admin {admin}: {err}")),
+            Err(err) => return fail(format_args!("admin listener: {err}")),
         }
+    } else if observer.is_some() {
+        crate::log!(
+            Level::Warn,
+            None,
+            "--observe without --admin: the figures can only be read through the admin listener"
+        );
     }
+    crate::log!(
+        Level::Info,
+        None,
+        "listening on http://{addr} (pid {}, {workers} workers, app {}, steering: {steering_kind})",
+        std::process::id(),
+        app.path.display()
+    );
+
     let fleet = Fleet {
         shared,
         wakes,
