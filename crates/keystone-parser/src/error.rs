@@ -34,6 +34,8 @@ pub enum ParseError {
     BodyTooLarge { limit: u64, declared: u64 },
     /// Chunked framing is malformed.
     BadChunk,
+    /// An `Expect` other than `100-continue` (RFC 9110 §10.1.1: 417).
+    ExpectationFailed,
 }
 
 impl ParseError {
@@ -53,6 +55,7 @@ impl ParseError {
             ParseError::BodyTooLarge { .. } => 413,
             ParseError::UnsupportedTransferEncoding => 501,
             ParseError::VersionNotSupported => 505,
+            ParseError::ExpectationFailed => 417,
         }
     }
 }
@@ -82,6 +85,7 @@ impl fmt::Display for ParseError {
                 write!(f, "body of {declared} bytes exceeds {limit}")
             }
             ParseError::BadChunk => f.write_str("invalid chunked encoding"),
+            ParseError::ExpectationFailed => f.write_str("unsupported expectation"),
         }
     }
 }

@@ -12,6 +12,7 @@ pub(crate) struct HeaderFacts {
     connection_close: bool,
     connection_keep_alive: bool,
     expect_continue: bool,
+    expect_unknown: bool,
 }
 
 /// The Transfer-Encoding list seen so far (several headers form one list).
@@ -42,7 +43,9 @@ impl HeaderFacts {
                 head.host = value_span;
             }
             6 if name.eq_ignore_ascii_case(b"expect") => {
-                self.expect_continue |= value.eq_ignore_ascii_case(b"100-continue");
+                let continues = value.eq_ignore_ascii_case(b"100-continue");
+                self.expect_continue |= continues;
+                self.expect_unknown |= !continues;
             }
             10 if name.eq_ignore_ascii_case(b"connection") => {
                 for option in list_elements(value) {
@@ -112,6 +115,10 @@ impl HeaderFacts {
             return Err(ParseError::MissingHost);
         }
         head.body = self.framing(head.minor_version, limits)?;
+        // HTTP/1.0 clients know no expectations: ignored there (RFC 9110 §10.1.1).
+        if head.minor_version == 1 && self.expect_unknown {
+            return Err(ParseError::ExpectationFailed);
+        }
         head.persistence = match (head.minor_version, self.connection_close) {
             (_, true) => Persistence::Close,
             (1, false) => Persistence::KeepAlive,

@@ -105,10 +105,25 @@ impl Reactor {
     /// single-issuer and cooperative task running where the kernel has
     /// them, and plain setup where it does not.
     pub fn new(entries: u32) -> io::Result<Reactor> {
+        Reactor::with_sqpoll(entries, None)
+    }
+
+    /// Like [`Reactor::new`]; with `sqpoll_idle_ms`, a kernel thread polls
+    /// the submission queue (`IORING_SETUP_SQPOLL`), so submitting costs no
+    /// syscall while it is awake; it sleeps after that many idle
+    /// milliseconds. It costs a kernel thread per worker, busy while awake.
+    pub fn with_sqpoll(entries: u32, sqpoll_idle_ms: Option<u32>) -> io::Result<Reactor> {
         assert!(
             entries.is_power_of_two(),
             "ring entries must be a power of two"
         );
+        if let Some(idle) = sqpoll_idle_ms {
+            let ring = IoUring::builder()
+                .setup_sqpoll(idle)
+                .setup_cqsize(entries * 2)
+                .build(entries)?;
+            return Ok(Reactor { ring });
+        }
         let tuned = IoUring::builder()
             .setup_single_issuer()
             .setup_coop_taskrun()

@@ -168,3 +168,11 @@ fn splice_moves_file_bytes_through_a_pipe_to_a_socket() {
     assert_eq!(&got, b"456789ab");
     std::fs::remove_file(path).unwrap();
 }
+
+#[test]
+fn sqpoll_ring_serves_operations() {
+    let mut reactor = Reactor::with_sqpoll(8, Some(100))
+        .expect("SQPOLL ring (root or CAP_SYS_NICE on old kernels)");
+    reactor.close(-1, Token::new(0, 0, 5));
+    assert_eq!(wait_for(&mut reactor, 5).result, -libc::EBADF);
+}

@@ -182,6 +182,11 @@ pub struct ServeArgs {
     /// Access log: a file path, or `-` for standard output (off by default).
     #[arg(long, value_name = "PATH|-")]
     pub access_log: Option<PathBuf>,
+    /// Give each worker's io_uring a kernel submission-polling thread
+    /// (IORING_SETUP_SQPOLL): fewer syscalls under load, a busy kernel
+    /// thread per worker while traffic flows.
+    #[arg(long)]
+    pub sqpoll: bool,
     /// Load the eBPF observers (syscalls per worker thread, kernel-seen
     /// latency) and export their figures on the admin listener.
     #[arg(long)]

@@ -150,6 +150,7 @@ pub fn serve(args: ServeArgs) -> ExitCode {
                 },
                 None => None,
             },
+            sqpoll: args.sqpoll,
         };
         reloads.push(reload_tx);
         wakes.push(wake);

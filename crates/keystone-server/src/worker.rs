@@ -106,7 +106,14 @@ pub struct WorkerConfig {
     pub stats: Arc<WorkerStats>,
     /// Where access-log lines go, when on.
     pub access_log: Option<OwnedFd>,
+    /// Use a submission-polling kernel thread.
+    pub sqpoll: bool,
 }
+
+/// How long an SQPOLL thread spins without work before sleeping: long
+/// enough to ride through gaps between request bursts, short enough that an
+/// idle server does not burn a core.
+const SQPOLL_IDLE_MS: u32 = 50;
 
 /// Added to a worker's wake eventfd to ask it to drain.
 pub const DRAIN_WAKE: u64 = 1 << 32;
@@ -247,8 +254,8 @@ impl Worker {
             .collect();
         let (statics, files) = open_roots(&loaded)?;
         let access_fd = config.access_log.as_ref().map(|fd| fd.as_raw_fd());
-        let reactor =
-            Reactor::new(RING_ENTRIES).map_err(|e| format!("io_uring setup failed: {e}"))?;
+        let reactor = Reactor::with_sqpoll(RING_ENTRIES, config.sqpoll.then_some(SQPOLL_IDLE_MS))
+            .map_err(|e| format!("io_uring setup failed: {e}"))?;
         Ok(Worker {
             reactor,
             slots,

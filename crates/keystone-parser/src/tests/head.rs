@@ -147,6 +147,7 @@ fn complete_requests() {
         (format!("POST / HTTP/1.1\r\n{h}Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n"), Ok { method: "POST", body: Chunked, ..GET11 }),
         (format!("POST / HTTP/1.1\r\n{h}Expect: 100-Continue\r\n\r\n"), Ok { method: "POST", expect_continue: true, ..GET11 }),
         ("POST / HTTP/1.0\r\nExpect: 100-continue\r\n\r\n".into(), Ok { method: "POST", minor_version: 0, persistence: Close, ..GET11 }),
+        ("POST / HTTP/1.0\r\nExpect: whatever\r\n\r\n".into(), Ok { method: "POST", minor_version: 0, persistence: Close, ..GET11 }),
         (format!("\r\nGET / HTTP/1.1\r\n{h}\r\n"), GET11),
         ("GET / HTTP/1.1\nHost: a\n\n".into(), GET11),
     ];
@@ -226,6 +227,8 @@ fn rejected_requests() {
         (b"GET / HTTP/1.1\r\n\r\n", MissingHost),
         (b"GET / HTTP/1.1\r\nHost: a\r\nhost: a\r\n\r\n", DuplicateHost),
         (b"GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n", DuplicateHost),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 200-ok\r\n\r\n", ExpectationFailed),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nExpect: x\r\n\r\n", ExpectationFailed),
         // Content-Length.
         (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -5\r\n\r\n", BadContentLength),
         (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\n", BadContentLength),
@@ -397,6 +400,7 @@ fn status_mapping() {
         (DuplicateHost, 400),
         (ObsFold, 400),
         (BadChunk, 400),
+        (ExpectationFailed, 417),
         (HeadTooLarge { limit: 1 }, 431),
         (TooManyHeaders { limit: 1 }, 431),
         (UriTooLong { limit: 1 }, 414),
