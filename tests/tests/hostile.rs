@@ -347,6 +347,13 @@ const FRAMING: &[Vector] = &[
         None,
         true,
     ),
+    row(
+        "an expectation other than 100-continue",
+        b"GET /ping HTTP/1.1\r\nHost: t\r\nExpect: 200-ok\r\n\r\n",
+        417,
+        None,
+        true,
+    ),
 ];
 
 /// Sends `vector` with `FOLLOW` behind it and checks the answer and the connection.
@@ -1033,8 +1040,8 @@ const FAILING: &[Failing] = &[
     failing("/status-1000", Some("ctx.status = 1000"), "1000"),
     failing("/status-99", Some("ctx.status = 99"), "99"),
     // An interim status can never be a final response: a client would wait
-    // for another one. Caught after the handler returns, so no line number.
-    failing("/status-100", None, "status 100"),
+    // for another one. Refused where it is set, with the line.
+    failing("/status-100", Some("ctx.status = 100"), "got 100"),
 ];
 
 fn check_failing(server: &Server, keep_alive: &mut RawClient, case: &Failing) {

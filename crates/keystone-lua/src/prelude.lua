@@ -227,8 +227,9 @@ return function(ex_addr, fns, layout, messages)
   local setters = {
     status = function(v)
       local n = tonumber(v)
-      if n == nil or n ~= floor(n) or n < 100 or n > 999 then
-        error("ctx.status must be an integer from 100 to 999, got " .. tostring(v), 3)
+      if n == nil or n ~= floor(n) or n < 200 or n > 999 then
+        -- 1xx are interim responses the engine sends itself, never final.
+        error("ctx.status must be an integer from 200 to 999, got " .. tostring(v), 3)
       end
       ex.status = n
     end,

@@ -153,15 +153,19 @@ fn policy_errors_are_precise() {
         ("ctx.bogus = 1", "ctx has no writable field 'bogus'"),
         (
             "ctx.status = 'abc'",
-            "ctx.status must be an integer from 100 to 999",
+            "ctx.status must be an integer from 200 to 999",
         ),
         (
             "ctx.status = 1000",
-            "ctx.status must be an integer from 100 to 999",
+            "ctx.status must be an integer from 200 to 999",
         ),
         (
             "ctx.status = 99",
-            "ctx.status must be an integer from 100 to 999",
+            "ctx.status must be an integer from 200 to 999",
+        ),
+        (
+            "ctx.status = 101",
+            "ctx.status must be an integer from 200 to 999, got 101",
         ),
         ("ctx.body = {}", "ctx.body as a table must be { file = "),
         ("ctx.body = true", "ctx.body must be a string"),

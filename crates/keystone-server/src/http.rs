@@ -8,8 +8,8 @@ use keystone_parser::{
     BodyFraming, ChunkedDecoder, Head, Limits, ParseError, ParseStatus, Parser, Persistence,
 };
 use keystone_response::{
-    chunk_header, has_body, policy_status, write_error, write_head, write_head_spec, BodyLength,
-    DateCache, Framing, HeadSpec, CONTINUE, DEFAULT_CONTENT_TYPE, LAST_CHUNK,
+    chunk_header, has_body, policy_status, write_error, write_head_spec, BodyLength, DateCache,
+    Framing, HeadSpec, CONTINUE, DEFAULT_CONTENT_TYPE, LAST_CHUNK,
 };
 use keystone_ringbuf::{RingBuffer, Span};
 use keystone_router::{RouteMiss, Router};
@@ -446,7 +446,7 @@ impl Http {
             }
         };
         match self.lua.exchange().body_kind() {
-            BodyKind::Inline => self.commit_inline(recv, send, framing, tail, key),
+            BodyKind::Inline => self.commit_inline(recv, send, framing, tail, key, status),
             BodyKind::File => {
                 let path = self.lua.exchange().response_body().unwrap_or(&[]);
                 match files::open(&self.files, path, false) {
@@ -466,6 +466,29 @@ impl Http {
         }
     }
 
+    /// Writes the head for `spec` with policy's headers and commits it;
+    /// returns its length, or logs and queues a 500 instead.
+    fn commit_head(
+        &self,
+        recv: &RingBuffer,
+        send: &mut RingBuffer,
+        spec: &HeadSpec<'_>,
+        framing: Framing,
+    ) -> Option<u32> {
+        let headers = self.lua.exchange().response_headers();
+        match write_head_spec(spec, headers, framing, &self.date, send.spare_mut()) {
+            Ok(n) => {
+                send.commit(n as u32);
+                Some(n as u32)
+            }
+            Err(err) => {
+                self.log_request_error(recv, format_args!("invalid response: {err}"));
+                self.queue_error(send, 500, None, framing);
+                None
+            }
+        }
+    }
+
     fn commit_inline(
         &mut self,
         recv: &RingBuffer,
@@ -473,26 +496,20 @@ impl Http {
         framing: Framing,
         tail: &mut Tail,
         key: u32,
+        status: u16,
     ) -> bool {
-        let exchange = self.lua.exchange();
-        let bytes = exchange.response_body().unwrap_or(&[]);
+        let bytes = self.lua.exchange().response_body().unwrap_or(&[]);
         let head_start = send.tail();
-        let n = match write_head(
-            exchange,
-            bytes.len() as u64,
-            framing,
-            &self.date,
-            send.spare_mut(),
-        ) {
-            Ok(n) => n,
-            Err(err) => {
-                self.log_request_error(recv, format_args!("invalid response: {err}"));
-                self.queue_error(send, 500, None, framing);
-                return false;
-            }
+        let spec = HeadSpec {
+            status,
+            length: BodyLength::Known(bytes.len() as u64),
+            default_content_type: DEFAULT_CONTENT_TYPE,
+            extra: &[],
         };
-        send.commit(n as u32);
-        if !has_body(exchange.status as u16, framing.head_request) || bytes.is_empty() {
+        let Some(n) = self.commit_head(recv, send, &spec, framing) else {
+            return false;
+        };
+        if !has_body(status, framing.head_request) || bytes.is_empty() {
             return false;
         }
         if bytes.len() <= send.spare() as usize {
@@ -504,7 +521,7 @@ impl Http {
             Ok(()) => *tail = Tail::Pinned(PinnedBody { ptr, len, sent: 0 }),
             Err(err) => {
                 // Take the head back so nothing half-framed is sent.
-                send.cut(head_start, n as u32);
+                send.cut(head_start, n);
                 self.log_request_error(recv, format_args!("cannot pin a response body: {err}"));
                 self.queue_error(send, 500, None, framing);
             }
@@ -538,22 +555,9 @@ impl Http {
             default_content_type: DEFAULT_CONTENT_TYPE,
             extra: &[],
         };
-        let exchange = self.lua.exchange();
-        let n = match write_head_spec(
-            &spec,
-            exchange.response_headers(),
-            framing,
-            &self.date,
-            send.spare_mut(),
-        ) {
-            Ok(n) => n,
-            Err(err) => {
-                self.log_request_error(recv, format_args!("invalid response: {err}"));
-                self.queue_error(send, 500, None, framing);
-                return false;
-            }
-        };
-        send.commit(n as u32);
+        if self.commit_head(recv, send, &spec, framing).is_none() {
+            return false;
+        }
         if !has_body(status, framing.head_request) {
             return !framing.keep_alive;
         }

@@ -454,13 +454,27 @@ impl Worker {
         let token = self.token(slot, OP_RECV);
         let Slot { conn, recv, .. } = &mut self.slots[slot];
         debug_assert!(!conn.recv_armed);
-        if recv.spare() == 0 && recv.head() > 0 {
+        if conn.lingering {
+            // Closing: what is buffered will never be read; discard it so
+            // the lingering reads have room.
+            recv.reset_for_reuse();
+        } else if recv.spare() == 0 && recv.head() > 0 {
             recv.compact();
         }
         let (ptr, len) = recv.spare_ptr();
-        // Limits make a request always fit (capacity = head + body limits),
-        // so a full buffer here is a bug, not a peer error.
-        assert!(len > 0, "receive buffer full without a complete request");
+        // Limits make a request always fit (capacity = head + body limits)
+        // and a refused one closes the connection, so a full buffer here is
+        // an engine bug; still, one connection must not take the worker
+        // down: close it.
+        debug_assert!(len > 0, "receive buffer full without a complete request");
+        if len == 0 {
+            crate::log!(
+                Level::Error,
+                Some(self.http.worker),
+                "receive buffer full without a complete request; closing the connection"
+            );
+            return self.begin_close_now(slot);
+        }
         // SAFETY: the spare region belongs to this slot's buffer, which lives
         // as long as the worker; nothing touches it until the completion
         // (`recv_armed` blocks compaction and processing meanwhile).
