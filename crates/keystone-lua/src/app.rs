@@ -508,21 +508,30 @@ impl AppTable {
     }
 }
 
+/// Field `field` of the app table when it is a table; absent is `None`;
+/// anything else is an error saying what was `expected`.
+fn optional_table(
+    source: &AppSource,
+    app: &Table,
+    field: &str,
+    expected: &str,
+) -> Result<Option<Table>, LoadError> {
+    match app.get::<Value>(field).map_err(lua_error)? {
+        Value::Table(t) => Ok(Some(t)),
+        Value::Nil => Ok(None),
+        other => Err(shape(
+            source,
+            format!("`{field}` must be {expected}, got {}", other.type_name()),
+        )),
+    }
+}
+
 /// `static = { ["/assets/"] = "./public" }`: URL prefixes served from
 /// directories (relative to the app's directory), longest prefix first.
 fn static_dirs(source: &AppSource, app: &Table) -> Result<Vec<(String, PathBuf)>, LoadError> {
-    let table = match app.get::<Value>("static").map_err(lua_error)? {
-        Value::Table(t) => t,
-        Value::Nil => return Ok(Vec::new()),
-        other => {
-            return Err(shape(
-                source,
-                format!(
-                    "`static` must be a table of \"/prefix/\" = \"directory\", got {}",
-                    other.type_name()
-                ),
-            ))
-        }
+    let expected = "a table of \"/prefix/\" = \"directory\"";
+    let Some(table) = optional_table(source, app, "static", expected)? else {
+        return Ok(Vec::new());
     };
     let mut out = Vec::new();
     for pair in table.pairs::<Value, Value>() {
@@ -559,18 +568,8 @@ fn static_dirs(source: &AppSource, app: &Table) -> Result<Vec<(String, PathBuf)>
 
 /// Field `field` of the app table as a list of strings; absent is empty.
 fn string_list(source: &AppSource, app: &Table, field: &str) -> Result<Vec<String>, LoadError> {
-    let list = match app.get::<Value>(field).map_err(lua_error)? {
-        Value::Table(t) => t,
-        Value::Nil => return Ok(Vec::new()),
-        other => {
-            return Err(shape(
-                source,
-                format!(
-                    "`{field}` must be a list of strings, got {}",
-                    other.type_name()
-                ),
-            ))
-        }
+    let Some(list) = optional_table(source, app, field, "a list of strings")? else {
+        return Ok(Vec::new());
     };
     let mut out = Vec::new();
     for pair in list.pairs::<Value, Value>() {

@@ -83,7 +83,19 @@ fn app_fields_are_checked() {
         ),
         (
             "return { routes = {}, allow_c_module = { 'cjson' } }",
-            "unknown field \"allow_c_module\" (known: routes, init_worker, rocks_trees, allow_c_modules)",
+            "unknown field \"allow_c_module\" (known: routes, init_worker, rocks_trees, allow_c_modules, static)",
+        ),
+        (
+            "return { routes = {}, static = 'public' }",
+            "`static` must be a table of \"/prefix/\" = \"directory\", got string",
+        ),
+        (
+            "return { routes = {}, static = { assets = '.' } }",
+            "static prefix \"assets\" must start with '/'",
+        ),
+        (
+            "return { routes = {}, static = { ['/a/'] = '/nonexistent-dir' } }",
+            "/nonexistent-dir is not a directory",
         ),
     ];
     for (text, expected) in cases {
