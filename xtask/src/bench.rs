@@ -10,7 +10,9 @@
 //! requests completed), pipelined ×16 throughput (where the server, not the
 //! client, is the bottleneck), latency percentiles from `wrk --latency`,
 //! syscalls per request (`strace -c -f`), and RSS with 10,000 idle
-//! keep-alive connections.
+//! keep-alive connections. Static files (4 KiB and 1 MiB, written by the
+//! harness) are served by Keystone's `static` app field and nginx's
+//! `sendfile`; raw-uring has no files and sits those scenarios out.
 //!
 //! Rounds are interleaved per scenario (A/B/C/A/B/C) so drift (thermal,
 //! other load) hits every server alike; each figure is the median of the
@@ -77,7 +79,8 @@ const STRACE_SECONDS: u32 = 2;
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Read/write timeout of our own HTTP client (smoke checks, idle clients).
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Largest response our client reads: the canned bodies are tiny.
+/// Largest response our client reads for the Lua routes: their bodies are
+/// tiny. The static smoke check reads up to [`STATIC_FILES`]' largest.
 const CLIENT_RESPONSE_BYTES_MAX: usize = 4096;
 /// Lines of a server's log quoted when it fails to start.
 const LOG_TAIL_LINES: usize = 12;
@@ -103,9 +106,65 @@ request = function()
 end
 "#;
 
-/// nginx + lua-nginx-module equivalent of Keystone's example app. `{port}`,
-/// `{dir}` and `{load_modules}` are filled in; Content-Length is set so the
-/// bytes on the wire match Keystone's (without it nginx sends chunked).
+/// URL prefix of the static scenarios, on both servers.
+const STATIC_PREFIX: &str = "/static/";
+/// Subdirectory of the run's temporary directory the files are written to:
+/// `<dir>/files` is nginx's `root`, `<dir>/files/static` Keystone's static
+/// directory, so `GET /static/4k.bin` is the same file on both.
+const FILES_DIR: &str = "files";
+/// Seed of the files' bytes (splitmix64), fixed so every run serves the
+/// same bytes.
+const STATIC_SEED: u64 = 0x6b65_7973_746f_6e65;
+
+/// A file the static scenarios fetch: name under [`STATIC_PREFIX`], size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct StaticFile {
+    name: &'static str,
+    bytes: usize,
+}
+
+const STATIC_4K: StaticFile = StaticFile {
+    name: "4k.bin",
+    bytes: 4096,
+};
+const STATIC_1M: StaticFile = StaticFile {
+    name: "1m.bin",
+    bytes: 1 << 20,
+};
+const STATIC_FILES: [StaticFile; 2] = [STATIC_4K, STATIC_1M];
+
+/// Keystone's bench app: the bundled example app's routes plus the static
+/// directory. `{static_prefix}` and `{static_dir}` (absolute) are filled in.
+const KEYSTONE_APP: &str = r#"-- Written by cargo xtask bench: examples/hello/app.lua's routes plus the
+-- static directory the static scenarios fetch from.
+return {
+  routes = {
+    ["GET /"] = function(ctx)
+      ctx.body = "Hello, World!"
+    end,
+
+    ["GET /json"] = function(ctx)
+      ctx.headers["Content-Type"] = "application/json"
+      ctx.body = '{"message":"Hello, World!"}'
+    end,
+
+    ["GET /users/{id}"] = function(ctx)
+      ctx.headers["Content-Type"] = "application/json"
+      ctx.body = '{"id":' .. ctx.params.id .. '}'
+    end,
+  },
+  static = {
+    ["{static_prefix}"] = [==[{static_dir}]==],
+  },
+}
+"#;
+
+/// nginx + lua-nginx-module equivalent of Keystone's bench app. `{port}`,
+/// `{dir}`, `{files}` and `{load_modules}` are filled in; Content-Length is
+/// set so the bytes on the wire match Keystone's (without it nginx sends
+/// chunked). The static location is what a tuned nginx serves files with:
+/// `sendfile on` (zero-copy, like Keystone's splice) and `tcp_nopush on`
+/// (head and file in full segments).
 const NGINX_CONF: &str = r#"daemon off;
 master_process off;
 worker_processes 1;
@@ -152,6 +211,12 @@ http {
                 ngx.print(body)
             }
         }
+        location {static_prefix} {
+            root {files};
+            sendfile on;
+            tcp_nopush on;
+            default_type application/octet-stream;
+        }
     }
 }
 "#;
@@ -189,6 +254,13 @@ impl ServerKind {
     fn routes(self) -> bool {
         self != ServerKind::RawUring
     }
+
+    /// Whether it serves files: raw-uring has none, so it sits out the
+    /// static scenarios (reported as "n/a (no files)", never as its canned
+    /// reply: 13 bytes against 4 KiB would be no comparison).
+    fn serves_files(self) -> bool {
+        self != ServerKind::RawUring
+    }
 }
 
 /// One load scenario.
@@ -199,32 +271,55 @@ struct Scenario {
     connections: u32,
     /// Requests per write; 1 is not pipelined.
     pipeline: u32,
+    /// The static file it fetches (`path` is its URL); `None` for the Lua
+    /// routes.
+    file: Option<StaticFile>,
 }
 
-const SCENARIOS: [Scenario; 4] = [
+const SCENARIOS: [Scenario; 6] = [
     Scenario {
         name: "plaintext",
         path: "/",
         connections: 64,
         pipeline: 1,
+        file: None,
     },
     Scenario {
         name: "json-param",
         path: "/users/42",
         connections: 64,
         pipeline: 1,
+        file: None,
     },
     Scenario {
         name: "pipelined-16",
         path: "/",
         connections: 64,
         pipeline: PIPELINE_DEPTH,
+        file: None,
     },
     Scenario {
         name: "connections-256",
         path: "/",
         connections: 256,
         pipeline: 1,
+        file: None,
+    },
+    Scenario {
+        name: "static-4KiB",
+        path: "/static/4k.bin",
+        connections: 64,
+        pipeline: 1,
+        file: Some(STATIC_4K),
+    },
+    // Fewer connections: 64 × 1 MiB in flight would measure socket buffers
+    // and wrk's reading, not the server.
+    Scenario {
+        name: "static-1MiB",
+        path: "/static/1m.bin",
+        connections: 16,
+        pipeline: 1,
+        file: Some(STATIC_1M),
     },
 ];
 
@@ -238,10 +333,19 @@ impl Scenario {
     fn latency_valid(&self) -> bool {
         self.pipeline == 1
     }
-}
 
-/// Scenarios of the issue that Keystone cannot serve yet: listed, not faked.
-const NOT_IMPLEMENTED: [&str; 2] = ["static-4KiB", "static-1MiB"];
+    /// Whether `kind` takes part (raw-uring serves no files).
+    fn run_by(&self, kind: ServerKind) -> bool {
+        self.file.is_none() || kind.serves_files()
+    }
+
+    /// Payload throughput in MB/s (10^6 bytes: the file's bytes × req/s,
+    /// headers not counted); `None` for the Lua routes.
+    fn payload_mb_per_s(&self, sample: &Sample) -> Option<f64> {
+        self.file
+            .map(|file| file.bytes as f64 * sample.wrk.requests_per_s / 1e6)
+    }
+}
 
 /// Run parameters from the command line.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -507,19 +611,39 @@ fn free_port() -> Result<u16> {
 }
 
 /// Sends `GET path` on `stream` and reads one response; returns its status
-/// line and body. Reads exactly the response (Content-Length framed), so the
-/// connection stays usable.
+/// line and body (lossy UTF-8: the Lua routes' bodies are text).
 fn http_get(stream: &mut TcpStream, path: &str) -> Result<(String, String)> {
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")?;
     let mut buffer = [0u8; CLIENT_RESPONSE_BYTES_MAX];
+    let (status, body) = http_get_into(stream, path, &mut buffer)?;
+    Ok((status, String::from_utf8_lossy(body).into_owned()))
+}
+
+/// Sends `GET path` on `stream` and reads one response into `buffer`;
+/// returns its status line and body bytes. Reads exactly the response
+/// (Content-Length framed), so the connection stays usable; a response
+/// larger than `buffer` is an error.
+fn http_get_into<'b>(
+    stream: &mut TcpStream,
+    path: &str,
+    buffer: &'b mut [u8],
+) -> Result<(String, &'b [u8])> {
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")?;
     let mut filled = 0;
+    let mut framed: Option<(String, usize, usize)> = None;
     loop {
+        ensure!(
+            filled < buffer.len(),
+            "response over {} bytes",
+            buffer.len()
+        );
         let read = stream.read(&mut buffer[filled..])?;
         ensure!(read > 0, "connection closed after {filled} bytes");
         filled += read;
-        let text = String::from_utf8_lossy(&buffer[..filled]);
-        if let Some(head_end) = text.find("\r\n\r\n") {
-            let head = &text[..head_end];
+        if framed.is_none() {
+            let Some(head_end) = buffer[..filled].windows(4).position(|w| w == b"\r\n\r\n") else {
+                continue;
+            };
+            let head = String::from_utf8_lossy(&buffer[..head_end]);
             let length: usize = head
                 .lines()
                 .find_map(|line| {
@@ -528,18 +652,17 @@ fn http_get(stream: &mut TcpStream, path: &str) -> Result<(String, String)> {
                         .then(|| value.trim().parse().ok())?
                 })
                 .context("response without Content-Length")?;
-            let body_start = head_end + 4;
-            if filled >= body_start + length {
-                ensure!(filled == body_start + length, "bytes after the response");
-                let status = head.lines().next().unwrap_or_default().to_string();
-                return Ok((status, text[body_start..].to_string()));
+            let status = head.lines().next().unwrap_or_default().to_string();
+            framed = Some((status, head_end + 4, length));
+        }
+        if let Some((_, body_start, length)) = &framed {
+            let end = body_start + length;
+            if filled >= end {
+                ensure!(filled == end, "bytes after the response");
+                let (status, body_start, _) = framed.take().unwrap_or_default();
+                return Ok((status, &buffer[body_start..end]));
             }
         }
-        ensure!(
-            filled < buffer.len(),
-            "response over {} bytes",
-            buffer.len()
-        );
     }
 }
 
@@ -582,8 +705,8 @@ impl Server {
         command.args(["-c", SERVER_CORE]);
         match kind {
             ServerKind::Keystone => {
-                command.arg(keystone).args([
-                    "serve".to_string(),
+                let app = write_keystone_app(dir)?;
+                command.arg(keystone).arg("serve").arg(app).args([
                     "--listen".to_string(),
                     format!("127.0.0.1:{port}"),
                     "--workers".to_string(),
@@ -661,8 +784,78 @@ impl Server {
                 self.kind.name()
             );
         }
+        if !self.kind.serves_files() {
+            return Ok(());
+        }
+        let largest = STATIC_FILES.iter().map(|file| file.bytes).max();
+        let mut buffer = vec![0u8; largest.unwrap_or(0) + CLIENT_RESPONSE_BYTES_MAX];
+        for file in STATIC_FILES {
+            let path = format!("{STATIC_PREFIX}{}", file.name);
+            let (status, body) = http_get_into(&mut stream, &path, &mut buffer)?;
+            ensure!(
+                status.starts_with("HTTP/1.1 200") && body == static_file_bytes(file),
+                "{} GET {path}: {status:?} with {} bytes, expected 200 with the {} bytes written",
+                self.kind.name(),
+                body.len(),
+                file.bytes
+            );
+        }
         Ok(())
     }
+}
+
+/// The bytes of `file`: splitmix64 from [`STATIC_SEED`] mixed with the
+/// file's size, so the two files differ and every run writes the same.
+fn static_file_bytes(file: StaticFile) -> Vec<u8> {
+    let mut state = STATIC_SEED ^ file.bytes as u64;
+    let mut bytes = Vec::with_capacity(file.bytes + 8);
+    while bytes.len() < file.bytes {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        bytes.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+    }
+    bytes.truncate(file.bytes);
+    bytes
+}
+
+/// `<dir>/files`: nginx's `root` for [`STATIC_PREFIX`]; the files lie in
+/// its `static` subdirectory, Keystone's static directory.
+fn files_root(dir: &Path) -> PathBuf {
+    dir.join(FILES_DIR)
+}
+
+fn static_dir(dir: &Path) -> PathBuf {
+    files_root(dir).join(STATIC_PREFIX.trim_matches('/'))
+}
+
+/// Writes [`STATIC_FILES`] under `<dir>/files/static`.
+fn write_static_files(dir: &Path) -> Result<()> {
+    let static_dir = static_dir(dir);
+    std::fs::create_dir_all(&static_dir)?;
+    for file in STATIC_FILES {
+        std::fs::write(static_dir.join(file.name), static_file_bytes(file))?;
+    }
+    Ok(())
+}
+
+/// Writes Keystone's bench app (with the static directory's absolute path).
+fn write_keystone_app(dir: &Path) -> Result<PathBuf> {
+    let static_dir = std::path::absolute(static_dir(dir))?;
+    let static_dir = static_dir
+        .to_str()
+        .context("static directory path is not UTF-8")?;
+    ensure!(
+        !static_dir.contains("]==]"),
+        "static directory path {static_dir:?} closes a Lua long string"
+    );
+    let app = KEYSTONE_APP
+        .replace("{static_prefix}", STATIC_PREFIX)
+        .replace("{static_dir}", static_dir);
+    let path = dir.join("app.lua");
+    std::fs::write(&path, app)?;
+    Ok(path)
 }
 
 fn write_nginx_conf(dir: &Path, port: u16) -> Result<PathBuf> {
@@ -680,6 +873,8 @@ fn write_nginx_conf(dir: &Path, port: u16) -> Result<PathBuf> {
         .replace("{nofile}", &NOFILE_NEEDED.to_string())
         .replace("{connections}", &SERVER_CONNECTIONS_MAX.to_string())
         .replace("{load_modules}", &load_modules)
+        .replace("{static_prefix}", STATIC_PREFIX)
+        .replace("{files}", &files_root(dir).display().to_string())
         .replace("{dir}", &dir.display().to_string())
         .replace("{port}", &port.to_string());
     let path = dir.join("nginx.conf");
@@ -814,9 +1009,10 @@ fn measure_idle_rss(server: &Server) -> Result<RssFigure> {
 struct Report {
     options: Options,
     date: String,
-    /// Per scenario (as `SCENARIOS`), per server (as `SERVERS`): the median.
-    medians: Vec<[Sample; 3]>,
-    /// Per scenario, per server: every round.
+    /// Per scenario (as `SCENARIOS`), per server (as `SERVERS`): the median;
+    /// `None` where the server sits the scenario out (raw-uring, files).
+    medians: Vec<[Option<Sample>; 3]>,
+    /// Per scenario, per server: every round (none where it sits out).
     rounds: Vec<[Vec<Sample>; 3]>,
     syscalls: [Result<SyscallFigure>; 3],
     rss: [Result<RssFigure>; 3],
@@ -851,6 +1047,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let dir = std::env::temp_dir().join(format!("keystone-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("pipeline.lua"), PIPELINE_LUA)?;
+    write_static_files(&dir)?;
     // On failure the directory stays: its server logs say why.
     let report = run_in(root, &dir, &options)
         .with_context(|| format!("server logs and configs kept in {}", dir.display()))?;
@@ -885,6 +1082,9 @@ fn run_in(root: &Path, dir: &Path, options: &Options) -> Result<Report> {
         let mut samples: [Vec<Sample>; 3] = Default::default();
         for round in 1..=options.rounds {
             for (index, server) in servers.iter().enumerate() {
+                if !scenario.run_by(server.kind) {
+                    continue;
+                }
                 println!(
                     "==> {} round {round}/{}: {} ({}s, {} connections, pipeline {})",
                     scenario.name,
@@ -897,7 +1097,9 @@ fn run_in(root: &Path, dir: &Path, options: &Options) -> Result<Report> {
                 samples[index].push(measure(server, scenario, options.seconds, dir)?);
             }
         }
-        medians.push(std::array::from_fn(|index| median_sample(&samples[index])));
+        medians.push(std::array::from_fn(|index| {
+            (!samples[index].is_empty()).then(|| median_sample(&samples[index]))
+        }));
         rounds.push(samples);
     }
     println!("==> syscalls per request (strace -c -f, {STRACE_SECONDS}s)");
@@ -914,12 +1116,12 @@ fn run_in(root: &Path, dir: &Path, options: &Options) -> Result<Report> {
     })
 }
 
-/// `a ÷ b` to two decimals and a trailing `×`, or `-` when b is zero.
-fn ratio(a: f64, b: f64) -> String {
-    if b > 0.0 {
-        format!("{:.2}×", a / b)
-    } else {
-        "-".to_string()
+/// `a ÷ b` to two decimals and a trailing `×`, or `-` when either is
+/// missing (a server sat the scenario out) or b is zero.
+fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}×", a / b),
+        _ => "-".to_string(),
     }
 }
 
@@ -946,10 +1148,13 @@ fn targets(report: &Report) -> Vec<Target> {
     const KEYSTONE: usize = 0;
     const NGINX: usize = 1;
     const RAW: usize = 2;
+    // Every server runs the Lua scenarios, so these are all `Some`.
     let plaintext = &report.medians[0];
     let pipelined = &report.medians[2];
-    let cpu = |index: usize| plaintext[index].cpu_us_per_request;
-    let pipelined_rate = |index: usize| pipelined[index].wrk.requests_per_s;
+    let cpu = |index: usize| plaintext[index].map(|s| s.cpu_us_per_request);
+    let p99 = |index: usize| plaintext[index].map(|s| s.wrk.latency_p99_ms);
+    let pipelined_rate = |index: usize| pipelined[index].map(|s| s.wrk.requests_per_s);
+    let quotient = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| a / b);
     let keystone_syscalls = report.syscalls[KEYSTONE]
         .as_ref()
         .ok()
@@ -958,33 +1163,31 @@ fn targets(report: &Report) -> Vec<Target> {
     vec![
         Target {
             what: "CPU/request, plaintext 64 conns: keystone ÷ nginx+lua",
-            measured: Some(cpu(KEYSTONE) / cpu(NGINX)),
+            measured: quotient(cpu(KEYSTONE), cpu(NGINX)),
             limit: 0.7,
             at_most: true,
         },
         Target {
             what: "CPU/request, plaintext 64 conns: keystone ÷ raw-uring",
-            measured: Some(cpu(KEYSTONE) / cpu(RAW)),
+            measured: quotient(cpu(KEYSTONE), cpu(RAW)),
             limit: 1.25,
             at_most: true,
         },
         Target {
             what: "pipelined ×16 req/s: keystone ÷ nginx+lua",
-            measured: Some(pipelined_rate(KEYSTONE) / pipelined_rate(NGINX)),
+            measured: quotient(pipelined_rate(KEYSTONE), pipelined_rate(NGINX)),
             limit: 6.0,
             at_most: false,
         },
         Target {
             what: "pipelined ×16 req/s: keystone ÷ raw-uring",
-            measured: Some(pipelined_rate(KEYSTONE) / pipelined_rate(RAW)),
+            measured: quotient(pipelined_rate(KEYSTONE), pipelined_rate(RAW)),
             limit: 0.5,
             at_most: false,
         },
         Target {
             what: "p99 latency, plaintext 64 conns: keystone ÷ nginx+lua",
-            measured: Some(
-                plaintext[KEYSTONE].wrk.latency_p99_ms / plaintext[NGINX].wrk.latency_p99_ms,
-            ),
+            measured: quotient(p99(KEYSTONE), p99(NGINX)),
             limit: 1.0,
             at_most: true,
         },
@@ -1049,16 +1252,28 @@ fn render_markdown(report: &Report) -> String {
 fn render_throughput(md: &mut String, report: &Report) {
     let _ = writeln!(
         md,
-        "| scenario | server | req/s | server CPU µs/req | p50 ms | p99 ms | errors |"
+        "| scenario | server | req/s | MB/s | server CPU µs/req | p50 ms | p99 ms | errors |"
     );
-    let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|");
+    let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|---:|");
     for (scenario, medians) in SCENARIOS.iter().zip(&report.medians) {
         for (kind, sample) in SERVERS.iter().zip(medians) {
+            let Some(sample) = sample else {
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | n/a (no files) | | | | | |",
+                    scenario.name,
+                    kind.name()
+                );
+                continue;
+            };
             let note = if !kind.routes() && scenario.path != "/" {
                 " (no routing: canned reply)"
             } else {
                 ""
             };
+            let throughput = scenario
+                .payload_mb_per_s(sample)
+                .map_or("-".to_string(), |mb| format!("{mb:.0}"));
             let latency = if scenario.latency_valid() {
                 format!(
                     "{:.3} | {:.3}",
@@ -1069,7 +1284,7 @@ fn render_throughput(md: &mut String, report: &Report) {
             };
             let _ = writeln!(
                 md,
-                "| {} | {}{note} | {:.0} | {:.2} | {latency} | {} |",
+                "| {} | {}{note} | {:.0} | {throughput} | {:.2} | {latency} | {} |",
                 scenario.name,
                 kind.name(),
                 sample.wrk.requests_per_s,
@@ -1078,14 +1293,13 @@ fn render_throughput(md: &mut String, report: &Report) {
             );
         }
     }
-    for name in NOT_IMPLEMENTED {
-        let _ = writeln!(md, "| {name} | all | n/a: not implemented | | | | |");
-    }
     let _ = writeln!(
         md,
-        "\npipelined-16: no latency: wrk records one per batch of {PIPELINE_DEPTH} \
-         but corrects for coordinated omission as if each request were written \
-         alone, which makes its pipelined percentiles meaningless.\n"
+        "\nMB/s: static files only, the file's bytes × req/s (10^6 bytes, \
+         headers not counted). pipelined-16: no latency: wrk records one per \
+         batch of {PIPELINE_DEPTH} but corrects for coordinated omission as if \
+         each request were written alone, which makes its pipelined \
+         percentiles meaningless. raw-uring serves no files: no static rows.\n"
     );
 }
 
@@ -1096,16 +1310,20 @@ fn render_ratios(md: &mut String, report: &Report) {
     );
     let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|");
     for (scenario, [keystone, nginx, raw]) in SCENARIOS.iter().zip(&report.medians) {
+        let of = |sample: &Option<Sample>, field: fn(&Sample) -> f64| sample.as_ref().map(field);
+        let rate = |s: &Sample| s.wrk.requests_per_s;
+        let cpu = |s: &Sample| s.cpu_us_per_request;
+        let p99 = |s: &Sample| s.wrk.latency_p99_ms;
         let _ = writeln!(
             md,
             "| {} | {} | {} | {} | {} | {} |",
             scenario.name,
-            ratio(keystone.wrk.requests_per_s, nginx.wrk.requests_per_s),
-            ratio(keystone.wrk.requests_per_s, raw.wrk.requests_per_s),
-            ratio(keystone.cpu_us_per_request, nginx.cpu_us_per_request),
-            ratio(keystone.cpu_us_per_request, raw.cpu_us_per_request),
+            ratio(of(keystone, rate), of(nginx, rate)),
+            ratio(of(keystone, rate), of(raw, rate)),
+            ratio(of(keystone, cpu), of(nginx, cpu)),
+            ratio(of(keystone, cpu), of(raw, cpu)),
             if scenario.latency_valid() {
-                ratio(keystone.wrk.latency_p99_ms, nginx.wrk.latency_p99_ms)
+                ratio(of(keystone, p99), of(nginx, p99))
             } else {
                 "-".to_string()
             },
@@ -1162,15 +1380,24 @@ fn render_json(report: &Report) -> Value {
                 .iter()
                 .enumerate()
                 .map(|(server, kind)| {
+                    let Some(median) = &report.medians[index][server] else {
+                        return (
+                            kind.name().to_string(),
+                            json!({"not_applicable": "no files"}),
+                        );
+                    };
                     let rounds: Vec<Value> = report.rounds[index][server]
                         .iter()
                         .map(sample_json)
                         .collect();
-                    let mut figures = sample_json(&report.medians[index][server]);
+                    let mut figures = sample_json(median);
                     figures["rounds"] = Value::from(rounds);
                     if !scenario.latency_valid() {
                         figures["latency_p50_ms"] = Value::Null;
                         figures["latency_p99_ms"] = Value::Null;
+                    }
+                    if let Some(mb) = scenario.payload_mb_per_s(median) {
+                        figures["payload_mb_per_s"] = Value::from(mb);
                     }
                     (kind.name().to_string(), figures)
                 })
@@ -1180,6 +1407,7 @@ fn render_json(report: &Report) -> Value {
                 "path": scenario.path,
                 "connections": scenario.connections,
                 "pipeline": scenario.pipeline,
+                "file_bytes": scenario.file.map(|file| file.bytes),
                 "servers": servers,
             })
         })
@@ -1217,7 +1445,6 @@ fn render_json(report: &Report) -> Value {
         "server_core": SERVER_CORE,
         "client_core": CLIENT_CORE,
         "scenarios": scenarios,
-        "not_implemented": NOT_IMPLEMENTED,
         "servers": servers,
         "targets": targets,
     })
@@ -1341,11 +1568,103 @@ Transfer/sec:      9.46MB
         std::fs::create_dir_all(&dir).unwrap();
         let conf = std::fs::read_to_string(write_nginx_conf(&dir, 8081).unwrap()).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
-        assert!(
-            !conf.contains("{port}") && !conf.contains("{dir}"),
-            "{conf}"
-        );
+        for placeholder in ["{port}", "{dir}", "{files}", "{static_prefix}", "{nofile}"] {
+            assert!(!conf.contains(placeholder), "{placeholder} in {conf}");
+        }
         assert!(conf.contains("listen 127.0.0.1:8081"));
         assert!(conf.contains("worker_connections 10240;"));
+        let root = format!(
+            "location /static/ {{\n            root {}/files;",
+            dir.display()
+        );
+        assert!(conf.contains(&root), "{conf}");
+        assert!(conf.contains("sendfile on;"));
+    }
+
+    #[test]
+    fn static_files_are_fixed_and_distinct() {
+        let small = static_file_bytes(STATIC_4K);
+        let large = static_file_bytes(STATIC_1M);
+        assert_eq!((small.len(), large.len()), (4096, 1 << 20));
+        assert_eq!(small, static_file_bytes(STATIC_4K));
+        assert_ne!(small[..], large[..4096]);
+        // Not a constant fill: most byte values occur.
+        let mut seen = [false; 256];
+        for &byte in &small {
+            seen[usize::from(byte)] = true;
+        }
+        assert!(seen.iter().filter(|&&s| s).count() > 200);
+    }
+
+    #[test]
+    fn keystone_app_and_files_share_one_directory() {
+        let dir = std::env::temp_dir().join(format!("keystone-bench-app-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        write_static_files(&dir).unwrap();
+        let app = std::fs::read_to_string(write_keystone_app(&dir).unwrap()).unwrap();
+        let on_disk = std::fs::read(dir.join("files/static/4k.bin")).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let static_line = format!(
+            "[\"/static/\"] = [==[{}]==],",
+            std::path::absolute(dir.join("files/static"))
+                .unwrap()
+                .display()
+        );
+        assert!(app.contains(&static_line), "{app}");
+        assert!(!app.contains("{static"), "{app}");
+        assert_eq!(on_disk, static_file_bytes(STATIC_4K));
+    }
+
+    #[test]
+    fn raw_uring_sits_out_the_static_scenarios_only() {
+        for scenario in &SCENARIOS {
+            assert!(scenario.run_by(ServerKind::Keystone));
+            assert!(scenario.run_by(ServerKind::NginxLua));
+            assert_eq!(
+                scenario.run_by(ServerKind::RawUring),
+                scenario.file.is_none(),
+                "{}",
+                scenario.name
+            );
+            if let Some(file) = scenario.file {
+                assert_eq!(scenario.path, format!("{STATIC_PREFIX}{}", file.name));
+            }
+        }
+        // The targets read plaintext and pipelined-16 by index.
+        assert_eq!(SCENARIOS[0].name, "plaintext");
+        assert_eq!(SCENARIOS[2].name, "pipelined-16");
+    }
+
+    #[test]
+    fn http_get_into_reads_one_binary_response() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let body = static_file_bytes(STATIC_4K);
+        let served = body.clone();
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut request = [0u8; 256];
+            let _ = stream.read(&mut request).unwrap();
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+                served.len()
+            );
+            stream.write_all(head.as_bytes()).unwrap();
+            stream.write_all(&served).unwrap();
+        });
+        let mut stream = connect(port).unwrap();
+        let mut buffer = vec![0u8; 8192];
+        let (status, got) = http_get_into(&mut stream, "/static/4k.bin", &mut buffer).unwrap();
+        server.join().unwrap();
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert_eq!(got, &body[..]);
+    }
+
+    #[test]
+    fn ratio_needs_both_figures() {
+        assert_eq!(ratio(Some(1.0), Some(2.0)), "0.50×");
+        assert_eq!(ratio(Some(1.0), None), "-");
+        assert_eq!(ratio(None, Some(1.0)), "-");
+        assert_eq!(ratio(Some(1.0), Some(0.0)), "-");
     }
 }

@@ -30,7 +30,8 @@ tasks:
   check-ebpf      check the committed BPF objects match their sources
   bench [--quick] [--rounds N] [--seconds N]
                   keystone vs nginx+lua vs raw io_uring: req/s, CPU/request,
-                  latency, syscalls, idle RSS (target/bench/latest.{md,json})
+                  latency, static files, syscalls, idle RSS
+                  (target/bench/latest.{md,json})
 ";
 
 /// Exit status for bad usage, as in sysexits' EX_USAGE spirit: distinct from
