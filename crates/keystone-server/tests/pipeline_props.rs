@@ -362,7 +362,7 @@ fn chunked_body_survives_compaction() {
     let mut pipeline = Pipeline::with_limits(APP, SMALL_LIMITS, 64);
     let out = pipeline.feed(&input);
     let answers = responses(&out, &input);
-    assert_eq!(answers.len(), 3);
+    assert_eq!(answers.len(), 3, "{:?}", String::from_utf8_lossy(&out));
     assert_eq!(answers[0].body, b"hello");
     let hex: String = std::iter::repeat_n("64", 500).collect();
     assert_eq!(answers[1].body, format!("len=500 hex={hex}").into_bytes());
