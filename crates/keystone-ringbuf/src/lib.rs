@@ -402,6 +402,11 @@ impl RingBuffer {
         self.generation = self.generation.wrapping_add(1);
     }
 
+    /// Whether any byte was written since the buffer was last released.
+    pub fn touched(&self) -> bool {
+        self.high_water > 0
+    }
+
     /// An idle connection's buffer: empty, it gives every touched page back
     /// to the kernel (the first one too), so thousands of idle keep-alive
     /// connections cost no resident memory. One `madvise`; the caller does

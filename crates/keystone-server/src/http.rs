@@ -132,13 +132,13 @@ impl Exchange {
     }
 }
 
-/// In-place decoding state of one chunked request body: decoded payload
-/// sits at `[body_start, decoded_end)` of the receive buffer, undecoded
-/// bytes follow it.
+/// In-place decoding state of one chunked request body: the decoded
+/// payload sits right after the request head, `decoded` bytes of it, and
+/// undecoded bytes follow. Offsets are relative to the request's start, so
+/// compacting the buffer between reads does not invalidate them.
 pub struct ChunkedBody {
     decoder: ChunkedDecoder,
-    body_start: u32,
-    decoded_end: u32,
+    decoded: u32,
 }
 
 /// Where decoding a chunked body got to.
@@ -320,25 +320,22 @@ impl Http {
         let body_start = recv.head() + self.head.head_len;
         let body = state.chunked.get_or_insert_with(|| ChunkedBody {
             decoder: ChunkedDecoder::new(),
-            body_start,
-            decoded_end: body_start,
+            decoded: 0,
         });
-        debug_assert_eq!(
-            body.body_start, body_start,
-            "head re-parsed to a different length"
-        );
-        let undecoded = Span::new(body.decoded_end, recv.tail() - body.decoded_end);
+        let decoded_end = body_start + body.decoded;
+        debug_assert!(decoded_end <= recv.tail());
+        let undecoded = Span::new(decoded_end, recv.tail() - decoded_end);
         let progress = body
             .decoder
             .decode(recv.get_mut(undecoded), self.limits.max_body_bytes)?;
-        let payload_end = body.decoded_end + progress.decoded_len;
+        let payload_end = decoded_end + progress.decoded_len;
         let stale_start = payload_end + progress.leftover;
         recv.cut(stale_start, recv.tail() - stale_start);
-        body.decoded_end = payload_end;
+        body.decoded += progress.decoded_len;
         if !progress.consumed_all {
             return Ok(Chunked::Partial);
         }
-        let payload = Span::new(body.body_start, payload_end - body.body_start);
+        let payload = Span::new(body_start, body.decoded);
         state.chunked = None;
         Ok(Chunked::Done(payload))
     }

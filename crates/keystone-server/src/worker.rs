@@ -171,6 +171,8 @@ struct Conn {
     timer: Timer,
     /// Requests answered on this connection (0: still waiting for the first).
     served: u32,
+    /// The tick cancelled the idle read to release the receive buffer.
+    idle_cancel: bool,
     http: Exchange,
     tail: Tail,
     /// The pipe files are spliced through, made on first use.
@@ -486,6 +488,12 @@ impl Worker {
     fn on_recv(&mut self, slot: usize, result: i32) {
         let Slot { conn, recv, .. } = &mut self.slots[slot];
         conn.recv_armed = false;
+        let idle_cancel = std::mem::take(&mut conn.idle_cancel);
+        if idle_cancel && result == -libc::ECANCELED && !conn.closing {
+            // The tick cancelled an idle read to release its pages.
+            recv.release_idle();
+            return self.arm_recv(slot);
+        }
         if conn.closing {
             if conn.lingering {
                 // Discard what a closing peer still sends, until EOF.
@@ -978,7 +986,7 @@ impl Worker {
     fn on_tick(&mut self) {
         self.drop_retired();
         let now = Instant::now();
-        for slot in &mut self.slots {
+        for (index, slot) in self.slots.iter_mut().enumerate() {
             let conn = &mut slot.conn;
             if conn.fd >= 0
                 && conn.timer == Timer::Idle
@@ -987,11 +995,17 @@ impl Worker {
                 && slot.recv.is_empty()
             {
                 // Idle keep-alive: give the buffers' pages back (nginx frees
-                // an idle connection's buffers too). A pending receive is
-                // completed in this thread's context, never concurrently, so
-                // the pages it will write simply fault in again.
-                slot.recv.release_idle();
+                // an idle connection's buffers too). Nothing writes the send
+                // buffer now. The receive buffer has a read pending whose
+                // bytes may already sit in it, unreaped: cancel the read
+                // first; `on_recv` releases the pages and reads again.
                 slot.send.release_idle();
+                if slot.recv.touched() && conn.recv_armed && !conn.idle_cancel {
+                    conn.idle_cancel = true;
+                    let target = Token::new(index as u32, conn.generation, OP_RECV);
+                    self.reactor
+                        .cancel(target, Token::new(index as u32, conn.generation, OP_CANCEL));
+                }
             }
             if conn.fd < 0 || conn.deadline.is_none_or(|d| now <= d) {
                 continue;
