@@ -73,7 +73,12 @@ impl Span {
     /// One past the last byte. Panics (debug) if the span overflows `u32`,
     /// which no buffer can hold.
     pub const fn end(self) -> u32 {
-        self.offset + self.len
+        // Checked in release too: a wrapped end would pass every `<= tail`
+        // bound and reach a neighbouring buffer.
+        match self.offset.checked_add(self.len) {
+            Some(end) => end,
+            None => panic!("span end overflows u32"),
+        }
     }
 
     pub const fn is_empty(self) -> bool {
@@ -459,8 +464,9 @@ impl RingBuffer {
     }
 
     fn region(&self, start: u32, end: u32) -> &[u8] {
-        debug_assert!(start <= end);
-        debug_assert!(end <= self.capacity);
+        // Real asserts: the unsafe block below relies on them.
+        assert!(start <= end);
+        assert!(end <= self.capacity);
         // SAFETY: [start, end) is inside this buffer's region of the live
         // mapping (kept alive by self.mapping); anonymous memory is always
         // initialized (zero-filled); only this buffer touches the region and
@@ -474,8 +480,8 @@ impl RingBuffer {
     }
 
     fn region_mut(&mut self, start: u32, end: u32) -> &mut [u8] {
-        debug_assert!(start <= end);
-        debug_assert!(end <= self.capacity);
+        assert!(start <= end);
+        assert!(end <= self.capacity);
         // SAFETY: as in `region`, and &mut self makes this the only borrow.
         unsafe {
             std::slice::from_raw_parts_mut(
