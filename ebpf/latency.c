@@ -2,9 +2,10 @@
 //
 // Keystone latency observer: a log2 histogram of how long the server takes
 // to answer, seen from the kernel's socket layer, with no instrumentation in
-// the server. Loaded and attached by crates/keystone-ebpf (observer.rs)
-// only when the server runs with --observe; rebuild the committed object
-// with `cargo xtask build-ebpf`.
+// the server, kept for the whole process and for each thread that answered
+// (`thread_latency`, by tid: a worker's own latency). Loaded and attached
+// by crates/keystone-ebpf (observer.rs) only when the server runs with
+// --observe; rebuild the committed object with `cargo xtask build-ebpf`.
 //
 // What one sample is: for one TCP socket of the observed process, the time
 // from the first read that returned data since the socket's last send (or
@@ -61,6 +62,12 @@
 // a new one refused.
 #define SOCKETS_MAX 65536
 
+// Keep in sync with keystone_ebpf::observer::THREADS_MAX: threads with a
+// histogram of their own in `thread_latency`. A worker per core plus io-wq
+// threads stays far below; dead threads keep their entry. Past it a new
+// thread's turns are counted only in the process-wide `histogram`.
+#define THREADS_MAX 1024
+
 #define NANOSECONDS_PER_MICROSECOND 1000
 
 // Slots of `config`.
@@ -107,6 +114,20 @@ struct {
 	__type(value, __u64);
 } histogram SEC(".maps");
 
+// thread_latency[tid] = the same histogram, for the turns whose send ran on
+// thread `tid` (the worker that answered). One entry shared by all CPUs, so
+// buckets are added to atomically.
+struct thread_histogram {
+	__u64 buckets[BUCKETS];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, THREADS_MAX);
+	__type(key, __u32);
+	__type(value, struct thread_histogram);
+} thread_latency SEC(".maps");
+
 static __always_inline __u32 config_get(__u32 slot)
 {
 	__u32 *value = bpf_map_lookup_elem(&config, &slot);
@@ -147,6 +168,28 @@ static __always_inline int server_socket(struct sock *sk)
 	return server_port == 0 || BPF_CORE_READ(sk, __sk_common.skc_num) == server_port;
 }
 
+// Adds one turn to the current thread's histogram, creating it (zeroed) on
+// the thread's first turn. The send runs in the thread that answered (or,
+// for io_uring, its task work or one of its io-wq threads), so the
+// current tid names it. A full map leaves the turn in `histogram` only.
+static __always_inline void count_for_thread(__u32 bucket)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct thread_histogram *thread = bpf_map_lookup_elem(&thread_latency, &tid);
+	if (!thread) {
+		struct thread_histogram zero = {};
+		// BPF_NOEXIST: another CPU may have created it meanwhile (io_uring
+		// task work); its count must not be overwritten.
+		bpf_map_update_elem(&thread_latency, &tid, &zero, BPF_NOEXIST);
+		thread = bpf_map_lookup_elem(&thread_latency, &tid);
+		if (!thread)
+			return;
+	}
+	if (bucket >= BUCKETS) // Already clamped; bounds the index for the verifier.
+		return;
+	__sync_fetch_and_add(&thread->buckets[bucket], 1);
+}
+
 // sock_recv_length(struct sock *sk, int ret, int flags): a recvmsg returned.
 SEC("raw_tracepoint/sock_recv_length")
 int turn_read(struct bpf_raw_tracepoint_args *ctx)
@@ -184,6 +227,7 @@ int turn_write(struct bpf_raw_tracepoint_args *ctx)
 	__u64 *count = bpf_map_lookup_elem(&histogram, &bucket);
 	if (count)
 		*count += 1; // Per-CPU slot: no atomic needed.
+	count_for_thread(bucket);
 	return 0;
 }
 

@@ -298,4 +298,34 @@ fn ebpf_observers_count_syscalls_and_latency() {
         })
         .expect("latency histogram");
     assert!(count >= 50.0, "latency samples: {count}");
+
+    // The turns were answered by one worker: its thread entry has
+    // percentiles, and `keystone stats` shows them in its row.
+    let (status, body) = get(admin, "/stats.json");
+    assert_eq!(status, 200, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).expect("/stats.json is JSON");
+    let threads = json["observe"]["threads"].as_array().expect("threads");
+    let answered = threads
+        .iter()
+        .find(|t| {
+            t["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("keystone-w"))
+                && t["p50_us"].as_f64().is_some_and(|v| v > 0.0)
+        })
+        .unwrap_or_else(|| panic!("no worker thread with a p50: {threads:?}"));
+    assert!(answered["p99_us"].as_f64().unwrap() >= answered["p50_us"].as_f64().unwrap());
+    assert!(
+        threads
+            .iter()
+            .all(|t| t["p50_us"].is_number() && t["p99_us"].is_number()),
+        "{threads:?}"
+    );
+    let table = run_keystone(&["stats", "--admin", &admin.to_string(), "--count", "1"]);
+    assert_eq!(table.code, Some(0), "{}", table.all());
+    assert!(
+        table.stdout.contains("p50 µs") && table.stdout.contains('≤'),
+        "{}",
+        table.stdout
+    );
 }

@@ -120,6 +120,7 @@ mod tests {
             ),
             (latency, format!("#define BUCKETS {BUCKETS}\n")),
             (latency, format!("#define SOCKETS_MAX {SOCKETS_MAX}\n")),
+            (latency, format!("#define THREADS_MAX {THREADS_MAX}\n")),
         ];
         for (source, line) in expected {
             assert!(source.contains(&line), "an observer source lacks {line:?}");

@@ -23,7 +23,9 @@ use crate::{EbpfError, LATENCY_OBJECT, SYSCALLS_OBJECT};
 /// Distinct threads `by_thread` counts; threads past it are counted in
 /// [`UntrackedSyscalls::thread_table_full`] (and by number, as always). A
 /// worker per core plus io-wq threads stays far below. Dead threads keep
-/// their slot. Must equal `THREADS_MAX` in `ebpf/syscalls.c`.
+/// their slot. Must equal `THREADS_MAX` in `ebpf/syscalls.c`, and in
+/// `ebpf/latency.c`, where it bounds the threads with a latency histogram
+/// of their own (turns of threads past it count only process-wide).
 pub const THREADS_MAX: u32 = 1024;
 
 /// Slots of `by_number`, indexed by syscall number: x86_64 and the generic
@@ -60,6 +62,7 @@ const UNTRACKED_NUMBER: u32 = 1;
 /// Names in `ebpf/latency.c`.
 const LATENCY_OBJECT_NAME: &str = "latency.bpf.o";
 const HISTOGRAM_MAP: &str = "histogram";
+const THREAD_LATENCY_MAP: &str = "thread_latency";
 /// `(program, raw tracepoint)` pairs of `ebpf/latency.c`, in attach order:
 /// the read program, which starts turns, last, so that every turn it
 /// starts can be ended (write) or forgotten (destroy).
@@ -324,6 +327,29 @@ impl Observer {
             *bucket = Self::sum_slot(&histogram_map, HISTOGRAM_MAP, index)?;
         }
         Ok(histogram)
+    }
+
+    /// [`Observer::latency_histogram`] split by the thread that sent each
+    /// turn's response (its tid, as in `/proc/PID/task/TID`), sorted by
+    /// thread id: a worker's own latency. Only threads that answered at
+    /// least one turn are listed; threads that exited keep theirs. Past
+    /// [`THREADS_MAX`] threads, new ones count only process-wide.
+    pub fn latency_by_thread(&self) -> Result<Vec<(u32, LatencyHistogram)>, EbpfError> {
+        let step = || format!("{LATENCY_OBJECT_NAME}: {THREAD_LATENCY_MAP}");
+        let map = self
+            .latency
+            .map(THREAD_LATENCY_MAP)
+            .ok_or_else(|| missing(LATENCY_OBJECT_NAME, THREAD_LATENCY_MAP))?;
+        let by_thread: HashMap<&MapData, u32, LatencyHistogram> = map
+            .try_into()
+            .map_err(|error| observe_error(step(), &error))?;
+        let mut histograms = Vec::new();
+        for entry in by_thread.iter() {
+            histograms.push(entry.map_err(|error| observe_error(step(), &error))?);
+        }
+        debug_assert!(histograms.len() <= THREADS_MAX as usize);
+        histograms.sort_unstable_by_key(|&(tid, _)| tid);
+        Ok(histograms)
     }
 
     fn syscalls_per_cpu_map(&self, name: &str) -> Result<PerCpuArray<&MapData, u64>, EbpfError> {

@@ -145,8 +145,8 @@ fn counts_this_process_syscalls_by_number_and_thread() {
 }
 
 /// Serves `ROUND_TRIPS` requests on one connection: read a request, take
-/// `SERVICE_TIME`, write the response.
-fn serve(listener: &TcpListener) {
+/// `SERVICE_TIME`, write the response. Returns the serving thread's id.
+fn serve(listener: &TcpListener) -> u32 {
     let (mut stream, _) = listener.accept().expect("accept");
     let mut request = [0; REQUEST.len()];
     for _ in 0..ROUND_TRIPS {
@@ -155,6 +155,9 @@ fn serve(listener: &TcpListener) {
         thread::sleep(SERVICE_TIME);
         stream.write_all(RESPONSE).expect("write response");
     }
+    // SAFETY: gettid takes no arguments and cannot fail.
+    let tid = unsafe { libc::syscall(libc::SYS_gettid) };
+    u32::try_from(tid).expect("thread ids are positive")
 }
 
 #[test]
@@ -176,7 +179,7 @@ fn latency_histogram_counts_every_round_trip() {
         client.read_exact(&mut response).expect("read response");
         assert_eq!(response, RESPONSE);
     }
-    server.join().expect("the server thread panicked");
+    let server_tid = server.join().expect("the server thread panicked");
 
     let histogram = observer.latency_histogram().expect("histogram");
     let turns: u64 = histogram.iter().sum();
@@ -201,6 +204,25 @@ fn latency_histogram_counts_every_round_trip() {
         "{turns} turns, p50 <= {median:?}, p99 <= {:?}; (bucket, count): {populated:?}",
         percentile(&histogram, 99.0).expect("non-empty, under 2^31 us")
     );
+
+    // Every send ran on the server thread: its own histogram holds every
+    // turn, bucket for bucket, and no other thread answered one.
+    let by_thread = observer.latency_by_thread().expect("latency by thread");
+    let (_, server_histogram) = by_thread
+        .iter()
+        .find(|&&(tid, _)| tid == server_tid)
+        .unwrap_or_else(|| panic!("no histogram for server thread {server_tid}: {by_thread:?}"));
+    assert_eq!(
+        *server_histogram, histogram,
+        "server thread {server_tid}'s histogram differs from the process-wide one"
+    );
+    assert_eq!(
+        by_thread.len(),
+        1,
+        "only the server thread sends on the server port: {by_thread:?}"
+    );
+    assert!(by_thread.windows(2).all(|pair| pair[0].0 < pair[1].0));
+    eprintln!("server thread {server_tid}: {turns} turns");
 }
 
 #[test]

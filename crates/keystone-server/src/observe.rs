@@ -3,9 +3,12 @@
 //! program's accepts per worker, rendered for the admin listener. Nothing
 //! here runs on a worker: the admin thread reads BPF maps at scrape time.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use keystone_ebpf::{bucket_upper_bound, percentile, Observer, ReuseportSteering, BUCKETS};
+use keystone_ebpf::{
+    bucket_upper_bound, percentile, LatencyHistogram, Observer, ReuseportSteering, BUCKETS,
+};
 
 /// What the process observes about itself.
 pub struct Observed {
@@ -19,6 +22,12 @@ fn thread_name(tid: u32) -> String {
     std::fs::read_to_string(format!("/proc/self/task/{tid}/comm"))
         .map(|name| name.trim().to_owned())
         .unwrap_or_else(|_| format!("tid-{tid}"))
+}
+
+/// The `percent`-th percentile's bucket upper bound in microseconds, -1
+/// when the histogram is empty (or the percentile is past 2^31 µs).
+fn micros_of(histogram: &LatencyHistogram, percent: f64) -> f64 {
+    percentile(histogram, percent).map_or(-1.0, |d| d.as_secs_f64() * 1e6)
 }
 
 impl Observed {
@@ -89,21 +98,29 @@ impl Observed {
         let enters = observer.io_uring_enter_count().unwrap_or(0);
         let histogram = observer.latency_histogram().unwrap_or([0; BUCKETS]);
         let samples: u64 = histogram.iter().sum();
-        let micros = |p: f64| percentile(&histogram, p).map_or(-1.0, |d| d.as_secs_f64() * 1e6);
-        let mut threads = String::new();
-        for (index, (tid, count)) in observer
+        let micros = |p: f64| micros_of(&histogram, p);
+        // Every thread that made a syscall or answered a turn (an io-wq
+        // thread may send without entering a syscall), by tid.
+        let mut by_tid: BTreeMap<u32, (u64, LatencyHistogram)> = observer
             .syscalls_by_thread()
             .unwrap_or_default()
             .into_iter()
-            .enumerate()
-        {
+            .map(|(tid, count)| (tid, (count, [0; BUCKETS])))
+            .collect();
+        for (tid, thread_histogram) in observer.latency_by_thread().unwrap_or_default() {
+            by_tid.entry(tid).or_insert((0, [0; BUCKETS])).1 = thread_histogram;
+        }
+        let mut threads = String::new();
+        for (index, (tid, (count, thread_histogram))) in by_tid.into_iter().enumerate() {
             if index > 0 {
                 threads.push(',');
             }
             let _ = write!(
                 threads,
-                "{{\"tid\":{tid},\"name\":\"{}\",\"syscalls\":{count}}}",
-                thread_name(tid)
+                "{{\"tid\":{tid},\"name\":\"{}\",\"syscalls\":{count},\"p50_us\":{},\"p99_us\":{}}}",
+                thread_name(tid),
+                micros_of(&thread_histogram, 50.0),
+                micros_of(&thread_histogram, 99.0)
             );
         }
         format!(

@@ -113,8 +113,8 @@ fn print_table(current: &Value, previous: Option<(Duration, &Value)>) {
     let observe = &current["observe"];
     let threads = observe["threads"].as_array().cloned().unwrap_or_default();
     println!(
-        "{:>6} {:>8} {:>10} {:>12} {:>8} {:>12}",
-        "worker", "conns", "req/s", "requests", "5xx", "syscalls/req"
+        "{:>6} {:>8} {:>10} {:>12} {:>8} {:>12} {:>10} {:>10}",
+        "worker", "conns", "req/s", "requests", "5xx", "syscalls/req", "p50 µs", "p99 µs"
     );
     for (index, worker) in workers.iter().enumerate() {
         let requests = worker["requests"].as_u64().unwrap_or(0);
@@ -125,25 +125,33 @@ fn print_table(current: &Value, previous: Option<(Duration, &Value)>) {
             0.0
         };
         let name = format!("keystone-w{index}");
-        let syscalls = threads
-            .iter()
-            .find(|t| t["name"] == name.as_str())
-            .and_then(|t| t["syscalls"].as_u64());
+        let thread = threads.iter().find(|t| t["name"] == name.as_str());
+        let syscalls = thread.and_then(|t| t["syscalls"].as_u64());
+        // Kernel-seen latency of the turns this worker answered; "-" when
+        // it answered none (or the server does not observe).
+        let latency = |field: &str| {
+            thread
+                .and_then(|t| t[field].as_f64())
+                .filter(|v| *v >= 0.0)
+                .map_or("-".to_owned(), |v| format!("≤{v:.0}"))
+        };
         let per_request = match syscalls {
             Some(calls) if requests > 0 => format!("{:.3}", calls as f64 / requests as f64),
             _ => "-".to_owned(),
         };
         println!(
-            "{index:>6} {:>8} {rate:>10.0} {requests:>12} {:>8} {per_request:>12}",
+            "{index:>6} {:>8} {rate:>10.0} {requests:>12} {:>8} {per_request:>12} {:>10} {:>10}",
             worker["open"].as_u64().unwrap_or(0),
             worker["errors_5xx"].as_u64().unwrap_or(0),
+            latency("p50_us"),
+            latency("p99_us"),
         );
     }
     if observe.is_object() {
         let us = |field: &str| observe[field].as_f64().filter(|v| *v >= 0.0);
         let show = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.0} µs"));
         println!(
-            "kernel-seen latency: p50 ≤ {}, p99 ≤ {} ({} samples); io_uring_enter: {}",
+            "kernel-seen latency, all workers: p50 ≤ {}, p99 ≤ {} ({} samples); io_uring_enter: {}",
             show(us("p50_us")),
             show(us("p99_us")),
             observe["latency_samples"].as_u64().unwrap_or(0),
