@@ -289,3 +289,16 @@ fn writing_unknown_ctx_field_is_500_naming_the_field() {
     assert_eq!(after.status, 200);
     assert_eq!(after.body_str(), "GET");
 }
+
+/// `ctx.remote_addr` is the client's IP (nginx's `$remote_addr`), read from
+/// the socket only when a handler asks; a kept ctx still expires.
+#[test]
+fn remote_addr_is_the_client_ip() {
+    let app = r#"return { routes = {
+      ["GET /ip"] = function(ctx) ctx.body = tostring(ctx.remote_addr) end,
+    } }"#;
+    let server = keystone_tests::Server::start(Some(app), &[]);
+    let response = keystone_tests::request(server.addr(), &keystone_tests::get_request("/ip"));
+    assert_eq!(response.status, 200);
+    assert_eq!(response.body_str(), "127.0.0.1");
+}

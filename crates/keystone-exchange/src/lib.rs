@@ -210,8 +210,14 @@ pub struct HttpExchange {
     pub response_headers: [ResponseHeader; RESPONSE_HEADERS_MAX],
     /// Name and value bytes of `response_headers`.
     pub arena: [u8; RESPONSE_ARENA_BYTES],
-    /// Scratch the engine decodes one query argument into for the prelude.
+    /// Scratch the engine decodes one query argument (or formats the
+    /// client address) into for the prelude.
     pub scratch: [u8; SCRATCH_BYTES],
+    /// The connection's socket, for `ctx.remote_addr` (read only when a
+    /// handler asks); -1 when there is none (in-process pipelines).
+    pub peer_fd: i32,
+    /// Keeps the layout explicit (no implicit tail padding).
+    pub _pad: u32,
 }
 
 /// Headers policy may not set because the engine computes them; checked
@@ -252,6 +258,8 @@ impl HttpExchange {
             response_headers: [ResponseHeader::default(); RESPONSE_HEADERS_MAX],
             arena: [0; RESPONSE_ARENA_BYTES],
             scratch: [0; SCRATCH_BYTES],
+            peer_fd: -1,
+            _pad: 0,
         })
     }
 

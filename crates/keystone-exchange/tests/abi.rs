@@ -51,11 +51,12 @@ fn layout_is_pinned() {
         ),
         ("arena", offset_of!(HttpExchange, arena), 1320),
         ("scratch", offset_of!(HttpExchange, scratch), 9512),
+        ("peer_fd", offset_of!(HttpExchange, peer_fd), 17704),
     ];
     for (name, actual, expected) in offsets {
         assert_eq!(actual, expected, "offset of {name}");
     }
-    assert_eq!(size_of::<HttpExchange>(), 17704);
+    assert_eq!(size_of::<HttpExchange>(), 17712);
 }
 
 fn parse(request: &[u8], head: &mut Head) {

@@ -41,6 +41,8 @@ typedef struct {
   ks_header response_headers[64];
   char arena[8192];
   char scratch[8192];
+  int32_t peer_fd;
+  uint32_t _pad;
 } HttpExchange;
 typedef int32_t (*ks_find_fn)(HttpExchange *, const char *, size_t);
 typedef int32_t (*ks_set_fn)(HttpExchange *, const char *, size_t, const char *, size_t);
@@ -60,6 +62,7 @@ return function(ex_addr, fns, layout, messages)
   local find_param = ffi.cast("ks_find_fn", fns.find_param)
   local query_arg = ffi.cast("ks_find_fn", fns.query_arg)
   local response_header = ffi.cast("ks_find_fn", fns.response_header)
+  local remote_addr = ffi.cast("ks_find_fn", fns.remote_addr)
   local remove_header = ffi.cast("ks_find_fn", fns.remove_header)
   local set_header = ffi.cast("ks_set_fn", fns.set_header)
   local add_header = ffi.cast("ks_set_fn", fns.add_header)
@@ -207,6 +210,11 @@ return function(ex_addr, fns, layout, messages)
     query = request_fields.query,
     target = request_fields.target,
     worker = function() return ex.worker end,
+    remote_addr = function()
+      local n = remote_addr(ex, nil, 0)
+      if n < 0 then return nil end
+      return ffi_string(ex.scratch, n)
+    end,
     status = function() return ex.status end,
     body = function() return current_body end,
     headers = response_headers,

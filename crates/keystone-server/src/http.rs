@@ -110,7 +110,6 @@ const STREAM_QUEUE_BYTES: u32 = 32 * 1024;
 const STREAM_EMPTY_PULLS_MAX: u32 = 1000;
 
 /// Per-connection HTTP state that survives between reads.
-#[derive(Default)]
 pub struct Exchange {
     /// Bytes the current request needs buffered (head + body), once its head
     /// has been seen; 0 when unknown.
@@ -123,6 +122,21 @@ pub struct Exchange {
     pub queued: u32,
     /// The client's address, known when the access log is on.
     pub peer: Option<std::net::SocketAddr>,
+    /// The connection's socket (for `ctx.remote_addr`); -1 when none.
+    pub fd: i32,
+}
+
+impl Default for Exchange {
+    fn default() -> Self {
+        Exchange {
+            awaiting: 0,
+            continue_sent: false,
+            chunked: None,
+            queued: 0,
+            peer: None,
+            fd: -1,
+        }
+    }
 }
 
 impl Exchange {
@@ -279,6 +293,7 @@ impl Http {
         *state = Exchange {
             queued,
             peer: state.peer,
+            fd: state.fd,
             ..Exchange::default()
         };
         let framing = Framing {
@@ -288,6 +303,7 @@ impl Http {
         };
         let started = self.access.is_some().then(Instant::now);
         let head_start = send.tail();
+        self.lua.exchange_mut().peer_fd = state.fd;
         let close = self.respond(recv, send, framing, body, tail, key);
         if let Some(started) = started {
             self.log_access(recv, send, head_start, state.peer, started);

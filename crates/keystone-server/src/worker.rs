@@ -443,6 +443,7 @@ impl Worker {
         self.live += 1;
         self.http.stats.accepted.add(1);
         self.http.stats.open.add(1);
+        self.slots[slot as usize].conn.http.fd = fd;
         if self.http.access.is_some() {
             self.slots[slot as usize].conn.http.peer = peer_addr(fd);
         }
