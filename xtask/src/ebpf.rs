@@ -12,6 +12,7 @@
 //! built the committed objects is recorded in [`TOOLCHAIN_FILE`]; the check
 //! is skipped (with a note) under another clang instead of failing falsely.
 
+use crate::run_checked;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -62,16 +63,6 @@ fn object_name(source: &Path) -> Result<String> {
     Ok(format!("{stem}.bpf.o"))
 }
 
-fn run(command: &mut Command) -> Result<()> {
-    let status = command
-        .status()
-        .with_context(|| format!("running {command:?}"))?;
-    if !status.success() {
-        bail!("{command:?} failed: {status}");
-    }
-    Ok(())
-}
-
 fn llvm_strip() -> &'static str {
     // Debian's `llvm` package provides the unversioned name; fall back to the
     // versioned one clang 14 ships with.
@@ -96,8 +87,8 @@ fn compile(root: &Path, source: &Path, output: &Path) -> Result<()> {
         }
     }
     clang.arg("-c").arg(source).arg("-o").arg(output);
-    run(&mut clang)?;
-    run(Command::new(llvm_strip()).arg("-g").arg(output))
+    run_checked(&mut clang)?;
+    run_checked(Command::new(llvm_strip()).arg("-g").arg(output))
 }
 
 /// `cargo xtask build-ebpf`.
