@@ -133,30 +133,21 @@ const STATIC_1M: StaticFile = StaticFile {
 };
 const STATIC_FILES: [StaticFile; 2] = [STATIC_4K, STATIC_1M];
 
-/// Keystone's bench app: the bundled example app's routes plus the static
-/// directory. `{static_prefix}` and `{static_dir}` (absolute) are filled in.
-const KEYSTONE_APP: &str = r#"-- Written by cargo xtask bench: examples/hello/app.lua's routes plus the
--- static directory the static scenarios fetch from.
-return {
-  routes = {
-    ["GET /"] = function(ctx)
-      ctx.body = "Hello, World!"
-    end,
+/// The bundled example app, which the bench serves as it is.
+const EXAMPLE_APP: &str = include_str!("../../examples/hello/app.lua");
 
-    ["GET /json"] = function(ctx)
-      ctx.headers["Content-Type"] = "application/json"
-      ctx.body = '{"message":"Hello, World!"}'
-    end,
-
-    ["GET /users/{id}"] = function(ctx)
-      ctx.headers["Content-Type"] = "application/json"
-      ctx.body = '{"id":' .. ctx.params.id .. '}'
-    end,
-  },
-  static = {
-    ["{static_prefix}"] = [==[{static_dir}]==],
-  },
+/// Keystone's bench app: the bundled example app (`{example}`, pasted in
+/// whole, so the two cannot drift) plus the static directory.
+/// `{static_prefix}` and `{static_dir}` (absolute) are filled in.
+const KEYSTONE_APP: &str = r#"-- Written by cargo xtask bench: examples/hello/app.lua plus the static
+-- directory the static scenarios fetch from.
+local app = (function()
+{example}
+end)()
+app.static = {
+  ["{static_prefix}"] = [==[{static_dir}]==],
 }
+return app
 "#;
 
 /// nginx + lua-nginx-module equivalent of Keystone's bench app. `{port}`,
@@ -851,6 +842,7 @@ fn write_keystone_app(dir: &Path) -> Result<PathBuf> {
         "static directory path {static_dir:?} closes a Lua long string"
     );
     let app = KEYSTONE_APP
+        .replace("{example}", EXAMPLE_APP)
         .replace("{static_prefix}", STATIC_PREFIX)
         .replace("{static_dir}", static_dir);
     let path = dir.join("app.lua");
