@@ -2,15 +2,10 @@
 //! real parsed request, no sockets. Each case runs one handler against one
 //! request and checks what policy left in the exchange.
 
-use keystone_lua::{AppSource, LoadError, LoadedApp, Outcome};
-use keystone_parser::{Head, Limits, ParseStatus, Parser};
-use keystone_ringbuf::Span;
+mod support;
 
-struct Response {
-    status: u32,
-    headers: Vec<(String, String)>,
-    body: String,
-}
+use keystone_lua::{AppSource, LoadError, LoadedApp};
+use support::respond as run;
 
 fn load(source: &str) -> LoadedApp {
     LoadedApp::load(&AppSource::bundled("test_app.lua", leak(source)), 0, |_| {})
@@ -19,52 +14,6 @@ fn load(source: &str) -> LoadedApp {
 
 fn leak(source: &str) -> &'static str {
     Box::leak(source.to_string().into_boxed_str())
-}
-
-/// Runs `request` through `app`; Ok(response) or Err(error message).
-fn run(app: &mut LoadedApp, request: &[u8]) -> Result<Response, String> {
-    let mut head = Head::new();
-    let mut parser = Parser::new();
-    let status = parser
-        .parse(request, 0, &Limits::default(), &mut head)
-        .unwrap();
-    assert!(matches!(status, ParseStatus::Complete));
-    let body_len = request.len() as u32 - head.head_len;
-    let body = Span::new(head.head_len, body_len);
-    let method = &request[head.method.offset as usize..head.method.end() as usize];
-    let path = &request[head.path.offset as usize..head.path.end() as usize];
-    let matched = app
-        .router
-        .lookup(method, path, head.path.offset)
-        .unwrap_or_else(|_| panic!("no route for {}", lossy(path)));
-    let handler = matched.handler;
-    app.lua
-        .exchange_mut()
-        .bind(request, &head, matched.params(), body);
-    let outcome = app.lua.run(handler);
-    let result = match outcome {
-        Outcome::Done => {
-            let ex = app.lua.exchange();
-            Ok(Response {
-                status: ex.status,
-                headers: ex
-                    .response_headers()
-                    .map(|(n, v)| (lossy(n), lossy(v)))
-                    .collect(),
-                body: lossy(ex.response_body().unwrap_or(b"")),
-            })
-        }
-        Outcome::Failed { message } => Err(message),
-        // Any other outcome (a stopped handler) is a failure here too.
-        #[allow(unreachable_patterns)]
-        _ => Err("handler did not finish".to_string()),
-    };
-    app.lua.exchange_mut().expire();
-    result
-}
-
-fn lossy(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 const ECHO_APP: &str = r#"

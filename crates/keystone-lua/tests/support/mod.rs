@@ -67,8 +67,27 @@ pub fn get(app: &mut LoadedApp, path: &str) -> Result<String, String> {
     run(app, request.as_bytes())
 }
 
+/// What policy left in the exchange for one request.
+pub struct Response {
+    /// `ctx.status`.
+    pub status: u32,
+    /// Response headers in the order set.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: String,
+}
+
+fn lossy(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
 /// Runs `request` through `app`: Ok(body) or Err(error message).
 pub fn run(app: &mut LoadedApp, request: &[u8]) -> Result<String, String> {
+    respond(app, request).map(|response| response.body)
+}
+
+/// Runs `request` through `app`: Ok(response) or Err(error message).
+pub fn respond(app: &mut LoadedApp, request: &[u8]) -> Result<Response, String> {
     let mut head = Head::new();
     let mut parser = Parser::new();
     let status = parser
@@ -81,7 +100,7 @@ pub fn run(app: &mut LoadedApp, request: &[u8]) -> Result<String, String> {
     let matched = app
         .router
         .lookup(method, path, head.path.offset)
-        .unwrap_or_else(|_| panic!("no route for {}", String::from_utf8_lossy(path)));
+        .unwrap_or_else(|_| panic!("no route for {}", lossy(path)));
     let handler = matched.handler;
     app.lua
         .exchange_mut()
@@ -89,11 +108,17 @@ pub fn run(app: &mut LoadedApp, request: &[u8]) -> Result<String, String> {
     let result = match app.lua.run(handler) {
         Outcome::Done => {
             let ex = app.lua.exchange();
-            Ok(String::from_utf8_lossy(ex.response_body().unwrap_or(b"")).into_owned())
+            Ok(Response {
+                status: ex.status,
+                headers: ex
+                    .response_headers()
+                    .map(|(n, v)| (lossy(n), lossy(v)))
+                    .collect(),
+                body: lossy(ex.response_body().unwrap_or(b"")),
+            })
         }
         Outcome::Failed { message } => Err(message),
-        #[allow(unreachable_patterns)]
-        _ => Err("handler stopped".to_string()),
+        Outcome::Stopped { message } => Err(format!("handler stopped: {message}")),
     };
     app.lua.exchange_mut().expire();
     result
