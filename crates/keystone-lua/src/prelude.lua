@@ -100,41 +100,27 @@ return function(ex_addr, fns, layout, messages)
     end
   end
 
-  local params_mt = {
-    __metatable = false, -- getmetatable(ctx) reveals nothing, setmetatable fails
-    __index = function(t, k)
-      if rawget(t, GEN) ~= ex.generation then expired() end
-      check_name("ctx.params", k)
-      local i = find_param(ex, k, #k)
-      if i < 0 then return nil end
-      return span(ex.params[i].value)
-    end,
-    __newindex = read_only("ctx.params"),
-  }
+  -- A read-only proxy whose fields `find` locates (an engine function
+  -- returning an index or a length, negative when absent) and `read` turns
+  -- into a string.
+  local function lookup_mt(what, find, read)
+    return {
+      __metatable = false, -- getmetatable(ctx) reveals nothing, setmetatable fails
+      __index = function(t, k)
+        if rawget(t, GEN) ~= ex.generation then expired() end
+        check_name(what, k)
+        local i = find(ex, k, #k)
+        if i < 0 then return nil end
+        return read(i)
+      end,
+      __newindex = read_only(what),
+    }
+  end
 
-  local args_mt = {
-    __metatable = false, -- getmetatable(ctx) reveals nothing, setmetatable fails
-    __index = function(t, k)
-      if rawget(t, GEN) ~= ex.generation then expired() end
-      check_name("ctx.args", k)
-      local n = query_arg(ex, k, #k)
-      if n < 0 then return nil end
-      return ffi_string(ex.scratch, n)
-    end,
-    __newindex = read_only("ctx.args"),
-  }
-
-  local request_headers_mt = {
-    __metatable = false, -- getmetatable(ctx) reveals nothing, setmetatable fails
-    __index = function(t, k)
-      if rawget(t, GEN) ~= ex.generation then expired() end
-      check_name("ctx.request.headers", k)
-      local i = find_header(ex, k, #k)
-      if i < 0 then return nil end
-      return span(ex.headers[i].value)
-    end,
-    __newindex = read_only("ctx.request.headers"),
-  }
+  local params_mt = lookup_mt("ctx.params", find_param, function(i) return span(ex.params[i].value) end)
+  local args_mt = lookup_mt("ctx.args", query_arg, function(n) return ffi_string(ex.scratch, n) end)
+  local request_headers_mt =
+    lookup_mt("ctx.request.headers", find_header, function(i) return span(ex.headers[i].value) end)
 
   local request_fields = {
     method = function() return span(ex.method) end,
