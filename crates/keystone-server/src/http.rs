@@ -222,11 +222,7 @@ impl Http {
         let step = self.handle_inner(recv, send, state, tail, key);
         if step != Step::NeedMore {
             // The response head starts at `start`: count its status.
-            let line = &send.filled()[start as usize..];
-            if let Some(digits) = line.get(9..12) {
-                let status = digits
-                    .iter()
-                    .fold(0u16, |n, d| n * 10 + u16::from(d.wrapping_sub(b'0')));
+            if let Some(status) = status_at(send, start) {
                 self.stats.response(status);
             }
         }
@@ -751,10 +747,7 @@ impl Http {
         started: Instant,
     ) {
         let response = &send.filled()[head_start as usize..];
-        let status = response.get(9..12).map_or(0, |d| {
-            d.iter()
-                .fold(0u16, |n, b| n * 10 + u16::from(b.wrapping_sub(b'0')))
-        });
+        let status = status_at(send, head_start).unwrap_or(0);
         let head_end = response
             .windows(4)
             .position(|w| w == b"\r\n\r\n")
@@ -810,6 +803,17 @@ impl Http {
             .expect("send headroom holds a canned response");
         send.commit(n as u32);
     }
+}
+
+/// The status code of the response head queued at `start` in `send`
+/// (`HTTP/1.1 NNN ...`), if one was queued there.
+fn status_at(send: &RingBuffer, start: u32) -> Option<u16> {
+    let digits = send.filled()[start as usize..].get(9..12)?;
+    Some(
+        digits
+            .iter()
+            .fold(0u16, |n, d| n * 10 + u16::from(d.wrapping_sub(b'0'))),
+    )
 }
 
 fn frame_chunk(send: &mut RingBuffer, bytes: &[u8], chunked: bool) {
