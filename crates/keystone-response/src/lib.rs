@@ -12,7 +12,7 @@
 mod date;
 mod status;
 
-pub use date::{civil_from_days, format_imf, DateCache, DATE_BYTES};
+pub use date::{civil_from_days, format_imf, DateCache, DATE_BYTES, MONTHS};
 pub use status::reason;
 
 use keystone_exchange::HttpExchange;

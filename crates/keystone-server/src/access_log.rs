@@ -218,9 +218,6 @@ impl TimeLocal {
         self.secs = now;
         let (year, month, day) = keystone_response::civil_from_days((now / 86_400) as i64);
         let rem = now % 86_400;
-        const MONTHS: [&str; 12] = [
-            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-        ];
         let mut out = LineBuf {
             buf: [0; 26],
             len: 0,
@@ -228,7 +225,7 @@ impl TimeLocal {
         let _ = write!(
             out,
             "{day:02}/{}/{year:04}:{:02}:{:02}:{:02} +0000",
-            MONTHS[month as usize - 1],
+            String::from_utf8_lossy(keystone_response::MONTHS[month as usize - 1]),
             rem / 3600,
             rem / 60 % 60,
             rem % 60
