@@ -18,6 +18,11 @@
 //! reaped; types cannot see that, so the operations taking pointers are
 //! `unsafe fn`s whose contract is exactly that (as in tokio-rs/io-uring's
 //! `SubmissionQueue::push`).
+//!
+//! Registered (fixed) buffers outlive single operations: the kernel pins
+//! their pages from [`Reactor::register_buffer`] until
+//! [`Reactor::unregister_buffer`], and the caller must not give those pages
+//! back in between — the same rule, stretched over the registration.
 
 use std::io;
 use std::os::fd::RawFd;
@@ -30,6 +35,11 @@ pub use io_uring::types::Timespec;
 /// Completions copied out per [`Reactor::pump`]; more wait in the CQ ring
 /// for the next call. 256 keeps the caller's array at 4 KiB.
 pub const COMPLETIONS_PER_PUMP: usize = 256;
+
+/// Most entries a ring's registered-buffer table holds: the kernel's
+/// `IORING_MAX_REG_BUFFERS` (`1 << 14`); larger tables are refused with
+/// `EINVAL`, and `buf_index` is 16 bits anyway.
+pub const REGISTERED_BUFFERS_MAX: u32 = 1 << 14;
 
 /// The operation a completion belongs to. Opaque to the reactor except for
 /// being carried in the token.
@@ -172,6 +182,87 @@ impl Reactor {
     /// this operation's completion has been reaped.
     pub unsafe fn recv(&mut self, fd: RawFd, buf: *mut u8, len: u32, token: Token) {
         let entry = opcode::Recv::new(types::Fd(fd), buf, len)
+            .build()
+            .user_data(token.raw());
+        self.push(entry);
+    }
+
+    /// Creates an empty (sparse) registered-buffer table of `entries`
+    /// slots (`IORING_REGISTER_BUFFERS2` with `IORING_RSRC_REGISTER_SPARSE`):
+    /// nothing is pinned until [`Reactor::register_buffer`] fills a slot.
+    /// Once per ring.
+    pub fn register_buffer_table(&mut self, entries: u32) -> io::Result<()> {
+        if entries == 0 || entries > REGISTERED_BUFFERS_MAX {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        self.ring.submitter().register_buffers_sparse(entries)
+    }
+
+    /// Registers `buf[..len]` as fixed buffer `index` (replacing what the
+    /// slot held): the kernel pins those pages (faulting them in) so
+    /// [`Reactor::read_fixed`] needs no per-I/O page lookup. One
+    /// `io_uring_register` syscall.
+    ///
+    /// # Safety
+    /// `buf..buf+len` must stay mapped, and its pages must not be given back
+    /// (`MADV_DONTNEED`, `munmap` of a live range) until
+    /// [`Reactor::unregister_buffer`] has emptied the slot or the ring is
+    /// dropped: the kernel keeps writing to the pinned pages, so a page
+    /// replaced behind its back would silently lose received bytes.
+    pub unsafe fn register_buffer(
+        &mut self,
+        index: u16,
+        buf: *mut u8,
+        len: usize,
+    ) -> io::Result<()> {
+        let iov = libc::iovec {
+            iov_base: buf.cast(),
+            iov_len: len,
+        };
+        // SAFETY: the caller keeps the range valid while registered (above).
+        unsafe {
+            self.ring
+                .submitter()
+                .register_buffers_update(u32::from(index), &[iov], None)
+        }
+    }
+
+    /// Empties fixed-buffer slot `index`: the kernel unpins its pages (once
+    /// no operation in flight still uses them), after which the memory may
+    /// be given back. One `io_uring_register` syscall.
+    pub fn unregister_buffer(&mut self, index: u16) -> io::Result<()> {
+        let empty = libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        };
+        // SAFETY: a null, zero-length entry references no memory; it is the
+        // kernel's way of emptying a sparse slot.
+        unsafe {
+            self.ring
+                .submitter()
+                .register_buffers_update(u32::from(index), &[empty], None)
+        }
+    }
+
+    /// Receives into `buf[..len]`, which must lie inside fixed buffer
+    /// `index` (`IORING_OP_READ_FIXED` on the socket: a `recv` without
+    /// flags into pre-pinned pages). A range outside the registered buffer
+    /// completes with `-EFAULT`.
+    ///
+    /// # Safety
+    /// Same contract as [`Reactor::recv`], and slot `index` must keep this
+    /// range registered until the completion is reaped.
+    pub unsafe fn read_fixed(
+        &mut self,
+        fd: RawFd,
+        buf: *mut u8,
+        len: u32,
+        index: u16,
+        token: Token,
+    ) {
+        // Offset 0: sockets are not seekable and refuse any other position.
+        let entry = opcode::ReadFixed::new(types::Fd(fd), buf, len, index)
+            .offset(0)
             .build()
             .user_data(token.raw());
         self.push(entry);

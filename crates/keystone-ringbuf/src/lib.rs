@@ -177,6 +177,7 @@ pub fn split_slab(slot_count: u32, slot_bytes: u32) -> Result<Vec<RingBuffer>, R
             head: 0,
             tail: 0,
             high_water: 0,
+            pinned: 0,
             generation: 0,
         });
     }
@@ -207,6 +208,9 @@ pub struct RingBuffer {
     tail: u32,
     /// Largest `tail` since the last `reset_for_reuse`: how far pages were touched.
     high_water: u32,
+    /// `[0, pinned)` is pinned by someone else (registered with an io_uring
+    /// as a fixed buffer): page releases leave those pages alone.
+    pinned: u32,
     generation: u32,
 }
 
@@ -217,6 +221,7 @@ impl fmt::Debug for RingBuffer {
             .field("head", &self.head)
             .field("tail", &self.tail)
             .field("high_water", &self.high_water)
+            .field("pinned", &self.pinned)
             .field("generation", &self.generation)
             .finish()
     }
@@ -305,6 +310,30 @@ impl RingBuffer {
         // SAFETY: tail <= capacity, so the pointer is inside (or one past) the region.
         let spare = unsafe { self.base.as_ptr().add(self.tail as usize) };
         (spare, self.spare())
+    }
+
+    /// Pins the region's first `bytes` (clamped to the capacity) for a
+    /// registration with the kernel, and returns the range to register.
+    /// Until [`unpin`](Self::unpin), [`reset_for_reuse`](Self::reset_for_reuse)
+    /// and [`release_idle`](Self::release_idle) never give those pages back
+    /// (the kernel would keep writing to the old pages while reads saw
+    /// fresh zero pages).
+    pub fn pin_prefix(&mut self, bytes: u32) -> (*mut u8, u32) {
+        self.pinned = bytes.min(self.capacity);
+        (self.base.as_ptr(), self.pinned)
+    }
+
+    /// Ends [`pin_prefix`](Self::pin_prefix): call once the kernel no longer
+    /// holds the pages (the registration was emptied). The pinned pages were
+    /// all faulted in, so the next release covers them whatever was written.
+    pub fn unpin(&mut self) {
+        self.high_water = self.high_water.max(self.pinned);
+        self.pinned = 0;
+    }
+
+    /// How many leading bytes are pinned (0: none).
+    pub fn pinned(&self) -> u32 {
+        self.pinned
     }
 
     /// Marks `n` bytes written into the spare range as received: `tail += n`.
@@ -413,9 +442,9 @@ impl RingBuffer {
     }
 
     /// An idle connection's buffer: empty, it gives every touched page back
-    /// to the kernel (the first one too), so thousands of idle keep-alive
-    /// connections cost no resident memory. One `madvise`; the caller does
-    /// it once per idle period, not per request.
+    /// to the kernel (the first one too, unless pinned), so thousands of idle
+    /// keep-alive connections cost no resident memory. One `madvise`; the
+    /// caller does it once per idle period, not per request.
     pub fn release_idle(&mut self) {
         assert!(self.is_empty(), "release_idle on a buffer holding bytes");
         if self.high_water > 0 {
@@ -434,6 +463,7 @@ impl RingBuffer {
     }
 
     fn release_pages_from(&mut self, keep_bytes: usize) {
+        let keep_bytes = keep_bytes.max(self.pinned as usize);
         let page_bytes = self.page_bytes.get();
         let region_start = self.region_offset;
         let start = (region_start + keep_bytes).next_multiple_of(page_bytes);

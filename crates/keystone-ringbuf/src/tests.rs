@@ -283,6 +283,57 @@ fn reset_for_reuse_releases_pages_past_the_threshold() {
     eprintln!("resident pages: before {before}, filled {filled}, after {after}");
 }
 
+/// A pinned prefix (registered with an io_uring) survives both releases;
+/// the pages after it are still given back, and unpinning lets the idle
+/// release take everything.
+#[test]
+fn pinned_prefix_is_never_released() {
+    const SLOT: u32 = 1024 * 1024;
+    let page = page_bytes().get();
+    let pin = 3 * page as u32 + 100; // ends inside page 3: that page is kept whole
+    let mut buffer = one_buffer(SLOT);
+    let (ptr, len) = buffer.pin_prefix(pin);
+    assert_eq!((ptr as *const u8, len), (buffer.base_ptr(), pin));
+    assert_eq!(buffer.pinned(), pin);
+
+    buffer.append(&vec![0xCD; SLOT as usize]).expect("room");
+    buffer.reset_for_reuse();
+    let kept = 4 * page;
+    let spare = buffer.spare_mut();
+    assert!(
+        spare[..kept].iter().all(|&b| b == 0xCD),
+        "pinned pages kept"
+    );
+    assert!(
+        spare[kept..].iter().all(|&b| b == 0),
+        "pages after the pin released"
+    );
+
+    buffer.append(&[0xEE; 8192]).expect("room");
+    buffer.consume(8192);
+    buffer.release_idle();
+    let spare = buffer.spare_mut();
+    assert!(
+        spare[..kept].iter().any(|&b| b != 0),
+        "idle release honours the pin"
+    );
+
+    buffer.unpin();
+    assert_eq!(buffer.pinned(), 0);
+    buffer.append(&[1; 8]).expect("room");
+    buffer.consume(8);
+    buffer.release_idle();
+    assert!(
+        buffer.spare_mut()[..kept].iter().all(|&b| b == 0),
+        "unpinned: all released"
+    );
+    assert_eq!(
+        buffer.pin_prefix(u32::MAX).1,
+        SLOT,
+        "clamped to the capacity"
+    );
+}
+
 #[test]
 fn reset_below_threshold_keeps_pages() {
     let mut buffer = one_buffer(2 * RELEASE_THRESHOLD_BYTES);
