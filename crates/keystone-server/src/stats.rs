@@ -57,6 +57,15 @@ pub struct WorkerStats {
     pub routes: Box<[Counter]>,
     /// Requests served from static directories.
     pub static_files: Counter,
+    /// Receives that completed into a buffer registered with the ring
+    /// (`READ_FIXED`).
+    pub receives_registered: Counter,
+    /// Receives that completed into an unregistered buffer (plain `recv`:
+    /// a connection's first read, reads past the registered window, or no
+    /// registration available).
+    pub receives_plain: Counter,
+    /// Connection buffers registered with the ring now (gauge).
+    pub registered_buffers: Counter,
     route_names: Mutex<Vec<String>>,
 }
 
@@ -75,6 +84,9 @@ impl Default for WorkerStats {
                 .map(|_| Counter::default())
                 .collect(),
             static_files: Counter::default(),
+            receives_registered: Counter::default(),
+            receives_plain: Counter::default(),
+            registered_buffers: Counter::default(),
             route_names: Mutex::new(Vec::new()),
         }
     }
@@ -131,7 +143,7 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 type Read = fn(&WorkerStats) -> u64;
 
 /// Families that are one number summed over workers.
-const SUMMED: [(&str, &str, &str, Read); 8] = [
+const SUMMED: [(&str, &str, &str, Read); 11] = [
     (
         "keystone_received_bytes_total",
         "counter",
@@ -179,6 +191,24 @@ const SUMMED: [(&str, &str, &str, Read); 8] = [
         "counter",
         "Requests served from static directories.",
         |w| w.static_files.get(),
+    ),
+    (
+        "keystone_receives_registered_total",
+        "counter",
+        "Receives completed into buffers registered with io_uring (READ_FIXED).",
+        |w| w.receives_registered.get(),
+    ),
+    (
+        "keystone_receives_plain_total",
+        "counter",
+        "Receives completed into unregistered buffers (first read of a connection, past the registered window).",
+        |w| w.receives_plain.get(),
+    ),
+    (
+        "keystone_registered_buffers",
+        "gauge",
+        "Connection receive buffers registered with io_uring now.",
+        |w| w.registered_buffers.get(),
     ),
 ];
 

@@ -15,6 +15,7 @@ use keystone_lua::{AppSource, LoadedApp, LuaConfig};
 use keystone_parser::{Head, Limits, Parser};
 use keystone_reactor::{
     Completion, Reactor, Timespec, Token, COMPLETIONS_PER_PUMP, GENERATION_MASK,
+    REGISTERED_BUFFERS_MAX,
 };
 use keystone_response::DateCache;
 use keystone_ringbuf::{split_slab, RingBuffer};
@@ -75,6 +76,18 @@ const PENDING_ACCEPTS_MAX: usize = 64;
 /// it anyway (nginx's `lingering_time` is 30 s, `lingering_timeout` 5 s;
 /// the short one suits a server that only discards).
 const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
+/// Leading bytes of a connection's receive buffer registered with the ring
+/// as its fixed buffer (reads that start inside it use `READ_FIXED`).
+///
+/// Why one page: registering pins (and faults in) every page of the range
+/// for as long as the connection is active, so the window is sized to what
+/// an active connection keeps resident anyway — its first page — and
+/// pinned memory stays at 4 KiB per active connection (10,000 active: 40
+/// MiB) instead of the buffer's full capacity. A request head, or a ×16
+/// pipelined burst of typical ones, fits; bytes past it (large heads,
+/// bodies) are received into the rest of the same buffer by plain `recv`,
+/// still without a copy.
+const FIXED_WINDOW_BYTES: u32 = 4096;
 /// The tick that drives deadlines; deadlines are checked at this grain.
 const TICK: Timespec = Timespec::new().sec(1);
 
@@ -173,6 +186,14 @@ struct Conn {
     served: u32,
     /// The tick cancelled the idle read to release the receive buffer.
     idle_cancel: bool,
+    /// A read on this connection returned bytes since it was accepted or
+    /// its buffer was released: the next reads earn a registered buffer.
+    warm: bool,
+    /// The read in flight is a `READ_FIXED` into the registered window.
+    read_fixed: bool,
+    /// Registering this connection's buffer failed (e.g. `RLIMIT_MEMLOCK`);
+    /// it reads unregistered until it closes.
+    fixed_refused: bool,
     http: Exchange,
     tail: Tail,
     /// The pipe files are spliced through, made on first use.
@@ -183,6 +204,11 @@ struct Slot {
     conn: Conn,
     recv: RingBuffer,
     send: RingBuffer,
+    /// `recv`'s first [`FIXED_WINDOW_BYTES`] are registered with the ring as
+    /// fixed buffer number `slot` (and pinned in `recv`). Outlives
+    /// connections: the next connection in the slot reads into the same
+    /// memory; only releasing the pages (idle) ends it.
+    registered: bool,
 }
 
 /// Starts a worker: loads the app, then serves until drained. Returns an
@@ -204,7 +230,14 @@ pub fn run(config: WorkerConfig, ready: impl FnOnce(Result<(), String>)) {
 }
 
 struct Worker {
+    /// Declared first so the ring (and with it every buffer registration)
+    /// goes before the slab it points into.
     reactor: Reactor,
+    /// Slots `0..fixed_slots` have an entry in the ring's registered-buffer
+    /// table (0: registration unavailable).
+    fixed_slots: u32,
+    /// A registration failure was logged.
+    fixed_warned: bool,
     slots: Vec<Slot>,
     free: Vec<u32>,
     live: u32,
@@ -252,14 +285,31 @@ impl Worker {
                 },
                 recv,
                 send,
+                registered: false,
             })
             .collect();
         let (statics, files) = open_roots(&loaded)?;
         let access_fd = config.access_log.as_ref().map(|fd| fd.as_raw_fd());
-        let reactor = Reactor::with_sqpoll(RING_ENTRIES, config.sqpoll.then_some(SQPOLL_IDLE_MS))
-            .map_err(|e| format!("io_uring setup failed: {e}"))?;
+        let mut reactor =
+            Reactor::with_sqpoll(RING_ENTRIES, config.sqpoll.then_some(SQPOLL_IDLE_MS))
+                .map_err(|e| format!("io_uring setup failed: {e}"))?;
+        // Slots past the kernel's table size (16,384) read unregistered.
+        let fixed_slots = config.max_connections.min(REGISTERED_BUFFERS_MAX);
+        let fixed_slots = match reactor.register_buffer_table(fixed_slots) {
+            Ok(()) => fixed_slots,
+            Err(err) => {
+                crate::log!(
+                    Level::Warn,
+                    Some(index),
+                    "io_uring registered buffers unavailable ({err}); receiving into unregistered buffers"
+                );
+                0
+            }
+        };
         Ok(Worker {
             reactor,
+            fixed_slots,
+            fixed_warned: false,
             slots,
             free: (0..config.max_connections).rev().collect(),
             live: 0,
@@ -464,13 +514,15 @@ impl Worker {
         } else if recv.spare() == 0 && recv.head() > 0 {
             recv.compact();
         }
-        let (ptr, len) = recv.spare_ptr();
         // Limits make a request always fit (capacity = head + body limits)
         // and a refused one closes the connection, so a full buffer here is
         // an engine bug; still, one connection must not take the worker
         // down: close it.
-        debug_assert!(len > 0, "receive buffer full without a complete request");
-        if len == 0 {
+        debug_assert!(
+            recv.spare() > 0,
+            "receive buffer full without a complete request"
+        );
+        if recv.spare() == 0 {
             crate::log!(
                 Level::Error,
                 Some(self.http.worker),
@@ -478,12 +530,98 @@ impl Worker {
             );
             return self.begin_close_now(slot);
         }
-        // SAFETY: the spare region belongs to this slot's buffer, which lives
-        // as long as the worker; nothing touches it until the completion
-        // (`recv_armed` blocks compaction and processing meanwhile).
-        unsafe { self.reactor.recv(conn.fd, ptr, len, token) };
+        let wants_fixed = conn.warm && !conn.fixed_refused && !conn.lingering;
+        if wants_fixed && !self.slots[slot].registered && (slot as u32) < self.fixed_slots {
+            self.register_window(slot);
+        }
+        let Slot {
+            conn,
+            recv,
+            registered,
+            ..
+        } = &mut self.slots[slot];
+        let window = recv.pinned();
+        let fd = conn.fd;
+        let (ptr, len) = recv.spare_ptr();
+        conn.read_fixed = *registered && recv.tail() < window;
+        if conn.read_fixed {
+            // SAFETY: [tail, window) lies inside this slot's registered
+            // window (fixed buffer number `slot`), which stays registered
+            // and pinned until this read's completion: only the idle path
+            // unregisters, and only after the read was cancelled and reaped.
+            // The bytes belong to this slot alone; `recv_armed` blocks
+            // compaction and processing meanwhile.
+            unsafe {
+                self.reactor
+                    .read_fixed(fd, ptr, len.min(window - recv.tail()), slot as u16, token)
+            };
+        } else {
+            // SAFETY: the spare region belongs to this slot's buffer, which
+            // lives as long as the worker; nothing touches it until the
+            // completion (`recv_armed` blocks compaction and processing).
+            unsafe { self.reactor.recv(fd, ptr, len, token) };
+        }
         conn.recv_armed = true;
         conn.ops_in_flight += 1;
+    }
+
+    /// Registers the slot's receive window with the ring (one
+    /// `io_uring_register`; the kernel pins and faults in its page). A
+    /// refusal — `RLIMIT_MEMLOCK` for an unprivileged user with many active
+    /// connections — leaves the connection on plain `recv`, logged once.
+    fn register_window(&mut self, slot: usize) {
+        let Slot {
+            conn,
+            recv,
+            registered,
+            ..
+        } = &mut self.slots[slot];
+        let (ptr, len) = recv.pin_prefix(FIXED_WINDOW_BYTES);
+        // SAFETY: [ptr, ptr+len) is the start of this slot's region of the
+        // slab, which stays mapped for the worker's life, longer than the
+        // ring (field order). Its pages are never given back while
+        // registered: `pin_prefix` keeps `reset_for_reuse`/`release_idle`
+        // off them, and `release_window` unregisters before unpinning.
+        let result = unsafe { self.reactor.register_buffer(slot as u16, ptr, len as usize) };
+        match result {
+            Ok(()) => {
+                *registered = true;
+                self.http.stats.registered_buffers.add(1);
+            }
+            Err(err) => {
+                recv.unpin();
+                conn.fixed_refused = true;
+                if !std::mem::replace(&mut self.fixed_warned, true) {
+                    crate::log!(
+                        Level::Warn,
+                        Some(self.http.worker),
+                        "registering a receive buffer with io_uring failed ({err}); such connections read into unregistered buffers (raise RLIMIT_MEMLOCK)"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Ends the slot's registration so its pages can be given back. Only
+    /// with no read in flight.
+    fn release_window(&mut self, slot: usize) {
+        let Slot {
+            conn,
+            recv,
+            registered,
+            ..
+        } = &mut self.slots[slot];
+        debug_assert!(!conn.recv_armed);
+        if !*registered {
+            return;
+        }
+        // On failure the slot stays registered and pinned: its pages are
+        // kept (they cost RSS, never correctness).
+        if self.reactor.unregister_buffer(slot as u16).is_ok() {
+            *registered = false;
+            recv.unpin();
+            self.http.stats.registered_buffers.sub(1);
+        }
     }
 
     fn on_recv(&mut self, slot: usize, result: i32) {
@@ -491,8 +629,12 @@ impl Worker {
         conn.recv_armed = false;
         let idle_cancel = std::mem::take(&mut conn.idle_cancel);
         if idle_cancel && result == -libc::ECANCELED && !conn.closing {
-            // The tick cancelled an idle read to release its pages.
-            recv.release_idle();
+            // The tick cancelled an idle read to release its pages: end the
+            // registration first (the kernel must not hold pages we give
+            // back), and read unregistered until the connection is warm.
+            conn.warm = false;
+            self.release_window(slot);
+            self.slots[slot].recv.release_idle();
             return self.arm_recv(slot);
         }
         if conn.closing {
@@ -511,7 +653,13 @@ impl Worker {
             return self.after_drive(slot, false);
         }
         recv.commit(result as u32);
+        conn.warm = true;
         self.http.stats.bytes_in.add(result as u64);
+        if conn.read_fixed {
+            self.http.stats.receives_registered.add(1);
+        } else {
+            self.http.stats.receives_plain.add(1);
+        }
         self.drive(slot);
     }
 
@@ -520,7 +668,9 @@ impl Worker {
     /// Answers every complete request buffered, as far as send space
     /// allows, then arranges the next I/O.
     fn drive(&mut self, slot: usize) {
-        let Slot { conn, recv, send } = &mut self.slots[slot];
+        let Slot {
+            conn, recv, send, ..
+        } = &mut self.slots[slot];
         let mut need_more = false;
         loop {
             if conn.close_after_send || !conn.tail.is_none() {
@@ -797,7 +947,9 @@ impl Worker {
 
     fn on_close(&mut self, slot: usize) {
         self.release_tail(slot);
-        let Slot { conn, recv, send } = &mut self.slots[slot];
+        let Slot {
+            conn, recv, send, ..
+        } = &mut self.slots[slot];
         debug_assert_eq!(conn.ops_in_flight, 0);
         let generation = (conn.generation + 1) & GENERATION_MASK;
         *conn = Conn {
