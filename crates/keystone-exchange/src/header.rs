@@ -18,6 +18,22 @@ pub fn valid_header_value(value: &[u8]) -> bool {
     interior_ok && trimmed
 }
 
+/// The value of a `Content-Length` policy sets, if it is one: RFC 9110's
+/// `1*DIGIT` (plain ASCII decimal digits; no sign, no spaces, no list) that
+/// fits in a `u64`. Leading zeros are accepted; the engine writes the number
+/// back in its own canonical form, never the text policy gave.
+pub fn parse_content_length(value: &[u8]) -> Option<u64> {
+    if value.is_empty() {
+        return None;
+    }
+    value.iter().try_fold(0u64, |n, &b| {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        n.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+    })
+}
+
 const fn is_tchar(b: u8) -> bool {
     matches!(b,
         b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~'
@@ -42,6 +58,36 @@ mod tests {
         ];
         for (name, expected) in cases {
             assert_eq!(valid_header_name(name), *expected, "{name:?}");
+        }
+    }
+
+    #[test]
+    fn content_lengths() {
+        let cases: &[(&[u8], Option<u64>)] = &[
+            (b"0", Some(0)),
+            (b"13", Some(13)),
+            (b"007", Some(7)),
+            (b"18446744073709551615", Some(u64::MAX)),
+            (
+                b"000000000000000000000018446744073709551615",
+                Some(u64::MAX),
+            ),
+            (b"18446744073709551616", None),
+            (b"99999999999999999999", None),
+            (b"", None),
+            (b"-1", None),
+            (b"+1", None),
+            (b" 1", None),
+            (b"1 ", None),
+            (b"1 2", None),
+            (b"1,1", None),
+            (b"0x10", None),
+            (b"1e3", None),
+            (b"1.0", None),
+            (b"\xd9\xa1", None), // ARABIC-INDIC DIGIT ONE: not ASCII
+        ];
+        for (value, expected) in cases {
+            assert_eq!(parse_content_length(value), *expected, "{value:?}");
         }
     }
 

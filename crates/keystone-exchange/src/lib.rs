@@ -26,7 +26,7 @@
 mod header;
 mod query;
 
-pub use header::{valid_header_name, valid_header_value};
+pub use header::{parse_content_length, valid_header_name, valid_header_value};
 pub use query::{find_query_arg, percent_decode_into};
 
 use keystone_parser::{Head, HeaderSpan};
@@ -109,9 +109,12 @@ pub enum HeaderError {
     TooMany,
     /// More than [`RESPONSE_ARENA_BYTES`] of names and values.
     ArenaFull,
-    /// The header is computed by the engine (Content-Length,
-    /// Transfer-Encoding, Connection, Date, ...) and cannot be set by policy.
+    /// The header is computed by the engine (Transfer-Encoding, Connection,
+    /// Date, ...) and cannot be set by policy.
     Reserved,
+    /// A `Content-Length` that is not one plain decimal number fitting in a
+    /// `u64` (see [`parse_content_length`]), or a second one.
+    InvalidContentLength,
 }
 
 impl HeaderError {
@@ -127,8 +130,23 @@ impl HeaderError {
             HeaderError::Reserved => {
                 "this response header is computed by keystone and cannot be set"
             }
+            HeaderError::InvalidContentLength => {
+                "invalid Content-Length (must be one plain decimal number: digits only, \
+                 no sign or spaces, at most 18446744073709551615)"
+            }
         }
     }
+
+    /// Every variant, in code order (-1, -2, ...): the bridge builds its
+    /// message table from it.
+    pub const ALL: [HeaderError; 6] = [
+        HeaderError::InvalidName,
+        HeaderError::InvalidValue,
+        HeaderError::TooMany,
+        HeaderError::ArenaFull,
+        HeaderError::Reserved,
+        HeaderError::InvalidContentLength,
+    ];
 
     /// Stable negative code for the FFI boundary.
     pub const fn code(self) -> i32 {
@@ -138,6 +156,7 @@ impl HeaderError {
             HeaderError::TooMany => -3,
             HeaderError::ArenaFull => -4,
             HeaderError::Reserved => -5,
+            HeaderError::InvalidContentLength => -6,
         }
     }
 
@@ -149,6 +168,7 @@ impl HeaderError {
             -3 => Some(HeaderError::TooMany),
             -4 => Some(HeaderError::ArenaFull),
             -5 => Some(HeaderError::Reserved),
+            -6 => Some(HeaderError::InvalidContentLength),
             _ => None,
         }
     }
@@ -221,9 +241,9 @@ pub struct HttpExchange {
 }
 
 /// Headers policy may not set because the engine computes them; checked
-/// case-insensitively.
-const RESERVED_HEADERS: [&[u8]; 6] = [
-    b"content-length",
+/// case-insensitively. `Content-Length` is not among them: policy may
+/// declare a body's length (see [`HttpExchange::declared_length`]).
+const RESERVED_HEADERS: [&[u8]; 5] = [
     b"transfer-encoding",
     b"connection",
     b"date",
@@ -369,17 +389,22 @@ impl HttpExchange {
 
     /// Sets response header `name` to `value`, replacing any earlier value
     /// of the same name (case-insensitive), as assigning a table field does.
+    /// A refused value leaves the earlier one in place.
     pub fn set_header(&mut self, name: &[u8], value: &[u8]) -> Result<(), HeaderError> {
+        check_settable(name)?;
+        check_value(name, value)?;
         self.remove_header(name)?;
         self.add_header(name, value)
     }
 
     /// Appends a response header without removing earlier ones of the same
-    /// name (for `Set-Cookie` lists).
+    /// name (for `Set-Cookie` lists). `Content-Length` is single-valued: a
+    /// second one is [`HeaderError::InvalidContentLength`].
     pub fn add_header(&mut self, name: &[u8], value: &[u8]) -> Result<(), HeaderError> {
         check_settable(name)?;
-        if !valid_header_value(value) {
-            return Err(HeaderError::InvalidValue);
+        check_value(name, value)?;
+        if is_content_length(name) && self.response_header(CONTENT_LENGTH).is_some() {
+            return Err(HeaderError::InvalidContentLength);
         }
         if self.response_header_count as usize >= RESPONSE_HEADERS_MAX {
             return Err(HeaderError::TooMany);
@@ -423,6 +448,21 @@ impl HttpExchange {
             .map(|(_, v)| v)
     }
 
+    /// The body length policy declared with a `Content-Length` response
+    /// header, if it set one. The engine frames the body by it (a stream is
+    /// sent raw instead of chunked) or checks it against the body it knows,
+    /// and writes the header itself: serializers skip policy's copy.
+    pub fn declared_length(&self) -> Option<u64> {
+        if self.response_header_count == 0 {
+            return None; // the common case: no scan
+        }
+        let value = self.response_header(CONTENT_LENGTH)?;
+        let length = parse_content_length(value);
+        // `set_header`/`add_header` are the only writers, and they validate.
+        debug_assert!(length.is_some(), "unvalidated Content-Length {value:?}");
+        length
+    }
+
     /// Response headers in the order they were set.
     pub fn response_headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
         self.response_headers[..self.response_header_count as usize]
@@ -454,6 +494,24 @@ impl HttpExchange {
     fn arena_bytes(&self, span: Span) -> &[u8] {
         &self.arena[span.offset as usize..span.end() as usize]
     }
+}
+
+/// The response header that declares a body's length, lower-case.
+pub const CONTENT_LENGTH: &[u8] = b"content-length";
+
+/// Whether `name` is `Content-Length` (ASCII case-insensitive).
+pub fn is_content_length(name: &[u8]) -> bool {
+    name.eq_ignore_ascii_case(CONTENT_LENGTH)
+}
+
+fn check_value(name: &[u8], value: &[u8]) -> Result<(), HeaderError> {
+    if !valid_header_value(value) {
+        return Err(HeaderError::InvalidValue);
+    }
+    if is_content_length(name) && parse_content_length(value).is_none() {
+        return Err(HeaderError::InvalidContentLength);
+    }
+    Ok(())
 }
 
 fn check_settable(name: &[u8]) -> Result<(), HeaderError> {

@@ -137,9 +137,31 @@ fn response_header_errors() {
         (b"", b"v", HeaderError::InvalidName),
         (b"X-Split", b"a\r\nInjected: 1", HeaderError::InvalidValue),
         (b"X-Nul", b"a\0", HeaderError::InvalidValue),
-        (b"Content-Length", b"5", HeaderError::Reserved),
         (b"connection", b"close", HeaderError::Reserved),
         (b"Transfer-Encoding", b"chunked", HeaderError::Reserved),
+        (b"transfer-encoding", b"identity", HeaderError::Reserved),
+        (b"Date", b"today", HeaderError::Reserved),
+        (b"Keep-Alive", b"timeout=5", HeaderError::Reserved),
+        (b"Upgrade", b"h2c", HeaderError::Reserved),
+        (b"Content-Length", b"-1", HeaderError::InvalidContentLength),
+        (b"content-length", b"+5", HeaderError::InvalidContentLength),
+        (b"Content-Length", b"", HeaderError::InvalidContentLength),
+        (b"Content-Length", b"1 2", HeaderError::InvalidContentLength),
+        (
+            b"Content-Length",
+            b"5, 5",
+            HeaderError::InvalidContentLength,
+        ),
+        (b"Content-Length", b"1.5", HeaderError::InvalidContentLength),
+        (b"Content-Length", b"1e3", HeaderError::InvalidContentLength),
+        (
+            b"Content-Length",
+            b"18446744073709551616",
+            HeaderError::InvalidContentLength,
+        ),
+        // The general value check comes first: a split stays InvalidValue.
+        (b"Content-Length", b"5\r\nX: 1", HeaderError::InvalidValue),
+        (b"Content-Length", b" 5", HeaderError::InvalidValue),
     ];
     for (name, value, expected) in cases {
         let mut ex = HttpExchange::new_boxed(0);
@@ -151,6 +173,61 @@ fn response_header_errors() {
         );
         assert_eq!(HeaderError::from_code(expected.code()), Some(*expected));
     }
+}
+
+#[test]
+fn header_error_codes_are_stable_and_round_trip() {
+    let expected = [-1, -2, -3, -4, -5, -6];
+    for (err, code) in HeaderError::ALL.iter().zip(expected) {
+        assert_eq!(err.code(), code, "{err:?}");
+        assert_eq!(HeaderError::from_code(code), Some(*err));
+        assert!(!err.message().is_empty());
+    }
+    assert_eq!(HeaderError::from_code(-7), None);
+    assert_eq!(HeaderError::from_code(0), None);
+    assert!(HeaderError::InvalidContentLength
+        .message()
+        .contains("Content-Length"));
+}
+
+/// Policy may declare the body's length in any case, as a string of digits;
+/// it replaces an earlier one, a second one in a list is refused, and a
+/// refused value leaves the earlier one in place.
+#[test]
+fn content_length_may_be_declared_by_policy() {
+    let mut ex = HttpExchange::new_boxed(0);
+    assert_eq!(ex.declared_length(), None);
+    ex.set_header(b"X-Other", b"1").unwrap();
+    assert_eq!(ex.declared_length(), None);
+    for (name, value, length) in [
+        (&b"Content-Length"[..], &b"5"[..], 5u64),
+        (b"content-length", b"0", 0),
+        (b"CONTENT-LENGTH", b"0042", 42),
+        (b"cOnTeNt-LeNgTh", b"18446744073709551615", u64::MAX),
+    ] {
+        ex.set_header(name, value).unwrap();
+        assert_eq!(ex.declared_length(), Some(length), "{name:?} {value:?}");
+        assert_eq!(
+            ex.response_headers()
+                .filter(|(n, _)| n.eq_ignore_ascii_case(b"content-length"))
+                .count(),
+            1
+        );
+    }
+    assert_eq!(
+        ex.set_header(b"Content-Length", b"nope"),
+        Err(HeaderError::InvalidContentLength)
+    );
+    assert_eq!(ex.declared_length(), Some(u64::MAX), "kept after a refusal");
+    assert_eq!(
+        ex.add_header(b"content-length", b"7"),
+        Err(HeaderError::InvalidContentLength),
+        "a second Content-Length"
+    );
+    ex.remove_header(b"Content-Length").unwrap();
+    assert_eq!(ex.declared_length(), None);
+    ex.add_header(b"Content-Length", b"7").unwrap();
+    assert_eq!(ex.declared_length(), Some(7));
 }
 
 #[test]

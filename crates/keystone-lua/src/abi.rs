@@ -255,10 +255,8 @@ pub(crate) fn layout(lua: &Lua) -> mlua::Result<Table> {
 /// Messages for the negative codes the header functions return.
 pub(crate) fn messages(lua: &Lua) -> mlua::Result<Table> {
     let table = lua.create_table()?;
-    for code in -5..=-1 {
-        if let Some(err) = HeaderError::from_code(code) {
-            table.set(code, err.message())?;
-        }
+    for err in HeaderError::ALL {
+        table.set(err.code(), err.message())?;
     }
     Ok(table)
 }

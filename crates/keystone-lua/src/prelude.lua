@@ -12,6 +12,13 @@ local debug_traceback = debug.traceback
 local setmetatable, rawget, type, tostring, tonumber, error, xpcall, pairs, ipairs =
     setmetatable, rawget, type, tostring, tonumber, error, xpcall, pairs, ipairs
 local floor = math.floor
+local format = string.format
+-- HeaderError::InvalidContentLength's code; its message names the value
+-- (which passed the value check, so it holds no control bytes).
+local BAD_CONTENT_LENGTH = -6
+-- Integers up to 2^53 are exact in a double; within it a number header is
+-- written in plain digits (tostring would give "1e+15" from 10^15).
+local EXACT_INTEGER_MAX = 2 ^ 53
 local ffi_string = ffi.string
 
 ffi.cdef [[
@@ -86,8 +93,10 @@ return function(ex_addr, fns, layout, messages)
     end
   end
 
-  local function header_error(code, name)
-    error((messages[code] or "response header error") .. " (header '" .. tostring(name) .. "')", 3)
+  local function header_error(code, name, value)
+    local got = ""
+    if code == BAD_CONTENT_LENGTH then got = ", got '" .. tostring(value) .. "'" end
+    error((messages[code] or "response header error") .. " (header '" .. tostring(name) .. "'" .. got .. ")", 3)
   end
 
   local function proxy(mt)
@@ -148,7 +157,13 @@ return function(ex_addr, fns, layout, messages)
 
   local function set_one(name, value)
     local tv = type(value)
-    if tv == "number" then value = tostring(value) elseif tv ~= "string" then
+    if tv == "number" then
+      if value == floor(value) and value >= -EXACT_INTEGER_MAX and value <= EXACT_INTEGER_MAX then
+        value = format("%d", value)
+      else
+        value = tostring(value)
+      end
+    elseif tv ~= "string" then
       error("ctx.headers['" .. name .. "'] must be a string, number, list of strings or nil, got " .. tv, 3)
     end
     return value
@@ -167,21 +182,21 @@ return function(ex_addr, fns, layout, messages)
     __newindex = function(t, k, v)
       if rawget(t, GEN) ~= ex.generation then expired() end
       check_name("ctx.headers", k)
-      local rc
+      local rc, value
       if v == nil then
         rc = remove_header(ex, k, #k)
       elseif type(v) == "table" then
         rc = remove_header(ex, k, #k)
         for _, item in ipairs(v) do
           if rc < 0 then break end
-          item = set_one(k, item)
-          rc = add_header(ex, k, #k, item, #item)
+          value = set_one(k, item)
+          rc = add_header(ex, k, #k, value, #value)
         end
       else
-        v = set_one(k, v)
-        rc = set_header(ex, k, #k, v, #v)
+        value = set_one(k, v)
+        rc = set_header(ex, k, #k, value, #value)
       end
-      if rc < 0 then header_error(rc, k) end
+      if rc < 0 then header_error(rc, k, value) end
     end,
   }
 

@@ -94,6 +94,45 @@ fn ctx_writes() {
     );
 }
 
+/// Policy may declare the body's length: any case, a string of digits or
+/// an integral number (written in plain digits, even past tostring's 14
+/// significant digits); it reads back, and replaces an earlier one.
+#[test]
+fn ctx_content_length_may_be_set() {
+    let mut app = load(
+        r#"return { routes = { ["GET /{v}"] = function(ctx)
+            local v = ctx.params.v
+            if v == "number" then ctx.headers["Content-Length"] = 5
+            elseif v == "big" then ctx.headers["content-length"] = 10^15
+            elseif v == "twice" then
+              ctx.headers["Content-Length"] = "1"
+              ctx.headers["CONTENT-LENGTH"] = "0005"
+            elseif v == "pcall" then
+              ctx.headers["Content-Length"] = "5"
+              assert(not pcall(function() ctx.headers["Content-Length"] = "x" end))
+            end
+            ctx.body = tostring(ctx.headers["Content-Length"])
+        end } }"#,
+    );
+    for (path, length) in [
+        ("/number", "5"),
+        ("/big", "1000000000000000"),
+        ("/twice", "0005"),
+        ("/pcall", "5"),
+    ] {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: h\r\n\r\n");
+        let response = run(&mut app, request.as_bytes()).unwrap();
+        assert_eq!(response.body, length, "{path}");
+        let lengths: Vec<_> = response
+            .headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(lengths, [length], "{path}");
+    }
+}
+
 /// One row per policy mistake: the handler body and a fragment the error
 /// message must contain (the field, and the app's file:line).
 #[test]
@@ -131,8 +170,30 @@ fn policy_errors_are_precise() {
             "invalid response header value",
         ),
         (
-            "ctx.headers['Content-Length'] = '5'",
+            "ctx.headers['Transfer-Encoding'] = 'chunked'",
             "computed by keystone",
+        ),
+        (
+            "ctx.headers['Content-Length'] = '-5'",
+            "invalid Content-Length (must be one plain decimal number: digits only, \
+             no sign or spaces, at most 18446744073709551615) (header 'Content-Length', got '-5')",
+        ),
+        (
+            "ctx.headers['content-length'] = 1.5",
+            "invalid Content-Length (must be one plain decimal number: digits only, \
+             no sign or spaces, at most 18446744073709551615) (header 'content-length', got '1.5')",
+        ),
+        (
+            "ctx.headers['Content-Length'] = 2^64",
+            "(header 'Content-Length', got '1.844674407371e+19')",
+        ),
+        (
+            "ctx.headers['Content-Length'] = { '1', '1' }",
+            "(header 'Content-Length', got '1')",
+        ),
+        (
+            "ctx.headers['Content-Length'] = '5 '",
+            "invalid response header value",
         ),
         ("ctx.params.id = 'x'", "ctx.params is read-only"),
         ("error('boom')", "boom"),

@@ -15,7 +15,7 @@ mod status;
 pub use date::{civil_from_days, format_imf, DateCache, DATE_BYTES, MONTHS};
 pub use status::reason;
 
-use keystone_exchange::HttpExchange;
+use keystone_exchange::{is_content_length, HttpExchange};
 
 /// Why a head could not be written. The server maps both to a 500 (and logs
 /// them); nothing partial is ever sent.
@@ -205,6 +205,11 @@ pub fn policy_status(exchange: &HttpExchange) -> Result<u16, ResponseError> {
 }
 
 /// Writes a head from `spec` and policy's `headers` into `out`.
+///
+/// A `Content-Length` among policy's headers is not copied: the length on
+/// the wire is always `spec.length`'s, written once (the caller has checked
+/// policy's declared value against it, see
+/// `HttpExchange::declared_length`), and none at all for 204 and 304.
 pub fn write_head_spec<'h>(
     spec: &HeadSpec<'_>,
     headers: impl Iterator<Item = (&'h [u8], &'h [u8])>,
@@ -218,6 +223,9 @@ pub fn write_head_spec<'h>(
     engine_headers(&mut w, date, framing);
     let mut has_content_type = false;
     for (name, value) in headers {
+        if is_content_length(name) {
+            continue;
+        }
         has_content_type |= name.eq_ignore_ascii_case(b"content-type");
         w.header(name, value);
     }

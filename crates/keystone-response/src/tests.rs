@@ -187,3 +187,44 @@ fn spec_heads_for_streams_and_files() {
         "{head}"
     );
 }
+
+/// Policy's `Content-Length` never reaches the wire as policy wrote it: the
+/// engine's length is written once, in canonical form, and 204/304 carry
+/// none at all.
+#[test]
+fn policy_content_length_is_written_once_by_the_engine() {
+    let cases: &[(u32, BodyLength, Option<&str>)] = &[
+        (200, BodyLength::Known(5), Some("Content-Length: 5\r\n")),
+        (404, BodyLength::Known(5), Some("Content-Length: 5\r\n")),
+        (200, BodyLength::Chunked, None),
+        (200, BodyLength::UntilClose, None),
+        (204, BodyLength::Known(5), None),
+        (304, BodyLength::Known(5), None),
+    ];
+    for (status, length, expected) in cases {
+        let mut ex = HttpExchange::new_boxed(0);
+        ex.status = *status;
+        ex.set_header(b"X-Before", b"1").unwrap();
+        ex.set_header(b"content-LENGTH", b"005").unwrap();
+        ex.set_header(b"X-After", b"2").unwrap();
+        let spec = HeadSpec {
+            status: *status as u16,
+            length: *length,
+            default_content_type: DEFAULT_CONTENT_TYPE,
+            extra: &[],
+        };
+        let mut out = [0u8; 512];
+        let n = write_head_spec(&spec, ex.response_headers(), KEEP, &date(), &mut out).unwrap();
+        let head = text(&out[..n]).to_ascii_lowercase();
+        assert!(head.contains("x-before: 1\r\nx-after: 2\r\n"), "{head}");
+        assert!(!head.contains("005"), "policy's text was copied: {head}");
+        let count = head.matches("content-length").count();
+        match expected {
+            Some(line) => {
+                assert_eq!(count, 1, "{head}");
+                assert!(head.contains(&line.to_ascii_lowercase()), "{head}");
+            }
+            None => assert_eq!(count, 0, "{head}"),
+        }
+    }
+}
