@@ -62,10 +62,69 @@ pub struct FileSend {
 
 /// A stream generator being pulled as the socket drains.
 pub struct StreamSend {
-    /// Chunked framing (HTTP/1.1) or raw bytes until close (HTTP/1.0).
-    pub chunked: bool,
+    /// How the body is delimited on the wire.
+    framing: StreamFraming,
     /// The part of the last chunk not yet framed into the send buffer.
     pending: Option<(*const u8, usize)>,
+    /// The generator produced more than its declared length: `pending`
+    /// holds the part that fits, and the stream aborts once it is queued.
+    overrun: bool,
+    /// The request, for log lines written after its bytes are gone.
+    label: RequestLabel,
+}
+
+/// How a stream's body is delimited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StreamFraming {
+    /// HTTP/1.1 without a declared length: `Transfer-Encoding: chunked`.
+    Chunked,
+    /// HTTP/1.0 without a declared length: raw bytes, then the connection
+    /// closes.
+    UntilClose,
+    /// Policy declared `Content-Length: length`: raw bytes, exactly that
+    /// many; `left` are still to come from the generator.
+    Declared {
+        /// The declared length.
+        length: u64,
+        /// Bytes not yet taken from the generator.
+        left: u64,
+    },
+}
+
+/// Bytes of `METHOD /path` a stream keeps for its log lines; a longer
+/// request line is cut (log lines are for people, and this keeps the label
+/// a fixed part of the connection's tail, never a heap allocation).
+const REQUEST_LABEL_BYTES: usize = 128;
+
+/// `METHOD /path` of a request, copied (cut at [`REQUEST_LABEL_BYTES`]).
+struct RequestLabel {
+    bytes: [u8; REQUEST_LABEL_BYTES],
+    len: u8,
+}
+
+const _: () = assert!(REQUEST_LABEL_BYTES <= u8::MAX as usize);
+
+impl RequestLabel {
+    fn new(method: &[u8], path: &[u8]) -> RequestLabel {
+        let mut label = RequestLabel {
+            bytes: [0; REQUEST_LABEL_BYTES],
+            len: 0,
+        };
+        for part in [method, b" ", path] {
+            let start = label.len as usize;
+            let take = part.len().min(REQUEST_LABEL_BYTES - start);
+            label.bytes[start..start + take].copy_from_slice(&part[..take]);
+            label.len += take as u8;
+        }
+        label
+    }
+}
+
+impl std::fmt::Display for RequestLabel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = String::from_utf8_lossy(&self.bytes[..self.len as usize]);
+        f.write_str(&text)
+    }
 }
 
 /// What follows the buffered bytes of the response in progress.
@@ -96,7 +155,9 @@ pub enum StreamStep {
     More,
     /// The generator ended; the terminator is queued.
     Done,
-    /// The generator failed: the stream is aborted (no terminating chunk).
+    /// The stream is aborted (no terminating chunk; the caller closes the
+    /// connection after what is queued): the generator failed, or broke
+    /// the `Content-Length` policy declared (more or fewer bytes).
     Failed,
 }
 
@@ -509,9 +570,25 @@ impl Http {
     ) -> bool {
         let bytes = self.lua.exchange().response_body().unwrap_or(&[]);
         let head_start = send.tail();
+        let mut length = bytes.len() as u64;
+        if let Some(declared) = self.lua.exchange().declared_length() {
+            if declared != length && has_body(status, framing.head_request) {
+                self.log_request_error(
+                    recv,
+                    format_args!(
+                        "Content-Length {declared} set by policy does not match the body's {length} bytes"
+                    ),
+                );
+                self.queue_error(send, 500, None, framing);
+                return false;
+            }
+            // Without body bytes (HEAD, 204, 304) the declared length is
+            // the answer: a HEAD handler may advertise the GET's size.
+            length = declared;
+        }
         let spec = HeadSpec {
             status,
-            length: BodyLength::Known(bytes.len() as u64),
+            length: BodyLength::Known(length),
             default_content_type: DEFAULT_CONTENT_TYPE,
             extra: &[],
         };
@@ -538,8 +615,11 @@ impl Http {
         false
     }
 
-    /// `ctx.body = function() ... end`: chunked for HTTP/1.1, delimited by
-    /// close for HTTP/1.0; the generator is pulled as the socket drains.
+    /// `ctx.body = function() ... end`: with a `Content-Length` policy
+    /// declared, exactly that many raw bytes (keep-alive possible);
+    /// otherwise chunked for HTTP/1.1 and delimited by close for HTTP/1.0.
+    /// The generator is pulled as the socket drains, and never when the
+    /// response carries no body bytes (HEAD, 204, 304, a declared 0).
     fn commit_stream(
         &mut self,
         recv: &RingBuffer,
@@ -549,17 +629,25 @@ impl Http {
         key: u32,
         status: u16,
     ) -> bool {
-        let chunked = framing.minor_version >= 1;
+        let declared = self.lua.exchange().declared_length();
+        let stream_framing = match declared {
+            Some(length) => StreamFraming::Declared {
+                length,
+                left: length,
+            },
+            None if framing.minor_version >= 1 => StreamFraming::Chunked,
+            None => StreamFraming::UntilClose,
+        };
         let framing = Framing {
-            keep_alive: framing.keep_alive && chunked,
+            keep_alive: framing.keep_alive && stream_framing != StreamFraming::UntilClose,
             ..framing
         };
         let spec = HeadSpec {
             status,
-            length: if chunked {
-                BodyLength::Chunked
-            } else {
-                BodyLength::UntilClose
+            length: match stream_framing {
+                StreamFraming::Declared { length, .. } => BodyLength::Known(length),
+                StreamFraming::Chunked => BodyLength::Chunked,
+                StreamFraming::UntilClose => BodyLength::UntilClose,
             },
             default_content_type: DEFAULT_CONTENT_TYPE,
             extra: &[],
@@ -567,14 +655,16 @@ impl Http {
         if self.commit_head(recv, send, &spec, framing).is_none() {
             return false;
         }
-        if !has_body(status, framing.head_request) {
+        if !has_body(status, framing.head_request) || declared == Some(0) {
             return !framing.keep_alive;
         }
         match self.lua.pin_body(key) {
             Ok(()) => {
                 *tail = Tail::Stream(StreamSend {
-                    chunked,
+                    framing: stream_framing,
                     pending: None,
+                    overrun: false,
+                    label: RequestLabel::new(recv.get(self.head.method), recv.get(self.head.path)),
                 })
             }
             Err(err) => {
@@ -586,7 +676,9 @@ impl Http {
     }
 
     /// Frames chunks from the stream pinned under `key` into `send` until
-    /// enough is queued for the socket or the generator ends.
+    /// enough is queued for the socket or the generator ends. With a
+    /// declared length, bytes past it are never queued, and a generator
+    /// that ends short of it or goes past it aborts the stream.
     pub fn fill_stream(
         &mut self,
         send: &mut RingBuffer,
@@ -605,12 +697,17 @@ impl Http {
                 // prelude keeps referenced (`pulled[key]`) until the next
                 // pull or unpin; no pull happens while `pending` is set.
                 let bytes = unsafe { std::slice::from_raw_parts(ptr, take) };
-                frame_chunk(send, bytes, stream.chunked);
+                frame_chunk(send, bytes, stream.framing == StreamFraming::Chunked);
                 if take < len {
                     // SAFETY: `take < len`, so the advanced pointer stays in the chunk.
                     stream.pending = Some((unsafe { ptr.add(take) }, len - take));
                 }
                 continue;
+            }
+            if stream.overrun {
+                // The declared bytes are all queued (logged when found).
+                self.lua.unpin_body(key);
+                return StreamStep::Failed;
             }
             if send.len() >= STREAM_QUEUE_BYTES {
                 return StreamStep::More;
@@ -624,29 +721,31 @@ impl Http {
                     if chunk.is_empty() {
                         empty_pulls += 1;
                         if empty_pulls == STREAM_EMPTY_PULLS_MAX {
-                            crate::log!(Level::Error, Some(self.worker), "stream aborted: the generator returned {empty_pulls} empty chunks in a row");
+                            crate::log!(
+                                Level::Error,
+                                Some(self.worker),
+                                "{}: stream aborted: the generator returned {empty_pulls} empty chunks in a row",
+                                stream.label
+                            );
                             self.lua.unpin_body(key);
                             return StreamStep::Failed;
                         }
                         continue;
                     }
                     empty_pulls = 0;
-                    stream.pending = Some((chunk.as_ptr(), chunk.len()));
-                }
-                Pull::End => {
-                    if stream.chunked {
-                        send.append(LAST_CHUNK)
-                            .expect("frame room kept for the last chunk");
+                    let len = self.take_declared(stream, chunk.len());
+                    if len > 0 {
+                        stream.pending = Some((chunk.as_ptr(), len));
                     }
-                    self.lua.unpin_body(key);
-                    return StreamStep::Done;
                 }
+                Pull::End => return self.end_stream(send, stream, key),
                 Pull::Failed { message } => {
                     self.stats.lua_errors.add(1);
                     crate::log!(
                         Level::Error,
                         Some(self.worker),
-                        "stream aborted: generator failed: {message}"
+                        "{}: stream aborted: generator failed: {message}",
+                        stream.label
                     );
                     self.lua.unpin_body(key);
                     return StreamStep::Failed;
@@ -655,9 +754,67 @@ impl Http {
         }
     }
 
+    /// How many of a pulled chunk's `len` bytes may go on the wire: all of
+    /// them unless a declared length ends first, which marks the stream
+    /// overrun (and logs it once).
+    fn take_declared(&self, stream: &mut StreamSend, len: usize) -> usize {
+        let StreamFraming::Declared { length, left } = &mut stream.framing else {
+            return len;
+        };
+        debug_assert!(!stream.overrun, "no pull after an overrun");
+        if len as u64 <= *left {
+            *left -= len as u64;
+            return len;
+        }
+        crate::log!(
+            Level::Error,
+            Some(self.worker),
+            "{}: stream aborted: the generator produced more than the {length} bytes of the Content-Length set by policy; sent {length} bytes, closing the connection",
+            stream.label
+        );
+        stream.overrun = true;
+        let take = *left as usize; // less than `len`, so it fits
+        debug_assert!(take < len);
+        *left = 0;
+        take
+    }
+
+    /// The generator returned nil: terminate the body, or abort when it
+    /// ended short of a declared length (the client sees a short body and
+    /// the connection closing, never a response boundary in the wrong place).
+    fn end_stream(&mut self, send: &mut RingBuffer, stream: &StreamSend, key: u32) -> StreamStep {
+        debug_assert!(
+            stream.pending.is_none(),
+            "nil is pulled only once all is queued"
+        );
+        debug_assert!(!stream.overrun, "no pull after an overrun");
+        self.lua.unpin_body(key);
+        match stream.framing {
+            StreamFraming::Chunked => {
+                send.append(LAST_CHUNK)
+                    .expect("frame room kept for the last chunk");
+                StreamStep::Done
+            }
+            StreamFraming::UntilClose | StreamFraming::Declared { left: 0, .. } => StreamStep::Done,
+            StreamFraming::Declared { length, left } => {
+                crate::log!(
+                    Level::Error,
+                    Some(self.worker),
+                    "{}: stream aborted: the generator ended after {} of the {length} bytes of the Content-Length set by policy; closing the connection",
+                    stream.label,
+                    length - left
+                );
+                StreamStep::Failed
+            }
+        }
+    }
+
     /// Answers with a file: validators, conditionals and a single range
     /// for 200 responses; `status` is policy's for a Lua-chosen file
-    /// (other statuses send the whole file, no conditionals).
+    /// (other statuses send the whole file, no conditionals). A
+    /// `Content-Length` policy set must equal the file's size (then the
+    /// engine writes the length it sends: the range's for 206); otherwise
+    /// the answer is a 500, whatever the method or range.
     fn serve_file(
         &mut self,
         recv: &RingBuffer,
@@ -667,8 +824,23 @@ impl Http {
         file: files::OpenFile,
         status: Option<u16>,
     ) {
-        let validators = files::Validators::of(&file);
         let policy = status.is_some();
+        // Static files have no policy (the exchange is not bound for them).
+        let declared = policy.then(|| self.lua.exchange().declared_length());
+        if let Some(Some(declared)) = declared {
+            if declared != file.size {
+                self.log_request_error(
+                    recv,
+                    format_args!(
+                        "Content-Length {declared} set by policy does not match the file's {} bytes",
+                        file.size
+                    ),
+                );
+                self.queue_error(send, 500, None, framing);
+                return;
+            }
+        }
+        let validators = files::Validators::of(&file);
         let mut status = status.unwrap_or(200);
         let (mut start, mut len) = (0, file.size);
         let mut content_range = [0u8; 64];

@@ -2,7 +2,8 @@
 //! server runs in this process under a counting global allocator; after a
 //! warm-up, 10,000 keep-alive requests that exercise route params, query
 //! arguments, request headers read from Lua, response headers set from Lua
-//! and an inline body must cause zero heap allocations.
+//! and an inline body must cause zero heap allocations; so must 1,000
+//! streamed bodies with a `Content-Length` set from Lua.
 //!
 //! The count is process-wide, so everything else in the window is careful
 //! not to allocate: the client reuses one request and one response buffer,
@@ -62,6 +63,11 @@ return { routes = {
     ctx.headers["X-Token"] = token
     ctx.body = '{"id":' .. ctx.params.id .. ',"q":"' .. ctx.args.q .. '","m":"' .. ctx.method .. '"}'
   end,
+  ["GET /stream"] = function(ctx)
+    local n = 0
+    ctx.headers["Content-Length"] = 10
+    ctx.body = function() n = n + 1; if n <= 2 then return "01234" end end
+  end,
   ["GET /mem"] = function(ctx)
     ctx.body = string.format("%.0f", collectgarbage("count"))
   end,
@@ -70,6 +76,9 @@ return { routes = {
 
 const REQUEST: &[u8] = b"GET /users/42?q=a%20b&x=1 HTTP/1.1\r\nHost: test\r\nX-Token: t0k3n\r\nUser-Agent: zero-alloc\r\n\r\n";
 const REQUESTS: u64 = 10_000;
+/// A generator with a declared length (raw body, keep-alive).
+const STREAM_REQUEST: &[u8] = b"GET /stream HTTP/1.1\r\nHost: test\r\n\r\n";
+const STREAM_REQUESTS: u64 = 1_000;
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -157,6 +166,26 @@ fn keep_alive_requests_allocate_nothing() {
         exchange(&mut stream, REQUEST, &mut response);
     }
     let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
+
+    let (stream_len, body) = response_len(&mut stream, STREAM_REQUEST);
+    assert_eq!(body, "0123401234");
+    let mut stream_response = vec![0u8; stream_len];
+    for _ in 0..100 {
+        exchange(&mut stream, STREAM_REQUEST, &mut stream_response);
+    }
+    let stream_before = ALLOCATIONS.load(Ordering::Relaxed);
+    for _ in 0..STREAM_REQUESTS {
+        exchange(&mut stream, STREAM_REQUEST, &mut stream_response);
+    }
+    let stream_allocations = ALLOCATIONS.load(Ordering::Relaxed) - stream_before;
+    println!(
+        "{STREAM_REQUESTS} streams with a declared length: {stream_allocations} heap allocations"
+    );
+    assert!(stream_response.ends_with(b"Content-Length: 10\r\n\r\n0123401234"));
+    assert_eq!(
+        stream_allocations, 0,
+        "heap allocations in {STREAM_REQUESTS} streams with a declared length"
+    );
 
     assert!(response.starts_with(b"HTTP/1.1 200 OK\r\n"));
     assert!(response.ends_with(br#"{"id":42,"q":"a b","m":"GET"}"#));
