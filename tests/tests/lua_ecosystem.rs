@@ -543,3 +543,78 @@ fn init_worker_error_fails_serve_with_exit_2() {
     assert!(text.contains(&line), "lacks {line}: {text}");
     assert_no_panic(&text, "init_worker error");
 }
+
+/// A stream started before a reload keeps pulling its generator from the
+/// state it was started in: every byte arrives and the body ends with the
+/// terminating chunk (a cut body must never look complete), while new
+/// requests already get the new app.
+#[test]
+fn stream_in_flight_across_a_reload_completes_from_its_own_state() {
+    use std::io::{Read, Write};
+    const CHUNKS: usize = 400; // 400 × 64 KiB = 25 MiB: more than loopback buffers hold
+    let app = |version: u32| {
+        format!(
+            r#"return {{ routes = {{
+  ["GET /v"] = function(ctx) ctx.body = "v{version}" end,
+  ["GET /stream"] = function(ctx)
+    local chunk, left = string.rep("{version}", 65536), {CHUNKS}
+    ctx.body = function()
+      if left == 0 then return nil end
+      left = left - 1
+      return chunk
+    end
+  end,
+}} }}"#
+        )
+    };
+    let server = Server::start(Some(&app(1)), &[]);
+    let mut stream = std::net::TcpStream::connect(server.addr()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    stream
+        .write_all(b"GET /stream HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut got = vec![0u8; 256 * 1024];
+    stream.read_exact(&mut got).unwrap();
+
+    fs::write(server.app_path(), app(2)).expect("writing v2");
+    server.hangup();
+    let log = server.wait_for_log("reloaded", RELOAD_TIMEOUT);
+    assert!(log.contains("reloaded"), "{log}");
+    assert_eq!(
+        keystone_tests::curl_body(&["-s", &server.url("/v")]),
+        "v2",
+        "new requests see the new app"
+    );
+
+    stream.read_to_end(&mut got).unwrap();
+    let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let head = String::from_utf8_lossy(&got[..head_end]);
+    assert!(head.contains("Transfer-Encoding: chunked"), "{head}");
+    // Decode the chunked body; it must end with the terminating chunk.
+    let mut body_len = 0;
+    let mut at = head_end;
+    loop {
+        let line_end = at
+            + got[at..]
+                .windows(2)
+                .position(|w| w == b"\r\n")
+                .expect("chunk size line");
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&got[at..line_end]).unwrap(), 16).unwrap();
+        at = line_end + 2;
+        if size == 0 {
+            assert_eq!(&got[at..], b"\r\n", "terminating chunk ends the body");
+            break;
+        }
+        assert!(
+            got[at..at + size].iter().all(|&b| b == b'1'),
+            "v1's generator made every byte"
+        );
+        body_len += size;
+        at += size + 2;
+    }
+    assert_eq!(body_len, CHUNKS * 65536, "every byte of the stream arrived");
+    assert!(!server.log().contains("stream aborted"), "{}", server.log());
+}

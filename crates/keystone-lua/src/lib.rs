@@ -85,6 +85,12 @@ impl LuaWorker {
         self.worker
     }
 
+    /// Tells this state apart from the others alive at the same time (after
+    /// a reload, the retired one still feeds the streams it started).
+    pub fn id(&self) -> usize {
+        self.state as usize
+    }
+
     /// The exchange, for binding a request and reading the response state.
     /// Borrowing `self` mutably proves no handler is running meanwhile.
     pub fn exchange_mut(&mut self) -> &mut HttpExchange {

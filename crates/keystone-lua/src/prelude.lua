@@ -344,7 +344,9 @@ return function(ex_addr, fns, layout, messages)
   -- of the stream, or -1 and the error (traceback included).
   local function pull(key)
     local generator = pinned[key]
-    if generator == nil then return 0 end
+    -- Nothing pinned is an engine bug (a pull on the wrong state); ending
+    -- the stream cleanly would pass a cut body off as complete.
+    if generator == nil then return -1, "no stream is pinned under this key" end
     local ok, chunk = xpcall(generator, traceback)
     if ok and type(chunk) == "number" then chunk = tostring(chunk) end
     if not ok or type(chunk) ~= "string" then

@@ -36,6 +36,8 @@ pub struct PinnedBody {
     len: usize,
     /// Bytes already sent.
     pub sent: usize,
+    /// The Lua state holding the string ([`LuaWorker::id`]).
+    lua: usize,
 }
 
 impl PinnedBody {
@@ -71,6 +73,9 @@ pub struct StreamSend {
     overrun: bool,
     /// The request, for log lines written after its bytes are gone.
     label: RequestLabel,
+    /// The Lua state the generator lives in ([`LuaWorker::id`]): after a
+    /// reload it is a retired one, still pulled until the stream ends.
+    lua: usize,
 }
 
 /// How a stream's body is delimited.
@@ -250,6 +255,9 @@ pub struct Http {
     pub router: Router,
     /// The worker's Lua state and exchange.
     pub lua: LuaWorker,
+    /// States replaced by a reload, kept while responses still point into
+    /// them (pinned bodies, streams they pull).
+    pub retired: Vec<LuaWorker>,
     /// Cached `Date`.
     pub date: DateCache,
     /// Responses one connection may have queued but not yet sent.
@@ -604,7 +612,14 @@ impl Http {
         }
         let (ptr, len) = (bytes.as_ptr(), bytes.len());
         match self.lua.pin_body(key) {
-            Ok(()) => *tail = Tail::Pinned(PinnedBody { ptr, len, sent: 0 }),
+            Ok(()) => {
+                *tail = Tail::Pinned(PinnedBody {
+                    ptr,
+                    len,
+                    sent: 0,
+                    lua: self.lua.id(),
+                })
+            }
             Err(err) => {
                 // Take the head back so nothing half-framed is sent.
                 send.cut(head_start, n);
@@ -665,6 +680,7 @@ impl Http {
                     pending: None,
                     overrun: false,
                     label: RequestLabel::new(recv.get(self.head.method), recv.get(self.head.path)),
+                    lua: self.lua.id(),
                 })
             }
             Err(err) => {
@@ -706,19 +722,20 @@ impl Http {
             }
             if stream.overrun {
                 // The declared bytes are all queued (logged when found).
-                self.lua.unpin_body(key);
+                self.stream_lua(stream.lua).unpin_body(key);
                 return StreamStep::Failed;
             }
             if send.len() >= STREAM_QUEUE_BYTES {
                 return StreamStep::More;
             }
             self.pulse.enter_handler();
-            let pulled = self.lua.pull(key);
+            let pulled = self.stream_lua(stream.lua).pull(key);
             self.pulse.leave_handler();
             match pulled {
                 Pull::Chunk => {
-                    let chunk = self.lua.exchange().response_body().unwrap_or(&[]);
-                    if chunk.is_empty() {
+                    let chunk = self.stream_lua(stream.lua).exchange().response_body();
+                    let (ptr, len) = chunk.map_or((std::ptr::null(), 0), |c| (c.as_ptr(), c.len()));
+                    if len == 0 {
                         empty_pulls += 1;
                         if empty_pulls == STREAM_EMPTY_PULLS_MAX {
                             crate::log!(
@@ -727,15 +744,15 @@ impl Http {
                                 "{}: stream aborted: the generator returned {empty_pulls} empty chunks in a row",
                                 stream.label
                             );
-                            self.lua.unpin_body(key);
+                            self.stream_lua(stream.lua).unpin_body(key);
                             return StreamStep::Failed;
                         }
                         continue;
                     }
                     empty_pulls = 0;
-                    let len = self.take_declared(stream, chunk.len());
+                    let len = self.take_declared(stream, len);
                     if len > 0 {
-                        stream.pending = Some((chunk.as_ptr(), len));
+                        stream.pending = Some((ptr, len));
                     }
                 }
                 Pull::End => return self.end_stream(send, stream, key),
@@ -747,10 +764,35 @@ impl Http {
                         "{}: stream aborted: generator failed: {message}",
                         stream.label
                     );
-                    self.lua.unpin_body(key);
+                    self.stream_lua(stream.lua).unpin_body(key);
                     return StreamStep::Failed;
                 }
             }
+        }
+    }
+
+    /// The Lua state a tail (stream generator, pinned string) lives in: the
+    /// current one, or the retired one it was started in before a reload
+    /// (kept alive while any tail points into it).
+    fn stream_lua(&mut self, id: usize) -> &mut LuaWorker {
+        if self.lua.id() == id {
+            return &mut self.lua;
+        }
+        match self.retired.iter().position(|lua| lua.id() == id) {
+            Some(index) => &mut self.retired[index],
+            // Unreachable while retired states outlive their streams; the
+            // current state then reports "no stream pinned" and the stream
+            // aborts rather than ending as if complete.
+            None => &mut self.lua,
+        }
+    }
+
+    /// Releases what a response's tail pinned, in the state that pinned it.
+    pub fn unpin_tail(&mut self, tail: &Tail, key: u32) {
+        match tail {
+            Tail::Stream(stream) => self.stream_lua(stream.lua).unpin_body(key),
+            Tail::Pinned(body) => self.stream_lua(body.lua).unpin_body(key),
+            _ => {}
         }
     }
 
@@ -788,7 +830,7 @@ impl Http {
             "nil is pulled only once all is queued"
         );
         debug_assert!(!stream.overrun, "no pull after an overrun");
-        self.lua.unpin_body(key);
+        self.stream_lua(stream.lua).unpin_body(key);
         match stream.framing {
             StreamFraming::Chunked => {
                 send.append(LAST_CHUNK)

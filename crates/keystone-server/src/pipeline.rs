@@ -73,6 +73,7 @@ impl Pipeline {
             limits,
             router: loaded.router,
             lua: loaded.lua,
+            retired: Vec::new(),
             date: DateCache::new(),
             max_pipeline,
             pulse: std::sync::Arc::new(Pulse::default()),

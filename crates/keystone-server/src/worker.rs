@@ -253,8 +253,6 @@ struct Worker {
     _access_log: Option<OwnedFd>,
     reloads: mpsc::Receiver<AppSource>,
     lua_config: LuaConfig,
-    /// Lua states replaced by a reload, kept while bodies point into them.
-    retired: Vec<keystone_lua::LuaWorker>,
     timeouts: Timeouts,
     /// The clock, read once per loop turn.
     now: Instant,
@@ -324,7 +322,6 @@ impl Worker {
             _access_log: config.access_log,
             reloads: config.reloads,
             lua_config: config.lua,
-            retired: Vec::new(),
             timeouts: config.timeouts,
             now: Instant::now(),
             http: Http {
@@ -334,6 +331,7 @@ impl Worker {
                 limits: config.limits,
                 router: loaded.router,
                 lua: loaded.lua,
+                retired: Vec::new(),
                 date: DateCache::new(),
                 max_pipeline: config.max_pipeline,
                 pulse: config.pulse,
@@ -888,9 +886,7 @@ impl Worker {
     /// Lets go of a response tail; a Lua string or generator is unpinned.
     fn release_tail(&mut self, slot: usize) {
         let tail = std::mem::take(&mut self.slots[slot].conn.tail);
-        if matches!(tail, Tail::Pinned(_) | Tail::Stream(_)) {
-            self.http.lua.unpin_body(slot as u32);
-        }
+        self.http.unpin_tail(&tail, slot as u32);
     }
 
     // --- closing -----------------------------------------------------
@@ -1017,7 +1013,7 @@ impl Worker {
                 let old = std::mem::replace(&mut self.http.lua, loaded.lua);
                 // Bodies still being sent may point into the old state's
                 // strings: keep it until none are pinned.
-                self.retired.push(old);
+                self.http.retired.push(old);
                 self.drop_retired();
                 crate::log!(
                     Level::Info,
@@ -1038,8 +1034,8 @@ impl Worker {
 
     fn drop_retired(&mut self) {
         let lua_tails = |s: &Slot| matches!(s.conn.tail, Tail::Pinned(_) | Tail::Stream(_));
-        if !self.retired.is_empty() && !self.slots.iter().any(lua_tails) {
-            self.retired.clear();
+        if !self.http.retired.is_empty() && !self.slots.iter().any(lua_tails) {
+            self.http.retired.clear();
         }
     }
 
