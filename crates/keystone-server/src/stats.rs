@@ -64,7 +64,8 @@ pub struct WorkerStats {
     /// a connection's first read, reads past the registered window, or no
     /// registration available).
     pub receives_plain: Counter,
-    /// Connection buffers registered with the ring now (gauge).
+    /// Connection slots whose receive window is registered with the ring
+    /// now (gauge); a closed connection's slot keeps it for the next one.
     pub registered_buffers: Counter,
     route_names: Mutex<Vec<String>>,
 }
@@ -207,7 +208,7 @@ const SUMMED: [(&str, &str, &str, Read); 11] = [
     (
         "keystone_registered_buffers",
         "gauge",
-        "Connection receive buffers registered with io_uring now.",
+        "Receive buffers (connection slots) registered with io_uring now: a slot keeps its registration across connections and gives it back when its connection idles.",
         |w| w.registered_buffers.get(),
     ),
 ];

@@ -290,7 +290,7 @@ impl Worker {
         let access_fd = config.access_log.as_ref().map(|fd| fd.as_raw_fd());
         let mut reactor =
             Reactor::with_sqpoll(RING_ENTRIES, config.sqpoll.then_some(SQPOLL_IDLE_MS))
-                .map_err(|e| format!("io_uring setup failed: {e}"))?;
+                .map_err(|e| format!("io_uring setup failed: {e}{}", memlock_hint(&e)))?;
         // Slots past the kernel's table size (16,384) read unregistered.
         let fixed_slots = config.max_connections.min(REGISTERED_BUFFERS_MAX);
         let fixed_slots = match reactor.register_buffer_table(fixed_slots) {
@@ -1178,6 +1178,27 @@ impl Worker {
             unsafe { libc::shutdown(conn.fd, how) };
         }
     }
+}
+
+/// Why a ring may not be created: for a user without `CAP_IPC_LOCK` the
+/// kernel counts ring memory against `RLIMIT_MEMLOCK` and answers `ENOMEM`
+/// past it. Empty for other errors.
+fn memlock_hint(err: &std::io::Error) -> String {
+    if err.raw_os_error() != Some(libc::ENOMEM) {
+        return String::new();
+    }
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } != 0 {
+        return String::new();
+    }
+    format!(
+        " (for a non-root user io_uring memory counts against RLIMIT_MEMLOCK, `ulimit -l`, {} KiB here: each worker's ring needs about 100 KiB, plus 4 KiB per active connection for registered receive buffers; raise it or grant CAP_IPC_LOCK)",
+        limit.rlim_cur / 1024
+    )
 }
 
 /// Opens an app's static roots and its policy-file root.
