@@ -6,7 +6,9 @@
 //! ```
 //!
 //! `$body_bytes_sent` is the body length the response declared (0 for a
-//! stream, whose length is not known when the line is written);
+//! chunked or close-delimited stream, whose length is not known when the
+//! line is written; a stream's policy-declared `Content-Length` even when
+//! the generator then aborts it — unlike nginx, which counts bytes sent);
 //! `$request_time` is the seconds (ms resolution) from the moment the
 //! request was complete in the buffer to the moment its response was
 //! committed (handler and serialization; not the network). Lines collect in
