@@ -88,13 +88,16 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn start_server() -> u16 {
+/// Starts the server in-process; returns its port and its admin port.
+fn start_server() -> (u16, u16) {
     let dir = std::env::temp_dir().join(format!("keystone-zero-alloc-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let app = dir.join("app.lua");
     std::fs::write(&app, APP).unwrap();
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
+    let admin_port = free_port();
+    let admin = format!("127.0.0.1:{admin_port}");
     let args = [
         "keystone",
         "serve",
@@ -103,6 +106,8 @@ fn start_server() -> u16 {
         &listen,
         "--workers",
         "1",
+        "--admin",
+        &admin,
     ];
     let cli = keystone_server::cli::Cli::parse_from(args);
     std::thread::spawn(move || keystone_server::run(cli));
@@ -111,7 +116,23 @@ fn start_server() -> u16 {
         assert!(Instant::now() < deadline, "server did not start");
         std::thread::sleep(Duration::from_millis(20));
     }
-    port
+    (port, admin_port)
+}
+
+/// One counter from the admin listener (after the measured window: it
+/// allocates).
+fn metric(admin_port: u16, name: &str) -> u64 {
+    let mut stream = TcpStream::connect(("127.0.0.1", admin_port)).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+        .parse()
+        .unwrap()
 }
 
 /// Sends `request` and reads one response whose total length is `len`.
@@ -145,7 +166,7 @@ fn response_len(stream: &mut TcpStream, request: &[u8]) -> (usize, String) {
 
 #[test]
 fn keep_alive_requests_allocate_nothing() {
-    let port = start_server();
+    let (port, admin_port) = start_server();
     let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -166,6 +187,13 @@ fn keep_alive_requests_allocate_nothing() {
         exchange(&mut stream, REQUEST, &mut response);
     }
     let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
+    // The window ran on the io_uring fast path: reads into the registered
+    // receive window (READ_FIXED), not plain recv.
+    let registered = metric(admin_port, "keystone_receives_registered_total");
+    assert!(
+        registered >= REQUESTS,
+        "{registered} registered receives for {REQUESTS} requests"
+    );
 
     let (stream_len, body) = response_len(&mut stream, STREAM_REQUEST);
     assert_eq!(body, "0123401234");
