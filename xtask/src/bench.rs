@@ -966,7 +966,7 @@ fn count_syscalls(server: &Server, dir: &Path) -> Result<SyscallFigure> {
 }
 
 /// How long connections sit idle before RSS is read.
-const IDLE_SETTLE: Duration = Duration::from_secs(2);
+const IDLE_SETTLE: Duration = Duration::from_secs(3);
 
 /// RSS before and with `IDLE_CONNECTIONS` idle keep-alive connections, each
 /// having completed one request.

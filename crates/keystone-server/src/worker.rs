@@ -88,6 +88,14 @@ const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
 /// bodies) are received into the rest of the same buffer by plain `recv`,
 /// still without a copy.
 const FIXED_WINDOW_BYTES: u32 = 4096;
+/// How long a keep-alive connection waits for its next request before its
+/// buffers' pages (and its registered window) are given back. Why a second:
+/// a busy connection is "idle" for microseconds between every two requests;
+/// only one that stayed idle across a whole tick is worth the `madvise`,
+/// unregistering and the page faults when it wakes up. (nginx frees a
+/// keep-alive connection's header buffer as soon as it goes idle, and
+/// allocates a new one on the next request.)
+const IDLE_RELEASE_AFTER: Duration = Duration::from_secs(1);
 /// The tick that drives deadlines; deadlines are checked at this grain.
 const TICK: Timespec = Timespec::new().sec(1);
 
@@ -1135,10 +1143,23 @@ impl Worker {
     fn on_tick(&mut self) {
         self.drop_retired();
         let now = Instant::now();
+        // The idle deadline was set to `idle start + keep-alive timeout`;
+        // a deadline at or before this one means idle for a whole
+        // IDLE_RELEASE_AFTER. Busy connections pass through the idle state
+        // between every two requests and must keep their warm pages.
+        let idle_long_enough = self
+            .timeouts
+            .idle
+            .checked_sub(IDLE_RELEASE_AFTER)
+            .map(|rest| now + rest);
         for (index, slot) in self.slots.iter_mut().enumerate() {
             let conn = &mut slot.conn;
             if conn.fd >= 0
                 && conn.timer == Timer::Idle
+                && conn
+                    .deadline
+                    .zip(idle_long_enough)
+                    .is_some_and(|(deadline, cutoff)| deadline <= cutoff)
                 && conn.sending == 0
                 && slot.send.is_empty()
                 && slot.recv.is_empty()
