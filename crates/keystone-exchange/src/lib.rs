@@ -103,7 +103,8 @@ pub struct ResponseHeader {
 pub enum HeaderError {
     /// The name is not an RFC 9110 token.
     InvalidName,
-    /// The value holds CR, LF, NUL or another forbidden control byte.
+    /// The value holds CR, LF, NUL or another forbidden control byte, or
+    /// starts or ends with whitespace.
     InvalidValue,
     /// More than [`RESPONSE_HEADERS_MAX`] headers.
     TooMany,
@@ -123,7 +124,8 @@ impl HeaderError {
         match self {
             HeaderError::InvalidName => "invalid response header name (must be an HTTP token)",
             HeaderError::InvalidValue => {
-                "invalid response header value (CR, LF, NUL and control bytes are not allowed)"
+                "invalid response header value (CR, LF, NUL, control bytes and leading or \
+                 trailing spaces are not allowed)"
             }
             HeaderError::TooMany => "too many response headers",
             HeaderError::ArenaFull => "response headers exceed the per-request arena",

@@ -166,6 +166,10 @@ fn policy_errors_are_precise() {
             "invalid response header name",
         ),
         (
+            "ctx.headers['X-Pad'] = ' v'",
+            "leading or trailing spaces are not allowed) (header 'X-Pad')",
+        ),
+        (
             "ctx.headers['X-Nul'] = 'a\\0b'",
             "invalid response header value",
         ),
@@ -193,7 +197,8 @@ fn policy_errors_are_precise() {
         ),
         (
             "ctx.headers['Content-Length'] = '5 '",
-            "invalid response header value",
+            "invalid response header value (CR, LF, NUL, control bytes and leading or \
+             trailing spaces are not allowed) (header 'Content-Length')",
         ),
         ("ctx.params.id = 'x'", "ctx.params is read-only"),
         ("error('boom')", "boom"),
