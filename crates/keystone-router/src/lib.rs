@@ -15,17 +15,24 @@
 //!
 //! # Implementation notes
 //!
-//! One matchit tree maps each path pattern to a method table; paths without
-//! parameters are also kept in an exact-match table, which answers most
-//! lookups without walking the tree.
+//! Paths without parameters are answered by an exact-match table; the
+//! others by a matchit tree holding only the patterns with parameters (a
+//! second tree with every pattern exists while building, so matchit
+//! validates each route against all the others). A path equal to a static
+//! route is caught by the table first, which keeps matchit's priority
+//! (static before parameter); any other path could never end on a static
+//! leaf, so leaving those out of the walked tree changes no answer.
 //!
 //! Not promised: "no allocation" holds for static paths and for parameter
 //! routes with at most 3 parameters whose lookup needs no backtracking.
 //! matchit 0.9 itself allocates (a) when a match has more than 3 parameters
 //! (its `Params` spills to a `Vec`) and (b) when a lookup passes a node that
 //! has both a static child matching the next byte and a parameter child
-//! (it records the parameter child for backtracking, e.g. `/users/mark`
-//! against `/users/me` + `/users/{id}`). `tests/no_alloc.rs` pins both sides.
+//! (it records the parameter child for backtracking). Static routes are not
+//! in the walked tree, so (b) needs a static *segment inside a parameter
+//! route* (`/users/me/{tab}` beside `/users/{id}`, looking up `/users/mark`);
+//! `/users/me` beside `/users/{id}` does not. `tests/no_alloc.rs` pins both
+//! sides.
 
 mod builder;
 mod key;
@@ -176,6 +183,7 @@ impl MethodTable {
 
 /// The built, immutable route table.
 pub struct Router {
+    /// The patterns with parameters (static ones are in `static_paths`).
     pub(crate) tree: matchit::Router<usize>,
     /// Paths without parameters → table index: answered without the tree.
     pub(crate) static_paths: HashMap<Box<[u8]>, usize>,

@@ -1,5 +1,6 @@
-//! Table-driven lookups, build errors, and a proptest that every literal
-//! route is found.
+//! Table-driven lookups, build errors, a proptest that every literal route
+//! is found, and a differential proptest against a matchit tree holding
+//! every pattern (what lookups walked before static routes left the tree).
 
 use proptest::prelude::*;
 
@@ -295,7 +296,66 @@ proptest! {
             let found = router.lookup(method.as_bytes(), path.as_bytes(), 0).expect("found");
             prop_assert_eq!(found.handler, handler as u32);
             prop_assert_eq!(found.param_count, 0);
-            prop_assert!(router.tree.at(path).is_ok(), "the tree agrees with the exact table");
+            prop_assert!(router.tree.at(path).is_err(), "static routes are not walked");
+        }
+    }
+
+    /// Mixed static and parameter routes: for any path, the router answers
+    /// what one matchit tree holding every pattern answers (handler and
+    /// parameters), so keeping static routes out of the walked tree changes
+    /// no match.
+    #[test]
+    fn lookups_match_a_tree_with_every_pattern(
+        routes in proptest::collection::vec(
+            proptest::collection::vec(
+                prop_oneof![
+                    4 => prop::sample::select(vec!["a", "b", "me", "mark", "m"]).prop_map(str::to_owned),
+                    2 => Just("{p}".to_owned()),
+                    1 => Just("{*rest}".to_owned()),
+                ],
+                1..4,
+            ),
+            1..12,
+        ),
+        paths in proptest::collection::vec(
+            proptest::collection::vec(prop::sample::select(vec!["a", "b", "me", "mark", "m", "zz"]), 1..5),
+            1..20,
+        ),
+    ) {
+        let mut builder = RouterBuilder::new();
+        let mut reference = matchit::Router::new();
+        for (handler, segments) in routes.iter().enumerate() {
+            // Name parameters by position, so one position never has two names.
+            let named: Vec<String> = segments
+                .iter()
+                .enumerate()
+                .map(|(i, segment)| segment.replace("{p}", &format!("{{p{i}}}")))
+                .collect();
+            let path = format!("/{}", named.join("/"));
+            let accepted = builder.add(&format!("GET {path}"), handler as u32).is_ok();
+            let in_reference = reference.insert(path.as_str(), handler as u32).is_ok();
+            prop_assert_eq!(accepted, in_reference, "same verdict for {}", path);
+        }
+        let router = builder.build();
+        for segments in &paths {
+            let path = format!("/{}", segments.join("/"));
+            let ours = router.lookup(b"GET", path.as_bytes(), 0).ok().map(|found| {
+                let params: Vec<(String, Vec<u8>)> = found
+                    .params()
+                    .iter()
+                    .map(|p| (p.name.to_owned(), p.value.slice(path.as_bytes()).to_vec()))
+                    .collect();
+                (found.handler, params)
+            });
+            let theirs = reference.at(&path).ok().map(|matched| {
+                let params: Vec<(String, Vec<u8>)> = matched
+                    .params
+                    .iter()
+                    .map(|(name, value)| (name.to_owned(), value.as_bytes().to_vec()))
+                    .collect();
+                (*matched.value, params)
+            });
+            prop_assert_eq!(ours, theirs, "path {}", path);
         }
     }
 }
