@@ -317,3 +317,37 @@ fn too_little_memlock_for_the_ring_is_a_precise_start_up_error() {
         "{text}"
     );
 }
+
+/// Slots whose connections closed keep their warm window for the next
+/// connection, but only for a tick: after a burst, registrations (and the
+/// pages behind them) go back, and a new connection registers again.
+#[test]
+fn closed_connections_give_their_slots_back_after_a_tick() {
+    let (server, admin) = admin_server(&[]);
+    const CONNECTIONS: usize = 20;
+    let mut clients: Vec<RawClient> = (0..CONNECTIONS).map(|_| server.raw()).collect();
+    for n in 0..3 {
+        for client in &mut clients {
+            get(client, n);
+        }
+    }
+    assert_eq!(
+        metric(admin, "keystone_registered_buffers"),
+        CONNECTIONS as u64
+    );
+    drop(clients);
+    let deadline = Instant::now() + Duration::from_secs(6);
+    while metric(admin, "keystone_registered_buffers") != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "closed connections' slots still registered: {}",
+            metric(admin, "keystone_registered_buffers")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut client = server.raw();
+    for n in 0..3 {
+        get(&mut client, n);
+    }
+    assert_eq!(metric(admin, "keystone_registered_buffers"), 1);
+}

@@ -206,7 +206,9 @@ pub struct RingBuffer {
     capacity: u32,
     head: u32,
     tail: u32,
-    /// Largest `tail` since the last `reset_for_reuse`: how far pages were touched.
+    /// How far pages may be resident: the largest `tail` since pages were
+    /// last given back (lowered by the releases, not by a reset that keeps
+    /// them).
     high_water: u32,
     /// `[0, pinned)` is pinned by someone else (registered with an io_uring
     /// as a fixed buffer): page releases leave those pages alone.
@@ -424,19 +426,23 @@ impl RingBuffer {
 
     /// Connection closed: `head = tail = 0`, generation bumped. If the buffer
     /// was filled past [`RELEASE_THRESHOLD_BYTES`], the touched whole pages
-    /// after the first are returned to the kernel (`MADV_DONTNEED`), so they
-    /// read back as zeros and cost no RSS until touched again.
+    /// after the first (and after a pinned prefix) are returned to the kernel
+    /// (`MADV_DONTNEED`), so they read back as zeros and cost no RSS until
+    /// touched again. Pages kept stay counted in the high-water mark, so a
+    /// later [`release_idle`](Self::release_idle) gives them back too.
     pub fn reset_for_reuse(&mut self) {
         if self.high_water > RELEASE_THRESHOLD_BYTES {
             self.release_pages();
+            let kept = self.page_bytes.get().max(self.pinned as usize) as u32;
+            self.high_water = self.high_water.min(kept);
         }
         self.head = 0;
         self.tail = 0;
-        self.high_water = 0;
         self.generation = self.generation.wrapping_add(1);
     }
 
-    /// Whether any byte was written since the buffer was last released.
+    /// Whether pages may be resident: bytes were written since the buffer
+    /// was last released with [`release_idle`](Self::release_idle).
     pub fn touched(&self) -> bool {
         self.high_water > 0
     }

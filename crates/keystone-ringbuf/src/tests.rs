@@ -334,6 +334,25 @@ fn pinned_prefix_is_never_released() {
     );
 }
 
+/// Pages a connection touched and a reset kept (below the threshold) are
+/// still given back by the next idle release, whatever the next connection
+/// wrote.
+#[test]
+fn idle_release_covers_pages_kept_by_an_earlier_reset() {
+    let mut buffer = one_buffer(2 * RELEASE_THRESHOLD_BYTES);
+    buffer.append(&vec![9; 50 * 1024]).expect("room");
+    buffer.reset_for_reuse();
+    assert!(buffer.touched(), "kept pages are still resident");
+    buffer.append(b"small").expect("room");
+    buffer.consume(5);
+    buffer.release_idle();
+    assert!(!buffer.touched());
+    assert!(
+        buffer.spare_mut()[..50 * 1024].iter().all(|&b| b == 0),
+        "the first connection's pages were given back too"
+    );
+}
+
 #[test]
 fn reset_below_threshold_keeps_pages() {
     let mut buffer = one_buffer(2 * RELEASE_THRESHOLD_BYTES);

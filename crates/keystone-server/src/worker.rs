@@ -217,6 +217,9 @@ struct Slot {
     /// connections: the next connection in the slot reads into the same
     /// memory; only releasing the pages (idle) ends it.
     registered: bool,
+    /// Free at the last tick with pages or a registration: if still free at
+    /// the next, they are given back (a spike's slots do not stay resident).
+    cooling: bool,
 }
 
 /// Starts a worker: loads the app, then serves until drained. Returns an
@@ -292,6 +295,7 @@ impl Worker {
                 recv,
                 send,
                 registered: false,
+                cooling: false,
             })
             .collect();
         let (statics, files) = open_roots(&loaded)?;
@@ -488,6 +492,7 @@ impl Worker {
             return;
         };
         set_nodelay(fd);
+        self.slots[slot as usize].cooling = false;
         let conn = &mut self.slots[slot as usize].conn;
         debug_assert!(conn.fd < 0 && conn.ops_in_flight == 0);
         let generation = conn.generation;
@@ -608,28 +613,6 @@ impl Worker {
         }
     }
 
-    /// Ends the slot's registration so its pages can be given back. Only
-    /// with no read in flight.
-    fn release_window(&mut self, slot: usize) {
-        let Slot {
-            conn,
-            recv,
-            registered,
-            ..
-        } = &mut self.slots[slot];
-        debug_assert!(!conn.recv_armed);
-        if !*registered {
-            return;
-        }
-        // On failure the slot stays registered and pinned: its pages are
-        // kept (they cost RSS, never correctness).
-        if self.reactor.unregister_buffer(slot as u16).is_ok() {
-            *registered = false;
-            recv.unpin();
-            self.http.stats.registered_buffers.sub(1);
-        }
-    }
-
     fn on_recv(&mut self, slot: usize, result: i32) {
         let Slot { conn, recv, .. } = &mut self.slots[slot];
         conn.recv_armed = false;
@@ -639,7 +622,12 @@ impl Worker {
             // registration first (the kernel must not hold pages we give
             // back), and read unregistered until the connection is warm.
             conn.warm = false;
-            self.release_window(slot);
+            release_window(
+                &mut self.reactor,
+                &mut self.slots[slot],
+                slot,
+                &self.http.stats,
+            );
             self.slots[slot].recv.release_idle();
             return self.arm_recv(slot);
         }
@@ -1153,6 +1141,19 @@ impl Worker {
             .checked_sub(IDLE_RELEASE_AFTER)
             .map(|rest| now + rest);
         for (index, slot) in self.slots.iter_mut().enumerate() {
+            if slot.conn.fd < 0 {
+                // A free slot keeps its warm pages and registration for the
+                // next connection (connection churn reuses them); one still
+                // free a tick later gives them back.
+                if std::mem::take(&mut slot.cooling) {
+                    release_window(&mut self.reactor, slot, index, &self.http.stats);
+                    slot.recv.release_idle();
+                    slot.send.release_idle();
+                } else {
+                    slot.cooling = slot.registered || slot.recv.touched() || slot.send.touched();
+                }
+                continue;
+            }
             let conn = &mut slot.conn;
             if conn.fd >= 0
                 && conn.timer == Timer::Idle
@@ -1198,6 +1199,22 @@ impl Worker {
             // returns and the close path follows.
             unsafe { libc::shutdown(conn.fd, how) };
         }
+    }
+}
+
+/// Ends slot `index`'s registration so its pages can be given back. Only
+/// with no read of the slot in flight.
+fn release_window(reactor: &mut Reactor, slot: &mut Slot, index: usize, stats: &WorkerStats) {
+    debug_assert!(!slot.conn.recv_armed);
+    if !slot.registered {
+        return;
+    }
+    // On failure the slot stays registered and pinned: its pages are kept
+    // (they cost RSS, never correctness).
+    if reactor.unregister_buffer(index as u16).is_ok() {
+        slot.registered = false;
+        slot.recv.unpin();
+        stats.registered_buffers.sub(1);
     }
 }
 
