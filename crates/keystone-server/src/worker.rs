@@ -558,8 +558,9 @@ impl Worker {
         if conn.read_fixed {
             // SAFETY: [tail, window) lies inside this slot's registered
             // window (fixed buffer number `slot`), which stays registered
-            // and pinned until this read's completion: only the idle path
-            // unregisters, and only after the read was cancelled and reaped.
+            // and pinned until this read's completion: `release_window`
+            // runs only with no read in flight (an idle connection's after
+            // its cancelled read was reaped, or a free slot's).
             // The bytes belong to this slot alone; `recv_armed` blocks
             // compaction and processing meanwhile.
             unsafe {
