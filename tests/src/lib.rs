@@ -212,6 +212,16 @@ impl Server {
         server
     }
 
+    /// Like [`Server::start`], with the admin listener (`--admin`) on a
+    /// free loopback port; returns the server and the admin address.
+    pub fn start_with_admin(app_source: Option<&str>, extra_args: &[&str]) -> (Server, SocketAddr) {
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let admin_arg = admin.to_string();
+        let mut args = vec!["--admin", admin_arg.as_str()];
+        args.extend_from_slice(extra_args);
+        (Server::start(app_source, &args), admin)
+    }
+
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }

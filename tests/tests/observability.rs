@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use keystone_tests::{free_port, run_keystone, Server};
+use keystone_tests::{run_keystone, Server};
 
 fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     try_get(addr, path).unwrap_or_else(|err| panic!("GET {path} from the admin listener: {err}"))
@@ -31,15 +31,6 @@ fn try_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     Ok((status, body))
-}
-
-fn admin_server(app: Option<&str>, extra: &[&str]) -> (Server, SocketAddr) {
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let admin_arg = admin.to_string();
-    let mut args = vec!["--admin", admin_arg.as_str()];
-    args.extend_from_slice(extra);
-    let server = Server::start(app, &args);
-    (server, admin)
 }
 
 fn samples(text: &str) -> Vec<prometheus_parse::Sample> {
@@ -70,7 +61,7 @@ const APP: &str = r#"return { routes = {
 
 #[test]
 fn metrics_are_valid_prometheus_and_move_with_traffic() {
-    let (server, admin) = admin_server(Some(APP), &["--workers", "2"]);
+    let (server, admin) = Server::start_with_admin(Some(APP), &["--workers", "2"]);
     for i in 0..10 {
         let response = keystone_tests::request(
             server.addr(),
@@ -161,7 +152,7 @@ fn metrics_are_valid_prometheus_and_move_with_traffic() {
 
 #[test]
 fn drain_sequence_health_turns_503_in_flight_finishes_exit_0() {
-    let (mut server, admin) = admin_server(Some(APP), &["--drain-timeout", "5"]);
+    let (mut server, admin) = Server::start_with_admin(Some(APP), &["--drain-timeout", "5"]);
     server.wait_for_log("listening on", Duration::from_secs(10));
     let mut slow = server.raw();
     slow.send(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n");
@@ -269,7 +260,7 @@ fn ebpf_observers_count_syscalls_and_latency() {
         println!("KEYSTONE_SKIP_BPF_TESTS set: skipping the eBPF observer test");
         return;
     }
-    let (server, admin) = admin_server(Some(APP), &["--observe"]);
+    let (server, admin) = Server::start_with_admin(Some(APP), &["--observe"]);
     let log = server.wait_for_log("listening on", Duration::from_secs(10));
     assert!(
         log.contains("eBPF observers attached"),

@@ -41,14 +41,6 @@ fn metric(admin: SocketAddr, name: &str) -> u64 {
         .unwrap_or_else(|_| panic!("{name} is not an integer in\n{text}"))
 }
 
-fn admin_server(extra: &[&str]) -> (Server, SocketAddr) {
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let admin_arg = admin.to_string();
-    let mut args = vec!["--admin", admin_arg.as_str()];
-    args.extend_from_slice(extra);
-    (Server::start(Some(APP), &args), admin)
-}
-
 fn get(client: &mut RawClient, n: usize) {
     client.send(format!("GET /echo/{n} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
     let response = client.read_response();
@@ -58,7 +50,7 @@ fn get(client: &mut RawClient, n: usize) {
 
 #[test]
 fn keep_alive_reads_land_in_registered_buffers() {
-    let (_server, admin) = admin_server(&[]);
+    let (_server, admin) = Server::start_with_admin(Some(APP), &[]);
     const CONNECTIONS: usize = 4;
     const REQUESTS: usize = 100;
     let mut clients: Vec<RawClient> = (0..CONNECTIONS).map(|_| _server.raw()).collect();
@@ -87,7 +79,7 @@ fn keep_alive_reads_land_in_registered_buffers() {
 
 #[test]
 fn idle_connections_give_the_registration_back_and_take_it_again() {
-    let (server, admin) = admin_server(&["--keepalive-timeout", "30"]);
+    let (server, admin) = Server::start_with_admin(Some(APP), &["--keepalive-timeout", "30"]);
     let mut idle = server.raw();
     let mut busy = server.raw();
     for n in 0..3 {
@@ -141,7 +133,7 @@ fn idle_connections_give_the_registration_back_and_take_it_again() {
 /// request is answered in order. Then a 300 KiB body, checksummed in Lua.
 #[test]
 fn bytes_past_the_registered_window_arrive_intact() {
-    let (server, admin) = admin_server(&[]);
+    let (server, admin) = Server::start_with_admin(Some(APP), &[]);
     let mut client = server.raw();
     get(&mut client, 0);
     get(&mut client, 1); // registered from here on
@@ -323,7 +315,7 @@ fn too_little_memlock_for_the_ring_is_a_precise_start_up_error() {
 /// pages behind them) go back, and a new connection registers again.
 #[test]
 fn closed_connections_give_their_slots_back_after_a_tick() {
-    let (server, admin) = admin_server(&[]);
+    let (server, admin) = Server::start_with_admin(Some(APP), &[]);
     const CONNECTIONS: usize = 20;
     let mut clients: Vec<RawClient> = (0..CONNECTIONS).map(|_| server.raw()).collect();
     for n in 0..3 {
