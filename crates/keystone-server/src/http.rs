@@ -581,13 +581,7 @@ impl Http {
         let mut length = bytes.len() as u64;
         if let Some(declared) = self.lua.exchange().declared_length() {
             if declared != length && has_body(status, framing.head_request) {
-                self.log_request_error(
-                    recv,
-                    format_args!(
-                        "Content-Length {declared} set by policy does not match the body's {length} bytes"
-                    ),
-                );
-                self.queue_error(send, 500, None, framing);
+                self.refuse_declared_length(recv, send, framing, declared, "body's", length);
                 return false;
             }
             // Without body bytes (HEAD, 204, 304) the declared length is
@@ -722,18 +716,18 @@ impl Http {
             }
             if stream.overrun {
                 // The declared bytes are all queued (logged when found).
-                self.stream_lua(stream.lua).unpin_body(key);
+                self.tail_lua(stream.lua).unpin_body(key);
                 return StreamStep::Failed;
             }
             if send.len() >= STREAM_QUEUE_BYTES {
                 return StreamStep::More;
             }
             self.pulse.enter_handler();
-            let pulled = self.stream_lua(stream.lua).pull(key);
+            let pulled = self.tail_lua(stream.lua).pull(key);
             self.pulse.leave_handler();
             match pulled {
                 Pull::Chunk => {
-                    let chunk = self.stream_lua(stream.lua).exchange().response_body();
+                    let chunk = self.tail_lua(stream.lua).exchange().response_body();
                     let (ptr, len) = chunk.map_or((std::ptr::null(), 0), |c| (c.as_ptr(), c.len()));
                     if len == 0 {
                         empty_pulls += 1;
@@ -744,7 +738,7 @@ impl Http {
                                 "{}: stream aborted: the generator returned {empty_pulls} empty chunks in a row",
                                 stream.label
                             );
-                            self.stream_lua(stream.lua).unpin_body(key);
+                            self.tail_lua(stream.lua).unpin_body(key);
                             return StreamStep::Failed;
                         }
                         continue;
@@ -764,17 +758,37 @@ impl Http {
                         "{}: stream aborted: generator failed: {message}",
                         stream.label
                     );
-                    self.stream_lua(stream.lua).unpin_body(key);
+                    self.tail_lua(stream.lua).unpin_body(key);
                     return StreamStep::Failed;
                 }
             }
         }
     }
 
+    /// A `Content-Length` policy declared that the engine knows is wrong
+    /// (`whose` bytes are `actual`): logged, answered 500, never sent.
+    fn refuse_declared_length(
+        &mut self,
+        recv: &RingBuffer,
+        send: &mut RingBuffer,
+        framing: Framing,
+        declared: u64,
+        whose: &str,
+        actual: u64,
+    ) {
+        self.log_request_error(
+            recv,
+            format_args!(
+                "Content-Length {declared} set by policy does not match the {whose} {actual} bytes"
+            ),
+        );
+        self.queue_error(send, 500, None, framing);
+    }
+
     /// The Lua state a tail (stream generator, pinned string) lives in: the
     /// current one, or the retired one it was started in before a reload
     /// (kept alive while any tail points into it).
-    fn stream_lua(&mut self, id: usize) -> &mut LuaWorker {
+    fn tail_lua(&mut self, id: usize) -> &mut LuaWorker {
         if self.lua.id() == id {
             return &mut self.lua;
         }
@@ -790,8 +804,8 @@ impl Http {
     /// Releases what a response's tail pinned, in the state that pinned it.
     pub fn unpin_tail(&mut self, tail: &Tail, key: u32) {
         match tail {
-            Tail::Stream(stream) => self.stream_lua(stream.lua).unpin_body(key),
-            Tail::Pinned(body) => self.stream_lua(body.lua).unpin_body(key),
+            Tail::Stream(stream) => self.tail_lua(stream.lua).unpin_body(key),
+            Tail::Pinned(body) => self.tail_lua(body.lua).unpin_body(key),
             _ => {}
         }
     }
@@ -830,7 +844,7 @@ impl Http {
             "nil is pulled only once all is queued"
         );
         debug_assert!(!stream.overrun, "no pull after an overrun");
-        self.stream_lua(stream.lua).unpin_body(key);
+        self.tail_lua(stream.lua).unpin_body(key);
         match stream.framing {
             StreamFraming::Chunked => {
                 send.append(LAST_CHUNK)
@@ -871,14 +885,7 @@ impl Http {
         let declared = policy.then(|| self.lua.exchange().declared_length());
         if let Some(Some(declared)) = declared {
             if declared != file.size {
-                self.log_request_error(
-                    recv,
-                    format_args!(
-                        "Content-Length {declared} set by policy does not match the file's {} bytes",
-                        file.size
-                    ),
-                );
-                self.queue_error(send, 500, None, framing);
+                self.refuse_declared_length(recv, send, framing, declared, "file's", file.size);
                 return;
             }
         }
