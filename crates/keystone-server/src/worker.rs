@@ -1156,8 +1156,7 @@ impl Worker {
                 continue;
             }
             let conn = &mut slot.conn;
-            if conn.fd >= 0
-                && conn.timer == Timer::Idle
+            if conn.timer == Timer::Idle
                 && conn
                     .deadline
                     .zip(idle_long_enough)
@@ -1179,7 +1178,7 @@ impl Worker {
                         .cancel(target, Token::new(index as u32, conn.generation, OP_CANCEL));
                 }
             }
-            if conn.fd < 0 || conn.deadline.is_none_or(|d| now <= d) {
+            if conn.deadline.is_none_or(|d| now <= d) {
                 continue;
             }
             conn.deadline = None;
