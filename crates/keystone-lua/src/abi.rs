@@ -41,6 +41,21 @@ fn result_code(result: Result<(), HeaderError>) -> i32 {
     }
 }
 
+/// Index of the first request header named `name` (ASCII case-insensitive),
+/// -1 when there is none.
+///
+/// # Safety
+/// The prelude (`prelude.lua`, through `ks_find_fn`) guarantees:
+/// - `ex` is the worker's exchange: the one address `LuaWorker` handed the
+///   prelude at load, which stays valid for the life of the Lua state (the
+///   state is closed before the exchange is freed).
+/// - No Rust reference to that exchange is alive while Lua runs: Lua is
+///   entered only at load and through `LuaWorker`'s `&mut self` methods
+///   (`run`, `pull`, `pin_body`), so the `&mut HttpExchange` made here for
+///   the call is the only one.
+/// - `name` points at `len` readable bytes that stay alive for the call: the
+///   data of a Lua string the prelude passes (LuaJIT keeps an argument
+///   string alive across the call; `len == 0` never reads `name`).
 unsafe extern "C" fn find_header(ex: *mut HttpExchange, name: *const u8, len: usize) -> i32 {
     // SAFETY: the prelude passes its exchange and a live Lua string.
     let (ex, name) = unsafe { (exchange(ex), bytes(name, len)) };
@@ -53,12 +68,43 @@ unsafe extern "C" fn find_header(ex: *mut HttpExchange, name: *const u8, len: us
     index_or_missing(found)
 }
 
+/// Index of the route parameter named `name`, -1 when the route has none.
+///
+/// # Safety
+/// The prelude (`prelude.lua`, through `ks_find_fn`) guarantees:
+/// - `ex` is the worker's exchange: the one address `LuaWorker` handed the
+///   prelude at load, which stays valid for the life of the Lua state (the
+///   state is closed before the exchange is freed).
+/// - No Rust reference to that exchange is alive while Lua runs: Lua is
+///   entered only at load and through `LuaWorker`'s `&mut self` methods
+///   (`run`, `pull`, `pin_body`), so the `&mut HttpExchange` made here for
+///   the call is the only one.
+/// - `name` points at `len` readable bytes that stay alive for the call: the
+///   data of a Lua string the prelude passes (LuaJIT keeps an argument
+///   string alive across the call; `len == 0` never reads `name`).
 unsafe extern "C" fn find_param(ex: *mut HttpExchange, name: *const u8, len: usize) -> i32 {
     // SAFETY: the prelude passes its exchange and a live Lua string.
     let (ex, name) = unsafe { (exchange(ex), bytes(name, len)) };
     index_or_missing(ex.param_index(name))
 }
 
+/// Decodes the query argument named `name` into the exchange's scratch and
+/// returns its length, -1 when absent or when no request is bound.
+///
+/// # Safety
+/// The prelude (`prelude.lua`, through `ks_find_fn`) guarantees:
+/// - `ex` is the worker's exchange: the one address `LuaWorker` handed the
+///   prelude at load, which stays valid for the life of the Lua state (the
+///   state is closed before the exchange is freed).
+/// - No Rust reference to that exchange is alive while Lua runs: Lua is
+///   entered only at load and through `LuaWorker`'s `&mut self` methods
+///   (`run`, `pull`, `pin_body`), so the `&mut HttpExchange` made here for
+///   the call is the only one.
+/// - `name` points at `len` readable bytes that stay alive for the call: the
+///   data of a Lua string the prelude passes (LuaJIT keeps an argument
+///   string alive across the call; `len == 0` never reads `name`).
+/// - The prelude reads the result from `ex.scratch` before the next call
+///   that writes scratch (the value lives there only until then).
 unsafe extern "C" fn query_arg(ex: *mut HttpExchange, name: *const u8, len: usize) -> i32 {
     // SAFETY: the prelude passes its exchange and a live Lua string.
     let (ex, name) = unsafe { (exchange(ex), bytes(name, len)) };
@@ -76,6 +122,21 @@ unsafe extern "C" fn query_arg(ex: *mut HttpExchange, name: *const u8, len: usiz
     }
 }
 
+/// Index of the response header named `name` (ASCII case-insensitive) among
+/// those policy set, -1 when there is none.
+///
+/// # Safety
+/// The prelude (`prelude.lua`, through `ks_find_fn`) guarantees:
+/// - `ex` is the worker's exchange: the one address `LuaWorker` handed the
+///   prelude at load, which stays valid for the life of the Lua state (the
+///   state is closed before the exchange is freed).
+/// - No Rust reference to that exchange is alive while Lua runs: Lua is
+///   entered only at load and through `LuaWorker`'s `&mut self` methods
+///   (`run`, `pull`, `pin_body`), so the `&mut HttpExchange` made here for
+///   the call is the only one.
+/// - `name` points at `len` readable bytes that stay alive for the call: the
+///   data of a Lua string the prelude passes (LuaJIT keeps an argument
+///   string alive across the call; `len == 0` never reads `name`).
 unsafe extern "C" fn response_header(ex: *mut HttpExchange, name: *const u8, len: usize) -> i32 {
     // SAFETY: the prelude passes its exchange and a live Lua string.
     let (ex, name) = unsafe { (exchange(ex), bytes(name, len)) };
@@ -89,6 +150,20 @@ unsafe extern "C" fn response_header(ex: *mut HttpExchange, name: *const u8, len
 
 /// Formats the client's IP address (nginx's `$remote_addr`) into the
 /// exchange's scratch; -1 when there is no socket or it has no peer.
+///
+/// # Safety
+/// The prelude (`prelude.lua`, through `ks_find_fn`; `_name` and `_len` are
+/// unused, it passes `nil, 0`) guarantees:
+/// - `ex` is the worker's exchange: the one address `LuaWorker` handed the
+///   prelude at load, which stays valid for the life of the Lua state (the
+///   state is closed before the exchange is freed).
+/// - No Rust reference to that exchange is alive while Lua runs: Lua is
+///   entered only at load and through `LuaWorker`'s `&mut self` methods
+///   (`run`, `pull`, `pin_body`), so the `&mut HttpExchange` made here for
+///   the call is the only one.
+/// - `ex.peer_fd` is -1 or the open socket of the connection being served
+///   (the server sets it before the handler runs and keeps the socket open
+///   until the handler returns).
 unsafe extern "C" fn remote_addr(ex: *mut HttpExchange, _name: *const u8, _len: usize) -> i32 {
     // SAFETY: the prelude passes its exchange.
     let ex = unsafe { exchange(ex) };
@@ -148,12 +223,43 @@ fn peer_ip(fd: std::os::fd::BorrowedFd<'_>) -> Option<std::net::IpAddr> {
     }
 }
 
+/// Removes every response header named `name`; 0, or a negative
+/// [`HeaderError`] code.
+///
+/// # Safety
+/// The prelude (`prelude.lua`, through `ks_find_fn`) guarantees:
+/// - `ex` is the worker's exchange: the one address `LuaWorker` handed the
+///   prelude at load, which stays valid for the life of the Lua state (the
+///   state is closed before the exchange is freed).
+/// - No Rust reference to that exchange is alive while Lua runs: Lua is
+///   entered only at load and through `LuaWorker`'s `&mut self` methods
+///   (`run`, `pull`, `pin_body`), so the `&mut HttpExchange` made here for
+///   the call is the only one.
+/// - `name` points at `len` readable bytes that stay alive for the call: the
+///   data of a Lua string the prelude passes (LuaJIT keeps an argument
+///   string alive across the call; `len == 0` never reads `name`).
 unsafe extern "C" fn remove_header(ex: *mut HttpExchange, name: *const u8, len: usize) -> i32 {
     // SAFETY: the prelude passes its exchange and a live Lua string.
     let (ex, name) = unsafe { (exchange(ex), bytes(name, len)) };
     result_code(ex.remove_header(name))
 }
 
+/// Replaces the response headers named `name` with one `name: value`; 0, or a
+/// negative [`HeaderError`] code.
+///
+/// # Safety
+/// The prelude (`prelude.lua`, through `ks_set_fn`) guarantees:
+/// - `ex` is the worker's exchange: the one address `LuaWorker` handed the
+///   prelude at load, which stays valid for the life of the Lua state (the
+///   state is closed before the exchange is freed).
+/// - No Rust reference to that exchange is alive while Lua runs: Lua is
+///   entered only at load and through `LuaWorker`'s `&mut self` methods
+///   (`run`, `pull`, `pin_body`), so the `&mut HttpExchange` made here for
+///   the call is the only one.
+/// - `name` and `value` point at `name_len` and `value_len` readable bytes
+///   that stay alive for the call: the data of two Lua strings the prelude
+///   passes (LuaJIT keeps argument strings alive across the call; a zero
+///   length never reads its pointer).
 unsafe extern "C" fn set_header(
     ex: *mut HttpExchange,
     name: *const u8,
@@ -167,6 +273,22 @@ unsafe extern "C" fn set_header(
     result_code(ex.set_header(name, value))
 }
 
+/// Appends one `name: value` response header; 0, or a negative
+/// [`HeaderError`] code.
+///
+/// # Safety
+/// The prelude (`prelude.lua`, through `ks_set_fn`) guarantees:
+/// - `ex` is the worker's exchange: the one address `LuaWorker` handed the
+///   prelude at load, which stays valid for the life of the Lua state (the
+///   state is closed before the exchange is freed).
+/// - No Rust reference to that exchange is alive while Lua runs: Lua is
+///   entered only at load and through `LuaWorker`'s `&mut self` methods
+///   (`run`, `pull`, `pin_body`), so the `&mut HttpExchange` made here for
+///   the call is the only one.
+/// - `name` and `value` point at `name_len` and `value_len` readable bytes
+///   that stay alive for the call: the data of two Lua strings the prelude
+///   passes (LuaJIT keeps argument strings alive across the call; a zero
+///   length never reads its pointer).
 unsafe extern "C" fn add_header(
     ex: *mut HttpExchange,
     name: *const u8,
