@@ -27,7 +27,7 @@ mod header;
 mod query;
 
 pub use header::{parse_content_length, valid_header_name, valid_header_value};
-pub use query::{find_query_arg, percent_decode_into};
+pub use query::find_query_arg;
 
 use keystone_parser::{Head, HeaderSpan};
 use keystone_ringbuf::Span;

@@ -2,11 +2,14 @@
 //! caller-provided scratch, so reading `ctx.args.NAME` allocates nothing in
 //! Rust.
 
+use keystone_parser::text::{percent_decode_into, PercentDecoder, Plus};
+
 /// Finds the first argument named `name` in `query` (raw, without `?`),
 /// comparing names after percent-decoding, and decodes its value into
 /// `scratch`. Returns the decoded length, `None` when absent. An argument
 /// without `=` has the empty value. `+` decodes to a space, as HTML forms
-/// and nginx's `$arg_` (via `ngx.req.get_uri_args`) do.
+/// and nginx's `$arg_` (via `ngx.req.get_uri_args`) do; invalid escapes are
+/// kept literally (the parser's one decoder, `keystone_parser::text`).
 ///
 /// A value longer than `scratch` is truncated to it; callers size scratch
 /// from the URI limit so this cannot happen for a request that parsed.
@@ -19,79 +22,11 @@ pub fn find_query_arg(query: &[u8], name: &[u8], scratch: &mut [u8]) -> Option<u
             Some(eq) => (&pair[..eq], &pair[eq + 1..]),
             None => (pair, &pair[pair.len()..]),
         };
-        if decoded_equals(raw_name, name) {
-            return Some(percent_decode_into(raw_value, scratch));
+        if PercentDecoder::new(raw_name, Plus::Space).eq(name.iter().copied()) {
+            return Some(percent_decode_into(raw_value, scratch, Plus::Space));
         }
     }
     None
-}
-
-/// Percent-decodes `input` into `out` (with `+` as space) and returns the
-/// number of bytes written. Invalid escapes are kept literally, as nginx
-/// does for arguments.
-pub fn percent_decode_into(input: &[u8], out: &mut [u8]) -> usize {
-    let mut written = 0;
-    for byte in (Decoder { input, index: 0 }) {
-        if written == out.len() {
-            break;
-        }
-        out[written] = byte;
-        written += 1;
-    }
-    written
-}
-
-fn decoded_equals(raw: &[u8], expected: &[u8]) -> bool {
-    let mut decoder = Decoder {
-        input: raw,
-        index: 0,
-    };
-    let mut expected_iter = expected.iter();
-    loop {
-        match (decoder.next(), expected_iter.next()) {
-            (None, None) => return true,
-            (Some(a), Some(&b)) if a == b => continue,
-            _ => return false,
-        }
-    }
-}
-
-struct Decoder<'a> {
-    input: &'a [u8],
-    index: usize,
-}
-
-impl Iterator for Decoder<'_> {
-    type Item = u8;
-
-    fn next(&mut self) -> Option<u8> {
-        let byte = *self.input.get(self.index)?;
-        self.index += 1;
-        match byte {
-            b'+' => Some(b' '),
-            b'%' => {
-                let high = self.input.get(self.index).and_then(|&b| hex(b));
-                let low = self.input.get(self.index + 1).and_then(|&b| hex(b));
-                match (high, low) {
-                    (Some(high), Some(low)) => {
-                        self.index += 2;
-                        Some(high << 4 | low)
-                    }
-                    _ => Some(b'%'),
-                }
-            }
-            other => Some(other),
-        }
-    }
-}
-
-const fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
 }
 
 #[cfg(test)]
@@ -117,12 +52,20 @@ mod tests {
         check("bad=%zz%4", "bad", Some("%zz%4"));
         check("&&a=%E2%9C%93", "a", Some("✓"));
         check("a==b", "a", Some("=b"));
+        check("a+b=1", "a b", Some("1"));
+        check("a%2Bb=1", "a+b", Some("1"));
+        check("a%2Bb=1", "a b", None);
+        check("x=%", "x", Some("%"));
+        check("x=a%2", "x", Some("a%2"));
+        check("x=%2B+", "x", Some("+ "));
+        check("=v&x=1", "", Some("v"));
+        check("x", "xx", None);
     }
 
     #[test]
-    fn decode_truncates_to_scratch() {
-        let mut out = [0u8; 3];
-        assert_eq!(percent_decode_into(b"abcdef", &mut out), 3);
-        assert_eq!(&out, b"abc");
+    fn value_truncates_to_scratch() {
+        let mut scratch = [0u8; 3];
+        assert_eq!(find_query_arg(b"a=abcdef", b"a", &mut scratch), Some(3));
+        assert_eq!(&scratch, b"abc");
     }
 }

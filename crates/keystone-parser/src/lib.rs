@@ -11,6 +11,9 @@
 //! request-line and header rules picohttpparser leaves to its caller
 //! (version, target form, framing, Host, obs-fold), the request [`Limits`],
 //! and [`ParseError::status`], the one place parse errors become HTTP statuses.
+//! It also holds the workspace's one percent-decoder, OWS trim and `1*DIGIT`
+//! parser ([`text`]), so URL paths, query arguments and header values share
+//! one rule each.
 //!
 //! Never depends on: keystone-router, keystone-exchange, keystone-lua,
 //! keystone-response, keystone-reactor, keystone-server (layer 2 only sees
@@ -36,6 +39,7 @@ mod error;
 mod request;
 mod semantics;
 mod target;
+pub mod text;
 
 #[cfg(test)]
 mod tests;

@@ -3,8 +3,9 @@
 use libc::{c_char, c_int, size_t};
 use picohttpparser_sys::{phr_header, phr_parse_request};
 
-use crate::semantics::{trim_end, HeaderFacts};
+use crate::semantics::HeaderFacts;
 use crate::target::{check_request_line, split_target, RequestLine};
+use crate::text::trim_ows_end;
 use crate::{Head, HeaderSpan, Limits, ParseError, ParseStatus, Span, HEADERS_CAPACITY};
 
 /// Parses request heads. One per connection (or per reactor thread, reset
@@ -224,7 +225,7 @@ impl Parser {
             }
             let name = span_of(header.name, header.name_len);
             let value = span_of(header.value, header.value_len);
-            let value_bytes = trim_end(relative(value));
+            let value_bytes = trim_ows_end(relative(value));
             let value = Span::new(value.offset, value_bytes.len() as u32);
             head.headers[index] = HeaderSpan { name, value };
             facts.record(head, relative(name), value_bytes, value)?;

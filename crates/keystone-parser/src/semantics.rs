@@ -1,6 +1,7 @@
 //! Header rules picohttpparser leaves to its caller: framing
 //! (Content-Length / Transfer-Encoding), Host, Connection and Expect.
 
+use crate::text::{parse_decimal, trim_ows};
 use crate::{BodyFraming, Head, Limits, ParseError, Persistence, Span};
 
 /// What the header walk found; turned into `Head` fields by [`finish`].
@@ -24,8 +25,6 @@ struct TransferCodings {
 
 /// Codings RFC 9112 §7 registers; anything else is 501.
 const KNOWN_CODINGS: [&[u8]; 5] = [b"chunked", b"gzip", b"deflate", b"compress", b"identity"];
-
-const OPTIONAL_WHITESPACE: [u8; 2] = [b' ', b'\t'];
 
 impl HeaderFacts {
     /// Records one header; `value` is already trimmed and `value_span` is
@@ -69,7 +68,7 @@ impl HeaderFacts {
     fn record_content_length(&mut self, value: &[u8]) -> Result<(), ParseError> {
         let mut elements = 0_u32;
         for element in value.split(|&byte| byte == b',') {
-            let element = trim(element);
+            let element = trim_ows(element);
             let length = parse_decimal(element).ok_or(ParseError::BadContentLength)?;
             if self.content_length.is_some_and(|seen| seen != length) {
                 return Err(ParseError::BadContentLength);
@@ -85,7 +84,7 @@ impl HeaderFacts {
         let mut codings = self.transfer_encoding.unwrap_or_default();
         for element in list_elements(value) {
             let name_end = element.iter().position(|&byte| byte == b';');
-            let coding = trim(&element[..name_end.unwrap_or(element.len())]);
+            let coding = trim_ows(&element[..name_end.unwrap_or(element.len())]);
             if !KNOWN_CODINGS
                 .iter()
                 .any(|known| coding.eq_ignore_ascii_case(known))
@@ -154,35 +153,6 @@ impl HeaderFacts {
 fn list_elements(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     value
         .split(|&byte| byte == b',')
-        .map(trim)
+        .map(trim_ows)
         .filter(|element| !element.is_empty())
-}
-
-pub(crate) fn trim(bytes: &[u8]) -> &[u8] {
-    trim_end(trim_start(bytes))
-}
-
-fn trim_start(bytes: &[u8]) -> &[u8] {
-    let start = bytes
-        .iter()
-        .position(|byte| !OPTIONAL_WHITESPACE.contains(byte));
-    &bytes[start.unwrap_or(bytes.len())..]
-}
-
-pub(crate) fn trim_end(bytes: &[u8]) -> &[u8] {
-    let end = bytes
-        .iter()
-        .rposition(|byte| !OPTIONAL_WHITESPACE.contains(byte));
-    &bytes[..end.map_or(0, |end| end + 1)]
-}
-
-/// `1*DIGIT` into u64; None on empty, sign, other bytes or overflow.
-pub(crate) fn parse_decimal(digits: &[u8]) -> Option<u64> {
-    if digits.is_empty() {
-        return None;
-    }
-    digits.iter().try_fold(0_u64, |total, &byte| {
-        let digit = byte.checked_sub(b'0').filter(|digit| *digit <= 9)?;
-        total.checked_mul(10)?.checked_add(u64::from(digit))
-    })
 }
