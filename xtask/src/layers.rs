@@ -29,6 +29,7 @@ const LAYER_CRATES: &[&str] = &[
     "keystone-response",
     "keystone-reactor",
     "keystone-ebpf",
+    "keystone-ops",
 ];
 
 /// The layer DAG (mirrored in ARCHITECTURE.md). A workspace crate missing
@@ -64,6 +65,13 @@ pub const LAYER_DAG: &[(&str, Allowed)] = &[
     ("keystone-reactor", Allowed::Only(&[])),
     // Kernel-side steering knows no HTTP either.
     ("keystone-ebpf", Allowed::Only(&[])),
+    // Operator tooling: counters, metrics, admin listener, access-log
+    // lines; it reads the observers and borrows the response's date and
+    // status helpers, and never reaches a request's bytes or the ring.
+    (
+        "keystone-ops",
+        Allowed::Only(&["keystone-ebpf", "keystone-response"]),
+    ),
     // The thin wiring crate: every layer, nothing above it.
     ("keystone-server", Allowed::Only(LAYER_CRATES)),
     // Leaves: end-to-end tests, benches and developer tasks.

@@ -14,10 +14,11 @@ use keystone_response::{
 use keystone_ringbuf::{RingBuffer, Span};
 use keystone_router::{RouteMiss, Router};
 
-use crate::access_log::{self, AccessLog};
+use keystone_ops::access_log::{self, AccessLog};
+use keystone_ops::stats::WorkerStats;
+
 use crate::files::{self, Root};
 use crate::log::Level;
-use crate::stats::WorkerStats;
 use crate::watchdog::Pulse;
 use std::sync::Arc;
 use std::time::Instant;

@@ -7,17 +7,12 @@
 //!
 //! Never depended on by any layer crate.
 
-mod access_log;
-mod admin;
 pub mod cli;
 mod files;
 mod http;
 pub mod log;
-mod observe;
 pub mod pipeline;
 mod serve;
-mod stats;
-mod stats_cmd;
 mod watchdog;
 mod worker;
 
@@ -40,7 +35,24 @@ pub fn run(cli: cli::Cli) -> ExitCode {
         cli::Command::Serve(args) => serve::serve(args),
         cli::Command::Check { app, lua } => check(&app, &lua.config()),
         cli::Command::Reload { pid } => reload(pid),
-        cli::Command::Stats(args) => stats_cmd::run(&args),
+        cli::Command::Stats(args) => stats(&args),
+    }
+}
+
+/// `keystone stats`: the client lives in keystone-ops; a failure exits 2.
+fn stats(args: &cli::StatsArgs) -> ExitCode {
+    let options = keystone_ops::stats_cmd::StatsOptions {
+        pid: args.pid,
+        admin: args.admin,
+        json: args.json,
+        count: args.count,
+    };
+    match keystone_ops::stats_cmd::run(&options) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("keystone stats: {err}");
+            ExitCode::from(EXIT_USAGE)
+        }
     }
 }
 

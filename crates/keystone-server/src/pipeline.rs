@@ -81,7 +81,7 @@ impl Pipeline {
             files,
             route_slots: Vec::new(),
             access: None,
-            stats: std::sync::Arc::new(crate::stats::WorkerStats::default()),
+            stats: std::sync::Arc::new(keystone_ops::stats::WorkerStats::default()),
         };
         Pipeline {
             http,

@@ -18,11 +18,12 @@ use keystone_ebpf::{EbpfMode, Observer, ReuseportSteering};
 use keystone_lua::{AppSource, LoadedApp, LuaConfig};
 use keystone_parser::Limits;
 
-use crate::admin;
+use keystone_ops::admin;
+use keystone_ops::observe::Observed;
+use keystone_ops::stats::{Shared, WorkerStats};
+
 use crate::cli::ServeArgs;
 use crate::log::Level;
-use crate::observe::Observed;
-use crate::stats::{Shared, WorkerStats};
 use crate::watchdog::{self, Pulse, Watchdog};
 use crate::worker::{self, Timeouts, WorkerConfig};
 use crate::{EXAMPLE_APP, EXAMPLE_APP_NAME, EXIT_USAGE};
@@ -181,7 +182,8 @@ pub fn serve(args: ServeArgs) -> ExitCode {
             observer,
             steering: steering.take(),
         };
-        match admin::start(listener, Arc::clone(&shared), observed) {
+        let warn = |message: std::fmt::Arguments<'_>| crate::log::line(Level::Warn, None, message);
+        match admin::start(listener, Arc::clone(&shared), observed, warn) {
             Ok(bound) => crate::log!(
                 Level::Info,
                 None,

@@ -20,11 +20,12 @@ use keystone_reactor::{
 use keystone_response::DateCache;
 use keystone_ringbuf::{split_slab, RingBuffer};
 
-use crate::access_log::AccessLog;
+use keystone_ops::access_log::AccessLog;
+use keystone_ops::stats::WorkerStats;
+
 use crate::files::Root;
 use crate::http::{Exchange, Http, Step, StreamStep, Tail, SEND_HEADROOM_BYTES};
 use crate::log::Level;
-use crate::stats::WorkerStats;
 use crate::watchdog::Pulse;
 use std::sync::{mpsc, Arc};
 
@@ -260,8 +261,6 @@ struct Worker {
     wake_buf: Box<[u8; 8]>,
     tick: Box<Timespec>,
     draining: bool,
-    /// Keeps the access log's descriptor open (the log holds its number).
-    _access_log: Option<OwnedFd>,
     reloads: mpsc::Receiver<AppSource>,
     lua_config: LuaConfig,
     timeouts: Timeouts,
@@ -299,7 +298,6 @@ impl Worker {
             })
             .collect();
         let (statics, files) = open_roots(&loaded)?;
-        let access_fd = config.access_log.as_ref().map(|fd| fd.as_raw_fd());
         let mut reactor =
             Reactor::with_sqpoll(RING_ENTRIES, config.sqpoll.then_some(SQPOLL_IDLE_MS))
                 .map_err(|e| format!("io_uring setup failed: {e}{}", memlock_hint(&e)))?;
@@ -331,7 +329,6 @@ impl Worker {
             wake_buf: Box::new([0; 8]),
             tick: Box::new(TICK),
             draining: false,
-            _access_log: config.access_log,
             reloads: config.reloads,
             lua_config: config.lua,
             timeouts: config.timeouts,
@@ -350,7 +347,7 @@ impl Worker {
                 statics,
                 files,
                 route_slots: config.stats.route_slots(&loaded.routes),
-                access: access_fd.map(AccessLog::new),
+                access: config.access_log.map(AccessLog::new),
                 stats: config.stats,
             },
         })
@@ -974,7 +971,7 @@ impl Worker {
             // (`in_flight`), and the log outlives the ring (field order).
             unsafe {
                 self.reactor
-                    .write(log.fd, ptr, len, Token::new(WORKER_SLOT, 0, OP_LOG))
+                    .write(log.fd(), ptr, len, Token::new(WORKER_SLOT, 0, OP_LOG))
             };
         }
     }

@@ -1,47 +1,81 @@
 //! `keystone stats`: a live per-worker table (or JSON lines) read once a
 //! second from a running server's admin listener (`/stats.json`).
 
+use std::fmt;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::cli::StatsArgs;
-use crate::EXIT_USAGE;
-
 const REFRESH: Duration = Duration::from_secs(1);
 const FETCH_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Runs `keystone stats`.
-pub fn run(args: &StatsArgs) -> ExitCode {
-    let admin = match (args.admin, args.pid) {
-        (Some(admin), _) => admin,
-        (None, Some(pid)) => match admin_of(pid) {
-            Ok(admin) => admin,
-            Err(message) => {
-                eprintln!("keystone stats: {message}");
-                return ExitCode::from(EXIT_USAGE);
-            }
-        },
-        (None, None) => {
-            eprintln!("keystone stats: give --pid PID or --admin ADDR");
-            return ExitCode::from(EXIT_USAGE);
+/// What `keystone stats` was asked (the server's CLI parses the flags).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StatsOptions {
+    /// The server's process id; its `--admin` address is read from its
+    /// command line. `admin` wins when both are given.
+    pub pid: Option<i32>,
+    /// The server's admin listener address.
+    pub admin: Option<SocketAddr>,
+    /// One JSON object per refresh instead of a table.
+    pub json: bool,
+    /// Stop after this many refreshes (`None`: until interrupted).
+    pub count: Option<u64>,
+}
+
+/// Why `keystone stats` stopped early; the caller prints it after
+/// `keystone stats: ` and exits with its usage status.
+#[derive(Debug, PartialEq, Eq)]
+pub enum StatsError {
+    /// Neither a pid nor an admin address was given.
+    NoTarget,
+    /// The admin address could not be read from process `pid`'s command
+    /// line.
+    AdminOf {
+        /// The process asked about.
+        pid: i32,
+        /// What was wrong.
+        message: String,
+    },
+    /// Reading `/stats.json` from `admin` failed.
+    Fetch {
+        /// The admin listener asked.
+        admin: SocketAddr,
+        /// What was wrong.
+        message: String,
+    },
+}
+
+impl fmt::Display for StatsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StatsError::NoTarget => f.write_str("give --pid PID or --admin ADDR"),
+            StatsError::AdminOf { message, .. } => f.write_str(message),
+            StatsError::Fetch { admin, message } => write!(f, "{admin}: {message}"),
         }
+    }
+}
+
+impl std::error::Error for StatsError {}
+
+/// Runs `keystone stats`: prints a refresh a second until `count` refreshes
+/// were shown (or forever).
+pub fn run(options: &StatsOptions) -> Result<(), StatsError> {
+    let admin = match (options.admin, options.pid) {
+        (Some(admin), _) => admin,
+        (None, Some(pid)) => {
+            admin_of(pid).map_err(|message| StatsError::AdminOf { pid, message })?
+        }
+        (None, None) => return Err(StatsError::NoTarget),
     };
     let mut previous: Option<(Instant, Value)> = None;
     let mut shown = 0u64;
     loop {
         let now = Instant::now();
-        let current = match fetch(admin) {
-            Ok(value) => value,
-            Err(message) => {
-                eprintln!("keystone stats: {admin}: {message}");
-                return ExitCode::from(EXIT_USAGE);
-            }
-        };
-        if args.json {
+        let current = fetch(admin).map_err(|message| StatsError::Fetch { admin, message })?;
+        if options.json {
             println!("{current}");
         } else {
             print_table(
@@ -51,8 +85,8 @@ pub fn run(args: &StatsArgs) -> ExitCode {
         }
         let _ = std::io::stdout().flush();
         shown += 1;
-        if args.count.is_some_and(|count| shown >= count) {
-            return ExitCode::SUCCESS;
+        if options.count.is_some_and(|count| shown >= count) {
+            return Ok(());
         }
         previous = Some((now, current));
         std::thread::sleep(REFRESH);
@@ -166,4 +200,60 @@ fn print_table(current: &Value, previous: Option<(Duration, &Value)>) {
         println!("draining");
     }
     println!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_read_as_the_cli_prints_them() {
+        let admin: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let cases = [
+            (StatsError::NoTarget, "give --pid PID or --admin ADDR"),
+            (
+                StatsError::AdminOf {
+                    pid: 7,
+                    message: "no process 7: gone".into(),
+                },
+                "no process 7: gone",
+            ),
+            (
+                StatsError::Fetch {
+                    admin,
+                    message: "refused".into(),
+                },
+                "127.0.0.1:9: refused",
+            ),
+        ];
+        for (error, expected) in cases {
+            assert_eq!(error.to_string(), expected);
+        }
+    }
+
+    #[test]
+    fn no_target_and_a_closed_admin_port_fail_before_printing() {
+        assert_eq!(run(&StatsOptions::default()), Err(StatsError::NoTarget));
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let options = StatsOptions {
+            admin: Some(closed),
+            count: Some(1),
+            ..StatsOptions::default()
+        };
+        assert!(matches!(
+            run(&options),
+            Err(StatsError::Fetch { admin, .. }) if admin == closed
+        ));
+    }
+
+    #[test]
+    fn the_admin_address_comes_from_the_command_line_of_pid() {
+        let missing = admin_of(i32::MAX).unwrap_err();
+        assert!(missing.starts_with("no process"), "{missing}");
+        let own = admin_of(std::process::id() as i32).unwrap_err();
+        assert!(own.contains("was not started with --admin ADDR"), "{own}");
+    }
 }

@@ -318,3 +318,150 @@ pub fn worker_json(shared: &Shared, extra: &str) -> String {
     let _ = write!(out, "],\"draining\":{draining}{extra}}}");
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared_of(workers: Vec<Arc<WorkerStats>>) -> Shared {
+        Shared {
+            workers,
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    #[test]
+    fn counter_adds_and_subtracts_with_wrap() {
+        let counter = Counter::default();
+        counter.add(3);
+        counter.sub(1);
+        assert_eq!(counter.get(), 2);
+        counter.sub(3);
+        assert_eq!(counter.get(), u64::MAX, "a gauge wraps, never panics");
+    }
+
+    #[test]
+    fn responses_count_by_class_clamped_to_1xx_5xx() {
+        let stats = WorkerStats::default();
+        for (status, class) in [
+            (100, 0),
+            (204, 1),
+            (304, 2),
+            (404, 3),
+            (503, 4),
+            (99, 0),
+            (600, 4),
+        ] {
+            let before = stats.responses[class].get();
+            stats.response(status);
+            assert_eq!(stats.responses[class].get(), before + 1, "status {status}");
+        }
+    }
+
+    #[test]
+    fn route_slots_reuse_names_and_send_the_excess_to_other() {
+        let stats = WorkerStats::default();
+        let keys: Vec<String> = (0..ROUTE_COUNTERS_MAX + 1)
+            .map(|i| format!("GET /{i}"))
+            .collect();
+        let slots = stats.route_slots(&keys[..2]);
+        assert_eq!(slots, [ROUTE_COUNTERS_MAX as u16, 0, 1]);
+        let reloaded = stats.route_slots(&[keys[1].clone(), "GET /new".into()]);
+        assert_eq!(
+            reloaded,
+            [ROUTE_COUNTERS_MAX as u16, 1, 2],
+            "kept and added"
+        );
+        // "GET /new" took slot 2, so keys[2..] start at slot 3 and the
+        // table fills at keys[254]; keys[255] is the first name past it.
+        let all = stats.route_slots(&keys);
+        assert_eq!(all[255], ROUTE_COUNTERS_MAX as u16 - 1, "the last slot");
+        assert_eq!(all[256], ROUTE_COUNTERS_MAX as u16, "past the limit: other");
+        assert_eq!(all[257], ROUTE_COUNTERS_MAX as u16);
+    }
+
+    #[test]
+    fn exposition_and_json_are_pinned() {
+        let (first, second) = (
+            Arc::new(WorkerStats::default()),
+            Arc::new(WorkerStats::default()),
+        );
+        let slots = first.route_slots(&["GET /a\"\\".into()]);
+        first.routes[slots[1] as usize].add(2);
+        second.route_slots(&["GET /a\"\\".into()]);
+        second.routes[0].add(1);
+        second.routes[ROUTE_COUNTERS_MAX].add(4);
+        first.response(200);
+        first.response(500);
+        second.response(404);
+        first.bytes_in.add(10);
+        second.bytes_out.add(20);
+        first.accepted.add(1);
+        first.open.add(1);
+        let shared = shared_of(vec![first, second]);
+        let text = prometheus(&shared, "# extra\n");
+        let expected = "\
+# HELP keystone_responses_total Responses sent, by status class.
+# TYPE keystone_responses_total counter
+keystone_responses_total{class=\"1xx\"} 0
+keystone_responses_total{class=\"2xx\"} 1
+keystone_responses_total{class=\"3xx\"} 0
+keystone_responses_total{class=\"4xx\"} 1
+keystone_responses_total{class=\"5xx\"} 1
+# HELP keystone_received_bytes_total Request bytes received.
+# TYPE keystone_received_bytes_total counter
+keystone_received_bytes_total 10
+# HELP keystone_sent_bytes_total Response bytes sent.
+# TYPE keystone_sent_bytes_total counter
+keystone_sent_bytes_total 20
+# HELP keystone_connections_accepted_total Connections accepted.
+# TYPE keystone_connections_accepted_total counter
+keystone_connections_accepted_total 1
+# HELP keystone_connections_open Connections open now.
+# TYPE keystone_connections_open gauge
+keystone_connections_open 1
+# HELP keystone_lua_errors_total Lua handlers or generators that raised an error.
+# TYPE keystone_lua_errors_total counter
+keystone_lua_errors_total 0
+# HELP keystone_lua_stopped_total Lua handlers stopped by the time budget.
+# TYPE keystone_lua_stopped_total counter
+keystone_lua_stopped_total 0
+# HELP keystone_reloads_total Successful app reloads, summed over workers.
+# TYPE keystone_reloads_total counter
+keystone_reloads_total 0
+# HELP keystone_static_requests_total Requests served from static directories.
+# TYPE keystone_static_requests_total counter
+keystone_static_requests_total 0
+# HELP keystone_receives_registered_total Receives completed into buffers registered with io_uring (READ_FIXED).
+# TYPE keystone_receives_registered_total counter
+keystone_receives_registered_total 0
+# HELP keystone_receives_plain_total Receives completed into unregistered buffers (first read of a connection, past the registered window).
+# TYPE keystone_receives_plain_total counter
+keystone_receives_plain_total 0
+# HELP keystone_registered_buffers Receive buffers (connection slots) registered with io_uring now: a slot keeps its registration across connections and gives it back when its connection idles.
+# TYPE keystone_registered_buffers gauge
+keystone_registered_buffers 0
+# HELP keystone_worker_responses_total Responses sent, by worker.
+# TYPE keystone_worker_responses_total counter
+keystone_worker_responses_total{worker=\"0\"} 2
+keystone_worker_responses_total{worker=\"1\"} 1
+# HELP keystone_route_requests_total Requests that matched a route, by route key.
+# TYPE keystone_route_requests_total counter
+keystone_route_requests_total{route=\"GET /a\\\"\\\\\"} 3
+keystone_route_requests_total{route=\"other\"} 4
+# HELP keystone_draining 1 once SIGTERM started the drain.
+# TYPE keystone_draining gauge
+keystone_draining 0
+# extra
+";
+        assert_eq!(text, expected);
+        shared.draining.store(true, Ordering::Relaxed);
+        assert_eq!(
+            worker_json(&shared, ",\"x\":1"),
+            "{\"workers\":[\
+{\"worker\":0,\"requests\":2,\"open\":1,\"accepted\":1,\"errors_5xx\":1,\"bytes_in\":10,\"bytes_out\":0},\
+{\"worker\":1,\"requests\":1,\"open\":0,\"accepted\":0,\"errors_5xx\":0,\"bytes_in\":0,\"bytes_out\":20}\
+],\"draining\":true,\"x\":1}"
+        );
+    }
+}

@@ -20,7 +20,10 @@
 //! goes on.
 
 use std::fmt::Write as _;
+use std::fs::File;
+use std::io::Write as _;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd as _, OwnedFd, RawFd};
 
 /// Bytes of one batch; a worker holds two.
 pub const BATCH_BYTES: usize = 64 * 1024;
@@ -53,8 +56,9 @@ pub struct Entry<'a> {
 
 /// A worker's log batches.
 pub struct AccessLog {
-    /// Where lines go.
-    pub fd: std::os::fd::RawFd,
+    /// Where lines go; owned here, so it stays open as long as a batch
+    /// can be in flight on a ring that outlives neither.
+    file: File,
     filling: Vec<u8>,
     writing: Vec<u8>,
     in_flight: bool,
@@ -66,10 +70,11 @@ pub struct AccessLog {
 }
 
 impl AccessLog {
-    /// Batches for `fd` (allocated once, here).
-    pub fn new(fd: std::os::fd::RawFd) -> AccessLog {
+    /// Batches for `fd` (allocated once, here); the log owns `fd` from
+    /// now on.
+    pub fn new(fd: OwnedFd) -> AccessLog {
         AccessLog {
-            fd,
+            file: File::from(fd),
             filling: Vec::with_capacity(BATCH_BYTES),
             writing: Vec::with_capacity(BATCH_BYTES),
             in_flight: false,
@@ -153,12 +158,19 @@ impl AccessLog {
         self.in_flight
     }
 
-    /// Writes what is left synchronously (at exit).
+    /// The descriptor the worker's ring writes batches to; valid as long
+    /// as this log lives.
+    pub fn fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+
+    /// Writes what is left synchronously (at exit). A failure is dropped:
+    /// the process is exiting, and a failing file was reported already.
     pub fn flush_blocking(&mut self) {
+        debug_assert!(!self.in_flight, "the ring still writes `writing`");
         for batch in [&self.writing, &self.filling] {
             if !batch.is_empty() {
-                // SAFETY: writes an initialised byte slice to our log fd.
-                unsafe { libc::write(self.fd, batch.as_ptr().cast(), batch.len()) };
+                let _ = self.file.write_all(batch);
             }
         }
         self.writing.clear();
@@ -258,9 +270,27 @@ impl std::fmt::Write for LineBuf {
 mod tests {
     use super::*;
 
+    fn dev_null() -> OwnedFd {
+        File::create("/dev/null").unwrap().into()
+    }
+
+    fn entry() -> Entry<'static> {
+        Entry {
+            peer: None,
+            method: b"GET",
+            target: b"/",
+            minor_version: 1,
+            status: 200,
+            body_bytes: 0,
+            referer: None,
+            user_agent: None,
+            request_time: 0.0,
+        }
+    }
+
     #[test]
     fn combined_line() {
-        let mut log = AccessLog::new(-1);
+        let mut log = AccessLog::new(dev_null());
         log.record(&Entry {
             peer: Some("127.0.0.1:5555".parse().unwrap()),
             method: b"GET",
@@ -284,18 +314,8 @@ mod tests {
 
     #[test]
     fn batches_swap_and_bound_memory() {
-        let mut log = AccessLog::new(-1);
-        let entry = Entry {
-            peer: None,
-            method: b"GET",
-            target: b"/",
-            minor_version: 1,
-            status: 200,
-            body_bytes: 0,
-            referer: None,
-            user_agent: None,
-            request_time: 0.0,
-        };
+        let mut log = AccessLog::new(dev_null());
+        let entry = entry();
         assert!(log.take_batch(false).is_none());
         log.record(&entry);
         assert!(log.take_batch(false).is_none(), "below the flush size");
@@ -316,5 +336,25 @@ mod tests {
             Some(true)
         );
         assert!(log.written(-libc::EBADF).is_none(), "reported once");
+    }
+
+    #[test]
+    fn flush_blocking_writes_what_is_left() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let mut log = AccessLog::new(file.reopen().unwrap().into());
+        log.record(&entry());
+        log.record(&Entry {
+            status: 404,
+            ..entry()
+        });
+        assert!(log.take_batch(false).is_none(), "below the flush size");
+        log.flush_blocking();
+        assert!(log.take_batch(true).is_none(), "nothing left after a flush");
+        let written = std::fs::read_to_string(file.path()).unwrap();
+        let statuses: Vec<&str> = written
+            .lines()
+            .map(|line| line.split("\" ").nth(1).unwrap().split(' ').next().unwrap())
+            .collect();
+        assert_eq!(statuses, ["200", "404"]);
     }
 }

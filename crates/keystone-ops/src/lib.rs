@@ -1,0 +1,29 @@
+//! keystone-ops — operator tooling: counters, metrics, admin listener,
+//! access-log lines, `keystone stats`.
+//!
+//! Owns: each worker's single-writer counters and route slots
+//! ([`stats`]), their Prometheus text exposition and `/stats.json`, the
+//! `--admin` listener thread ([`admin`]), the eBPF observers' figures as
+//! the admin listener renders them ([`observe`]), the access log's nginx
+//! "combined" lines and their two fixed batches per worker
+//! ([`access_log`]), and the `keystone stats` client ([`stats_cmd`]).
+//!
+//! Never runs on a worker's request path, except the counters' relaxed
+//! loads and stores and the formatting of an access-log line into fixed
+//! buffers; never submits to a ring (the worker writes the access-log
+//! batches through its own reactor) and never takes a lock a worker takes
+//! per request.
+//!
+//! Never depends on: keystone-ringbuf, keystone-parser, keystone-router,
+//! keystone-exchange, keystone-lua, keystone-reactor, keystone-conn,
+//! keystone-files, keystone-server.
+
+// Nothing here needs `unsafe`: the access log owns its descriptor as a
+// `File`, and the ring's write of a batch is the worker's.
+#![forbid(unsafe_code)]
+
+pub mod access_log;
+pub mod admin;
+pub mod observe;
+pub mod stats;
+pub mod stats_cmd;
