@@ -59,6 +59,16 @@ pub fn interrupt_running_handler() {
     };
 }
 
+/// The count hook [`interrupt_running_handler`] sets: raises "handler
+/// exceeded its time budget" in the interrupted handler, and from its second
+/// firing on re-arms itself on every instruction, so a `pcall` loop cannot
+/// swallow the error.
+///
+/// # Safety
+/// Only LuaJIT calls it, as a hook: `state` is the VM running on this thread,
+/// inside a protected call (the prelude's `xpcall` or mlua's `pcall` around
+/// `dispatch` and `pull`), so `lua_error` unwinds through VM frames only,
+/// and the hook's guaranteed `LUA_MINSTACK` slots hold the two values pushed.
 unsafe extern "C-unwind" fn budget_hook(state: *mut ffi::lua_State, _debug: *mut ffi::lua_Debug) {
     let firings = FIRINGS.with(|f| {
         f.set(f.get() + 1);

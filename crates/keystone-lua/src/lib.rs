@@ -12,8 +12,8 @@
 //! handler reads them (`ffi.string` over a span of the request buffer).
 //!
 //! Never depends on: keystone-response, keystone-reactor, keystone-ebpf,
-//! keystone-server. Lua code never performs I/O: this crate hands the engine
-//! an [`Outcome`], the engine commits it.
+//! keystone-ops, keystone-server. Lua code never performs I/O: this crate
+//! hands the engine an [`Outcome`], the engine commits it.
 
 mod abi;
 mod app;

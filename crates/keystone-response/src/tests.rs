@@ -1,3 +1,6 @@
+//! Unit tests of the serializers: heads and their framing, canned errors,
+//! chunk headers and the `Date` cache.
+
 use super::*;
 use keystone_exchange::HttpExchange;
 

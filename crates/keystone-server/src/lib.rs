@@ -5,7 +5,8 @@
 //! layer crate; this crate connects them (`http.rs` is the per-request
 //! wiring, `worker.rs` the per-core event loop).
 //!
-//! Never depended on by any layer crate.
+//! Never depended on by any layer crate. Never depends on: keystone-tests,
+//! keystone-benches or xtask (the leaves, which may depend on anything).
 
 pub mod cli;
 mod files;
