@@ -6,8 +6,9 @@
 //! the per-second cached `Date`, the framing decision (Content-Length vs no
 //! body for HEAD/1xx/204/304) and the canned error responses.
 //!
-//! Never allocates; never performs I/O. Never depends on: keystone-lua,
-//! keystone-reactor, keystone-ebpf, keystone-server.
+//! Never allocates; never performs I/O. Never depends on: keystone-router,
+//! keystone-lua, keystone-reactor, keystone-ebpf, keystone-ops,
+//! keystone-server.
 
 mod date;
 mod status;
