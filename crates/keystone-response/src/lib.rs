@@ -10,9 +10,11 @@
 //! keystone-lua, keystone-reactor, keystone-ebpf, keystone-ops,
 //! keystone-server.
 
+mod content_range;
 mod date;
 mod status;
 
+pub use content_range::{content_range, CONTENT_RANGE_BYTES};
 pub use date::{civil_from_days, format_imf, DateCache, DATE_BYTES, MONTHS};
 pub use status::reason;
 
