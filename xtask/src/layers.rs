@@ -27,6 +27,7 @@ const LAYER_CRATES: &[&str] = &[
     "keystone-exchange",
     "keystone-lua",
     "keystone-response",
+    "keystone-files",
     "keystone-reactor",
     "keystone-ebpf",
     "keystone-ops",
@@ -60,6 +61,13 @@ pub const LAYER_DAG: &[(&str, Allowed)] = &[
     (
         "keystone-response",
         Allowed::Only(&["keystone-exchange", "keystone-parser", "keystone-ringbuf"]),
+    ),
+    // File serving as decisions (paths, validators, ranges, the open-file
+    // cache); the parser's text helpers and the response's date and
+    // Content-Range formatting, and no syscalls, so no ring and no reactor.
+    (
+        "keystone-files",
+        Allowed::Only(&["keystone-parser", "keystone-response"]),
     ),
     // The io_uring proactor knows no HTTP, so nothing from Keystone.
     ("keystone-reactor", Allowed::Only(&[])),

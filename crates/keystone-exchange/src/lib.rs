@@ -10,8 +10,8 @@
 //! Does not own: request bytes (they live in a `keystone-ringbuf` buffer; the
 //! exchange only points at them), parsing, routing, Lua, serialization, I/O.
 //!
-//! Never depends on: keystone-lua, keystone-response, keystone-reactor,
-//! keystone-ebpf, keystone-ops, keystone-server.
+//! Never depends on: keystone-lua, keystone-response, keystone-files,
+//! keystone-reactor, keystone-ebpf, keystone-ops, keystone-server.
 //!
 //! # Lifetime contract
 //! [`HttpExchange::bind`] points the exchange at one request; the views stay

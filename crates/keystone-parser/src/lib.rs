@@ -16,9 +16,9 @@
 //! one rule each.
 //!
 //! Never depends on: keystone-router, keystone-exchange, keystone-lua,
-//! keystone-response, keystone-reactor, keystone-ebpf, keystone-ops,
-//! keystone-server (layer 2 only sees layer 1, `keystone-ringbuf`, for
-//! `Span`).
+//! keystone-response, keystone-files, keystone-reactor, keystone-ebpf,
+//! keystone-ops, keystone-server (layer 2 only sees layer 1,
+//! `keystone-ringbuf`, for `Span`).
 //!
 //! # Implementation notes
 //!
