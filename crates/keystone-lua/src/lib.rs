@@ -11,9 +11,9 @@
 //! `ctx.headers[NAME]`, `ctx.body`). Request strings are made only when a
 //! handler reads them (`ffi.string` over a span of the request buffer).
 //!
-//! Never depends on: keystone-response, keystone-reactor, keystone-ebpf,
-//! keystone-ops, keystone-server. Lua code never performs I/O: this crate
-//! hands the engine an [`Outcome`], the engine commits it.
+//! Never depends on: keystone-response, keystone-files, keystone-reactor,
+//! keystone-ebpf, keystone-ops, keystone-server. Lua code never performs
+//! I/O: this crate hands the engine an [`Outcome`], the engine commits it.
 
 mod abi;
 mod app;

@@ -7,8 +7,8 @@
 //! body for HEAD/1xx/204/304) and the canned error responses.
 //!
 //! Never allocates; never performs I/O. Never depends on: keystone-router,
-//! keystone-lua, keystone-reactor, keystone-ebpf, keystone-ops,
-//! keystone-server.
+//! keystone-lua, keystone-files, keystone-reactor, keystone-ebpf,
+//! keystone-ops, keystone-server.
 
 mod content_range;
 mod date;
