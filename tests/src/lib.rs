@@ -20,6 +20,10 @@ use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
+mod tools;
+
+pub use tools::{require_file, require_tool, SKIP_MISSING_TOOLS};
+
 /// How long a server gets to accept its first connection. Debug builds with a
 /// LuaJIT state per worker start in well under a second; 15 s covers a loaded CI box.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(15);
@@ -451,7 +455,7 @@ pub fn curl(args: &[&str]) -> Response {
         .args(["-s", "-S", "-i", "--max-time", "10"])
         .args(args)
         .output()
-        .expect("spawning curl (is it installed?)");
+        .expect("spawning curl (Debian package curl; `cargo xtask test` installs it as root)");
     assert!(
         output.status.success(),
         "curl {args:?} failed ({}): {}",
@@ -472,7 +476,7 @@ pub fn curl_body(args: &[&str]) -> String {
         .args(["-s", "--max-time", "10"])
         .args(args)
         .output()
-        .expect("spawning curl (is it installed?)");
+        .expect("spawning curl (Debian package curl; `cargo xtask test` installs it as root)");
     assert!(
         output.status.success(),
         "curl {args:?} failed: {}",

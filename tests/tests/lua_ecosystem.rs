@@ -326,8 +326,7 @@ const CJSON_APP: &str = r#"return {
 
 #[test]
 fn c_module_loads_only_when_allowed() {
-    if !Path::new(CJSON_SO).exists() {
-        println!("note: {CJSON_SO} is absent (Debian's lua-cjson); C module test skipped");
+    if !keystone_tests::require_file(Path::new(CJSON_SO), "Debian package lua-cjson") {
         return;
     }
     let allowed = Server::start(Some(CJSON_APP), &["--allow-c-module", "cjson"]);
@@ -349,8 +348,7 @@ fn c_module_loads_only_when_allowed() {
 
 #[test]
 fn c_module_allowed_in_the_app_table_for_init_worker() {
-    if !Path::new(CJSON_SO).exists() {
-        println!("note: {CJSON_SO} is absent (Debian's lua-cjson); C module test skipped");
+    if !keystone_tests::require_file(Path::new(CJSON_SO), "Debian package lua-cjson") {
         return;
     }
     let app = r#"local cjson

@@ -1,22 +1,14 @@
 //! A real load generator against `GET /`: behaviour under concurrent keep-alive
-//! load (no errors, no non-2xx), not speed. Skipped, saying so, where `wrk` is absent.
+//! load (no errors, no non-2xx), not speed. Fails where `wrk` is absent, unless
+//! `KEYSTONE_SKIP_MISSING_TOOLS=1` says to skip.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use keystone_tests::{wait_timeout, Server};
+use keystone_tests::{require_tool, wait_timeout, Server};
 
 /// wrk's own run is 2 s; the rest is slack for start-up on a loaded machine.
 const WRK_TIMEOUT: Duration = Duration::from_secs(30);
-
-fn wrk_available() -> bool {
-    Command::new("wrk")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok()
-}
 
 /// The lines of wrk's report that mean something went wrong.
 const ERROR_MARKERS: &[&str] = &["Socket errors", "Non-2xx or 3xx responses"];
@@ -40,8 +32,7 @@ fn check(report: &str) {
 
 #[test]
 fn wrk_keep_alive_load_has_no_errors() {
-    if !wrk_available() {
-        eprintln!("note: wrk is not installed; skipping the wrk load test");
+    if !require_tool("wrk", "Debian package wrk") {
         return;
     }
     for workers in ["1", "2"] {

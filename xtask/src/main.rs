@@ -1,8 +1,9 @@
 //! xtask: Keystone's developer tasks (`cargo xtask <task>`, via the alias in
 //! `.cargo/config.toml`); if `cargo xtask test` passes locally, CI passes.
 //!
-//! Owns: the layer DAG and its check (`layers`), the Debian package lists
-//! (`debian`), and the deterministic BPF build (`ebpf`).
+//! Owns: the layer DAG and its check (`layers`), the house rules a machine
+//! can check (`tidy`), the Debian package lists (`debian`), and the
+//! deterministic BPF build (`ebpf`).
 //!
 //! Never depends on: any Keystone crate. It drives the workspace through
 //! `cargo` and reads it through `cargo metadata`, so a broken layer crate
@@ -12,6 +13,7 @@ mod bench;
 mod debian;
 mod ebpf;
 mod layers;
+mod tidy;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -24,8 +26,11 @@ usage: cargo xtask <task> [args]
 tasks:
   run [ARGS...]   build and serve the example app (keystone serve [ARGS...]),
                   127.0.0.1:8080 unless ARGS say otherwise
-  test            packages, fmt, clippy, check-layers, BPF up-to-date, cargo test
+  test            packages, fmt, clippy, check-layers, tidy, BPF up-to-date,
+                  cargo test
   check-layers    check workspace dependency edges against the layer DAG
+  tidy            check the house rules: unsafe allowlist, # Safety docs,
+                  `Never depends on:` vs the DAG, //! docs, no skipped tests
   build-ebpf      compile ebpf/*.c into the committed ebpf/<name>.bpf.o
   check-ebpf      check the committed BPF objects match their sources
   bench [--quick] [--rounds N] [--seconds N]
@@ -57,6 +62,7 @@ fn main() -> ExitCode {
         ("run", rest) => run(&root, rest),
         ("test", []) => test(&root),
         ("check-layers", []) => check_layers(&root),
+        ("tidy", []) => tidy::run(&root),
         ("build-ebpf", []) => ebpf::build(&root),
         ("check-ebpf", []) => ebpf::check_up_to_date(&root),
         ("bench", rest) => bench::run(&root, rest),
@@ -64,7 +70,7 @@ fn main() -> ExitCode {
             print!("{USAGE}");
             return ExitCode::SUCCESS;
         }
-        ("test" | "check-layers" | "build-ebpf" | "check-ebpf", extra) => {
+        ("test" | "check-layers" | "tidy" | "build-ebpf" | "check-ebpf", extra) => {
             eprintln!("cargo xtask {task}: takes no arguments, got {extra:?}\n");
             eprint!("{USAGE}");
             return ExitCode::from(EXIT_USAGE);
@@ -244,6 +250,7 @@ fn test(root: &Path) -> Result<()> {
             }),
         ),
         ("check-layers", Box::new(|| check_layers(root))),
+        ("tidy", Box::new(|| tidy::run(root))),
         (
             "BPF object up to date",
             Box::new(|| ebpf::check_up_to_date(root)),

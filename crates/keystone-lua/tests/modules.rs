@@ -27,12 +27,10 @@ fn tree_module(tree: &Path, module_path: &str, text: &str) {
     write_files(tree, &[(&format!("share/lua/5.1/{module_path}"), text)]);
 }
 
+/// True when lua-cjson's C module is installed; fails the test otherwise
+/// (false, printed, only under `KEYSTONE_SKIP_MISSING_TOOLS=1`).
 fn cjson_present() -> bool {
-    if Path::new(CJSON_SO).exists() {
-        return true;
-    }
-    println!("note: {CJSON_SO} is absent (apt-get install lua-cjson); C module case skipped");
-    false
+    support::tools::require_file(Path::new(CJSON_SO), "Debian package lua-cjson")
 }
 
 #[test]
@@ -299,8 +297,12 @@ fn cjson_example_app() {
 }
 
 /// Builds lua-rocks/keystone-helpers into `tree` with luarocks, offline.
-/// False (with a printed note) when luarocks is not installed.
+/// Fails the test when luarocks is not installed (false, printed, only under
+/// `KEYSTONE_SKIP_MISSING_TOOLS=1`).
 fn luarocks_make(tree: &Path) -> bool {
+    if !support::tools::require_tool("luarocks", "Debian package luarocks") {
+        return false;
+    }
     let rocks = workspace_root().join("lua-rocks");
     let output = Command::new("luarocks")
         .args(["--lua-version=5.1", "--tree"])
@@ -309,12 +311,6 @@ fn luarocks_make(tree: &Path) -> bool {
         .current_dir(&rocks)
         .output();
     match output {
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-            println!(
-                "note: luarocks is not installed (apt-get install luarocks); rock case skipped"
-            );
-            false
-        }
         Err(err) => panic!("cannot run luarocks: {err}"),
         Ok(output) => {
             assert!(
