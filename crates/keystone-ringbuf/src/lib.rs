@@ -39,6 +39,10 @@ use std::rc::Rc;
 
 use memmap2::{MmapMut, MmapOptions, UncheckedAdvice};
 
+mod loan;
+
+pub use loan::{BytesLoan, MappingGuard, PinnedBytes, SendBuf, SpareLoan};
+
 /// High-water mark above which [`RingBuffer::reset_for_reuse`] hands the
 /// touched pages back to the kernel.
 ///
@@ -179,6 +183,8 @@ pub fn split_slab(slot_count: u32, slot_bytes: u32) -> Result<Vec<RingBuffer>, R
             high_water: 0,
             pinned: 0,
             generation: 0,
+            spare_lent: false,
+            unsent_lent: false,
         });
     }
     Ok(buffers)
@@ -214,6 +220,12 @@ pub struct RingBuffer {
     /// as a fixed buffer): page releases leave those pages alone.
     pinned: u32,
     generation: u32,
+    /// `[tail, capacity)` is lent out ([`SpareLoan`]): nothing may write,
+    /// move or release it until it comes back.
+    spare_lent: bool,
+    /// `[head, tail)` as it was when lent ([`BytesLoan`]): nothing may
+    /// consume, move or release it until it comes back (appends go past it).
+    unsent_lent: bool,
 }
 
 impl fmt::Debug for RingBuffer {
@@ -225,6 +237,8 @@ impl fmt::Debug for RingBuffer {
             .field("high_water", &self.high_water)
             .field("pinned", &self.pinned)
             .field("generation", &self.generation)
+            .field("spare_lent", &self.spare_lent)
+            .field("unsent_lent", &self.unsent_lent)
             .finish()
     }
 }
@@ -299,19 +313,94 @@ impl RingBuffer {
 
     /// `[tail, capacity)`: where the next received bytes go; then [`commit`](Self::commit).
     pub fn spare_mut(&mut self) -> &mut [u8] {
+        assert!(!self.spare_lent, "spare bytes are lent out");
         self.region_mut(self.tail, self.capacity)
     }
 
-    /// Pointer and length of the spare range, for an io_uring `recv`.
-    ///
-    /// The pointer stays valid for the buffer's life. The caller guarantees
-    /// that nothing else reads or writes `[tail, capacity)` and that no method
-    /// that moves bytes (`append`, `compact`, `cut`, `reset_for_reuse`) runs
-    /// until the operation completes and its length is passed to `commit`.
-    pub fn spare_ptr(&mut self) -> (*mut u8, u32) {
-        // SAFETY: tail <= capacity, so the pointer is inside (or one past) the region.
-        let spare = unsafe { self.base.as_ptr().add(self.tail as usize) };
-        (spare, self.spare())
+    /// Lends the spare range `[tail, capacity)` for one receive (or file
+    /// read). Until [`return_spare`](Self::return_spare), nothing writes,
+    /// moves or releases those bytes. Panics if they are lent already or
+    /// there are none (a full buffer is the caller's to handle first).
+    pub fn lend_spare(&mut self) -> SpareLoan {
+        assert!(!self.spare_lent, "spare bytes lent twice");
+        assert!(self.spare() > 0, "no spare bytes to lend");
+        self.spare_lent = true;
+        SpareLoan {
+            _mapping: Rc::clone(&self.mapping),
+            region: self.base,
+            offset: self.tail,
+            len: self.spare(),
+        }
+    }
+
+    /// Takes a [`SpareLoan`] back: its first `received` bytes were written
+    /// and become unconsumed bytes (`tail += received`).
+    pub fn return_spare(&mut self, loan: SpareLoan, received: u32) {
+        assert!(self.spare_lent, "no spare bytes are lent");
+        assert!(
+            loan.region == self.base && loan.offset == self.tail,
+            "a loan returned to the wrong buffer"
+        );
+        assert!(
+            received <= loan.len,
+            "received {received} > lent {}",
+            loan.len
+        );
+        self.spare_lent = false;
+        self.commit(received);
+    }
+
+    /// Lends the unconsumed bytes `[head, tail)` for one send. Appends may
+    /// go on meanwhile (past the tail); consuming, moving or releasing the
+    /// lent bytes waits for [`return_unsent`](Self::return_unsent).
+    pub fn lend_unsent(&mut self) -> BytesLoan {
+        assert!(!self.unsent_lent, "unsent bytes lent twice");
+        assert!(!self.is_empty(), "no bytes to lend");
+        self.unsent_lent = true;
+        BytesLoan {
+            _mapping: Rc::clone(&self.mapping),
+            region: self.base,
+            offset: self.head,
+            len: self.len(),
+        }
+    }
+
+    /// Takes a [`BytesLoan`] back: its first `sent` bytes were sent and are
+    /// consumed.
+    pub fn return_unsent(&mut self, loan: BytesLoan, sent: u32) {
+        assert!(self.unsent_lent, "no unsent bytes are lent");
+        assert!(
+            loan.region == self.base && loan.offset == self.head,
+            "a loan returned to the wrong buffer"
+        );
+        assert!(sent <= loan.len, "sent {sent} > lent {}", loan.len);
+        self.unsent_lent = false;
+        self.consume_unchecked(sent);
+    }
+
+    /// Whether a [`SpareLoan`] of this buffer is out.
+    pub fn spare_lent(&self) -> bool {
+        self.spare_lent
+    }
+
+    /// Whether a [`BytesLoan`] of this buffer is out.
+    pub fn unsent_lent(&self) -> bool {
+        self.unsent_lent
+    }
+
+    /// Keeps this buffer's slab mapped for as long as the guard lives (for
+    /// a registration with the kernel that outlives single operations).
+    pub fn mapping_guard(&self) -> MappingGuard {
+        MappingGuard {
+            _mapping: Rc::clone(&self.mapping),
+        }
+    }
+
+    fn assert_nothing_lent(&self, what: &str) {
+        assert!(
+            !self.spare_lent && !self.unsent_lent,
+            "{what} while bytes are lent out"
+        );
     }
 
     /// Pins the region's first `bytes` (clamped to the capacity) for a
@@ -340,6 +429,10 @@ impl RingBuffer {
 
     /// Marks `n` bytes written into the spare range as received: `tail += n`.
     pub fn commit(&mut self, n: u32) {
+        assert!(
+            !self.spare_lent,
+            "commit while the spare bytes are lent out"
+        );
         assert!(n <= self.spare(), "commit {n} > spare {}", self.spare());
         self.tail += n;
         self.high_water = self.high_water.max(self.tail);
@@ -364,9 +457,15 @@ impl RingBuffer {
     /// buffer both cursors go back to 0 without copying, which ends every
     /// span into the buffer (they would fail `get`'s tail check).
     pub fn consume(&mut self, n: u32) {
+        assert!(!self.unsent_lent, "consume while the bytes are lent out");
+        self.consume_unchecked(n);
+    }
+
+    fn consume_unchecked(&mut self, n: u32) {
         assert!(n <= self.len(), "consume {n} > len {}", self.len());
         self.head += n;
-        if self.head == self.tail {
+        // A lent spare range stays where it was lent: no rewind under it.
+        if self.head == self.tail && !self.spare_lent {
             self.head = 0;
             self.tail = 0;
         }
@@ -379,6 +478,7 @@ impl RingBuffer {
     /// RULE: only call when no [`Span`] into this buffer is live, i.e. between
     /// requests: every span would point `shift` bytes too far afterwards.
     pub fn compact(&mut self) -> u32 {
+        self.assert_nothing_lent("compact");
         let shift = self.head;
         if shift > 0 {
             let len = self.len() as usize;
@@ -406,6 +506,7 @@ impl RingBuffer {
     /// down to `at` and `tail -= len`. Used by in-place chunked decoding to
     /// drop framing bytes. Spans past `at` are shifted by `len` afterwards.
     pub fn cut(&mut self, at: u32, len: u32) {
+        self.assert_nothing_lent("cut");
         assert!(at >= self.head, "cut at {at} before head {}", self.head);
         assert!(
             at.checked_add(len).is_some_and(|end| end <= self.tail),
@@ -431,6 +532,7 @@ impl RingBuffer {
     /// touched again. Pages kept stay counted in the high-water mark, so a
     /// later [`release_idle`](Self::release_idle) gives them back too.
     pub fn reset_for_reuse(&mut self) {
+        self.assert_nothing_lent("reset_for_reuse");
         if self.high_water > RELEASE_THRESHOLD_BYTES {
             self.release_pages();
             let kept = self.page_bytes.get().max(self.pinned as usize) as u32;
@@ -452,6 +554,7 @@ impl RingBuffer {
     /// keep-alive connections cost no resident memory. One `madvise`; the
     /// caller does it once per idle period, not per request.
     pub fn release_idle(&mut self) {
+        self.assert_nothing_lent("release_idle");
         assert!(self.is_empty(), "release_idle on a buffer holding bytes");
         if self.high_water > 0 {
             self.release_pages_from(0);

@@ -112,11 +112,10 @@ fn scripted_cursor_moves() {
         match *step {
             Step::Append(bytes) => buffer.append(bytes).expect("room"),
             Step::Recv(bytes) => {
-                let (ptr, spare) = buffer.spare_ptr();
-                assert!(bytes.len() <= spare as usize);
-                buffer.spare_mut()[..bytes.len()].copy_from_slice(bytes);
-                assert_eq!(ptr as *const u8, buffer.spare_mut().as_ptr());
-                buffer.commit(bytes.len() as u32);
+                let mut loan = buffer.lend_spare();
+                assert!(bytes.len() <= loan.len() as usize);
+                loan.as_mut_slice()[..bytes.len()].copy_from_slice(bytes);
+                buffer.return_spare(loan, bytes.len() as u32);
             }
             Step::Consume(n) => buffer.consume(n),
             Step::Compact { shift } => assert_eq!(buffer.compact(), shift, "step {index}"),
@@ -472,4 +471,139 @@ fn release_idle_returns_every_touched_page() {
     // The neighbour is untouched.
     rings[1].append(b"x").unwrap();
     assert_eq!(rings[1].unconsumed(), b"x");
+}
+
+#[test]
+fn a_spare_loan_is_filled_in_place_and_returned() {
+    let mut buffer = one_buffer(SLOT_BYTES);
+    buffer.append(b"GET ").expect("room");
+    let mut loan = buffer.lend_spare();
+    assert_eq!((loan.offset(), loan.len()), (4, SLOT_BYTES - 4));
+    assert!(buffer.spare_lent());
+    loan.as_mut_slice()[..3].copy_from_slice(b"/ H");
+    buffer.return_spare(loan, 3);
+    assert!(!buffer.spare_lent());
+    assert_eq!(buffer.unconsumed(), b"GET / H");
+}
+
+#[test]
+fn an_unsent_loan_lets_appends_go_on_and_consumes_what_was_sent() {
+    let mut buffer = one_buffer(SLOT_BYTES);
+    buffer.append(b"first").expect("room");
+    let loan = buffer.lend_unsent();
+    assert_eq!(loan.as_slice(), b"first");
+    buffer
+        .append(b"second")
+        .expect("appends go past the lent bytes");
+    assert_eq!(loan.as_slice(), b"first", "lent bytes never move");
+    buffer.return_unsent(loan, 3);
+    assert_eq!(buffer.unconsumed(), b"stsecond");
+}
+
+#[test]
+fn a_drained_buffer_does_not_rewind_under_a_spare_loan() {
+    let mut buffer = one_buffer(SLOT_BYTES);
+    buffer.append(b"head").expect("room");
+    let unsent = buffer.lend_unsent();
+    let mut spare = buffer.lend_spare();
+    assert_eq!(spare.offset(), 4);
+    buffer.return_unsent(unsent, 4);
+    assert!(buffer.is_empty());
+    assert_eq!(
+        (buffer.head(), buffer.tail()),
+        (4, 4),
+        "kept under the loan"
+    );
+    spare.as_mut_slice()[..4].copy_from_slice(b"body");
+    buffer.return_spare(spare, 4);
+    assert_eq!(buffer.unconsumed(), b"body");
+}
+
+#[test]
+fn lent_bytes_refuse_whatever_would_move_or_overwrite_them() {
+    type Violation = fn(&mut RingBuffer);
+    let spare_lent: &[(&str, Violation)] = &[
+        ("append", |b| {
+            let _ = b.append(b"x");
+        }),
+        ("commit", |b| b.commit(1)),
+        ("spare_mut", |b| {
+            b.spare_mut();
+        }),
+        ("compact", |b| {
+            b.compact();
+        }),
+        ("cut", |b| b.cut(0, 1)),
+        ("reset_for_reuse", |b| b.reset_for_reuse()),
+        ("lend_spare twice", |b| drop(b.lend_spare())),
+    ];
+    for (name, violation) in spare_lent {
+        let result = std::panic::catch_unwind(|| {
+            let mut buffer = one_buffer(SLOT_BYTES);
+            buffer.append(b"abcd").expect("room");
+            let loan = buffer.lend_spare();
+            violation(&mut buffer);
+            drop(loan);
+        });
+        assert!(result.is_err(), "{name} while the spare is lent must panic");
+    }
+    let unsent_lent: &[(&str, Violation)] = &[
+        ("consume", |b| b.consume(1)),
+        ("compact", |b| {
+            b.compact();
+        }),
+        ("cut", |b| b.cut(0, 1)),
+        ("reset_for_reuse", |b| b.reset_for_reuse()),
+        ("lend_unsent twice", |b| drop(b.lend_unsent())),
+    ];
+    for (name, violation) in unsent_lent {
+        let result = std::panic::catch_unwind(|| {
+            let mut buffer = one_buffer(SLOT_BYTES);
+            buffer.append(b"abcd").expect("room");
+            let loan = buffer.lend_unsent();
+            violation(&mut buffer);
+            drop(loan);
+        });
+        assert!(result.is_err(), "{name} while bytes are lent must panic");
+    }
+}
+
+#[test]
+fn a_loan_returned_to_another_buffer_panics() {
+    let mut buffers = split_slab(2, SLOT_BYTES).expect("map");
+    let mut second = buffers.pop().expect("two");
+    let mut first = buffers.pop().expect("two");
+    let loan = first.lend_spare();
+    let _ = second.lend_spare();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        second.return_spare(loan, 0)
+    }));
+    assert!(result.is_err());
+}
+
+#[test]
+fn a_loan_keeps_the_mapping_alive() {
+    let mut buffers = split_slab(1, SLOT_BYTES).expect("map");
+    let mut loan = buffers[0].lend_spare();
+    drop(buffers);
+    loan.as_mut_slice()[0] = 7; // still mapped: the loan holds the slab
+    assert_eq!(loan.as_mut_slice()[0], 7);
+}
+
+#[test]
+fn pinned_bytes_advance_and_split() {
+    let text = b"hello, world";
+    // SAFETY: `text` is a static byte string, alive and unchanged.
+    let mut pinned = unsafe { PinnedBytes::new(text.as_ptr(), text.len()) };
+    let front = pinned.split_to(5);
+    assert_eq!(front.as_slice(), b"hello");
+    assert_eq!(pinned.as_slice(), b", world");
+    pinned.advance(2);
+    assert_eq!(pinned.as_slice(), b"world");
+    pinned.advance(5);
+    assert!(pinned.is_empty());
+    assert_eq!(pinned.as_slice(), b"");
+    // SAFETY: a null pointer makes an empty view.
+    let null = unsafe { PinnedBytes::new(std::ptr::null(), 10) };
+    assert!(null.is_empty());
 }
