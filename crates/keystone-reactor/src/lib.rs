@@ -1,39 +1,58 @@
 //! keystone-reactor — executes: the io_uring proactor each worker drives (the
 //! part libxev plays in the manifesto).
 //!
-//! Owns: one io_uring instance, submission (operations are *described* and
-//! queued, then submitted in one batch per loop turn), and completion
-//! decoding. Every operation carries a [`Token`] — connection slot,
-//! generation and operation kind packed in the 64-bit `user_data` — so a
-//! completion finds its state without any per-operation allocation, and a
-//! completion for a slot that has since been reused is recognisably stale.
+//! Owns: one io_uring instance, the table of operations in flight, and
+//! completion decoding. An operation is a value: submitting one moves into
+//! the reactor whatever the kernel will touch (a [`SpareLoan`] to receive
+//! into, a [`BytesLoan`] or [`PinnedBytes`] to send, an access-log batch),
+//! and its final completion hands the same value back ([`Done::op`]), as
+//! monoio and TigerBeetle do. Nothing the kernel may still read or write can
+//! be dropped or reused meanwhile, so submitting is safe. The reactor also
+//! keeps the count of operations in flight per owner (a connection slot, or
+//! [`WORKER`]): a slot is reusable once [`Reactor::in_flight`] says 0.
 //!
-//! Callbacks hold no logic: [`Reactor::pump`] copies completions into a
-//! caller array and returns; the caller's state machine decides.
+//! Callbacks hold no logic: [`Reactor::pump`] submits what is queued, waits,
+//! and moves completions into a caller-owned vector; the caller's state
+//! machines decide.
 //!
-//! Never depends on: any keystone crate. The reactor knows no HTTP.
+//! Never depends on: keystone-parser, keystone-router, keystone-exchange,
+//! keystone-lua, keystone-response, keystone-files, keystone-conn,
+//! keystone-ebpf, keystone-ops, keystone-server. The reactor knows no HTTP;
+//! it sees keystone-ringbuf only for the loan types it carries.
 //!
-//! # Buffer lifetimes
-//! The kernel reads or writes a buffer until the operation's completion is
-//! reaped; types cannot see that, so the operations taking pointers are
-//! `unsafe fn`s whose contract is exactly that (as in tokio-rs/io-uring's
-//! `SubmissionQueue::push`).
-//!
-//! Registered (fixed) buffers outlive single operations: the kernel pins
-//! their pages from [`Reactor::register_buffer`] until
-//! [`Reactor::unregister_buffer`], and the caller must not give those pages
-//! back in between — the same rule, stretched over the registration.
+//! # Lifetimes the types do not show
+//! * A buffer registered with the ring ([`Reactor::register_window`]) is
+//!   pinned in its [`RingBuffer`] (so its pages are never given back) and
+//!   its slab mapping is kept alive until [`Reactor::unregister_window`].
+//! * Dropping the reactor cancels every operation and waits (bounded) for
+//!   their completions before the ring and the loans go, so the kernel never
+//!   writes into memory that is gone.
+//! * `OPENAT2`'s path and the `statx` buffer live in the operation's entry,
+//!   which never moves (see `slab.rs`).
+
+mod addr;
+mod slab;
+mod timers;
+
+#[cfg(test)]
+mod tests;
 
 use std::io;
+use std::net::SocketAddr;
 use std::os::fd::RawFd;
+use std::time::Duration;
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
+pub use keystone_ringbuf::{BytesLoan, PinnedBytes, SendBuf};
+use keystone_ringbuf::{MappingGuard, RingBuffer, SpareLoan};
 
-/// Interval type for [`Reactor::tick`].
-pub use io_uring::types::Timespec;
+pub use crate::timers::{TimerWheel, TICK};
 
-/// Completions copied out per [`Reactor::pump`]; more wait in the CQ ring
-/// for the next call. 256 keeps the caller's array at 4 KiB.
+use crate::addr::PeerStorage;
+use crate::slab::Slab;
+
+/// Completions moved out per [`Reactor::pump`]; more wait in the CQ ring
+/// for the next call.
 pub const COMPLETIONS_PER_PUMP: usize = 256;
 
 /// Most entries a ring's registered-buffer table holds: the kernel's
@@ -41,69 +60,152 @@ pub const COMPLETIONS_PER_PUMP: usize = 256;
 /// `EINVAL`, and `buf_index` is 16 bits anyway.
 pub const REGISTERED_BUFFERS_MAX: u32 = 1 << 14;
 
-/// The operation a completion belongs to. Opaque to the reactor except for
-/// being carried in the token.
+/// Longest path [`Reactor::open_beneath`] takes (PATH_MAX, NUL excluded).
+pub const PATH_BYTES_MAX: usize = 4096;
+
+/// How long dropping a reactor waits for cancelled operations to complete.
+/// Cancellation of socket and file operations completes in microseconds;
+/// the bound only guards against a kernel that never answers.
+const DROP_WAIT: Duration = Duration::from_secs(2);
+
+/// Whom an operation belongs to: a connection slot index, or [`WORKER`].
+pub type Owner = u32;
+
+/// The owner of operations that belong to the worker itself (accepts, its
+/// wake-up read, its tick, log writes).
+pub const WORKER: Owner = u32::MAX;
+
+/// Names one submitted operation (to cancel it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Token(u64);
+pub struct OpId {
+    index: u32,
+    seq: u32,
+}
 
-impl Token {
-    /// Packs `slot` (32 bits), `generation` (24 bits) and `op` (8 bits).
-    pub const fn new(slot: u32, generation: u32, op: u8) -> Token {
-        Token(((slot as u64) << 32) | (((generation & 0x00ff_ffff) as u64) << 8) | op as u64)
+impl OpId {
+    fn user_data(self) -> u64 {
+        (u64::from(self.seq) << 32) | u64::from(self.index)
     }
 
-    /// The slot index.
-    pub const fn slot(self) -> u32 {
-        (self.0 >> 32) as u32
-    }
-
-    /// The slot generation (24 bits).
-    pub const fn generation(self) -> u32 {
-        ((self.0 >> 8) & 0x00ff_ffff) as u32
-    }
-
-    /// The operation kind.
-    pub const fn op(self) -> u8 {
-        self.0 as u8
-    }
-
-    /// The raw `user_data`.
-    pub const fn raw(self) -> u64 {
-        self.0
+    fn from_user_data(data: u64) -> OpId {
+        OpId {
+            index: data as u32,
+            seq: (data >> 32) as u32,
+        }
     }
 }
 
-/// Generations wrap within 24 bits.
-pub const GENERATION_MASK: u32 = 0x00ff_ffff;
+/// What `statx` said about a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileStat {
+    /// Bytes.
+    pub size: u64,
+    /// Modification time, seconds since the epoch (0 before it).
+    pub mtime_secs: u64,
+    /// `st_mode`'s file type bits (`libc::S_IFMT` mask).
+    pub file_type: u32,
+}
 
-/// One completion, copied out of the CQ ring.
-#[derive(Clone, Copy, Debug)]
-pub struct Completion {
-    /// The token the operation was submitted with.
-    pub token: Token,
-    /// The result: bytes, a file descriptor, or `-errno`.
+/// An operation as it comes back with its completion: whatever it carried
+/// in, and what the kernel filled for it.
+#[derive(Debug)]
+pub enum Op {
+    /// A connection accepted (the result is its descriptor) and its peer.
+    Accept {
+        /// The peer's address (`None` if the kernel gave none we know).
+        peer: Option<SocketAddr>,
+    },
+    /// A receive: `buf` got `result` bytes at its start.
+    Recv {
+        /// The loan received into.
+        buf: SpareLoan,
+        /// Whether it was a `READ_FIXED` into a registered window.
+        fixed: bool,
+    },
+    /// A send of `buf`'s first `result` bytes.
+    Send {
+        /// What was sent from.
+        buf: SendBuf,
+    },
+    /// A file read into `buf`.
+    ReadAt {
+        /// The loan read into.
+        buf: SpareLoan,
+    },
+    /// A write of `batch` (an access-log batch).
+    Write {
+        /// The bytes written, handed back to be refilled.
+        batch: Vec<u8>,
+    },
+    /// An 8-byte counter read (an eventfd).
+    ReadCounter {
+        /// The counter's value (valid when the result is 8).
+        value: u64,
+    },
+    /// A splice (file → pipe or pipe → socket).
+    Splice,
+    /// `openat2` beneath a directory (the result is the descriptor).
+    OpenBeneath,
+    /// `statx` of a descriptor.
+    Statx {
+        /// Filled when the result is 0.
+        stat: Option<FileStat>,
+    },
+    /// A socket shut down.
+    Shutdown,
+    /// A descriptor closed.
+    Close,
+    /// A cancellation request (its target completes on its own).
+    Cancel,
+    /// One expiry of a repeating timeout.
+    Tick,
+}
+
+/// What the kernel may touch besides the operation's loans, kept in the
+/// operation's entry until its final completion.
+enum Storage {
+    None,
+    Peer(Box<PeerStorage>),
+    Path(Box<[u8; PATH_BYTES_MAX + 1]>, types::OpenHow),
+    Stat(Box<libc::statx>),
+    Counter([u8; 8]),
+    Interval(types::Timespec),
+}
+
+/// One completion: the owner, the result, and — on the operation's final
+/// completion — the operation handed back.
+#[derive(Debug)]
+pub struct Done {
+    /// Whom the operation belongs to.
+    pub owner: Owner,
+    /// Which operation.
+    pub id: OpId,
+    /// Bytes, a descriptor, 0, or `-errno`.
     pub result: i32,
-    /// CQE flags.
-    pub flags: u32,
-}
-
-impl Completion {
-    /// An empty completion, for initialising arrays.
-    pub const EMPTY: Completion = Completion {
-        token: Token(0),
-        result: 0,
-        flags: 0,
-    };
-
-    /// Whether a multishot operation stays armed after this completion.
-    pub fn more(&self) -> bool {
-        cqueue::more(self.flags)
-    }
+    /// The operation with what it carried; for a repeating operation that
+    /// stays armed (`more`), a copy of its unit kind (only [`Op::Tick`]).
+    pub op: Op,
+    /// The operation stays armed and will complete again.
+    pub more: bool,
 }
 
 /// A worker's io_uring.
 pub struct Reactor {
     ring: IoUring,
+    ops: Slab,
+    /// Operations in flight per owner slot; the last entry is [`WORKER`]'s.
+    in_flight: Box<[u32]>,
+    // Pools of what accepts, opens and stats write into: boxed so each
+    // keeps its address while the kernel holds it (the entry owns the box
+    // in flight) and is reused afterwards — allocated only when more are in
+    // flight than ever before.
+    #[expect(clippy::vec_box, reason = "the kernel writes through stable addresses")]
+    peers: Vec<Box<PeerStorage>>,
+    paths: Vec<Box<[u8; PATH_BYTES_MAX + 1]>>,
+    #[expect(clippy::vec_box, reason = "the kernel writes through stable addresses")]
+    stats: Vec<Box<libc::statx>>,
+    /// Registered windows: the region each holds and its mapping's guard.
+    windows: Box<[Option<(*const u8, MappingGuard)>]>,
 }
 
 /// `MSG_NOSIGNAL`: a peer that vanished must give `-EPIPE`, never SIGPIPE.
@@ -111,47 +213,99 @@ const SEND_FLAGS: i32 = libc::MSG_NOSIGNAL;
 
 impl Reactor {
     /// A ring with `entries` submission slots (completion ring twice that,
-    /// so bursts of multishot completions do not overflow it). Uses
-    /// single-issuer and cooperative task running where the kernel has
-    /// them, and plain setup where it does not.
-    pub fn new(entries: u32) -> io::Result<Reactor> {
-        Reactor::with_sqpoll(entries, None)
+    /// so bursts do not overflow it) for owners `0..owners` plus
+    /// [`WORKER`]. Uses single-issuer and cooperative task running where the
+    /// kernel has them, and plain setup where it does not.
+    pub fn new(entries: u32, owners: u32) -> io::Result<Reactor> {
+        Reactor::with_sqpoll(entries, owners, None)
     }
 
     /// Like [`Reactor::new`]; with `sqpoll_idle_ms`, a kernel thread polls
     /// the submission queue (`IORING_SETUP_SQPOLL`), so submitting costs no
     /// syscall while it is awake; it sleeps after that many idle
     /// milliseconds. It costs a kernel thread per worker, busy while awake.
-    pub fn with_sqpoll(entries: u32, sqpoll_idle_ms: Option<u32>) -> io::Result<Reactor> {
+    pub fn with_sqpoll(
+        entries: u32,
+        owners: u32,
+        sqpoll_idle_ms: Option<u32>,
+    ) -> io::Result<Reactor> {
         assert!(
             entries.is_power_of_two(),
             "ring entries must be a power of two"
         );
-        if let Some(idle) = sqpoll_idle_ms {
-            let ring = IoUring::builder()
+        assert!(owners < WORKER, "owner indexes must stay below WORKER");
+        let ring = match sqpoll_idle_ms {
+            Some(idle) => IoUring::builder()
                 .setup_sqpoll(idle)
                 .setup_cqsize(entries * 2)
-                .build(entries)?;
-            return Ok(Reactor { ring });
-        }
-        let tuned = IoUring::builder()
-            .setup_single_issuer()
-            .setup_coop_taskrun()
-            .setup_cqsize(entries * 2)
-            .build(entries);
-        let ring = match tuned {
-            Ok(ring) => ring,
-            Err(_) => IoUring::builder()
-                .setup_cqsize(entries * 2)
                 .build(entries)?,
+            None => match IoUring::builder()
+                .setup_single_issuer()
+                .setup_coop_taskrun()
+                .setup_cqsize(entries * 2)
+                .build(entries)
+            {
+                Ok(ring) => ring,
+                Err(_) => IoUring::builder()
+                    .setup_cqsize(entries * 2)
+                    .build(entries)?,
+            },
         };
-        Ok(Reactor { ring })
+        Ok(Reactor {
+            ring,
+            ops: Slab::new(),
+            in_flight: vec![0; owners as usize + 1].into_boxed_slice(),
+            peers: Vec::new(),
+            paths: Vec::new(),
+            stats: Vec::new(),
+            windows: Box::new([]),
+        })
+    }
+
+    fn owner_index(&self, owner: Owner) -> usize {
+        if owner == WORKER {
+            self.in_flight.len() - 1
+        } else {
+            assert!(
+                (owner as usize) < self.in_flight.len() - 1,
+                "unknown owner {owner}"
+            );
+            owner as usize
+        }
+    }
+
+    /// Operations of `owner` submitted and not yet finally completed.
+    pub fn in_flight(&self, owner: Owner) -> u32 {
+        self.in_flight[self.owner_index(owner)]
+    }
+
+    /// Records `op` and pushes the entry `build` makes from its storage.
+    fn submit(
+        &mut self,
+        owner: Owner,
+        op: Op,
+        storage: Storage,
+        build: impl FnOnce(&mut Op, &mut Storage) -> squeue::Entry,
+    ) -> OpId {
+        let owner_index = self.owner_index(owner);
+        let (index, seq) = self.ops.insert(owner, op, storage);
+        let id = OpId { index, seq };
+        let entry = self.ops.get_mut(index);
+        let sqe = build(
+            entry.op.as_mut().expect("just inserted"),
+            &mut entry.storage,
+        )
+        .user_data(id.user_data());
+        self.in_flight[owner_index] += 1;
+        self.push(sqe);
+        id
     }
 
     fn push(&mut self, entry: squeue::Entry) {
-        // SAFETY: callers of the public operations uphold the buffer
-        // contract of each entry (see the `unsafe fn`s below); entries built
-        // by the safe functions reference no user memory.
+        // SAFETY: every entry references only memory owned by its slab
+        // entry (storage, loans, batches), which stays put and alive until
+        // the final completion is reaped (`pump`) or the reactor's drop has
+        // waited for it.
         if unsafe { self.ring.submission().push(&entry) }.is_ok() {
             return;
         }
@@ -165,72 +319,280 @@ impl Reactor {
         assert!(pushed.is_ok(), "submission queue still full after submit");
     }
 
-    /// Multishot accept on a listening socket: one completion per
-    /// connection while `Completion::more()` holds.
-    pub fn accept_multishot(&mut self, listener: RawFd, token: Token) {
-        let entry = opcode::AcceptMulti::new(types::Fd(listener))
-            .flags(libc::SOCK_CLOEXEC)
-            .build()
-            .user_data(token.raw());
-        self.push(entry);
+    /// Accepts one connection on `listener` and captures its peer address.
+    pub fn accept(&mut self, owner: Owner, listener: RawFd) -> OpId {
+        let storage = Storage::Peer(self.peers.pop().unwrap_or_default());
+        self.submit(owner, Op::Accept { peer: None }, storage, |_, storage| {
+            let Storage::Peer(peer) = storage else {
+                unreachable!()
+            };
+            let (addr, len) = peer.out_params();
+            opcode::Accept::new(types::Fd(listener), addr, len)
+                .flags(libc::SOCK_CLOEXEC)
+                .build()
+        })
     }
 
-    /// Receives into `buf[..len]`.
-    ///
-    /// # Safety
-    /// `buf..buf+len` must stay valid and unaccessed by anything else until
-    /// this operation's completion has been reaped.
-    pub unsafe fn recv(&mut self, fd: RawFd, buf: *mut u8, len: u32, token: Token) {
-        let entry = opcode::Recv::new(types::Fd(fd), buf, len)
-            .build()
-            .user_data(token.raw());
-        self.push(entry);
+    /// Receives into `buf`'s first `len` bytes (at most its length). With
+    /// `fixed`, as `READ_FIXED` into registered window `fixed`, which must
+    /// hold the range (else the kernel answers `-EFAULT`).
+    pub fn recv(
+        &mut self,
+        owner: Owner,
+        fd: RawFd,
+        buf: SpareLoan,
+        len: u32,
+        fixed: Option<u16>,
+    ) -> OpId {
+        assert!(
+            len > 0 && len <= buf.len(),
+            "receive of {len} into {}",
+            buf.len()
+        );
+        let op = Op::Recv {
+            buf,
+            fixed: fixed.is_some(),
+        };
+        self.submit(owner, op, Storage::None, |op, _| {
+            let Op::Recv { buf, .. } = op else {
+                unreachable!()
+            };
+            let ptr = buf.as_mut_ptr();
+            match fixed {
+                // Offset 0: sockets are not seekable and refuse any other.
+                Some(index) => opcode::ReadFixed::new(types::Fd(fd), ptr, len, index)
+                    .offset(0)
+                    .build(),
+                None => opcode::Recv::new(types::Fd(fd), ptr, len).build(),
+            }
+        })
+    }
+
+    /// Sends `buf` (at most `u32::MAX` bytes of it).
+    pub fn send(&mut self, owner: Owner, fd: RawFd, buf: SendBuf) -> OpId {
+        self.submit(owner, Op::Send { buf }, Storage::None, |op, _| {
+            let Op::Send { buf } = op else { unreachable!() };
+            let (ptr, len) = buf.ptr_len();
+            opcode::Send::new(types::Fd(fd), ptr, len)
+                .flags(SEND_FLAGS)
+                .build()
+        })
+    }
+
+    /// Reads `len` bytes of file `fd` at `offset` into `buf`'s start.
+    pub fn read_at(
+        &mut self,
+        owner: Owner,
+        fd: RawFd,
+        offset: u64,
+        buf: SpareLoan,
+        len: u32,
+    ) -> OpId {
+        assert!(
+            len > 0 && len <= buf.len(),
+            "read of {len} into {}",
+            buf.len()
+        );
+        self.submit(owner, Op::ReadAt { buf }, Storage::None, |op, _| {
+            let Op::ReadAt { buf } = op else {
+                unreachable!()
+            };
+            opcode::Read::new(types::Fd(fd), buf.as_mut_ptr(), len)
+                .offset(offset)
+                .build()
+        })
+    }
+
+    /// Writes `batch` at the file's position (appends to `O_APPEND` files).
+    pub fn write(&mut self, owner: Owner, fd: RawFd, batch: Vec<u8>) -> OpId {
+        assert!(batch.len() <= u32::MAX as usize);
+        self.submit(owner, Op::Write { batch }, Storage::None, |op, _| {
+            let Op::Write { batch } = op else {
+                unreachable!()
+            };
+            opcode::Write::new(types::Fd(fd), batch.as_ptr(), batch.len() as u32)
+                .offset(u64::MAX)
+                .build()
+        })
+    }
+
+    /// Reads an 8-byte counter (an eventfd).
+    pub fn read_counter(&mut self, owner: Owner, fd: RawFd) -> OpId {
+        let op = Op::ReadCounter { value: 0 };
+        self.submit(owner, op, Storage::Counter([0; 8]), |_, storage| {
+            let Storage::Counter(bytes) = storage else {
+                unreachable!()
+            };
+            opcode::Read::new(types::Fd(fd), bytes.as_mut_ptr(), 8)
+                .offset(u64::MAX)
+                .build()
+        })
+    }
+
+    /// Moves `len` bytes from `fd_in` (at `offset_in`, or the current
+    /// position when -1) to `fd_out` without copying them through user
+    /// space; one side must be a pipe.
+    pub fn splice(
+        &mut self,
+        owner: Owner,
+        fd_in: RawFd,
+        offset_in: i64,
+        fd_out: RawFd,
+        len: u32,
+    ) -> OpId {
+        self.submit(owner, Op::Splice, Storage::None, |_, _| {
+            opcode::Splice::new(types::Fd(fd_in), offset_in, types::Fd(fd_out), -1, len).build()
+        })
+    }
+
+    /// Opens `path` read-only beneath directory `dir` (`openat2` with
+    /// `RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS`: `..`, absolute paths and
+    /// symlinks leaving `dir` fail with `-EXDEV`/`-ELOOP`). The path must
+    /// hold no NUL and at most [`PATH_BYTES_MAX`] bytes (else `-ENAMETOOLONG`
+    /// or `-ENOENT` come back without a syscall... see the result).
+    pub fn open_beneath(&mut self, owner: Owner, dir: RawFd, path: &[u8]) -> OpId {
+        let mut buffer = self
+            .paths
+            .pop()
+            .unwrap_or_else(|| Box::new([0; PATH_BYTES_MAX + 1]));
+        // An over-long or NUL-holding path opens "" instead, which fails
+        // with ENOENT: callers check before, this only keeps it safe.
+        let usable = path.len() <= PATH_BYTES_MAX && !path.contains(&0);
+        let len = if usable { path.len() } else { 0 };
+        buffer[..len].copy_from_slice(&path[..len]);
+        buffer[len] = 0;
+        let how = types::OpenHow::new()
+            .flags((libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY) as u64)
+            .resolve(libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS);
+        let storage = Storage::Path(buffer, how);
+        self.submit(owner, Op::OpenBeneath, storage, |_, storage| {
+            let Storage::Path(path, how) = storage else {
+                unreachable!()
+            };
+            opcode::OpenAt2::new(types::Fd(dir), path.as_ptr().cast(), how).build()
+        })
+    }
+
+    /// `statx` of descriptor `fd` (size, modification time, type).
+    pub fn statx(&mut self, owner: Owner, fd: RawFd) -> OpId {
+        // SAFETY: `statx` is a C struct of integers: all zeroes is valid.
+        let buffer = self
+            .stats
+            .pop()
+            .unwrap_or_else(|| Box::new(unsafe { std::mem::zeroed() }));
+        let storage = Storage::Stat(buffer);
+        self.submit(owner, Op::Statx { stat: None }, storage, |_, storage| {
+            let Storage::Stat(buffer) = storage else {
+                unreachable!()
+            };
+            let out: *mut libc::statx = &mut **buffer;
+            opcode::Statx::new(types::Fd(fd), c"".as_ptr(), out.cast())
+                .flags(libc::AT_EMPTY_PATH)
+                .mask(libc::STATX_TYPE | libc::STATX_SIZE | libc::STATX_MTIME)
+                .build()
+        })
+    }
+
+    /// Half-closes or closes a socket's directions (`libc::SHUT_*`).
+    pub fn shutdown(&mut self, owner: Owner, fd: RawFd, how: i32) -> OpId {
+        self.submit(owner, Op::Shutdown, Storage::None, |_, _| {
+            opcode::Shutdown::new(types::Fd(fd), how).build()
+        })
+    }
+
+    /// Closes a file descriptor.
+    pub fn close(&mut self, owner: Owner, fd: RawFd) -> OpId {
+        self.submit(owner, Op::Close, Storage::None, |_, _| {
+            opcode::Close::new(types::Fd(fd)).build()
+        })
+    }
+
+    /// Asks the kernel to cancel operation `target` (which then completes
+    /// with `-ECANCELED`, or normally if it was already done).
+    pub fn cancel(&mut self, owner: Owner, target: OpId) -> OpId {
+        self.submit(owner, Op::Cancel, Storage::None, |_, _| {
+            opcode::AsyncCancel::new(target.user_data()).build()
+        })
+    }
+
+    /// A timeout that completes every `interval` until cancelled.
+    pub fn tick(&mut self, owner: Owner, interval: Duration) -> OpId {
+        let storage = Storage::Interval(types::Timespec::from(interval));
+        self.submit(owner, Op::Tick, storage, |_, storage| {
+            let Storage::Interval(timespec) = storage else {
+                unreachable!()
+            };
+            opcode::Timeout::new(timespec)
+                .flags(types::TimeoutFlags::MULTISHOT)
+                .build()
+        })
     }
 
     /// Creates an empty (sparse) registered-buffer table of `entries`
     /// slots (`IORING_REGISTER_BUFFERS2` with `IORING_RSRC_REGISTER_SPARSE`):
-    /// nothing is pinned until [`Reactor::register_buffer`] fills a slot.
+    /// nothing is pinned until [`Reactor::register_window`] fills a slot.
     /// Once per ring.
     pub fn register_buffer_table(&mut self, entries: u32) -> io::Result<()> {
         if entries == 0 || entries > REGISTERED_BUFFERS_MAX {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
-        self.ring.submitter().register_buffers_sparse(entries)
+        self.ring.submitter().register_buffers_sparse(entries)?;
+        self.windows = (0..entries).map(|_| None).collect();
+        Ok(())
     }
 
-    /// Registers `buf[..len]` as fixed buffer `index` (replacing what the
-    /// slot held): the kernel pins those pages (faulting them in) so
-    /// [`Reactor::read_fixed`] needs no per-I/O page lookup. One
-    /// `io_uring_register` syscall.
-    ///
-    /// # Safety
-    /// `buf..buf+len` must stay mapped, and its pages must not be given back
-    /// (`MADV_DONTNEED`, `munmap` of a live range) until
-    /// [`Reactor::unregister_buffer`] has emptied the slot or the ring is
-    /// dropped: the kernel keeps writing to the pinned pages, so a page
-    /// replaced behind its back would silently lose received bytes.
-    pub unsafe fn register_buffer(
+    /// Registers `buffer`'s first `bytes` as fixed buffer `index` (one
+    /// `io_uring_register`): the kernel pins and faults in those pages, so a
+    /// `READ_FIXED` into them needs no per-I/O page lookup. The buffer pins
+    /// the prefix (its page releases leave it alone) and the reactor keeps
+    /// the slab mapped until [`Reactor::unregister_window`].
+    pub fn register_window(
         &mut self,
         index: u16,
-        buf: *mut u8,
-        len: usize,
+        buffer: &mut RingBuffer,
+        bytes: u32,
     ) -> io::Result<()> {
+        let slot = self
+            .windows
+            .get(index as usize)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+        assert!(slot.is_none(), "window {index} registered twice");
+        let (ptr, len) = buffer.pin_prefix(bytes);
         let iov = libc::iovec {
-            iov_base: buf.cast(),
-            iov_len: len,
+            iov_base: ptr.cast(),
+            iov_len: len as usize,
         };
-        // SAFETY: the caller keeps the range valid while registered (above).
-        unsafe {
+        // SAFETY: [ptr, ptr + len) is the start of `buffer`'s region, pinned
+        // there (its pages are never given back while pinned) and kept
+        // mapped by the guard stored below until `unregister_window` has
+        // emptied the slot; the ring drop empties every slot first.
+        let result = unsafe {
             self.ring
                 .submitter()
                 .register_buffers_update(u32::from(index), &[iov], None)
+        };
+        match result {
+            Ok(()) => {
+                self.windows[index as usize] = Some((buffer.base_ptr(), buffer.mapping_guard()));
+                Ok(())
+            }
+            Err(err) => {
+                buffer.unpin();
+                Err(err)
+            }
         }
     }
 
-    /// Empties fixed-buffer slot `index`: the kernel unpins its pages (once
-    /// no operation in flight still uses them), after which the memory may
-    /// be given back. One `io_uring_register` syscall.
-    pub fn unregister_buffer(&mut self, index: u16) -> io::Result<()> {
+    /// Empties fixed-buffer slot `index`, which must hold `buffer`'s
+    /// window; then the buffer's pages may be given back again. Only with
+    /// no `READ_FIXED` of that window in flight.
+    pub fn unregister_window(&mut self, index: u16, buffer: &mut RingBuffer) -> io::Result<()> {
+        let slot = &self.windows[index as usize];
+        assert!(
+            slot.as_ref()
+                .is_some_and(|(base, _)| *base == buffer.base_ptr()),
+            "window {index} does not hold this buffer"
+        );
         let empty = libc::iovec {
             iov_base: std::ptr::null_mut(),
             iov_len: 0,
@@ -240,122 +602,30 @@ impl Reactor {
         unsafe {
             self.ring
                 .submitter()
-                .register_buffers_update(u32::from(index), &[empty], None)
+                .register_buffers_update(u32::from(index), &[empty], None)?;
         }
+        self.windows[index as usize] = None;
+        buffer.unpin();
+        Ok(())
     }
 
-    /// Receives into `buf[..len]`, which must lie inside fixed buffer
-    /// `index` (`IORING_OP_READ_FIXED` on the socket: a `recv` without
-    /// flags into pre-pinned pages). A range outside the registered buffer
-    /// completes with `-EFAULT`.
-    ///
-    /// # Safety
-    /// Same contract as [`Reactor::recv`], and slot `index` must keep this
-    /// range registered until the completion is reaped.
-    pub unsafe fn read_fixed(
-        &mut self,
-        fd: RawFd,
-        buf: *mut u8,
-        len: u32,
-        index: u16,
-        token: Token,
-    ) {
-        // Offset 0: sockets are not seekable and refuse any other position.
-        let entry = opcode::ReadFixed::new(types::Fd(fd), buf, len, index)
-            .offset(0)
-            .build()
-            .user_data(token.raw());
-        self.push(entry);
-    }
-
-    /// Sends `buf[..len]`.
-    ///
-    /// # Safety
-    /// `buf..buf+len` must stay valid and unmodified until this operation's
-    /// completion has been reaped.
-    pub unsafe fn send(&mut self, fd: RawFd, buf: *const u8, len: u32, token: Token) {
-        let entry = opcode::Send::new(types::Fd(fd), buf, len)
-            .flags(SEND_FLAGS)
-            .build()
-            .user_data(token.raw());
-        self.push(entry);
-    }
-
-    /// Reads into `buf[..len]` (used for eventfd wake-ups).
-    ///
-    /// # Safety
-    /// Same contract as [`Reactor::recv`].
-    pub unsafe fn read(&mut self, fd: RawFd, buf: *mut u8, len: u32, token: Token) {
-        let entry = opcode::Read::new(types::Fd(fd), buf, len)
-            .offset(u64::MAX)
-            .build()
-            .user_data(token.raw());
-        self.push(entry);
-    }
-
-    /// Writes `buf[..len]` at the file's current position (appends to an
-    /// `O_APPEND` file).
-    ///
-    /// # Safety
-    /// Same contract as [`Reactor::send`].
-    pub unsafe fn write(&mut self, fd: RawFd, buf: *const u8, len: u32, token: Token) {
-        let entry = opcode::Write::new(types::Fd(fd), buf, len)
-            .offset(u64::MAX)
-            .build()
-            .user_data(token.raw());
-        self.push(entry);
-    }
-
-    /// A timeout that completes every `interval` until cancelled.
-    ///
-    /// # Safety
-    /// `interval` must stay valid until the timeout's final completion.
-    pub unsafe fn tick(&mut self, interval: *const types::Timespec, token: Token) {
-        let entry = opcode::Timeout::new(interval)
-            .flags(types::TimeoutFlags::MULTISHOT)
-            .build()
-            .user_data(token.raw());
-        self.push(entry);
-    }
-
-    /// Moves `len` bytes from `fd_in` (at `offset_in`, or the current
-    /// position when -1) to `fd_out` without copying them through user
-    /// space; one side must be a pipe.
-    pub fn splice(&mut self, fd_in: RawFd, offset_in: i64, fd_out: RawFd, len: u32, token: Token) {
-        let entry = opcode::Splice::new(types::Fd(fd_in), offset_in, types::Fd(fd_out), -1, len)
-            .build()
-            .user_data(token.raw());
-        self.push(entry);
-    }
-
-    /// Half-closes or closes a socket's directions (`libc::SHUT_*`).
-    pub fn shutdown(&mut self, fd: RawFd, how: i32, token: Token) {
-        let entry = opcode::Shutdown::new(types::Fd(fd), how)
-            .build()
-            .user_data(token.raw());
-        self.push(entry);
-    }
-
-    /// Closes a file descriptor.
-    pub fn close(&mut self, fd: RawFd, token: Token) {
-        let entry = opcode::Close::new(types::Fd(fd))
-            .build()
-            .user_data(token.raw());
-        self.push(entry);
-    }
-
-    /// Cancels the operation submitted with `target`.
-    pub fn cancel(&mut self, target: Token, token: Token) {
-        let entry = opcode::AsyncCancel::new(target.raw())
-            .build()
-            .user_data(token.raw());
-        self.push(entry);
+    /// Whether fixed-buffer slot `index` holds a window.
+    pub fn window_registered(&self, index: u16) -> bool {
+        self.windows
+            .get(index as usize)
+            .is_some_and(Option::is_some)
     }
 
     /// Submits everything queued, waits for at least one completion, and
-    /// copies up to `out.len()` completions into `out`; returns how many.
-    /// One `io_uring_enter` per call when there is anything to wait for.
-    pub fn pump(&mut self, out: &mut [Completion]) -> io::Result<usize> {
+    /// moves completions into `out` (up to its spare capacity, at most
+    /// [`COMPLETIONS_PER_PUMP`]). One `io_uring_enter` per call when there
+    /// is anything to wait for; `out`'s capacity is reserved by the caller,
+    /// so nothing allocates here.
+    pub fn pump(&mut self, out: &mut Vec<Done>) -> io::Result<()> {
+        assert!(
+            out.capacity() - out.len() >= COMPLETIONS_PER_PUMP,
+            "pump needs room for COMPLETIONS_PER_PUMP completions"
+        );
         if self.ring.completion().is_empty() {
             match self.ring.submit_and_wait(1) {
                 Ok(_) => {}
@@ -366,16 +636,69 @@ impl Reactor {
         } else if !self.ring.submission().is_empty() {
             self.ring.submit()?;
         }
-        let mut count = 0;
-        for cqe in self.ring.completion().take(out.len()) {
-            out[count] = Completion {
-                token: Token(cqe.user_data()),
-                result: cqe.result(),
-                flags: cqe.flags(),
+        let mut taken = 0;
+        while taken < COMPLETIONS_PER_PUMP {
+            let Some(cqe) = self.ring.completion().next() else {
+                break;
             };
-            count += 1;
+            taken += 1;
+            out.push(self.complete(cqe));
         }
-        Ok(count)
+        Ok(())
+    }
+
+    /// Turns one CQE into a [`Done`], freeing its entry unless it stays
+    /// armed.
+    fn complete(&mut self, cqe: cqueue::Entry) -> Done {
+        let id = OpId::from_user_data(cqe.user_data());
+        let result = cqe.result();
+        let more = cqueue::more(cqe.flags());
+        let entry = self.ops.get_mut(id.index);
+        debug_assert_eq!(entry.seq, id.seq, "completion of a reused entry");
+        if more {
+            debug_assert!(matches!(entry.op, Some(Op::Tick)));
+            return Done {
+                owner: entry.owner,
+                id,
+                result,
+                op: Op::Tick,
+                more,
+            };
+        }
+        let (owner, mut op, storage) = self.ops.remove(id.index);
+        let owner_index = self.owner_index(owner);
+        debug_assert!(self.in_flight[owner_index] > 0);
+        self.in_flight[owner_index] -= 1;
+        match (&mut op, storage) {
+            (Op::Accept { peer }, Storage::Peer(storage)) => {
+                if result >= 0 {
+                    *peer = storage.address();
+                }
+                self.peers.push(storage);
+            }
+            (Op::Statx { stat }, Storage::Stat(buffer)) => {
+                if result == 0 {
+                    *stat = Some(FileStat {
+                        size: buffer.stx_size,
+                        mtime_secs: buffer.stx_mtime.tv_sec.max(0) as u64,
+                        file_type: u32::from(buffer.stx_mode) & libc::S_IFMT,
+                    });
+                }
+                self.stats.push(buffer);
+            }
+            (Op::ReadCounter { value }, Storage::Counter(bytes)) => {
+                *value = u64::from_ne_bytes(bytes);
+            }
+            (_, Storage::Path(buffer, _)) => self.paths.push(buffer),
+            _ => {}
+        }
+        Done {
+            owner,
+            id,
+            result,
+            op,
+            more,
+        }
     }
 
     /// Submits what is queued without waiting (used before the loop exits).
@@ -384,5 +707,29 @@ impl Reactor {
     }
 }
 
-#[cfg(test)]
-mod tests;
+impl Drop for Reactor {
+    /// Cancels everything in flight and reaps the completions (bounded by
+    /// [`DROP_WAIT`]) so no operation outlives the memory it points into;
+    /// then empties the registered windows.
+    fn drop(&mut self) {
+        if self.ops.used() > 0 {
+            let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::any())
+                .build()
+                .user_data(u64::MAX);
+            self.push(cancel);
+            let deadline = std::time::Instant::now() + DROP_WAIT;
+            while self.ops.used() > 0 && std::time::Instant::now() < deadline {
+                let timeout = types::Timespec::from(Duration::from_millis(50));
+                let args = types::SubmitArgs::new().timespec(&timeout);
+                let _ = self.ring.submitter().submit_with_args(1, &args);
+                while let Some(cqe) = self.ring.completion().next() {
+                    if cqe.user_data() != u64::MAX && !cqueue::more(cqe.flags()) {
+                        let id = OpId::from_user_data(cqe.user_data());
+                        drop(self.ops.remove(id.index));
+                    }
+                }
+            }
+        }
+        let _ = self.ring.submitter().unregister_buffers();
+    }
+}

@@ -1,70 +1,114 @@
-//! Conformance tests against the real kernel: real sockets, real ring.
+//! Conformance tests against the real kernel: real sockets, real files,
+//! real ring; loans from real ring buffers.
 
 use super::*;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-#[test]
-fn token_round_trip() {
-    let cases = [
-        (0u32, 0u32, 0u8),
-        (7, 1, 3),
-        (u32::MAX, GENERATION_MASK, 255),
-        (5, 0x0100_0001, 2),
-    ];
-    for (slot, generation, op) in cases {
-        let token = Token::new(slot, generation, op);
-        assert_eq!(token.slot(), slot);
-        assert_eq!(token.generation(), generation & GENERATION_MASK);
-        assert_eq!(token.op(), op);
-    }
+use keystone_ringbuf::split_slab;
+
+/// Pumps until the operation `id` completes finally; returns it (other
+/// completions are dropped).
+fn wait_for(reactor: &mut Reactor, id: OpId) -> Done {
+    wait_all(reactor, &[id]).pop().expect("one")
 }
 
-fn wait_for(reactor: &mut Reactor, op: u8) -> Completion {
-    let mut out = [Completion::EMPTY; COMPLETIONS_PER_PUMP];
-    for _ in 0..100 {
-        let n = reactor.pump(&mut out).unwrap();
-        if let Some(c) = out[..n].iter().find(|c| c.token.op() == op) {
-            return *c;
+/// Pumps until every operation in `ids` completed finally; returns their
+/// completions in the order of `ids`.
+fn wait_all(reactor: &mut Reactor, ids: &[OpId]) -> Vec<Done> {
+    let mut out = Vec::with_capacity(COMPLETIONS_PER_PUMP);
+    let mut found: Vec<Option<Done>> = ids.iter().map(|_| None).collect();
+    for _ in 0..200 {
+        reactor.pump(&mut out).unwrap();
+        for done in out.drain(..) {
+            if let Some(index) = ids.iter().position(|id| *id == done.id && !done.more) {
+                found[index] = Some(done);
+            }
+        }
+        if found.iter().all(Option::is_some) {
+            return found.into_iter().map(Option::unwrap).collect();
         }
     }
-    panic!("no completion for op {op}");
+    panic!("no completion for some of {ids:?}");
+}
+
+fn buffers(count: u32, bytes: u32) -> Vec<RingBuffer> {
+    split_slab(count, bytes).expect("slab")
 }
 
 #[test]
-fn accept_recv_send_close_over_loopback() {
+fn accept_captures_the_peer_then_recv_send_close_over_loopback() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let mut reactor = Reactor::new(64).unwrap();
-    reactor.accept_multishot(listener.as_raw_fd(), Token::new(0, 0, 1));
+    let mut reactor = Reactor::new(64, 4).unwrap();
+    let accept = reactor.accept(WORKER, listener.as_raw_fd());
     let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-    let accepted = wait_for(&mut reactor, 1);
+    let accepted = wait_for(&mut reactor, accept);
     assert!(accepted.result >= 0, "accept failed: {}", accepted.result);
-    assert!(accepted.more(), "multishot accept stays armed");
+    let Op::Accept { peer } = accepted.op else {
+        panic!("{:?}", accepted.op)
+    };
+    assert_eq!(peer, Some(client.local_addr().unwrap()), "peer from accept");
     let fd = accepted.result;
 
+    let mut slab = buffers(2, 64);
     client.write_all(b"ping").unwrap();
-    let mut buf = [0u8; 16];
-    // SAFETY: `buf` outlives the operation: we wait for its completion below.
-    unsafe { reactor.recv(fd, buf.as_mut_ptr(), buf.len() as u32, Token::new(1, 1, 2)) };
-    let received = wait_for(&mut reactor, 2);
-    assert_eq!(received.result, 4);
-    assert_eq!(received.token.slot(), 1);
-    assert_eq!(&buf[..4], b"ping");
+    let loan = slab[0].lend_spare();
+    let id = reactor.recv(1, fd, loan, 16, None);
+    assert_eq!(reactor.in_flight(1), 1);
+    let received = wait_for(&mut reactor, id);
+    assert_eq!((received.owner, received.result), (1, 4));
+    assert_eq!(reactor.in_flight(1), 0);
+    let Op::Recv { buf, fixed } = received.op else {
+        panic!()
+    };
+    assert!(!fixed);
+    slab[0].return_spare(buf, 4);
+    assert_eq!(slab[0].unconsumed(), b"ping");
 
-    let reply = b"pong!";
-    // SAFETY: `reply` is a static literal.
-    unsafe { reactor.send(fd, reply.as_ptr(), reply.len() as u32, Token::new(1, 1, 3)) };
-    assert_eq!(wait_for(&mut reactor, 3).result, 5);
+    slab[1].append(b"pong!").unwrap();
+    let id = reactor.send(1, fd, SendBuf::Buffer(slab[1].lend_unsent()));
+    let sent = wait_for(&mut reactor, id);
+    assert_eq!(sent.result, 5);
+    let Op::Send {
+        buf: SendBuf::Buffer(loan),
+    } = sent.op
+    else {
+        panic!()
+    };
+    slab[1].return_unsent(loan, 5);
     let mut got = [0u8; 5];
     client.read_exact(&mut got).unwrap();
     assert_eq!(&got, b"pong!");
 
-    reactor.close(fd, Token::new(1, 1, 4));
-    assert_eq!(wait_for(&mut reactor, 4).result, 0);
+    let id = reactor.close(1, fd);
+    assert_eq!(wait_for(&mut reactor, id).result, 0);
     let mut rest = Vec::new();
     client.read_to_end(&mut rest).unwrap();
     assert!(rest.is_empty(), "peer sees EOF after close");
+}
+
+#[test]
+fn pinned_bytes_are_sent_and_handed_back() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    let mut reactor = Reactor::new(8, 1).unwrap();
+    static BODY: &[u8] = b"from a pinned string";
+    // SAFETY: a static byte string: alive and unchanged for ever.
+    let pinned = unsafe { PinnedBytes::new(BODY.as_ptr(), BODY.len()) };
+    let id = reactor.send(0, server.as_raw_fd(), SendBuf::Pinned(pinned));
+    let done = wait_for(&mut reactor, id);
+    assert_eq!(done.result as usize, BODY.len());
+    assert!(matches!(
+        done.op,
+        Op::Send {
+            buf: SendBuf::Pinned(_)
+        }
+    ));
+    let mut got = vec![0u8; BODY.len()];
+    client.read_exact(&mut got).unwrap();
+    assert_eq!(got, BODY);
 }
 
 #[test]
@@ -73,20 +117,26 @@ fn send_to_vanished_peer_is_an_error_not_a_signal() {
     let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
     let (server, _) = listener.accept().unwrap();
     drop(client);
-    let mut reactor = Reactor::new(8).unwrap();
-    let payload = [b'x'; 65536];
+    let mut reactor = Reactor::new(8, 1).unwrap();
+    let mut slab = buffers(1, 65536);
     let mut last = 0;
     for _ in 0..20 {
-        // SAFETY: `payload` outlives the operation (reaped in `wait_for`).
-        unsafe {
-            reactor.send(
-                server.as_raw_fd(),
-                payload.as_ptr(),
-                payload.len() as u32,
-                Token::new(0, 0, 9),
-            )
+        slab[0].append(&[b'x'; 65536]).unwrap();
+        let id = reactor.send(
+            0,
+            server.as_raw_fd(),
+            SendBuf::Buffer(slab[0].lend_unsent()),
+        );
+        let done = wait_for(&mut reactor, id);
+        last = done.result;
+        let Op::Send {
+            buf: SendBuf::Buffer(loan),
+        } = done.op
+        else {
+            panic!()
         };
-        last = wait_for(&mut reactor, 9).result;
+        let len = loan.len();
+        slab[0].return_unsent(loan, len);
         if last < 0 {
             break;
         }
@@ -98,159 +148,277 @@ fn send_to_vanished_peer_is_an_error_not_a_signal() {
 }
 
 #[test]
-fn cancel_reports_cancelled_recv() {
+fn a_cancelled_recv_hands_its_loan_back() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
     let (server, _) = listener.accept().unwrap();
-    let mut reactor = Reactor::new(8).unwrap();
-    let mut buf = [0u8; 8];
-    let target = Token::new(3, 1, 2);
-    // SAFETY: `buf` outlives the operation: its cancelled completion is reaped below.
-    unsafe { reactor.recv(server.as_raw_fd(), buf.as_mut_ptr(), 8, target) };
-    reactor.cancel(target, Token::new(3, 1, 7));
-    assert_eq!(wait_for(&mut reactor, 2).result, -libc::ECANCELED);
+    let mut reactor = Reactor::new(8, 4).unwrap();
+    let mut slab = buffers(1, 64);
+    let target = reactor.recv(3, server.as_raw_fd(), slab[0].lend_spare(), 8, None);
+    let cancel = reactor.cancel(3, target);
+    assert_eq!(reactor.in_flight(3), 2);
+    let mut done = wait_all(&mut reactor, &[target, cancel]);
+    assert_eq!(done[1].result, 0, "the cancel found its target");
+    let received = done.remove(0);
+    assert_eq!(received.result, -libc::ECANCELED);
+    let Op::Recv { buf, .. } = received.op else {
+        panic!()
+    };
+    slab[0].return_spare(buf, 0);
+    assert_eq!(reactor.in_flight(3), 0);
 }
 
 #[test]
 fn many_queued_operations_flush_a_full_queue() {
-    let mut reactor = Reactor::new(4).unwrap();
-    for i in 0..32 {
-        reactor.close(-1, Token::new(i, 0, 5));
+    let mut reactor = Reactor::new(4, 1).unwrap();
+    for _ in 0..32 {
+        reactor.close(0, -1);
     }
+    assert_eq!(reactor.in_flight(0), 32);
+    let mut out = Vec::with_capacity(COMPLETIONS_PER_PUMP);
     let mut seen = 0;
-    let mut out = [Completion::EMPTY; COMPLETIONS_PER_PUMP];
     while seen < 32 {
-        let n = reactor.pump(&mut out).unwrap();
-        assert!(out[..n].iter().all(|c| c.result == -libc::EBADF));
-        seen += n;
+        reactor.pump(&mut out).unwrap();
+        assert!(out.iter().all(|done| done.result == -libc::EBADF));
+        seen += out.len();
+        out.clear();
     }
-    assert_eq!(seen, 32);
+    assert_eq!(reactor.in_flight(0), 0);
 }
 
-#[test]
-fn splice_moves_file_bytes_through_a_pipe_to_a_socket() {
-    use std::os::fd::FromRawFd;
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-    let (server, _) = listener.accept().unwrap();
-    let path = std::env::temp_dir().join(format!("keystone-splice-{}", std::process::id()));
-    std::fs::write(&path, b"0123456789abcdef").unwrap();
-    let file = std::fs::File::open(&path).unwrap();
+fn pipe() -> (OwnedFd, OwnedFd) {
     let mut fds = [0; 2];
     // SAFETY: `fds` has room for the two descriptors pipe2 writes.
     assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
     // SAFETY: both descriptors are fresh and owned by nobody else.
-    let (read_end, write_end) = unsafe {
-        (
-            std::fs::File::from_raw_fd(fds[0]),
-            std::fs::File::from_raw_fd(fds[1]),
-        )
-    };
-    let mut reactor = Reactor::new(8).unwrap();
-    reactor.splice(
-        file.as_raw_fd(),
-        4,
-        write_end.as_raw_fd(),
-        8,
-        Token::new(0, 0, 10),
-    );
-    assert_eq!(wait_for(&mut reactor, 10).result, 8);
-    reactor.splice(
-        read_end.as_raw_fd(),
-        -1,
-        server.as_raw_fd(),
-        8,
-        Token::new(0, 0, 11),
-    );
-    assert_eq!(wait_for(&mut reactor, 11).result, 8);
+    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+}
+
+#[test]
+fn splice_moves_file_bytes_through_a_pipe_to_a_socket() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("file");
+    std::fs::write(&path, b"0123456789abcdef").unwrap();
+    let file = std::fs::File::open(&path).unwrap();
+    let (read_end, write_end) = pipe();
+    let mut reactor = Reactor::new(8, 1).unwrap();
+    let id = reactor.splice(0, file.as_raw_fd(), 4, write_end.as_raw_fd(), 8);
+    assert_eq!(wait_for(&mut reactor, id).result, 8);
+    let id = reactor.splice(0, read_end.as_raw_fd(), -1, server.as_raw_fd(), 8);
+    assert_eq!(wait_for(&mut reactor, id).result, 8);
     let mut got = [0u8; 8];
     client.read_exact(&mut got).unwrap();
     assert_eq!(&got, b"456789ab");
-    std::fs::remove_file(path).unwrap();
+}
+
+#[test]
+fn open_beneath_statx_and_read_a_file_confined_to_its_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("root")).unwrap();
+    std::fs::write(dir.path().join("root/page.txt"), b"hello, file").unwrap();
+    std::fs::write(dir.path().join("secret"), b"no").unwrap();
+    std::os::unix::fs::symlink(dir.path().join("secret"), dir.path().join("root/link")).unwrap();
+    let root = std::fs::File::open(dir.path().join("root")).unwrap();
+    let mut reactor = Reactor::new(8, 1).unwrap();
+    let cases: &[(&[u8], i32)] = &[
+        (b"../secret", -libc::EXDEV),
+        (b"/etc/passwd", -libc::EXDEV),
+        (b"link", -libc::EXDEV),
+        (b"missing", -libc::ENOENT),
+        (b"nul\0inside", -libc::ENOENT),
+    ];
+    for (path, expected) in cases {
+        let id = reactor.open_beneath(0, root.as_raw_fd(), path);
+        let done = wait_for(&mut reactor, id);
+        assert_eq!(done.result, *expected, "{}", String::from_utf8_lossy(path));
+    }
+    let id = reactor.open_beneath(0, root.as_raw_fd(), b"page.txt");
+    let opened = wait_for(&mut reactor, id);
+    assert!(opened.result >= 0, "open: {}", opened.result);
+    // SAFETY: a fresh descriptor the ring opened for us.
+    let file = unsafe { OwnedFd::from_raw_fd(opened.result) };
+    let id = reactor.statx(0, file.as_raw_fd());
+    let done = wait_for(&mut reactor, id);
+    assert_eq!(done.result, 0);
+    let Op::Statx { stat: Some(stat) } = done.op else {
+        panic!("{:?}", done.op)
+    };
+    assert_eq!(stat.size, 11);
+    assert_eq!(stat.file_type, libc::S_IFREG);
+    assert!(stat.mtime_secs > 1_600_000_000);
+
+    let mut slab = buffers(1, 64);
+    slab[0].append(b"head:").unwrap();
+    let id = reactor.read_at(0, file.as_raw_fd(), 7, slab[0].lend_spare(), 16);
+    let done = wait_for(&mut reactor, id);
+    assert_eq!(done.result, 4);
+    let Op::ReadAt { buf } = done.op else {
+        panic!()
+    };
+    slab[0].return_spare(buf, 4);
+    assert_eq!(slab[0].unconsumed(), b"head:file");
+}
+
+#[test]
+fn a_written_batch_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .unwrap();
+    let mut reactor = Reactor::new(8, 1).unwrap();
+    let id = reactor.write(WORKER, file.as_raw_fd(), b"line 1\n".to_vec());
+    let done = wait_for(&mut reactor, id);
+    assert_eq!(done.result, 7);
+    let Op::Write { mut batch } = done.op else {
+        panic!()
+    };
+    batch.clear();
+    batch.extend_from_slice(b"line 2\n");
+    let id = reactor.write(WORKER, file.as_raw_fd(), batch);
+    wait_for(&mut reactor, id);
+    assert_eq!(std::fs::read(&path).unwrap(), b"line 1\nline 2\n");
+}
+
+#[test]
+fn a_counter_read_returns_the_eventfd_value() {
+    // SAFETY: eventfd takes plain integers.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    assert!(fd >= 0);
+    // SAFETY: a fresh descriptor owned by nobody else.
+    let event = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut reactor = Reactor::new(8, 1).unwrap();
+    let id = reactor.read_counter(WORKER, event.as_raw_fd());
+    let value = 5u64.to_ne_bytes();
+    // SAFETY: writes 8 initialised bytes to our eventfd.
+    assert_eq!(unsafe { libc::write(fd, value.as_ptr().cast(), 8) }, 8);
+    let done = wait_for(&mut reactor, id);
+    assert_eq!(done.result, 8);
+    assert!(matches!(done.op, Op::ReadCounter { value: 5 }));
+}
+
+#[test]
+fn a_tick_repeats_until_cancelled() {
+    let mut reactor = Reactor::new(8, 1).unwrap();
+    let tick = reactor.tick(WORKER, Duration::from_millis(10));
+    let mut out = Vec::with_capacity(COMPLETIONS_PER_PUMP);
+    let mut ticks = 0;
+    while ticks < 3 {
+        reactor.pump(&mut out).unwrap();
+        for done in out.drain(..) {
+            assert_eq!(done.id, tick);
+            assert!(done.more);
+            ticks += 1;
+        }
+    }
+    assert_eq!(reactor.in_flight(WORKER), 1, "still armed");
+    let cancel = reactor.cancel(WORKER, tick);
+    let done = wait_all(&mut reactor, &[tick, cancel]);
+    assert!(matches!(done[0].op, Op::Tick));
+    assert_eq!(reactor.in_flight(WORKER), 0);
 }
 
 #[test]
 fn sqpoll_ring_serves_operations() {
-    let mut reactor = Reactor::with_sqpoll(8, Some(100))
+    let mut reactor = Reactor::with_sqpoll(8, 1, Some(100))
         .expect("SQPOLL ring (root or CAP_SYS_NICE on old kernels)");
-    reactor.close(-1, Token::new(0, 0, 5));
-    assert_eq!(wait_for(&mut reactor, 5).result, -libc::EBADF);
+    let id = reactor.close(0, -1);
+    assert_eq!(wait_for(&mut reactor, id).result, -libc::EBADF);
 }
 
 #[test]
-fn read_fixed_receives_into_a_registered_buffer_and_only_there() {
+fn read_fixed_receives_into_a_registered_window_and_only_there() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
     let (server, _) = listener.accept().unwrap();
-    let mut reactor = Reactor::new(8).unwrap();
+    let mut reactor = Reactor::new(8, 4).unwrap();
     reactor.register_buffer_table(4).unwrap();
-    let mut region = vec![0u8; 8192];
-    // SAFETY: `region` outlives the ring's use of it: it is unregistered
-    // below before it is dropped, and the ring is dropped first anyway.
-    unsafe { reactor.register_buffer(2, region.as_mut_ptr(), 4096) }.unwrap();
+    let mut slab = buffers(1, 8192);
+    reactor.register_window(2, &mut slab[0], 4096).unwrap();
+    assert!(reactor.window_registered(2));
+    assert_eq!(slab[0].pinned(), 4096);
 
     // A read inside the registered range lands in place.
+    slab[0].append(&[b'.'; 100]).unwrap();
     client.write_all(b"fixed bytes").unwrap();
-    // SAFETY: [100, 100+64) lies in the registered, live region.
-    unsafe {
-        reactor.read_fixed(
-            server.as_raw_fd(),
-            region.as_mut_ptr().add(100),
-            64,
-            2,
-            Token::new(2, 0, 5),
-        )
+    let id = reactor.recv(2, server.as_raw_fd(), slab[0].lend_spare(), 64, Some(2));
+    let done = wait_for(&mut reactor, id);
+    assert_eq!(done.result, 11);
+    let Op::Recv { buf, fixed } = done.op else {
+        panic!()
     };
-    let got = wait_for(&mut reactor, 5);
-    assert_eq!(got.result, 11);
-    assert_eq!(&region[100..111], b"fixed bytes");
+    assert!(fixed);
+    slab[0].return_spare(buf, 11);
+    assert_eq!(&slab[0].unconsumed()[100..], b"fixed bytes");
 
     // Past the registered length: the kernel refuses, nothing is written.
+    slab[0].consume(111);
+    slab[0].append(&[b'.'; 4090]).unwrap();
     client.write_all(b"more").unwrap();
-    // SAFETY: as above; the kernel rejects the range before touching it.
-    unsafe {
-        reactor.read_fixed(
-            server.as_raw_fd(),
-            region.as_mut_ptr().add(4090),
-            64,
-            2,
-            Token::new(2, 0, 6),
-        )
+    let id = reactor.recv(2, server.as_raw_fd(), slab[0].lend_spare(), 64, Some(2));
+    let done = wait_for(&mut reactor, id);
+    assert_eq!(done.result, -libc::EFAULT);
+    let Op::Recv { buf, .. } = done.op else {
+        panic!()
     };
-    assert_eq!(wait_for(&mut reactor, 6).result, -libc::EFAULT);
+    slab[0].return_spare(buf, 0);
 
     // An emptied slot refuses reads; a plain recv still gets the bytes.
-    reactor.unregister_buffer(2).unwrap();
-    // SAFETY: as above.
-    unsafe {
-        reactor.read_fixed(
-            server.as_raw_fd(),
-            region.as_mut_ptr(),
-            64,
-            2,
-            Token::new(2, 0, 7),
-        )
+    reactor.unregister_window(2, &mut slab[0]).unwrap();
+    assert_eq!(slab[0].pinned(), 0);
+    slab[0].consume(4090);
+    let id = reactor.recv(2, server.as_raw_fd(), slab[0].lend_spare(), 64, Some(2));
+    let done = wait_for(&mut reactor, id);
+    assert_eq!(done.result, -libc::EFAULT);
+    let Op::Recv { buf, .. } = done.op else {
+        panic!()
     };
-    assert_eq!(wait_for(&mut reactor, 7).result, -libc::EFAULT);
-    // SAFETY: `region` outlives the operation (reaped in `wait_for`).
-    unsafe {
-        reactor.recv(
-            server.as_raw_fd(),
-            region.as_mut_ptr(),
-            64,
-            Token::new(2, 0, 8),
-        )
+    slab[0].return_spare(buf, 0);
+    let id = reactor.recv(2, server.as_raw_fd(), slab[0].lend_spare(), 64, None);
+    let done = wait_for(&mut reactor, id);
+    assert_eq!(done.result, 4);
+    let Op::Recv { buf, .. } = done.op else {
+        panic!()
     };
-    assert_eq!(wait_for(&mut reactor, 8).result, 4);
-    assert_eq!(&region[..4], b"more");
+    slab[0].return_spare(buf, 4);
+    assert_eq!(slab[0].unconsumed(), b"more");
 }
 
 #[test]
 fn buffer_table_size_is_checked() {
-    let mut reactor = Reactor::new(8).unwrap();
+    let mut reactor = Reactor::new(8, 1).unwrap();
     let too_big = reactor.register_buffer_table(REGISTERED_BUFFERS_MAX + 1);
     assert_eq!(too_big.unwrap_err().raw_os_error(), Some(libc::EINVAL));
     reactor
         .register_buffer_table(REGISTERED_BUFFERS_MAX)
         .unwrap();
+}
+
+#[test]
+fn dropping_the_reactor_cancels_and_reaps_what_is_in_flight() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    let mut slab = buffers(1, 64);
+    let mut reactor = Reactor::new(8, 1).unwrap();
+    reactor.recv(
+        0,
+        server.as_raw_fd(),
+        slab.pop().unwrap().lend_spare(),
+        8,
+        None,
+    );
+    reactor.tick(WORKER, Duration::from_secs(60));
+    reactor.flush().unwrap();
+    let started = std::time::Instant::now();
+    drop(reactor);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "drop waited too long"
+    );
 }
