@@ -36,6 +36,15 @@ pub struct ChunkedDecoder {
     finished: bool,
 }
 
+impl std::fmt::Debug for ChunkedDecoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChunkedDecoder")
+            .field("decoded_total", &self.decoded_total)
+            .field("finished", &self.finished)
+            .finish()
+    }
+}
+
 impl Default for ChunkedDecoder {
     fn default() -> ChunkedDecoder {
         ChunkedDecoder::new()
@@ -59,6 +68,12 @@ impl ChunkedDecoder {
     /// Payload bytes decoded since the last reset.
     pub fn decoded_total(&self) -> u64 {
         self.decoded_total
+    }
+
+    /// Whether the final chunk (and trailers) were seen: the body is
+    /// complete.
+    pub fn finished(&self) -> bool {
+        self.finished
     }
 
     /// Decodes `buf` in place; `buf` is the not-yet-decoded bytes following

@@ -16,7 +16,7 @@
 //! one rule each.
 //!
 //! Never depends on: keystone-router, keystone-exchange, keystone-lua,
-//! keystone-response, keystone-files, keystone-reactor, keystone-ebpf,
+//! keystone-response, keystone-files, keystone-conn, keystone-reactor, keystone-ebpf,
 //! keystone-ops, keystone-server (layer 2 only sees layer 1,
 //! `keystone-ringbuf`, for `Span`).
 //!
@@ -48,7 +48,7 @@ mod tests;
 pub use chunked::{ChunkProgress, ChunkedDecoder};
 pub use error::ParseError;
 pub use keystone_ringbuf::Span;
-pub use request::Parser;
+pub use request::{Parser, Progress};
 
 /// Size of the header array handed to picohttpparser; the runtime
 /// `--max-headers` ([`Limits::max_headers`]) may not exceed it. 128 is

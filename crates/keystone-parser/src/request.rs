@@ -12,11 +12,10 @@ use crate::{Head, HeaderSpan, Limits, ParseError, ParseStatus, Span, HEADERS_CAP
 /// between connections); holds picohttpparser's `last_len` between `Partial`
 /// calls and a fixed header scratch array, so a parse allocates nothing.
 pub struct Parser {
-    /// Buffer length at the last `Partial`, so picohttpparser only rescans
-    /// the new bytes for the end of the head (its slowloris counter-measure).
-    last_len: usize,
-    /// The request line of the current buffer was already validated.
-    request_line_valid: bool,
+    /// The incremental state of the head being parsed; a connection that
+    /// shares one parser with others keeps its own [`Progress`] and parses
+    /// with [`Parser::parse_resuming`].
+    progress: Progress,
     /// Scratch for picohttpparser's out-array; pointers are only meaningful
     /// during one `parse` call and are never read after it.
     headers: [phr_header; HEADERS_CAPACITY],
@@ -36,8 +35,7 @@ impl Default for Parser {
 impl Parser {
     pub fn new() -> Parser {
         Parser {
-            last_len: 0,
-            request_line_valid: false,
+            progress: Progress::NEW,
             headers: [phr_header::default(); HEADERS_CAPACITY],
         }
     }
@@ -45,8 +43,25 @@ impl Parser {
     /// Forgets the incremental state; call after a complete request (parse
     /// also does it itself on `Complete` and on error).
     pub fn reset(&mut self) {
-        self.last_len = 0;
-        self.request_line_valid = false;
+        self.progress = Progress::NEW;
+    }
+
+    /// [`Parser::parse`] resuming from (and saving into) a connection's own
+    /// `progress`, so one parser (and its header scratch) serves every
+    /// connection of a worker while each head that arrives in pieces is
+    /// only rescanned from where its last read ended.
+    pub fn parse_resuming(
+        &mut self,
+        progress: &mut Progress,
+        buf: &[u8],
+        base_offset: u32,
+        limits: &Limits,
+        head: &mut Head,
+    ) -> Result<ParseStatus, ParseError> {
+        std::mem::swap(&mut self.progress, progress);
+        let result = self.parse(buf, base_offset, limits, head);
+        std::mem::swap(&mut self.progress, progress);
+        result
     }
 
     /// Parses the request head at the start of `buf`.
@@ -101,9 +116,9 @@ impl Parser {
         let too_large = ParseError::HeadTooLarge {
             limit: limits.max_header_bytes,
         };
-        if !self.request_line_valid {
+        if !self.progress.request_line_valid {
             match check_request_line(window, limits)? {
-                RequestLine::Valid => self.request_line_valid = true,
+                RequestLine::Valid => self.progress.request_line_valid = true,
                 // Below the limit, window == buf: wait for the rest of the line.
                 RequestLine::Incomplete if window.len() < limits.max_header_bytes as usize => {
                     return Ok(ParseStatus::Partial)
@@ -112,14 +127,14 @@ impl Parser {
             }
         }
         debug_assert!(
-            self.last_len <= window.len(),
+            self.progress.last_len <= window.len(),
             "parse called with a shrunk buffer"
         );
         let raw = self.call_picohttpparser(window, limits.max_headers);
         match raw.status {
             -2 if window.len() >= limits.max_header_bytes as usize => Err(too_large),
             -2 => {
-                self.last_len = window.len();
+                self.progress.last_len = window.len();
                 Ok(ParseStatus::Partial)
             }
             -1 if raw.header_count == limits.max_headers as usize => {
@@ -166,7 +181,7 @@ impl Parser {
                 &mut raw.minor_version,
                 self.headers.as_mut_ptr(),
                 &mut header_count,
-                self.last_len.min(window.len()),
+                self.progress.last_len.min(window.len()),
             )
         };
         assert!(
@@ -232,6 +247,32 @@ impl Parser {
         }
         head.header_count = raw.header_count as u16;
         facts.finish(head, limits)
+    }
+}
+
+/// How far the head at the start of a buffer was parsed: kept between
+/// `Partial` results on the same (growing) buffer, reset by a `Complete`
+/// or an error. Small, so every connection can hold its own.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Buffer length at the last `Partial`, so picohttpparser only rescans
+    /// the new bytes for the end of the head (its slowloris counter-measure).
+    last_len: usize,
+    /// The request line of the current buffer was already validated.
+    request_line_valid: bool,
+}
+
+impl Progress {
+    /// Nothing parsed yet.
+    pub const NEW: Progress = Progress {
+        last_len: 0,
+        request_line_valid: false,
+    };
+
+    /// Whether a partial head has been seen (a `Partial` since the last
+    /// reset).
+    pub fn started(&self) -> bool {
+        self.last_len > 0 || self.request_line_valid
     }
 }
 

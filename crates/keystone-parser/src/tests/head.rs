@@ -496,3 +496,38 @@ fn head_is_reused_without_stale_fields() {
     assert!(!summary.expect_continue);
     assert_eq!(summary.headers.len(), 1);
 }
+
+/// Two connections whose heads arrive in pieces, interleaved, share one
+/// parser (and its header scratch) through their own `Progress`: each gets
+/// the head a parser of its own would give.
+#[test]
+fn interleaved_partial_heads_resume_from_their_own_progress() {
+    use crate::Progress;
+    let first: &[u8] = b"GET /one HTTP/1.1\r\nHost: a\r\nX-Long: aaaaaaaaaaaaaaaa\r\n\r\n";
+    let second: &[u8] = b"POST /two HTTP/1.0\r\nContent-Length: 3\r\n\r\nabc";
+    let limits = Limits::default();
+    let mut shared = Parser::new();
+    let (mut progress_one, mut progress_two) = (Progress::NEW, Progress::NEW);
+    let mut head = Head::new();
+    for cut in 1..first.len().min(second.len()) {
+        let one = shared.parse_resuming(&mut progress_one, &first[..cut], 0, &limits, &mut head);
+        assert_eq!(one, Ok(ParseStatus::Partial), "first cut at {cut}");
+        assert!(progress_one.started() || !first[..cut].contains(&b'\n'));
+        let two = shared.parse_resuming(&mut progress_two, &second[..cut], 0, &limits, &mut head);
+        if two != Ok(ParseStatus::Partial) {
+            break;
+        }
+    }
+    let done = shared.parse_resuming(&mut progress_one, first, 0, &limits, &mut head);
+    assert_eq!(done, Ok(ParseStatus::Complete));
+    assert_eq!(head.path, Span::new(4, 4));
+    assert_eq!(
+        progress_one,
+        Progress::NEW,
+        "a complete head resets the progress"
+    );
+    let done = shared.parse_resuming(&mut progress_two, second, 0, &limits, &mut head);
+    assert_eq!(done, Ok(ParseStatus::Complete));
+    assert_eq!(head.minor_version, 0);
+    assert_eq!(head.body, BodyFraming::Length(3));
+}
