@@ -189,16 +189,21 @@ fn round_trip(
         .router
         .lookup(b"GET", path, head.path.offset)
         .expect("route exists");
-    app.lua
-        .exchange_mut()
-        .bind(request, head, matched.params(), Span::EMPTY);
+    app.lua.exchange_mut().bind(
+        request,
+        head,
+        matched.params(),
+        Span::EMPTY,
+        keystone_exchange::PeerAddr::NONE,
+    );
     let Outcome::Done = app.lua.run(matched.handler) else {
         panic!("handler failed");
     };
     let exchange = app.lua.exchange();
     let bytes = exchange.response_body().unwrap_or(&[]);
-    let head_len =
-        write_head(exchange, bytes.len() as u64, KEEP_ALIVE, date, out).expect("head fits");
+    let head_len = write_head(exchange, bytes.len() as u64, KEEP_ALIVE, date, out)
+        .expect("head fits")
+        .bytes;
     let response_len = head_len + bytes.len();
     out[head_len..response_len].copy_from_slice(bytes);
     app.lua.exchange_mut().expire();

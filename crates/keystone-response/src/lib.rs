@@ -4,18 +4,27 @@
 //!
 //! Owns: the status table (one X-macro-style list gives code and reason),
 //! the per-second cached `Date`, the framing decision (Content-Length vs no
-//! body for HEAD/1xx/204/304) and the canned error responses.
+//! body for HEAD/1xx/204/304), the canned error responses, the body
+//! encoders (length, chunked, close-delimited: [`Encoder`]) and the
+//! `Content-Range` value. Every head written reports what it announced
+//! ([`Committed`]: status and body length), so counters and the access log
+//! never read the bytes back. A head can also be written in two steps:
+//! policy's header lines first ([`write_policy_lines`]), the rest around
+//! them later ([`write_head_around`]) — for a response that must wait for a
+//! file to open while the exchange it came from serves other requests.
 //!
 //! Never allocates; never performs I/O. Never depends on: keystone-router,
-//! keystone-lua, keystone-files, keystone-reactor, keystone-ebpf,
+//! keystone-lua, keystone-files, keystone-conn, keystone-reactor, keystone-ebpf,
 //! keystone-ops, keystone-server.
 
 mod content_range;
 mod date;
+mod encode;
 mod status;
 
 pub use content_range::{content_range, CONTENT_RANGE_BYTES};
 pub use date::{civil_from_days, format_imf, DateCache, DATE_BYTES, MONTHS};
+pub use encode::{Admitted, Encoder, ShortBody, FRAME_OVERHEAD_BYTES};
 pub use status::reason;
 
 use keystone_exchange::{is_content_length, HttpExchange};
@@ -76,6 +85,46 @@ pub fn has_body(status: u16, head_request: bool) -> bool {
 
 /// Default `Content-Type` when policy sets none (nginx's `default_type`).
 pub const DEFAULT_CONTENT_TYPE: &[u8] = b"text/plain; charset=utf-8";
+
+/// What a committed head announced: what counters and the access log need,
+/// so they never parse the bytes they follow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Committed {
+    /// Bytes of the head (for a canned response: head and body).
+    pub bytes: usize,
+    /// The status line's code.
+    pub status: u16,
+    /// The body the head announced: `Known(n)` for a `Content-Length: n`
+    /// (also on a response to HEAD, which sends none), `Known(0)` for 204
+    /// and 304, `Chunked` or `UntilClose` for streams without a length.
+    pub body: BodyLength,
+}
+
+impl Committed {
+    /// The announced body length, 0 when it is not known in advance (the
+    /// access log's `$body_bytes_sent`, see keystone-ops).
+    pub fn body_bytes(&self) -> u64 {
+        match self.body {
+            BodyLength::Known(len) => len,
+            BodyLength::Chunked | BodyLength::UntilClose => 0,
+        }
+    }
+}
+
+/// Room kept for the status line and the engine's headers when a head is
+/// completed around stashed policy lines: `HTTP/1.1 NNN ` + the longest
+/// reason, `Server`, the 29-byte `Date` and a `Connection` header, with
+/// margin.
+pub const HEAD_PREFIX_BYTES_MAX: usize = 256;
+
+/// Policy's header lines written ahead of the rest of their head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PolicyLines {
+    /// Bytes of the lines.
+    pub len: usize,
+    /// Policy set a `Content-Type` (no default is added then).
+    pub has_content_type: bool,
+}
 
 /// A fixed-buffer writer that fails instead of growing.
 struct Writer<'a> {
@@ -187,7 +236,7 @@ pub fn write_head(
     framing: Framing,
     date: &DateCache,
     out: &mut [u8],
-) -> Result<usize, ResponseError> {
+) -> Result<Committed, ResponseError> {
     let status = policy_status(exchange)?;
     let spec = HeadSpec {
         status,
@@ -219,11 +268,79 @@ pub fn write_head_spec<'h>(
     framing: Framing,
     date: &DateCache,
     out: &mut [u8],
-) -> Result<usize, ResponseError> {
+) -> Result<Committed, ResponseError> {
     debug_assert!(spec.status >= 200);
     let mut w = Writer::new(out);
     status_line(&mut w, spec.status);
     engine_headers(&mut w, date, framing);
+    let has_content_type = policy_lines(&mut w, headers);
+    head_suffix(&mut w, spec, has_content_type);
+    Ok(committed(spec, w.finish()?))
+}
+
+/// Writes policy's header lines alone (no status line, no engine headers)
+/// at the start of `out`, for [`write_head_around`] to complete later.
+/// `Content-Length` is left out, as in [`write_head_spec`].
+pub fn write_policy_lines<'h>(
+    headers: impl Iterator<Item = (&'h [u8], &'h [u8])>,
+    out: &mut [u8],
+) -> Result<PolicyLines, ResponseError> {
+    let mut w = Writer::new(out);
+    let has_content_type = policy_lines(&mut w, headers);
+    let len = w.finish()?;
+    Ok(PolicyLines {
+        len,
+        has_content_type,
+    })
+}
+
+/// Completes a head whose policy lines ([`write_policy_lines`]) sit at
+/// `out[lines_at..lines_at + lines.len]`: the status line and engine
+/// headers go at `out[0..]`, the lines move right behind them (a
+/// `copy_within`, so they may start anywhere at or after 0), and the
+/// engine's extra headers, `Content-Type` and framing follow. The result
+/// is exactly what [`write_head_spec`] writes for the same headers.
+pub fn write_head_around(
+    spec: &HeadSpec<'_>,
+    lines_at: usize,
+    lines: PolicyLines,
+    framing: Framing,
+    date: &DateCache,
+    out: &mut [u8],
+) -> Result<Committed, ResponseError> {
+    debug_assert!(spec.status >= 200);
+    assert!(
+        lines_at + lines.len <= out.len(),
+        "policy lines outside the buffer"
+    );
+    let mut prefix = [0u8; HEAD_PREFIX_BYTES_MAX];
+    let mut w = Writer::new(&mut prefix);
+    status_line(&mut w, spec.status);
+    engine_headers(&mut w, date, framing);
+    let prefix_len = w
+        .finish()
+        .expect("status line and engine headers fit the prefix");
+    if prefix_len + lines.len > out.len() {
+        return Err(ResponseError::HeadTooLarge {
+            capacity: out.len(),
+        });
+    }
+    out.copy_within(lines_at..lines_at + lines.len, prefix_len);
+    out[..prefix_len].copy_from_slice(&prefix[..prefix_len]);
+    let mut w = Writer::new(&mut out[prefix_len + lines.len..]);
+    head_suffix(&mut w, spec, lines.has_content_type);
+    let suffix_len = w.finish().map_err(|_| ResponseError::HeadTooLarge {
+        capacity: out.len(),
+    })?;
+    Ok(committed(spec, prefix_len + lines.len + suffix_len))
+}
+
+/// Policy's headers, `Content-Length` excepted; whether one was
+/// `Content-Type`.
+fn policy_lines<'h>(
+    w: &mut Writer<'_>,
+    headers: impl Iterator<Item = (&'h [u8], &'h [u8])>,
+) -> bool {
     let mut has_content_type = false;
     for (name, value) in headers {
         if is_content_length(name) {
@@ -232,6 +349,12 @@ pub fn write_head_spec<'h>(
         has_content_type |= name.eq_ignore_ascii_case(b"content-type");
         w.header(name, value);
     }
+    has_content_type
+}
+
+/// The engine's extra headers, the default `Content-Type`, the framing
+/// header and the blank line.
+fn head_suffix(w: &mut Writer<'_>, spec: &HeadSpec<'_>, has_content_type: bool) {
     for (name, value) in spec.extra {
         w.header(name, value);
     }
@@ -253,7 +376,19 @@ pub fn write_head_spec<'h>(
         }
     }
     w.put(b"\r\n");
-    w.finish()
+}
+
+fn committed(spec: &HeadSpec<'_>, bytes: usize) -> Committed {
+    let body = if spec.status == 204 || spec.status == 304 {
+        BodyLength::Known(0)
+    } else {
+        spec.length
+    };
+    Committed {
+        bytes,
+        status: spec.status,
+        body,
+    }
 }
 
 /// Writes the frame header of one chunk (`{len:x}\r\n`) into `out`.
@@ -282,7 +417,7 @@ pub fn write_error(
     framing: Framing,
     date: &DateCache,
     out: &mut [u8],
-) -> Result<usize, ResponseError> {
+) -> Result<Committed, ResponseError> {
     debug_assert!(status >= 200, "canned responses are final");
     let mut w = Writer::new(out);
     status_line(&mut w, status);
@@ -303,7 +438,12 @@ pub fn write_error(
         w.put(reason);
         w.put(b"\n");
     }
-    w.finish()
+    let no_length = status == 204 || status == 304;
+    Ok(Committed {
+        bytes: w.finish()?,
+        status,
+        body: BodyLength::Known(if no_length { 0 } else { body_len }),
+    })
 }
 
 /// The interim `100 Continue` response, sent before reading a body the

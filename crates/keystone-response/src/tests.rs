@@ -38,7 +38,7 @@ fn date_format() {
 fn head_defaults() {
     let ex = HttpExchange::new_boxed(0);
     let mut out = [0u8; 512];
-    let n = write_head(&ex, 13, KEEP, &date(), &mut out).unwrap();
+    let n = write_head(&ex, 13, KEEP, &date(), &mut out).unwrap().bytes;
     assert_eq!(
         text(&out[..n]),
         "HTTP/1.1 200 OK\r\nServer: keystone\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\n\
@@ -58,7 +58,9 @@ fn head_policy_headers_and_close() {
         keep_alive: false,
         ..KEEP
     };
-    let n = write_head(&ex, 0, framing, &date(), &mut out).unwrap();
+    let n = write_head(&ex, 0, framing, &date(), &mut out)
+        .unwrap()
+        .bytes;
     let head = text(&out[..n]);
     assert!(head.starts_with("HTTP/1.1 201 Created\r\n"), "{head}");
     assert!(head.contains("Connection: close\r\n"));
@@ -74,7 +76,7 @@ fn head_no_length_for_204_and_304() {
         let mut ex = HttpExchange::new_boxed(0);
         ex.status = status;
         let mut out = [0u8; 512];
-        let n = write_head(&ex, 0, KEEP, &date(), &mut out).unwrap();
+        let n = write_head(&ex, 0, KEEP, &date(), &mut out).unwrap().bytes;
         assert!(!text(&out[..n]).contains("Content-Length"), "{status}");
         assert!(!has_body(status as u16, false));
     }
@@ -88,7 +90,9 @@ fn http10_keep_alive_is_announced() {
         minor_version: 0,
         ..KEEP
     };
-    let n = write_head(&ex, 1, framing, &date(), &mut out).unwrap();
+    let n = write_head(&ex, 1, framing, &date(), &mut out)
+        .unwrap()
+        .bytes;
     assert!(text(&out[..n]).contains("Connection: keep-alive\r\n"));
 }
 
@@ -122,18 +126,24 @@ fn canned_errors() {
         keep_alive: false,
         ..KEEP
     };
-    let n = write_error(405, Some(b"GET, HEAD"), KEEP, &date(), &mut out).unwrap();
+    let n = write_error(405, Some(b"GET, HEAD"), KEEP, &date(), &mut out)
+        .unwrap()
+        .bytes;
     let response = text(&out[..n]);
     assert!(response.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"));
     assert!(response.contains("Allow: GET, HEAD\r\n"));
     assert!(response.ends_with("Content-Length: 19\r\n\r\nMethod Not Allowed\n"));
-    let n = write_error(400, None, close, &date(), &mut out).unwrap();
+    let n = write_error(400, None, close, &date(), &mut out)
+        .unwrap()
+        .bytes;
     assert!(text(&out[..n]).contains("Connection: close\r\n"));
     let head = Framing {
         head_request: true,
         ..KEEP
     };
-    let n = write_error(404, None, head, &date(), &mut out).unwrap();
+    let n = write_error(404, None, head, &date(), &mut out)
+        .unwrap()
+        .bytes;
     assert!(text(&out[..n]).ends_with("Content-Length: 10\r\n\r\n"));
 }
 
@@ -162,7 +172,9 @@ fn spec_heads_for_streams_and_files() {
         extra: &[(b"Content-Range", b"bytes 0-9/100"), (b"ETag", b"\"1-64\"")],
     };
     let mut out = [0u8; 512];
-    let n = write_head_spec(&spec, std::iter::empty(), KEEP, &date(), &mut out).unwrap();
+    let n = write_head_spec(&spec, std::iter::empty(), KEEP, &date(), &mut out)
+        .unwrap()
+        .bytes;
     let head = text(&out[..n]);
     assert!(
         head.starts_with("HTTP/1.1 206 Partial Content\r\n"),
@@ -174,7 +186,9 @@ fn spec_heads_for_streams_and_files() {
         length: BodyLength::Chunked,
         ..spec
     };
-    let n = write_head_spec(&chunked, std::iter::empty(), KEEP, &date(), &mut out).unwrap();
+    let n = write_head_spec(&chunked, std::iter::empty(), KEEP, &date(), &mut out)
+        .unwrap()
+        .bytes;
     let head = text(&out[..n]);
     assert!(head.contains("Transfer-Encoding: chunked\r\n"), "{head}");
     assert!(!head.contains("Content-Length"), "{head}");
@@ -183,7 +197,9 @@ fn spec_heads_for_streams_and_files() {
         length: BodyLength::UntilClose,
         ..spec
     };
-    let n = write_head_spec(&close, std::iter::empty(), KEEP, &date(), &mut out).unwrap();
+    let n = write_head_spec(&close, std::iter::empty(), KEEP, &date(), &mut out)
+        .unwrap()
+        .bytes;
     let head = text(&out[..n]);
     assert!(
         !head.contains("Content-Length") && !head.contains("Transfer-Encoding"),
@@ -217,7 +233,9 @@ fn policy_content_length_is_written_once_by_the_engine() {
             extra: &[],
         };
         let mut out = [0u8; 512];
-        let n = write_head_spec(&spec, ex.response_headers(), KEEP, &date(), &mut out).unwrap();
+        let n = write_head_spec(&spec, ex.response_headers(), KEEP, &date(), &mut out)
+            .unwrap()
+            .bytes;
         let head = text(&out[..n]).to_ascii_lowercase();
         assert!(head.contains("x-before: 1\r\nx-after: 2\r\n"), "{head}");
         assert!(!head.contains("005"), "policy's text was copied: {head}");
@@ -230,4 +248,92 @@ fn policy_content_length_is_written_once_by_the_engine() {
             None => assert_eq!(count, 0, "{head}"),
         }
     }
+}
+
+#[test]
+fn committed_heads_report_status_and_announced_body() {
+    let mut out = [0u8; 512];
+    let head = Framing {
+        head_request: true,
+        ..KEEP
+    };
+    // (status, length, framing, announced)
+    let cases = [
+        (200, BodyLength::Known(13), KEEP, BodyLength::Known(13)),
+        (200, BodyLength::Known(13), head, BodyLength::Known(13)),
+        (204, BodyLength::Known(13), KEEP, BodyLength::Known(0)),
+        (304, BodyLength::Known(13), KEEP, BodyLength::Known(0)),
+        (200, BodyLength::Chunked, KEEP, BodyLength::Chunked),
+        (206, BodyLength::UntilClose, KEEP, BodyLength::UntilClose),
+    ];
+    for (status, length, framing, announced) in cases {
+        let spec = HeadSpec {
+            status,
+            length,
+            default_content_type: DEFAULT_CONTENT_TYPE,
+            extra: &[],
+        };
+        let committed =
+            write_head_spec(&spec, std::iter::empty(), framing, &date(), &mut out).expect("fits");
+        assert_eq!(committed.status, status);
+        assert_eq!(committed.body, announced, "{status} {length:?}");
+        assert!(text(&out[..committed.bytes]).ends_with("\r\n\r\n"));
+    }
+    let canned = write_error(404, None, KEEP, &date(), &mut out).unwrap();
+    assert_eq!((canned.status, canned.body_bytes()), (404, 10));
+    let canned_head = write_error(404, None, head, &date(), &mut out).unwrap();
+    assert_eq!(canned_head.body_bytes(), 10, "announced, not sent");
+    assert_eq!(
+        Committed {
+            bytes: 0,
+            status: 200,
+            body: BodyLength::Chunked
+        }
+        .body_bytes(),
+        0
+    );
+}
+
+#[test]
+fn a_head_completed_around_stashed_policy_lines_equals_the_one_step_head() {
+    let mut ex = HttpExchange::new_boxed(0);
+    ex.set_header(b"X-Policy", b"yes").unwrap();
+    ex.set_header(b"Content-Length", b"16").unwrap();
+    ex.add_header(b"Set-Cookie", b"a=1").unwrap();
+    let extra: [(&[u8], &[u8]); 2] = [(b"ETag", b"\"1-10\""), (b"Accept-Ranges", b"bytes")];
+    let spec = HeadSpec {
+        status: 206,
+        length: BodyLength::Known(4),
+        default_content_type: b"text/css",
+        extra: &extra,
+    };
+    let close = Framing {
+        keep_alive: false,
+        ..KEEP
+    };
+    let mut expected = [0u8; 512];
+    let one_step =
+        write_head_spec(&spec, ex.response_headers(), close, &date(), &mut expected).expect("fits");
+    // The lines are stashed anywhere ahead in the buffer (before, inside or
+    // past where the head will start), then the head is completed.
+    for lines_at in [0usize, 7, 300] {
+        let mut out = [b'#'; 512];
+        let lines = write_policy_lines(ex.response_headers(), &mut out[lines_at..]).expect("fits");
+        assert!(!lines.has_content_type);
+        let two_step =
+            write_head_around(&spec, lines_at, lines, close, &date(), &mut out).expect("fits");
+        assert_eq!(two_step, one_step, "lines at {lines_at}");
+        assert_eq!(
+            text(&out[..two_step.bytes]),
+            text(&expected[..one_step.bytes])
+        );
+    }
+    let mut tiny = [0u8; 300];
+    let lines = write_policy_lines(ex.response_headers(), &mut tiny[200..]).expect("fits");
+    let mut short = [0u8; 100];
+    short[..lines.len].copy_from_slice(&tiny[200..200 + lines.len]);
+    assert_eq!(
+        write_head_around(&spec, 0, lines, close, &date(), &mut short),
+        Err(ResponseError::HeadTooLarge { capacity: 100 })
+    );
 }
