@@ -10,7 +10,7 @@
 //! Does not own: request bytes (they live in a `keystone-ringbuf` buffer; the
 //! exchange only points at them), parsing, routing, Lua, serialization, I/O.
 //!
-//! Never depends on: keystone-lua, keystone-response, keystone-files,
+//! Never depends on: keystone-lua, keystone-response, keystone-files, keystone-conn,
 //! keystone-reactor, keystone-ebpf, keystone-ops, keystone-server.
 //!
 //! # Lifetime contract
@@ -235,11 +235,74 @@ pub struct HttpExchange {
     /// Scratch the engine decodes one query argument (or formats the
     /// client address) into for the prelude.
     pub scratch: [u8; SCRATCH_BYTES],
-    /// The connection's socket, for `ctx.remote_addr` (read only when a
-    /// handler asks); -1 when there is none (in-process pipelines).
-    pub peer_fd: i32,
+    /// The client's address (`ctx.remote_addr`, nginx's `$remote_addr`),
+    /// captured when the connection was accepted; no family when there is
+    /// none (an in-process connection).
+    pub peer: PeerAddr,
     /// Keeps the layout explicit (no implicit tail padding).
     pub _pad: u32,
+}
+
+/// A peer's IP address and port as plain bytes (the ABI's view of a
+/// `SocketAddr`): `family` is 0 (none), 4 or 6; an IPv4 address sits in the
+/// first 4 bytes of `addr`; `port` is in host order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerAddr {
+    /// 0: no peer; 4: IPv4; 6: IPv6.
+    pub family: u16,
+    /// Port, host byte order.
+    pub port: u16,
+    /// Address bytes, network order.
+    pub addr: [u8; 16],
+}
+
+const _: () = assert!(std::mem::size_of::<PeerAddr>() == 20);
+
+impl PeerAddr {
+    /// No peer.
+    pub const NONE: PeerAddr = PeerAddr {
+        family: 0,
+        port: 0,
+        addr: [0; 16],
+    };
+
+    /// The view of `peer` (`NONE` for `None`).
+    pub fn new(peer: Option<std::net::SocketAddr>) -> PeerAddr {
+        let Some(peer) = peer else {
+            return PeerAddr::NONE;
+        };
+        let mut addr = [0u8; 16];
+        let family = match peer.ip() {
+            std::net::IpAddr::V4(ip) => {
+                addr[..4].copy_from_slice(&ip.octets());
+                4
+            }
+            std::net::IpAddr::V6(ip) => {
+                addr = ip.octets();
+                6
+            }
+        };
+        PeerAddr {
+            family,
+            port: peer.port(),
+            addr,
+        }
+    }
+
+    /// The peer's IP address, if there is a peer.
+    pub fn ip(&self) -> Option<std::net::IpAddr> {
+        match self.family {
+            4 => Some(std::net::IpAddr::from([
+                self.addr[0],
+                self.addr[1],
+                self.addr[2],
+                self.addr[3],
+            ])),
+            6 => Some(std::net::IpAddr::from(self.addr)),
+            _ => None,
+        }
+    }
 }
 
 /// Headers policy may not set because the engine computes them; checked
@@ -280,7 +343,7 @@ impl HttpExchange {
             response_headers: [ResponseHeader::default(); RESPONSE_HEADERS_MAX],
             arena: [0; RESPONSE_ARENA_BYTES],
             scratch: [0; SCRATCH_BYTES],
-            peer_fd: -1,
+            peer: PeerAddr::NONE,
             _pad: 0,
         })
     }
@@ -290,8 +353,16 @@ impl HttpExchange {
     ///
     /// The caller keeps those bytes and `head` unchanged until
     /// [`HttpExchange::expire`]; that is the one lifetime types cannot show
-    /// here (the server's connection state machine enforces it).
-    pub fn bind(&mut self, base: &[u8], head: &Head, params: &[Param<'_>], body: Span) {
+    /// here (the server's connection state machine enforces it). `peer` is
+    /// the client's address, captured at accept.
+    pub fn bind(
+        &mut self,
+        base: &[u8],
+        head: &Head,
+        params: &[Param<'_>],
+        body: Span,
+        peer: PeerAddr,
+    ) {
         debug_assert!(self.base.is_null(), "bind while a request is bound");
         assert!(params.len() <= PARAMS_MAX);
         assert!(body.end() as usize <= base.len());
@@ -325,6 +396,7 @@ impl HttpExchange {
         self.arena_len = 0;
         self.body_ptr = std::ptr::null();
         self.body_len = 0;
+        self.peer = peer;
     }
 
     /// Ends the request: views become invalid and every `ctx` made for it
@@ -337,6 +409,7 @@ impl HttpExchange {
         self.param_count = 0;
         self.body_ptr = std::ptr::null();
         self.body_len = 0;
+        self.peer = PeerAddr::NONE;
     }
 
     /// Whether a request is bound.

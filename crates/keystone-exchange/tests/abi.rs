@@ -4,7 +4,7 @@
 
 use std::mem::{align_of, offset_of, size_of};
 
-use keystone_exchange::{HeaderError, HttpExchange, ParamView, ResponseHeader};
+use keystone_exchange::{HeaderError, HttpExchange, ParamView, PeerAddr, ResponseHeader};
 use keystone_parser::{Head, HeaderSpan, Limits, ParseStatus, Parser};
 use keystone_ringbuf::Span;
 use keystone_router::{Param, RouterBuilder};
@@ -51,12 +51,12 @@ fn layout_is_pinned() {
         ),
         ("arena", offset_of!(HttpExchange, arena), 1320),
         ("scratch", offset_of!(HttpExchange, scratch), 9512),
-        ("peer_fd", offset_of!(HttpExchange, peer_fd), 17704),
+        ("peer", offset_of!(HttpExchange, peer), 17704),
     ];
     for (name, actual, expected) in offsets {
         assert_eq!(actual, expected, "offset of {name}");
     }
-    assert_eq!(size_of::<HttpExchange>(), 17712);
+    assert_eq!(size_of::<HttpExchange>(), 17728);
 }
 
 fn parse(request: &[u8], head: &mut Head) {
@@ -78,7 +78,13 @@ fn bind_exposes_views_and_expire_invalidates() {
         .unwrap();
     let mut ex = HttpExchange::new_boxed(3);
     let generation = ex.generation;
-    ex.bind(request, &head, matched.params(), Span::EMPTY);
+    ex.bind(
+        request,
+        &head,
+        matched.params(),
+        Span::EMPTY,
+        PeerAddr::NONE,
+    );
     assert!(ex.is_bound());
     assert_eq!(ex.worker, 3);
     assert_eq!(ex.request_bytes(ex.method), b"GET");
@@ -102,7 +108,7 @@ fn bind_with_no_params() {
     parse(request, &mut head);
     let mut ex = HttpExchange::new_boxed(0);
     let params: [Param<'_>; 0] = [];
-    ex.bind(request, &head, &params, Span::EMPTY);
+    ex.bind(request, &head, &params, Span::EMPTY, PeerAddr::NONE);
     assert_eq!(ex.query.len, 0);
     assert_eq!(ex.status, 200);
     ex.expire();
@@ -241,4 +247,20 @@ fn response_header_limits_at_and_past() {
     let big = vec![b'v'; keystone_exchange::RESPONSE_ARENA_BYTES - 1];
     ex.add_header(b"X", &big).unwrap();
     assert_eq!(ex.add_header(b"Y", b"v"), Err(HeaderError::ArenaFull));
+}
+
+#[test]
+fn peer_addresses_are_plain_bytes_in_the_abi() {
+    assert_eq!(align_of::<PeerAddr>(), 2);
+    let cases = ["192.0.2.7:4711", "[2001:db8::1]:80"];
+    for text in cases {
+        let addr: std::net::SocketAddr = text.parse().unwrap();
+        let peer = PeerAddr::new(Some(addr));
+        assert_eq!(peer.ip(), Some(addr.ip()), "{text}");
+        assert_eq!(peer.port, addr.port());
+    }
+    assert_eq!(PeerAddr::new(None), PeerAddr::NONE);
+    assert_eq!(PeerAddr::NONE.ip(), None);
+    let v4 = PeerAddr::new(Some("10.1.2.3:9".parse().unwrap()));
+    assert_eq!((v4.family, &v4.addr[..4]), (4, &[10, 1, 2, 3][..]));
 }

@@ -148,8 +148,10 @@ unsafe extern "C" fn response_header(ex: *mut HttpExchange, name: *const u8, len
     index_or_missing(found)
 }
 
-/// Formats the client's IP address (nginx's `$remote_addr`) into the
-/// exchange's scratch; -1 when there is no socket or it has no peer.
+/// Formats the client's IP address (nginx's `$remote_addr`), which the
+/// engine captured at accept and bound with the request, into the
+/// exchange's scratch; -1 when there is no peer. No syscall: the address is
+/// plain data in the exchange.
 ///
 /// # Safety
 /// The prelude (`prelude.lua`, through `ks_find_fn`; `_name` and `_len` are
@@ -161,66 +163,16 @@ unsafe extern "C" fn response_header(ex: *mut HttpExchange, name: *const u8, len
 ///   entered only at load and through `LuaWorker`'s `&mut self` methods
 ///   (`run`, `pull`, `pin_body`), so the `&mut HttpExchange` made here for
 ///   the call is the only one.
-/// - `ex.peer_fd` is -1 or the open socket of the connection being served
-///   (the server sets it before the handler runs and keeps the socket open
-///   until the handler returns).
 unsafe extern "C" fn remote_addr(ex: *mut HttpExchange, _name: *const u8, _len: usize) -> i32 {
     // SAFETY: the prelude passes its exchange.
     let ex = unsafe { exchange(ex) };
-    if ex.peer_fd < 0 {
-        return -1;
-    }
-    // SAFETY: `peer_fd` is the open socket of the connection being served
-    // (set by the server before the handler runs), borrowed for one call.
-    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(ex.peer_fd) };
-    let Some(addr) = peer_ip(fd) else { return -1 };
+    let Some(ip) = ex.peer.ip() else { return -1 };
     use std::io::Write;
     let mut cursor = std::io::Cursor::new(&mut ex.scratch[..]);
-    if write!(cursor, "{addr}").is_err() {
+    if write!(cursor, "{ip}").is_err() {
         return -1;
     }
     cursor.position() as i32
-}
-
-fn peer_ip(fd: std::os::fd::BorrowedFd<'_>) -> Option<std::net::IpAddr> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: a zeroed sockaddr_storage is a valid out-parameter.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    // SAFETY: getpeername writes at most `len` bytes into `storage`.
-    let rc = unsafe {
-        libc::getpeername(
-            fd.as_raw_fd(),
-            (&mut storage as *mut libc::sockaddr_storage).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return None;
-    }
-    match i32::from(storage.ss_family) {
-        libc::AF_INET => {
-            // SAFETY: the family says the storage holds a sockaddr_in.
-            let v4 = unsafe {
-                &*(&storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>()
-            };
-            Some(std::net::IpAddr::from(
-                u32::from_be(v4.sin_addr.s_addr).to_be_bytes(),
-            ))
-        }
-        libc::AF_INET6 => {
-            // SAFETY: the family says the storage holds a sockaddr_in6.
-            let v6 = unsafe {
-                &*(&storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
-            };
-            let ip = std::net::Ipv6Addr::from(v6.sin6_addr.s6_addr);
-            Some(
-                ip.to_ipv4_mapped()
-                    .map_or(std::net::IpAddr::V6(ip), std::net::IpAddr::V4),
-            )
-        }
-        _ => None,
-    }
 }
 
 /// Removes every response header named `name`; 0, or a negative
@@ -363,7 +315,7 @@ pub(crate) fn layout(lua: &Lua) -> mlua::Result<Table> {
         ),
         ("arena", offset_of!(HttpExchange, arena)),
         ("scratch", offset_of!(HttpExchange, scratch)),
-        ("peer_fd", offset_of!(HttpExchange, peer_fd)),
+        ("peer", offset_of!(HttpExchange, peer)),
     ];
     for (name, offset) in fields {
         offsets.set(name, offset)?;

@@ -271,7 +271,7 @@ impl LoadedApp {
             user.configure(&lua, &paths, &app.allow_c_modules)?;
         }
         let statics = app.statics;
-        let (router, routes, handlers) = compile_routes(&lua, source, app.routes)?;
+        let (router, routes, handlers) = compile_routes(&lua, source, app.routes, &statics)?;
         register.call::<()>(handlers).map_err(engine)?;
         if let Some(init_worker) = app.init_worker {
             init_worker
@@ -602,6 +602,7 @@ fn compile_routes(
     lua: &Lua,
     source: &AppSource,
     routes: Table,
+    statics: &[(String, PathBuf)],
 ) -> Result<(Router, Vec<String>, Table), LoadError> {
     let mut entries = Vec::new();
     for pair in routes.pairs::<Value, Value>() {
@@ -642,5 +643,51 @@ fn compile_routes(
         handlers.set(id, handler).map_err(engine)?;
         keys.push(key);
     }
+    for (index, (prefix, _)) in statics.iter().enumerate() {
+        add_static_routes(
+            &mut builder,
+            source,
+            prefix,
+            STATIC_HANDLER_BASE + index as u32,
+        )?;
+    }
     Ok((builder.build(), keys, handlers))
+}
+
+/// Handler ids from here on are static directories (`static[i]` is
+/// `STATIC_HANDLER_BASE + i`), never Lua handlers.
+pub const STATIC_HANDLER_BASE: u32 = 1 << 31;
+
+/// The parameter a static route's catch-all binds: the path below the
+/// prefix.
+pub const STATIC_PATH_PARAM: &str = "keystone_static_path";
+
+/// A static prefix becomes two router entries: the prefix itself (the
+/// directory's index) and `prefix{*path}` (every path below it), for GET
+/// (HEAD follows GET; other methods get 405 with `Allow: GET, HEAD`). A Lua
+/// route with the same key wins (its entry is kept, the static one
+/// skipped); a more specific Lua route below the prefix wins too, as the
+/// longest location wins in nginx. A prefix without a trailing `/` is
+/// treated as the directory `prefix/`.
+fn add_static_routes(
+    builder: &mut RouterBuilder,
+    source: &AppSource,
+    prefix: &str,
+    handler: u32,
+) -> Result<(), LoadError> {
+    let directory = prefix.trim_end_matches('/');
+    let exact = format!("GET {directory}/");
+    let below = format!("GET {directory}/{{*{STATIC_PATH_PARAM}}}");
+    for key in [&exact, &below] {
+        match builder.add(key, handler) {
+            Ok(()) | Err(RouteError::Duplicate { .. }) => {}
+            Err(source_err) => {
+                return Err(LoadError::Route {
+                    path: source.path.clone(),
+                    source: source_err,
+                })
+            }
+        }
+    }
+    Ok(())
 }

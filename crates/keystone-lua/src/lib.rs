@@ -11,7 +11,7 @@
 //! `ctx.headers[NAME]`, `ctx.body`). Request strings are made only when a
 //! handler reads them (`ffi.string` over a span of the request buffer).
 //!
-//! Never depends on: keystone-response, keystone-files, keystone-reactor,
+//! Never depends on: keystone-response, keystone-files, keystone-conn, keystone-reactor,
 //! keystone-ebpf, keystone-ops, keystone-server. Lua code never performs
 //! I/O: this crate hands the engine an [`Outcome`], the engine commits it.
 
@@ -20,7 +20,9 @@ mod app;
 mod budget;
 mod config;
 
-pub use app::{AppSource, LoadError, LoadedApp, UNSAFE_LUA_NOTICE};
+pub use app::{
+    AppSource, LoadError, LoadedApp, STATIC_HANDLER_BASE, STATIC_PATH_PARAM, UNSAFE_LUA_NOTICE,
+};
 pub use budget::interrupt_running_handler;
 pub use config::{LuaConfig, DEFAULT_LUA_CPATH, DEFAULT_LUA_PATH};
 
@@ -28,6 +30,7 @@ use std::mem::ManuallyDrop;
 use std::ptr::NonNull;
 
 use keystone_exchange::HttpExchange;
+use keystone_ringbuf::PinnedBytes;
 use mlua::{Function, Lua};
 
 /// What running a handler produced.
@@ -52,8 +55,9 @@ pub enum Outcome {
 
 /// What pulling a stream generator produced.
 pub enum Pull {
-    /// A chunk, readable as the exchange's `response_body()`.
-    Chunk,
+    /// A chunk: the generator's string, kept referenced by the prelude
+    /// until the next pull or unpin under the same key (possibly empty).
+    Chunk(PinnedBytes),
     /// The generator returned nil: the stream is complete.
     End,
     /// The generator raised an error (or ran past its budget).
@@ -132,12 +136,29 @@ impl LuaWorker {
     }
 
     /// Keeps the body of the last `run` alive under `key` (a connection
-    /// slot) after later runs, for a body sent straight from Lua's memory.
-    /// The bytes do not move: LuaJIT never moves strings.
-    pub fn pin_body(&mut self, key: u32) -> Result<(), String> {
+    /// slot) after later runs, for a body sent straight from Lua's memory;
+    /// returns the view of its bytes (the string, or a file body's path;
+    /// empty for a generator, which [`LuaWorker::pull`] then feeds). The
+    /// bytes do not move: LuaJIT never moves strings. They stay valid until
+    /// [`LuaWorker::unpin_body`] with the same key.
+    pub fn pin_body(&mut self, key: u32) -> Result<PinnedBytes, String> {
         self.pin
             .call::<()>((key, true))
-            .map_err(|err| err.to_string())
+            .map_err(|err| err.to_string())?;
+        Ok(self.body_view())
+    }
+
+    /// The exchange's current response body as a pinned view.
+    fn body_view(&self) -> PinnedBytes {
+        let exchange = self.exchange();
+        let Some(body) = exchange.response_body() else {
+            return PinnedBytes::empty();
+        };
+        // SAFETY: the body is the Lua string the prelude just referenced
+        // under the pin key (`pinned[key]` or `pulled[key]`), which keeps it
+        // alive until the next pull or `unpin_body` of that key; LuaJIT never
+        // moves or changes strings.
+        unsafe { PinnedBytes::new(body.as_ptr(), body.len()) }
     }
 
     /// Pulls one chunk from the stream generator pinned under `key` (with
@@ -153,7 +174,7 @@ impl LuaWorker {
             };
         }
         match result {
-            Ok((1, _)) => Pull::Chunk,
+            Ok((1, _)) => Pull::Chunk(self.body_view()),
             Ok((0, _)) => Pull::End,
             Ok((_, message)) => Pull::Failed {
                 message: message

@@ -25,6 +25,7 @@ ffi.cdef [[
 typedef struct { uint32_t offset; uint32_t len; } ks_span;
 typedef struct { ks_span name; ks_span value; } ks_header;
 typedef struct { const char *name_ptr; uint32_t name_len; ks_span value; uint32_t _pad; } ks_param;
+typedef struct { uint16_t family; uint16_t port; uint8_t addr[16]; } ks_peer;
 typedef struct {
   uint32_t generation;
   uint32_t worker;
@@ -48,7 +49,7 @@ typedef struct {
   ks_header response_headers[64];
   char arena[8192];
   char scratch[8192];
-  int32_t peer_fd;
+  ks_peer peer;
   uint32_t _pad;
 } HttpExchange;
 typedef int32_t (*ks_find_fn)(HttpExchange *, const char *, size_t);

@@ -60,8 +60,9 @@ pub struct AccessLog {
     /// can be in flight on a ring that outlives neither.
     file: File,
     filling: Vec<u8>,
-    writing: Vec<u8>,
-    in_flight: bool,
+    /// The other batch: empty and ready, or `None` while it is being
+    /// written (moved into the worker's write and handed back).
+    spare: Option<Vec<u8>>,
     /// Lines dropped because both batches were full.
     pub dropped: u64,
     failed: bool,
@@ -76,8 +77,7 @@ impl AccessLog {
         AccessLog {
             file: File::from(fd),
             filling: Vec::with_capacity(BATCH_BYTES),
-            writing: Vec::with_capacity(BATCH_BYTES),
-            in_flight: false,
+            spare: Some(Vec::with_capacity(BATCH_BYTES)),
             dropped: 0,
             failed: false,
             time: TimeLocal::default(),
@@ -121,24 +121,27 @@ impl AccessLog {
     }
 
     /// A batch to write now, if one is ready (`force`: any bytes at all)
-    /// and none is in flight: (pointer, length) valid until `written`.
-    pub fn take_batch(&mut self, force: bool) -> Option<(*const u8, u32)> {
-        if self.in_flight || self.filling.is_empty() || (!force && self.filling.len() < FLUSH_BYTES)
+    /// and none is in flight. The batch moves into the write and comes back
+    /// through [`AccessLog::written`]; lines go into the other one meanwhile.
+    pub fn take_batch(&mut self, force: bool) -> Option<Vec<u8>> {
+        if self.spare.is_none()
+            || self.filling.is_empty()
+            || (!force && self.filling.len() < FLUSH_BYTES)
         {
             return None;
         }
-        std::mem::swap(&mut self.filling, &mut self.writing);
-        self.in_flight = true;
-        Some((self.writing.as_ptr(), self.writing.len() as u32))
+        let next = self.spare.take().expect("checked");
+        Some(std::mem::replace(&mut self.filling, next))
     }
 
-    /// The write of the batch in flight completed with `result`; returns an
-    /// error message the first time writing fails.
-    pub fn written(&mut self, result: i32) -> Option<String> {
-        self.in_flight = false;
-        let expected = self.writing.len();
+    /// The write of `batch` completed with `result`; returns an error
+    /// message the first time writing fails.
+    pub fn written(&mut self, mut batch: Vec<u8>, result: i32) -> Option<String> {
+        debug_assert!(self.spare.is_none(), "a batch came back twice");
+        let expected = batch.len();
         let failed = result < 0 || (result as usize) < expected;
-        self.writing.clear();
+        batch.clear();
+        self.spare = Some(batch);
         if failed && !self.failed {
             self.failed = true;
             let why = if result < 0 {
@@ -153,9 +156,9 @@ impl AccessLog {
         None
     }
 
-    /// Whether a write is in flight (its buffer must outlive it).
+    /// Whether a batch is being written.
     pub fn in_flight(&self) -> bool {
-        self.in_flight
+        self.spare.is_none()
     }
 
     /// The descriptor the worker's ring writes batches to; valid as long
@@ -167,13 +170,9 @@ impl AccessLog {
     /// Writes what is left synchronously (at exit). A failure is dropped:
     /// the process is exiting, and a failing file was reported already.
     pub fn flush_blocking(&mut self) {
-        debug_assert!(!self.in_flight, "the ring still writes `writing`");
-        for batch in [&self.writing, &self.filling] {
-            if !batch.is_empty() {
-                let _ = self.file.write_all(batch);
-            }
+        if !self.filling.is_empty() {
+            let _ = self.file.write_all(&self.filling);
         }
-        self.writing.clear();
         self.filling.clear();
     }
 }
@@ -319,8 +318,9 @@ mod tests {
         assert!(log.take_batch(false).is_none());
         log.record(&entry);
         assert!(log.take_batch(false).is_none(), "below the flush size");
-        let (_, len) = log.take_batch(true).unwrap();
-        assert!(len > 0);
+        let batch = log.take_batch(true).unwrap();
+        assert!(!batch.is_empty());
+        assert!(log.in_flight());
         assert!(
             log.take_batch(true).is_none(),
             "one batch in flight at a time"
@@ -331,11 +331,13 @@ mod tests {
         assert!(log.dropped > 0);
         assert!(log.filling.len() <= BATCH_BYTES);
         assert_eq!(
-            log.written(-libc::EBADF)
+            log.written(batch, -libc::EBADF)
                 .map(|m| m.contains("Bad file descriptor")),
             Some(true)
         );
-        assert!(log.written(-libc::EBADF).is_none(), "reported once");
+        assert!(!log.in_flight());
+        let batch = log.take_batch(true).expect("the full batch");
+        assert!(log.written(batch, -libc::EBADF).is_none(), "reported once");
     }
 
     #[test]

@@ -108,9 +108,13 @@ pub fn respond(app: &mut LoadedApp, request: &[u8]) -> Result<Response, String> 
         .lookup(method, path, head.path.offset)
         .unwrap_or_else(|_| panic!("no route for {}", lossy(path)));
     let handler = matched.handler;
-    app.lua
-        .exchange_mut()
-        .bind(request, &head, matched.params(), body);
+    app.lua.exchange_mut().bind(
+        request,
+        &head,
+        matched.params(),
+        body,
+        keystone_exchange::PeerAddr::NONE,
+    );
     let result = match app.lua.run(handler) {
         Outcome::Done => {
             let ex = app.lua.exchange();
