@@ -1,0 +1,907 @@
+//! The connection: its states, what each event does to them, and what
+//! [`Connection::poll`] asks the driver to do next.
+//!
+//! One request at a time is answered, in order; the receive side and the
+//! output side each have at most one operation in flight, and a file answer
+//! at most one open or stat. A connection's life:
+//! `Free → Open → (Finishing → Lingering)? → Aborting? → Closing → Free`.
+
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::time::Instant;
+
+use keystone_parser::{ChunkedDecoder, Progress};
+use keystone_ringbuf::{RingBuffer, SendBuf, SpareLoan};
+
+use crate::file::{FileRef, PendingFile};
+use crate::stream::StreamTail;
+use crate::{
+    Config, Context, Event, Intent, Level, PinOwner, Pinned, Pipe, Policy, Timer,
+    FILE_READ_BYTES_MAX, IDLE_RELEASE_AFTER, LINGER_TIMEOUT, PIPE_BYTES,
+};
+
+/// Where a connection is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// No connection in this slot.
+    Free,
+    /// Reading requests, writing responses.
+    Open,
+    /// No further request is read; once what is queued is written, the
+    /// write side is shut (graceful close).
+    Finishing,
+    /// Our FIN is sent (or being sent); reads are discarded until the peer
+    /// closes or the linger deadline passes, so a final response is never
+    /// lost to a reset.
+    Lingering,
+    /// Stop: cancel what is in flight, release the response, close.
+    Aborting,
+    /// The close is submitted.
+    Closing,
+}
+
+/// What the receive side is doing with the bytes it has.
+#[derive(Debug)]
+pub(crate) enum Reading {
+    /// Between requests.
+    Idle,
+    /// A request head is arriving.
+    Head,
+    /// The head is complete; its body is arriving.
+    Body(BodyState),
+    /// A complete request is being answered with a file that is opening.
+    Answering(PendingFile),
+}
+
+/// A body being received.
+#[derive(Debug)]
+pub(crate) struct BodyState {
+    /// Bytes of the request's head.
+    pub(crate) head_len: u32,
+    /// How the body is delimited.
+    pub(crate) framing: BodyFraming,
+    /// `Expect: 100-continue` was asked.
+    pub(crate) expect_continue: bool,
+    /// The interim 100 is queued already.
+    pub(crate) continue_sent: bool,
+}
+
+/// How a body being received is delimited.
+#[derive(Debug)]
+pub(crate) enum BodyFraming {
+    /// `Content-Length`: head and body make `total` bytes.
+    Length {
+        /// Bytes of head and body.
+        total: u64,
+    },
+    /// Chunked, decoded in place: the payload sits right after the head,
+    /// `decoded` bytes of it; offsets are relative to the request's start,
+    /// so compacting the buffer between reads does not invalidate them.
+    Chunked {
+        /// picohttpparser's decoder state.
+        decoder: ChunkedDecoder,
+        /// Payload bytes decoded so far.
+        decoded: u32,
+    },
+}
+
+/// One side's operation in flight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Lane {
+    /// Nothing in flight.
+    Idle,
+    /// An operation is in flight.
+    Busy,
+    /// It is in flight and its cancellation was asked for.
+    Cancelling,
+}
+
+/// What the output operation in flight is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Output {
+    /// Nothing is being written.
+    Idle,
+    /// Bytes of the send buffer.
+    Buffer,
+    /// A pinned body.
+    Pinned,
+    /// File bytes read into the send buffer.
+    FileRead,
+    /// File → pipe.
+    SpliceIn,
+    /// Pipe → socket.
+    SpliceOut,
+}
+
+/// What follows the buffered bytes of the response in progress.
+#[derive(Debug, Default)]
+pub(crate) enum Tail {
+    /// Nothing: the response is entirely in the send buffer.
+    #[default]
+    None,
+    /// A body too large for the send buffer, sent from where it lives.
+    Pinned {
+        /// The bytes still to send (`None` while a send of them is out).
+        rest: Option<keystone_ringbuf::PinnedBytes>,
+        /// Who keeps them.
+        owner: PinOwner,
+    },
+    /// A file.
+    File(FileTail),
+    /// A generator, pulled as the socket drains.
+    Stream(StreamTail),
+}
+
+/// A file being sent.
+#[derive(Debug)]
+pub(crate) struct FileTail {
+    pub(crate) file: FileRef,
+    /// Next file offset to move.
+    pub(crate) offset: u64,
+    /// Bytes still to move from the file.
+    pub(crate) remaining: u64,
+    /// The pipe it is spliced through; `None`: read into the send buffer.
+    pub(crate) pipe: Option<Pipe>,
+    /// Bytes sitting in the pipe, not yet sent.
+    pub(crate) in_pipe: u32,
+}
+
+/// Giving an idle connection's memory back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Release {
+    /// Nothing asked.
+    None,
+    /// The idle read's cancellation is wanted or in flight.
+    Cancelling,
+    /// The read is cancelled: the driver is asked to let go of its part.
+    Requested,
+    /// The driver is letting go ([`Intent::ReleaseIdle`] returned).
+    Waiting,
+    /// Given back; nothing more until the connection is active again.
+    Done,
+}
+
+/// The write side's shutdown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Shutdown {
+    /// Not asked.
+    None,
+    /// The shutdown is in flight.
+    InFlight,
+    /// The write side is shut.
+    Done,
+}
+
+/// File descriptors a connection has to close, at most: a pending file's
+/// descriptor, a replaced cache entry's and a tail's (one each).
+const CLOSES_MAX: usize = 4;
+
+/// One HTTP/1.1 server connection: its buffers and its state. Lives in a
+/// worker's slot for the worker's life, one connection after another.
+pub struct Connection {
+    pub(crate) slot: u32,
+    pub(crate) recv: RingBuffer,
+    pub(crate) send: RingBuffer,
+    pub(crate) peer: Option<SocketAddr>,
+    pub(crate) phase: Phase,
+    pub(crate) reading: Reading,
+    /// The parser's incremental state for the head being received.
+    pub(crate) progress: Progress,
+    pub(crate) receiving: Lane,
+    pub(crate) output: Output,
+    /// The output in flight was asked to cancel.
+    pub(crate) output_cancelled: bool,
+    /// An open or stat of a file answer is in flight.
+    pub(crate) file_busy: bool,
+    pub(crate) tail: Tail,
+    /// Responses queued since the send buffer was last empty.
+    pub(crate) queued: u32,
+    /// Requests answered on this connection.
+    pub(crate) served: u32,
+    /// The buffer holds no complete request: a receive is wanted.
+    pub(crate) need_more: bool,
+    pub(crate) timer: Timer,
+    pub(crate) timer_at: Option<Instant>,
+    /// An event arrived since the deadline was last set: progress, which
+    /// restarts the between-operations timers (a poll alone does not).
+    pub(crate) progressed: bool,
+    /// When the current idle period began.
+    pub(crate) idle_since: Instant,
+    /// A read returned bytes since the connection was accepted or its
+    /// memory was released: its reads deserve a registered window.
+    pub(crate) warm: bool,
+    pub(crate) release: Release,
+    pub(crate) shutdown: Shutdown,
+    closes: [RawFd; CLOSES_MAX],
+    closes_len: u8,
+}
+
+impl Connection {
+    /// Slot `slot`'s connection over its receive and send buffers, free.
+    pub fn new(slot: u32, recv: RingBuffer, send: RingBuffer, now: Instant) -> Connection {
+        Connection {
+            slot,
+            recv,
+            send,
+            peer: None,
+            phase: Phase::Free,
+            reading: Reading::Idle,
+            progress: Progress::NEW,
+            receiving: Lane::Idle,
+            output: Output::Idle,
+            output_cancelled: false,
+            file_busy: false,
+            tail: Tail::None,
+            queued: 0,
+            served: 0,
+            need_more: false,
+            timer: Timer::None,
+            timer_at: None,
+            progressed: false,
+            idle_since: now,
+            warm: false,
+            release: Release::None,
+            shutdown: Shutdown::None,
+            closes: [-1; CLOSES_MAX],
+            closes_len: 0,
+        }
+    }
+
+    /// A connection from `peer` was accepted into this (free) slot.
+    pub fn open(&mut self, peer: Option<SocketAddr>, now: Instant, config: &Config) {
+        assert_eq!(self.phase, Phase::Free, "open of a busy slot");
+        debug_assert!(self.recv.is_empty() && self.send.is_empty());
+        debug_assert!(matches!(self.tail, Tail::None) && self.closes_len == 0);
+        debug_assert!(self.receiving == Lane::Idle && self.output == Output::Idle);
+        self.peer = peer;
+        self.phase = Phase::Open;
+        self.reading = Reading::Idle;
+        self.progress = Progress::NEW;
+        self.output_cancelled = false;
+        self.file_busy = false;
+        self.queued = 0;
+        self.served = 0;
+        self.need_more = true;
+        self.timer = Timer::None;
+        self.timer_at = None;
+        self.idle_since = now;
+        self.warm = false;
+        self.release = Release::None;
+        self.shutdown = Shutdown::None;
+        self.refresh_timer(now, config);
+    }
+
+    /// The slot this connection lives in.
+    pub fn slot(&self) -> u32 {
+        self.slot
+    }
+
+    /// Whether the slot holds no connection.
+    pub fn is_free(&self) -> bool {
+        self.phase == Phase::Free
+    }
+
+    /// The client's address.
+    pub fn peer(&self) -> Option<SocketAddr> {
+        self.peer
+    }
+
+    /// Which timeout applies now.
+    pub fn timer(&self) -> Timer {
+        self.timer
+    }
+
+    /// When [`Event::Deadline`] is due, if any timeout applies.
+    pub fn deadline(&self) -> Option<Instant> {
+        let at = self.timer_at?;
+        if self.timer == Timer::Idle && self.release == Release::None && self.recv.touched() {
+            return Some(at.min(self.idle_since + IDLE_RELEASE_AFTER));
+        }
+        Some(at)
+    }
+
+    /// Whether the connection has received bytes since it was accepted or
+    /// its memory was last released (its reads deserve a registered window).
+    pub fn is_warm(&self) -> bool {
+        self.warm
+    }
+
+    /// The receive buffer, for the driver to register (and unregister) its
+    /// window with the ring.
+    pub fn recv_buffer_mut(&mut self) -> &mut RingBuffer {
+        &mut self.recv
+    }
+
+    /// Whether a free slot's buffers hold pages worth giving back.
+    pub fn touched(&self) -> bool {
+        self.recv.touched() || self.send.touched()
+    }
+
+    /// A free slot gives its buffers' pages back (the driver unregisters
+    /// its window first).
+    pub fn release_free_memory(&mut self) {
+        assert_eq!(self.phase, Phase::Free, "release of a busy slot's memory");
+        self.recv.release_idle();
+        self.send.release_idle();
+    }
+
+    /// Handles one event; then [`Connection::poll`] says what to do next
+    /// (and sets the deadline for the state the intents leave it in).
+    pub fn on<P: Policy>(&mut self, event: Event, cx: &mut Context<'_, P>) {
+        debug_assert!(self.phase != Phase::Free, "event {event:?} for a free slot");
+        self.progressed = !matches!(event, Event::Deadline | Event::Drain);
+        match event {
+            Event::Received { buf, result } => self.on_received(buf, result, cx),
+            Event::Sent { buf, result } => self.on_sent(buf, result, cx),
+            Event::FileRead { buf, result } => self.on_file_read(buf, result, cx),
+            Event::Spliced { result } => self.on_spliced(result, cx),
+            Event::Opened { result } => self.on_opened(result, cx),
+            Event::Stated { result, meta } => self.on_stated(result, meta, cx),
+            Event::ShutDown { result } => {
+                debug_assert_eq!(self.shutdown, Shutdown::InFlight);
+                self.shutdown = Shutdown::Done;
+                if result < 0 && self.phase == Phase::Lingering {
+                    self.phase = Phase::Aborting;
+                }
+            }
+            Event::Closed => self.on_closed(),
+            Event::Deadline => self.on_deadline(cx),
+            Event::Drain => self.on_drain(cx),
+            Event::Released => {
+                debug_assert_eq!(self.release, Release::Waiting);
+                if self.receiving == Lane::Idle && self.recv.is_empty() && self.send.is_empty() {
+                    self.recv.release_idle();
+                    self.send.release_idle();
+                }
+                self.release = Release::Done;
+                self.warm = false;
+            }
+        }
+    }
+
+    /// The next thing to do, or `None` until another event arrives.
+    pub fn poll<'c, P: Policy>(&mut self, cx: &'c mut Context<'_, P>) -> Option<Intent<'c>> {
+        let (now, config) = (cx.now, cx.shared.config);
+        let intent = self.next_intent(cx);
+        self.refresh_timer(now, &config);
+        intent
+    }
+
+    fn next_intent<'c, P: Policy>(&mut self, cx: &'c mut Context<'_, P>) -> Option<Intent<'c>> {
+        if self.closes_len > 0 {
+            self.closes_len -= 1;
+            return Some(Intent::CloseFile(self.closes[self.closes_len as usize]));
+        }
+        match self.phase {
+            Phase::Free | Phase::Closing => return None,
+            Phase::Aborting => return self.poll_abort(cx),
+            Phase::Lingering => return self.poll_linger(),
+            Phase::Open | Phase::Finishing => {}
+        }
+        if self.phase == Phase::Finishing && self.receiving == Lane::Busy {
+            // Reads are no longer wanted (a 408, a drain, an end).
+            self.receiving = Lane::Cancelling;
+            return Some(Intent::CancelRecv);
+        }
+        if self.output == Output::Idle {
+            if let Some(intent) = self.poll_output(cx) {
+                return Some(intent);
+            }
+            if self.closes_len > 0 {
+                self.closes_len -= 1;
+                return Some(Intent::CloseFile(self.closes[self.closes_len as usize]));
+            }
+        }
+        if matches!(self.phase, Phase::Aborting) {
+            return self.poll_abort(cx);
+        }
+        if let Reading::Answering(_) = self.reading {
+            if !self.file_busy {
+                return self.poll_file(cx);
+            }
+            return None;
+        }
+        match self.release {
+            Release::Cancelling if self.receiving == Lane::Busy => {
+                self.receiving = Lane::Cancelling;
+                return Some(Intent::CancelRecv);
+            }
+            Release::Cancelling if self.receiving == Lane::Idle => {
+                self.release = Release::Requested;
+            }
+            _ => {}
+        }
+        if self.release == Release::Requested {
+            if self.recv.is_empty() && self.send.is_empty() && self.output == Output::Idle {
+                self.release = Release::Waiting;
+                return Some(Intent::ReleaseIdle);
+            }
+            self.release = Release::None;
+        }
+        if self.release == Release::Waiting {
+            return None;
+        }
+        if self.wants_bytes() {
+            return self.poll_recv(cx);
+        }
+        if self.phase == Phase::Finishing && self.output_done() && self.receiving == Lane::Idle {
+            self.phase = Phase::Lingering;
+            self.timer = Timer::None; // the linger deadline starts now
+            self.shutdown = Shutdown::InFlight;
+            return Some(Intent::Shutdown);
+        }
+        None
+    }
+
+    /// A receive is wanted: the connection reads requests, has nothing in
+    /// progress and the buffer holds no complete request.
+    fn wants_bytes(&self) -> bool {
+        self.phase == Phase::Open
+            && self.receiving == Lane::Idle
+            && self.need_more
+            && matches!(self.tail, Tail::None)
+    }
+
+    fn poll_recv<P: Policy>(&mut self, cx: &mut Context<'_, P>) -> Option<Intent<'static>> {
+        if self.recv.spare() == 0 && self.recv.head() > 0 {
+            // Between reads, no span into the buffer is live (a partial
+            // request's parse progress and chunked offsets are relative).
+            self.recv.compact();
+        }
+        if self.recv.spare() == 0 {
+            // Limits make a request always fit (capacity = head + body
+            // limits) and a refused one closes the connection, so a full
+            // buffer here is an engine bug; still, one connection must not
+            // take the worker down: close it.
+            debug_assert!(false, "receive buffer full without a complete request");
+            cx.policy.log(
+                Level::Error,
+                format_args!(
+                    "receive buffer full without a complete request; closing the connection"
+                ),
+            );
+            self.phase = Phase::Aborting;
+            return self.poll_abort(cx);
+        }
+        self.receiving = Lane::Busy;
+        Some(Intent::Recv(self.recv.lend_spare()))
+    }
+
+    /// The next output operation: buffered bytes first (a small file's
+    /// next piece is read in behind them first, so head and body leave in
+    /// one send), then the tail.
+    fn poll_output<P: Policy>(&mut self, cx: &mut Context<'_, P>) -> Option<Intent<'static>> {
+        debug_assert_eq!(self.output, Output::Idle);
+        if let Tail::File(file) = &self.tail {
+            if file.pipe.is_none() && file.remaining > 0 {
+                let room = self.send.spare();
+                let wanted = file.remaining.min(u64::from(room)).min(FILE_READ_BYTES_MAX) as u32;
+                if wanted > 0 && (u64::from(wanted) == file.remaining || self.send.is_empty()) {
+                    let (fd, offset) = (file.file.fd(&cx.shared.files), file.offset);
+                    self.output = Output::FileRead;
+                    return Some(Intent::ReadFile {
+                        fd,
+                        offset,
+                        buf: self.send.lend_spare(),
+                        len: wanted,
+                    });
+                }
+            }
+        }
+        if let Tail::Stream(_) = self.tail {
+            self.fill_stream(cx);
+        }
+        if !self.send.is_empty() {
+            self.output = Output::Buffer;
+            return Some(Intent::Send(SendBuf::Buffer(self.send.lend_unsent())));
+        }
+        match &mut self.tail {
+            Tail::None | Tail::Stream(_) => None,
+            Tail::Pinned { rest, .. } => {
+                let bytes = rest
+                    .take()
+                    .expect("pinned bytes are home when no send is out");
+                self.output = Output::Pinned;
+                Some(Intent::Send(SendBuf::Pinned(bytes)))
+            }
+            Tail::File(file) => {
+                let pipe = file.pipe?;
+                if file.in_pipe > 0 {
+                    self.output = Output::SpliceOut;
+                    return Some(Intent::SpliceOut {
+                        from: pipe.read,
+                        len: file.in_pipe,
+                    });
+                }
+                debug_assert!(file.remaining > 0, "a finished file tail is released");
+                let len = file.remaining.min(u64::from(PIPE_BYTES)) as u32;
+                self.output = Output::SpliceIn;
+                Some(Intent::SpliceFile {
+                    fd: file.file.fd(&cx.shared.files),
+                    offset: file.offset,
+                    into: pipe.write,
+                    len,
+                })
+            }
+        }
+    }
+
+    fn poll_linger(&mut self) -> Option<Intent<'static>> {
+        if self.shutdown != Shutdown::Done || self.receiving != Lane::Idle {
+            return None;
+        }
+        // Discard what a closing peer still sends, until it closes.
+        self.recv.reset_for_reuse();
+        self.receiving = Lane::Busy;
+        Some(Intent::Recv(self.recv.lend_spare()))
+    }
+
+    /// Cancels what is in flight, waits for it, releases the response and
+    /// closes.
+    fn poll_abort<P: Policy>(&mut self, cx: &mut Context<'_, P>) -> Option<Intent<'static>> {
+        if self.receiving == Lane::Busy {
+            self.receiving = Lane::Cancelling;
+            return Some(Intent::CancelRecv);
+        }
+        if self.output != Output::Idle && !self.output_cancelled {
+            self.output_cancelled = true;
+            return Some(Intent::CancelOutput);
+        }
+        let busy = self.receiving != Lane::Idle
+            || self.output != Output::Idle
+            || self.file_busy
+            || self.shutdown == Shutdown::InFlight
+            || self.release == Release::Waiting;
+        if busy {
+            return None;
+        }
+        self.release_tail(cx);
+        self.release_pending(cx);
+        if self.closes_len > 0 {
+            self.closes_len -= 1;
+            return Some(Intent::CloseFile(self.closes[self.closes_len as usize]));
+        }
+        self.phase = Phase::Closing;
+        Some(Intent::Close)
+    }
+
+    fn on_received<P: Policy>(&mut self, buf: SpareLoan, result: i32, cx: &mut Context<'_, P>) {
+        debug_assert_ne!(self.receiving, Lane::Idle, "a receive nobody asked for");
+        self.receiving = Lane::Idle;
+        let received = result.max(0) as u32;
+        match self.phase {
+            Phase::Open => {}
+            Phase::Lingering => {
+                self.recv.return_spare(buf, received);
+                self.recv.reset_for_reuse();
+                if result <= 0 {
+                    // EOF (or an error): the peer has all it will read.
+                    self.phase = Phase::Aborting;
+                }
+                return;
+            }
+            _ => {
+                // Reads are no longer wanted: what arrived is dropped.
+                return self.recv.return_spare(buf, 0);
+            }
+        }
+        if result == -ECANCELED && self.release == Release::Cancelling {
+            self.recv.return_spare(buf, 0);
+            self.release = Release::Requested;
+            return;
+        }
+        if result <= 0 {
+            // EOF or error: whatever is queued is still sent, then close.
+            self.recv.return_spare(buf, 0);
+            self.reading = Reading::Idle;
+            self.phase = Phase::Finishing;
+            return;
+        }
+        self.recv.return_spare(buf, received);
+        self.warm = true;
+        self.release = Release::None;
+        self.need_more = false;
+        self.drive(cx);
+    }
+
+    fn on_sent<P: Policy>(&mut self, buf: SendBuf, result: i32, cx: &mut Context<'_, P>) {
+        debug_assert!(matches!(self.output, Output::Buffer | Output::Pinned));
+        self.output = Output::Idle;
+        self.output_cancelled = false;
+        let sent = result.max(0) as u32;
+        match buf {
+            SendBuf::Buffer(loan) => self.send.return_unsent(loan, sent),
+            SendBuf::Pinned(mut bytes) => {
+                bytes.advance(sent as usize);
+                let Tail::Pinned { rest, .. } = &mut self.tail else {
+                    unreachable!("a pinned send without its tail")
+                };
+                *rest = Some(bytes);
+            }
+        }
+        if self.phase != Phase::Open && self.phase != Phase::Finishing {
+            return;
+        }
+        if result <= 0 {
+            // The peer is gone: nothing more can be delivered.
+            self.phase = Phase::Aborting;
+            return;
+        }
+        if let Tail::Pinned {
+            rest: Some(bytes), ..
+        } = &self.tail
+        {
+            if bytes.is_empty() {
+                self.release_tail(cx);
+            }
+        }
+        self.after_output(cx);
+    }
+
+    fn on_file_read<P: Policy>(&mut self, buf: SpareLoan, result: i32, cx: &mut Context<'_, P>) {
+        debug_assert_eq!(self.output, Output::FileRead);
+        self.output = Output::Idle;
+        self.output_cancelled = false;
+        let read = result.max(0) as u32;
+        self.send.return_spare(buf, read);
+        if self.phase != Phase::Open && self.phase != Phase::Finishing {
+            return;
+        }
+        if result <= 0 {
+            self.file_failed(result, cx);
+            return;
+        }
+        let Tail::File(file) = &mut self.tail else {
+            unreachable!("a file read without its tail")
+        };
+        file.offset += u64::from(read);
+        file.remaining -= u64::from(read).min(file.remaining);
+        if file.remaining == 0 {
+            self.release_tail(cx);
+        }
+        self.after_output(cx);
+    }
+
+    fn on_spliced<P: Policy>(&mut self, result: i32, cx: &mut Context<'_, P>) {
+        let into_pipe = match self.output {
+            Output::SpliceIn => true,
+            Output::SpliceOut => false,
+            other => unreachable!("splice completion while {other:?}"),
+        };
+        self.output = Output::Idle;
+        self.output_cancelled = false;
+        let moved = result.max(0) as u32;
+        let Tail::File(file) = &mut self.tail else {
+            unreachable!("a splice without its tail")
+        };
+        // Count what moved even when aborting: a pipe holding bytes goes
+        // back dirty.
+        if into_pipe {
+            file.in_pipe += moved;
+            file.offset += u64::from(moved);
+            file.remaining -= u64::from(moved).min(file.remaining);
+        } else {
+            file.in_pipe -= moved.min(file.in_pipe);
+        }
+        if self.phase != Phase::Open && self.phase != Phase::Finishing {
+            return;
+        }
+        if result <= 0 {
+            if into_pipe {
+                self.file_failed(result, cx);
+            } else {
+                self.phase = Phase::Aborting; // the peer is gone
+            }
+            return;
+        }
+        let Tail::File(file) = &self.tail else {
+            unreachable!()
+        };
+        if file.in_pipe == 0 && file.remaining == 0 {
+            self.release_tail(cx);
+        }
+        self.after_output(cx);
+    }
+
+    /// Reading the file failed or it ended early: the head promised its
+    /// length, so the connection closes after what was sent.
+    fn file_failed<P: Policy>(&mut self, result: i32, cx: &mut Context<'_, P>) {
+        if result == 0 {
+            cx.policy.log(
+                Level::Warn,
+                format_args!("file shrank while being sent; closing the connection"),
+            );
+        } else {
+            cx.policy.log(
+                Level::Error,
+                format_args!(
+                    "reading a file being sent failed (errno {}); closing the connection",
+                    -result
+                ),
+            );
+        }
+        self.phase = Phase::Aborting;
+    }
+
+    /// An output operation finished: once the response in progress is all
+    /// sent, pipelined requests that waited are answered.
+    pub(crate) fn after_output<P: Policy>(&mut self, cx: &mut Context<'_, P>) {
+        if self.output_done() {
+            self.queued = 0;
+            if self.phase == Phase::Open {
+                self.drive(cx);
+            }
+        }
+    }
+
+    /// Nothing is queued or in progress on the output side.
+    pub(crate) fn output_done(&self) -> bool {
+        self.output == Output::Idle
+            && self.send.is_empty()
+            && matches!(self.tail, Tail::None)
+            && !matches!(self.reading, Reading::Answering(_))
+    }
+
+    fn on_closed(&mut self) {
+        debug_assert_eq!(self.phase, Phase::Closing);
+        debug_assert!(matches!(self.tail, Tail::None));
+        self.phase = Phase::Free;
+        self.reading = Reading::Idle;
+        self.recv.reset_for_reuse();
+        self.send.reset_for_reuse();
+    }
+
+    fn on_deadline<P: Policy>(&mut self, cx: &mut Context<'_, P>) {
+        let Some(at) = self.deadline() else { return };
+        if cx.now < at {
+            return;
+        }
+        match self.timer {
+            Timer::Header | Timer::Body => {
+                // 408 unless a response is already on its way.
+                if self.output_done() {
+                    self.queue_error(cx, 408, None, crate::answer::CLOSE);
+                }
+                self.reading = Reading::Idle;
+                self.progress = Progress::NEW;
+                self.phase = Phase::Finishing;
+            }
+            Timer::Idle if self.timer_at.is_some_and(|idle_at| cx.now < idle_at) => {
+                // Idle a whole IDLE_RELEASE_AFTER: give the pages back (the
+                // read in flight is cancelled first: the kernel must not
+                // write into pages we return).
+                self.release = Release::Cancelling;
+            }
+            Timer::Idle | Timer::Send | Timer::Linger => self.phase = Phase::Aborting,
+            Timer::None => {}
+        }
+    }
+
+    fn on_drain<P: Policy>(&mut self, cx: &mut Context<'_, P>) {
+        let idle = self.phase == Phase::Open
+            && matches!(self.reading, Reading::Idle)
+            && self.recv.is_empty()
+            && self.output_done();
+        if idle {
+            // An idle keep-alive connection closes now.
+            self.phase = Phase::Aborting;
+        } else if self.phase == Phase::Open && self.output_done() {
+            self.drive(cx);
+        }
+    }
+
+    /// Lets go of the response's tail: a pinned body or a generator is
+    /// unpinned, a file released, its pipe given back.
+    pub(crate) fn release_tail<P: Policy>(&mut self, cx: &mut Context<'_, P>) {
+        match std::mem::take(&mut self.tail) {
+            Tail::None => {}
+            Tail::Pinned { owner, .. } => cx.policy.unpin(owner, self.slot),
+            Tail::Stream(stream) => cx.policy.unpin(stream.owner, self.slot),
+            Tail::File(file) => {
+                if let Some(pipe) = file.pipe {
+                    cx.shared.pipes.give_back(pipe, file.in_pipe);
+                }
+                self.release_file(file.file, cx);
+            }
+        }
+    }
+
+    /// Gives a file back to the cache, or queues its descriptor's close.
+    pub(crate) fn release_file<P: Policy>(&mut self, file: FileRef, cx: &mut Context<'_, P>) {
+        if let Some(fd) = file.release(&mut cx.shared.files) {
+            self.close_later(fd);
+        }
+    }
+
+    /// Queues the close of a descriptor the connection owns.
+    pub(crate) fn close_later(&mut self, fd: RawFd) {
+        assert!(
+            (self.closes_len as usize) < CLOSES_MAX,
+            "too many closes queued"
+        );
+        self.closes[self.closes_len as usize] = fd;
+        self.closes_len += 1;
+    }
+
+    /// Sets the deadline for the state the connection is now in: progress
+    /// restarts the between-operations timers; the header and idle timers
+    /// keep counting from their start.
+    pub(crate) fn refresh_timer(&mut self, now: Instant, config: &Config) {
+        let timer = self.wanted_timer();
+        let restart = timer.restarts() && std::mem::take(&mut self.progressed);
+        if timer == self.timer && !restart {
+            return;
+        }
+        let timeouts = &config.timeouts;
+        self.timer = timer;
+        self.timer_at = match timer {
+            Timer::None => None,
+            Timer::Header => Some(now + timeouts.header),
+            Timer::Body => Some(now + timeouts.body),
+            Timer::Idle => {
+                self.idle_since = now;
+                Some(now + timeouts.idle)
+            }
+            Timer::Send => Some(now + timeouts.send),
+            Timer::Linger => Some(now + LINGER_TIMEOUT),
+        };
+    }
+
+    fn wanted_timer(&self) -> Timer {
+        match self.phase {
+            Phase::Lingering => Timer::Linger,
+            Phase::Open | Phase::Finishing => {
+                if self.output != Output::Idle {
+                    Timer::Send
+                } else if self.receiving != Lane::Busy {
+                    Timer::None
+                } else {
+                    match self.reading {
+                        Reading::Body(_) => Timer::Body,
+                        Reading::Head => Timer::Header,
+                        Reading::Idle if self.served > 0 && self.recv.is_empty() => Timer::Idle,
+                        Reading::Idle => Timer::Header,
+                        Reading::Answering(_) => Timer::None,
+                    }
+                }
+            }
+            Phase::Free | Phase::Aborting | Phase::Closing => Timer::None,
+        }
+    }
+
+    /// Takes a pinned body into the tail.
+    pub(crate) fn pin_tail(&mut self, pinned: Pinned) {
+        debug_assert!(matches!(self.tail, Tail::None));
+        self.tail = Tail::Pinned {
+            rest: Some(pinned.bytes),
+            owner: pinned.owner,
+        };
+    }
+
+    /// Starts sending a file of `len` bytes from `offset` behind the head.
+    pub(crate) fn file_tail<P: Policy>(
+        &mut self,
+        file: FileRef,
+        offset: u64,
+        len: u64,
+        cx: &mut Context<'_, P>,
+    ) {
+        debug_assert!(matches!(self.tail, Tail::None));
+        let pipe = if len > FILE_READ_BYTES_MAX {
+            cx.shared.pipes.take()
+        } else {
+            None
+        };
+        self.tail = Tail::File(FileTail {
+            file,
+            offset,
+            remaining: len,
+            pipe,
+            in_pipe: 0,
+        });
+    }
+}
+
+/// Linux's `ECANCELED`: a cancelled operation completes with its negation
+/// (this crate has no libc dependency outside the `sim` driver).
+const ECANCELED: i32 = 125;

@@ -1,0 +1,685 @@
+//! keystone-conn in isolation: the HTTP/1.1 server connection driven by the
+//! in-process driver (`sim`) with the plain-Rust policy (`FakePolicy`) —
+//! framing, pipelining, keep-alive, partial sends, streams, files and the
+//! open-file cache, deadlines, draining and lingering close, each checked
+//! on the exact bytes the connection sends and the operations it asks for.
+
+use std::path::Path;
+use std::time::Duration;
+
+use keystone_conn::sim::{check_responses, normalize, FakePolicy, Response, Sim, BIG};
+use keystone_conn::{Config, Root, Timeouts, FILE_CACHE_VALID, IDLE_RELEASE_AFTER};
+use keystone_parser::Limits;
+
+/// Fake descriptors the simulator maps to directories.
+const FILES_DIR: i32 = 7_000;
+const STATIC_DIR: i32 = 7_001;
+
+/// A site: `page.txt` (12 bytes), `small.bin` (10 KiB), `big.bin` (300 KB,
+/// spliced), `sub/inner.txt`, `public/` with `style.css`, `index.html`, a
+/// symlink leaving it; `outside.txt` beside them.
+fn site() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("files");
+    std::fs::create_dir_all(root.join("sub")).unwrap();
+    std::fs::write(root.join("page.txt"), b"policy page\n").unwrap();
+    std::fs::write(root.join("small.bin"), pattern(10 * 1024)).unwrap();
+    std::fs::write(root.join("big.bin"), pattern(300_000)).unwrap();
+    std::fs::write(root.join("sub/inner.txt"), b"inner\n").unwrap();
+    std::fs::write(dir.path().join("outside.txt"), b"secret\n").unwrap();
+    let public = dir.path().join("public");
+    std::fs::create_dir_all(public.join("docs")).unwrap();
+    std::fs::write(public.join("style.css"), b"body{color:red}\n").unwrap();
+    std::fs::write(public.join("index.html"), b"<h1>index</h1>\n").unwrap();
+    std::fs::write(public.join("docs/index.html"), b"<h1>docs</h1>\n").unwrap();
+    std::os::unix::fs::symlink(dir.path().join("outside.txt"), public.join("escape")).unwrap();
+    dir
+}
+
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 % 251) as u8).collect()
+}
+
+fn sim_with(config: Config, site: &Path) -> Sim<FakePolicy> {
+    let policy = FakePolicy::new(
+        Root {
+            id: 1,
+            dir: FILES_DIR,
+        },
+        Root {
+            id: 2,
+            dir: STATIC_DIR,
+        },
+    );
+    let mut sim = Sim::new(policy, config);
+    sim.root(FILES_DIR, &site.join("files"));
+    sim.root(STATIC_DIR, &site.join("public"));
+    sim
+}
+
+fn sim(site: &Path) -> Sim<FakePolicy> {
+    sim_with(Config::default(), site)
+}
+
+/// Feeds `input`, returns the responses (checked well formed).
+fn exchange(sim: &mut Sim<FakePolicy>, input: &[u8]) -> Vec<Response> {
+    sim.feed(input);
+    let out = sim.take_output();
+    match check_responses(&out) {
+        Ok(responses) => responses,
+        Err(err) => panic!("{err}\noutput: {:?}", String::from_utf8_lossy(&out)),
+    }
+}
+
+fn get(path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").into_bytes()
+}
+
+fn header<'a>(raw: &'a [u8], name: &str) -> Option<&'a str> {
+    let text = std::str::from_utf8(raw).ok()?;
+    let head = &text[..text.find("\r\n\r\n")?];
+    head.lines().find_map(|line| {
+        let (n, v) = line.split_once(": ")?;
+        n.eq_ignore_ascii_case(name).then_some(v)
+    })
+}
+
+#[test]
+fn requests_are_answered_in_order_and_the_connection_kept() {
+    let site = site();
+    let mut sim = sim(site.path());
+    let mut input = get("/");
+    input.extend(get("/missing"));
+    input.extend(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc");
+    input.extend(b"DELETE / HTTP/1.1\r\nHost: t\r\n\r\n");
+    let responses = exchange(&mut sim, &input);
+    let got: Vec<(u16, &[u8])> = responses
+        .iter()
+        .map(|r| (r.status, r.body.as_slice()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (200, &b"hello"[..]),
+            (404, b"Not Found\n"),
+            (200, b"len=3 hex=616263"),
+            (405, b"Method Not Allowed\n"),
+        ]
+    );
+    assert!(!sim.closed() && !sim.write_shut(), "keep-alive");
+    assert_eq!(
+        sim.policy.answered,
+        [(200, 5), (404, 10), (200, 16), (405, 19)],
+        "each committed head reports its status and announced length"
+    );
+    // One receive took the four pipelined requests; their answers left in
+    // one send.
+    assert_eq!(sim.counts["send"], 1);
+}
+
+#[test]
+fn any_split_of_the_input_and_any_partial_send_give_the_same_bytes() {
+    let site = site();
+    let mut input = get("/");
+    input.extend(b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n2;x=1\r\nab\r\n1\r\nc\r\n0\r\nT: v\r\n\r\n");
+    input.extend(get("/stream"));
+    input.extend(get("/big"));
+    input.extend(get("/h"));
+    input.extend(get("/file/page.txt"));
+    input.extend(get("/static/style.css"));
+    input.extend(b"HEAD /big HTTP/1.1\r\nHost: t\r\n\r\n");
+    let whole = {
+        let mut sim = sim(site.path());
+        sim.feed(&input);
+        normalize(&sim.take_output())
+    };
+    check_responses(&whole).expect("well formed");
+    let patterns: &[(&[usize], &[usize])] = &[
+        (&[1], &[]),
+        (&[3, 17], &[1]),
+        (&[64], &[7, 1000]),
+        (&[1000], &[4096, 3]),
+    ];
+    for (reads, sends) in patterns {
+        let mut sim = sim(site.path());
+        sim.recv_sizes(reads.to_vec());
+        if !sends.is_empty() {
+            sim.send_sizes(sends.to_vec());
+        }
+        sim.feed(&input);
+        let out = normalize(&sim.take_output());
+        assert!(
+            out == whole,
+            "reads {reads:?}, sends {sends:?}: {:?}",
+            String::from_utf8_lossy(&out[..out.len().min(400)])
+        );
+        assert_eq!(sim.policy.pins, 0, "every pin released");
+    }
+}
+
+#[test]
+fn a_head_arriving_in_pieces_is_not_rescanned_and_its_timer_keeps_counting() {
+    let site = site();
+    let config = Config {
+        timeouts: Timeouts {
+            header: Duration::from_secs(5),
+            ..Timeouts::default()
+        },
+        ..Config::default()
+    };
+    let mut sim = sim_with(config, site.path());
+    let head = get("/");
+    for byte in &head[..head.len() - 1] {
+        sim.feed(&[*byte]);
+        sim.advance(Duration::from_millis(100));
+    }
+    assert!(sim.take_output().is_empty());
+    sim.advance(Duration::from_secs(3)); // 5 s since the first byte
+    let out = sim.take_output();
+    assert!(
+        out.starts_with(b"HTTP/1.1 408 "),
+        "{:?}",
+        String::from_utf8_lossy(&out)
+    );
+    assert_eq!(header(&out, "connection"), Some("close"));
+    assert!(sim.write_shut(), "FIN after the 408");
+}
+
+#[test]
+fn bodies_arrive_across_reads_and_100_continue_is_sent_once_when_waited_for() {
+    let site = site();
+    let mut sim = sim(site.path());
+    sim.feed(
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n",
+    );
+    assert_eq!(sim.take_output(), b"HTTP/1.1 100 Continue\r\n\r\n");
+    sim.feed(b"ab");
+    assert!(sim.take_output().is_empty(), "no second 100");
+    let responses = exchange(&mut sim, b"cd");
+    assert_eq!(responses[0].body, b"len=4 hex=61626364");
+    // The body with the head: no interim response at all.
+    let responses = exchange(
+        &mut sim,
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\nz",
+    );
+    assert_eq!(responses.len(), 1);
+    assert_eq!(responses[0].status, 200);
+}
+
+#[test]
+fn framing_errors_answer_once_then_close_with_a_lingering_fin() {
+    let site = site();
+    let table: &[(&[u8], u16)] = &[
+        (b"GET / HTTP/1.1\r\n\r\n", 400),
+        (b"GET / HTTP/2.0\r\nHost: t\r\n\r\n", 505),
+        (b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+        (b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
+        (b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 99999999\r\n\r\n", 413),
+    ];
+    for (request, status) in table {
+        let mut sim = sim(site.path());
+        let mut input = request.to_vec();
+        input.extend(get("/")); // never answered
+        let responses = exchange(&mut sim, &input);
+        assert_eq!(responses.len(), 1, "{}", String::from_utf8_lossy(request));
+        assert_eq!(responses[0].status, *status);
+        assert!(responses[0].close);
+        assert!(
+            sim.write_shut() && !sim.closed(),
+            "lingering: FIN, reads drained"
+        );
+        assert_eq!(
+            sim.policy.refused,
+            [*status],
+            "counted, never seen by policy"
+        );
+        sim.feed(b"more bytes the client still sends");
+        assert!(!sim.closed());
+        sim.close_input();
+        assert!(sim.closed(), "closed once the peer closes");
+    }
+}
+
+#[test]
+fn a_lingering_connection_closes_at_its_deadline() {
+    let site = site();
+    let mut sim = sim(site.path());
+    exchange(
+        &mut sim,
+        b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
+    assert!(sim.write_shut() && !sim.closed());
+    sim.advance(Duration::from_secs(3));
+    assert!(sim.closed());
+}
+
+#[test]
+fn http_1_0_closes_unless_keep_alive_is_asked_for() {
+    let site = site();
+    let mut sim = sim(site.path());
+    let responses = exchange(
+        &mut sim,
+        b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+    );
+    assert!(!responses[0].close);
+    assert!(!sim.write_shut());
+    let responses = exchange(
+        &mut sim,
+        b"GET /stream HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+    );
+    assert_eq!(responses[0].body, b"chunk1chunk2chunk3", "close-delimited");
+    assert!(responses[0].close);
+    assert!(sim.write_shut());
+}
+
+#[test]
+fn pinned_bodies_go_out_whole_through_partial_sends() {
+    let site = site();
+    let mut sim = sim(site.path());
+    sim.send_sizes(vec![1, 4095, 60_001, 13]);
+    let responses = exchange(&mut sim, &get("/big"));
+    assert_eq!(responses[0].body, BIG);
+    assert_eq!(sim.policy.pins, 0);
+}
+
+#[test]
+fn streams_are_pulled_as_the_socket_drains_and_their_length_is_enforced() {
+    let site = site();
+    let mut sim = sim(site.path());
+    let responses = exchange(&mut sim, &get("/stream"));
+    assert_eq!(responses[0].body, b"chunk1chunk2chunk3");
+    // Exactly the declared length: keep-alive.
+    let responses = exchange(&mut sim, &get("/declared/10"));
+    assert_eq!(responses[0].body, b"0123456789");
+    assert!(!sim.write_shut());
+    // HEAD and a declared 0 never pull.
+    let responses = exchange(&mut sim, b"HEAD /stream HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert!(responses[0].bodyless);
+    assert_eq!(sim.policy.pins, 0);
+    // More than declared: exactly N sent, logged, closed.
+    let out = {
+        sim.feed(&get("/declared/4"));
+        sim.take_output()
+    };
+    assert!(
+        out.ends_with(b"\r\n\r\n0123"),
+        "{:?}",
+        String::from_utf8_lossy(&out)
+    );
+    assert!(sim.write_shut());
+    assert!(sim
+        .policy
+        .logs
+        .iter()
+        .any(|l| l.contains("more than the 4 bytes")));
+    // Fewer than declared: aborted, logged, closed.
+    let mut sim2 = sim_with(Config::default(), site.path());
+    sim2.feed(&get("/declared/20"));
+    let out = sim2.take_output();
+    assert!(out.ends_with(b"0123456789"));
+    assert!(sim2.write_shut());
+    assert!(sim2
+        .policy
+        .logs
+        .iter()
+        .any(|l| l.contains("ended after 10 of the 20")));
+    assert_eq!(sim2.policy.pins, 0);
+}
+
+#[test]
+fn a_failing_or_stuck_generator_aborts_without_a_terminating_chunk() {
+    let site = site();
+    for path in ["/failing-stream", "/empty-stream"] {
+        let mut sim = sim(site.path());
+        sim.feed(&get(path));
+        let out = sim.take_output();
+        assert!(
+            !out.ends_with(b"0\r\n\r\n"),
+            "{path}: must not look complete"
+        );
+        assert!(sim.write_shut(), "{path}");
+        assert_eq!(sim.policy.pins, 0, "{path}");
+        assert_eq!(sim.policy.logs.len(), 1, "{path}: {:?}", sim.policy.logs);
+    }
+}
+
+#[test]
+fn a_stalled_reader_holds_at_most_the_send_buffer_then_times_out() {
+    let site = site();
+    let config = Config {
+        timeouts: Timeouts {
+            send: Duration::from_secs(3),
+            ..Timeouts::default()
+        },
+        ..Config::default()
+    };
+    let mut sim = sim_with(config, site.path());
+    sim.stall_peer(true);
+    sim.feed(&get("/big"));
+    assert!(!sim.closed());
+    sim.advance(Duration::from_secs(4));
+    assert!(sim.closed(), "send timeout closes");
+    assert_eq!(sim.policy.pins, 0, "the pinned body is released");
+}
+
+#[test]
+fn static_files_use_the_open_file_cache_within_its_validity() {
+    let site = site();
+    let mut sim = sim(site.path());
+    let first = exchange(&mut sim, &get("/static/style.css"));
+    assert_eq!(first[0].body, b"body{color:red}\n");
+    assert_eq!((sim.counts["open"], sim.counts["stat"]), (1, 1));
+    let again = exchange(&mut sim, &get("/static/style.css"));
+    assert_eq!(again[0].body, b"body{color:red}\n");
+    assert_eq!(
+        sim.counts["open"], 1,
+        "served from the cache: no open, no stat"
+    );
+    assert_eq!(sim.open_files(), 1, "the cache keeps the descriptor");
+    sim.advance(FILE_CACHE_VALID);
+    exchange(&mut sim, &get("/static/style.css"));
+    assert_eq!(sim.counts["open"], 2, "stale: opened and stat'ed again");
+    assert_eq!(sim.open_files(), 1, "the replaced descriptor was closed");
+}
+
+#[test]
+fn static_answers_confinement_index_conditionals_and_ranges() {
+    let site = site();
+    let mut sim = sim(site.path());
+    let first = {
+        sim.feed(&get("/static/style.css"));
+        sim.take_output()
+    };
+    let etag = header(&first, "etag").expect("etag").to_owned();
+    let modified = header(&first, "last-modified")
+        .expect("last-modified")
+        .to_owned();
+    assert_eq!(header(&first, "content-type"), Some("text/css"));
+    assert_eq!(header(&first, "accept-ranges"), Some("bytes"));
+    let with =
+        |headers: &str| format!("GET /static/style.css HTTP/1.1\r\nHost: t\r\n{headers}\r\n");
+    let table: Vec<(String, u16, &[u8])> = vec![
+        (with(&format!("If-None-Match: {etag}\r\n")), 304, b""),
+        (
+            with(&format!("If-None-Match: \"x\", W/{etag}\r\n")),
+            304,
+            b"",
+        ),
+        (with("If-None-Match: \"x\"\r\n"), 200, b"body{color:red}\n"),
+        (
+            with(&format!("If-Modified-Since: {modified}\r\n")),
+            304,
+            b"",
+        ),
+        (with("Range: bytes=0-3\r\n"), 206, b"body"),
+        (with("Range: bytes=-4\r\n"), 206, b"ed}\n"),
+        (with("Range: bytes=100-200\r\n"), 416, b""),
+        (
+            with("If-Range: \"stale\"\r\nRange: bytes=0-3\r\n"),
+            200,
+            b"body{color:red}\n",
+        ),
+        (
+            String::from_utf8(get("/static/")).unwrap(),
+            200,
+            b"<h1>index</h1>\n",
+        ),
+        (
+            String::from_utf8(get("/static/docs/")).unwrap(),
+            200,
+            b"<h1>docs</h1>\n",
+        ),
+        (
+            String::from_utf8(get("/static/escape")).unwrap(),
+            403,
+            b"Forbidden\n",
+        ),
+        (
+            String::from_utf8(get("/static/../outside.txt")).unwrap(),
+            403,
+            b"Forbidden\n",
+        ),
+        (
+            String::from_utf8(get("/static/%2e%2e/outside.txt")).unwrap(),
+            403,
+            b"Forbidden\n",
+        ),
+        (
+            String::from_utf8(get("/static/a%00b")).unwrap(),
+            404,
+            b"Not Found\n",
+        ),
+        (
+            String::from_utf8(get("/static/nope.css")).unwrap(),
+            404,
+            b"Not Found\n",
+        ),
+    ];
+    for (request, status, body) in table {
+        for round in 0..2 {
+            // Twice: a miss (open, stat) and a hit answer alike.
+            let responses = exchange(&mut sim, request.as_bytes());
+            assert_eq!(responses.len(), 1, "{request:?} round {round}");
+            assert_eq!(responses[0].status, status, "{request:?} round {round}");
+            assert_eq!(responses[0].body, body, "{request:?} round {round}");
+        }
+    }
+    let head = {
+        sim.feed(b"HEAD /static/style.css HTTP/1.1\r\nHost: t\r\n\r\n");
+        sim.take_output()
+    };
+    assert_eq!(header(&head, "content-length"), Some("16"));
+    assert!(head.ends_with(b"\r\n\r\n"), "no body");
+    let post = exchange(
+        &mut sim,
+        b"POST /static/style.css HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert_eq!(post[0].status, 405);
+}
+
+#[test]
+fn small_files_leave_with_their_head_large_ones_are_spliced() {
+    let site = site();
+    let mut sim = sim(site.path());
+    let responses = exchange(&mut sim, &get("/file/small.bin"));
+    assert_eq!(responses[0].body, pattern(10 * 1024));
+    assert_eq!(sim.counts["read_file"], 1);
+    assert_eq!(sim.counts["send"], 1, "head and body in one send");
+    assert!(!sim.counts.contains_key("splice"));
+    sim.send_sizes(vec![1000, 7]);
+    let responses = exchange(&mut sim, &get("/file/big.bin"));
+    assert_eq!(responses[0].body, pattern(300_000));
+    assert!(sim.counts["splice"] >= 10, "{:?}", sim.counts);
+    assert_eq!(sim.shared.pipes.available(), 2, "the pipe came back clean");
+}
+
+#[test]
+fn policy_files_carry_policy_headers_whether_the_cache_hits_or_not() {
+    let site = site();
+    let mut sim = sim(site.path());
+    let miss = {
+        sim.feed(&get("/file/page.txt"));
+        sim.take_output()
+    };
+    let hit = {
+        sim.feed(&get("/file/page.txt"));
+        sim.take_output()
+    };
+    assert_eq!(normalize(&miss), normalize(&hit));
+    assert_eq!(header(&miss, "x-policy"), Some("file"));
+    assert!(miss.ends_with(b"policy page\n"));
+    assert_eq!(sim.counts["open"], 1);
+    let table: &[(&str, u16)] = &[
+        ("/file/sub/inner.txt", 200),
+        ("/file/missing.txt", 404),
+        ("/file/../outside.txt", 403),
+        ("/file//etc/passwd", 404),
+        ("/file/sub", 404), // a directory without index.html
+        ("/file-declared/12/page.txt", 200),
+        ("/file-declared/11/page.txt", 500),
+    ];
+    for (path, status) in table {
+        let responses = exchange(&mut sim, &get(path));
+        assert_eq!(responses[0].status, *status, "{path}");
+    }
+    assert_eq!(sim.policy.pins, 0, "pinned paths released");
+    assert!(sim
+        .policy
+        .logs
+        .iter()
+        .any(|l| l.contains("does not match the file's 12 bytes")));
+}
+
+#[test]
+fn idle_connections_give_their_memory_back_then_time_out() {
+    let site = site();
+    let config = Config {
+        timeouts: Timeouts {
+            idle: Duration::from_secs(5),
+            ..Timeouts::default()
+        },
+        ..Config::default()
+    };
+    let mut sim = sim_with(config, site.path());
+    exchange(&mut sim, &get("/"));
+    assert!(!sim.counts.contains_key("release_idle"));
+    sim.advance(IDLE_RELEASE_AFTER);
+    assert_eq!(sim.counts["release_idle"], 1, "released after a second");
+    assert_eq!(sim.counts["cancel"], 1, "the idle read was cancelled first");
+    assert!(!sim.closed());
+    // Still serving after the release.
+    let responses = exchange(&mut sim, &get("/"));
+    assert_eq!(responses[0].body, b"hello");
+    sim.advance(Duration::from_secs(6));
+    assert!(sim.closed(), "keep-alive timeout");
+    assert!(sim.take_output().is_empty(), "closed silently");
+}
+
+#[test]
+fn a_body_that_stalls_gets_408() {
+    let site = site();
+    let config = Config {
+        timeouts: Timeouts {
+            body: Duration::from_secs(2),
+            ..Timeouts::default()
+        },
+        ..Config::default()
+    };
+    let mut sim = sim_with(config, site.path());
+    sim.feed(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nabc");
+    sim.advance(Duration::from_secs(1));
+    sim.feed(b"de");
+    sim.advance(Duration::from_secs(1));
+    assert!(
+        sim.take_output().is_empty(),
+        "each read restarts the body timer"
+    );
+    sim.advance(Duration::from_secs(2));
+    let out = sim.take_output();
+    assert!(out.starts_with(b"HTTP/1.1 408 "));
+}
+
+#[test]
+fn draining_closes_idle_connections_and_finishes_busy_ones() {
+    let site = site();
+    let mut sim = sim(site.path());
+    exchange(&mut sim, &get("/"));
+    sim.drain();
+    assert!(sim.closed(), "idle: closed at once");
+
+    let mut busy = sim_with(Config::default(), site.path());
+    busy.stall_peer(true);
+    let mut input = get("/big");
+    input.extend(get("/"));
+    busy.feed(&input);
+    busy.drain();
+    assert!(!busy.closed(), "a response in progress finishes");
+    busy.stall_peer(false);
+    let responses = check_responses(&busy.take_output()).expect("well formed");
+    assert_eq!(
+        responses.len(),
+        2,
+        "pipelined requests already buffered are answered"
+    );
+    assert!(busy.write_shut(), "then it closes");
+}
+
+#[test]
+fn the_peer_closing_mid_request_closes_without_an_answer() {
+    let site = site();
+    let mut sim = sim(site.path());
+    sim.feed(b"GET / HTTP/1.1\r\nHo");
+    sim.close_input();
+    assert!(sim.take_output().is_empty());
+    assert!(sim.closed());
+}
+
+#[test]
+fn the_pipeline_bound_paces_answers_without_losing_any() {
+    let site = site();
+    let config = Config {
+        max_pipeline: 2,
+        ..Config::default()
+    };
+    let mut sim = sim_with(config, site.path());
+    let mut input = Vec::new();
+    for _ in 0..7 {
+        input.extend(get("/"));
+    }
+    let responses = exchange(&mut sim, &input);
+    assert_eq!(responses.len(), 7);
+    assert!(sim.counts["send"] >= 4, "at most 2 answers per send");
+}
+
+#[test]
+fn a_chunked_body_survives_compaction_of_a_small_receive_buffer() {
+    let site = site();
+    let config = Config {
+        limits: Limits {
+            max_header_bytes: 512,
+            max_headers: 16,
+            max_uri_bytes: 128,
+            max_body_bytes: 512,
+        },
+        ..Config::default()
+    };
+    let mut sim = sim_with(config, site.path());
+    sim.recv_sizes(vec![300, 1, 77]);
+    let mut input = Vec::new();
+    for _ in 0..3 {
+        input.extend(b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n");
+        for _ in 0..8 {
+            input.extend(b"20\r\n");
+            input.extend([b'x'; 32]);
+            input.extend(b"\r\n");
+        }
+        input.extend(b"0\r\n\r\n");
+    }
+    let responses = exchange(&mut sim, &input);
+    assert_eq!(responses.len(), 3);
+    for response in responses {
+        assert!(response.body.starts_with(b"len=256 "));
+    }
+}
+
+#[test]
+fn handler_statuses_and_policy_headers_reach_the_wire() {
+    let site = site();
+    let mut sim = sim(site.path());
+    let out = {
+        sim.feed(&get("/h"));
+        sim.take_output()
+    };
+    assert_eq!(header(&out, "x-policy"), Some("one"));
+    assert_eq!(header(&out, "set-cookie"), Some("a=1"));
+    let responses = exchange(&mut sim, &get("/status/204"));
+    assert_eq!(
+        (responses[0].status, responses[0].body.as_slice()),
+        (204, &b""[..])
+    );
+    let responses = exchange(&mut sim, &get("/status/99"));
+    assert_eq!(responses[0].status, 500, "1xx is not a final status");
+    let responses = exchange(&mut sim, &get("/fail"));
+    assert_eq!(responses[0].status, 500);
+    assert!(!sim.write_shut(), "a failed handler keeps the connection");
+}
