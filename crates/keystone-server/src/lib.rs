@@ -9,11 +9,10 @@
 //! keystone-benches or xtask (the leaves, which may depend on anything).
 
 pub mod cli;
-mod files;
-mod http;
 pub mod log;
-pub mod pipeline;
+pub mod policy;
 mod serve;
+mod sys;
 mod watchdog;
 mod worker;
 
@@ -115,12 +114,9 @@ fn send_reload(pid: i32) -> Result<(), String> {
             "process {pid} is '{comm}', not keystone; refusing to send it SIGHUP"
         ));
     }
-    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
-    let rc = unsafe { libc::kill(pid, libc::SIGHUP) };
-    if rc == 0 {
+    let Err(err) = sys::hang_up(pid) else {
         return Ok(());
-    }
-    let err = std::io::Error::last_os_error();
+    };
     Err(match err.raw_os_error() {
         Some(libc::ESRCH) => format!("no process with pid {pid} (it exited)"),
         Some(libc::EPERM) => format!("not permitted to signal process {pid} ({err})"),

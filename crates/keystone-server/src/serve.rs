@@ -9,7 +9,7 @@
 //! path is shared.
 
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::process::ExitCode;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -24,9 +24,11 @@ use keystone_ops::stats::{Shared, WorkerStats};
 
 use crate::cli::ServeArgs;
 use crate::log::Level;
+use crate::sys;
 use crate::watchdog::{self, Pulse, Watchdog};
-use crate::worker::{self, Timeouts, WorkerConfig};
+use crate::worker::{self, WorkerConfig};
 use crate::{EXAMPLE_APP, EXAMPLE_APP_NAME, EXIT_USAGE};
+use keystone_conn::Timeouts;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -47,7 +49,7 @@ fn fail(message: impl std::fmt::Display) -> ExitCode {
 pub fn serve(args: ServeArgs) -> ExitCode {
     // Before any socket exists: once the port accepts connections, SIGTERM
     // must mean "drain", never the default kill.
-    block_signals();
+    sys::block_signals();
     let app = match &args.app {
         Some(path) => match AppSource::read(path) {
             Ok(app) => app,
@@ -99,7 +101,7 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         Ok(steering) => steering,
         Err(code) => return code,
     };
-    release_freed_heap();
+    sys::release_freed_heap();
     let access_log = match &args.access_log {
         Some(path) => match open_access_log(path) {
             Ok(fd) => Some(fd),
@@ -123,7 +125,7 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         let worker_stats = Arc::new(WorkerStats::default());
         stats.push(Arc::clone(&worker_stats));
         let (reload_tx, reload_rx) = mpsc::channel();
-        let wake = match eventfd() {
+        let wake = match sys::eventfd() {
             Ok(fd) => fd,
             Err(err) => return fail(format_args!("eventfd: {err}")),
         };
@@ -171,7 +173,7 @@ pub fn serve(args: ServeArgs) -> ExitCode {
     } else {
         None
     };
-    release_freed_heap();
+    sys::release_freed_heap();
     let steering_kind = if steering.is_some() {
         "ebpf"
     } else {
@@ -236,7 +238,7 @@ fn spawn(
     let builder = std::thread::Builder::new().name(format!("keystone-w{index}"));
     builder
         .spawn(move || {
-            pin_to_core(index, workers);
+            sys::pin_to_core(index, workers);
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 worker::run(config, |ready| {
                     let _ = ready_tx.send(ready);
@@ -288,8 +290,7 @@ struct Fleet {
 impl Fleet {
     fn wake(&self, value: u64) {
         for wake in &self.wakes {
-            // SAFETY: writes 8 bytes from a stack u64 to an eventfd we own.
-            unsafe { libc::write(wake.as_raw_fd(), (&value as *const u64).cast(), 8) };
+            sys::wake(wake, value);
         }
     }
 
@@ -335,7 +336,7 @@ fn supervise(
     let mut stopped = 0;
     loop {
         watchdog.check(&fleet.pulses);
-        if let Some(signal) = wait_signal(WATCHDOG_PERIOD) {
+        if let Some(signal) = sys::wait_signal(WATCHDOG_PERIOD) {
             match signal {
                 libc::SIGTERM | libc::SIGINT if deadline.is_none() => {
                     crate::log!(
@@ -377,70 +378,6 @@ fn supervise(
             return ExitCode::SUCCESS;
         }
     }
-}
-
-fn signal_set() -> libc::sigset_t {
-    // SAFETY: sigemptyset/sigaddset initialise and fill a local set.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-            libc::sigaddset(&mut set, signal);
-        }
-        set
-    }
-}
-
-/// Blocks the handled signals in this thread before workers start, so they
-/// inherit the mask and only `wait_signal` ever sees them.
-fn block_signals() {
-    let set = signal_set();
-    // SAFETY: changes this thread's mask with a valid set.
-    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-    // SAFETY: ignoring SIGPIPE process-wide; sends use MSG_NOSIGNAL anyway.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
-}
-
-fn wait_signal(timeout: Duration) -> Option<i32> {
-    let set = signal_set();
-    let ts = libc::timespec {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_nsec: timeout.subsec_nanos() as libc::c_long,
-    };
-    // SAFETY: valid set and timespec; no siginfo requested.
-    let signal = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &ts) };
-    (signal > 0).then_some(signal)
-}
-
-fn eventfd() -> std::io::Result<OwnedFd> {
-    // SAFETY: plain syscall; the result is checked before use.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh descriptor nobody else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-fn pin_to_core(index: u32, workers: u32) {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if workers as usize > cpus {
-        return; // more workers than cores: let the scheduler place them
-    }
-    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET writes within it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(index as usize % cpus, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
-}
-
-/// Loading BPF objects parses the kernel's BTF (megabytes of heap, freed
-/// once loaded); glibc keeps freed heap mapped unless asked, so give it back:
-/// that is 18 MiB of resident memory on this kernel.
-fn release_freed_heap() {
-    // SAFETY: malloc_trim only returns free heap memory to the kernel.
-    unsafe { libc::malloc_trim(0) };
 }
 
 /// Attaches the eBPF observers to this process; the kernel refusing is one

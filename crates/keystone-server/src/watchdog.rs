@@ -24,9 +24,8 @@ pub struct Pulse {
 impl Pulse {
     /// Records the calling thread as this worker's (for `pthread_kill`).
     pub fn register_thread(&self) {
-        // SAFETY: pthread_self has no preconditions.
-        let thread = unsafe { libc::pthread_self() };
-        self.thread.store(thread as u64, Ordering::Release);
+        self.thread
+            .store(crate::sys::current_thread(), Ordering::Release);
     }
 
     /// The worker enters a handler. Single writer: load + store, no RMW.
@@ -73,10 +72,7 @@ impl Watchdog {
             if !seq.is_multiple_of(2) && now.duration_since(*since) >= self.budget {
                 let thread = pulse.thread.load(Ordering::Acquire);
                 if thread != 0 {
-                    // SAFETY: `thread` is a live worker thread (workers run
-                    // until the process exits); the signal's handler is
-                    // installed before workers start.
-                    unsafe { libc::pthread_kill(thread as libc::pthread_t, BUDGET_SIGNAL) };
+                    crate::sys::signal_thread(thread, BUDGET_SIGNAL);
                 }
                 *since = now;
             }
@@ -90,13 +86,5 @@ extern "C" fn on_budget_signal(_signal: libc::c_int) {
 
 /// Installs the budget signal's handler (process-wide, before workers).
 pub fn install_signal_handler() {
-    // SAFETY: a zeroed sigaction with a valid handler and an empty mask;
-    // SA_RESTART keeps interrupted syscalls transparent to the workers.
-    unsafe {
-        let mut action: libc::sigaction = std::mem::zeroed();
-        action.sa_sigaction = on_budget_signal as extern "C" fn(libc::c_int) as usize;
-        action.sa_flags = libc::SA_RESTART;
-        libc::sigemptyset(&mut action.sa_mask);
-        libc::sigaction(BUDGET_SIGNAL, &action, std::ptr::null_mut());
-    }
+    crate::sys::install_handler(BUDGET_SIGNAL, on_budget_signal);
 }

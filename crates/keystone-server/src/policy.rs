@@ -1,0 +1,351 @@
+//! The app's policy for keystone-conn: routes (matchit, through
+//! keystone-router), Lua handlers (keystone-lua) and static directories,
+//! plus what a worker counts and logs for each answered request.
+//!
+//! The connection layer decides how an answer goes on the wire; this
+//! decides what the answer is. Lua states replaced by a reload live on here
+//! while a response still pulls from (or sends out of) them: every pin is
+//! counted per state, and a retired state goes when its count is 0.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use keystone_conn::{Answer, Level, PinOwner, Pinned, Policy, Pulled, Request, Root};
+use keystone_exchange::HttpExchange;
+use keystone_lua::{LoadedApp, LuaWorker, Outcome, Pull, STATIC_HANDLER_BASE};
+use keystone_ops::access_log::{self, AccessLog};
+use keystone_ops::stats::WorkerStats;
+use keystone_response::Committed;
+use keystone_router::{RouteMiss, Router};
+
+use crate::log;
+use crate::watchdog::Pulse;
+
+/// A directory opened at load (`O_PATH | O_DIRECTORY`), files are opened
+/// beneath it with `openat2`.
+struct Directory {
+    fd: OwnedFd,
+    /// The open-file cache's id for this opening.
+    id: u32,
+}
+
+/// A Lua state and the pins that keep it (a retired state lives until 0).
+struct State {
+    lua: LuaWorker,
+    pins: u32,
+}
+
+/// One worker's app: router, Lua state(s), directories, counters, log.
+pub struct AppPolicy {
+    worker: u32,
+    router: Router,
+    /// The current state first; states retired by a reload follow while
+    /// something of theirs is pinned.
+    states: Vec<State>,
+    statics: Vec<Directory>,
+    files: Directory,
+    /// Counter slot per handler id.
+    route_slots: Vec<u16>,
+    stats: Arc<WorkerStats>,
+    pulse: Arc<Pulse>,
+    /// The access log, when on (its batches are written by the worker).
+    pub access: Option<AccessLog>,
+    /// The next directory id for the open-file cache.
+    next_root_id: u32,
+    /// The last answer bound the exchange (it is expired afterwards).
+    bound: bool,
+}
+
+impl AppPolicy {
+    /// The policy of `app` for worker `worker`.
+    pub fn new(
+        worker: u32,
+        app: LoadedApp,
+        stats: Arc<WorkerStats>,
+        pulse: Arc<Pulse>,
+        access: Option<AccessLog>,
+    ) -> Result<AppPolicy, String> {
+        let mut next_root_id = 1;
+        let (statics, files) = open_directories(&app, &mut next_root_id)?;
+        Ok(AppPolicy {
+            worker,
+            route_slots: stats.route_slots(&app.routes),
+            router: app.router,
+            states: vec![State {
+                lua: app.lua,
+                pins: 0,
+            }],
+            statics,
+            files,
+            stats,
+            pulse,
+            access,
+            next_root_id,
+            bound: false,
+        })
+    }
+
+    /// The policy of `app` alone — fresh counters, no watchdog, no access
+    /// log — for in-process drivers of keystone-conn (the property tests
+    /// and the fuzz targets drive the real policy through `sim`).
+    pub fn standalone(app: LoadedApp) -> Result<AppPolicy, String> {
+        let stats = Arc::new(WorkerStats::default());
+        AppPolicy::new(0, app, stats, Arc::new(Pulse::default()), None)
+    }
+
+    /// Swaps in a reloaded app; the old state stays while responses still
+    /// point into it. Returns the directory ids to forget in the cache.
+    pub fn reload(&mut self, app: LoadedApp) -> Result<Vec<u32>, String> {
+        let (statics, files) = open_directories(&app, &mut self.next_root_id)?;
+        let old: Vec<u32> = self
+            .statics
+            .iter()
+            .chain(std::iter::once(&self.files))
+            .map(|dir| dir.id)
+            .collect();
+        self.statics = statics;
+        self.files = files;
+        self.route_slots = self.stats.route_slots(&app.routes);
+        self.router = app.router;
+        self.states.insert(
+            0,
+            State {
+                lua: app.lua,
+                pins: 0,
+            },
+        );
+        self.drop_unpinned_retired();
+        Ok(old)
+    }
+
+    /// Frees retired states nothing points into any more.
+    fn drop_unpinned_retired(&mut self) {
+        let mut index = 1;
+        while index < self.states.len() {
+            if self.states[index].pins == 0 {
+                self.states.remove(index);
+            } else {
+                index += 1;
+            }
+        }
+    }
+
+    /// The current Lua state.
+    fn lua(&mut self) -> &mut LuaWorker {
+        &mut self.states[0].lua
+    }
+
+    /// The state that owns `owner`'s pins (the current one, or a retired
+    /// one a stream started in).
+    fn state_of(&mut self, owner: PinOwner) -> &mut State {
+        let index = self
+            .states
+            .iter()
+            .position(|state| state.lua.id() == owner.0)
+            .expect("a pin's state lives while it is pinned");
+        &mut self.states[index]
+    }
+}
+
+impl Policy for AppPolicy {
+    fn answer(&mut self, request: &Request<'_>) -> Answer<'_> {
+        let found = self
+            .router
+            .lookup(request.method(), request.path(), request.head.path.offset);
+        let matched = match found {
+            Ok(matched) => matched,
+            Err(RouteMiss::NotFound) => {
+                return Answer::Canned {
+                    status: 404,
+                    allow: None,
+                }
+            }
+            Err(RouteMiss::MethodNotAllowed { allow }) => {
+                return Answer::Canned {
+                    status: 405,
+                    allow: Some(allow.as_bytes()),
+                }
+            }
+        };
+        let handler = matched.handler;
+        if handler >= STATIC_HANDLER_BASE {
+            self.stats.static_files.add(1);
+            let directory = &self.statics[(handler - STATIC_HANDLER_BASE) as usize];
+            // The catch-all's value is the path below the prefix; the
+            // prefix itself serves the directory's index.
+            let path = matched.params().first().map_or(
+                keystone_ringbuf::Span::new(request.head.path.end(), 0),
+                |param| param.value,
+            );
+            return Answer::Static {
+                root: Root {
+                    id: directory.id,
+                    dir: directory.fd.as_raw_fd(),
+                },
+                path,
+            };
+        }
+        self.states[0].lua.exchange_mut().bind(
+            request.bytes,
+            request.head,
+            matched.params(),
+            request.body,
+            request.peer_addr(),
+        );
+        self.bound = true;
+        let route = self.route_slots.get(handler as usize).copied().unwrap_or(0);
+        self.stats.routes[route as usize].add(1);
+        self.pulse.enter_handler();
+        let outcome = self.states[0].lua.run(handler);
+        self.pulse.leave_handler();
+        match outcome {
+            Outcome::Done => Answer::Exchange {
+                files: Root {
+                    id: self.files.id,
+                    dir: self.files.fd.as_raw_fd(),
+                },
+            },
+            Outcome::Failed { message } => {
+                self.stats.lua_errors.add(1);
+                log_request(
+                    self.worker,
+                    request,
+                    format_args!("handler failed: {message}"),
+                );
+                Answer::Canned {
+                    status: 500,
+                    allow: None,
+                }
+            }
+            Outcome::Stopped { message } => {
+                self.stats.lua_stopped.add(1);
+                log_request(
+                    self.worker,
+                    request,
+                    format_args!("handler stopped: {message}"),
+                );
+                Answer::Canned {
+                    status: 503,
+                    allow: None,
+                }
+            }
+        }
+    }
+
+    fn exchange(&self) -> &HttpExchange {
+        self.states[0].lua.exchange()
+    }
+
+    fn pin(&mut self, slot: u32) -> Result<Pinned, String> {
+        let state = &mut self.states[0];
+        let bytes = state.lua.pin_body(slot)?;
+        state.pins += 1;
+        Ok(Pinned {
+            owner: PinOwner(state.lua.id()),
+            bytes,
+        })
+    }
+
+    fn expire(&mut self) {
+        if std::mem::take(&mut self.bound) {
+            self.lua().exchange_mut().expire();
+        }
+    }
+
+    fn pull(&mut self, owner: PinOwner, slot: u32) -> Pulled {
+        self.pulse.enter_handler();
+        let pulled = self.state_of(owner).lua.pull(slot);
+        self.pulse.leave_handler();
+        match pulled {
+            Pull::Chunk(bytes) => Pulled::Chunk(bytes),
+            Pull::End => Pulled::End,
+            Pull::Failed { message } => {
+                self.stats.lua_errors.add(1);
+                Pulled::Failed { message }
+            }
+        }
+    }
+
+    fn unpin(&mut self, owner: PinOwner, slot: u32) {
+        let state = self.state_of(owner);
+        state.lua.unpin_body(slot);
+        debug_assert!(state.pins > 0);
+        state.pins -= 1;
+        if state.pins == 0 && self.states[0].lua.id() != owner.0 {
+            self.drop_unpinned_retired();
+        }
+    }
+
+    fn answered(&mut self, request: &Request<'_>, committed: &Committed) {
+        self.stats.response(committed.status);
+        let Some(log) = &mut self.access else { return };
+        let entry = access_log::Entry {
+            peer: request.peer,
+            method: request.method(),
+            target: request.target(),
+            minor_version: request.head.minor_version,
+            status: committed.status,
+            body_bytes: committed.body_bytes(),
+            referer: request.header(b"referer"),
+            user_agent: request.header(b"user-agent"),
+            request_time: Instant::now()
+                .saturating_duration_since(request.started)
+                .as_secs_f64(),
+        };
+        log.record(&entry);
+    }
+
+    fn refused(&mut self, committed: &Committed) {
+        self.stats.response(committed.status);
+    }
+
+    fn log(&mut self, level: Level, message: std::fmt::Arguments<'_>) {
+        let level = match level {
+            Level::Warn => log::Level::Warn,
+            Level::Error => log::Level::Error,
+        };
+        crate::log!(level, Some(self.worker), "{message}");
+    }
+}
+
+/// Logs an error about `request` (`METHOD /path: ...`).
+fn log_request(worker: u32, request: &Request<'_>, message: std::fmt::Arguments<'_>) {
+    crate::log!(
+        log::Level::Error,
+        Some(worker),
+        "{} {}: {message}",
+        String::from_utf8_lossy(request.method()),
+        String::from_utf8_lossy(request.path())
+    );
+}
+
+/// Opens an app's static directories and its policy-file directory (at load
+/// and reload, never on the request path), each under a fresh cache id.
+fn open_directories(
+    app: &LoadedApp,
+    next_id: &mut u32,
+) -> Result<(Vec<Directory>, Directory), String> {
+    let mut open = |path: &Path, what: &dyn std::fmt::Display| -> Result<Directory, String> {
+        let file = std::fs::File::options()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+            .open(path)
+            .map_err(|err| format!("{what} {}: {err}", path.display()))?;
+        let id = *next_id;
+        *next_id += 1;
+        Ok(Directory {
+            fd: OwnedFd::from(file),
+            id,
+        })
+    };
+    let statics = app
+        .statics
+        .iter()
+        .map(|(_, dir)| open(dir, &"static"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let files = open(&app.files_dir, &"app directory")?;
+    Ok((statics, files))
+}
