@@ -1,4 +1,4 @@
-//! Shared by the fuzz targets and `crates/keystone-server/tests/conn_props.rs`
+//! Shared by the fuzz targets and `crates/keystone-app/tests/conn_props.rs`
 //! (which includes this file with `#[path]`): the Lua app the real policy
 //! serves when keystone-conn is driven in-process, and the connection
 //! built over it. The checker that reads the output back as well-formed
@@ -47,13 +47,13 @@ return { routes = {
 
 pub use keystone_conn::sim::{check_responses, normalize, Response, Sim};
 
+use keystone_app::AppPolicy;
 use keystone_conn::{Config, Timeouts};
 use keystone_lua::{AppSource, LoadedApp};
 use keystone_parser::Limits;
-use keystone_server::policy::AppPolicy;
 
-/// The `--max-pipeline` default, as `keystone serve` uses it.
-pub const MAX_PIPELINE_DEFAULT: u32 = keystone_server::cli::defaults::MAX_PIPELINE;
+/// The `--max-pipeline` default of `keystone serve`.
+pub const MAX_PIPELINE_DEFAULT: u32 = 64;
 
 /// A connection to [`APP`] through the real policy (router, Lua, response
 /// builder) and the real state machine, driven in-process. Panics if the

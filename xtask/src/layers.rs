@@ -29,6 +29,7 @@ const LAYER_CRATES: &[&str] = &[
     "keystone-response",
     "keystone-files",
     "keystone-conn",
+    "keystone-app",
     "keystone-reactor",
     "keystone-ebpf",
     "keystone-ops",
@@ -84,6 +85,21 @@ pub const LAYER_DAG: &[(&str, Allowed)] = &[
             "keystone-exchange",
             "keystone-response",
             "keystone-files",
+        ]),
+    ),
+    // The app as the connection's policy: routes and Lua say what the answer
+    // is; it counts and logs each one. No reactor, no kernel programs.
+    (
+        "keystone-app",
+        Allowed::Only(&[
+            "keystone-ringbuf",
+            "keystone-parser",
+            "keystone-router",
+            "keystone-exchange",
+            "keystone-lua",
+            "keystone-response",
+            "keystone-conn",
+            "keystone-ops",
         ]),
     ),
     // The io_uring proactor knows no HTTP: it sees the byte layer only for

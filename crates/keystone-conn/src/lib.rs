@@ -19,7 +19,7 @@
 //! server implements: this crate decides how an answer goes on the wire,
 //! never what the answer is.
 //!
-//! Never depends on: keystone-router, keystone-lua, keystone-reactor,
+//! Never depends on: keystone-router, keystone-lua, keystone-app, keystone-reactor,
 //! keystone-ebpf, keystone-ops, keystone-server.
 //!
 //! # Driving a connection
@@ -228,8 +228,10 @@ pub struct Shared {
 }
 
 /// Open files kept per worker (nginx's `open_file_cache max` is set per
-/// site; 1024 covers a site's assets and costs ~300 KiB).
-pub const FILE_CACHE_ENTRIES: u16 = 1024;
+/// site): 256 covers a site's hot assets (an entry is ~400 bytes and one
+/// descriptor); a file past it is opened per request until it evicts a
+/// less recently used one.
+pub const FILE_CACHE_ENTRIES: u16 = 256;
 /// How long a cached open file is served before it is opened and stat'ed
 /// again: a file changed on disk is seen within a second (nginx's
 /// `open_file_cache_valid` defaults to 60 s).

@@ -15,8 +15,9 @@ const STREAM_EMPTY_PULLS_MAX: u32 = 1000;
 
 /// Bytes of `METHOD /path` a stream keeps for its log lines; a longer
 /// request line is cut (log lines are for people, and this keeps the label
-/// a fixed part of the connection's tail, never a heap allocation).
-const REQUEST_LABEL_BYTES: usize = 128;
+/// a fixed part of the connection's tail, never a heap allocation; 64 bytes
+/// name most API paths whole and keep every slot small).
+const REQUEST_LABEL_BYTES: usize = 64;
 const _: () = assert!(REQUEST_LABEL_BYTES <= u8::MAX as usize);
 
 /// `METHOD /path` of a request, copied (cut at [`REQUEST_LABEL_BYTES`]):

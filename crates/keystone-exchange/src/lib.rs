@@ -10,7 +10,7 @@
 //! Does not own: request bytes (they live in a `keystone-ringbuf` buffer; the
 //! exchange only points at them), parsing, routing, Lua, serialization, I/O.
 //!
-//! Never depends on: keystone-lua, keystone-response, keystone-files, keystone-conn,
+//! Never depends on: keystone-lua, keystone-response, keystone-files, keystone-conn, keystone-app,
 //! keystone-reactor, keystone-ebpf, keystone-ops, keystone-server.
 //!
 //! # Lifetime contract

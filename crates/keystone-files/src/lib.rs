@@ -19,7 +19,7 @@
 //! per-worker open-file cache in the spirit of nginx's `open_file_cache`.
 //!
 //! Never depends on: keystone-ringbuf, keystone-router, keystone-exchange,
-//! keystone-lua, keystone-reactor, keystone-ebpf, keystone-conn,
+//! keystone-lua, keystone-reactor, keystone-ebpf, keystone-conn, keystone-app,
 //! keystone-ops, keystone-server (direct edges; keystone-response, used for
 //! `format_imf` and `content_range`, itself sits above keystone-exchange).
 //!

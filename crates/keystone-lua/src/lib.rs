@@ -11,7 +11,7 @@
 //! `ctx.headers[NAME]`, `ctx.body`). Request strings are made only when a
 //! handler reads them (`ffi.string` over a span of the request buffer).
 //!
-//! Never depends on: keystone-response, keystone-files, keystone-conn, keystone-reactor,
+//! Never depends on: keystone-response, keystone-files, keystone-conn, keystone-app, keystone-reactor,
 //! keystone-ebpf, keystone-ops, keystone-server. Lua code never performs
 //! I/O: this crate hands the engine an [`Outcome`], the engine commits it.
 
@@ -19,12 +19,14 @@ mod abi;
 mod app;
 mod budget;
 mod config;
+mod pulse;
 
 pub use app::{
     AppSource, LoadError, LoadedApp, STATIC_HANDLER_BASE, STATIC_PATH_PARAM, UNSAFE_LUA_NOTICE,
 };
 pub use budget::interrupt_running_handler;
 pub use config::{LuaConfig, DEFAULT_LUA_CPATH, DEFAULT_LUA_PATH};
+pub use pulse::Pulse;
 
 use std::mem::ManuallyDrop;
 use std::ptr::NonNull;

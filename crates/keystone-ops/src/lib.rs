@@ -15,7 +15,7 @@
 //! per request.
 //!
 //! Never depends on: keystone-ringbuf, keystone-parser, keystone-router,
-//! keystone-exchange, keystone-lua, keystone-reactor, keystone-conn,
+//! keystone-exchange, keystone-lua, keystone-reactor, keystone-conn, keystone-app,
 //! keystone-files, keystone-server.
 
 // Nothing here needs `unsafe`: the access log owns its descriptor as a

@@ -16,7 +16,7 @@
 //! one rule each.
 //!
 //! Never depends on: keystone-router, keystone-exchange, keystone-lua,
-//! keystone-response, keystone-files, keystone-conn, keystone-reactor, keystone-ebpf,
+//! keystone-response, keystone-files, keystone-conn, keystone-app, keystone-reactor, keystone-ebpf,
 //! keystone-ops, keystone-server (layer 2 only sees layer 1,
 //! `keystone-ringbuf`, for `Span`).
 //!

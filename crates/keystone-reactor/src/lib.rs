@@ -16,7 +16,7 @@
 //! machines decide.
 //!
 //! Never depends on: keystone-parser, keystone-router, keystone-exchange,
-//! keystone-lua, keystone-response, keystone-files, keystone-conn,
+//! keystone-lua, keystone-response, keystone-files, keystone-conn, keystone-app,
 //! keystone-ebpf, keystone-ops, keystone-server. The reactor knows no HTTP;
 //! it sees keystone-ringbuf only for the loan types it carries.
 //!

@@ -14,7 +14,7 @@
 //! file to open while the exchange it came from serves other requests.
 //!
 //! Never allocates; never performs I/O. Never depends on: keystone-router,
-//! keystone-lua, keystone-files, keystone-conn, keystone-reactor, keystone-ebpf,
+//! keystone-lua, keystone-files, keystone-conn, keystone-app, keystone-reactor, keystone-ebpf,
 //! keystone-ops, keystone-server.
 
 mod content_range;

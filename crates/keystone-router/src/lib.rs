@@ -10,7 +10,7 @@
 //! HEAD → GET fallback.
 //!
 //! Never depends on: keystone-parser, keystone-exchange, keystone-lua,
-//! keystone-response, keystone-files, keystone-conn, keystone-reactor, keystone-ebpf,
+//! keystone-response, keystone-files, keystone-conn, keystone-app, keystone-reactor, keystone-ebpf,
 //! keystone-ops, keystone-server (layer 3 sees only layer 1,
 //! `keystone-ringbuf`, for `Span`; it takes the path as bytes).
 //!

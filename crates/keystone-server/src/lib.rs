@@ -10,7 +10,6 @@
 
 pub mod cli;
 pub mod log;
-pub mod policy;
 mod serve;
 mod sys;
 mod watchdog;

@@ -8,40 +8,11 @@
 //! The hot path pays two relaxed stores per request: no lock, no syscall,
 //! no clock read.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+pub use keystone_lua::Pulse;
 use std::time::{Duration, Instant};
 
 /// The signal that interrupts a runaway handler.
 pub const BUDGET_SIGNAL: i32 = libc::SIGUSR1;
-
-/// One worker's heartbeat.
-#[derive(Default)]
-pub struct Pulse {
-    handler_seq: AtomicU64,
-    thread: AtomicU64,
-}
-
-impl Pulse {
-    /// Records the calling thread as this worker's (for `pthread_kill`).
-    pub fn register_thread(&self) {
-        self.thread
-            .store(crate::sys::current_thread(), Ordering::Release);
-    }
-
-    /// The worker enters a handler. Single writer: load + store, no RMW.
-    pub fn enter_handler(&self) {
-        let seq = self.handler_seq.load(Ordering::Relaxed);
-        debug_assert!(seq.is_multiple_of(2));
-        self.handler_seq.store(seq + 1, Ordering::Relaxed);
-    }
-
-    /// The worker left the handler.
-    pub fn leave_handler(&self) {
-        let seq = self.handler_seq.load(Ordering::Relaxed);
-        debug_assert!(!seq.is_multiple_of(2));
-        self.handler_seq.store(seq + 1, Ordering::Relaxed);
-    }
-}
 
 /// The main thread's view of every pulse.
 pub struct Watchdog {
@@ -63,14 +34,14 @@ impl Watchdog {
     pub fn check(&mut self, pulses: &[std::sync::Arc<Pulse>]) {
         let now = Instant::now();
         for (pulse, (last_seq, since)) in pulses.iter().zip(&mut self.seen) {
-            let seq = pulse.handler_seq.load(Ordering::Relaxed);
+            let seq = pulse.sequence();
             if seq != *last_seq {
                 *last_seq = seq;
                 *since = now;
                 continue;
             }
             if !seq.is_multiple_of(2) && now.duration_since(*since) >= self.budget {
-                let thread = pulse.thread.load(Ordering::Acquire);
+                let thread = pulse.thread();
                 if thread != 0 {
                     crate::sys::signal_thread(thread, BUDGET_SIGNAL);
                 }

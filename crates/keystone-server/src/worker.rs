@@ -16,6 +16,7 @@ use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
+use keystone_app::AppPolicy;
 use keystone_conn::{
     Config, Connection, Context, Event, FileMeta, Intent, Pipe, Shared, Timeouts, SEND_BUFFER_BYTES,
 };
@@ -31,7 +32,6 @@ use keystone_reactor::{
 use keystone_ringbuf::split_slab;
 
 use crate::log::Level;
-use crate::policy::AppPolicy;
 use crate::watchdog::Pulse;
 
 /// Submission queue entries. Each connection has at most three operations
@@ -103,7 +103,7 @@ pub struct WorkerConfig {
 /// Starts a worker: loads the app, then serves until drained. Start-up
 /// failures are reported through `ready`.
 pub fn run(config: WorkerConfig, ready: impl FnOnce(Result<(), String>)) {
-    config.pulse.register_thread();
+    config.pulse.set_thread(crate::sys::current_thread());
     let mut worker = match Worker::new(config) {
         Ok(worker) => worker,
         Err(message) => return ready(Err(message)),
@@ -211,6 +211,7 @@ impl Worker {
             Arc::clone(&config.stats),
             config.pulse,
             access,
+            log_app,
         )?;
         let mut reactor = Reactor::with_sqpoll(
             RING_ENTRIES,
@@ -788,6 +789,15 @@ fn release_window(reactor: &mut Reactor, slot: &mut Slot, index: u32, stats: &Wo
         slot.registered = false;
         stats.registered_buffers.sub(1);
     }
+}
+
+/// The app's log lines, into the worker's log.
+fn log_app(level: keystone_conn::Level, worker: u32, message: std::fmt::Arguments<'_>) {
+    let level = match level {
+        keystone_conn::Level::Warn => Level::Warn,
+        keystone_conn::Level::Error => Level::Error,
+    };
+    crate::log::line(level, Some(worker), message);
 }
 
 fn meta_of(stat: FileStat) -> FileMeta {

@@ -14,7 +14,7 @@ use keystone_parser::Limits;
 use proptest::prelude::*;
 use support::{check_responses, connection, normalize, Response, Sim, MAX_PIPELINE_DEFAULT};
 
-type Connection = Sim<keystone_server::policy::AppPolicy>;
+type Connection = Sim<keystone_app::AppPolicy>;
 
 /// Limits small enough that arbitrary input reaches them: a 1 KiB receive
 /// buffer (512 head + 512 body).

@@ -1,11 +1,20 @@
-//! The app's policy for keystone-conn: routes (matchit, through
-//! keystone-router), Lua handlers (keystone-lua) and static directories,
-//! plus what a worker counts and logs for each answered request.
+//! keystone-app — the app as keystone-conn's [`Policy`]: routes (matchit,
+//! through keystone-router) assign meaning, Lua handlers (keystone-lua)
+//! express policy, static directories answer as router entries; and what a
+//! worker counts and logs for each answered request (keystone-ops).
+//!
+//! Owns: one worker's router, its Lua state(s), the directories files are
+//! opened beneath (opened at load and reload, never on the request path),
+//! the per-worker counters' writes and the access-log lines.
 //!
 //! The connection layer decides how an answer goes on the wire; this
 //! decides what the answer is. Lua states replaced by a reload live on here
 //! while a response still pulls from (or sends out of) them: every pin is
 //! counted per state, and a retired state goes when its count is 0.
+//!
+//! Never depends on: keystone-files, keystone-reactor,
+//! keystone-ebpf, keystone-server. It performs no I/O on the request path:
+//! log lines go to the function the worker gives it.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
@@ -15,14 +24,14 @@ use std::time::Instant;
 
 use keystone_conn::{Answer, Level, PinOwner, Pinned, Policy, Pulled, Request, Root};
 use keystone_exchange::HttpExchange;
-use keystone_lua::{LoadedApp, LuaWorker, Outcome, Pull, STATIC_HANDLER_BASE};
+use keystone_lua::{LoadedApp, LuaWorker, Outcome, Pull, Pulse, STATIC_HANDLER_BASE};
 use keystone_ops::access_log::{self, AccessLog};
 use keystone_ops::stats::WorkerStats;
 use keystone_response::Committed;
 use keystone_router::{RouteMiss, Router};
 
-use crate::log;
-use crate::watchdog::Pulse;
+/// Where the app's log lines go: the worker's log, with its index.
+pub type Log = fn(Level, u32, std::fmt::Arguments<'_>);
 
 /// A directory opened at load (`O_PATH | O_DIRECTORY`), files are opened
 /// beneath it with `openat2`.
@@ -57,6 +66,7 @@ pub struct AppPolicy {
     next_root_id: u32,
     /// The last answer bound the exchange (it is expired afterwards).
     bound: bool,
+    log: Log,
 }
 
 impl AppPolicy {
@@ -67,6 +77,7 @@ impl AppPolicy {
         stats: Arc<WorkerStats>,
         pulse: Arc<Pulse>,
         access: Option<AccessLog>,
+        log: Log,
     ) -> Result<AppPolicy, String> {
         let mut next_root_id = 1;
         let (statics, files) = open_directories(&app, &mut next_root_id)?;
@@ -85,6 +96,7 @@ impl AppPolicy {
             access,
             next_root_id,
             bound: false,
+            log,
         })
     }
 
@@ -93,7 +105,14 @@ impl AppPolicy {
     /// and the fuzz targets drive the real policy through `sim`).
     pub fn standalone(app: LoadedApp) -> Result<AppPolicy, String> {
         let stats = Arc::new(WorkerStats::default());
-        AppPolicy::new(0, app, stats, Arc::new(Pulse::default()), None)
+        AppPolicy::new(
+            0,
+            app,
+            stats,
+            Arc::new(Pulse::default()),
+            None,
+            log_to_stderr,
+        )
     }
 
     /// Swaps in a reloaded app; the old state stays while responses still
@@ -211,6 +230,7 @@ impl Policy for AppPolicy {
             Outcome::Failed { message } => {
                 self.stats.lua_errors.add(1);
                 log_request(
+                    self.log,
                     self.worker,
                     request,
                     format_args!("handler failed: {message}"),
@@ -223,6 +243,7 @@ impl Policy for AppPolicy {
             Outcome::Stopped { message } => {
                 self.stats.lua_stopped.add(1);
                 log_request(
+                    self.log,
                     self.worker,
                     request,
                     format_args!("handler stopped: {message}"),
@@ -303,23 +324,26 @@ impl Policy for AppPolicy {
     }
 
     fn log(&mut self, level: Level, message: std::fmt::Arguments<'_>) {
-        let level = match level {
-            Level::Warn => log::Level::Warn,
-            Level::Error => log::Level::Error,
-        };
-        crate::log!(level, Some(self.worker), "{message}");
+        (self.log)(level, self.worker, message);
     }
 }
 
 /// Logs an error about `request` (`METHOD /path: ...`).
-fn log_request(worker: u32, request: &Request<'_>, message: std::fmt::Arguments<'_>) {
-    crate::log!(
-        log::Level::Error,
-        Some(worker),
-        "{} {}: {message}",
-        String::from_utf8_lossy(request.method()),
-        String::from_utf8_lossy(request.path())
+fn log_request(log: Log, worker: u32, request: &Request<'_>, message: std::fmt::Arguments<'_>) {
+    log(
+        Level::Error,
+        worker,
+        format_args!(
+            "{} {}: {message}",
+            String::from_utf8_lossy(request.method()),
+            String::from_utf8_lossy(request.path())
+        ),
     );
+}
+
+/// The log of a policy driven outside a server (tests, fuzzing).
+fn log_to_stderr(level: Level, worker: u32, message: std::fmt::Arguments<'_>) {
+    eprintln!("{level:?} [worker {worker}] {message}");
 }
 
 /// Opens an app's static directories and its policy-file directory (at load
