@@ -332,3 +332,48 @@ fn endless_stream_to_a_slow_reader_keeps_memory_bounded() {
         "another client waited {worst:?}"
     );
 }
+
+/// Static prefixes are router entries: GET and HEAD serve the directory
+/// (the bare prefix too when it has no trailing slash), other methods get
+/// 405 with `Allow: GET, HEAD`, and a Lua route below a prefix wins over
+/// the directory, as the longest location wins in nginx.
+#[test]
+fn static_prefixes_are_routes() {
+    let site = site();
+    let public = site.path().join("public");
+    let app = format!(
+        r#"return {{
+  static = {{ ["/assets/"] = "{0}", ["/bare"] = "{0}" }},
+  routes = {{
+    ["GET /assets/special"] = function(ctx) ctx.body = "from lua" end,
+    ["GET /"] = function(ctx) ctx.body = "root" end,
+  }},
+}}"#,
+        public.display()
+    );
+    let server = Server::start(Some(&app), &[]);
+    let url = |p: &str| server.url(p);
+    let table: &[(&str, &str, u16, Option<&str>)] = &[
+        ("GET", "/assets/style.css", 200, Some("body{color:red}\n")),
+        ("GET", "/assets/", 200, Some("<h1>index</h1>\n")),
+        ("GET", "/assets/special", 200, Some("from lua")),
+        ("GET", "/assets", 404, None),
+        ("GET", "/bare", 200, Some("<h1>index</h1>\n")),
+        ("GET", "/bare/sub/a.txt", 200, Some("inner\n")),
+        ("GET", "/bareX", 404, None),
+        ("GET", "/", 200, Some("root")),
+    ];
+    for (method, path, status, body) in table {
+        let response = curl(&["-X", method, &url(path)]);
+        assert_eq!(response.status, *status, "{method} {path}");
+        if let Some(body) = body {
+            assert_eq!(response.body_str(), *body, "{method} {path}");
+        }
+    }
+    let post = curl(&["-X", "POST", &url("/bare/style.css")]);
+    assert_eq!(post.status, 405);
+    assert_eq!(post.header("allow"), Some("GET, HEAD"));
+    let head = curl(&["-I", &url("/bare/style.css")]);
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("content-length"), Some("16"));
+}

@@ -678,7 +678,14 @@ fn add_static_routes(
     let directory = prefix.trim_end_matches('/');
     let exact = format!("GET {directory}/");
     let below = format!("GET {directory}/{{*{STATIC_PATH_PARAM}}}");
-    for key in [&exact, &below] {
+    // `["/assets"]` also answers `/assets` itself (the index), as its
+    // prefix did; `["/assets/"]` does not.
+    let bare =
+        (!prefix.ends_with('/') && !directory.is_empty()).then(|| format!("GET {directory}"));
+    for key in [Some(&exact), Some(&below), bare.as_ref()]
+        .into_iter()
+        .flatten()
+    {
         match builder.add(key, handler) {
             Ok(()) | Err(RouteError::Duplicate { .. }) => {}
             Err(source_err) => {

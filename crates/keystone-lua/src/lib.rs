@@ -137,15 +137,14 @@ impl LuaWorker {
         }
     }
 
-    /// Keeps the body of the last `run` alive under `key` (a connection
-    /// slot) after later runs, for a body sent straight from Lua's memory;
+    /// Keeps the body of the last `run` alive under `slot` (a connection's) after later runs, for a body sent straight from Lua's memory;
     /// returns the view of its bytes (the string, or a file body's path;
     /// empty for a generator, which [`LuaWorker::pull`] then feeds). The
     /// bytes do not move: LuaJIT never moves strings. They stay valid until
-    /// [`LuaWorker::unpin_body`] with the same key.
-    pub fn pin_body(&mut self, key: u32) -> Result<PinnedBytes, String> {
+    /// [`LuaWorker::unpin_body`] with the same slot.
+    pub fn pin_body(&mut self, slot: u32) -> Result<PinnedBytes, String> {
         self.pin
-            .call::<()>((key, true))
+            .call::<()>((slot, true))
             .map_err(|err| err.to_string())?;
         Ok(self.body_view())
     }
@@ -163,13 +162,13 @@ impl LuaWorker {
         unsafe { PinnedBytes::new(body.as_ptr(), body.len()) }
     }
 
-    /// Pulls one chunk from the stream generator pinned under `key` (with
+    /// Pulls one chunk from the stream generator pinned under `slot` (with
     /// [`LuaWorker::pin_body`] after a handler set `ctx.body = function`).
     /// The chunk is the exchange's `response_body()` until the next pull.
     /// Runs under the same budget as handlers.
-    pub fn pull(&mut self, key: u32) -> Pull {
+    pub fn pull(&mut self, slot: u32) -> Pull {
         let running = budget::Running::enter(self.state);
-        let result = self.pull.call::<(i32, Option<mlua::String>)>(key);
+        let result = self.pull.call::<(i32, Option<mlua::String>)>(slot);
         if running.leave() {
             return Pull::Failed {
                 message: budget::BUDGET_MESSAGE.to_string_lossy().into_owned(),
@@ -188,10 +187,10 @@ impl LuaWorker {
         }
     }
 
-    /// Releases what [`LuaWorker::pin_body`] kept under `key`. Failing to
+    /// Releases what [`LuaWorker::pin_body`] kept under `slot`. Failing to
     /// release (out of memory in the VM) only delays freeing the string.
-    pub fn unpin_body(&mut self, key: u32) {
-        let _ = self.pin.call::<()>((key, false));
+    pub fn unpin_body(&mut self, slot: u32) {
+        let _ = self.pin.call::<()>((slot, false));
     }
 
     /// Lua memory in use, in KiB (`collectgarbage("count")`), for reports.

@@ -5,7 +5,8 @@
 -- is captured here as upvalues.
 --
 -- Returns `init(ex_addr, fns, layout, messages)`, which returns
--- `dispatch(index)`, `register(handlers)` and `sandbox()`.
+-- `dispatch(index)`, `register(handlers)`, `pin(slot, keep)` and
+-- `pull(slot)` (the sandbox is built by sandbox.lua, not here).
 
 local ffi = require("ffi")
 local debug_traceback = debug.traceback

@@ -38,8 +38,8 @@ pub enum ResponseError {
         /// Bytes available.
         capacity: usize,
     },
-    /// Policy set a status that cannot be a final response (1xx) or is
-    /// outside 100–999.
+    /// Policy set a status that cannot be a final response: outside
+    /// 200–999 (a 1xx is interim).
     InvalidStatus {
         /// The status policy set.
         status: u32,

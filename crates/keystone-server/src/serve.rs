@@ -4,7 +4,7 @@
 //!
 //! Shared between threads, and why it is safe: the app source (an immutable
 //! `Arc<str>` each worker compiles into its own Lua state), each worker's
-//! wake eventfd (the main thread only writes to it to start a drain), and
+//! wake eventfd (the main thread writes to it to start a drain or a reload), and
 //! the exit channel (a message when a worker stops). Nothing on the request
 //! path is shared.
 
