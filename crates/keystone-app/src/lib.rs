@@ -56,6 +56,10 @@ pub struct AppPolicy {
     states: Vec<State>,
     statics: Vec<Directory>,
     files: Directory,
+    /// The previous app's directories, kept open until the next reload: an
+    /// open submitted just before a reload still names their descriptors,
+    /// which must not be closed (and their numbers reused) under it.
+    retired_directories: Vec<Directory>,
     /// Counter slot per handler id.
     route_slots: Vec<u16>,
     stats: Arc<WorkerStats>,
@@ -91,6 +95,7 @@ impl AppPolicy {
             }],
             statics,
             files,
+            retired_directories: Vec::new(),
             stats,
             pulse,
             access,
@@ -125,8 +130,10 @@ impl AppPolicy {
             .chain(std::iter::once(&self.files))
             .map(|dir| dir.id)
             .collect();
-        self.statics = statics;
-        self.files = files;
+        let old_files = std::mem::replace(&mut self.files, files);
+        let old_statics = std::mem::replace(&mut self.statics, statics);
+        self.retired_directories = old_statics;
+        self.retired_directories.push(old_files);
         self.route_slots = self.stats.route_slots(&app.routes);
         self.router = app.router;
         self.states.insert(

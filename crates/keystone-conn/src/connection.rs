@@ -401,6 +401,11 @@ impl Connection {
             }
             return None;
         }
+        if self.phase != Phase::Open {
+            // Memory is released with the connection.
+            self.release = Release::None;
+            return self.poll_finishing();
+        }
         match self.release {
             Release::Cancelling if self.receiving == Lane::Busy => {
                 self.receiving = Lane::Cancelling;
@@ -424,7 +429,14 @@ impl Connection {
         if self.wants_bytes() {
             return self.poll_recv(cx);
         }
-        if self.phase == Phase::Finishing && self.output_done() && self.receiving == Lane::Idle {
+        None
+    }
+
+    /// A finishing connection whose output is all sent shuts its write
+    /// side and lingers.
+    fn poll_finishing(&mut self) -> Option<Intent<'static>> {
+        debug_assert_eq!(self.phase, Phase::Finishing);
+        if self.output_done() && self.receiving == Lane::Idle && !self.file_busy {
             self.phase = Phase::Lingering;
             self.timer = Timer::None; // the linger deadline starts now
             self.shutdown = Shutdown::InFlight;
