@@ -19,8 +19,9 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use keystone_conn::sim::{check_responses, FakePolicy, Sim};
+use keystone_conn::sim::{write_site, FakePolicy, Sim};
 use keystone_conn::{Config, Root};
+use keystone_fuzz::{check_end, shape};
 use keystone_parser::Limits;
 use libfuzzer_sys::fuzz_target;
 
@@ -31,22 +32,12 @@ const SMALL_LIMITS: Limits = Limits {
     max_body_bytes: 256,
 };
 
-/// The site the fake policy's roots point at, made once per process.
+/// The fake policy's site (`sim::write_site`), made once per process.
 fn site() -> &'static std::path::Path {
     static SITE: OnceLock<tempfile::TempDir> = OnceLock::new();
     SITE.get_or_init(|| {
         let dir = tempfile::tempdir().expect("tempdir");
-        let files = dir.path().join("files");
-        std::fs::create_dir_all(files.join("sub")).unwrap();
-        std::fs::write(files.join("page.txt"), b"policy page\n").unwrap();
-        std::fs::write(files.join("small.bin"), vec![b's'; 10_000]).unwrap();
-        std::fs::write(files.join("big.bin"), vec![b'B'; 200_000]).unwrap();
-        std::fs::write(files.join("sub/inner.txt"), b"inner\n").unwrap();
-        let public = dir.path().join("public");
-        std::fs::create_dir_all(public.join("docs")).unwrap();
-        std::fs::write(public.join("style.css"), b"body{color:red}\n").unwrap();
-        std::fs::write(public.join("index.html"), b"<h1>index</h1>\n").unwrap();
-        std::fs::write(public.join("big.bin"), vec![b'b'; 150_000]).unwrap();
+        write_site(dir.path()).expect("the site is written");
         dir
     })
     .path()
@@ -70,30 +61,12 @@ fuzz_target!(|input: &[u8]| {
     let mut conn = Sim::new(policy, config);
     conn.root(9_000, &site().join("files"));
     conn.root(9_001, &site().join("public"));
-    if *reads != 0 {
-        conn.recv_sizes(vec![usize::from(*reads % 64) + 1, usize::from(*reads)]);
-    }
-    if *sends != 0 {
-        conn.send_sizes(vec![usize::from(*sends), 1, usize::from(*sends) * 97 + 1]);
-    }
+    shape(&mut conn, *reads, *sends);
     let cut = usize::from(*cut_seed) * data.len() / 256;
     conn.feed(&data[..cut]);
     conn.advance(Duration::from_secs(u64::from(*seconds % 8)));
     conn.feed(&data[cut..]);
-    let out = conn.take_output();
-    if let Err(e) = check_responses(&out) {
-        panic!(
-            "{e}\ninput: {:?}\noutput: {:?}",
-            String::from_utf8_lossy(data),
-            String::from_utf8_lossy(&out)
-        );
-    }
-    if conn.write_shut() || conn.closed() {
-        conn.feed(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
-        assert!(conn.take_output().is_empty(), "an answer after the end");
-    }
-    conn.close_input();
-    assert!(conn.closed(), "the peer closed: so does the connection");
+    check_end(&mut conn, data);
     assert_eq!(conn.policy.pins, 0, "a pin outlived its response");
     assert_eq!(
         conn.open_files(),

@@ -70,3 +70,33 @@ pub fn connection(limits: Limits, max_pipeline: u32) -> Sim<AppPolicy> {
     };
     Sim::new(policy, config)
 }
+
+/// The checks every `conn` target ends with: the output reads back as
+/// well-formed responses; a connection that said it is done answers
+/// nothing more; once the peer closes, so does the connection.
+pub fn check_end<P: keystone_conn::Policy>(conn: &mut Sim<P>, input: &[u8]) {
+    let out = conn.take_output();
+    if let Err(e) = check_responses(&out) {
+        panic!(
+            "{e}\ninput: {:?}\noutput: {:?}",
+            String::from_utf8_lossy(input),
+            String::from_utf8_lossy(&out)
+        );
+    }
+    if conn.write_shut() || conn.closed() {
+        conn.feed(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert!(conn.take_output().is_empty(), "an answer after the end");
+    }
+    conn.close_input();
+    assert!(conn.closed(), "the peer closed: so does the connection");
+}
+
+/// Read and partial-send sizes from two control bytes (0: whole).
+pub fn shape<P: keystone_conn::Policy>(conn: &mut Sim<P>, reads: u8, sends: u8) {
+    if reads != 0 {
+        conn.recv_sizes(vec![usize::from(reads % 64) + 1, usize::from(reads)]);
+    }
+    if sends != 0 {
+        conn.send_sizes(vec![usize::from(sends), 1, usize::from(sends) * 97 + 1]);
+    }
+}

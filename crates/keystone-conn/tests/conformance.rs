@@ -7,7 +7,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use keystone_conn::sim::{check_responses, normalize, FakePolicy, Response, Sim, BIG};
+use keystone_conn::sim::{
+    check_responses, normalize, pattern, write_site, FakePolicy, Response, Sim, BIG,
+};
 use keystone_conn::{Config, Root, Timeouts, FILE_CACHE_VALID, IDLE_RELEASE_AFTER};
 use keystone_parser::Limits;
 
@@ -15,29 +17,11 @@ use keystone_parser::Limits;
 const FILES_DIR: i32 = 7_000;
 const STATIC_DIR: i32 = 7_001;
 
-/// A site: `page.txt` (12 bytes), `small.bin` (10 KiB), `big.bin` (300 KB,
-/// spliced), `sub/inner.txt`, `public/` with `style.css`, `index.html`, a
-/// symlink leaving it; `outside.txt` beside them.
+/// The fake policy's site (`sim::write_site`), in a fresh directory.
 fn site() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
-    let root = dir.path().join("files");
-    std::fs::create_dir_all(root.join("sub")).unwrap();
-    std::fs::write(root.join("page.txt"), b"policy page\n").unwrap();
-    std::fs::write(root.join("small.bin"), pattern(10 * 1024)).unwrap();
-    std::fs::write(root.join("big.bin"), pattern(300_000)).unwrap();
-    std::fs::write(root.join("sub/inner.txt"), b"inner\n").unwrap();
-    std::fs::write(dir.path().join("outside.txt"), b"secret\n").unwrap();
-    let public = dir.path().join("public");
-    std::fs::create_dir_all(public.join("docs")).unwrap();
-    std::fs::write(public.join("style.css"), b"body{color:red}\n").unwrap();
-    std::fs::write(public.join("index.html"), b"<h1>index</h1>\n").unwrap();
-    std::fs::write(public.join("docs/index.html"), b"<h1>docs</h1>\n").unwrap();
-    std::os::unix::fs::symlink(dir.path().join("outside.txt"), public.join("escape")).unwrap();
+    write_site(dir.path()).expect("the site is written");
     dir
-}
-
-fn pattern(len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i * 7 % 251) as u8).collect()
 }
 
 fn sim_with(config: Config, site: &Path) -> Sim<FakePolicy> {

@@ -10,30 +10,17 @@
 use std::path::Path;
 use std::sync::OnceLock;
 
-use keystone_conn::sim::{check_responses, normalize, FakePolicy, Sim};
+use keystone_conn::sim::{check_responses, normalize, write_site, FakePolicy, Sim};
 use keystone_conn::{Config, Root};
 use keystone_parser::Limits;
 use proptest::prelude::*;
 
-/// A site made once: policy files and a static directory.
+/// The fake policy's site (`sim::write_site`), made once.
 fn site() -> &'static Path {
     static SITE: OnceLock<tempfile::TempDir> = OnceLock::new();
     SITE.get_or_init(|| {
         let dir = tempfile::tempdir().expect("tempdir");
-        let files = dir.path().join("files");
-        std::fs::create_dir_all(files.join("sub")).unwrap();
-        std::fs::write(files.join("page.txt"), b"policy page\n").unwrap();
-        std::fs::write(files.join("small.bin"), vec![b's'; 10_000]).unwrap();
-        std::fs::write(
-            files.join("big.bin"),
-            (0..200_000u32).map(|i| i as u8).collect::<Vec<_>>(),
-        )
-        .unwrap();
-        std::fs::write(files.join("sub/inner.txt"), b"inner\n").unwrap();
-        let public = dir.path().join("public");
-        std::fs::create_dir_all(&public).unwrap();
-        std::fs::write(public.join("style.css"), b"body{color:red}\n").unwrap();
-        std::fs::write(public.join("index.html"), b"<h1>index</h1>\n").unwrap();
+        write_site(dir.path()).expect("the site is written");
         dir
     })
     .path()

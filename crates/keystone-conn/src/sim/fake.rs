@@ -32,6 +32,35 @@ pub const FILE_NAMES: [&str; 8] = [
     "/etc/passwd",
 ];
 
+/// Writes the site the fake policy's roots are meant to point at, under
+/// `dir`: `files/` (where policy files resolve: `page.txt` 12 bytes,
+/// `small.bin` 10 KiB, `big.bin` 300 KB — spliced —, `sub/inner.txt`),
+/// `public/` (the static directory: `style.css`, `index.html`,
+/// `docs/index.html`, `big.bin` 150 KB, and `escape`, a symlink leaving it),
+/// and `outside.txt` beside them. File bytes follow [`pattern`].
+pub fn write_site(dir: &std::path::Path) -> std::io::Result<()> {
+    let files = dir.join("files");
+    std::fs::create_dir_all(files.join("sub"))?;
+    std::fs::write(files.join("page.txt"), b"policy page\n")?;
+    std::fs::write(files.join("small.bin"), pattern(10 * 1024))?;
+    std::fs::write(files.join("big.bin"), pattern(300_000))?;
+    std::fs::write(files.join("sub/inner.txt"), b"inner\n")?;
+    std::fs::write(dir.join("outside.txt"), b"secret\n")?;
+    let public = dir.join("public");
+    std::fs::create_dir_all(public.join("docs"))?;
+    std::fs::write(public.join("style.css"), b"body{color:red}\n")?;
+    std::fs::write(public.join("index.html"), b"<h1>index</h1>\n")?;
+    std::fs::write(public.join("docs/index.html"), b"<h1>docs</h1>\n")?;
+    std::fs::write(public.join("big.bin"), pattern(150_000))?;
+    std::os::unix::fs::symlink(dir.join("outside.txt"), public.join("escape"))
+}
+
+/// The bytes of the site's binary files: `len` bytes of a pattern that
+/// never repeats within 251 bytes (so a misplaced range shows).
+pub fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 % 251) as u8).collect()
+}
+
 /// What the fake policy answers:
 /// - `GET /` → `hello`; `GET /big` → [`BIG`] (pinned);
 /// - `POST /echo` → `len=N hex=...` of the body;

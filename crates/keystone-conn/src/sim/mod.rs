@@ -27,7 +27,7 @@ mod check;
 mod fake;
 
 pub use check::{check_responses, normalize, Response};
-pub use fake::{FakePolicy, BIG, FILE_NAMES, STREAM_CHUNKS};
+pub use fake::{pattern, write_site, FakePolicy, BIG, FILE_NAMES, STREAM_CHUNKS};
 
 /// Descriptors the simulator hands out for files and pipes start here
 /// (well above anything a test process has open).
