@@ -422,3 +422,31 @@ fn dropping_the_reactor_cancels_and_reaps_what_is_in_flight() {
         "drop waited too long"
     );
 }
+
+/// The server sets `TCP_NODELAY` on its listeners only: accepted sockets
+/// inherit it (Linux copies the option at accept), so no `setsockopt` runs
+/// per connection.
+#[test]
+fn accepted_sockets_inherit_tcp_nodelay_from_the_listener() {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_tcp_nodelay(true).unwrap();
+    socket
+        .bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+    socket.listen(8).unwrap();
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    let mut reactor = Reactor::new(8, 1).unwrap();
+    let accept = reactor.accept(WORKER, socket.as_raw_fd());
+    let _client = TcpStream::connect(addr).unwrap();
+    let done = wait_for(&mut reactor, accept);
+    assert!(done.result >= 0);
+    // SAFETY: a fresh descriptor the ring accepted for us.
+    let accepted = unsafe { OwnedFd::from_raw_fd(done.result) };
+    let accepted = socket2::SockRef::from(&accepted);
+    assert!(accepted.tcp_nodelay().unwrap(), "TCP_NODELAY is inherited");
+}
