@@ -43,5 +43,5 @@ fuzz_target!(|input: &[u8]| {
     let cut = usize::from(*cut_seed) * data.len() / 256;
     conn.feed(&data[..cut]);
     conn.feed(&data[cut..]);
-    check_end(&mut conn, data);
+    check_end(&mut conn, data, false);
 });

@@ -72,11 +72,18 @@ pub fn connection(limits: Limits, max_pipeline: u32) -> Sim<AppPolicy> {
 }
 
 /// The checks every `conn` target ends with: the output reads back as
-/// well-formed responses; a connection that said it is done answers
-/// nothing more; once the peer closes, so does the connection.
-pub fn check_end<P: keystone_conn::Policy>(conn: &mut Sim<P>, input: &[u8]) {
+/// well-formed responses (the last one may stop short of its body when
+/// `aborted`: the connection aborted a stream, and then it must have shut
+/// its write side); a connection that said it is done answers nothing
+/// more; once the peer closes, so does the connection.
+pub fn check_end<P: keystone_conn::Policy>(conn: &mut Sim<P>, input: &[u8], aborted: bool) {
     let out = conn.take_output();
-    if let Err(e) = check_responses(&out) {
+    let checked = if aborted {
+        keystone_conn::sim::check_responses_aborted(&out)
+    } else {
+        check_responses(&out)
+    };
+    if let Err(e) = checked {
         panic!(
             "{e}\ninput: {:?}\noutput: {:?}",
             String::from_utf8_lossy(input),

@@ -7,6 +7,8 @@
 //! app and the connection are shared with the fuzz targets
 //! (`fuzz/src/lib.rs`).
 
+// The fuzz targets' helpers this file does not use are dead code here.
+#[allow(dead_code)]
 #[path = "../../../fuzz/src/lib.rs"]
 mod support;
 

@@ -30,18 +30,49 @@ pub struct Response {
 /// and no duplicate Content-Length, the body matches its framing, and
 /// nothing follows a `Connection: close` response.
 pub fn check_responses(out: &[u8]) -> Result<Vec<Response>, String> {
+    check(out, false)
+}
+
+/// [`check_responses`] for a connection that aborted a response (a stream
+/// whose generator failed, stalled or broke its declared length): the last
+/// response may stop short of its body — a well-formed head, then fewer
+/// body bytes than announced, or a chunked body without its end — and is
+/// returned with what arrived of its body.
+pub fn check_responses_aborted(out: &[u8]) -> Result<Vec<Response>, String> {
+    check(out, true)
+}
+
+/// Messages of a body that stops short: acceptable only at the very end,
+/// after an abort.
+const TRUNCATED: &str = "truncated body: ";
+
+fn check(out: &[u8], aborted: bool) -> Result<Vec<Response>, String> {
     let mut responses = Vec::new();
     let mut at = 0;
     while at < out.len() {
         if responses.last().is_some_and(|r: &Response| r.close) {
             return Err(format!("bytes after a Connection: close response at {at}"));
         }
-        let (response, len) = check_one(&out[at..])
-            .map_err(|e| format!("response {} at byte {at}: {e}", responses.len()))?;
+        let (response, len) = match check_one(&out[at..]) {
+            Ok(checked) => checked,
+            Err(e) if aborted && e.starts_with(TRUNCATED) => {
+                let (head, _) =
+                    split_head(&out[at..]).ok_or("an aborted response without a head")?;
+                let body = out[at + head..].to_vec();
+                (response(0, true, body, false), out.len() - at)
+            }
+            Err(e) => return Err(format!("response {} at byte {at}: {e}", responses.len())),
+        };
         responses.push(response);
         at += len;
     }
     Ok(responses)
+}
+
+/// The length of the head at the start of `bytes` (through its blank line).
+fn split_head(bytes: &[u8]) -> Option<(usize, ())> {
+    let end = bytes.windows(4).position(|w| w == b"\r\n\r\n")?;
+    Some((end + 4, ()))
 }
 
 /// Checks the response at the start of `bytes`; returns it and its length.
@@ -114,7 +145,7 @@ fn check_one(bytes: &[u8]) -> Result<(Response, usize), String> {
     if let Some(n) = length {
         if rest.len() < n {
             return Err(format!(
-                "Content-Length {n} but {} bytes follow",
+                "{TRUNCATED}Content-Length {n} but {} bytes follow",
                 rest.len()
             ));
         }
@@ -153,12 +184,12 @@ fn dechunk(bytes: &[u8]) -> Result<(Vec<u8>, usize), String> {
         let line_end = bytes[at..]
             .windows(2)
             .position(|w| w == b"\r\n")
-            .ok_or("truncated chunk size line")?;
+            .ok_or(format!("{TRUNCATED}no chunk size line"))?;
         let line = std::str::from_utf8(&bytes[at..at + line_end]).map_err(|_| "bad chunk size")?;
         let size = usize::from_str_radix(line, 16).map_err(|_| format!("chunk size {line:?}"))?;
         at += line_end + 2;
         if bytes.len() < at + size + 2 {
-            return Err("truncated chunk".into());
+            return Err(format!("{TRUNCATED}a chunk cut short"));
         }
         if &bytes[at + size..at + size + 2] != b"\r\n" {
             return Err("chunk not followed by CRLF".into());

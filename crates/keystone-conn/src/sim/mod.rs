@@ -26,7 +26,7 @@ use crate::{Config, Connection, Context, Event, Intent, Pipe, Policy, Shared, SE
 mod check;
 mod fake;
 
-pub use check::{check_responses, normalize, Response};
+pub use check::{check_responses, check_responses_aborted, normalize, Response};
 pub use fake::{pattern, write_site, FakePolicy, BIG, FILE_NAMES, STREAM_CHUNKS};
 
 /// Descriptors the simulator hands out for files and pipes start here
