@@ -871,6 +871,24 @@ pub fn request(addr: SocketAddr, raw_request: &str) -> Response {
     client.read_response_to(&method)
 }
 
+/// One value from the admin listener's `/metrics` (`name` without labels).
+pub fn metric(admin: SocketAddr, name: &str) -> u64 {
+    let mut stream = TcpStream::connect(admin).expect("admin listener");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .expect("metrics request");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).expect("metrics response");
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+        .parse()
+        .expect("a number")
+}
+
 /// `GET path` with `Host` and `Connection: close`, as raw bytes.
 pub fn get_request(path: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")

@@ -4,13 +4,13 @@
 //! bytes past the registered window (pipelined bursts, large bodies) still
 //! arrive intact; and a server that may not pin memory keeps serving.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use keystone_tests::{free_port, keystone_bin, read_log, RawClient, Server};
+use keystone_tests::{free_port, keystone_bin, metric, read_log, RawClient, Server};
 
 const APP: &str = r#"return { routes = {
   ["GET /echo/{n}"] = function(ctx) ctx.body = "n=" .. ctx.params.n end,
@@ -20,26 +20,6 @@ const APP: &str = r#"return { routes = {
     ctx.body = #body .. ":" .. sum
   end,
 } }"#;
-
-/// One metric's value from the admin listener's Prometheus text.
-fn metric(admin: SocketAddr, name: &str) -> u64 {
-    let mut stream = TcpStream::connect(admin).expect("admin listener");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
-        .parse()
-        .unwrap_or_else(|_| panic!("{name} is not an integer in\n{text}"))
-}
 
 fn get(client: &mut RawClient, n: usize) {
     client.send(format!("GET /echo/{n} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());

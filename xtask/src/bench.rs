@@ -106,6 +106,10 @@ request = function()
 end
 "#;
 
+/// The route whose handler raises (the lua-error scenario), on both
+/// servers: each answers 500 and logs the failure its own way.
+const ERROR_PATH: &str = "/error";
+
 /// URL prefix of the static scenarios, on both servers.
 const STATIC_PREFIX: &str = "/static/";
 /// Subdirectory of the run's temporary directory the files are written to:
@@ -137,13 +141,18 @@ const STATIC_FILES: [StaticFile; 2] = [STATIC_4K, STATIC_1M];
 const EXAMPLE_APP: &str = include_str!("../../examples/hello/app.lua");
 
 /// Keystone's bench app: the bundled example app (`{example}`, pasted in
-/// whole, so the two cannot drift) plus the static directory.
+/// whole, so the two cannot drift) plus the failing route and the static
+/// directory.
 /// `{static_prefix}` and `{static_dir}` (absolute) are filled in.
 const KEYSTONE_APP: &str = r#"-- Written by cargo xtask bench: examples/hello/app.lua plus the static
 -- directory the static scenarios fetch from.
 local app = (function()
 {example}
 end)()
+-- The lua-error scenario: a handler that raises, as a production bug would.
+app.routes["GET {error_path}"] = function(ctx)
+  error("bench: a failing route")
+end
 app.static = {
   ["{static_prefix}"] = [==[{static_dir}]==],
 }
@@ -161,7 +170,7 @@ master_process off;
 worker_processes 1;
 worker_rlimit_nofile {nofile};
 pid {dir}/nginx.pid;
-error_log {dir}/error.log crit;
+error_log {dir}/error.log error;
 {load_modules}
 events {
     worker_connections {connections};
@@ -200,6 +209,11 @@ http {
                 ngx.header["Content-Type"] = "application/json"
                 ngx.header["Content-Length"] = #body
                 ngx.print(body)
+            }
+        }
+        location = {error_path} {
+            content_by_lua_block {
+                error("bench: a failing route")
             }
         }
         location {static_prefix} {
@@ -265,15 +279,22 @@ struct Scenario {
     /// The static file it fetches (`path` is its URL); `None` for the Lua
     /// routes.
     file: Option<StaticFile>,
+    /// Whether it needs a router (raw-uring's canned reply is no answer to
+    /// a failing route).
+    routed: bool,
 }
 
-const SCENARIOS: [Scenario; 6] = [
+/// Index of the lua-error scenario in [`SCENARIOS`] (its targets read it).
+const LUA_ERROR: usize = 6;
+
+const SCENARIOS: [Scenario; 7] = [
     Scenario {
         name: "plaintext",
         path: "/",
         connections: 64,
         pipeline: 1,
         file: None,
+        routed: false,
     },
     Scenario {
         name: "json-param",
@@ -281,6 +302,7 @@ const SCENARIOS: [Scenario; 6] = [
         connections: 64,
         pipeline: 1,
         file: None,
+        routed: false,
     },
     Scenario {
         name: "pipelined-16",
@@ -288,6 +310,7 @@ const SCENARIOS: [Scenario; 6] = [
         connections: 64,
         pipeline: PIPELINE_DEPTH,
         file: None,
+        routed: false,
     },
     Scenario {
         name: "connections-256",
@@ -295,6 +318,7 @@ const SCENARIOS: [Scenario; 6] = [
         connections: 256,
         pipeline: 1,
         file: None,
+        routed: false,
     },
     Scenario {
         name: "static-4KiB",
@@ -302,6 +326,7 @@ const SCENARIOS: [Scenario; 6] = [
         connections: 64,
         pipeline: 1,
         file: Some(STATIC_4K),
+        routed: false,
     },
     // Fewer connections: 64 × 1 MiB in flight would measure socket buffers
     // and wrk's reading, not the server.
@@ -311,6 +336,18 @@ const SCENARIOS: [Scenario; 6] = [
         connections: 16,
         pipeline: 1,
         file: Some(STATIC_1M),
+        routed: false,
+    },
+    // A handler that raises on every request: what a production bug in one
+    // route costs the server (CPU per failure against plaintext's CPU per
+    // success) and its log (bytes per failure).
+    Scenario {
+        name: "lua-error",
+        path: ERROR_PATH,
+        connections: 64,
+        pipeline: 1,
+        file: None,
+        routed: true,
     },
 ];
 
@@ -325,9 +362,19 @@ impl Scenario {
         self.pipeline == 1
     }
 
-    /// Whether `kind` takes part (raw-uring serves no files).
+    /// Whether `kind` takes part (raw-uring serves no files and has no
+    /// routes to fail).
     fn run_by(&self, kind: ServerKind) -> bool {
-        self.file.is_none() || kind.serves_files()
+        (self.file.is_none() || kind.serves_files()) && (!self.routed || kind.routes())
+    }
+
+    /// Why a server sits it out.
+    fn not_applicable(&self) -> &'static str {
+        if self.file.is_some() {
+            "no files"
+        } else {
+            "no routes"
+        }
     }
 
     /// Payload throughput in MB/s (10^6 bytes: the file's bytes × req/s,
@@ -407,6 +454,8 @@ struct WrkResult {
 struct Sample {
     wrk: WrkResult,
     cpu_us_per_request: f64,
+    /// Bytes the server's log grew by over the run, per request.
+    log_bytes_per_request: f64,
 }
 
 /// Seconds of a wrk duration or latency (`1.23ms`, `456.00us`, `2.10s`,
@@ -562,6 +611,7 @@ fn median_sample(samples: &[Sample]) -> Sample {
             errors: samples.iter().map(|s| s.wrk.errors).sum(),
         },
         cpu_us_per_request: pick(|s| s.cpu_us_per_request),
+        log_bytes_per_request: pick(|s| s.log_bytes_per_request),
     }
 }
 
@@ -670,6 +720,9 @@ struct Server {
     kind: ServerKind,
     port: u16,
     child: Child,
+    /// Where it logs its errors (nginx: its `error_log`; the others: their
+    /// standard output and error).
+    log_path: PathBuf,
 }
 
 impl Drop for Server {
@@ -729,7 +782,16 @@ impl Server {
         let child = command
             .spawn()
             .with_context(|| format!("starting {command:?}"))?;
-        let mut server = Server { kind, port, child };
+        let errors_path = match kind {
+            ServerKind::NginxLua => dir.join("error.log"),
+            _ => log_path.clone(),
+        };
+        let mut server = Server {
+            kind,
+            port,
+            child,
+            log_path: errors_path,
+        };
         if let Err(error) = server.wait_ready() {
             let log = std::fs::read_to_string(&log_path).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(LOG_TAIL_LINES).collect();
@@ -775,6 +837,12 @@ impl Server {
                 self.kind.name()
             );
         }
+        let (status, _) = http_get(&mut stream, ERROR_PATH)?;
+        ensure!(
+            status.starts_with("HTTP/1.1 500"),
+            "{} GET {ERROR_PATH}: {status:?}, expected 500 (its handler raises)",
+            self.kind.name()
+        );
         if !self.kind.serves_files() {
             return Ok(());
         }
@@ -844,6 +912,7 @@ fn write_keystone_app(dir: &Path) -> Result<PathBuf> {
     let app = KEYSTONE_APP
         .replace("{example}", EXAMPLE_APP)
         .replace("{static_prefix}", STATIC_PREFIX)
+        .replace("{error_path}", ERROR_PATH)
         .replace("{static_dir}", static_dir);
     let path = dir.join("app.lua");
     std::fs::write(&path, app)?;
@@ -866,6 +935,7 @@ fn write_nginx_conf(dir: &Path, port: u16) -> Result<PathBuf> {
         .replace("{connections}", &SERVER_CONNECTIONS_MAX.to_string())
         .replace("{load_modules}", &load_modules)
         .replace("{static_prefix}", STATIC_PREFIX)
+        .replace("{error_path}", ERROR_PATH)
         .replace("{files}", &files_root(dir).display().to_string())
         .replace("{dir}", &dir.display().to_string())
         .replace("{port}", &port.to_string());
@@ -909,9 +979,12 @@ fn run_wrk(server: &Server, scenario: &Scenario, seconds: u32, dir: &Path) -> Re
 
 /// One wrk run with the server's CPU time measured around it.
 fn measure(server: &Server, scenario: &Scenario, seconds: u32, dir: &Path) -> Result<Sample> {
+    let log_size = || std::fs::metadata(&server.log_path).map_or(0, |m| m.len());
+    let log_before = log_size();
     let before = cpu_ticks(server.pid())?;
     let wrk = run_wrk(server, scenario, seconds, dir)?;
     let after = cpu_ticks(server.pid())?;
+    let log_bytes = log_size().saturating_sub(log_before);
     ensure!(
         wrk.requests > 0,
         "{}: wrk completed no requests",
@@ -921,6 +994,7 @@ fn measure(server: &Server, scenario: &Scenario, seconds: u32, dir: &Path) -> Re
     Ok(Sample {
         wrk,
         cpu_us_per_request: cpu_us / wrk.requests as f64,
+        log_bytes_per_request: log_bytes as f64 / wrk.requests as f64,
     })
 }
 
@@ -1152,6 +1226,8 @@ fn targets(report: &Report) -> Vec<Target> {
         .ok()
         .map(|figure| figure.calls as f64 / figure.requests as f64);
     let rss = |index: usize| report.rss[index].as_ref().ok().map(|f| f.idle_kib as f64);
+    let failing = &report.medians[LUA_ERROR];
+    let failing_cpu = failing[KEYSTONE].map(|s| s.cpu_us_per_request);
     vec![
         Target {
             what: "CPU/request, plaintext 64 conns: keystone ÷ nginx+lua",
@@ -1190,6 +1266,18 @@ fn targets(report: &Report) -> Vec<Target> {
             at_most: true,
         },
         Target {
+            what: "CPU/request, keystone: lua-error ÷ plaintext",
+            measured: quotient(failing_cpu, cpu(KEYSTONE)),
+            limit: 1.5,
+            at_most: true,
+        },
+        Target {
+            what: "keystone log bytes per failing request (lua-error)",
+            measured: failing[KEYSTONE].map(|s| s.log_bytes_per_request),
+            limit: 1.0,
+            at_most: true,
+        },
+        Target {
             what: "RSS with 10k idle keep-alive: keystone ÷ nginx+lua",
             measured: rss(KEYSTONE).zip(rss(NGINX)).map(|(k, n)| k / n),
             limit: 1.0,
@@ -1216,6 +1304,7 @@ fn render_markdown(report: &Report) -> String {
     }
     render_throughput(&mut md, report);
     render_ratios(&mut md, report);
+    render_failures(&mut md, report);
     render_syscalls_and_rss(&mut md, report);
     let _ = writeln!(
         md,
@@ -1252,9 +1341,10 @@ fn render_throughput(md: &mut String, report: &Report) {
             let Some(sample) = sample else {
                 let _ = writeln!(
                     md,
-                    "| {} | {} | n/a (no files) | | | | | |",
+                    "| {} | {} | n/a ({}) | | | | | |",
                     scenario.name,
-                    kind.name()
+                    kind.name(),
+                    scenario.not_applicable()
                 );
                 continue;
             };
@@ -1291,7 +1381,9 @@ fn render_throughput(md: &mut String, report: &Report) {
          headers not counted). pipelined-16: no latency: wrk records one per \
          batch of {PIPELINE_DEPTH} but corrects for coordinated omission as if \
          each request were written alone, which makes its pipelined \
-         percentiles meaningless. raw-uring serves no files: no static rows.\n"
+         percentiles meaningless. raw-uring serves no files: no static rows. \
+         lua-error: every answer is a 500 (its handler raises), so its errors \
+         are its requests; raw-uring has no routes to fail.\n"
     );
 }
 
@@ -1319,6 +1411,34 @@ fn render_ratios(md: &mut String, report: &Report) {
             } else {
                 "-".to_string()
             },
+        );
+    }
+    let _ = writeln!(md);
+}
+
+/// What a failing route costs each server against its own plaintext route:
+/// CPU per request and log bytes per failure.
+fn render_failures(md: &mut String, report: &Report) {
+    let _ = writeln!(
+        md,
+        "| server | lua-error CPU/req ÷ its plaintext | log bytes per failing request |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|");
+    for (index, kind) in SERVERS.iter().enumerate() {
+        let (Some(failing), Some(plaintext)) =
+            (report.medians[LUA_ERROR][index], report.medians[0][index])
+        else {
+            continue;
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.3} |",
+            kind.name(),
+            ratio(
+                Some(failing.cpu_us_per_request),
+                Some(plaintext.cpu_us_per_request)
+            ),
+            failing.log_bytes_per_request
         );
     }
     let _ = writeln!(md);
@@ -1360,6 +1480,7 @@ fn sample_json(sample: &Sample) -> Value {
         "latency_p50_ms": sample.wrk.latency_p50_ms,
         "latency_p99_ms": sample.wrk.latency_p99_ms,
         "errors": sample.wrk.errors,
+        "log_bytes_per_request": sample.log_bytes_per_request,
     })
 }
 
@@ -1375,7 +1496,7 @@ fn render_json(report: &Report) -> Value {
                     let Some(median) = &report.medians[index][server] else {
                         return (
                             kind.name().to_string(),
-                            json!({"not_applicable": "no files"}),
+                            json!({"not_applicable": scenario.not_applicable()}),
                         );
                     };
                     let rounds: Vec<Value> = report.rounds[index][server]
@@ -1608,13 +1729,13 @@ Transfer/sec:      9.46MB
     }
 
     #[test]
-    fn raw_uring_sits_out_the_static_scenarios_only() {
+    fn raw_uring_sits_out_the_static_and_failing_route_scenarios_only() {
         for scenario in &SCENARIOS {
             assert!(scenario.run_by(ServerKind::Keystone));
             assert!(scenario.run_by(ServerKind::NginxLua));
             assert_eq!(
                 scenario.run_by(ServerKind::RawUring),
-                scenario.file.is_none(),
+                scenario.file.is_none() && !scenario.routed,
                 "{}",
                 scenario.name
             );
@@ -1625,6 +1746,7 @@ Transfer/sec:      9.46MB
         // The targets read plaintext and pipelined-16 by index.
         assert_eq!(SCENARIOS[0].name, "plaintext");
         assert_eq!(SCENARIOS[2].name, "pipelined-16");
+        assert_eq!(SCENARIOS[LUA_ERROR].path, ERROR_PATH);
     }
 
     #[test]

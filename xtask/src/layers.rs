@@ -29,10 +29,10 @@ const LAYER_CRATES: &[&str] = &[
     "keystone-response",
     "keystone-files",
     "keystone-conn",
-    "keystone-app",
     "keystone-reactor",
     "keystone-ebpf",
     "keystone-ops",
+    "keystone-app",
 ];
 
 /// The layer DAG (mirrored in ARCHITECTURE.md). A workspace crate missing
@@ -87,6 +87,18 @@ pub const LAYER_DAG: &[(&str, Allowed)] = &[
             "keystone-files",
         ]),
     ),
+    // The io_uring proactor knows no HTTP: it sees the byte layer only for
+    // the loans its operations carry.
+    ("keystone-reactor", Allowed::Only(&["keystone-ringbuf"])),
+    // Kernel-side steering knows no HTTP either.
+    ("keystone-ebpf", Allowed::Only(&[])),
+    // Operator tooling: counters, metrics, admin listener, access-log
+    // lines; it reads the observers and borrows the response's date and
+    // status helpers, and never reaches a request's bytes or the ring.
+    (
+        "keystone-ops",
+        Allowed::Only(&["keystone-ebpf", "keystone-response"]),
+    ),
     // The app as the connection's policy: routes and Lua say what the answer
     // is; it counts and logs each one. No reactor, no kernel programs.
     (
@@ -101,18 +113,6 @@ pub const LAYER_DAG: &[(&str, Allowed)] = &[
             "keystone-conn",
             "keystone-ops",
         ]),
-    ),
-    // The io_uring proactor knows no HTTP: it sees the byte layer only for
-    // the loans its operations carry.
-    ("keystone-reactor", Allowed::Only(&["keystone-ringbuf"])),
-    // Kernel-side steering knows no HTTP either.
-    ("keystone-ebpf", Allowed::Only(&[])),
-    // Operator tooling: counters, metrics, admin listener, access-log
-    // lines; it reads the observers and borrows the response's date and
-    // status helpers, and never reaches a request's bytes or the ring.
-    (
-        "keystone-ops",
-        Allowed::Only(&["keystone-ebpf", "keystone-response"]),
     ),
     // The thin wiring crate: every layer, nothing above it.
     ("keystone-server", Allowed::Only(LAYER_CRATES)),

@@ -30,8 +30,23 @@ use keystone_ops::stats::WorkerStats;
 use keystone_response::Committed;
 use keystone_router::{RouteMiss, Router};
 
-/// Where the app's log lines go: the worker's log, with its index.
-pub type Log = fn(Level, u32, std::fmt::Arguments<'_>);
+/// One line for the worker's log.
+#[derive(Clone, Copy, Debug)]
+pub struct LogLine<'a> {
+    /// Severity.
+    pub level: Level,
+    /// The worker.
+    pub worker: u32,
+    /// The request it is about (`METHOD /path`), when there is one.
+    pub route: Option<&'a str>,
+    /// Occurrences it stands for (a summary of repeated failures).
+    pub count: u64,
+    /// The message.
+    pub message: std::fmt::Arguments<'a>,
+}
+
+/// Where the app's log lines go: the worker's log.
+pub type Log = fn(&LogLine<'_>);
 
 /// A directory opened at load (`O_PATH | O_DIRECTORY`), files are opened
 /// beneath it with `openat2`.
@@ -147,6 +162,28 @@ impl AppPolicy {
         Ok(old)
     }
 
+    /// Once a second (the worker's tick): one summary line for each site
+    /// whose failures were counted in a window that has passed — `GET
+    /// /boom: handler failed: app.lua:7: boom — repeated 42,991 times in
+    /// the last 1 s`.
+    pub fn tick(&mut self, now: Instant) {
+        let (log, worker) = (self.log, self.worker);
+        keystone_lua::take_repeated_errors(now, |repeats| {
+            log(&LogLine {
+                level: Level::Error,
+                worker,
+                route: Some(repeats.label),
+                count: repeats.count,
+                message: format_args!(
+                    "handler failed: {} — repeated {} times in the last {} s",
+                    repeats.first_line,
+                    thousands(repeats.count),
+                    keystone_lua::ERROR_WINDOW.as_secs()
+                ),
+            });
+        });
+    }
+
     /// Frees retired states nothing points into any more.
     fn drop_unpinned_retired(&mut self) {
         let mut index = 1;
@@ -236,12 +273,16 @@ impl Policy for AppPolicy {
             },
             Outcome::Failed { message } => {
                 self.stats.lua_errors.add(1);
-                log_request(
-                    self.log,
-                    self.worker,
-                    request,
-                    format_args!("handler failed: {message}"),
-                );
+                // A repeat at a site already reported this second is only
+                // counted (keystone-lua's error coalescing; see `tick`).
+                if let Some(message) = message {
+                    log_request(
+                        self.log,
+                        self.worker,
+                        request,
+                        format_args!("handler failed: {message}"),
+                    );
+                }
                 Answer::Canned {
                     status: 500,
                     allow: None,
@@ -331,26 +372,70 @@ impl Policy for AppPolicy {
     }
 
     fn log(&mut self, level: Level, message: std::fmt::Arguments<'_>) {
-        (self.log)(level, self.worker, message);
+        (self.log)(&LogLine {
+            level,
+            worker: self.worker,
+            route: None,
+            count: 1,
+            message,
+        });
     }
 }
 
-/// Logs an error about `request` (`METHOD /path: ...`).
+/// Logs an error about `request`, labelled `METHOD /path`.
 fn log_request(log: Log, worker: u32, request: &Request<'_>, message: std::fmt::Arguments<'_>) {
-    log(
-        Level::Error,
+    let mut label = [0u8; LABEL_BYTES];
+    let label = request_label(&mut label, request.method(), request.path());
+    log(&LogLine {
+        level: Level::Error,
         worker,
-        format_args!(
-            "{} {}: {message}",
-            String::from_utf8_lossy(request.method()),
-            String::from_utf8_lossy(request.path())
-        ),
-    );
+        route: Some(label),
+        count: 1,
+        message,
+    });
+}
+
+/// Bytes of `METHOD /path` a log line names its request by.
+const LABEL_BYTES: usize = 256;
+
+/// `METHOD /path` (lossily UTF-8, cut at `out`'s size) in `out`.
+fn request_label<'o>(out: &'o mut [u8; LABEL_BYTES], method: &[u8], path: &[u8]) -> &'o str {
+    let mut len = 0;
+    for part in [method, b" ", path] {
+        let take = part.len().min(LABEL_BYTES - len);
+        out[len..len + take].copy_from_slice(&part[..take]);
+        len += take;
+    }
+    match std::str::from_utf8(&out[..len]) {
+        Ok(text) => text,
+        Err(err) => std::str::from_utf8(&out[..err.valid_up_to()]).unwrap_or(""),
+    }
+}
+
+/// `n` with thousands separators (`42,991`).
+fn thousands(n: u64) -> impl std::fmt::Display {
+    struct Grouped(u64);
+    impl std::fmt::Display for Grouped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            if self.0 < 1000 {
+                return write!(f, "{}", self.0);
+            }
+            write!(f, "{},{:03}", Grouped(self.0 / 1000), self.0 % 1000)
+        }
+    }
+    Grouped(n)
 }
 
 /// The log of a policy driven outside a server (tests, fuzzing).
-fn log_to_stderr(level: Level, worker: u32, message: std::fmt::Arguments<'_>) {
-    eprintln!("{level:?} [worker {worker}] {message}");
+fn log_to_stderr(line: &LogLine<'_>) {
+    eprintln!(
+        "{:?} [worker {}] {}{}{}",
+        line.level,
+        line.worker,
+        line.route.unwrap_or(""),
+        if line.route.is_some() { ": " } else { "" },
+        line.message
+    );
 }
 
 /// Opens an app's static directories and its policy-file directory (at load
@@ -379,4 +464,21 @@ fn open_directories(
         .collect::<Result<Vec<_>, _>>()?;
     let files = open(&app.files_dir, &"app directory")?;
     Ok((statics, files))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn counts_have_thousands_separators() {
+        let cases = [
+            (0, "0"),
+            (999, "999"),
+            (1000, "1,000"),
+            (42_991, "42,991"),
+            (1_000_001, "1,000,001"),
+        ];
+        for (n, text) in cases {
+            assert_eq!(super::thousands(n).to_string(), text);
+        }
+    }
 }

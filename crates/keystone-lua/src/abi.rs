@@ -264,13 +264,14 @@ fn pointer(f: usize) -> mlua::LightUserData {
 /// The function-pointer table handed to the prelude's `init`.
 pub(crate) fn functions(lua: &Lua) -> mlua::Result<Table> {
     let table = lua.create_table()?;
-    let finds: [(&str, FindFn); 6] = [
+    let finds: [(&str, FindFn); 7] = [
         ("remote_addr", remote_addr),
         ("find_header", find_header),
         ("find_param", find_param),
         ("query_arg", query_arg),
         ("response_header", response_header),
         ("remove_header", remove_header),
+        ("wants_trace", wants_trace),
     ];
     for (name, f) in finds {
         table.set(name, pointer(f as usize))?;
@@ -280,6 +281,35 @@ pub(crate) fn functions(lua: &Lua) -> mlua::Result<Table> {
         table.set(name, pointer(f as usize))?;
     }
     Ok(table)
+}
+
+/// Whether the failure now raised in a handler (`message`, `len` bytes)
+/// is reported with its traceback: 1 for the first failure at its site in
+/// the error window, 0 for a repeat, which is only counted
+/// (`errors::wants_trace`). The request's `METHOD /path` labels the site.
+///
+/// # Safety
+/// The prelude's error handler (`prelude.lua`, through `ks_find_fn`)
+/// guarantees:
+/// - `ex` is the worker's exchange: the one address `LuaWorker` handed the
+///   prelude at load, which stays valid for the life of the Lua state.
+/// - `message..message + len` are the bytes of the error string, a live Lua
+///   string for the duration of the call.
+/// - No Rust reference to that exchange is alive while Lua runs (Lua is
+///   entered only through `LuaWorker`'s `&mut self` methods).
+unsafe extern "C" fn wants_trace(ex: *mut HttpExchange, message: *const u8, len: usize) -> i32 {
+    // SAFETY: the prelude passes its exchange and a live Lua string.
+    let (ex, message) = unsafe { (exchange(ex), bytes(message, len)) };
+    let mut label = [0u8; 96];
+    let mut label_len = 0;
+    if ex.is_bound() {
+        for part in [ex.request_bytes(ex.method), b" ", ex.request_bytes(ex.path)] {
+            let take = part.len().min(label.len() - label_len);
+            label[label_len..label_len + take].copy_from_slice(&part[..take]);
+            label_len += take;
+        }
+    }
+    i32::from(crate::errors::wants_trace(&label[..label_len], message))
 }
 
 /// Size and field offsets of [`HttpExchange`], checked by the prelude

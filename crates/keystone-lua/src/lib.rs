@@ -19,6 +19,7 @@ mod abi;
 mod app;
 mod budget;
 mod config;
+mod errors;
 mod pulse;
 
 pub use app::{
@@ -26,6 +27,7 @@ pub use app::{
 };
 pub use budget::interrupt_running_handler;
 pub use config::{LuaConfig, DEFAULT_LUA_CPATH, DEFAULT_LUA_PATH};
+pub use errors::{take_repeats as take_repeated_errors, Repeats, ERROR_WINDOW};
 pub use pulse::Pulse;
 
 use std::mem::ManuallyDrop;
@@ -41,11 +43,14 @@ pub enum Outcome {
     /// body `exchange.body_ptr` points at stays valid until the next `run`
     /// (or, once pinned with [`LuaWorker::pin_body`], until unpinned).
     Done,
-    /// The handler raised an error; `message` carries the Lua message with
-    /// file:line and the traceback (for the log, never for the client).
+    /// The handler raised an error. `message` carries the Lua message with
+    /// file:line and the traceback (for the log, never for the client) when
+    /// it is the first failure at its site in the error window; `None` for
+    /// a repeat, which is only counted (`take_repeated_errors`), so a
+    /// failing route costs neither a traceback nor a log line per request.
     Failed {
-        /// Error message and traceback.
-        message: String,
+        /// Error message and traceback, or `None` for a counted repeat.
+        message: Option<String>,
     },
     /// The handler ran past its budget and was stopped
     /// ([`interrupt_running_handler`]).
@@ -83,7 +88,13 @@ pub struct LuaWorker {
     /// The VM's main state: LuaJIT's own (see `LoadedApp::load_with`),
     /// closed by this worker's `Drop` after the mlua handles above.
     state: *mut mlua::ffi::lua_State,
+    /// This state's number among all made in the process (error sites are
+    /// per app version: a reloaded app's failures are its own).
+    generation: u64,
 }
+
+/// Numbers the Lua states made (see `LuaWorker::generation`).
+static GENERATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl LuaWorker {
     /// The worker index this state belongs to.
@@ -117,7 +128,9 @@ impl LuaWorker {
     pub fn run(&mut self, handler: u32) -> Outcome {
         debug_assert!(self.exchange().is_bound(), "run without a bound request");
         let running = budget::Running::enter(self.state);
+        errors::begin(self.generation, handler);
         let result = self.dispatch.call::<(bool, Option<mlua::String>)>(handler);
+        let traced = errors::end();
         if running.leave() {
             let message = match result {
                 Ok((_, Some(s))) => s.to_string_lossy(),
@@ -128,11 +141,14 @@ impl LuaWorker {
         }
         match result {
             Ok((true, _)) => Outcome::Done,
+            Ok((false, _)) if !traced => Outcome::Failed { message: None },
             Ok((false, err)) => Outcome::Failed {
-                message: err.map_or_else(|| "handler failed".to_owned(), |s| s.to_string_lossy()),
+                message: Some(
+                    err.map_or_else(|| "handler failed".to_owned(), |s| s.to_string_lossy()),
+                ),
             },
             Err(err) => Outcome::Failed {
-                message: err.to_string(),
+                message: Some(err.to_string()),
             },
         }
     }
@@ -219,6 +235,7 @@ impl LuaWorker {
             exchange,
             worker,
             state,
+            generation: GENERATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         }
     }
 }

@@ -73,6 +73,7 @@ return function(ex_addr, fns, layout, messages)
   local response_header = ffi.cast("ks_find_fn", fns.response_header)
   local remote_addr = ffi.cast("ks_find_fn", fns.remote_addr)
   local remove_header = ffi.cast("ks_find_fn", fns.remove_header)
+  local wants_trace = ffi.cast("ks_find_fn", fns.wants_trace)
   local set_header = ffi.cast("ks_set_fn", fns.set_header)
   local add_header = ffi.cast("ks_set_fn", fns.add_header)
 
@@ -298,8 +299,13 @@ return function(ex_addr, fns, layout, messages)
     end,
   }
 
+  -- A failure's traceback is built only when it will be written: the
+  -- engine reports the first failure at a site (handler and file:line) in
+  -- its error window and only counts the repeats.
   local function traceback(err)
-    return debug_traceback(tostring(err), 2)
+    local message = tostring(err)
+    if wants_trace(ex, message, #message) == 0 then return message end
+    return debug_traceback(message, 2)
   end
 
   -- The body of the last request stays referenced until the next dispatch,

@@ -59,6 +59,8 @@ pub struct AccessLog {
     /// Where lines go; owned here, so it stays open as long as a batch
     /// can be in flight on a ring that outlives neither.
     file: File,
+    /// A reopened destination waiting for the batch in flight on `file`.
+    reopened: Option<File>,
     filling: Vec<u8>,
     /// The other batch: empty and ready, or `None` while it is being
     /// written (moved into the worker's write and handed back).
@@ -76,6 +78,7 @@ impl AccessLog {
     pub fn new(fd: OwnedFd) -> AccessLog {
         AccessLog {
             file: File::from(fd),
+            reopened: None,
             filling: Vec::with_capacity(BATCH_BYTES),
             spare: Some(Vec::with_capacity(BATCH_BYTES)),
             dropped: 0,
@@ -142,6 +145,9 @@ impl AccessLog {
         let failed = result < 0 || (result as usize) < expected;
         batch.clear();
         self.spare = Some(batch);
+        if let Some(file) = self.reopened.take() {
+            self.file = file;
+        }
         if failed && !self.failed {
             self.failed = true;
             let why = if result < 0 {
@@ -159,6 +165,18 @@ impl AccessLog {
     /// Whether a batch is being written.
     pub fn in_flight(&self) -> bool {
         self.spare.is_none()
+    }
+
+    /// Lines go to `fd` from now on (the access log reopened on SIGHUP, as
+    /// logrotate expects); with a batch in flight on the old descriptor,
+    /// from its completion on.
+    pub fn reopen(&mut self, fd: OwnedFd) {
+        let file = File::from(fd);
+        if self.in_flight() {
+            self.reopened = Some(file);
+        } else {
+            self.file = file;
+        }
     }
 
     /// The descriptor the worker's ring writes batches to; valid as long

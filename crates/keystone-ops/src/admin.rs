@@ -128,6 +128,7 @@ mod tests {
         let shared = Arc::new(Shared {
             workers: vec![Arc::clone(&worker)],
             draining: AtomicBool::new(false),
+            main_log_dropped: Default::default(),
         });
         let observed = Observed {
             observer: None,
@@ -157,6 +158,7 @@ mod tests {
         let shared = Arc::new(Shared {
             workers: Vec::new(),
             draining: AtomicBool::new(false),
+            main_log_dropped: Default::default(),
         });
         let observed = Observed {
             observer: None,

@@ -6,7 +6,9 @@
 //! `--admin` listener thread ([`admin`]), the eBPF observers' figures as
 //! the admin listener renders them ([`observe`]), the access log's nginx
 //! "combined" lines and their two fixed batches per worker
-//! ([`access_log`]), and the `keystone stats` client ([`stats_cmd`]).
+//! ([`access_log`]), the engine's log lines — text or JSON, two fixed
+//! batches per thread, drops counted ([`error_log`]) — and the
+//! `keystone stats` client ([`stats_cmd`]).
 //!
 //! Never runs on a worker's request path, except the counters' relaxed
 //! loads and stores and the formatting of an access-log line into fixed
@@ -24,6 +26,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod error_log;
 pub mod observe;
 pub mod stats;
 pub mod stats_cmd;

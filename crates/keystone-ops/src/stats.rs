@@ -23,6 +23,11 @@ impl Counter {
         self.0.store(value.wrapping_add(n), Ordering::Relaxed);
     }
 
+    /// Sets the value (a count kept elsewhere, published).
+    pub fn set(&self, value: u64) {
+        self.0.store(value, Ordering::Relaxed);
+    }
+
     /// Subtracts `n` (gauges).
     pub fn sub(&self, n: u64) {
         let value = self.0.load(Ordering::Relaxed);
@@ -67,6 +72,9 @@ pub struct WorkerStats {
     /// Connection slots whose receive window is registered with the ring
     /// now (gauge); a closed connection's slot keeps it for the next one.
     pub registered_buffers: Counter,
+    /// Log lines this worker dropped because its log did not drain
+    /// (the log's own count, stored each loop turn).
+    pub log_dropped: Counter,
     route_names: Mutex<Vec<String>>,
 }
 
@@ -88,6 +96,7 @@ impl Default for WorkerStats {
             receives_registered: Counter::default(),
             receives_plain: Counter::default(),
             registered_buffers: Counter::default(),
+            log_dropped: Counter::default(),
             route_names: Mutex::new(Vec::new()),
         }
     }
@@ -127,6 +136,8 @@ pub struct Shared {
     pub workers: Vec<Arc<WorkerStats>>,
     /// Set once SIGTERM/SIGINT started the drain: `/health` answers 503.
     pub draining: AtomicBool,
+    /// Log lines the main thread dropped (its log did not drain).
+    pub main_log_dropped: Counter,
 }
 
 fn escape_label(value: &str) -> String {
@@ -259,6 +270,14 @@ pub fn prometheus(shared: &Shared, extra: &str) -> String {
             escape_label(&name)
         );
     }
+    family(
+        &mut out,
+        "keystone_log_dropped_total",
+        "counter",
+        "Log lines dropped because the log's destination did not drain (workers and the main thread).",
+    );
+    let dropped = sum(&|w| w.log_dropped.get()) + shared.main_log_dropped.get();
+    let _ = writeln!(out, "keystone_log_dropped_total {dropped}");
     let draining = u8::from(shared.draining.load(Ordering::Relaxed));
     family(
         &mut out,
@@ -327,6 +346,7 @@ mod tests {
         Shared {
             workers,
             draining: AtomicBool::new(false),
+            main_log_dropped: Counter::default(),
         }
     }
 
@@ -449,6 +469,9 @@ keystone_worker_responses_total{worker=\"1\"} 1
 # TYPE keystone_route_requests_total counter
 keystone_route_requests_total{route=\"GET /a\\\"\\\\\"} 3
 keystone_route_requests_total{route=\"other\"} 4
+# HELP keystone_log_dropped_total Log lines dropped because the log's destination did not drain (workers and the main thread).
+# TYPE keystone_log_dropped_total counter
+keystone_log_dropped_total 0
 # HELP keystone_draining 1 once SIGTERM started the drain.
 # TYPE keystone_draining gauge
 keystone_draining 0

@@ -701,6 +701,28 @@ impl Reactor {
         }
     }
 
+    /// Submits what is queued and moves the completions already there into
+    /// `out`, without waiting (for a thread whose loop waits elsewhere: the
+    /// main thread writes its log lines this way).
+    pub fn poll(&mut self, out: &mut Vec<Done>) -> io::Result<()> {
+        assert!(
+            out.capacity() - out.len() >= COMPLETIONS_PER_PUMP,
+            "poll needs room for COMPLETIONS_PER_PUMP completions"
+        );
+        if !self.ring.submission().is_empty() {
+            self.ring.submit()?;
+        }
+        let mut taken = 0;
+        while taken < COMPLETIONS_PER_PUMP {
+            let Some(cqe) = self.ring.completion().next() else {
+                break;
+            };
+            taken += 1;
+            out.push(self.complete(cqe));
+        }
+        Ok(())
+    }
+
     /// Submits what is queued without waiting (used before the loop exits).
     pub fn flush(&mut self) -> io::Result<()> {
         self.ring.submit().map(|_| ())

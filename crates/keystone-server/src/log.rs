@@ -1,52 +1,117 @@
-//! The engine's log: one line per event on stderr, with a UTC timestamp and
-//! the worker it came from. Logging is off the hot path (errors, start-up,
-//! shutdown), so the stderr lock it takes is not a lock on request handling.
+//! The engine's log as each thread sees it: a worker and the main thread
+//! each own an [`EngineLog`] (keystone-ops: fixed batches, text or JSON,
+//! drops counted) installed in a thread-local, and write its batches
+//! through their own io_uring — so a log destination that does not drain
+//! never blocks a worker. A thread without one (the admin listener, the
+//! moments before `serve` opened `--log`, `keystone check`) writes the line
+//! to standard error directly.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::io::Write;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::os::fd::{OwnedFd, RawFd};
+use std::sync::OnceLock;
 
-/// Severity of a log line.
-#[derive(Clone, Copy, Debug)]
-pub enum Level {
-    /// Normal operation.
-    Info,
-    /// Something the operator should look at; serving continues.
-    Warn,
-    /// A request or component failed; serving continues.
-    Error,
+pub use keystone_ops::error_log::LogLevel as Level;
+use keystone_ops::error_log::{EngineLog, LogFormat, Record};
+
+/// The process's `--log-format` and `--log-level` (set once by `serve`).
+static CONFIG: OnceLock<(LogFormat, Level)> = OnceLock::new();
+
+thread_local! {
+    /// This thread's log, once installed.
+    static LOG: RefCell<Option<EngineLog>> = const { RefCell::new(None) };
 }
 
-impl Level {
-    fn name(self) -> &'static str {
-        match self {
-            Level::Info => "info",
-            Level::Warn => "warn",
-            Level::Error => "error",
-        }
-    }
+/// Sets the process's log format and level (before any log is made).
+pub fn configure(format: LogFormat, level: Level) {
+    let _ = CONFIG.set((format, level));
+}
+
+fn config() -> (LogFormat, Level) {
+    CONFIG
+        .get()
+        .copied()
+        .unwrap_or((LogFormat::Text, Level::Info))
+}
+
+/// Installs this thread's log, writing to `fd`.
+pub fn install(fd: OwnedFd) {
+    let (format, level) = config();
+    LOG.with(|log| *log.borrow_mut() = Some(EngineLog::new(fd, format, level)));
 }
 
 /// Writes one line: `2026-11-24T20:04:30Z info [worker 0] message`.
 pub fn line(level: Level, worker: Option<u32>, message: fmt::Arguments<'_>) {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = keystone_response::civil_from_days(days as i64);
-    let mut out = std::io::stderr().lock();
-    let _ = write!(
-        out,
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z {} ",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60,
-        level.name()
-    );
-    if let Some(worker) = worker {
-        let _ = write!(out, "[worker {worker}] ");
+    record(&Record {
+        level,
+        worker,
+        route: None,
+        count: 1,
+        message,
+    });
+}
+
+/// Writes one record into this thread's log (or, without one, straight to
+/// standard error).
+pub fn record(record: &Record<'_>) {
+    let written = LOG.with(|log| match log.borrow_mut().as_mut() {
+        Some(log) => {
+            log.record(record);
+            true
+        }
+        None => false,
+    });
+    let (format, level) = config();
+    if !written && record.level <= level {
+        let line = keystone_ops::error_log::render(format, record);
+        let _ = std::io::stderr().lock().write_all(&line);
     }
-    let _ = writeln!(out, "{message}");
+}
+
+/// The next batch of this thread's log to write, and where.
+pub fn take_batch() -> Option<(RawFd, Vec<u8>)> {
+    LOG.with(|log| {
+        let mut log = log.borrow_mut();
+        let log = log.as_mut()?;
+        let fd = log.fd();
+        log.take_batch().map(|batch| (fd, batch))
+    })
+}
+
+/// The write of `batch` completed with `result`.
+pub fn written(batch: Vec<u8>, result: i32) {
+    LOG.with(|log| {
+        if let Some(log) = log.borrow_mut().as_mut() {
+            log.written(batch, result);
+        }
+    });
+}
+
+/// This thread's log writes to `fd` from now on (a reopened `--log`).
+pub fn reopen(fd: OwnedFd) {
+    LOG.with(|log| {
+        if let Some(log) = log.borrow_mut().as_mut() {
+            log.reopen(fd);
+        }
+    });
+}
+
+/// Lines this thread's log dropped.
+pub fn dropped() -> u64 {
+    LOG.with(|log| log.borrow().as_ref().map_or(0, EngineLog::dropped))
+}
+
+/// Writes what is left, blocking (at exit, or when the thread's ring is
+/// gone or was never made).
+pub fn flush_blocking() {
+    LOG.with(|log| {
+        if let Some(log) = log.borrow_mut().as_mut() {
+            if !log.in_flight() {
+                log.flush_blocking();
+            }
+        }
+    });
 }
 
 /// `log!(Level::Info, Some(worker), "...", args)`.

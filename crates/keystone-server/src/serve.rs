@@ -10,6 +10,7 @@
 
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -50,6 +51,37 @@ pub fn serve(args: ServeArgs) -> ExitCode {
     // Before any socket exists: once the port accepts connections, SIGTERM
     // must mean "drain", never the default kill.
     sys::block_signals();
+    crate::log::configure(args.log_format, args.log_level);
+    let log_fd = match open_log(args.log.as_deref()) {
+        Ok(fd) => fd,
+        Err(err) => {
+            return fail(format_args!(
+                "cannot open --log {}: {err}",
+                args.log
+                    .as_deref()
+                    .map_or("-".into(), |p| p.display().to_string())
+            ))
+        }
+    };
+    let log_dup = |what: &str| {
+        log_fd
+            .try_clone()
+            .map_err(|err| format!("{what}: cannot duplicate the log descriptor: {err}"))
+    };
+    let main_log = match log_dup("main thread") {
+        Ok(fd) => fd,
+        Err(message) => return fail(message),
+    };
+    crate::log::install(main_log);
+    let mut main_writer = match MainLog::new() {
+        Ok(writer) => writer,
+        Err(err) => {
+            return fail(format_args!(
+                "io_uring setup failed for the main thread's log: {err}{}",
+                crate::worker::memlock_hint(&err)
+            ))
+        }
+    };
     let app = match &args.app {
         Some(path) => match AppSource::read(path) {
             Ok(app) => app,
@@ -146,6 +178,10 @@ pub fn serve(args: ServeArgs) -> ExitCode {
             max_pipeline: args.max_pipeline,
             pulse: Arc::clone(&pulse),
             reloads: reload_rx,
+            log: match log_dup("worker") {
+                Ok(fd) => fd,
+                Err(message) => return fail(message),
+            },
             stats: worker_stats,
             access_log: match &access_log {
                 Some(fd) => match fd.try_clone() {
@@ -167,6 +203,7 @@ pub fn serve(args: ServeArgs) -> ExitCode {
     let shared = Arc::new(Shared {
         workers: stats,
         draining: AtomicBool::new(false),
+        main_log_dropped: Default::default(),
     });
     let observer = if args.observe {
         observe_self(addr.port())
@@ -215,13 +252,17 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         reloads,
         app,
         lua,
+        log_path: file_path(args.log.as_deref()),
+        access_log_path: file_path(args.access_log.as_deref()),
     };
     let code = supervise(
         &fleet,
+        &mut main_writer,
         watchdog,
         exit_rx,
         Duration::from_secs(args.drain_timeout),
     );
+    main_writer.finish(&fleet.shared);
     drop(steering);
     code
 }
@@ -282,9 +323,12 @@ struct Fleet {
     shared: Arc<Shared>,
     wakes: Vec<OwnedFd>,
     pulses: Vec<Arc<Pulse>>,
-    reloads: Vec<mpsc::Sender<AppSource>>,
+    reloads: Vec<mpsc::Sender<worker::Reload>>,
     app: AppSource,
     lua: LuaConfig,
+    /// `--log` and `--access-log` when they are files (reopened on SIGHUP).
+    log_path: Option<PathBuf>,
+    access_log_path: Option<PathBuf>,
 }
 
 impl Fleet {
@@ -294,9 +338,48 @@ impl Fleet {
         }
     }
 
-    /// SIGHUP: re-read and compile the app here first, so a broken file is
-    /// reported once (with file:line) and the workers keep the old code.
+    /// SIGHUP: reopen the log files (logrotate's convention, whatever
+    /// becomes of the app), then re-read and compile the app here first, so
+    /// a broken file is reported once (with file:line) and the workers keep
+    /// the old code.
     fn reload(&self) {
+        let log = self.reopen(self.log_path.as_deref(), "--log");
+        if let Some(fd) = log.as_ref().and_then(|fd| fd.try_clone().ok()) {
+            crate::log::reopen(fd);
+        }
+        let access_log = self.reopen(self.access_log_path.as_deref(), "--access-log");
+        let app = self.checked_app();
+        for reload in &self.reloads {
+            let _ = reload.send(worker::Reload {
+                app: app.clone(),
+                log: log.as_ref().and_then(|fd| fd.try_clone().ok()),
+                access_log: access_log.as_ref().and_then(|fd| fd.try_clone().ok()),
+            });
+        }
+        self.wake(worker::RELOAD_WAKE);
+    }
+
+    /// Opens a log file again (after logrotate renamed it); `None` for none
+    /// or standard streams, or when it cannot be opened (logged: the old
+    /// descriptor stays).
+    fn reopen(&self, path: Option<&std::path::Path>, flag: &str) -> Option<OwnedFd> {
+        let path = path?;
+        match open_append(path) {
+            Ok(fd) => Some(fd),
+            Err(err) => {
+                crate::log!(
+                    Level::Error,
+                    None,
+                    "SIGHUP: cannot reopen {flag} {}: {err}; writing to the old file",
+                    path.display()
+                );
+                None
+            }
+        }
+    }
+
+    /// The app, read and compiled again; `None` (logged) when it fails.
+    fn checked_app(&self) -> Option<AppSource> {
         let source = match &self.app.dir {
             Some(_) => AppSource::read(&self.app.path),
             None => Ok(self.app.clone()), // bundled: nothing to re-read
@@ -311,22 +394,23 @@ impl Fleet {
                     "SIGHUP: reloading {}",
                     source.path.display()
                 );
-                for reload in &self.reloads {
-                    let _ = reload.send(source.clone());
-                }
-                self.wake(worker::RELOAD_WAKE);
+                Some(source)
             }
-            Err(err) => crate::log!(
-                Level::Error,
-                None,
-                "SIGHUP: reload failed, keeping the running app: {err}"
-            ),
+            Err(err) => {
+                crate::log!(
+                    Level::Error,
+                    None,
+                    "SIGHUP: reload failed, keeping the running app: {err}"
+                );
+                None
+            }
         }
     }
 }
 
 fn supervise(
     fleet: &Fleet,
+    log: &mut MainLog,
     mut watchdog: Watchdog,
     exits: mpsc::Receiver<(u32, bool)>,
     drain: Duration,
@@ -336,6 +420,7 @@ fn supervise(
     let mut stopped = 0;
     loop {
         watchdog.check(&fleet.pulses);
+        log.pump(&fleet.shared);
         if let Some(signal) = sys::wait_signal(WATCHDOG_PERIOD) {
             match signal {
                 libc::SIGTERM | libc::SIGINT if deadline.is_none() => {
@@ -408,11 +493,81 @@ fn open_access_log(path: &std::path::Path) -> std::io::Result<OwnedFd> {
     if path.as_os_str() == "-" {
         return std::io::stdout().as_fd().try_clone_to_owned();
     }
+    open_append(path)
+}
+
+/// Opens the engine's log for appending; `-` (or none) is standard error.
+fn open_log(path: Option<&std::path::Path>) -> std::io::Result<OwnedFd> {
+    match path {
+        Some(path) if path.as_os_str() != "-" => open_append(path),
+        _ => std::io::stderr().as_fd().try_clone_to_owned(),
+    }
+}
+
+fn open_append(path: &std::path::Path) -> std::io::Result<OwnedFd> {
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)?;
     Ok(file.into())
+}
+
+/// A log path that is a file (reopened on SIGHUP); not `-`.
+fn file_path(path: Option<&std::path::Path>) -> Option<PathBuf> {
+    path.filter(|path| path.as_os_str() != "-")
+        .map(std::path::Path::to_path_buf)
+}
+
+/// The main thread's log writer: its own small ring, pumped without
+/// waiting from the signal loop, so a log that does not drain never blocks
+/// the main thread (or its watchdog) either.
+struct MainLog {
+    reactor: keystone_reactor::Reactor,
+    writing: bool,
+    completions: Vec<keystone_reactor::Done>,
+}
+
+impl MainLog {
+    fn new() -> std::io::Result<MainLog> {
+        Ok(MainLog {
+            reactor: keystone_reactor::Reactor::new(8, 0)?,
+            writing: false,
+            completions: Vec::with_capacity(keystone_reactor::COMPLETIONS_PER_PUMP),
+        })
+    }
+
+    /// Hands the next batch to the ring and takes back a written one.
+    fn pump(&mut self, shared: &Shared) {
+        if !self.writing {
+            if let Some((fd, batch)) = crate::log::take_batch() {
+                self.reactor.write(keystone_reactor::WORKER, fd, batch);
+                self.writing = true;
+            }
+        }
+        if self.reactor.poll(&mut self.completions).is_err() {
+            return;
+        }
+        for done in self.completions.drain(..) {
+            if let keystone_reactor::Op::Write { batch } = done.op {
+                crate::log::written(batch, done.result);
+                self.writing = false;
+            }
+        }
+        shared.main_log_dropped.set(crate::log::dropped());
+    }
+
+    /// At exit: lets the batch in flight land (briefly), then writes what
+    /// is left directly.
+    fn finish(&mut self, shared: &Shared) {
+        for _ in 0..20 {
+            self.pump(shared);
+            if !self.writing {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        crate::log::flush_blocking();
+    }
 }
 
 /// Fails when something already listens on `addr`. Our listeners use

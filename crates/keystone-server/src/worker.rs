@@ -61,6 +61,9 @@ const PIPES_PER_WORKER: usize = 32;
 /// idle server does not burn a core.
 const SQPOLL_IDLE_MS: u32 = 50;
 
+/// How long an exiting worker waits for its last log batches to land.
+const LOG_LANDING: std::time::Duration = std::time::Duration::from_millis(1500);
+
 /// Added to a worker's wake eventfd to ask it to drain.
 pub const DRAIN_WAKE: u64 = 1 << 32;
 /// Added to a worker's wake eventfd to ask it to reload (eventfd sums
@@ -90,8 +93,10 @@ pub struct WorkerConfig {
     pub max_pipeline: u32,
     /// This worker's heartbeat for the handler-budget watchdog.
     pub pulse: Arc<Pulse>,
-    /// Apps to reload, each announced by a [`RELOAD_WAKE`] on `wake`.
-    pub reloads: mpsc::Receiver<AppSource>,
+    /// Reloads, each announced by a [`RELOAD_WAKE`] on `wake`.
+    pub reloads: mpsc::Receiver<Reload>,
+    /// Where this worker's log lines go (its own descriptor).
+    pub log: OwnedFd,
     /// This worker's counters (read by the admin listener).
     pub stats: Arc<WorkerStats>,
     /// Where access-log lines go, when on.
@@ -100,18 +105,42 @@ pub struct WorkerConfig {
     pub sqpoll: bool,
 }
 
+/// What SIGHUP brings a worker: the app compiled again (when it loads),
+/// and the log files opened again (logrotate's convention).
+pub struct Reload {
+    /// The app to swap in.
+    pub app: Option<AppSource>,
+    /// The reopened `--log`.
+    pub log: Option<OwnedFd>,
+    /// The reopened `--access-log`.
+    pub access_log: Option<OwnedFd>,
+}
+
 /// Starts a worker: loads the app, then serves until drained. Start-up
 /// failures are reported through `ready`.
-pub fn run(config: WorkerConfig, ready: impl FnOnce(Result<(), String>)) {
+pub fn run(mut config: WorkerConfig, ready: impl FnOnce(Result<(), String>)) {
     config.pulse.set_thread(crate::sys::current_thread());
+    let log = std::mem::replace(&mut config.log, placeholder_fd());
+    crate::log::install(log);
     let mut worker = match Worker::new(config) {
         Ok(worker) => worker,
-        Err(message) => return ready(Err(message)),
+        Err(message) => {
+            crate::log::flush_blocking();
+            return ready(Err(message));
+        }
     };
     ready(Ok(()));
     if let Err(err) = worker.event_loop() {
         crate::log!(Level::Error, Some(worker.index), "event loop failed: {err}");
     }
+    crate::log::flush_blocking();
+}
+
+/// A stand-in for a descriptor moved out of the config (/dev/null's).
+fn placeholder_fd() -> OwnedFd {
+    std::fs::File::open("/dev/null")
+        .expect("/dev/null opens")
+        .into()
 }
 
 /// What the worker knows about one slot besides its connection: the
@@ -158,8 +187,10 @@ struct Worker {
     wake: OwnedFd,
     tick: Option<OpId>,
     draining: bool,
-    reloads: mpsc::Receiver<AppSource>,
+    reloads: mpsc::Receiver<Reload>,
     lua_config: LuaConfig,
+    /// The log batch being written, if any.
+    log_write: Option<OpId>,
     /// The clock, read once per loop turn.
     now: Instant,
     stats: Arc<WorkerStats>,
@@ -270,6 +301,7 @@ impl Worker {
             draining: false,
             reloads: config.reloads,
             lua_config: config.lua,
+            log_write: None,
             now,
             stats: config.stats,
             _pipes: pipes,
@@ -285,6 +317,9 @@ impl Worker {
         self.reactor.read_counter(WORKER, self.wake.as_raw_fd());
         self.tick = Some(self.reactor.tick(WORKER, TICK));
         while !(self.draining && self.live == 0 && self.accepts.is_empty()) {
+            // Lines logged since the last turn (the first turn: the load's)
+            // go out with this turn's submissions.
+            self.write_log();
             self.reactor.pump(&mut self.completions)?;
             self.shared.date.refresh();
             self.now = Instant::now();
@@ -295,12 +330,44 @@ impl Worker {
             self.completions = completions;
             self.write_access_log(false);
         }
+        self.write_log();
+        self.land_log_writes()?;
         if let Some(log) = &mut self.policy.access {
             if !log.in_flight() {
                 log.flush_blocking();
             }
         }
         self.reactor.flush()
+    }
+
+    /// Before the worker exits: the log batches in flight land (each pump
+    /// waits for at least one completion; a write completes or fails), so
+    /// the last lines — the drain's — are not cancelled with the ring.
+    fn land_log_writes(&mut self) -> std::io::Result<()> {
+        let log_in_flight = |worker: &Worker| {
+            worker.log_write.is_some()
+                || worker
+                    .policy
+                    .access
+                    .as_ref()
+                    .is_some_and(|log| log.in_flight())
+        };
+        // Bounded in time: a destination that does not drain holds its
+        // write for ever, and the drain deadline must still hold (the tick
+        // completes every second, so a pump never waits longer).
+        let give_up = Instant::now() + LOG_LANDING;
+        while log_in_flight(self) && Instant::now() < give_up {
+            self.reactor.pump(&mut self.completions)?;
+            let mut completions = std::mem::take(&mut self.completions);
+            for done in completions.drain(..) {
+                if matches!(done.op, Op::Write { .. }) {
+                    self.complete_worker(done);
+                }
+            }
+            self.completions = completions;
+            self.write_log();
+        }
+        Ok(())
     }
 
     fn complete(&mut self, done: Done) {
@@ -512,6 +579,11 @@ impl Worker {
                 }
                 self.write_access_log(true);
             }
+            Op::Write { batch } if Some(done.id) == self.log_write => {
+                self.log_write = None;
+                crate::log::written(batch, done.result);
+                self.stats.log_dropped.set(crate::log::dropped());
+            }
             Op::Write { batch } => {
                 let failure = self
                     .policy
@@ -658,6 +730,7 @@ impl Worker {
         self.shared.files.close_stale(now, &mut |fd| {
             reactor.close(WORKER, fd);
         });
+        self.policy.tick(now);
     }
 
     /// Empties a pipe an aborted file send left holding bytes, into
@@ -691,6 +764,20 @@ impl Worker {
         }
     }
 
+    /// Submits the log lines written since the last batch went out (one
+    /// batch in flight at a time: lines meanwhile fill the other).
+    fn write_log(&mut self) {
+        // Published each turn, not only when a write lands: a write to a
+        // log nobody drains never lands, and that is when drops happen.
+        self.stats.log_dropped.set(crate::log::dropped());
+        if self.log_write.is_some() {
+            return;
+        }
+        if let Some((fd, batch)) = crate::log::take_batch() {
+            self.log_write = Some(self.reactor.write(WORKER, fd, batch));
+        }
+    }
+
     /// Submits a batch of access-log lines when one is ready (`force`: the
     /// tick, any bytes at all).
     fn write_access_log(&mut self, force: bool) {
@@ -706,9 +793,16 @@ impl Worker {
     /// completions, so no handler is running: requests already answered
     /// were answered by the old code, the next one runs the new code.
     fn reload(&mut self) {
-        let Ok(app) = self.reloads.try_recv() else {
+        let Ok(reload) = self.reloads.try_recv() else {
             return;
         };
+        if let Some(fd) = reload.log {
+            crate::log::reopen(fd);
+        }
+        if let (Some(fd), Some(log)) = (reload.access_log, &mut self.policy.access) {
+            log.reopen(fd);
+        }
+        let Some(app) = reload.app else { return };
         let index = self.index;
         let log = move |line: &str| crate::log!(Level::Info, Some(index), "lua: {line}");
         let loaded =
@@ -792,12 +886,18 @@ fn release_window(reactor: &mut Reactor, slot: &mut Slot, index: u32, stats: &Wo
 }
 
 /// The app's log lines, into the worker's log.
-fn log_app(level: keystone_conn::Level, worker: u32, message: std::fmt::Arguments<'_>) {
-    let level = match level {
+fn log_app(line: &keystone_app::LogLine<'_>) {
+    let level = match line.level {
         keystone_conn::Level::Warn => Level::Warn,
         keystone_conn::Level::Error => Level::Error,
     };
-    crate::log::line(level, Some(worker), message);
+    crate::log::record(&keystone_ops::error_log::Record {
+        level,
+        worker: Some(line.worker),
+        route: line.route,
+        count: line.count,
+        message: line.message,
+    });
 }
 
 fn meta_of(stat: FileStat) -> FileMeta {
@@ -816,7 +916,7 @@ fn meta_of(stat: FileStat) -> FileMeta {
 /// Why a ring may not be created: for a user without `CAP_IPC_LOCK` the
 /// kernel counts ring memory against `RLIMIT_MEMLOCK` and answers `ENOMEM`
 /// past it. Empty for other errors.
-fn memlock_hint(err: &std::io::Error) -> String {
+pub(crate) fn memlock_hint(err: &std::io::Error) -> String {
     if err.raw_os_error() != Some(libc::ENOMEM) {
         return String::new();
     }

@@ -127,7 +127,9 @@ pub fn respond(app: &mut LoadedApp, request: &[u8]) -> Result<Response, String> 
                 body: lossy(ex.response_body().unwrap_or(b"")),
             })
         }
-        Outcome::Failed { message } => Err(message),
+        Outcome::Failed { message } => {
+            Err(message.unwrap_or_else(|| "(a repeated failure, counted)".to_owned()))
+        }
         Outcome::Stopped { message } => Err(format!("handler stopped: {message}")),
     };
     app.lua.exchange_mut().expire();
