@@ -837,7 +837,9 @@ impl Server {
                 self.kind.name()
             );
         }
-        let (status, _) = http_get(&mut stream, ERROR_PATH)?;
+        // On a connection of its own: nginx closes the connection after a
+        // 500 (ngx_http_special_response_handler turns keep-alive off).
+        let (status, _) = http_get(&mut connect(self.port)?, ERROR_PATH)?;
         ensure!(
             status.starts_with("HTTP/1.1 500"),
             "{} GET {ERROR_PATH}: {status:?}, expected 500 (its handler raises)",
