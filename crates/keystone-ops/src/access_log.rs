@@ -20,10 +20,10 @@
 //! goes on.
 
 use std::fmt::Write as _;
-use std::fs::File;
-use std::io::Write as _;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd as _, OwnedFd, RawFd};
+use std::os::fd::{OwnedFd, RawFd};
+
+use crate::batches::Batches;
 
 /// Bytes of one batch; a worker holds two.
 pub const BATCH_BYTES: usize = 64 * 1024;
@@ -56,15 +56,8 @@ pub struct Entry<'a> {
 
 /// A worker's log batches.
 pub struct AccessLog {
-    /// Where lines go; owned here, so it stays open as long as a batch
-    /// can be in flight on a ring that outlives neither.
-    file: File,
-    /// A reopened destination waiting for the batch in flight on `file`.
-    reopened: Option<File>,
-    filling: Vec<u8>,
-    /// The other batch: empty and ready, or `None` while it is being
-    /// written (moved into the worker's write and handed back).
-    spare: Option<Vec<u8>>,
+    /// Where lines go, and the two batches.
+    batches: Batches,
     /// Lines dropped because both batches were full.
     pub dropped: u64,
     failed: bool,
@@ -77,10 +70,7 @@ impl AccessLog {
     /// now on.
     pub fn new(fd: OwnedFd) -> AccessLog {
         AccessLog {
-            file: File::from(fd),
-            reopened: None,
-            filling: Vec::with_capacity(BATCH_BYTES),
-            spare: Some(Vec::with_capacity(BATCH_BYTES)),
+            batches: Batches::new(fd, BATCH_BYTES),
             dropped: 0,
             failed: false,
             time: TimeLocal::default(),
@@ -116,38 +106,27 @@ impl AccessLog {
         let _ = write!(line, "\" {:.3}", entry.request_time);
         self.line.truncate(LINE_BYTES_MAX - 1);
         self.line.push(b'\n');
-        if self.filling.len() + self.line.len() > BATCH_BYTES {
+        if !self.batches.push(&self.line) {
             self.dropped += 1;
-            return;
         }
-        self.filling.extend_from_slice(&self.line);
     }
 
     /// A batch to write now, if one is ready (`force`: any bytes at all)
     /// and none is in flight. The batch moves into the write and comes back
     /// through [`AccessLog::written`]; lines go into the other one meanwhile.
     pub fn take_batch(&mut self, force: bool) -> Option<Vec<u8>> {
-        if self.spare.is_none()
-            || self.filling.is_empty()
-            || (!force && self.filling.len() < FLUSH_BYTES)
-        {
+        if !force && self.batches.waiting() < FLUSH_BYTES {
             return None;
         }
-        let next = self.spare.take().expect("checked");
-        Some(std::mem::replace(&mut self.filling, next))
+        self.batches.take()
     }
 
     /// The write of `batch` completed with `result`; returns an error
     /// message the first time writing fails.
-    pub fn written(&mut self, mut batch: Vec<u8>, result: i32) -> Option<String> {
-        debug_assert!(self.spare.is_none(), "a batch came back twice");
+    pub fn written(&mut self, batch: Vec<u8>, result: i32) -> Option<String> {
         let expected = batch.len();
         let failed = result < 0 || (result as usize) < expected;
-        batch.clear();
-        self.spare = Some(batch);
-        if let Some(file) = self.reopened.take() {
-            self.file = file;
-        }
+        self.batches.written(batch);
         if failed && !self.failed {
             self.failed = true;
             let why = if result < 0 {
@@ -164,34 +143,25 @@ impl AccessLog {
 
     /// Whether a batch is being written.
     pub fn in_flight(&self) -> bool {
-        self.spare.is_none()
+        self.batches.in_flight()
     }
 
-    /// Lines go to `fd` from now on (the access log reopened on SIGHUP, as
-    /// logrotate expects); with a batch in flight on the old descriptor,
-    /// from its completion on.
+    /// Lines go to `fd` from now on (the access log reopened on SIGHUP);
+    /// with a batch in flight on the old descriptor, from its completion on.
     pub fn reopen(&mut self, fd: OwnedFd) {
-        let file = File::from(fd);
-        if self.in_flight() {
-            self.reopened = Some(file);
-        } else {
-            self.file = file;
-        }
+        self.batches.reopen(fd);
     }
 
     /// The descriptor the worker's ring writes batches to; valid as long
     /// as this log lives.
     pub fn fd(&self) -> RawFd {
-        self.file.as_raw_fd()
+        self.batches.fd()
     }
 
     /// Writes what is left synchronously (at exit). A failure is dropped:
     /// the process is exiting, and a failing file was reported already.
     pub fn flush_blocking(&mut self) {
-        if !self.filling.is_empty() {
-            let _ = self.file.write_all(&self.filling);
-        }
-        self.filling.clear();
+        self.batches.flush_blocking();
     }
 }
 
@@ -286,6 +256,7 @@ impl std::fmt::Write for LineBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::File;
 
     fn dev_null() -> OwnedFd {
         File::create("/dev/null").unwrap().into()
@@ -319,7 +290,7 @@ mod tests {
             user_agent: Some(b"curl/8\x01"),
             request_time: 0.0012,
         });
-        let line = String::from_utf8(log.filling.clone()).unwrap();
+        let line = String::from_utf8(log.take_batch(true).unwrap()).unwrap();
         let (start, rest) = line.split_once(" [").unwrap();
         assert_eq!(start, "127.0.0.1 - -");
         let (_, rest) = rest.split_once("] ").unwrap();
@@ -347,7 +318,7 @@ mod tests {
             log.record(&entry);
         }
         assert!(log.dropped > 0);
-        assert!(log.filling.len() <= BATCH_BYTES);
+        assert!(log.batches.waiting() <= BATCH_BYTES);
         assert_eq!(
             log.written(batch, -libc::EBADF)
                 .map(|m| m.contains("Bad file descriptor")),

@@ -17,9 +17,9 @@
 //! ```
 
 use std::fmt::{self, Write as _};
-use std::fs::File;
-use std::io::Write as _;
-use std::os::fd::{AsRawFd as _, OwnedFd, RawFd};
+use std::os::fd::{OwnedFd, RawFd};
+
+use crate::batches::Batches;
 
 /// Bytes of one batch; a log holds two. A flood of distinct errors (each
 /// with its traceback, ~1 KiB) fills one in ~64 lines: the other batch
@@ -85,13 +85,8 @@ pub struct Record<'a> {
 
 /// A thread's log: its destination, two batches and the drop count.
 pub struct EngineLog {
-    file: File,
-    /// A reopened destination waiting for the batch in flight on `file`.
-    reopened: Option<File>,
-    filling: Vec<u8>,
-    /// The other batch: empty and ready, or `None` while it is written
-    /// (moved into the thread's write and handed back).
-    spare: Option<Vec<u8>>,
+    /// Where lines go, and the two batches.
+    batches: Batches,
     line: Vec<u8>,
     format: LogFormat,
     level: LogLevel,
@@ -99,8 +94,6 @@ pub struct EngineLog {
     dropped: u64,
     /// Lines dropped since the last line said so.
     unreported: u64,
-    /// A write failed (reported once).
-    failed: bool,
 }
 
 impl EngineLog {
@@ -108,16 +101,12 @@ impl EngineLog {
     /// batches are allocated here, once.
     pub fn new(fd: OwnedFd, format: LogFormat, level: LogLevel) -> EngineLog {
         EngineLog {
-            file: File::from(fd),
-            reopened: None,
-            filling: Vec::with_capacity(LOG_BATCH_BYTES),
-            spare: Some(Vec::with_capacity(LOG_BATCH_BYTES)),
+            batches: Batches::new(fd, LOG_BATCH_BYTES),
             line: Vec::with_capacity(LOG_LINE_BYTES_MAX),
             format,
             level,
             dropped: 0,
             unreported: 0,
-            failed: false,
         }
     }
 
@@ -134,12 +123,10 @@ impl EngineLog {
             return;
         }
         self.format_line(record);
-        if self.filling.len() + self.line.len() > LOG_BATCH_BYTES {
+        if !self.batches.push(&self.line) {
             self.dropped += 1;
             self.unreported += 1;
-            return;
         }
-        self.filling.extend_from_slice(&self.line);
     }
 
     fn format_line(&mut self, record: &Record<'_>) {
@@ -150,30 +137,20 @@ impl EngineLog {
     /// batch moves into the write and comes back through
     /// [`EngineLog::written`]; lines go into the other one meanwhile.
     pub fn take_batch(&mut self) -> Option<Vec<u8>> {
-        if self.spare.is_none() || self.filling.is_empty() {
-            return None;
-        }
-        let next = self.spare.take().expect("checked");
-        Some(std::mem::replace(&mut self.filling, next))
+        self.batches.take()
     }
 
     /// The write of `batch` completed with `result` (bytes or `-errno`).
     /// Lines of a batch that could not be written count as dropped; after
     /// drops, a written batch is followed by one line saying how many.
-    pub fn written(&mut self, mut batch: Vec<u8>, result: i32) {
-        debug_assert!(self.spare.is_none(), "a batch came back twice");
+    pub fn written(&mut self, batch: Vec<u8>, result: i32) {
         let written = usize::try_from(result).unwrap_or(0).min(batch.len());
         if written < batch.len() {
             let lost = batch[written..].iter().filter(|&&b| b == b'\n').count() as u64;
             self.dropped += lost;
             self.unreported += lost;
-            self.failed = true;
         }
-        batch.clear();
-        self.spare = Some(batch);
-        if let Some(file) = self.reopened.take() {
-            self.file = file;
-        }
+        self.batches.written(batch);
         if written > 0 && self.unreported > 0 {
             self.report_drops();
         }
@@ -192,31 +169,25 @@ impl EngineLog {
                 "{lost} log lines were dropped: the log's destination did not take them fast enough"
             ),
         });
-        if self.filling.len() + self.line.len() <= LOG_BATCH_BYTES {
-            self.filling.extend_from_slice(&self.line);
+        if self.batches.push(&self.line) {
             self.unreported = 0;
         }
     }
 
     /// Whether a batch is being written.
     pub fn in_flight(&self) -> bool {
-        self.spare.is_none()
+        self.batches.in_flight()
     }
 
     /// The descriptor the thread's ring writes the next batch to.
     pub fn fd(&self) -> RawFd {
-        self.file.as_raw_fd()
+        self.batches.fd()
     }
 
     /// Writes go to `fd` from now on (a reopened `--log`); with a batch in
     /// flight on the old one, from its completion on.
     pub fn reopen(&mut self, fd: OwnedFd) {
-        let file = File::from(fd);
-        if self.in_flight() {
-            self.reopened = Some(file);
-        } else {
-            self.file = file;
-        }
+        self.batches.reopen(fd);
     }
 
     /// Lines dropped since start.
@@ -227,10 +198,7 @@ impl EngineLog {
     /// Writes what is left, blocking (at exit, or before the thread has a
     /// ring). A failure is dropped: the lines have nowhere else to go.
     pub fn flush_blocking(&mut self) {
-        if !self.filling.is_empty() {
-            let _ = self.file.write_all(&self.filling);
-            self.filling.clear();
-        }
+        self.batches.flush_blocking();
     }
 }
 
@@ -364,6 +332,7 @@ impl fmt::Display for JsonEscaped<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsRawFd as _;
 
     fn log(format: LogFormat, level: LogLevel) -> (EngineLog, tempfile::NamedTempFile) {
         let file = tempfile::NamedTempFile::new().unwrap();

@@ -26,6 +26,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod batches;
 pub mod error_log;
 pub mod observe;
 pub mod stats;
