@@ -363,3 +363,80 @@ fn bad_log_flags_exit_2_naming_the_flag() {
         assert!(stderr.contains(message), "{args:?}: {stderr}");
     }
 }
+
+/// Standard error redirected to a file opened without `O_APPEND` (a
+/// shell's `2> file`), two workers and the main thread logging at once:
+/// every line lands whole, none overwrites another (io_uring writes "at
+/// the current position" do not serialize that position; the server puts
+/// such a file in append mode).
+#[test]
+fn several_threads_logging_into_a_plain_file_lose_no_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = dir.path().join("app.lua");
+    std::fs::write(&app, APP).unwrap();
+    let path = dir.path().join("stderr.log");
+    let file = std::fs::File::create(&path).unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut child = Command::new(keystone_bin())
+        .arg("serve")
+        .arg(&app)
+        .args(["--listen", &addr.to_string(), "--workers", "2"])
+        .args(["--admin", &admin.to_string()])
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .expect("keystone starts");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "keystone did not start");
+        thread::sleep(Duration::from_millis(20));
+    }
+    const CLIENTS: u32 = 4;
+    const EACH: u32 = 150;
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|client| {
+            thread::spawn(move || {
+                for i in 0..EACH {
+                    // A new connection each time, so both workers serve.
+                    let mut raw = RawClient::connect(addr);
+                    let n = client * 1000 + i;
+                    assert_eq!(status(&mut raw, &format!("/line/{n}")), 500);
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        client.join().unwrap();
+    }
+    thread::sleep(Duration::from_millis(500));
+    let dropped = metric(admin, "keystone_log_dropped_total");
+    let terminated = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(terminated.success());
+    assert!(child.wait().unwrap().success());
+    let log = std::fs::read_to_string(&path).unwrap();
+    let mut missing = 0;
+    for client in 0..CLIENTS {
+        for i in 0..EACH {
+            let n = client * 1000 + i;
+            if !log.contains(&format!("handler failed: numbered {n}\n")) {
+                missing += 1;
+            }
+        }
+    }
+    assert_eq!(missing, dropped, "lines lost without being counted:\n{log}");
+    assert_eq!(dropped, 0, "a file takes every line");
+    for line in ["listening on", "drained; exiting"] {
+        assert_eq!(log.matches(line).count(), 1, "{line}:\n{log}");
+    }
+    for line in log.lines() {
+        assert!(
+            line.starts_with("20") || line.starts_with('\t') || line == "stack traceback:",
+            "a line cut or overwritten: {line:?}"
+        );
+    }
+}

@@ -7,13 +7,15 @@
 //! the admin listener renders them ([`observe`]), the access log's nginx
 //! "combined" lines and their two fixed batches per worker
 //! ([`access_log`]), the engine's log lines — text or JSON, two fixed
-//! batches per thread, drops counted ([`error_log`]) — and the
-//! `keystone stats` client ([`stats_cmd`]).
+//! batches per thread, drops counted ([`error_log`]), each thread's log in
+//! a thread-local and the logs' destinations ([`thread_log`]), the two
+//! batches both logs fill ([`batches`]) — and the `keystone stats` client
+//! ([`stats_cmd`]).
 //!
 //! Never runs on a worker's request path, except the counters' relaxed
 //! loads and stores and the formatting of an access-log line into fixed
-//! buffers; never submits to a ring (the worker writes the access-log
-//! batches through its own reactor) and never takes a lock a worker takes
+//! buffers; never submits to a ring (each thread writes its log batches
+//! through its own reactor) and never takes a lock a worker takes
 //! per request.
 //!
 //! Never depends on: keystone-ringbuf, keystone-parser, keystone-router,
@@ -31,3 +33,4 @@ pub mod error_log;
 pub mod observe;
 pub mod stats;
 pub mod stats_cmd;
+pub mod thread_log;

@@ -34,7 +34,7 @@ pub enum Command {
     /// Live per-worker figures of a running server, read from its admin
     /// listener every second.
     Stats(StatsArgs),
-    /// Ask a running server to reload its app (sends it SIGHUP).
+    /// Ask a running server to reload its app and reopen its log files (sends it SIGHUP).
     Reload {
         /// The server's process id (`keystone serve` logs it at start-up).
         #[arg(long)]

@@ -22,6 +22,7 @@ use keystone_parser::Limits;
 use keystone_ops::admin;
 use keystone_ops::observe::Observed;
 use keystone_ops::stats::{Shared, WorkerStats};
+use keystone_ops::thread_log;
 
 use crate::cli::ServeArgs;
 use crate::log::Level;
@@ -52,7 +53,9 @@ pub fn serve(args: ServeArgs) -> ExitCode {
     // must mean "drain", never the default kill.
     sys::block_signals();
     crate::log::configure(args.log_format, args.log_level);
-    let log_fd = match open_log(args.log.as_deref()) {
+    let log_fd = match thread_log::open_log(args.log.as_deref())
+        .and_then(|fd| sys::append_if_file(&fd).map(|()| fd))
+    {
         Ok(fd) => fd,
         Err(err) => {
             return fail(format_args!(
@@ -135,7 +138,9 @@ pub fn serve(args: ServeArgs) -> ExitCode {
     };
     sys::release_freed_heap();
     let access_log = match &args.access_log {
-        Some(path) => match open_access_log(path) {
+        Some(path) => match thread_log::open_access_log(path)
+            .and_then(|fd| sys::append_if_file(&fd).map(|()| fd))
+        {
             Ok(fd) => Some(fd),
             Err(err) => {
                 return fail(format_args!(
@@ -252,8 +257,8 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         reloads,
         app,
         lua,
-        log_path: file_path(args.log.as_deref()),
-        access_log_path: file_path(args.access_log.as_deref()),
+        log_path: thread_log::reopenable(args.log.as_deref()),
+        access_log_path: thread_log::reopenable(args.access_log.as_deref()),
     };
     let code = supervise(
         &fleet,
@@ -316,8 +321,6 @@ fn steer(mode: EbpfMode, listeners: &[OwnedFd]) -> Result<Option<ReuseportSteeri
     }
 }
 
-/// Waits for SIGTERM/SIGINT, then drains; exits early with status 1 if a
-/// worker stops on its own (a bug: the process must not limp on).
 /// What the main thread keeps of its workers.
 struct Fleet {
     shared: Arc<Shared>,
@@ -364,7 +367,7 @@ impl Fleet {
     /// descriptor stays).
     fn reopen(&self, path: Option<&std::path::Path>, flag: &str) -> Option<OwnedFd> {
         let path = path?;
-        match open_append(path) {
+        match thread_log::open_append(path) {
             Ok(fd) => Some(fd),
             Err(err) => {
                 crate::log!(
@@ -408,6 +411,8 @@ impl Fleet {
     }
 }
 
+/// Waits for SIGTERM/SIGINT, then drains; exits early with status 1 if a
+/// worker stops on its own (a bug: the process must not limp on).
 fn supervise(
     fleet: &Fleet,
     log: &mut MainLog,
@@ -486,36 +491,6 @@ fn observe_self(port: u16) -> Option<Observer> {
             None
         }
     }
-}
-
-/// Opens the access log for appending; `-` is standard output.
-fn open_access_log(path: &std::path::Path) -> std::io::Result<OwnedFd> {
-    if path.as_os_str() == "-" {
-        return std::io::stdout().as_fd().try_clone_to_owned();
-    }
-    open_append(path)
-}
-
-/// Opens the engine's log for appending; `-` (or none) is standard error.
-fn open_log(path: Option<&std::path::Path>) -> std::io::Result<OwnedFd> {
-    match path {
-        Some(path) if path.as_os_str() != "-" => open_append(path),
-        _ => std::io::stderr().as_fd().try_clone_to_owned(),
-    }
-}
-
-fn open_append(path: &std::path::Path) -> std::io::Result<OwnedFd> {
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)?;
-    Ok(file.into())
-}
-
-/// A log path that is a file (reopened on SIGHUP); not `-`.
-fn file_path(path: Option<&std::path::Path>) -> Option<PathBuf> {
-    path.filter(|path| path.as_os_str() != "-")
-        .map(std::path::Path::to_path_buf)
 }
 
 /// The main thread's log writer: its own small ring, pumped without

@@ -1,6 +1,7 @@
 //! The process's few direct system calls, in one place: signals, the wake
 //! eventfd, CPU pinning, returning freed heap, resource limits, the
-//! start-up pipes, and `keystone reload`'s `kill`. None runs on a worker's
+//! start-up pipes, a log destination's append mode, and `keystone
+//! reload`'s `kill`. None runs on a worker's
 //! event loop — start-up, the main thread's signal wait, and the watchdog
 //! (which interrupts a runaway handler from the main thread) only; every
 //! request-path operation goes through the worker's ring.
@@ -141,4 +142,33 @@ pub fn hang_up(pid: i32) -> Result<(), std::io::Error> {
     } else {
         Err(std::io::Error::last_os_error())
     }
+}
+
+/// Makes writes to `fd` appends when it is a regular file opened without
+/// `O_APPEND` (a shell's `2> file`). The log batches are written by several
+/// rings at once (each worker's and the main thread's), and an io_uring
+/// write "at the current position" does not hold the position across the
+/// write as `write(2)` does: two threads' batches could land at the same
+/// offset, one overwriting the other. With `O_APPEND` every write lands
+/// whole at the end. Pipes, terminals and sockets are left as they are.
+pub fn append_if_file(fd: &OwnedFd) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::from(fd.try_clone()?);
+    if !file.metadata()?.file_type().is_file() {
+        return Ok(());
+    }
+    let raw = fd.as_raw_fd();
+    // SAFETY: F_GETFL on a descriptor we hold; no memory is passed.
+    let flags = unsafe { libc::fcntl(raw, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if flags & libc::O_APPEND != 0 {
+        return Ok(());
+    }
+    // SAFETY: F_SETFL with an int argument on a descriptor we hold.
+    if unsafe { libc::fcntl(raw, libc::F_SETFL, flags | libc::O_APPEND) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }

@@ -129,6 +129,12 @@ pub fn run(mut config: WorkerConfig, ready: impl FnOnce(Result<(), String>)) {
             return ready(Err(message));
         }
     };
+    // What the load logged (warnings, `--unsafe-lua`) lands before the
+    // worker reports ready, so it precedes the main thread's "listening".
+    if let Err(err) = worker.land_start_up_log() {
+        crate::log::flush_blocking();
+        return ready(Err(format!("io_uring: {err}")));
+    }
     ready(Ok(()));
     if let Err(err) = worker.event_loop() {
         crate::log!(Level::Error, Some(worker.index), "event loop failed: {err}");
@@ -315,7 +321,9 @@ impl Worker {
     fn event_loop(&mut self) -> std::io::Result<()> {
         self.arm_accepts();
         self.reactor.read_counter(WORKER, self.wake.as_raw_fd());
-        self.tick = Some(self.reactor.tick(WORKER, TICK));
+        if self.tick.is_none() {
+            self.tick = Some(self.reactor.tick(WORKER, TICK));
+        }
         while !(self.draining && self.live == 0 && self.accepts.is_empty()) {
             // Lines logged since the last turn (the first turn: the load's)
             // go out with this turn's submissions.
@@ -338,6 +346,15 @@ impl Worker {
             }
         }
         self.reactor.flush()
+    }
+
+    /// Before the worker reports ready: the lines its start-up logged are
+    /// written (bounded like [`Worker::land_log_writes`]: the tick armed
+    /// here ends a pump that a stuck destination would hold).
+    fn land_start_up_log(&mut self) -> std::io::Result<()> {
+        self.tick = Some(self.reactor.tick(WORKER, TICK));
+        self.write_log();
+        self.land_log_writes()
     }
 
     /// Before the worker exits: the log batches in flight land (each pump
