@@ -114,7 +114,8 @@ pub struct Timeouts {
 }
 
 impl Default for Timeouts {
-    /// nginx's defaults.
+    /// nginx's defaults: `client_header_timeout`, `client_body_timeout`,
+    /// `keepalive_timeout`, `send_timeout`.
     fn default() -> Timeouts {
         Timeouts {
             header: Duration::from_secs(60),
@@ -136,11 +137,16 @@ pub struct Config {
     pub timeouts: Timeouts,
 }
 
+/// Default bound on responses queued per connection: enough for wrk's and
+/// h2load's pipelining depths (16) with room to spare; small enough that
+/// one connection cannot monopolise a worker.
+pub const MAX_PIPELINE: u32 = 64;
+
 impl Default for Config {
     fn default() -> Config {
         Config {
             limits: Limits::default(),
-            max_pipeline: 64,
+            max_pipeline: MAX_PIPELINE,
             timeouts: Timeouts::default(),
         }
     }

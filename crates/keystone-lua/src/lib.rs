@@ -28,7 +28,7 @@ pub use app::{
 pub use budget::interrupt_running_handler;
 pub use config::{LuaConfig, DEFAULT_LUA_CPATH, DEFAULT_LUA_PATH};
 pub use errors::{take_repeats as take_repeated_errors, Repeats, ERROR_WINDOW};
-pub use pulse::Pulse;
+pub use pulse::{Pulse, Watchdog};
 
 use std::mem::ManuallyDrop;
 use std::ptr::NonNull;

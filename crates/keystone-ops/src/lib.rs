@@ -10,7 +10,7 @@
 //! batches per thread, drops counted ([`error_log`]), each thread's log in
 //! a thread-local and the logs' destinations ([`thread_log`]), the two
 //! batches both logs fill ([`batches`]) — and the `keystone stats` client
-//! ([`stats_cmd`]).
+//! ([`stats_cmd`]) and `keystone reload`'s target check ([`reload_cmd`]).
 //!
 //! Never runs on a worker's request path, except the counters' relaxed
 //! loads and stores and the formatting of an access-log line into fixed
@@ -31,6 +31,7 @@ pub mod admin;
 pub mod batches;
 pub mod error_log;
 pub mod observe;
+pub mod reload_cmd;
 pub mod stats;
 pub mod stats_cmd;
 pub mod thread_log;

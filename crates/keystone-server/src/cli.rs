@@ -6,6 +6,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use keystone_conn::Timeouts;
 use keystone_ebpf::EbpfMode;
 
 /// Keystone: an HTTP/1.1 engine where Rust owns memory and I/O (io_uring)
@@ -103,17 +104,6 @@ pub mod defaults {
     /// SIGTERM drain deadline, seconds; Kubernetes' default grace period is
     /// 30 s, so 10 s leaves room for the rest of a pod's shutdown.
     pub const DRAIN_TIMEOUT_SECS: u64 = 10;
-    /// nginx's `client_header_timeout`.
-    pub const HEADER_TIMEOUT_SECS: u64 = 60;
-    /// nginx's `client_body_timeout`.
-    pub const BODY_TIMEOUT_SECS: u64 = 60;
-    /// nginx's `keepalive_timeout`.
-    pub const KEEPALIVE_TIMEOUT_SECS: u64 = 75;
-    /// nginx's `send_timeout`.
-    pub const SEND_TIMEOUT_SECS: u64 = 60;
-    /// Enough for wrk's and h2load's pipelining depths (16) with room to
-    /// spare; small enough that one connection cannot monopolise a worker.
-    pub const MAX_PIPELINE: u32 = 64;
     /// A handler is policy, not computation: a second of CPU is a runaway.
     pub const LUA_BUDGET_MS: u64 = 1000;
 }
@@ -156,20 +146,20 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub lua: LuaArgs,
     /// Seconds a client has to send a whole request head (408 after).
-    #[arg(long, default_value_t = defaults::HEADER_TIMEOUT_SECS, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = Timeouts::default().header.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
     pub header_timeout: u64,
     /// Seconds allowed between two reads of a request body (408 after).
-    #[arg(long, default_value_t = defaults::BODY_TIMEOUT_SECS, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = Timeouts::default().body.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
     pub body_timeout: u64,
     /// Seconds an idle keep-alive connection stays open.
-    #[arg(long, default_value_t = defaults::KEEPALIVE_TIMEOUT_SECS, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = Timeouts::default().idle.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
     pub keepalive_timeout: u64,
     /// Seconds allowed between two writes to a client that stopped reading.
-    #[arg(long, default_value_t = defaults::SEND_TIMEOUT_SECS, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = Timeouts::default().send.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
     pub send_timeout: u64,
     /// Responses one connection may have queued but not yet sent; further
     /// pipelined requests wait in the receive buffer.
-    #[arg(long, default_value_t = defaults::MAX_PIPELINE, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    #[arg(long, default_value_t = keystone_conn::MAX_PIPELINE, value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub max_pipeline: u32,
     /// Milliseconds of wall time a Lua handler may run before it is stopped
     /// (503); catches runaway loops, JIT-compiled ones included.

@@ -2,8 +2,8 @@
 //! steering, one worker thread per core, signals and drain.
 //!
 //! Owns: process lifecycle only. Every decision about bytes belongs to a
-//! layer crate; this crate connects them (`http.rs` is the per-request
-//! wiring, `worker.rs` the per-core event loop).
+//! layer crate; this crate connects them (`worker.rs` pumps one core's
+//! ring into its connections, `serve.rs` starts and supervises workers).
 //!
 //! Never depended on by any layer crate. Never depends on: keystone-tests,
 //! keystone-benches or xtask (the leaves, which may depend on anything).
@@ -90,35 +90,6 @@ fn reload(pid: i32) -> ExitCode {
 }
 
 fn send_reload(pid: i32) -> Result<(), String> {
-    // kill(0) and kill(-N) signal process groups, kill(-1) every process:
-    // only a single positive pid is a valid target.
-    if pid <= 0 {
-        return Err(format!(
-            "--pid {pid} is not a process id (must be positive)"
-        ));
-    }
-    // SIGHUP's default action ends a process: refuse anything that is not
-    // a keystone server rather than hang up an unrelated program.
-    let comm_path = format!("/proc/{pid}/comm");
-    let comm = match std::fs::read_to_string(&comm_path) {
-        Ok(comm) => comm,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-            return Err(format!("no process with pid {pid}"));
-        }
-        Err(err) => return Err(format!("cannot read {comm_path}: {err}")),
-    };
-    let comm = comm.trim_end();
-    if !comm.starts_with("keystone") {
-        return Err(format!(
-            "process {pid} is '{comm}', not keystone; refusing to send it SIGHUP"
-        ));
-    }
-    let Err(err) = sys::hang_up(pid) else {
-        return Ok(());
-    };
-    Err(match err.raw_os_error() {
-        Some(libc::ESRCH) => format!("no process with pid {pid} (it exited)"),
-        Some(libc::EPERM) => format!("not permitted to signal process {pid} ({err})"),
-        _ => format!("kill({pid}, SIGHUP) failed: {err}"),
-    })
+    keystone_ops::reload_cmd::check_target(pid)?;
+    sys::hang_up(pid).map_err(|err| keystone_ops::reload_cmd::kill_failed(pid, &err))
 }

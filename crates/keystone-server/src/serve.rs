@@ -424,7 +424,7 @@ fn supervise(
     let mut deadline: Option<Instant> = None;
     let mut stopped = 0;
     loop {
-        watchdog.check(&fleet.pulses);
+        watchdog::check(&mut watchdog, &fleet.pulses);
         log.pump(&fleet.shared);
         if let Some(signal) = sys::wait_signal(WATCHDOG_PERIOD) {
             match signal {
