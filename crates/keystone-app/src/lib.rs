@@ -24,8 +24,11 @@ use std::time::Instant;
 
 use keystone_conn::{Answer, Level, PinOwner, Pinned, Policy, Pulled, Request, Root};
 use keystone_exchange::HttpExchange;
-use keystone_lua::{LoadedApp, LuaWorker, Outcome, Pull, Pulse, STATIC_HANDLER_BASE};
+use keystone_lua::{
+    AppSource, LoadedApp, LuaConfig, LuaWorker, Outcome, Pull, Pulse, STATIC_HANDLER_BASE,
+};
 use keystone_ops::access_log::{self, AccessLog};
+use keystone_ops::error_log::LogLevel;
 use keystone_ops::stats::WorkerStats;
 use keystone_response::Committed;
 use keystone_router::{RouteMiss, Router};
@@ -34,7 +37,7 @@ use keystone_router::{RouteMiss, Router};
 #[derive(Clone, Copy, Debug)]
 pub struct LogLine<'a> {
     /// Severity.
-    pub level: Level,
+    pub level: LogLevel,
     /// The worker.
     pub worker: u32,
     /// The request it is about (`METHOD /path`), when there is one.
@@ -135,6 +138,57 @@ impl AppPolicy {
         )
     }
 
+    /// Loads `source` for worker `worker` (its Lua `print`s go to `log`)
+    /// and makes it the policy.
+    pub fn load(
+        worker: u32,
+        source: &AppSource,
+        lua: &LuaConfig,
+        stats: Arc<WorkerStats>,
+        pulse: Arc<Pulse>,
+        access: Option<AccessLog>,
+        log: Log,
+    ) -> Result<AppPolicy, String> {
+        let app = load_app(worker, source, lua, log)?;
+        AppPolicy::new(worker, app, stats, pulse, access, log)
+    }
+
+    /// Loads `source` again and swaps it in ([`AppPolicy::reload`]),
+    /// logging and counting the outcome. Returns the directory ids to
+    /// forget in the cache; `None` when it failed (the old app keeps
+    /// serving).
+    pub fn reload_source(&mut self, source: &AppSource, lua: &LuaConfig) -> Option<Vec<u32>> {
+        let loaded = load_app(self.worker, source, lua, self.log);
+        let routes = loaded.as_ref().map_or(0, |app| app.routes.len());
+        match loaded.and_then(|app| self.reload(app)) {
+            Ok(old) => {
+                self.stats.reloads.add(1);
+                self.log_line(
+                    LogLevel::Info,
+                    format_args!("reloaded {} ({routes} routes)", source.path.display()),
+                );
+                Some(old)
+            }
+            Err(err) => {
+                self.log_line(
+                    LogLevel::Error,
+                    format_args!("reload failed, keeping the running app: {err}"),
+                );
+                None
+            }
+        }
+    }
+
+    fn log_line(&self, level: LogLevel, message: std::fmt::Arguments<'_>) {
+        (self.log)(&LogLine {
+            level,
+            worker: self.worker,
+            route: None,
+            count: 1,
+            message,
+        });
+    }
+
     /// Swaps in a reloaded app; the old state stays while responses still
     /// point into it. Returns the directory ids to forget in the cache.
     pub fn reload(&mut self, app: LoadedApp) -> Result<Vec<u32>, String> {
@@ -170,7 +224,7 @@ impl AppPolicy {
         let (log, worker) = (self.log, self.worker);
         keystone_lua::take_repeated_errors(now, |repeats| {
             log(&LogLine {
-                level: Level::Error,
+                level: LogLevel::Error,
                 worker,
                 route: Some(repeats.label),
                 count: repeats.count,
@@ -372,13 +426,11 @@ impl Policy for AppPolicy {
     }
 
     fn log(&mut self, level: Level, message: std::fmt::Arguments<'_>) {
-        (self.log)(&LogLine {
-            level,
-            worker: self.worker,
-            route: None,
-            count: 1,
-            message,
-        });
+        let level = match level {
+            Level::Warn => LogLevel::Warn,
+            Level::Error => LogLevel::Error,
+        };
+        self.log_line(level, message);
     }
 }
 
@@ -387,7 +439,7 @@ fn log_request(log: Log, worker: u32, request: &Request<'_>, message: std::fmt::
     let mut label = [0u8; LABEL_BYTES];
     let label = request_label(&mut label, request.method(), request.path());
     log(&LogLine {
-        level: Level::Error,
+        level: LogLevel::Error,
         worker,
         route: Some(label),
         count: 1,
@@ -427,6 +479,25 @@ fn thousands(n: u64) -> impl std::fmt::Display {
 }
 
 /// The log of a policy driven outside a server (tests, fuzzing).
+/// Loads `source`, Lua's `print` lines going to `log` at info level.
+fn load_app(
+    worker: u32,
+    source: &AppSource,
+    lua: &LuaConfig,
+    log: Log,
+) -> Result<LoadedApp, String> {
+    let print = move |line: &str| {
+        log(&LogLine {
+            level: LogLevel::Info,
+            worker,
+            route: None,
+            count: 1,
+            message: format_args!("lua: {line}"),
+        })
+    };
+    LoadedApp::load_with(source, worker, lua, print).map_err(|err| err.to_string())
+}
+
 fn log_to_stderr(line: &LogLine<'_>) {
     eprintln!(
         "{:?} [worker {}] {}{}{}",

@@ -58,6 +58,16 @@ impl LogLevel {
     }
 }
 
+impl std::str::FromStr for LogLevel {
+    type Err = String;
+
+    /// `--log-level`'s value; the error names the valid ones.
+    fn from_str(text: &str) -> Result<LogLevel, String> {
+        LogLevel::parse(text)
+            .ok_or_else(|| format!("'{text}' is not a log level (error, warn or info)"))
+    }
+}
+
 /// How lines are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
@@ -65,6 +75,19 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line: time, level, worker, route, message, count.
     Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+
+    /// `--log-format`'s value; the error names the valid ones.
+    fn from_str(text: &str) -> Result<LogFormat, String> {
+        match text {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(format!("'{text}' is not a log format (text or json)")),
+        }
+    }
 }
 
 /// One line's fields.
@@ -395,6 +418,15 @@ mod tests {
         assert!(errors_only.take_batch().is_some());
         assert_eq!(LogLevel::parse("warn"), Some(LogLevel::Warn));
         assert_eq!(LogLevel::parse("debug"), None);
+        assert_eq!("json".parse::<LogFormat>(), Ok(LogFormat::Json));
+        assert!("xml"
+            .parse::<LogFormat>()
+            .unwrap_err()
+            .contains("text or json"));
+        assert!("debug"
+            .parse::<LogLevel>()
+            .unwrap_err()
+            .contains("error, warn or info"));
     }
 
     #[test]

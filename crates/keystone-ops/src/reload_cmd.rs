@@ -50,6 +50,13 @@ mod tests {
             .arg("5")
             .spawn()
             .unwrap();
+        // Between fork and exec the child still bears this thread's name.
+        let comm = format!("/proc/{}/comm", sleep.id());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::fs::read_to_string(&comm).unwrap() != "sleep\n" {
+            assert!(std::time::Instant::now() < deadline, "sleep never ran");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         let refused = check_target(sleep.id() as i32).unwrap_err();
         sleep.kill().unwrap();
         sleep.wait().unwrap();

@@ -33,6 +33,7 @@
 mod addr;
 mod slab;
 mod timers;
+mod writer;
 
 #[cfg(test)]
 mod tests;
@@ -47,6 +48,7 @@ pub use keystone_ringbuf::{BytesLoan, PinnedBytes, SendBuf};
 use keystone_ringbuf::{MappingGuard, RingBuffer, SpareLoan};
 
 pub use crate::timers::{TimerWheel, TICK};
+pub use crate::writer::BatchWriter;
 
 use crate::addr::PeerStorage;
 use crate::slab::Slab;
@@ -727,6 +729,22 @@ impl Reactor {
     pub fn flush(&mut self) -> io::Result<()> {
         self.ring.submit().map(|_| ())
     }
+}
+
+/// The memory limit behind a failure to make a ring or register a buffer:
+/// for a user without `CAP_IPC_LOCK` the kernel counts ring memory and
+/// registered buffers against `RLIMIT_MEMLOCK` and answers `ENOMEM` past
+/// it. `Some(soft limit in bytes)` for such an error; `None` for others.
+pub fn memlock_limit_behind(err: &io::Error) -> Option<u64> {
+    if err.raw_os_error() != Some(libc::ENOMEM) {
+        return None;
+    }
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct we pass.
+    (unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } == 0).then_some(limit.rlim_cur)
 }
 
 impl Drop for Reactor {

@@ -450,3 +450,30 @@ fn accepted_sockets_inherit_tcp_nodelay_from_the_listener() {
     let accepted = socket2::SockRef::from(&accepted);
     assert!(accepted.tcp_nodelay().unwrap(), "TCP_NODELAY is inherited");
 }
+
+#[test]
+fn batch_writer_writes_one_batch_at_a_time_without_waiting() {
+    let (read_end, write_end) = pipe();
+    let mut writer = BatchWriter::new().unwrap();
+    let mut batches = vec![b"second\n".to_vec(), b"first\n".to_vec()];
+    let mut results = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while results.len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "writes never completed"
+        );
+        writer
+            .pump(
+                || batches.pop().map(|batch| (write_end.as_raw_fd(), batch)),
+                |batch, result| results.push((batch.len(), result)),
+            )
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(results, [(6, 6), (7, 7)]);
+    assert!(!writer.writing());
+    let mut out = vec![0u8; 13];
+    std::fs::File::from(read_end).read_exact(&mut out).unwrap();
+    assert_eq!(out, b"first\nsecond\n");
+}

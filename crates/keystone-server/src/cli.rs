@@ -177,10 +177,10 @@ pub struct ServeArgs {
     #[arg(long, value_name = "PATH|-")]
     pub log: Option<PathBuf>,
     /// Lowest severity logged: error, warn or info.
-    #[arg(long, default_value = "info", value_parser = parse_log_level)]
+    #[arg(long, default_value = "info")]
     pub log_level: keystone_ops::error_log::LogLevel,
     /// Log line format: text, or json (one object per line).
-    #[arg(long, default_value = "text", value_parser = parse_log_format)]
+    #[arg(long, default_value = "text")]
     pub log_format: keystone_ops::error_log::LogFormat,
     /// Give each worker's io_uring a kernel submission-polling thread
     /// (IORING_SETUP_SQPOLL): fewer syscalls under load, a busy kernel
@@ -191,19 +191,6 @@ pub struct ServeArgs {
     /// latency) and export their figures on the admin listener.
     #[arg(long)]
     pub observe: bool,
-}
-
-fn parse_log_level(text: &str) -> Result<keystone_ops::error_log::LogLevel, String> {
-    keystone_ops::error_log::LogLevel::parse(text)
-        .ok_or_else(|| format!("'{text}' is not a log level (error, warn or info)"))
-}
-
-fn parse_log_format(text: &str) -> Result<keystone_ops::error_log::LogFormat, String> {
-    match text {
-        "text" => Ok(keystone_ops::error_log::LogFormat::Text),
-        "json" => Ok(keystone_ops::error_log::LogFormat::Json),
-        _ => Err(format!("'{text}' is not a log format (text or json)")),
-    }
 }
 
 fn parse_listen(text: &str) -> Result<SocketAddr, String> {

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use keystone_ebpf::{EbpfMode, Observer, ReuseportSteering};
 use keystone_lua::{AppSource, LoadedApp, LuaConfig};
 use keystone_parser::Limits;
+use keystone_reactor::BatchWriter;
 
 use keystone_ops::admin;
 use keystone_ops::observe::Observed;
@@ -76,8 +77,8 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         Err(message) => return fail(message),
     };
     crate::log::install(main_log);
-    let mut main_writer = match MainLog::new() {
-        Ok(writer) => writer,
+    let mut main_writer = match BatchWriter::new() {
+        Ok(writer) => MainLog(writer),
         Err(err) => {
             return fail(format_args!(
                 "io_uring setup failed for the main thread's log: {err}{}",
@@ -184,7 +185,7 @@ pub fn serve(args: ServeArgs) -> ExitCode {
             pulse: Arc::clone(&pulse),
             reloads: reload_rx,
             log: match log_dup("worker") {
-                Ok(fd) => fd,
+                Ok(fd) => Some(fd),
                 Err(message) => return fail(message),
             },
             stats: worker_stats,
@@ -493,41 +494,15 @@ fn observe_self(port: u16) -> Option<Observer> {
     }
 }
 
-/// The main thread's log writer: its own small ring, pumped without
+/// The main thread's log writer: a ring of its own, pumped without
 /// waiting from the signal loop, so a log that does not drain never blocks
 /// the main thread (or its watchdog) either.
-struct MainLog {
-    reactor: keystone_reactor::Reactor,
-    writing: bool,
-    completions: Vec<keystone_reactor::Done>,
-}
+struct MainLog(BatchWriter);
 
 impl MainLog {
-    fn new() -> std::io::Result<MainLog> {
-        Ok(MainLog {
-            reactor: keystone_reactor::Reactor::new(8, 0)?,
-            writing: false,
-            completions: Vec::with_capacity(keystone_reactor::COMPLETIONS_PER_PUMP),
-        })
-    }
-
     /// Hands the next batch to the ring and takes back a written one.
     fn pump(&mut self, shared: &Shared) {
-        if !self.writing {
-            if let Some((fd, batch)) = crate::log::take_batch() {
-                self.reactor.write(keystone_reactor::WORKER, fd, batch);
-                self.writing = true;
-            }
-        }
-        if self.reactor.poll(&mut self.completions).is_err() {
-            return;
-        }
-        for done in self.completions.drain(..) {
-            if let keystone_reactor::Op::Write { batch } = done.op {
-                crate::log::written(batch, done.result);
-                self.writing = false;
-            }
-        }
+        let _ = self.0.pump(crate::log::take_batch, crate::log::written);
         shared.main_log_dropped.set(crate::log::dropped());
     }
 
@@ -536,7 +511,7 @@ impl MainLog {
     fn finish(&mut self, shared: &Shared) {
         for _ in 0..20 {
             self.pump(shared);
-            if !self.writing {
+            if !self.0.writing() {
                 break;
             }
             std::thread::sleep(Duration::from_millis(5));

@@ -1,10 +1,9 @@
 //! The process's few direct system calls, in one place: signals, the wake
-//! eventfd, CPU pinning, returning freed heap, resource limits, the
-//! start-up pipes, a log destination's append mode, and `keystone
-//! reload`'s `kill`. None runs on a worker's
-//! event loop — start-up, the main thread's signal wait, and the watchdog
-//! (which interrupts a runaway handler from the main thread) only; every
-//! request-path operation goes through the worker's ring.
+//! eventfd, CPU pinning, returning freed heap, the start-up pipes, a log
+//! destination's append mode, and `keystone reload`'s `kill`. None runs on
+//! a worker's event loop — start-up, the main thread's signal wait, and the
+//! watchdog (which interrupts a runaway handler from the main thread) only;
+//! every request-path operation goes through the worker's ring.
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::time::Duration;
@@ -122,16 +121,6 @@ pub fn pin_to_core(index: u32, workers: u32) {
 pub fn release_freed_heap() {
     // SAFETY: malloc_trim only returns free heap memory to the kernel.
     unsafe { libc::malloc_trim(0) };
-}
-
-/// `RLIMIT_MEMLOCK`'s soft limit in bytes, if it can be read.
-pub fn memlock_limit() -> Option<u64> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes one rlimit into the struct we pass.
-    (unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } == 0).then_some(limit.rlim_cur)
 }
 
 /// Sends SIGHUP to `pid` (`keystone reload`); the errno on failure.

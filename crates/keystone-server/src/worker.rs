@@ -21,7 +21,7 @@ use keystone_conn::{
     Config, Connection, Context, Event, FileMeta, Intent, Pipe, Shared, Timeouts, SEND_BUFFER_BYTES,
 };
 use keystone_files::FileKind;
-use keystone_lua::{AppSource, LoadedApp, LuaConfig};
+use keystone_lua::{AppSource, LuaConfig};
 use keystone_ops::access_log::AccessLog;
 use keystone_ops::stats::WorkerStats;
 use keystone_parser::Limits;
@@ -95,8 +95,9 @@ pub struct WorkerConfig {
     pub pulse: Arc<Pulse>,
     /// Reloads, each announced by a [`RELOAD_WAKE`] on `wake`.
     pub reloads: mpsc::Receiver<Reload>,
-    /// Where this worker's log lines go (its own descriptor).
-    pub log: OwnedFd,
+    /// Where this worker's log lines go (its own descriptor; taken by the
+    /// worker's thread when it starts).
+    pub log: Option<OwnedFd>,
     /// This worker's counters (read by the admin listener).
     pub stats: Arc<WorkerStats>,
     /// Where access-log lines go, when on.
@@ -120,8 +121,9 @@ pub struct Reload {
 /// failures are reported through `ready`.
 pub fn run(mut config: WorkerConfig, ready: impl FnOnce(Result<(), String>)) {
     config.pulse.set_thread(crate::sys::current_thread());
-    let log = std::mem::replace(&mut config.log, placeholder_fd());
-    crate::log::install(log);
+    if let Some(log) = config.log.take() {
+        crate::log::install(log);
+    }
     let mut worker = match Worker::new(config) {
         Ok(worker) => worker,
         Err(message) => {
@@ -140,13 +142,6 @@ pub fn run(mut config: WorkerConfig, ready: impl FnOnce(Result<(), String>)) {
         crate::log!(Level::Error, Some(worker.index), "event loop failed: {err}");
     }
     crate::log::flush_blocking();
-}
-
-/// A stand-in for a descriptor moved out of the config (/dev/null's).
-fn placeholder_fd() -> OwnedFd {
-    std::fs::File::open("/dev/null")
-        .expect("/dev/null opens")
-        .into()
 }
 
 /// What the worker knows about one slot besides its connection: the
@@ -213,10 +208,6 @@ struct Worker {
 impl Worker {
     fn new(config: WorkerConfig) -> Result<Worker, String> {
         let index = config.index;
-        let loaded = LoadedApp::load_with(&config.app, index, &config.lua, move |line| {
-            crate::log!(Level::Info, Some(index), "lua: {line}");
-        })
-        .map_err(|err| err.to_string())?;
         let recv_bytes = u64::from(config.limits.max_header_bytes) + config.limits.max_body_bytes;
         let recv_bytes = u32::try_from(recv_bytes).map_err(|_| {
             format!("--max-header-bytes + --max-body-bytes = {recv_bytes} exceeds 4 GiB")
@@ -242,9 +233,10 @@ impl Worker {
             })
             .collect();
         let access = config.access_log.map(AccessLog::new);
-        let policy = AppPolicy::new(
+        let policy = AppPolicy::load(
             index,
-            loaded,
+            &config.app,
+            &config.lua,
             Arc::clone(&config.stats),
             config.pulse,
             access,
@@ -820,32 +812,13 @@ impl Worker {
             log.reopen(fd);
         }
         let Some(app) = reload.app else { return };
-        let index = self.index;
-        let log = move |line: &str| crate::log!(Level::Info, Some(index), "lua: {line}");
-        let loaded =
-            LoadedApp::load_with(&app, index, &self.lua_config, log).map_err(|err| err.to_string());
-        let routes = loaded.as_ref().map_or(0, |app| app.routes.len());
-        match loaded.and_then(|loaded| self.policy.reload(loaded)) {
-            Ok(old_roots) => {
-                let reactor = &mut self.reactor;
-                for root in old_roots {
-                    self.shared.files.invalidate_root(root, &mut |fd| {
-                        reactor.close(WORKER, fd);
-                    });
-                }
-                self.stats.reloads.add(1);
-                crate::log!(
-                    Level::Info,
-                    Some(index),
-                    "reloaded {} ({routes} routes)",
-                    app.path.display()
-                );
+        if let Some(old_roots) = self.policy.reload_source(&app, &self.lua_config) {
+            let reactor = &mut self.reactor;
+            for root in old_roots {
+                self.shared.files.invalidate_root(root, &mut |fd| {
+                    reactor.close(WORKER, fd);
+                });
             }
-            Err(err) => crate::log!(
-                Level::Error,
-                Some(index),
-                "reload failed, keeping the running app: {err}"
-            ),
         }
     }
 }
@@ -904,12 +877,8 @@ fn release_window(reactor: &mut Reactor, slot: &mut Slot, index: u32, stats: &Wo
 
 /// The app's log lines, into the worker's log.
 fn log_app(line: &keystone_app::LogLine<'_>) {
-    let level = match line.level {
-        keystone_conn::Level::Warn => Level::Warn,
-        keystone_conn::Level::Error => Level::Error,
-    };
     crate::log::record(&keystone_ops::error_log::Record {
-        level,
+        level: line.level,
         worker: Some(line.worker),
         route: line.route,
         count: line.count,
@@ -930,20 +899,13 @@ fn meta_of(stat: FileStat) -> FileMeta {
     }
 }
 
-/// Why a ring may not be created: for a user without `CAP_IPC_LOCK` the
-/// kernel counts ring memory against `RLIMIT_MEMLOCK` and answers `ENOMEM`
-/// past it. Empty for other errors.
+/// What to raise when a ring may not be created for lack of locked memory
+/// (`RLIMIT_MEMLOCK`, for a user without `CAP_IPC_LOCK`); empty otherwise.
 pub(crate) fn memlock_hint(err: &std::io::Error) -> String {
-    if err.raw_os_error() != Some(libc::ENOMEM) {
-        return String::new();
-    }
-    let Some(limit) = crate::sys::memlock_limit() else {
-        return String::new();
-    };
-    format!(
+    keystone_reactor::memlock_limit_behind(err).map_or_else(String::new, |limit| format!(
         " (for a non-root user io_uring memory counts against RLIMIT_MEMLOCK, `ulimit -l`, {} KiB here: each worker's ring needs about 100 KiB, plus 4 KiB per active connection for registered receive buffers; raise it or grant CAP_IPC_LOCK)",
         limit / 1024
-    )
+    ))
 }
 
 /// A pipe, made at start-up (before the event loop).
