@@ -46,15 +46,33 @@ fn repeated(log: &str, needle: &str) -> u64 {
 /// Starts `keystone serve APP --listen … ARGS` with standard output and
 /// error going into pipes nobody reads.
 fn start_undrained(app: &std::path::Path, args: &[&str]) -> (std::process::Child, SocketAddr) {
+    start_into(app, args, Stdio::piped(), Stdio::piped())
+}
+
+/// Starts `keystone serve APP --listen … ARGS` (one worker unless ARGS say
+/// otherwise) with its standard output and error into `stdout` and
+/// `stderr`; waits until it accepts.
+fn start_into(
+    app: &std::path::Path,
+    args: &[&str],
+    stdout: Stdio,
+    stderr: Stdio,
+) -> (std::process::Child, SocketAddr) {
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let workers = if args.contains(&"--workers") {
+        &[][..]
+    } else {
+        &["--workers", "1"][..]
+    };
     let child = Command::new(keystone_bin())
         .arg("serve")
         .arg(app)
-        .args(["--listen", &addr.to_string(), "--workers", "1"])
+        .args(["--listen", &addr.to_string()])
+        .args(workers)
         .args(args)
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(stdout)
+        .stderr(stderr)
         .spawn()
         .expect("keystone starts");
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -376,23 +394,13 @@ fn several_threads_logging_into_a_plain_file_lose_no_line() {
     std::fs::write(&app, APP).unwrap();
     let path = dir.path().join("stderr.log");
     let file = std::fs::File::create(&path).unwrap();
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let mut child = Command::new(keystone_bin())
-        .arg("serve")
-        .arg(&app)
-        .args(["--listen", &addr.to_string(), "--workers", "2"])
-        .args(["--admin", &admin.to_string()])
-        .stdin(Stdio::null())
-        .stdout(file.try_clone().unwrap())
-        .stderr(file)
-        .spawn()
-        .expect("keystone starts");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "keystone did not start");
-        thread::sleep(Duration::from_millis(20));
-    }
+    let (mut child, addr) = start_into(
+        &app,
+        &["--workers", "2", "--admin", &admin.to_string()],
+        file.try_clone().unwrap().into(),
+        file.into(),
+    );
     const CLIENTS: u32 = 4;
     const EACH: u32 = 150;
     let clients: Vec<_> = (0..CLIENTS)
