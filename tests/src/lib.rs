@@ -390,11 +390,38 @@ fn signal(child: &Child, signal_number: i32) {
     let _ = unsafe { libc::kill(pid, signal_number) };
 }
 
-/// A loopback port that was free a moment ago. Racy by nature (another test
-/// may take it before the server binds), but the window is tiny.
+/// Ports [`free_port`] hands out: this many below the kernel's ephemeral
+/// range.
+const TEST_PORTS: u16 = 8000;
+
+/// A loopback port for a server to bind, free a moment ago. It comes from
+/// below the kernel's ephemeral range (`ip_local_port_range`, 32768–60999
+/// by default), where the local port of a client socket — thousands of
+/// them in the parallel tests — can never take it before the server binds
+/// (a port the kernel hands to `bind(:0)` can, and did). A counter keeps
+/// this process's tests on distinct ports; each is checked free by binding
+/// it.
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local_addr").port()
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let low = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    if low < 1024 + TEST_PORTS {
+        // No room below the range: take what the kernel gives.
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        return listener.local_addr().expect("local_addr").port();
+    }
+    let first = low - TEST_PORTS;
+    let start = std::process::id() % u32::from(TEST_PORTS);
+    for _ in 0..TEST_PORTS {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = first + ((start + n) % u32::from(TEST_PORTS)) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {first}..{low}");
 }
 
 /// Writes `source` to `dir/name` and returns the path.
