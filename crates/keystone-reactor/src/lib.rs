@@ -638,15 +638,19 @@ impl Reactor {
         } else if !self.ring.submission().is_empty() {
             self.ring.submit()?;
         }
-        let mut taken = 0;
-        while taken < COMPLETIONS_PER_PUMP {
+        self.take_completions(out);
+        Ok(())
+    }
+
+    /// Moves up to [`COMPLETIONS_PER_PUMP`] completions from the CQ ring
+    /// into `out` (the rest wait for the next call).
+    fn take_completions(&mut self, out: &mut Vec<Done>) {
+        for _ in 0..COMPLETIONS_PER_PUMP {
             let Some(cqe) = self.ring.completion().next() else {
                 break;
             };
-            taken += 1;
             out.push(self.complete(cqe));
         }
-        Ok(())
     }
 
     /// Turns one CQE into a [`Done`], freeing its entry unless it stays
@@ -714,14 +718,7 @@ impl Reactor {
         if !self.ring.submission().is_empty() {
             self.ring.submit()?;
         }
-        let mut taken = 0;
-        while taken < COMPLETIONS_PER_PUMP {
-            let Some(cqe) = self.ring.completion().next() else {
-                break;
-            };
-            taken += 1;
-            out.push(self.complete(cqe));
-        }
+        self.take_completions(out);
         Ok(())
     }
 
