@@ -1,9 +1,11 @@
 //! In-place chunked body decoding (RFC 9112 §7.1) over picohttpparser's
-//! `phr_decode_chunked`; trailers are consumed and discarded.
+//! `phr_decode_chunked`, each buffer first held to the framing grammar by
+//! [`ChunkLines`]; trailers are checked, consumed and discarded.
 
 use libc::c_char;
 use picohttpparser_sys::{phr_chunked_decoder, phr_decode_chunked};
 
+use crate::chunk_lines::{ChunkLines, Scan};
 use crate::ParseError;
 
 /// What one [`ChunkedDecoder::decode`] call did to its buffer.
@@ -30,6 +32,8 @@ pub struct ChunkProgress {
 /// Decoder state for one chunked body; reset between bodies.
 pub struct ChunkedDecoder {
     state: phr_chunked_decoder,
+    /// The grammar picohttpparser does not check, over the same bytes.
+    lines: ChunkLines,
     /// Payload bytes decoded so far in this body, for the body limit.
     decoded_total: u64,
     /// The final chunk was seen; decoding more is a programmer error.
@@ -55,6 +59,7 @@ impl ChunkedDecoder {
     pub fn new() -> ChunkedDecoder {
         ChunkedDecoder {
             state: fresh_state(),
+            lines: ChunkLines::NEW,
             decoded_total: 0,
             finished: false,
         }
@@ -78,7 +83,10 @@ impl ChunkedDecoder {
 
     /// Decodes `buf` in place; `buf` is the not-yet-decoded bytes following
     /// what earlier calls decoded. See [`ChunkProgress`] for the layout
-    /// afterwards. `BadChunk` on malformed framing; `BodyTooLarge` as soon as
+    /// afterwards. `BadChunk` on framing the grammar refuses (see
+    /// `chunk_lines`: anything but CRLF line ends, whitespace without an
+    /// extension, a bare `;`, non-token names, control bytes, a malformed
+    /// trailer line); `BodyTooLarge` as soon as
     /// the payload decoded so far plus the rest of the current chunk's
     /// declared size exceeds `max_body_bytes` (so a huge size line is
     /// rejected before its data arrives).
@@ -90,6 +98,10 @@ impl ChunkedDecoder {
         assert!(!self.finished, "decode after the final chunk: reset first");
         assert!(buf.len() <= u32::MAX as usize);
         let input_len = buf.len();
+        // Checked before picohttpparser moves anything: on an error the
+        // connection is answered 400 and closed, so the buffer no longer
+        // matters.
+        let scan = self.lines.scan(buf)?;
         let mut decoded_len = input_len;
         // SAFETY: buf is a live, exclusively borrowed slice of input_len
         // bytes; the decoder only reads and writes inside [0, input_len) and
@@ -117,13 +129,24 @@ impl ChunkedDecoder {
                 declared,
             });
         }
-        let (consumed_all, leftover) = match status {
-            -2 => (false, 0),
-            leftover => {
-                assert!(leftover >= 0, "phr_decode_chunked returned {leftover}");
+        let (consumed_all, leftover) = match (status, scan) {
+            (-2, Scan::More) => (false, 0),
+            (leftover, Scan::Ends { len }) if leftover >= 0 => {
                 assert!(decoded_len + leftover as usize <= input_len);
+                // Both parsers must agree on where the body ends; they do
+                // for everything the grammar admits (the differential tests
+                // and the fuzz target check it). Should they ever not, the
+                // body is refused rather than framed by either one.
+                if input_len - len != leftover as usize {
+                    debug_assert!(false, "grammar ends at {len}, decoder leaves {leftover}");
+                    return Err(ParseError::BadChunk);
+                }
                 self.finished = true;
                 (true, leftover as u32)
+            }
+            (status, scan) => {
+                debug_assert!(false, "decoder status {status}, grammar {scan:?}");
+                return Err(ParseError::BadChunk);
             }
         };
         Ok(ChunkProgress {

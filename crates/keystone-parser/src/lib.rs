@@ -31,10 +31,15 @@
 //! * header values keep trailing whitespace, which is trimmed here;
 //! * obs-fold lines are returned as a header with a NULL name.
 //!
+//! * its chunked decoder skips whatever follows a chunk-size up to LF, takes
+//!   any run of CRs as a line end and never looks inside trailers, so every
+//!   framing byte is first held to RFC 9112 §7.1 by `chunk_lines`.
+//!
 //! Not promised: bare LF line endings and one leading empty line are accepted
-//! (as picohttpparser and httparse both do); chunk extensions and trailers are
-//! skipped without validation (picohttpparser only looks for their LF).
+//! in a request head (as picohttpparser and httparse both do); chunk lines
+//! and trailers need CRLF. Chunk extensions are checked, then ignored.
 
+mod chunk_lines;
 mod chunked;
 mod error;
 mod request;
@@ -45,6 +50,7 @@ pub mod text;
 #[cfg(test)]
 mod tests;
 
+pub use chunk_lines::{MAX_CHUNK_EXT_BYTES, MAX_TRAILER_BYTES};
 pub use chunked::{ChunkProgress, ChunkedDecoder};
 pub use error::ParseError;
 pub use keystone_ringbuf::Span;

@@ -5,12 +5,12 @@ use crate::*;
 const MAX: u64 = 1024;
 
 /// Decoded payload and the bytes after the body, or the error.
-type Decoded = Result<(Vec<u8>, Vec<u8>), ParseError>;
+pub(super) type Decoded = Result<(Vec<u8>, Vec<u8>), ParseError>;
 
 /// Feeds `pieces` the way the server does: appended to one region, decoded
 /// in place from the first undecoded byte, stale framing cut off the end.
 /// Returns None if the body never completed.
-fn feed(pieces: &[&[u8]], max_body_bytes: u64) -> Option<Decoded> {
+pub(super) fn feed(pieces: &[&[u8]], max_body_bytes: u64) -> Option<Decoded> {
     let mut decoder = ChunkedDecoder::new();
     let mut region: Vec<u8> = Vec::new();
     let mut decoded = 0_usize;
@@ -81,10 +81,246 @@ fn chunked_rows_split_at_every_byte() {
             MAX,
             ok(b"hello", b"NEXT"),
         ),
-        (b"5\nhello\n0\n\n", MAX, ok(b"hello", b"")),
+        (
+            b"5;a=\"q \\\" v\";b;c = d ;e\r\nhello\r\n0\r\n\r\n",
+            MAX,
+            ok(b"hello", b""),
+        ),
+        (b"5 ;a\r\nhello\r\n0\r\n\r\n", MAX, ok(b"hello", b"")),
+        (
+            b"5\t;\ta\t=\tb\r\nhello\r\n0\r\n\r\n",
+            MAX,
+            ok(b"hello", b""),
+        ),
+        (
+            b"5;name=\"quoted value\"\r\nhello\r\n0\r\n\r\n",
+            MAX,
+            ok(b"hello", b""),
+        ),
+        (
+            b"5;q=\"caf\xc3\xa9\"\r\nhello\r\n0\r\n\r\n",
+            MAX,
+            ok(b"hello", b""),
+        ),
+        (
+            b"0000000000000005\r\nhello\r\n0\r\n\r\n",
+            MAX,
+            ok(b"hello", b""),
+        ),
+        (
+            b"5\r\nhello\r\n000\r\nX-T: a\tb \r\nY:\r\n\r\n",
+            MAX,
+            ok(b"hello", b""),
+        ),
         (b"0\r\n\r\n", MAX, ok(b"", b"")),
         (b"5\r\nhel", MAX, None),
         (b"5\r\nhello\r\n0\r\n", MAX, None),
+        (
+            b"5\nhello\r\n0\r\n\r\n",
+            MAX,
+            Some(Err(ParseError::BadChunk)),
+        ),
+        (
+            b"5\r\nhello\n0\r\n\r\n",
+            MAX,
+            Some(Err(ParseError::BadChunk)),
+        ),
+        (
+            b"5\r\nhello\r\n0\n\r\n",
+            MAX,
+            Some(Err(ParseError::BadChunk)),
+        ),
+        (
+            b"5\r\nhello\r\n0\r\n\n",
+            MAX,
+            Some(Err(ParseError::BadChunk)),
+        ),
+        (b"5\nhello\n0\n\n", MAX, Some(Err(ParseError::BadChunk))),
+        (
+            b"5\r\r\nhello\r\n0\r\n\r\n",
+            MAX,
+            Some(Err(ParseError::BadChunk)),
+        ),
+        (
+            b"5\r\nhello\r\r\n0\r\n\r\n",
+            MAX,
+            Some(Err(ParseError::BadChunk)),
+        ),
+        (
+            b"5;\r\nhello\r\n0\r\n\r\n",
+            MAX,
+            Some(Err(ParseError::BadChunk)),
+        ),
+        (
+            b"5; \r\nhello\r\n0\r\n\r\n",
+            MAX,
+            Some(Err(ParseError::BadChunk)),
+        ),
+        (
+            b"5 \r\nhello\r\n0\r\n\r\n",
+            MAX,
+            Some(Err(ParseError::BadChunk)),
+        ),
+        (
+            b"5\t\r\nhello\r\n0\r\n\r\n",
+            MAX,
+            Some(Err(ParseError::BadChunk)),
+        ),
+        (
+            b"0x5\r\nhello\r\n0\r\n\r\n",
+            MAX,
+            Some(Err(ParseError::BadChunk)),
+        ),
+        (
+            b"5;a b\r\nhello\r\n0\r\n\r\n",
+            MAX,
+            Some(Err(ParseError::BadChunk)),
+        ),
+        (
+            b"5;a \r\nhello\r\n0\r\n\r\n",
+            MAX,
+            Some(Err(ParseError::BadChunk)),
+        ),
+        (
+            b"5;a=\r\nhello\r\n0\r\n\r\n",
+            MAX,
+            Some(Err(ParseError::BadChunk)),
+        ),
+        (
+            b"5;a=b \r\nhello\r\n0\r\n\r\n",
+            MAX,
+            Some(Err(ParseError::BadChunk)),
+        ),
+        (
+            b"5;a=b c\r\nhello\r\n0\r\n\r\n",
+            MAX,
+            Some(Err(ParseError::BadChunk)),
+        ),
+        (
+            b"5;a=\"b\r\nhello\r\n0\r\n\r\n",
+            MAX,
+            Some(Err(ParseError::BadChunk)),
+        ),
+        (
+            b"5;a=\"b\"c\r\nhello\r\n0\r\n\r\n",
+            MAX,
+            Some(Err(ParseError::BadChunk)),
+        ),
+        (
+            b"5;a=\"b\x01\"\r\nhello\r\n0\r\n\r\n",
+            MAX,
+            Some(Err(ParseError::BadChunk)),
+        ),
+        (
+            b"5;a=\"b\\\x7f\"\r\nhello\r\n0\r\n\r\n",
+            MAX,
+            Some(Err(ParseError::BadChunk)),
+        ),
+        (
+            b"5;a@b\r\nhello\r\n0\r\n\r\n",
+            MAX,
+            Some(Err(ParseError::BadChunk)),
+        ),
+        (
+            b"5;a(b)\r\nhello\r\n0\r\n\r\n",
+            MAX,
+            Some(Err(ParseError::BadChunk)),
+        ),
+        (
+            b"5;=b\r\nhello\r\n0\r\n\r\n",
+            MAX,
+            Some(Err(ParseError::BadChunk)),
+        ),
+        (
+            b"5;a\x00\r\nhello\r\n0\r\n\r\n",
+            MAX,
+            Some(Err(ParseError::BadChunk)),
+        ),
+        (
+            b"5;a\x7f\r\nhello\r\n0\r\n\r\n",
+            MAX,
+            Some(Err(ParseError::BadChunk)),
+        ),
+        (
+            b"5;a\rb\r\nhello\r\n0\r\n\r\n",
+            MAX,
+            Some(Err(ParseError::BadChunk)),
+        ),
+        (
+            b"5;a=b\rc\r\nhello\r\n0\r\n\r\n",
+            MAX,
+            Some(Err(ParseError::BadChunk)),
+        ),
+        (
+            b"5;a\nb\r\nhello\r\n0\r\n\r\n",
+            MAX,
+            Some(Err(ParseError::BadChunk)),
+        ),
+        (
+            b"5\x00\r\nhello\r\n0\r\n\r\n",
+            MAX,
+            Some(Err(ParseError::BadChunk)),
+        ),
+        (
+            b" 5\r\nhello\r\n0\r\n\r\n",
+            MAX,
+            Some(Err(ParseError::BadChunk)),
+        ),
+        (
+            b"+5\r\nhello\r\n0\r\n\r\n",
+            MAX,
+            Some(Err(ParseError::BadChunk)),
+        ),
+        (
+            b"5_0\r\nhello\r\n0\r\n\r\n",
+            MAX,
+            Some(Err(ParseError::BadChunk)),
+        ),
+        (
+            b"5\r\nhello\r\n0\r\n X: y\r\n\r\n",
+            MAX,
+            Some(Err(ParseError::BadChunk)),
+        ),
+        (
+            b"5\r\nhello\r\n0\r\nX-T: a\r\n folded\r\n\r\n",
+            MAX,
+            Some(Err(ParseError::BadChunk)),
+        ),
+        (
+            b"5\r\nhello\r\n0\r\nX T: a\r\n\r\n",
+            MAX,
+            Some(Err(ParseError::BadChunk)),
+        ),
+        (
+            b"5\r\nhello\r\n0\r\n: a\r\n\r\n",
+            MAX,
+            Some(Err(ParseError::BadChunk)),
+        ),
+        (
+            b"5\r\nhello\r\n0\r\nX-T a\r\n\r\n",
+            MAX,
+            Some(Err(ParseError::BadChunk)),
+        ),
+        (
+            b"5\r\nhello\r\n0\r\nX-T: a\x00b\r\n\r\n",
+            MAX,
+            Some(Err(ParseError::BadChunk)),
+        ),
+        (
+            b"5\r\nhello\r\n0\r\nX-T: a\rb\r\n\r\n",
+            MAX,
+            Some(Err(ParseError::BadChunk)),
+        ),
+        (
+            b"5\r\nhello\r\n0\r\n\r\r\n",
+            MAX,
+            Some(Err(ParseError::BadChunk)),
+        ),
+        (
+            b"00000000000000005\r\nhello\r\n0\r\n\r\n",
+            MAX,
+            Some(Err(ParseError::BadChunk)),
+        ),
         (
             b"g\r\nhello\r\n0\r\n\r\n",
             MAX,
