@@ -26,6 +26,12 @@ pub enum ParseError {
     MissingHost,
     /// More than one Host header.
     DuplicateHost,
+    /// A Host value (or an absolute-form authority) outside
+    /// `uri-host [ ":" port ]`, or an empty Host on an HTTP/1.1 request
+    /// whose target has no authority.
+    BadHost,
+    /// A method longer than `limit` bytes (`MAX_METHOD_BYTES`).
+    MethodTooLong { limit: u32 },
     /// A header continuation line (obs-fold, RFC 9112 §5.2).
     ObsFold,
     /// A well-formed version other than HTTP/1.0 or HTTP/1.1.
@@ -48,12 +54,13 @@ impl ParseError {
             | ParseError::BadTransferEncoding
             | ParseError::MissingHost
             | ParseError::DuplicateHost
+            | ParseError::BadHost
             | ParseError::ObsFold
             | ParseError::BadChunk => 400,
             ParseError::HeadTooLarge { .. } | ParseError::TooManyHeaders { .. } => 431,
             ParseError::UriTooLong { .. } => 414,
             ParseError::BodyTooLarge { .. } => 413,
-            ParseError::UnsupportedTransferEncoding => 501,
+            ParseError::UnsupportedTransferEncoding | ParseError::MethodTooLong { .. } => 501,
             ParseError::VersionNotSupported => 505,
             ParseError::ExpectationFailed => 417,
         }
@@ -79,6 +86,8 @@ impl fmt::Display for ParseError {
             ParseError::UnsupportedTransferEncoding => f.write_str("unsupported transfer coding"),
             ParseError::MissingHost => f.write_str("HTTP/1.1 request without Host"),
             ParseError::DuplicateHost => f.write_str("more than one Host header"),
+            ParseError::BadHost => f.write_str("invalid Host"),
+            ParseError::MethodTooLong { limit } => write!(f, "method longer than {limit} bytes"),
             ParseError::ObsFold => f.write_str("obsolete header line folding"),
             ParseError::VersionNotSupported => f.write_str("HTTP version not supported"),
             ParseError::BodyTooLarge { limit, declared } => {

@@ -42,6 +42,7 @@
 mod chunk_lines;
 mod chunked;
 mod error;
+mod host;
 mod request;
 mod semantics;
 mod target;
@@ -55,6 +56,7 @@ pub use chunked::{ChunkProgress, ChunkedDecoder};
 pub use error::ParseError;
 pub use keystone_ringbuf::Span;
 pub use request::{Parser, Progress};
+pub use target::MAX_METHOD_BYTES;
 
 /// Size of the header array handed to picohttpparser; the runtime
 /// `--max-headers` ([`Limits::max_headers`]) may not exceed it. 128 is
@@ -161,7 +163,8 @@ pub struct Head {
     pub persistence: Persistence,
     /// `Expect: 100-continue` on an HTTP/1.1 request (ignored for 1.0, RFC 9110 §10.1.1).
     pub expect_continue: bool,
-    /// Value of the Host header; valid when `has_host`.
+    /// Value of the Host header, or an absolute-form target's authority
+    /// (which wins, RFC 9112 §3.2.2); valid when `has_host`.
     pub host: Span,
     pub has_host: bool,
 }

@@ -234,6 +234,7 @@ impl Parser {
             );
         }
         let mut facts = HeaderFacts::default();
+        facts.absolute_form = parts.authority.is_some();
         for (index, header) in self.headers[..raw.header_count].iter().enumerate() {
             if header.name.is_null() {
                 return Err(ParseError::ObsFold);
@@ -246,7 +247,14 @@ impl Parser {
             facts.record(head, relative(name), value_bytes, value)?;
         }
         head.header_count = raw.header_count as u16;
-        facts.finish(head, limits)
+        facts.finish(head, limits)?;
+        // An absolute-form target's authority wins over the Host header
+        // (RFC 9112 §3.2.2); both were held to the same grammar.
+        if let Some((start, end)) = parts.authority {
+            head.host = Span::new(target_offset + start as u32, (end - start) as u32);
+            head.has_host = true;
+        }
+        Ok(())
     }
 }
 

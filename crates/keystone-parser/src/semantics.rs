@@ -1,6 +1,7 @@
 //! Header rules picohttpparser leaves to its caller: framing
 //! (Content-Length / Transfer-Encoding), Host, Connection and Expect.
 
+use crate::host::check_authority;
 use crate::text::{parse_decimal, trim_ows};
 use crate::{BodyFraming, Head, Limits, ParseError, Persistence, Span};
 
@@ -10,6 +11,10 @@ pub(crate) struct HeaderFacts {
     content_length: Option<u64>,
     transfer_encoding: Option<TransferCodings>,
     host_count: u16,
+    host_empty: bool,
+    /// The target is absolute-form: its authority is the host, and an
+    /// empty Host header is allowed (RFC 9112 §3.2.2).
+    pub(crate) absolute_form: bool,
     connection_close: bool,
     connection_keep_alive: bool,
     expect_continue: bool,
@@ -40,6 +45,8 @@ impl HeaderFacts {
             4 if name.eq_ignore_ascii_case(b"host") => {
                 self.host_count += 1;
                 head.host = value_span;
+                self.host_empty = value.is_empty();
+                check_authority(value)?;
             }
             6 if name.eq_ignore_ascii_case(b"expect") => {
                 let continues = value.eq_ignore_ascii_case(b"100-continue");
@@ -103,8 +110,8 @@ impl HeaderFacts {
     }
 
     /// Applies the whole-request rules and fills the framing fields of `head`.
-    /// Order: Host duplicates, missing Host, CL+TE, TE in 1.0, TE final
-    /// coding, body limit.
+    /// Order: Host duplicates, missing or empty Host, CL+TE, TE in 1.0, TE
+    /// final coding, body limit.
     pub(crate) fn finish(self, head: &mut Head, limits: &Limits) -> Result<(), ParseError> {
         if self.host_count > 1 {
             return Err(ParseError::DuplicateHost);
@@ -112,6 +119,9 @@ impl HeaderFacts {
         head.has_host = self.host_count == 1;
         if head.minor_version == 1 && !head.has_host {
             return Err(ParseError::MissingHost);
+        }
+        if head.minor_version == 1 && self.host_empty && !self.absolute_form {
+            return Err(ParseError::BadHost);
         }
         head.body = self.framing(head.minor_version, limits)?;
         // HTTP/1.0 clients know no expectations: ignored there (RFC 9110 §10.1.1).

@@ -1,7 +1,14 @@
 //! The request line: checked here before picohttpparser sees it, and the
 //! request-target split into path and query.
 
+use crate::host::check_authority;
 use crate::{Limits, ParseError};
+
+/// Longest method accepted: 32 bytes. The router's methods are at most 16
+/// bytes, the longest registered methods (`UPDATEREDIRECTREF`, 17) fit, and
+/// a longer token can only be a probe or garbage: 501 as soon as its 33rd
+/// byte arrives, rather than waiting for the head limit's 431.
+pub const MAX_METHOD_BYTES: usize = 32;
 
 /// Where the path and query sit inside a request-target (relative offsets).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -10,6 +17,21 @@ pub(crate) struct TargetParts {
     pub path_end: usize,
     /// Start of the bytes after '?', if there is a '?'; the query ends at the target's end.
     pub query_start: Option<usize>,
+    /// `(start, end)` of an absolute-form target's authority.
+    pub authority: Option<(usize, usize)>,
+}
+
+/// A byte RFC 3986 lets a request-target hold literally: unreserved,
+/// sub-delims, `%`, and the gen-delims a path or query may use
+/// (`:`, `@`, `/`, `?`, plus `[` and `]`, which an IP-literal needs and
+/// browsers send raw in queries). Refused: controls, space, DEL, every byte
+/// at or above 0x80 (raw UTF-8, overlong sequences: a server behind or in
+/// front of another must never route bytes the other may decode
+/// differently), `#` (a fragment is not part of the target, RFC 9112
+/// §3.2), and `"`, `<`, `>`, `\`, `^`, `` ` ``, `{`, `|`, `}`, which RFC
+/// 3986 never allows unencoded.
+pub(crate) fn is_target_byte(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%:@/?[]".contains(&byte)
 }
 
 /// RFC 9110 §5.6.2 `tchar`.
@@ -28,9 +50,12 @@ pub(crate) enum RequestLine {
 /// Validates the request line at the start of `buf` (after one optional
 /// leading empty line, which picohttpparser also skips).
 ///
-/// Checks, in order: method is a token (Malformed), target length
-/// (UriTooLong, detected even before the line ends), version (505 for a
-/// well-formed `HTTP/x.y` other than 1.0/1.1, else Malformed), target form.
+/// Checks, in order: method is a token (Malformed) of at most
+/// [`MAX_METHOD_BYTES`] (MethodTooLong, detected even before the line
+/// ends), target length (UriTooLong, likewise), version (505 for a
+/// well-formed `HTTP/DIGIT.DIGIT` other than 1.0/1.1, else Malformed),
+/// target bytes ([`is_target_byte`], Malformed), target form and an
+/// absolute-form authority (BadHost).
 pub(crate) fn check_request_line(buf: &[u8], limits: &Limits) -> Result<RequestLine, ParseError> {
     if buf == b"\r" {
         return Ok(RequestLine::Incomplete); // half of a leading empty line
@@ -49,6 +74,11 @@ pub(crate) fn check_request_line(buf: &[u8], limits: &Limits) -> Result<RequestL
     if method.is_empty() || !method.iter().all(|&byte| is_token_byte(byte)) {
         return Err(ParseError::Malformed);
     }
+    if method.len() > MAX_METHOD_BYTES {
+        return Err(ParseError::MethodTooLong {
+            limit: MAX_METHOD_BYTES as u32,
+        });
+    }
     let rest = &line[method_end + 1..];
     let target_end = rest
         .iter()
@@ -65,6 +95,9 @@ pub(crate) fn check_request_line(buf: &[u8], limits: &Limits) -> Result<RequestL
     let target = &rest[..target_end];
     let version = rest.get(target_end + 1..).ok_or(ParseError::Malformed)?;
     check_version(version)?;
+    if !target.iter().all(|&byte| is_target_byte(byte)) {
+        return Err(ParseError::Malformed);
+    }
     split_target(method, target)?;
     Ok(RequestLine::Valid)
 }
@@ -73,6 +106,11 @@ fn incomplete_or(incomplete: bool, line: &[u8]) -> Result<RequestLine, ParseErro
     // A complete line without a space can't be a request line; an
     // incomplete one must still look like the start of a method.
     if incomplete && line.iter().all(|&byte| is_token_byte(byte)) {
+        if line.len() > MAX_METHOD_BYTES {
+            return Err(ParseError::MethodTooLong {
+                limit: MAX_METHOD_BYTES as u32,
+            });
+        }
         Ok(RequestLine::Incomplete)
     } else {
         Err(ParseError::Malformed)
@@ -89,27 +127,20 @@ fn skip_leading_empty_line(buf: &[u8]) -> &[u8] {
     }
 }
 
-/// `HTTP/1.0` and `HTTP/1.1` only. Any other `HTTP/DIGIT+.DIGIT+` is a version
-/// we understand to be unsupported (505); anything else is not HTTP (400).
+/// `HTTP/1.0` and `HTTP/1.1` only. Any other `HTTP/DIGIT.DIGIT` (RFC 9112
+/// §2.3: one digit each) is a version we understand to be unsupported
+/// (505); anything else, `HTTP/01.01` and `HTTP/1.10` included, is not
+/// HTTP (400).
 fn check_version(version: &[u8]) -> Result<u8, ParseError> {
     match version {
-        b"HTTP/1.1" => return Ok(1),
-        b"HTTP/1.0" => return Ok(0),
-        _ => {}
-    }
-    let numbers = version
-        .strip_prefix(b"HTTP/")
-        .ok_or(ParseError::Malformed)?;
-    let dot = numbers
-        .iter()
-        .position(|&byte| byte == b'.')
-        .ok_or(ParseError::Malformed)?;
-    let (major, minor) = (&numbers[..dot], &numbers[dot + 1..]);
-    let digits = |part: &[u8]| !part.is_empty() && part.iter().all(u8::is_ascii_digit);
-    if digits(major) && digits(minor) {
-        Err(ParseError::VersionNotSupported)
-    } else {
-        Err(ParseError::Malformed)
+        b"HTTP/1.1" => Ok(1),
+        b"HTTP/1.0" => Ok(0),
+        [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
+            if major.is_ascii_digit() && minor.is_ascii_digit() =>
+        {
+            Err(ParseError::VersionNotSupported)
+        }
+        _ => Err(ParseError::Malformed),
     }
 }
 
@@ -127,11 +158,15 @@ pub(crate) fn split_target(method: &[u8], target: &[u8]) -> Result<TargetParts, 
             path_start: 0,
             path_end: 1,
             query_start: None,
+            authority: None,
         });
     }
-    let path_start = match target.first() {
-        Some(b'/') => 0,
-        Some(_) => absolute_form_path_start(target)?,
+    let (path_start, authority) = match target.first() {
+        Some(b'/') => (0, None),
+        Some(_) => {
+            let (authority_start, path_start) = absolute_form_path_start(target)?;
+            (path_start, Some((authority_start, path_start)))
+        }
         None => return Err(ParseError::Malformed),
     };
     let question = target[path_start..].iter().position(|&byte| byte == b'?');
@@ -140,16 +175,19 @@ pub(crate) fn split_target(method: &[u8], target: &[u8]) -> Result<TargetParts, 
             path_start,
             path_end: path_start + position,
             query_start: Some(path_start + position + 1),
+            authority,
         },
         None => TargetParts {
             path_start,
             path_end: target.len(),
             query_start: None,
+            authority,
         },
     })
 }
 
-fn absolute_form_path_start(target: &[u8]) -> Result<usize, ParseError> {
+/// `(authority start, path start)` of an http(s) absolute-form target.
+fn absolute_form_path_start(target: &[u8]) -> Result<(usize, usize), ParseError> {
     let scheme_len = if starts_with_ignore_case(target, b"http://") {
         7
     } else if starts_with_ignore_case(target, b"https://") {
@@ -165,7 +203,8 @@ fn absolute_form_path_start(target: &[u8]) -> Result<usize, ParseError> {
     if authority_len == 0 || authority[authority_len] != b'/' {
         return Err(ParseError::Malformed);
     }
-    Ok(scheme_len + authority_len)
+    check_authority(&authority[..authority_len])?;
+    Ok((scheme_len, scheme_len + authority_len))
 }
 
 fn starts_with_ignore_case(bytes: &[u8], prefix: &[u8]) -> bool {

@@ -150,6 +150,7 @@ fn complete_requests() {
         ("POST / HTTP/1.0\r\nExpect: whatever\r\n\r\n".into(), Ok { method: "POST", minor_version: 0, persistence: Close, ..GET11 }),
         (format!("\r\nGET / HTTP/1.1\r\n{h}\r\n"), GET11),
         ("GET / HTTP/1.1\nHost: a\n\n".into(), GET11),
+        (format!("GET /p/a:b@c;d=e,f!$&'()*+~-._%41?x=[1]&y=/?:@ HTTP/1.1\r\n{h}\r\n"), Ok { path: "/p/a:b@c;d=e,f!$&'()*+~-._%41", query: Some("x=[1]&y=/?:@"), ..GET11 }),
     ];
     for (input, expected) in rows {
         check_complete(&input, expected);
@@ -188,8 +189,13 @@ fn rejected_requests() {
         // Version.
         (b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", VersionNotSupported),
         (b"GET / HTTP/1.2\r\nHost: a\r\n\r\n", VersionNotSupported),
-        (b"GET / HTTP/10.1\r\nHost: a\r\n\r\n", VersionNotSupported),
-        (b"GET / HTTP/1.99999999999999999999\r\n\r\n", VersionNotSupported),
+        (b"GET / HTTP/9.9\r\nHost: a\r\n\r\n", VersionNotSupported),
+        (b"GET / HTTP/0.9\r\nHost: a\r\n\r\n", VersionNotSupported),
+        // HTTP-version is one DIGIT "." one DIGIT: anything longer is not HTTP.
+        (b"GET / HTTP/10.1\r\nHost: a\r\n\r\n", Malformed),
+        (b"GET / HTTP/01.01\r\nHost: a\r\n\r\n", Malformed),
+        (b"GET / HTTP/1.10\r\nHost: a\r\n\r\n", Malformed),
+        (b"GET / HTTP/1.99999999999999999999\r\n\r\n", Malformed),
         (b"GET / HTTP/1.1x\r\nHost: a\r\n\r\n", Malformed),
         (b"GET / HTTX/1.1\r\nHost: a\r\n\r\n", Malformed),
         (b"GET / HTTP/1.\r\nHost: a\r\n\r\n", Malformed),
@@ -211,6 +217,22 @@ fn rejected_requests() {
         (b"GET /a\x01b HTTP/1.1\r\nHost: a\r\n\r\n", Malformed),
         (b"GET /a\x7fb HTTP/1.1\r\nHost: a\r\n\r\n", Malformed),
         (b"\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n", Malformed),
+        // Target bytes: only what RFC 3986 allows literally.
+        (b"GET /caf\xc3\xa9 HTTP/1.1\r\nHost: a\r\n\r\n", Malformed),
+        (b"GET /\xc0\xaf HTTP/1.1\r\nHost: a\r\n\r\n", Malformed),
+        (b"GET /?q=\xff HTTP/1.1\r\nHost: a\r\n\r\n", Malformed),
+        (b"GET /path#frag HTTP/1.1\r\nHost: a\r\n\r\n", Malformed),
+        (b"GET /a\"b HTTP/1.1\r\nHost: a\r\n\r\n", Malformed),
+        (b"GET /a<b> HTTP/1.1\r\nHost: a\r\n\r\n", Malformed),
+        (b"GET /a\\b HTTP/1.1\r\nHost: a\r\n\r\n", Malformed),
+        (b"GET /a^b HTTP/1.1\r\nHost: a\r\n\r\n", Malformed),
+        (b"GET /a`b HTTP/1.1\r\nHost: a\r\n\r\n", Malformed),
+        (b"GET /a{b} HTTP/1.1\r\nHost: a\r\n\r\n", Malformed),
+        (b"GET /a|b HTTP/1.1\r\nHost: a\r\n\r\n", Malformed),
+        (b"GET /a\tb HTTP/1.1\r\nHost: a\r\n\r\n", Malformed),
+        // A method no route can have: 501 before the head limit.
+        (b"GETGETGETGETGETGETGETGETGETGETGET / HTTP/1.1\r\nHost: a\r\n\r\n", MethodTooLong { limit: 32 }),
+        (b"GETGETGETGETGETGETGETGETGETGETGET", MethodTooLong { limit: 32 }),
         // Header syntax and control bytes.
         (b"GET / HTTP/1.1\r\nHost : a\r\n\r\n", Malformed),
         (b"GET / HTTP/1.1\r\nHost: a\r\nX\x00: v\r\n\r\n", Malformed),
@@ -227,6 +249,32 @@ fn rejected_requests() {
         (b"GET / HTTP/1.1\r\n\r\n", MissingHost),
         (b"GET / HTTP/1.1\r\nHost: a\r\nhost: a\r\n\r\n", DuplicateHost),
         (b"GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n", DuplicateHost),
+        (b"GET / HTTP/1.1\r\nHost: user@a\r\n\r\n", BadHost),
+        (b"GET / HTTP/1.1\r\nHost: a/path\r\n\r\n", BadHost),
+        (b"GET / HTTP/1.1\r\nHost: a?q\r\n\r\n", BadHost),
+        (b"GET / HTTP/1.1\r\nHost: a, b\r\n\r\n", BadHost),
+        (b"GET / HTTP/1.1\r\nHost: a,b\r\n\r\n", BadHost),
+        (b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", BadHost),
+        (b"GET / HTTP/1.1\r\nHost:\r\n\r\n", BadHost),
+        (b"GET / HTTP/1.1\r\nHost:   \r\n\r\n", BadHost),
+        (b"OPTIONS * HTTP/1.1\r\nHost:\r\n\r\n", BadHost),
+        (b"GET / HTTP/1.1\r\nHost: a:65536\r\n\r\n", BadHost),
+        (b"GET / HTTP/1.1\r\nHost: a:99999999999999999999\r\n\r\n", BadHost),
+        (b"GET / HTTP/1.1\r\nHost: a:8x\r\n\r\n", BadHost),
+        (b"GET / HTTP/1.1\r\nHost: a:-1\r\n\r\n", BadHost),
+        (b"GET / HTTP/1.1\r\nHost: a:80:80\r\n\r\n", BadHost),
+        (b"GET / HTTP/1.1\r\nHost: :80\r\n\r\n", BadHost),
+        (b"GET / HTTP/1.1\r\nHost: a%zz\r\n\r\n", BadHost),
+        (b"GET / HTTP/1.1\r\nHost: caf\xc3\xa9\r\n\r\n", BadHost),
+        (b"GET / HTTP/1.1\r\nHost: [::1\r\n\r\n", BadHost),
+        (b"GET / HTTP/1.1\r\nHost: [zz]\r\n\r\n", BadHost),
+        (b"GET / HTTP/1.1\r\nHost: [::1]x\r\n\r\n", BadHost),
+        (b"GET / HTTP/1.1\r\nHost: [v1.x]\r\n\r\n", BadHost),
+        (b"GET / HTTP/1.0\r\nHost: a/b\r\n\r\n", BadHost),
+        (b"GET http://user@a/ HTTP/1.1\r\nHost: a\r\n\r\n", BadHost),
+        (b"GET http://a:99999/ HTTP/1.1\r\nHost: a\r\n\r\n", BadHost),
+        (b"GET http://a,b/ HTTP/1.1\r\nHost: a\r\n\r\n", BadHost),
+        (b"GET http://a/ HTTP/1.1\r\nHost: user@a\r\n\r\n", BadHost),
         (b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 200-ok\r\n\r\n", ExpectationFailed),
         (b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nExpect: x\r\n\r\n", ExpectationFailed),
         // Content-Length.
@@ -343,11 +391,18 @@ fn limits_at_and_past_the_edge() {
         outcome(&over[..200], &limits),
         Outcome::Error(ParseError::HeadTooLarge { limit: 200 })
     );
+    // A method past MAX_METHOD_BYTES is refused before the head limit.
     let long_method = vec![b'G'; 200];
     assert_eq!(
         outcome(&long_method, &limits),
-        Outcome::Error(ParseError::HeadTooLarge { limit: 200 })
+        Outcome::Error(ParseError::MethodTooLong { limit: 32 })
     );
+    let longest = [
+        &[b'G'; MAX_METHOD_BYTES][..],
+        b" / HTTP/1.1\r\nHost: a\r\n\r\n",
+    ]
+    .concat();
+    assert!(complete(&longest));
     // Body: Content-Length at and past max_body_bytes.
     let with_length =
         |n: u64| format!("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: {n}\r\n\r\n").into_bytes();
@@ -398,6 +453,7 @@ fn status_mapping() {
         (BadTransferEncoding, 400),
         (MissingHost, 400),
         (DuplicateHost, 400),
+        (BadHost, 400),
         (ObsFold, 400),
         (BadChunk, 400),
         (ExpectationFailed, 417),
@@ -412,6 +468,7 @@ fn status_mapping() {
             413,
         ),
         (UnsupportedTransferEncoding, 501),
+        (MethodTooLong { limit: 32 }, 501),
         (VersionNotSupported, 505),
     ];
     for &(error, status) in rows {
@@ -530,4 +587,49 @@ fn interleaved_partial_heads_resume_from_their_own_progress() {
     assert_eq!(done, Ok(ParseStatus::Complete));
     assert_eq!(head.minor_version, 0);
     assert_eq!(head.body, BodyFraming::Length(3));
+}
+
+#[test]
+fn host_values_and_the_authority_that_wins() {
+    let host_of = |input: &[u8]| match outcome(input, &Limits::default()) {
+        Outcome::Complete(summary) => summary.host,
+        other => panic!("{:?}: {other:?}", String::from_utf8_lossy(input)),
+    };
+    let accepted: &[&str] = &[
+        "example.com",
+        "EXAMPLE.com",
+        "a",
+        "127.0.0.1",
+        "example.com:8080",
+        "example.com:0080",
+        "example.com:65535",
+        "example.com:",
+        "[::1]",
+        "[::1]:8080",
+        "[2001:db8::7]:443",
+        "[::ffff:192.0.2.1]",
+        "xn--bcher-kva.example",
+        "under_score.example",
+        "a%2eb",
+        "a!$&'()*+;=~b",
+    ];
+    for host in accepted {
+        let input = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+        assert_eq!(host_of(input.as_bytes()).as_deref(), Some(*host), "{host}");
+    }
+    // HTTP/1.0 needs no Host; an empty one is no host.
+    assert_eq!(
+        host_of(b"GET / HTTP/1.0\r\nHost:\r\n\r\n").as_deref(),
+        Some("")
+    );
+    assert_eq!(host_of(b"GET / HTTP/1.0\r\n\r\n"), None);
+    // Absolute-form: the authority wins, even over an empty Host.
+    assert_eq!(
+        host_of(b"GET http://api.example:81/p HTTP/1.1\r\nHost: other.example\r\n\r\n").as_deref(),
+        Some("api.example:81")
+    );
+    assert_eq!(
+        host_of(b"GET http://[::1]/p HTTP/1.1\r\nHost:\r\n\r\n").as_deref(),
+        Some("[::1]")
+    );
 }
