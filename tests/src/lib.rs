@@ -21,6 +21,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 mod tools;
+pub mod vectors;
 
 pub use tools::{require_file, require_tool, SKIP_MISSING_TOOLS};
 

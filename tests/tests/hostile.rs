@@ -15,7 +15,8 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use keystone_tests::{assert_no_panic, line_of, Ending, RawClient, Response, Server};
+use keystone_tests::vectors::{assert_framing, check_vector, row, Vector, FOLLOW, QUIET};
+use keystone_tests::{assert_no_panic, line_of, Ending, RawClient, Server};
 
 const APP: &str = r#"return {
   routes = {
@@ -53,39 +54,6 @@ const APP: &str = r#"return {
   },
 }
 "#;
-
-/// A valid request sent right behind every vector, in the same write.
-const FOLLOW: &[u8] = b"GET /ping HTTP/1.1\r\nHost: t\r\n\r\n";
-
-/// How long a connection must stay quiet and open to count as kept alive.
-const QUIET: Duration = Duration::from_millis(200);
-
-/// One hostile (or merely unusual) request and the exact answer it must get.
-struct Vector {
-    name: &'static str,
-    request: &'static [u8],
-    status: u16,
-    /// The response body, when the row pins it.
-    body: Option<&'static str>,
-    /// Whether the server must close after answering (and ignore `FOLLOW`).
-    closes: bool,
-}
-
-const fn row(
-    name: &'static str,
-    request: &'static [u8],
-    status: u16,
-    body: Option<&'static str>,
-    closes: bool,
-) -> Vector {
-    Vector {
-        name,
-        request,
-        status,
-        body,
-        closes,
-    }
-}
 
 const FRAMING: &[Vector] = &[
     row(
@@ -355,50 +323,6 @@ const FRAMING: &[Vector] = &[
         true,
     ),
 ];
-
-/// Sends `vector` with `FOLLOW` behind it and checks the answer and the connection.
-fn check_vector(server: &Server, vector: &Vector) {
-    let name = vector.name;
-    let mut client = server.raw();
-    let mut bytes = vector.request.to_vec();
-    bytes.extend_from_slice(FOLLOW);
-    client.send(&bytes);
-    let response = client
-        .try_read_response_to("POST")
-        .unwrap_or_else(|error| panic!("{name}: no response: {error}"));
-    assert_eq!(response.status, vector.status, "{name}: {response:?}");
-    if let Some(body) = vector.body {
-        assert_eq!(response.body_str(), body, "{name}");
-    }
-    assert_framing(&response, name);
-    if vector.closes {
-        assert!(response.closes(), "{name}: lacks Connection: close");
-        let rest = client.expect_closed(name);
-        assert!(
-            rest.is_empty(),
-            "{name}: the request behind the bad one was answered: {:?}",
-            String::from_utf8_lossy(&rest)
-        );
-    } else {
-        assert!(!response.closes(), "{name}: says close");
-        let follow = client.read_response();
-        assert_eq!(follow.body_str(), "pong", "{name}: request behind it");
-        client.expect_open(QUIET, name);
-    }
-}
-
-/// A response never carries both Content-Length and Transfer-Encoding, nor either twice.
-fn assert_framing(response: &Response, what: &str) {
-    assert!(
-        response.header("content-length").is_none()
-            || response.header("transfer-encoding").is_none(),
-        "{what}: both Content-Length and Transfer-Encoding: {response:?}"
-    );
-    assert!(
-        response.header_count("content-length") <= 1,
-        "{what}: {response:?}"
-    );
-}
 
 #[test]
 fn framing_vectors() {

@@ -269,6 +269,15 @@ impl AppPolicy {
 
 impl Policy for AppPolicy {
     fn answer(&mut self, request: &Request<'_>) -> Answer<'_> {
+        // `OPTIONS *` (the parser admits `*` with OPTIONS only) asks about
+        // the server, not a resource: answered here, without Lua
+        // (RFC 9112 §3.2.4, RFC 9110 §9.3.7).
+        if request.path() == b"*" {
+            return Answer::Canned {
+                status: 204,
+                allow: Some(self.router.server_allow().as_bytes()),
+            };
+        }
         let found = self
             .router
             .lookup(request.method(), request.path(), request.head.path.offset);

@@ -86,7 +86,9 @@ impl RouterBuilder {
         for table in &mut self.tables {
             table.allow = allow_value(table);
         }
+        let server_allow = server_allow_value(&self.tables);
         Router {
+            server_allow,
             tree: self.param_tree,
             static_paths: self.static_paths,
             tables: self.tables,
@@ -124,11 +126,30 @@ fn insert_error(key: &str, error: matchit::InsertError) -> RouteError {
 
 /// Sorted, comma-separated methods; HEAD whenever GET is there.
 fn allow_value(table: &MethodTable) -> String {
-    let mut methods: Vec<&[u8]> = table
+    let methods: Vec<&[u8]> = table
         .by_method
         .iter()
         .map(|(method, _)| method.as_bytes())
         .collect();
+    join_methods(methods)
+}
+
+/// The `Allow` of `OPTIONS *`: every method some route names, plus OPTIONS
+/// itself (the engine answers it). A `*` route accepts any method but
+/// names none, so it adds nothing a client could rely on.
+fn server_allow_value(tables: &[MethodTable]) -> String {
+    let mut methods: Vec<&[u8]> = vec![b"OPTIONS"];
+    for table in tables {
+        for (method, _) in &table.by_method {
+            if !methods.contains(&method.as_bytes()) {
+                methods.push(method.as_bytes());
+            }
+        }
+    }
+    join_methods(methods)
+}
+
+fn join_methods(mut methods: Vec<&[u8]>) -> String {
     if methods.contains(&&b"GET"[..]) && !methods.contains(&&b"HEAD"[..]) {
         methods.push(b"HEAD");
     }

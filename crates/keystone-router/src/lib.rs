@@ -191,6 +191,8 @@ pub struct Router {
     pub(crate) tables: Vec<MethodTable>,
     /// Keys as given, in insertion order.
     pub(crate) routes: Vec<(String, u32)>,
+    /// Precomputed `Allow` of `OPTIONS *`.
+    pub(crate) server_allow: String,
 }
 
 impl fmt::Debug for Router {
@@ -242,6 +244,13 @@ impl Router {
             allow: &table.allow,
         })?;
         Ok(found)
+    }
+
+    /// The `Allow` value for `OPTIONS *` (RFC 9110 §9.3.7: the server's
+    /// own capabilities): every method a route names, HEAD with GET, and
+    /// OPTIONS; sorted, e.g. "GET, HEAD, OPTIONS, POST".
+    pub fn server_allow(&self) -> &str {
+        &self.server_allow
     }
 
     /// Every route as `(key as given, handler)`, in insertion order.

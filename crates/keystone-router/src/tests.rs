@@ -359,3 +359,16 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn server_allow_lists_every_named_method_and_options() {
+    assert_eq!(
+        router().server_allow(),
+        "DELETE, GET, HEAD, OPTIONS, POST, PURGE"
+    );
+    let mut builder = RouterBuilder::new();
+    builder.add("POST /only", 1).expect("valid");
+    builder.add("* /any", 2).expect("valid");
+    assert_eq!(builder.build().server_allow(), "OPTIONS, POST");
+    assert_eq!(RouterBuilder::new().build().server_allow(), "OPTIONS");
+}
