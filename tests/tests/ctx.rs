@@ -302,3 +302,35 @@ fn remote_addr_is_the_client_ip() {
     assert_eq!(response.status, 200);
     assert_eq!(response.body_str(), "127.0.0.1");
 }
+
+#[test]
+fn cookies_are_read_and_set_as_a_browser_expects() {
+    let app = r#"return { routes = {
+      ["GET /login"] = function(ctx)
+        ctx.headers["Set-Cookie"] = { "session=s3ss; Path=/; HttpOnly", "theme=dark; Max-Age=3600" }
+        ctx.body = "welcome"
+      end,
+      ["GET /whoami"] = function(ctx)
+        ctx.body = tostring(ctx.cookies.session) .. "," .. tostring(ctx.cookies.theme)
+          .. "," .. tostring(ctx.cookies["a-b"]) .. "," .. tostring(ctx.cookies.missing)
+      end,
+    } }"#;
+    let server = Server::start(Some(app), &[]);
+    // curl's cookie engine: what the first response set, the second sends.
+    let jar = std::env::temp_dir().join(format!("keystone-cookies-{}", server.port()));
+    let jar = jar.to_str().expect("utf-8 path");
+    let login = curl(&["-c", jar, &server.url("/login")]);
+    assert_eq!(login.header_count("set-cookie"), 2, "{login:?}");
+    let whoami = curl(&["-b", jar, &server.url("/whoami")]);
+    assert_eq!(whoami.body_str(), "s3ss,dark,nil,nil");
+    // Several Cookie headers, spaces and a malformed pair, as a proxy may send.
+    let whoami = curl(&[
+        "-H",
+        "Cookie: broken; a-b = dash",
+        "-H",
+        "Cookie: session=\"quoted\"",
+        &server.url("/whoami"),
+    ]);
+    assert_eq!(whoami.body_str(), "\"quoted\",nil,dash,nil");
+    let _ = std::fs::remove_file(jar);
+}

@@ -23,9 +23,11 @@
 //! instead of reading stale bytes.
 #![deny(missing_docs)]
 
+mod cookie;
 mod header;
 mod query;
 
+pub use cookie::find_cookie;
 pub use header::{parse_content_length, valid_header_name, valid_header_value};
 pub use query::find_query_arg;
 
@@ -239,6 +241,10 @@ pub struct HttpExchange {
     /// captured when the connection was accepted; no family when there is
     /// none (an in-process connection).
     pub peer: PeerAddr,
+    /// The request span the last span-finding call located (a cookie's
+    /// value, [`HttpExchange::cookie`]); read by the prelude right after
+    /// the call.
+    pub found: Span,
     /// Keeps the layout explicit (no implicit tail padding).
     pub _pad: u32,
 }
@@ -344,6 +350,7 @@ impl HttpExchange {
             arena: [0; RESPONSE_ARENA_BYTES],
             scratch: [0; SCRATCH_BYTES],
             peer: PeerAddr::NONE,
+            found: Span::EMPTY,
             _pad: 0,
         })
     }
@@ -448,6 +455,29 @@ impl HttpExchange {
         self.request_headers()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v)
+    }
+
+    /// The value of the first request cookie named `name`, as a request
+    /// span (see `cookie` for the rule); `None` when absent.
+    pub fn cookie(&self, name: &[u8]) -> Option<Span> {
+        if !self.is_bound() {
+            return None;
+        }
+        let spans: &[HeaderSpan] = if self.headers.is_null() {
+            &[]
+        } else {
+            // SAFETY: as in `request_headers`: one `Head` slice from `bind`,
+            // alive and unchanged until `expire` nulls the pointer.
+            unsafe { std::slice::from_raw_parts(self.headers, self.header_count as usize) }
+        };
+        let cookies = spans
+            .iter()
+            .filter(|header| {
+                self.request_bytes(header.name)
+                    .eq_ignore_ascii_case(b"cookie")
+            })
+            .map(|header| (self.request_bytes(header.value), header.value));
+        find_cookie(cookies, name)
     }
 
     /// Index of the route parameter named `name`.

@@ -52,11 +52,12 @@ fn layout_is_pinned() {
         ("arena", offset_of!(HttpExchange, arena), 1320),
         ("scratch", offset_of!(HttpExchange, scratch), 9512),
         ("peer", offset_of!(HttpExchange, peer), 17704),
+        ("found", offset_of!(HttpExchange, found), 17724),
     ];
     for (name, actual, expected) in offsets {
         assert_eq!(actual, expected, "offset of {name}");
     }
-    assert_eq!(size_of::<HttpExchange>(), 17728);
+    assert_eq!(size_of::<HttpExchange>(), 17736);
 }
 
 fn parse(request: &[u8], head: &mut Head) {

@@ -122,6 +122,35 @@ unsafe extern "C" fn query_arg(ex: *mut HttpExchange, name: *const u8, len: usiz
     }
 }
 
+/// Finds the first request cookie named `name` (`ctx.cookies.NAME`) and
+/// leaves its value's span in `ex.found`; returns 0, or -1 when absent or
+/// when no request is bound.
+///
+/// # Safety
+/// The prelude (`prelude.lua`, through `ks_find_fn`) guarantees:
+/// - `ex` is the worker's exchange: the one address `LuaWorker` handed the
+///   prelude at load, which stays valid for the life of the Lua state (the
+///   state is closed before the exchange is freed).
+/// - No Rust reference to that exchange is alive while Lua runs: Lua is
+///   entered only at load and through `LuaWorker`'s `&mut self` methods
+///   (`run`, `pull`, `pin_body`), so the `&mut HttpExchange` made here for
+///   the call is the only one.
+/// - `name` points at `len` readable bytes that stay alive for the call: the
+///   data of a Lua string the prelude passes (LuaJIT keeps an argument
+///   string alive across the call; `len == 0` never reads `name`).
+/// - The prelude reads `ex.found` before its next call into the engine.
+unsafe extern "C" fn find_cookie(ex: *mut HttpExchange, name: *const u8, len: usize) -> i32 {
+    // SAFETY: the prelude passes its exchange and a live Lua string.
+    let (ex, name) = unsafe { (exchange(ex), bytes(name, len)) };
+    match ex.cookie(name) {
+        Some(span) => {
+            ex.found = span;
+            0
+        }
+        None => -1,
+    }
+}
+
 /// Index of the response header named `name` (ASCII case-insensitive) among
 /// those policy set, -1 when there is none.
 ///
@@ -264,8 +293,9 @@ fn pointer(f: usize) -> mlua::LightUserData {
 /// The function-pointer table handed to the prelude's `init`.
 pub(crate) fn functions(lua: &Lua) -> mlua::Result<Table> {
     let table = lua.create_table()?;
-    let finds: [(&str, FindFn); 7] = [
+    let finds: [(&str, FindFn); 8] = [
         ("remote_addr", remote_addr),
+        ("find_cookie", find_cookie),
         ("find_header", find_header),
         ("find_param", find_param),
         ("query_arg", query_arg),
@@ -316,7 +346,7 @@ unsafe extern "C" fn wants_trace(ex: *mut HttpExchange, message: *const u8, len:
 /// against its `ffi.cdef` so the two declarations cannot drift.
 pub(crate) fn layout(lua: &Lua) -> mlua::Result<Table> {
     let offsets = lua.create_table()?;
-    let fields: [(&str, usize); 23] = [
+    let fields: [(&str, usize); 24] = [
         ("generation", offset_of!(HttpExchange, generation)),
         ("worker", offset_of!(HttpExchange, worker)),
         ("base", offset_of!(HttpExchange, base)),
@@ -346,6 +376,7 @@ pub(crate) fn layout(lua: &Lua) -> mlua::Result<Table> {
         ("arena", offset_of!(HttpExchange, arena)),
         ("scratch", offset_of!(HttpExchange, scratch)),
         ("peer", offset_of!(HttpExchange, peer)),
+        ("found", offset_of!(HttpExchange, found)),
     ];
     for (name, offset) in fields {
         offsets.set(name, offset)?;

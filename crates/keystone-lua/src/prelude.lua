@@ -51,6 +51,7 @@ typedef struct {
   char arena[8192];
   char scratch[8192];
   ks_peer peer;
+  ks_span found;
   uint32_t _pad;
 } HttpExchange;
 typedef int32_t (*ks_find_fn)(HttpExchange *, const char *, size_t);
@@ -70,6 +71,7 @@ return function(ex_addr, fns, layout, messages)
   local find_header = ffi.cast("ks_find_fn", fns.find_header)
   local find_param = ffi.cast("ks_find_fn", fns.find_param)
   local query_arg = ffi.cast("ks_find_fn", fns.query_arg)
+  local find_cookie = ffi.cast("ks_find_fn", fns.find_cookie)
   local response_header = ffi.cast("ks_find_fn", fns.response_header)
   local remote_addr = ffi.cast("ks_find_fn", fns.remote_addr)
   local remove_header = ffi.cast("ks_find_fn", fns.remove_header)
@@ -80,7 +82,7 @@ return function(ex_addr, fns, layout, messages)
   local GEN = {} -- private key: the generation a ctx or proxy was made for
   local BODY_INLINE, BODY_FILE, BODY_STREAM = 0, 1, 2 -- keystone_exchange::BodyKind
   local handlers = {}
-  local current_body, cur_params, cur_args, cur_request, cur_headers, cur_request_headers
+  local current_body, cur_params, cur_args, cur_request, cur_headers, cur_request_headers, cur_cookies
 
   local function expired()
     error("exchange expired: ctx was kept beyond the request it was made for", 3)
@@ -131,6 +133,7 @@ return function(ex_addr, fns, layout, messages)
 
   local params_mt = lookup_mt("ctx.params", find_param, function(i) return span(ex.params[i].value) end)
   local args_mt = lookup_mt("ctx.args", query_arg, function(n) return ffi_string(ex.scratch, n) end)
+  local cookies_mt = lookup_mt("ctx.cookies", find_cookie, function() return span(ex.found) end)
   local request_headers_mt =
     lookup_mt("ctx.request.headers", find_header, function(i) return span(ex.headers[i].value) end)
 
@@ -230,6 +233,10 @@ return function(ex_addr, fns, layout, messages)
       if not cur_args then cur_args = proxy(args_mt) end
       return cur_args
     end,
+    cookies = function()
+      if not cur_cookies then cur_cookies = proxy(cookies_mt) end
+      return cur_cookies
+    end,
     request = function()
       if not cur_request then cur_request = proxy(request_mt) end
       return cur_request
@@ -319,8 +326,8 @@ return function(ex_addr, fns, layout, messages)
   -- its traceback. Returns no Lua values to the engine on success, so the
   -- call costs the engine no allocation.
   local function dispatch(index)
-    current_body, cur_params, cur_args, cur_request, cur_headers, cur_request_headers =
-        nil, nil, nil, nil, nil, nil
+    current_body, cur_params, cur_args, cur_request, cur_headers, cur_request_headers, cur_cookies =
+        nil, nil, nil, nil, nil, nil, nil
     local ctx = setmetatable({ [GEN] = ex.generation }, ctx_mt)
     local ok, err = xpcall(handlers[index], traceback, ctx)
     last_body = current_body

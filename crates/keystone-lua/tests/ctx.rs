@@ -365,3 +365,32 @@ fn routes_are_listed_sorted() {
     let app = load(ECHO_APP);
     assert_eq!(app.routes, ["GET /echo/{id}", "POST /echo/{id}"]);
 }
+
+#[test]
+fn ctx_cookies() {
+    let mut app = load(
+        r#"return { routes = { ["GET /"] = function(ctx)
+            local c = ctx.cookies
+            ctx.body = table.concat({ tostring(c.session), tostring(c["a-b"]), tostring(c.q),
+              tostring(c.missing), tostring(c.late), tostring(c.first), tostring(c.bare) }, "|")
+        end } }"#,
+    );
+    let response = run(
+        &mut app,
+        b"GET / HTTP/1.1\r\nHost: h\r\nCookie: session=abc123; a-b=dash ; q=\"quoted value\"\r\nX-Other: late=no\r\nCookie: bare; first=1; late=yes; first=2\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(response.body, "abc123|dash|\"quoted value\"|nil|yes|1|nil");
+    // No Cookie header: every cookie is nil; writing one is an error.
+    let response = run(&mut app, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n").unwrap();
+    assert_eq!(response.body, "nil|nil|nil|nil|nil|nil|nil");
+    let mut app =
+        load(r#"return { routes = { ["GET /"] = function(ctx) ctx.cookies.a = "x" end } }"#);
+    let Err(error) = run(
+        &mut app,
+        b"GET / HTTP/1.1\r\nHost: h\r\nCookie: a=1\r\n\r\n",
+    ) else {
+        panic!("writing a cookie must fail");
+    };
+    assert!(error.contains("ctx.cookies is read-only"), "{error}");
+}

@@ -68,6 +68,7 @@ return { static = { ["/assets/"] = "assets" }, routes = {
     local token = ctx.request.headers["x-token"]
     ctx.headers["Content-Type"] = "application/json"
     ctx.headers["X-Token"] = token
+    ctx.headers["X-Session"] = ctx.cookies.session
     ctx.body = '{"id":' .. ctx.params.id .. ',"q":"' .. ctx.args.q .. '","m":"' .. ctx.method .. '"}'
   end,
   ["GET /stream"] = function(ctx)
@@ -81,7 +82,7 @@ return { static = { ["/assets/"] = "assets" }, routes = {
 } }
 "#;
 
-const REQUEST: &[u8] = b"GET /users/42?q=a%20b&x=1 HTTP/1.1\r\nHost: test\r\nX-Token: t0k3n\r\nUser-Agent: zero-alloc\r\n\r\n";
+const REQUEST: &[u8] = b"GET /users/42?q=a%20b&x=1 HTTP/1.1\r\nHost: test\r\nX-Token: t0k3n\r\nUser-Agent: zero-alloc\r\nCookie: theme=dark; session=s3ss\r\n\r\n";
 const REQUESTS: u64 = 10_000;
 /// A generator with a declared length (raw body, keep-alive).
 const STREAM_REQUEST: &[u8] = b"GET /stream HTTP/1.1\r\nHost: test\r\n\r\n";
@@ -183,6 +184,15 @@ fn keep_alive_requests_allocate_nothing() {
         .unwrap();
     let (len, body) = response_len(&mut stream, REQUEST);
     assert_eq!(body, r#"{"id":42,"q":"a b","m":"GET"}"#);
+    assert!(
+        String::from_utf8_lossy(&{
+            let mut probe = vec![0u8; len];
+            exchange(&mut stream, REQUEST, &mut probe);
+            probe
+        })
+        .contains("X-Session: s3ss\r\n"),
+        "the cookie reached the response"
+    );
     let mem_request = b"GET /mem HTTP/1.1\r\nHost: test\r\n\r\n";
     let mut response = vec![0u8; len];
     for _ in 0..1000 {
