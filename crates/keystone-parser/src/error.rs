@@ -55,12 +55,13 @@ impl ParseError {
             | ParseError::MissingHost
             | ParseError::DuplicateHost
             | ParseError::BadHost
+            | ParseError::MethodTooLong { .. }
             | ParseError::ObsFold
             | ParseError::BadChunk => 400,
             ParseError::HeadTooLarge { .. } | ParseError::TooManyHeaders { .. } => 431,
             ParseError::UriTooLong { .. } => 414,
             ParseError::BodyTooLarge { .. } => 413,
-            ParseError::UnsupportedTransferEncoding | ParseError::MethodTooLong { .. } => 501,
+            ParseError::UnsupportedTransferEncoding => 501,
             ParseError::VersionNotSupported => 505,
             ParseError::ExpectationFailed => 417,
         }

@@ -6,7 +6,7 @@ use crate::{Limits, ParseError};
 
 /// Longest method accepted: 32 bytes. The router's methods are at most 16
 /// bytes, the longest registered methods (`UPDATEREDIRECTREF`, 17) fit, and
-/// a longer token can only be a probe or garbage: 501 as soon as its 33rd
+/// a longer token can only be a probe or garbage: 400 as soon as its 33rd
 /// byte arrives, rather than waiting for the head limit's 431.
 pub const MAX_METHOD_BYTES: usize = 32;
 
@@ -54,7 +54,8 @@ pub(crate) enum RequestLine {
 /// [`MAX_METHOD_BYTES`] (MethodTooLong, detected even before the line
 /// ends), target length (UriTooLong, likewise), version (505 for a
 /// well-formed `HTTP/DIGIT.DIGIT` other than 1.0/1.1, else Malformed),
-/// target bytes ([`is_target_byte`], Malformed), target form and an
+/// target bytes ([`is_target_byte`] and no escaped control in the path,
+/// Malformed), target form and an
 /// absolute-form authority (BadHost).
 pub(crate) fn check_request_line(buf: &[u8], limits: &Limits) -> Result<RequestLine, ParseError> {
     if buf == b"\r" {
@@ -95,7 +96,7 @@ pub(crate) fn check_request_line(buf: &[u8], limits: &Limits) -> Result<RequestL
     let target = &rest[..target_end];
     let version = rest.get(target_end + 1..).ok_or(ParseError::Malformed)?;
     check_version(version)?;
-    if !target.iter().all(|&byte| is_target_byte(byte)) {
+    if !target.iter().all(|&byte| is_target_byte(byte)) || path_escapes_a_control(target) {
         return Err(ParseError::Malformed);
     }
     split_target(method, target)?;
@@ -142,6 +143,25 @@ fn check_version(version: &[u8]) -> Result<u8, ParseError> {
         }
         _ => Err(ParseError::Malformed),
     }
+}
+
+/// Whether the path (the target up to `?`) percent-encodes a control byte
+/// (`%00`-`%1F`, `%7F`): a path decoding to NUL, CR or LF is never a
+/// resource name, only a log- or header-injection attempt on whatever
+/// decodes it next (nginx refuses `%00` too). Queries may carry them
+/// (`?text=a%0Ab` from a form's textarea).
+pub(crate) fn path_escapes_a_control(target: &[u8]) -> bool {
+    let path_end = target
+        .iter()
+        .position(|&byte| byte == b'?')
+        .unwrap_or(target.len());
+    target[..path_end].windows(3).any(|escape| {
+        escape[0] == b'%'
+            && matches!(
+                (escape[1], escape[2].to_ascii_uppercase()),
+                (b'0' | b'1', b'0'..=b'9' | b'A'..=b'F') | (b'7', b'F')
+            )
+    })
 }
 
 /// Splits a request-target into path and query.

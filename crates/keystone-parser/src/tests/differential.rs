@@ -9,7 +9,8 @@
 //!   (`is_target_byte`); both refuse bytes >= 0x80;
 //! * Host: httparse leaves the value to its caller, we hold it to
 //!   `uri-host [ ":" port ]` (`BadHost`, never `Malformed`);
-//! * a method over `MAX_METHOD_BYTES`: `MethodTooLong` (501), never `Malformed`;
+//! * a path that percent-encodes a control byte (`/a%00`): we refuse it;
+//! * a method over `MAX_METHOD_BYTES`: `MethodTooLong` (400), never `Malformed`;
 //! * with `last_len`, a head fed in pieces that contains a bad line can stay
 //!   `Partial` until its blank line arrives (or the head limit is hit), where
 //!   a one-shot parse says `Malformed` at once;
@@ -19,7 +20,7 @@
 use proptest::prelude::*;
 
 use super::head::{outcome, Outcome, BASE};
-use crate::target::{is_target_byte, split_target};
+use crate::target::{is_target_byte, path_escapes_a_control, split_target};
 use crate::*;
 
 fn header_strategy() -> impl Strategy<Value = (String, String)> {
@@ -29,7 +30,7 @@ fn header_strategy() -> impl Strategy<Value = (String, String)> {
 prop_compose! {
     fn valid_request()(
         method in prop::sample::select(vec!["GET", "POST", "PUT", "DELETE", "PATCH", "PURGE", "M-SEARCH"]),
-        path in "/[a-zA-Z0-9._~/%-]{0,30}",
+        path in "/([a-zA-Z0-9._~/-]|%[2-6][0-9A-F]){0,30}",
         query in proptest::option::of("[a-z0-9=&%]{0,20}"),
         minor_version in 0_u8..=1,
         headers in proptest::collection::vec(header_strategy(), 0..10),
@@ -108,6 +109,7 @@ fn check_against_oracle(input: &[u8]) -> Result<(), TestCaseError> {
             prop_assert!(
                 split_target(method.as_bytes(), target.as_bytes()).is_err()
                     || !target.bytes().all(is_target_byte)
+                    || path_escapes_a_control(target.as_bytes())
                     || !version_ok,
                 "httparse accepts, we say Malformed: {:?}",
                 String::from_utf8_lossy(input)

@@ -151,6 +151,7 @@ fn complete_requests() {
         (format!("\r\nGET / HTTP/1.1\r\n{h}\r\n"), GET11),
         ("GET / HTTP/1.1\nHost: a\n\n".into(), GET11),
         (format!("GET /p/a:b@c;d=e,f!$&'()*+~-._%41?x=[1]&y=/?:@ HTTP/1.1\r\n{h}\r\n"), Ok { path: "/p/a:b@c;d=e,f!$&'()*+~-._%41", query: Some("x=[1]&y=/?:@"), ..GET11 }),
+        (format!("GET /a%20b%2F%7E?text=a%0Ab%00 HTTP/1.1\r\n{h}\r\n"), Ok { path: "/a%20b%2F%7E", query: Some("text=a%0Ab%00"), ..GET11 }),
     ];
     for (input, expected) in rows {
         check_complete(&input, expected);
@@ -230,7 +231,11 @@ fn rejected_requests() {
         (b"GET /a{b} HTTP/1.1\r\nHost: a\r\n\r\n", Malformed),
         (b"GET /a|b HTTP/1.1\r\nHost: a\r\n\r\n", Malformed),
         (b"GET /a\tb HTTP/1.1\r\nHost: a\r\n\r\n", Malformed),
-        // A method no route can have: 501 before the head limit.
+        (b"GET /path%00.html HTTP/1.1\r\nHost: a\r\n\r\n", Malformed),
+        (b"GET /path%0d%0aX-Injected:%20true HTTP/1.1\r\nHost: a\r\n\r\n", Malformed),
+        (b"GET /a%1F HTTP/1.1\r\nHost: a\r\n\r\n", Malformed),
+        (b"GET /a%7f HTTP/1.1\r\nHost: a\r\n\r\n", Malformed),
+        // A method no route can have: 400 before the head limit.
         (b"GETGETGETGETGETGETGETGETGETGETGET / HTTP/1.1\r\nHost: a\r\n\r\n", MethodTooLong { limit: 32 }),
         (b"GETGETGETGETGETGETGETGETGETGETGET", MethodTooLong { limit: 32 }),
         // Header syntax and control bytes.
@@ -468,7 +473,7 @@ fn status_mapping() {
             413,
         ),
         (UnsupportedTransferEncoding, 501),
-        (MethodTooLong { limit: 32 }, 501),
+        (MethodTooLong { limit: 32 }, 400),
         (VersionNotSupported, 505),
     ];
     for &(error, status) in rows {
