@@ -56,6 +56,22 @@ pub struct LuaConfig {
 }
 
 impl LuaConfig {
+    /// Every `--rocks-tree` is a directory this process can read: checked
+    /// before a server binds its port, so a typo or a permission problem is
+    /// a start-up error (exit 2) instead of a `module not found` at the
+    /// first request.
+    pub fn check_trees(&self) -> Result<(), String> {
+        for tree in &self.rocks_trees {
+            if let Err(err) = std::fs::read_dir(tree) {
+                return Err(format!(
+                    "cannot read --rocks-tree {}: {err}",
+                    tree.display()
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The hermetic default plus `LUA_PATH` and `LUA_CPATH` from the process
     /// environment.
     pub fn from_env() -> LuaConfig {

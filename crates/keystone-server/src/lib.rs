@@ -56,6 +56,10 @@ fn stats(args: &cli::StatsArgs) -> ExitCode {
 }
 
 fn check(path: &std::path::Path, config: &keystone_lua::LuaConfig) -> ExitCode {
+    if let Err(err) = config.check_trees() {
+        eprintln!("keystone: {err}");
+        return ExitCode::from(EXIT_USAGE);
+    }
     let loaded = AppSource::read(path)
         .and_then(|source| LoadedApp::load_with(&source, 0, config, |line| eprintln!("{line}")));
     match loaded {

@@ -95,6 +95,9 @@ pub fn serve(args: ServeArgs) -> ExitCode {
     };
     // Compile once here so a broken app fails before any socket is bound.
     let lua = args.lua.config();
+    if let Err(err) = lua.check_trees() {
+        return fail(err);
+    }
     if let Err(err) = LoadedApp::load_with(&app, 0, &lua, |_| {}) {
         return fail(err);
     }
@@ -106,6 +109,24 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         max_headers: args.max_headers,
         max_uri_bytes: args.max_uri_bytes,
         max_body_bytes: args.max_body_bytes,
+    };
+    // Everything the configuration names is opened or checked before the
+    // first socket is bound: a bad flag exits 2 and no connection is ever
+    // accepted first (the kernel completes handshakes once a socket
+    // listens, before any worker accepts).
+    let access_log = match &args.access_log {
+        Some(path) => match thread_log::open_access_log(path)
+            .and_then(|fd| sys::append_if_file(&fd).map(|()| fd))
+        {
+            Ok(fd) => Some(fd),
+            Err(err) => {
+                return fail(format_args!(
+                    "cannot open --access-log {}: {err}",
+                    path.display()
+                ))
+            }
+        },
+        None => None,
     };
     if let Err(err) = probe_free(args.listen) {
         return fail(format_args!("cannot listen on {}: {err}", args.listen));
@@ -138,20 +159,6 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         Err(code) => return code,
     };
     sys::release_freed_heap();
-    let access_log = match &args.access_log {
-        Some(path) => match thread_log::open_access_log(path)
-            .and_then(|fd| sys::append_if_file(&fd).map(|()| fd))
-        {
-            Ok(fd) => Some(fd),
-            Err(err) => {
-                return fail(format_args!(
-                    "cannot open --access-log {}: {err}",
-                    path.display()
-                ))
-            }
-        },
-        None => None,
-    };
     let (exit_tx, exit_rx) = mpsc::channel();
     let mut wakes = Vec::with_capacity(workers as usize);
     let mut pulses = Vec::with_capacity(workers as usize);
