@@ -31,6 +31,8 @@ fn app(public: &Path) -> String {
     ["GET /file"] = function(ctx) ctx.headers["X-Policy"] = "yes"; ctx.body = {{ file = "page.txt" }} end,
     ["GET /missing-file"] = function(ctx) ctx.body = {{ file = "nope.txt" }} end,
     ["GET /escape-file"] = function(ctx) ctx.body = {{ file = "../../etc/passwd" }} end,
+    ["GET /abs-link-file"] = function(ctx) ctx.body = {{ file = "abs-page.txt" }} end,
+    ["GET /out-link-file"] = function(ctx) ctx.body = {{ file = "out-page.txt" }} end,
     ["GET /stream"] = function(ctx)
       local n = 0
       ctx.body = function() n = n + 1; if n > 3 then return nil end; return "chunk" .. n .. "\n" end
@@ -376,4 +378,53 @@ fn static_prefixes_are_routes() {
     let head = curl(&["-I", &url("/bare/style.css")]);
     assert_eq!(head.status, 200);
     assert_eq!(head.header("content-length"), Some("16"));
+}
+
+/// Issue 13: a symlink under a root, relative or absolute, whose target is
+/// inside the root is served (as nginx does); only a target outside is 403.
+/// The same holds for `ctx.body = { file = ... }` beneath the app's directory.
+#[test]
+fn symlinks_inside_the_root_are_served_and_outside_refused() {
+    use std::os::unix::fs::symlink;
+    let site = site();
+    let public = site.path().join("public");
+    // Absolute and relative links to a file inside, a linked directory,
+    // a chain of links, and links out (absolute, relative, via a directory).
+    symlink(public.join("style.css"), public.join("abs-inside.css")).unwrap();
+    symlink("sub/a.txt", public.join("rel-inside.txt")).unwrap();
+    symlink(public.join("sub"), public.join("abs-dir")).unwrap();
+    symlink(public.join("abs-inside.css"), public.join("chain.css")).unwrap();
+    symlink("../secret.txt", public.join("rel-escape")).unwrap();
+    symlink(site.path(), public.join("abs-dir-out")).unwrap();
+    symlink("/etc/passwd", public.join("passwd")).unwrap();
+    let server = start(&site);
+    let app_dir = server.app_path().parent().unwrap().to_path_buf();
+    symlink(app_dir.join("page.txt"), app_dir.join("abs-page.txt")).unwrap();
+    symlink("/etc/hostname", app_dir.join("out-page.txt")).unwrap();
+    let url = |p: &str| server.url(p);
+    let cases: &[(&str, u16, &str)] = &[
+        ("/assets/abs-inside.css", 200, "body{color:red}\n"),
+        ("/assets/rel-inside.txt", 200, "inner\n"),
+        ("/assets/abs-dir/a.txt", 200, "inner\n"),
+        ("/assets/chain.css", 200, "body{color:red}\n"),
+        ("/assets/escape", 403, ""),
+        ("/assets/rel-escape", 403, ""),
+        ("/assets/abs-dir-out/secret.txt", 403, ""),
+        ("/assets/passwd", 403, ""),
+    ];
+    for round in 0..2 {
+        // The second round is answered from the open-file cache.
+        for (path, status, body) in cases {
+            let response = curl(&[&url(path)]);
+            assert_eq!(response.status, *status, "round {round}: {path}");
+            if *status == 200 {
+                assert_eq!(response.body_str(), *body, "round {round}: {path}");
+            } else {
+                assert!(!response.body_str().contains("secret"), "{path}");
+                assert!(!response.body_str().contains("root:"), "{path}");
+            }
+        }
+    }
+    assert_eq!(curl(&[&url("/abs-link-file")]).body_str(), "policy page\n");
+    assert_eq!(curl(&[&url("/out-link-file")]).status, 403);
 }

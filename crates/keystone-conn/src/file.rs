@@ -89,6 +89,10 @@ impl FileRef {
     }
 }
 
+/// `EXDEV`: what `openat2(RESOLVE_BENEATH)` answers for a path that would
+/// leave (or jump out of) its directory.
+const EXDEV: i32 = 18;
+
 /// A file answer waiting for its file to open.
 #[derive(Debug)]
 pub(crate) struct PendingFile {
@@ -101,6 +105,10 @@ pub(crate) struct PendingFile {
     step: Step,
     /// The path opened is the directory's index.
     is_index: bool,
+    /// The confined open was refused (`-EXDEV`: a symlink whose target is
+    /// absolute, or relative and outside); this open follows every link
+    /// and the driver checks the file it reached is inside the root.
+    follow: bool,
 }
 
 #[derive(Debug)]
@@ -238,6 +246,7 @@ impl Connection {
             source: pending_source,
             step: Step::Open,
             is_index: false,
+            follow: false,
         });
         None
     }
@@ -272,6 +281,7 @@ impl Connection {
         match pending.step {
             Step::Open => {
                 let is_index = pending.is_index;
+                let follow = pending.follow;
                 let dir = pending.source.root().dir;
                 pending.step = Step::Opening;
                 let path = self.pending_path();
@@ -285,6 +295,7 @@ impl Connection {
                 Some(Intent::Open {
                     dir,
                     path: cx.shared.path.as_bytes(),
+                    follow,
                 })
             }
             Step::Stat(fd) => {
@@ -309,6 +320,17 @@ impl Connection {
             }
             return;
         }
+        if result == -EXDEV && !self.pending().follow {
+            // RESOLVE_BENEATH refuses every absolute symlink, even one
+            // pointing inside the root: open again following links, and
+            // let the driver confine the file it reaches (nginx serves
+            // such links; only a target outside the root is 403).
+            let pending = self.pending_mut();
+            pending.follow = true;
+            pending.step = Step::Open;
+            return;
+        }
+        self.pending_mut().follow = false;
         if result < 0 {
             return self.finish_pending(cx, Err(FileError::from_errno(-result)));
         }

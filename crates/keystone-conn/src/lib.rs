@@ -484,6 +484,10 @@ pub enum Intent<'a> {
         dir: RawFd,
         /// Relative path, no NUL.
         path: &'a [u8],
+        /// Asked after the confined open answered `-EXDEV`: follow every
+        /// symlink (magic links still refused), then answer `-EXDEV` (and
+        /// close it) when the file reached is not inside `dir`.
+        follow: bool,
     },
     /// `statx` the open file `fd` (→ [`Event::Stated`]).
     Stat {

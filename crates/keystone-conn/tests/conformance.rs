@@ -429,11 +429,6 @@ fn static_answers_confinement_index_conditionals_and_ranges() {
             b"Forbidden\n",
         ),
         (
-            String::from_utf8(get("/static/a%00b")).unwrap(),
-            404,
-            b"Not Found\n",
-        ),
-        (
             String::from_utf8(get("/static/nope.css")).unwrap(),
             404,
             b"Not Found\n",

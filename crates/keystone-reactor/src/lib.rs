@@ -148,6 +148,12 @@ pub enum Op {
     Splice,
     /// `openat2` beneath a directory (the result is the descriptor).
     OpenBeneath,
+    /// `openat2` relative to `dir`, following symlinks anywhere (the
+    /// caller confines the result).
+    OpenFollowing {
+        /// The directory the path is relative to.
+        dir: RawFd,
+    },
     /// `statx` of a descriptor.
     Statx {
         /// Filled when the result is 0.
@@ -453,6 +459,20 @@ impl Reactor {
     /// hold no NUL and at most [`PATH_BYTES_MAX`] bytes (else `-ENAMETOOLONG`
     /// or `-ENOENT` come back without a syscall... see the result).
     pub fn open_beneath(&mut self, owner: Owner, dir: RawFd, path: &[u8]) -> OpId {
+        let resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS;
+        self.open_at(owner, dir, path, resolve, Op::OpenBeneath)
+    }
+
+    /// Opens `path` read-only relative to directory `dir`, following every
+    /// symlink, absolute ones included (`RESOLVE_NO_MAGICLINKS` only): for
+    /// a path [`Reactor::open_beneath`] refused with `-EXDEV`, whose caller
+    /// then checks where the file it got lives. Same path rules.
+    pub fn open_following(&mut self, owner: Owner, dir: RawFd, path: &[u8]) -> OpId {
+        let op = Op::OpenFollowing { dir };
+        self.open_at(owner, dir, path, libc::RESOLVE_NO_MAGICLINKS, op)
+    }
+
+    fn open_at(&mut self, owner: Owner, dir: RawFd, path: &[u8], resolve: u64, op: Op) -> OpId {
         let mut buffer = self
             .paths
             .pop()
@@ -465,9 +485,9 @@ impl Reactor {
         buffer[len] = 0;
         let how = types::OpenHow::new()
             .flags((libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY) as u64)
-            .resolve(libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS);
+            .resolve(resolve);
         let storage = Storage::Path(buffer, how);
-        self.submit(owner, Op::OpenBeneath, storage, |_, storage| {
+        self.submit(owner, op, storage, |_, storage| {
             let Storage::Path(path, how) = storage else {
                 unreachable!()
             };

@@ -477,3 +477,35 @@ fn batch_writer_writes_one_batch_at_a_time_without_waiting() {
     std::fs::File::from(read_end).read_exact(&mut out).unwrap();
     assert_eq!(out, b"first\nsecond\n");
 }
+
+#[test]
+fn open_following_follows_the_absolute_links_open_beneath_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("root")).unwrap();
+    std::fs::write(dir.path().join("root/page.txt"), b"inside").unwrap();
+    std::os::unix::fs::symlink(
+        dir.path().join("root/page.txt"),
+        dir.path().join("root/abs"),
+    )
+    .unwrap();
+    let root = std::fs::File::open(dir.path().join("root")).unwrap();
+    let mut reactor = Reactor::new(8, 1).unwrap();
+    let id = reactor.open_beneath(0, root.as_raw_fd(), b"abs");
+    assert_eq!(wait_for(&mut reactor, id).result, -libc::EXDEV);
+    let id = reactor.open_following(0, root.as_raw_fd(), b"abs");
+    let done = wait_for(&mut reactor, id);
+    assert!(done.result >= 0, "open: {}", done.result);
+    assert!(
+        matches!(done.op, Op::OpenFollowing { dir } if dir == root.as_raw_fd()),
+        "{:?}",
+        done.op
+    );
+    // SAFETY: a fresh descriptor the ring opened for us.
+    let file = unsafe { OwnedFd::from_raw_fd(done.result) };
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut std::fs::File::from(file), &mut text).unwrap();
+    assert_eq!(text, "inside");
+    // Magic links stay refused.
+    let id = reactor.open_following(0, root.as_raw_fd(), b"/proc/self/fd/0");
+    assert_eq!(wait_for(&mut reactor, id).result, -libc::ELOOP);
+}

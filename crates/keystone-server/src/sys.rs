@@ -1,9 +1,12 @@
 //! The process's few direct system calls, in one place: signals, the wake
 //! eventfd, CPU pinning, returning freed heap, the start-up pipes, a log
-//! destination's append mode, and `keystone reload`'s `kill`. None runs on
-//! a worker's event loop — start-up, the main thread's signal wait, and the
-//! watchdog (which interrupts a runaway handler from the main thread) only;
-//! every request-path operation goes through the worker's ring.
+//! destination's append mode, `keystone reload`'s `kill`, and where an open
+//! file lives. Only the last runs on a worker's event loop, and only after a
+//! confined open was refused (an absolute symlink under a static root): two
+//! `readlink`s of `/proc/self/fd`, answered from memory, never from a disk.
+//! The rest is start-up, the main thread's signal wait, and the watchdog
+//! (which interrupts a runaway handler from the main thread); every other
+//! request-path operation goes through the worker's ring.
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::time::Duration;
@@ -160,4 +163,16 @@ pub fn append_if_file(fd: &OwnedFd) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Whether the open file `fd` lives beneath directory `dir`: the kernel's
+/// own paths for both (`/proc/self/fd/N`, every link already resolved),
+/// compared component by component, so `/srv/www2/x` is not beneath
+/// `/srv/www`. Any failure to tell is "no".
+pub fn opened_beneath(dir: std::os::fd::RawFd, fd: std::os::fd::RawFd) -> bool {
+    let path_of = |fd: std::os::fd::RawFd| std::fs::read_link(format!("/proc/self/fd/{fd}"));
+    match (path_of(dir), path_of(fd)) {
+        (Ok(root), Ok(file)) => file != root && file.starts_with(&root),
+        _ => false,
+    }
 }

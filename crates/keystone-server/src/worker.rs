@@ -429,6 +429,18 @@ impl Worker {
                 Event::Spliced { result }
             }
             Op::OpenBeneath => Event::Opened { result },
+            // The link-following open is confined here: a file reached
+            // outside the root is closed and refused as the confined open
+            // would have refused it.
+            Op::OpenFollowing { dir }
+                if result >= 0 && !crate::sys::opened_beneath(dir, result) =>
+            {
+                self.reactor.close(done.owner, result);
+                Event::Opened {
+                    result: -libc::EXDEV,
+                }
+            }
+            Op::OpenFollowing { .. } => Event::Opened { result },
             Op::Statx { stat } => Event::Stated {
                 result,
                 meta: stat.map(meta_of),
@@ -519,8 +531,19 @@ impl Worker {
                     slot.splice_out = true;
                     slot.output = Some(self.reactor.splice(owner, from, -1, fd, len));
                 }
-                Intent::Open { dir, path } => {
+                Intent::Open {
+                    dir,
+                    path,
+                    follow: false,
+                } => {
                     self.reactor.open_beneath(owner, dir, path);
+                }
+                Intent::Open {
+                    dir,
+                    path,
+                    follow: true,
+                } => {
+                    self.reactor.open_following(owner, dir, path);
                 }
                 Intent::Stat { fd: file } => {
                     self.reactor.statx(owner, file);
