@@ -3,8 +3,9 @@
 //! Job: turn the unconsumed bytes of a connection's `RingBuffer` into a
 //! [`Head`] of absolute [`Span`]s (method, target, path, query, headers, host)
 //! plus the framing facts the server acts on ([`BodyFraming`],
-//! [`Persistence`], `Expect: 100-continue`), and decode chunked bodies in
-//! place ([`ChunkedDecoder`]). Nothing is copied and nothing is allocated:
+//! [`Persistence`], `Expect: 100-continue`), an upstream's answer into a
+//! [`ResponseHead`] (status, headers, [`ResponseBody`] framing), and decode
+//! chunked bodies in place ([`ChunkedDecoder`]). Nothing is copied and nothing is allocated:
 //! the caller owns the `Head`, the [`Parser`] owns a fixed header scratch array.
 //!
 //! Owns: the FFI to upstream picohttpparser (`picohttpparser-sys`), the
@@ -44,6 +45,7 @@ mod chunked;
 mod error;
 mod host;
 mod request;
+mod response;
 mod semantics;
 mod target;
 pub mod text;
@@ -56,6 +58,7 @@ pub use chunked::{ChunkProgress, ChunkedDecoder};
 pub use error::ParseError;
 pub use keystone_ringbuf::Span;
 pub use request::{Parser, Progress};
+pub use response::{ResponseBody, ResponseHead, ResponseParser};
 pub use target::MAX_METHOD_BYTES;
 
 /// Size of the header array handed to picohttpparser; the runtime

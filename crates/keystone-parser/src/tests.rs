@@ -6,3 +6,4 @@ mod chunk_differential;
 mod chunked;
 mod differential;
 mod head;
+mod response;

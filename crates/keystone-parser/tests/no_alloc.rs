@@ -4,7 +4,9 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use keystone_parser::{ChunkedDecoder, Head, Limits, ParseStatus, Parser};
+use keystone_parser::{
+    ChunkedDecoder, Head, Limits, ParseStatus, Parser, ResponseBody, ResponseHead, ResponseParser,
+};
 
 struct CountingAllocator;
 
@@ -40,6 +42,9 @@ Transfer-Encoding: chunked\r\nConnection: keep-alive\r\n\r\n";
     let mut head = Head::new();
     let mut decoder = ChunkedDecoder::new();
     let mut scratch = [0_u8; 64];
+    let response = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello";
+    let mut response_parser = ResponseParser::new();
+    let mut response_head = ResponseHead::default();
     let before = ALLOCATIONS.load(Ordering::Relaxed);
     for _ in 0..REQUESTS {
         let half = request.len() / 2;
@@ -58,6 +63,11 @@ Transfer-Encoding: chunked\r\nConnection: keep-alive\r\n\r\n";
             .expect("valid");
         assert!(progress.consumed_all);
         decoder.reset();
+        assert_eq!(
+            response_parser.parse(response, 0, false, 4096, &mut response_head),
+            Ok(ParseStatus::Complete)
+        );
+        assert_eq!(response_head.body, ResponseBody::Length(5));
     }
     let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
     assert_eq!(allocations, 0, "allocations per {REQUESTS} requests");
