@@ -32,6 +32,7 @@ const LAYER_CRATES: &[&str] = &[
     "keystone-reactor",
     "keystone-ebpf",
     "keystone-ops",
+    "keystone-upstream",
     "keystone-app",
 ];
 
@@ -49,7 +50,15 @@ pub const LAYER_DAG: &[(&str, Allowed)] = &[
         "keystone-exchange",
         Allowed::Only(&["keystone-ringbuf", "keystone-parser", "keystone-router"]),
     ),
+    // Where a proxied request goes (pools, balancing, passive health) and
+    // the head sent there; response heads come from the parser. No I/O.
+    (
+        "keystone-upstream",
+        Allowed::Only(&["keystone-ringbuf", "keystone-parser"]),
+    ),
     // Lua expresses policy over the exchange; it never reaches the reactor.
+    // It reads the app table's `upstreams` into keystone-upstream's
+    // declarations.
     (
         "keystone-lua",
         Allowed::Only(&[
@@ -57,6 +66,7 @@ pub const LAYER_DAG: &[(&str, Allowed)] = &[
             "keystone-router",
             "keystone-parser",
             "keystone-ringbuf",
+            "keystone-upstream",
         ]),
     ),
     // Commits the exchange's state as bytes; knows no Lua.
@@ -112,6 +122,7 @@ pub const LAYER_DAG: &[(&str, Allowed)] = &[
             "keystone-response",
             "keystone-conn",
             "keystone-ops",
+            "keystone-upstream",
         ]),
     ),
     // The thin wiring crate: every layer, nothing above it.

@@ -64,6 +64,10 @@ pub const UNSAFE_ALLOWED: &[(&str, &str)] = &[
         "picohttpparser FFI: phr_decode_chunked decodes in place",
     ),
     (
+        "crates/keystone-parser/src/response.rs",
+        "picohttpparser FFI: phr_parse_response over an upstream's bytes",
+    ),
+    (
         "crates/keystone-lua/src/abi.rs",
         "the Lua ABI: extern \"C\" functions the prelude calls with the exchange \
          pointer and Lua string bytes",

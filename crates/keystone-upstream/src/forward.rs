@@ -1,0 +1,392 @@
+//! The request head sent upstream, re-serialized from the parsed client
+//! head: never the client's raw bytes, so nothing a client smuggles (a
+//! second framing header, a hop-by-hop instruction, a bare-LF trick the
+//! parser let through) reaches a backend. Written into caller-owned bytes;
+//! nothing is allocated.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+/// Room for a forwarded head: the client's head limit (16 KiB by
+/// default) plus policy's overrides and the `X-Forwarded-*` lines.
+pub const FORWARDED_HEAD_MAX: usize = 32 * 1024;
+
+/// How the forwarded body is framed (the engine re-frames; the client's
+/// own framing headers are never copied).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ForwardFraming {
+    /// No body and no framing header (a GET without a body).
+    None,
+    /// `Content-Length: n` (the client's length, forwarded as is).
+    Length(u64),
+    /// `Transfer-Encoding: chunked` (a chunked client body, re-chunked).
+    Chunked,
+}
+
+/// What one forwarded head says.
+#[derive(Clone, Copy, Debug)]
+pub struct ForwardRequest<'a> {
+    pub method: &'a [u8],
+    /// Path and query sent upstream (`ctx.upstream_path`, or the client's).
+    pub target: &'a [u8],
+    pub framing: ForwardFraming,
+    /// The client's address, appended to `X-Forwarded-For`.
+    pub client: Option<IpAddr>,
+    /// `X-Forwarded-Proto`: "http" or "https".
+    pub proto: &'a str,
+    /// A WebSocket handshake: `Connection: upgrade` and `Upgrade` pass.
+    pub websocket: bool,
+}
+
+/// The head did not fit `out`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ForwardError {
+    pub needed_more_than: usize,
+}
+
+/// Hop-by-hop fields (RFC 9110 §7.6.1) and the proxy-only ones: they
+/// describe the client's connection to Keystone, never the next hop's.
+pub fn is_hop_by_hop(name: &[u8]) -> bool {
+    const HOP: [&[u8]; 7] = [
+        b"connection",
+        b"keep-alive",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-connection",
+    ];
+    HOP.iter().any(|hop| name.eq_ignore_ascii_case(hop))
+        || (name.len() >= 6 && name[..6].eq_ignore_ascii_case(b"proxy-"))
+}
+
+/// Writes the head for `request` into `out` and returns its length.
+///
+/// `headers` are the client's (name, value) pairs in order; `overrides`
+/// are policy's (`ctx.upstream_headers`): `Some(value)` sets or replaces a
+/// header by name (case-insensitive), `None` removes it. Dropped: the
+/// hop-by-hop fields and any field a `Connection` header names, the
+/// client's `Content-Length` (the engine writes the framing), and
+/// `X-Forwarded-Proto` (set anew). `X-Forwarded-For` keeps the client's
+/// list and appends the client's address; `Host` passes as received.
+pub fn write_forward_head<'h, H, O>(
+    request: &ForwardRequest<'_>,
+    headers: H,
+    overrides: O,
+    out: &mut [u8],
+) -> Result<usize, ForwardError>
+where
+    H: Iterator<Item = (&'h [u8], &'h [u8])> + Clone,
+    O: Iterator<Item = (&'h [u8], Option<&'h [u8]>)> + Clone,
+{
+    let mut w = Out {
+        out,
+        len: 0,
+        full: false,
+    };
+    w.put(request.method);
+    w.put(b" ");
+    w.put(request.target);
+    w.put(b" HTTP/1.1\r\n");
+    let named_by_connection = |name: &[u8]| {
+        headers.clone().any(|(header, value)| {
+            header.eq_ignore_ascii_case(b"connection")
+                && value
+                    .split(|&byte| byte == b',')
+                    .any(|token| trim(token).eq_ignore_ascii_case(name))
+        })
+    };
+    let overridden = |name: &[u8]| {
+        overrides
+            .clone()
+            .any(|(set, _)| set.eq_ignore_ascii_case(name))
+    };
+    let mut forwarded_for = false;
+    for (name, value) in headers.clone() {
+        let upgrade_passes = request.websocket
+            && (name.eq_ignore_ascii_case(b"upgrade") || name.eq_ignore_ascii_case(b"connection"));
+        let dropped = (!upgrade_passes && (is_hop_by_hop(name) || named_by_connection(name)))
+            || name.eq_ignore_ascii_case(b"content-length")
+            || name.eq_ignore_ascii_case(b"x-forwarded-proto")
+            || overridden(name);
+        if dropped || name.eq_ignore_ascii_case(b"x-forwarded-for") {
+            continue;
+        }
+        w.line(name, value);
+    }
+    for (index, (name, value)) in overrides.clone().enumerate() {
+        // The last write of a name wins, as in `ctx.headers`.
+        let later = overrides
+            .clone()
+            .skip(index + 1)
+            .any(|(other, _)| other.eq_ignore_ascii_case(name));
+        if let (Some(value), false) = (value, later) {
+            if !name.eq_ignore_ascii_case(b"x-forwarded-for") {
+                w.line(name, value);
+            }
+        }
+    }
+    // X-Forwarded-For: the client's list (or policy's), then the client.
+    let incoming = overrides
+        .clone()
+        .filter(|(name, _)| name.eq_ignore_ascii_case(b"x-forwarded-for"))
+        .last()
+        .map(|(_, value)| value)
+        .unwrap_or_else(|| {
+            headers
+                .clone()
+                .find(|(name, _)| name.eq_ignore_ascii_case(b"x-forwarded-for"))
+                .map(|(_, value)| value)
+        });
+    if let Some(list) = incoming.filter(|list| !list.is_empty()) {
+        w.put(b"X-Forwarded-For: ");
+        w.put(list);
+        forwarded_for = true;
+    }
+    if let Some(client) = request.client {
+        w.put(if forwarded_for {
+            b", "
+        } else {
+            b"X-Forwarded-For: "
+        });
+        w.put_display(client);
+        forwarded_for = true;
+    }
+    if forwarded_for {
+        w.put(b"\r\n");
+    }
+    w.line(b"X-Forwarded-Proto", request.proto.as_bytes());
+    match request.framing {
+        ForwardFraming::None => {}
+        ForwardFraming::Length(length) => {
+            w.put(b"Content-Length: ");
+            w.put_display(length);
+            w.put(b"\r\n");
+        }
+        ForwardFraming::Chunked => w.line(b"Transfer-Encoding", b"chunked"),
+    }
+    w.put(b"\r\n");
+    if w.full {
+        return Err(ForwardError {
+            needed_more_than: w.out.len(),
+        });
+    }
+    Ok(w.len)
+}
+
+fn trim(bytes: &[u8]) -> &[u8] {
+    let space = |byte: &u8| *byte == b' ' || *byte == b'\t';
+    let start = bytes
+        .iter()
+        .position(|byte| !space(byte))
+        .unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|byte| !space(byte))
+        .map_or(start, |i| i + 1);
+    &bytes[start..end]
+}
+
+/// A bounded writer: past the end it only remembers that it overflowed.
+struct Out<'o> {
+    out: &'o mut [u8],
+    len: usize,
+    full: bool,
+}
+
+impl Out<'_> {
+    fn put(&mut self, bytes: &[u8]) {
+        match self.out.get_mut(self.len..self.len + bytes.len()) {
+            Some(room) if !self.full => {
+                room.copy_from_slice(bytes);
+                self.len += bytes.len();
+            }
+            _ => self.full = true,
+        }
+    }
+
+    fn line(&mut self, name: &[u8], value: &[u8]) {
+        self.put(name);
+        self.put(b": ");
+        self.put(value);
+        self.put(b"\r\n");
+    }
+
+    fn put_display(&mut self, value: impl std::fmt::Display) {
+        // Numbers and addresses only: at most 45 bytes (an IPv6 address).
+        let mut text = Small::default();
+        let _ = write!(text, "{value}");
+        self.put(&text.bytes[..text.len]);
+    }
+}
+
+/// A stack buffer `write!` can format into.
+struct Small {
+    bytes: [u8; 64],
+    len: usize,
+}
+
+impl Default for Small {
+    fn default() -> Small {
+        Small {
+            bytes: [0; 64],
+            len: 0,
+        }
+    }
+}
+
+impl std::fmt::Write for Small {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let room = self
+            .bytes
+            .get_mut(self.len..self.len + s.len())
+            .ok_or(std::fmt::Error)?;
+        room.copy_from_slice(s.as_bytes());
+        self.len += s.len();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(
+        request: &ForwardRequest<'_>,
+        headers: &[(&str, &str)],
+        overrides: &[(&str, Option<&str>)],
+    ) -> String {
+        let headers: Vec<(&[u8], &[u8])> = headers
+            .iter()
+            .map(|(n, v)| (n.as_bytes(), v.as_bytes()))
+            .collect();
+        let overrides: Vec<(&[u8], Option<&[u8]>)> = overrides
+            .iter()
+            .map(|(n, v)| (n.as_bytes(), v.map(str::as_bytes)))
+            .collect();
+        let mut out = [0_u8; 4096];
+        let len = write_forward_head(
+            request,
+            headers.iter().copied(),
+            overrides.iter().copied(),
+            &mut out,
+        )
+        .expect("fits");
+        String::from_utf8(out[..len].to_vec()).unwrap()
+    }
+
+    const GET: ForwardRequest<'static> = ForwardRequest {
+        method: b"GET",
+        target: b"/v2/users?id=7",
+        framing: ForwardFraming::None,
+        client: None,
+        proto: "http",
+        websocket: false,
+    };
+
+    #[test]
+    fn hop_by_hop_and_framing_never_pass() {
+        let request = ForwardRequest {
+            method: b"POST",
+            framing: ForwardFraming::Length(5),
+            client: Some("10.0.0.9".parse().unwrap()),
+            ..GET
+        };
+        let got = head(
+            &request,
+            &[
+                ("Host", "api.example"),
+                ("Connection", "keep-alive, X-Secret-Hop"),
+                ("X-Secret-Hop", "drop me"),
+                ("Keep-Alive", "timeout=5"),
+                ("TE", "trailers"),
+                ("Trailer", "X-T"),
+                ("Transfer-Encoding", "chunked"),
+                ("Content-Length", "999"),
+                ("Upgrade", "h2c"),
+                ("Proxy-Authorization", "Basic x"),
+                ("Proxy-Connection", "keep-alive"),
+                ("X-Forwarded-Proto", "https"),
+                ("Accept", "*/*"),
+            ],
+            &[],
+        );
+        assert_eq!(
+            got,
+            "POST /v2/users?id=7 HTTP/1.1\r\nHost: api.example\r\nAccept: */*\r\n\
+             X-Forwarded-For: 10.0.0.9\r\nX-Forwarded-Proto: http\r\nContent-Length: 5\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn forwarded_for_appends_and_overrides_apply() {
+        let request = ForwardRequest {
+            client: Some("2001:db8::1".parse().unwrap()),
+            framing: ForwardFraming::Chunked,
+            proto: "https",
+            ..GET
+        };
+        let got = head(
+            &request,
+            &[
+                ("Host", "h"),
+                ("X-Forwarded-For", "203.0.113.5"),
+                ("X-User", "from-client"),
+                ("Cookie", "a=1"),
+            ],
+            &[
+                ("x-user", Some("42")),
+                ("Cookie", None),
+                ("X-New", Some("1")),
+                ("X-New", Some("2")),
+            ],
+        );
+        assert_eq!(
+            got,
+            "GET /v2/users?id=7 HTTP/1.1\r\nHost: h\r\nx-user: 42\r\nX-New: 2\r\n\
+             X-Forwarded-For: 203.0.113.5, 2001:db8::1\r\nX-Forwarded-Proto: https\r\n\
+             Transfer-Encoding: chunked\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn a_websocket_handshake_keeps_its_upgrade() {
+        let request = ForwardRequest {
+            websocket: true,
+            ..GET
+        };
+        let got = head(
+            &request,
+            &[
+                ("Host", "h"),
+                ("Connection", "Upgrade"),
+                ("Upgrade", "websocket"),
+                ("Sec-WebSocket-Key", "k"),
+            ],
+            &[],
+        );
+        assert!(
+            got.contains("\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"),
+            "{got}"
+        );
+        assert!(got.contains("\r\nSec-WebSocket-Key: k\r\n"), "{got}");
+    }
+
+    #[test]
+    fn a_head_that_does_not_fit_is_an_error() {
+        let mut out = [0_u8; 20];
+        let none: [(&[u8], &[u8]); 0] = [];
+        let no_overrides: [(&[u8], Option<&[u8]>); 0] = [];
+        assert_eq!(
+            write_forward_head(
+                &GET,
+                none.iter().copied(),
+                no_overrides.iter().copied(),
+                &mut out
+            ),
+            Err(ForwardError {
+                needed_more_than: 20
+            })
+        );
+    }
+}

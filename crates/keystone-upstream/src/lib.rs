@@ -1,0 +1,33 @@
+//! keystone-upstream: where a proxied request goes and what is sent there.
+//!
+//! Job: the declaration of upstream pools as the app table gives them
+//! ([`PoolConfig`], validated once at load: peers resolved, names and
+//! bounds checked), the per-worker choice of a peer ([`Balancer`]: round
+//! robin, least connections, consistent hashing by key, with nginx's
+//! passive health: `max_fails` failures within `fail_timeout` take a peer
+//! out for `fail_timeout`), and the request head sent to it
+//! ([`write_forward_head`]: re-serialized from the parsed head, hop-by-hop
+//! headers dropped, `X-Forwarded-*` added, policy's overrides applied),
+//! written into caller-owned bytes without allocating.
+//!
+//! Does not own: sockets, timers or bytes in flight (the worker's reactor),
+//! the Lua side of the declaration (keystone-lua reads the table and calls
+//! [`PoolConfig::validate`]).
+//!
+//! Never depends on: keystone-router, keystone-exchange, keystone-lua,
+//! keystone-response, keystone-files, keystone-conn, keystone-app,
+//! keystone-reactor, keystone-ebpf, keystone-ops, keystone-server.
+
+mod balance;
+mod config;
+mod forward;
+
+pub use balance::{Balancer, NoPeer, Outcome, Tried};
+pub use config::{
+    parse_peer, Balance, ConfigError, HealthCheck, PoolConfig, KEEPALIVE_MAX, PEERS_MAX,
+    RETRIES_MAX, TIMEOUT_MAX_SECS,
+};
+pub use forward::{
+    is_hop_by_hop, write_forward_head, ForwardError, ForwardFraming, ForwardRequest,
+    FORWARDED_HEAD_MAX,
+};
