@@ -18,12 +18,13 @@ const SANDBOX: &str = include_str!("sandbox.lua");
 
 /// Top-level fields an app table may have; anything else is a typo we
 /// report instead of silently serving nothing.
-const APP_FIELDS: [&str; 5] = [
+const APP_FIELDS: [&str; 6] = [
     "routes",
     "init_worker",
     "rocks_trees",
     "allow_c_modules",
     "static",
+    "upstreams",
 ];
 
 /// An app's source, read once by the main thread and shared immutably with
@@ -135,6 +136,8 @@ pub struct LoadedApp {
     pub routes: Vec<String>,
     /// Static directories: (URL prefix, directory), longest prefix first.
     pub statics: Vec<(String, PathBuf)>,
+    /// Upstream pools (`upstreams`), sorted by name, peers resolved.
+    pub upstreams: Vec<keystone_upstream::PoolConfig>,
     /// Where `ctx.body = { file = ... }` paths are resolved (confined to
     /// it): the app's directory, or the working directory for bundled apps.
     pub files_dir: PathBuf,
@@ -271,6 +274,7 @@ impl LoadedApp {
             user.configure(&lua, &paths, &app.allow_c_modules)?;
         }
         let statics = app.statics;
+        let upstreams = app.upstreams;
         let (router, routes, handlers) = compile_routes(&lua, source, app.routes, &statics)?;
         register.call::<()>(handlers).map_err(engine)?;
         if let Some(init_worker) = app.init_worker {
@@ -291,6 +295,7 @@ impl LoadedApp {
             router,
             routes,
             statics,
+            upstreams,
             files_dir: source.dir.clone().unwrap_or_else(|| PathBuf::from(".")),
         })
     }
@@ -438,6 +443,7 @@ struct AppTable {
     rocks_trees: Vec<PathBuf>,
     allow_c_modules: Vec<String>,
     statics: Vec<(String, PathBuf)>,
+    upstreams: Vec<keystone_upstream::PoolConfig>,
 }
 
 impl AppTable {
@@ -498,12 +504,15 @@ impl AppTable {
             .collect();
         let allow_c_modules = string_list(source, &app, "allow_c_modules")?;
         let statics = static_dirs(source, &app)?;
+        let upstreams =
+            crate::upstreams::read_upstreams(&app).map_err(|message| shape(source, message))?;
         Ok(AppTable {
             routes,
             init_worker,
             rocks_trees,
             allow_c_modules,
             statics,
+            upstreams,
         })
     }
 }

@@ -21,6 +21,7 @@ mod budget;
 mod config;
 mod errors;
 mod pulse;
+mod upstreams;
 
 pub use app::{
     AppSource, LoadError, LoadedApp, STATIC_HANDLER_BASE, STATIC_PATH_PARAM, UNSAFE_LUA_NOTICE,

@@ -178,3 +178,81 @@ fn load_without_options_still_works() {
     .unwrap();
     assert_eq!(get(&mut app, "/").unwrap(), "plain");
 }
+
+#[test]
+fn upstreams_are_read_and_checked_at_load() {
+    let app = r#"return {
+      upstreams = {
+        api = {
+          peers = { "127.0.0.1:9001", "[::1]:9002", "localhost:9003" },
+          balance = "least_conn", keepalive = 8, retries = 2,
+          connect_timeout = 0.5, send_timeout = 30, read_timeout = 30,
+          max_fails = 3, fail_timeout = 10,
+          health_check = { path = "/health", interval = 2 },
+        },
+        auth = { peers = { "127.0.0.1:9100" } },
+      },
+      routes = { ["GET /"] = function(ctx) end },
+    }"#;
+    let (loaded, _) = support::load(&support::source(app), &keystone_lua::LuaConfig::default());
+    let names: Vec<&str> = loaded.upstreams.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["api", "auth"]);
+    let api = &loaded.upstreams[0];
+    assert_eq!(api.peers.len(), 3);
+    assert_eq!(api.peers[1], "[::1]:9002".parse().unwrap());
+    assert!(api.peers[2].ip().is_loopback());
+    assert_eq!(api.balance, keystone_upstream::Balance::LeastConn);
+    assert_eq!(api.keepalive, 8);
+    assert_eq!(api.retries, 2);
+    assert_eq!(api.connect_timeout, std::time::Duration::from_millis(500));
+    assert_eq!(api.health_check.as_ref().unwrap().path, "/health");
+    let auth = &loaded.upstreams[1];
+    assert_eq!(auth.balance, keystone_upstream::Balance::RoundRobin);
+    assert_eq!(auth.keepalive, 32);
+
+    let refused: &[(&str, &str)] = &[
+        (
+            r#"{ api = { peers = { "127.0.0.1:1" }, balanse = "hash" } }"#,
+            "upstreams.api has an unknown field \"balanse\"",
+        ),
+        (
+            r#"{ api = { peers = { "127.0.0.1" } } }"#,
+            "upstreams.api.peers: peer \"127.0.0.1\"",
+        ),
+        (
+            r#"{ api = { peers = { "127.0.0.1:1" }, balance = "random" } }"#,
+            "unknown balance \"random\"",
+        ),
+        (r#"{ api = { peers = {} } }"#, "lists no peer"),
+        (r#"{ api = {} }"#, "upstreams.api needs `peers`"),
+        (
+            r#"{ api = { peers = { "127.0.0.1:1" }, keepalive = -1 } }"#,
+            "upstreams.api.keepalive must be an integer from 0",
+        ),
+        (
+            r#"{ api = { peers = { "127.0.0.1:1" }, connect_timeout = 0 } }"#,
+            "upstreams.api.connect_timeout must be a number of seconds above 0",
+        ),
+        (
+            r#"{ api = { peers = { "127.0.0.1:1" }, health_check = { path = "health" } } }"#,
+            "must start with '/'",
+        ),
+        (
+            r#"{ api = { peers = { "127.0.0.1:1", "127.0.0.1:1" } } }"#,
+            "listed twice",
+        ),
+        (
+            r#"{ api = "127.0.0.1:1" }"#,
+            "upstreams.api must be a table",
+        ),
+        (r#""api""#, "`upstreams` must be a table"),
+    ];
+    for (upstreams, message) in refused {
+        let app = format!("return {{ upstreams = {upstreams}, routes = {{}} }}");
+        let err = support::try_load(&support::source(&app), &keystone_lua::LuaConfig::default())
+            .err()
+            .unwrap_or_else(|| panic!("{upstreams} loaded"));
+        assert!(err.contains(message), "{upstreams}: {err}");
+        assert!(err.contains("test_app.lua"), "{upstreams}: {err}");
+    }
+}

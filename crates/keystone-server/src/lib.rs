@@ -68,6 +68,28 @@ fn check(path: &std::path::Path, config: &keystone_lua::LuaConfig) -> ExitCode {
             for route in &app.routes {
                 println!("  {route}");
             }
+            for pool in &app.upstreams {
+                let peers: Vec<String> = pool
+                    .peer_names
+                    .iter()
+                    .zip(&pool.peers)
+                    .map(|(name, addr)| {
+                        if *name == addr.to_string() {
+                            name.clone()
+                        } else {
+                            format!("{name} ({addr})")
+                        }
+                    })
+                    .collect();
+                println!(
+                    "  upstream {} ({:?}, keepalive {}, retries {}): {}",
+                    pool.name,
+                    pool.balance,
+                    pool.keepalive,
+                    pool.retries,
+                    peers.join(", ")
+                );
+            }
             ExitCode::SUCCESS
         }
         Err(err) => {

@@ -8,7 +8,10 @@
 //! out for `fail_timeout`), and the request head sent to it
 //! ([`write_forward_head`]: re-serialized from the parsed head, hop-by-hop
 //! headers dropped, `X-Forwarded-*` added, policy's overrides applied),
-//! written into caller-owned bytes without allocating.
+//! written into caller-owned bytes without allocating, and the HTTP/1.1
+//! client side of one proxied request as a sans-I/O state machine
+//! ([`UpstreamConn`]: completions in, intents out; its failures mapped to
+//! 502/504 and to nginx's retry rule in one place, [`Failure`]).
 //!
 //! Does not own: sockets, timers or bytes in flight (the worker's reactor),
 //! the Lua side of the declaration (keystone-lua reads the table and calls
@@ -19,10 +22,12 @@
 //! keystone-reactor, keystone-ebpf, keystone-ops, keystone-server.
 
 mod balance;
+mod client;
 mod config;
 mod forward;
 
 pub use balance::{Balancer, NoPeer, Outcome, Tried};
+pub use client::{Failure, UpstreamConn, UpstreamEvent, UpstreamIntent, Wait, RESPONSE_HEAD_MAX};
 pub use config::{
     parse_peer, Balance, ConfigError, HealthCheck, PoolConfig, KEEPALIVE_MAX, PEERS_MAX,
     RETRIES_MAX, TIMEOUT_MAX_SECS,

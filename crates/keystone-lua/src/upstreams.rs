@@ -1,0 +1,222 @@
+//! The app table's `upstreams = { name = { peers = {...}, ... } }`, read
+//! into keystone-upstream's [`PoolConfig`]s. Every field is checked here,
+//! at load: an unknown pool field, a bad peer, balance name or bound is a
+//! load error naming `upstreams.NAME.FIELD` (exit 2 at start; on reload the
+//! old app keeps serving).
+
+use std::time::Duration;
+
+use keystone_upstream::{
+    parse_peer, Balance, HealthCheck, PoolConfig, KEEPALIVE_MAX, RETRIES_MAX, TIMEOUT_MAX_SECS,
+};
+use mlua::{Table, Value};
+
+/// A pool's known fields.
+const POOL_FIELDS: [&str; 10] = [
+    "peers",
+    "balance",
+    "keepalive",
+    "connect_timeout",
+    "send_timeout",
+    "read_timeout",
+    "retries",
+    "max_fails",
+    "fail_timeout",
+    "health_check",
+];
+
+/// Reads `upstreams`; absent is no pools. Errors are messages the loader
+/// turns into a load error for the app's file.
+pub(crate) fn read_upstreams(app: &Table) -> Result<Vec<PoolConfig>, String> {
+    let table = match app.get::<Value>("upstreams").map_err(|e| e.to_string())? {
+        Value::Nil => return Ok(Vec::new()),
+        Value::Table(table) => table,
+        other => {
+            return Err(format!(
+            "`upstreams` must be a table of name = {{ peers = {{ \"host:port\", ... }} }}, got {}",
+            other.type_name()
+        ))
+        }
+    };
+    let mut pools = Vec::new();
+    for pair in table.pairs::<Value, Value>() {
+        let (name, pool) = pair.map_err(|e| e.to_string())?;
+        let Value::String(name) = name else {
+            return Err(format!("`upstreams` keys must be pool names, got {name:?}"));
+        };
+        let name = name.to_string_lossy();
+        let Value::Table(pool) = pool else {
+            return Err(format!(
+                "upstreams.{name} must be a table with `peers`, got {}",
+                pool.type_name()
+            ));
+        };
+        pools.push(read_pool(&name, &pool)?);
+    }
+    pools.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(pools)
+}
+
+fn read_pool(name: &str, pool: &Table) -> Result<PoolConfig, String> {
+    for pair in pool.pairs::<Value, Value>() {
+        let (key, _) = pair.map_err(|e| e.to_string())?;
+        let known =
+            matches!(&key, Value::String(s) if POOL_FIELDS.contains(&&*s.to_string_lossy()));
+        if !known {
+            return Err(format!(
+                "upstreams.{name} has an unknown field {} (known: {})",
+                match &key {
+                    Value::String(s) => format!("\"{}\"", s.to_string_lossy()),
+                    other => format!("{other:?}"),
+                },
+                POOL_FIELDS.join(", ")
+            ));
+        }
+    }
+    let mut config = PoolConfig::new(name);
+    let field = |key: &str| pool.get::<Value>(key).map_err(|e| e.to_string());
+    let at = |key: &str| format!("upstreams.{name}.{key}");
+    match field("peers")? {
+        Value::Table(peers) => {
+            for index in 1..=peers.raw_len() {
+                let Value::String(text) =
+                    peers.raw_get::<Value>(index).map_err(|e| e.to_string())?
+                else {
+                    return Err(format!(
+                        "{}[{index}] must be a \"host:port\" string",
+                        at("peers")
+                    ));
+                };
+                let text = text.to_string_lossy();
+                let addr = parse_peer(&text).map_err(|e| format!("{}: {e}", at("peers")))?;
+                config.peer_names.push(text);
+                config.peers.push(addr);
+            }
+        }
+        Value::Nil => return Err(format!("upstreams.{name} needs `peers`")),
+        other => {
+            return Err(format!(
+                "{} must be a list of \"host:port\", got {}",
+                at("peers"),
+                other.type_name()
+            ))
+        }
+    }
+    if let Some(balance) = string(&field("balance")?, &at("balance"))? {
+        config.balance = Balance::from_name(&balance).ok_or_else(|| {
+            format!(
+                "{}: unknown balance {balance:?} (known: {})",
+                at("balance"),
+                Balance::NAMES.join(", ")
+            )
+        })?;
+    }
+    if let Some(n) = integer(&field("keepalive")?, &at("keepalive"), 0, KEEPALIVE_MAX)? {
+        config.keepalive = n;
+    }
+    if let Some(n) = integer(&field("retries")?, &at("retries"), 0, RETRIES_MAX)? {
+        config.retries = n;
+    }
+    if let Some(n) = integer(&field("max_fails")?, &at("max_fails"), 0, 1_000_000)? {
+        config.max_fails = n;
+    }
+    for (key, slot) in [
+        ("connect_timeout", &mut config.connect_timeout),
+        ("send_timeout", &mut config.send_timeout),
+        ("read_timeout", &mut config.read_timeout),
+        ("fail_timeout", &mut config.fail_timeout),
+    ] {
+        if let Some(duration) = seconds(&field(key)?, &at(key))? {
+            *slot = duration;
+        }
+    }
+    match field("health_check")? {
+        Value::Nil => {}
+        Value::Table(check) => {
+            for pair in check.pairs::<Value, Value>() {
+                let (key, _) = pair.map_err(|e| e.to_string())?;
+                let known = matches!(&key, Value::String(s) if ["path", "interval"].contains(&&*s.to_string_lossy()));
+                if !known {
+                    return Err(format!(
+                        "{} has an unknown field {key:?} (known: path, interval)",
+                        at("health_check")
+                    ));
+                }
+            }
+            let value = |key: &str| check.get::<Value>(key).map_err(|e| e.to_string());
+            let path = string(&value("path")?, &format!("{}.path", at("health_check")))?
+                .ok_or_else(|| format!("{} needs a `path`", at("health_check")))?;
+            if !path.starts_with('/') || path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+                return Err(format!(
+                    "{}.path {path:?} must start with '/' and hold no spaces or control bytes",
+                    at("health_check")
+                ));
+            }
+            let interval = seconds(
+                &value("interval")?,
+                &format!("{}.interval", at("health_check")),
+            )?
+            .unwrap_or(Duration::from_secs(5));
+            config.health_check = Some(HealthCheck { path, interval });
+        }
+        other => {
+            return Err(format!(
+                "{} must be {{ path = \"/health\", interval = 2 }}, got {}",
+                at("health_check"),
+                other.type_name()
+            ))
+        }
+    }
+    config.validate().map_err(|e| e.message)?;
+    Ok(config)
+}
+
+fn string(value: &Value, at: &str) -> Result<Option<String>, String> {
+    match value {
+        Value::Nil => Ok(None),
+        Value::String(s) => Ok(Some(s.to_string_lossy())),
+        other => Err(format!("{at} must be a string, got {}", other.type_name())),
+    }
+}
+
+fn integer(value: &Value, at: &str, min: u32, max: u32) -> Result<Option<u32>, String> {
+    let number = match value {
+        Value::Nil => return Ok(None),
+        Value::Integer(n) => *n as f64,
+        Value::Number(n) => *n,
+        other => {
+            return Err(format!(
+                "{at} must be an integer, got {}",
+                other.type_name()
+            ))
+        }
+    };
+    if number.fract() != 0.0 || number < f64::from(min) || number > f64::from(max) {
+        return Err(format!(
+            "{at} must be an integer from {min} to {max}, got {number}"
+        ));
+    }
+    Ok(Some(number as u32))
+}
+
+/// Seconds as nginx writes them in `proxy_*_timeout` (a number; fractions
+/// allowed), above 0 and at most a day.
+fn seconds(value: &Value, at: &str) -> Result<Option<Duration>, String> {
+    let number = match value {
+        Value::Nil => return Ok(None),
+        Value::Integer(n) => *n as f64,
+        Value::Number(n) => *n,
+        other => {
+            return Err(format!(
+                "{at} must be a number of seconds, got {}",
+                other.type_name()
+            ))
+        }
+    };
+    if !(number > 0.0 && number <= TIMEOUT_MAX_SECS) {
+        return Err(format!(
+            "{at} must be a number of seconds above 0 and at most {TIMEOUT_MAX_SECS}, got {number}"
+        ));
+    }
+    Ok(Some(Duration::from_secs_f64(number)))
+}

@@ -1,0 +1,502 @@
+//! One request on an upstream connection, as a sans-I/O state machine: the
+//! HTTP/1.1 *client* side of a proxied request. Completions come in as
+//! [`UpstreamEvent`]s, what to do next comes out of [`UpstreamConn::poll`]
+//! as [`UpstreamIntent`]s; the worker pump executes them with the same
+//! reactor operations it uses for client connections. No I/O, no clock:
+//! which timeout applies is [`UpstreamConn::timeout`], and the pump says
+//! when it passed.
+//!
+//! The machine owns the connection's two buffers: `send` holds the
+//! forwarded head and the request body ([`write_forward_head`] writes into
+//! it), `recv` the response. The response head is parsed in place
+//! ([`ResponseParser`]); body bytes are handed to the client side as a
+//! view of `recv` ([`UpstreamConn::body`]), decoded in place when chunked,
+//! and the next receive waits until the client side consumed them
+//! ([`UpstreamConn::consume_body`]): a slow client holds at most one
+//! buffer of an upstream's response, and a slow upstream holds nothing.
+//!
+//! [`write_forward_head`]: crate::write_forward_head
+
+use std::time::Duration;
+
+use keystone_parser::{
+    ChunkedDecoder, ParseError, ParseStatus, ResponseBody, ResponseHead, ResponseParser,
+};
+use keystone_ringbuf::{RingBuffer, SendBuf, Span, SpareLoan};
+
+/// Largest upstream response head: nginx's `proxy_buffer_size` is one page
+/// (4-8 KiB); 16 KiB takes the big-cookie answers of real backends.
+pub const RESPONSE_HEAD_MAX: u32 = 16 * 1024;
+
+/// What the machine asks the pump to do.
+#[derive(Debug)]
+pub enum UpstreamIntent {
+    /// Connect the socket to the peer (→ [`UpstreamEvent::Connected`]).
+    Connect,
+    /// Send (→ [`UpstreamEvent::Sent`]).
+    Send(SendBuf),
+    /// Receive into the loan (→ [`UpstreamEvent::Received`]).
+    Recv(SpareLoan),
+}
+
+/// What happened on the upstream connection.
+#[derive(Debug)]
+pub enum UpstreamEvent {
+    /// The connect completed: 0 or `-errno`.
+    Connected { result: i32 },
+    /// A send completed: bytes or `-errno`.
+    Sent { buf: SendBuf, result: i32 },
+    /// A receive completed: bytes, 0 (the upstream closed) or `-errno`.
+    Received { buf: SpareLoan, result: i32 },
+    /// [`UpstreamConn::timeout`] passed with no progress.
+    TimedOut,
+}
+
+/// Which of the pool's timeouts applies now (nginx's `proxy_*_timeout`:
+/// each bounds one wait, not the whole exchange).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wait {
+    Connect,
+    Send,
+    Read,
+}
+
+/// Why a request to an upstream failed. [`Failure::status`] is the answer
+/// the client gets when nothing of the response has reached it yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// The connect was refused (`ECONNREFUSED`).
+    Refused,
+    /// The peer is unreachable, or the connect failed otherwise (`-errno`).
+    ConnectFailed(i32),
+    ConnectTimeout,
+    SendTimeout,
+    /// No response byte within the read timeout.
+    ReadTimeout,
+    /// The upstream closed or reset before the response head was complete.
+    /// `any_byte`: some of it had arrived.
+    ClosedBeforeHead {
+        any_byte: bool,
+    },
+    /// Sending the request failed (`-errno`) before any response byte.
+    SendFailed(i32),
+    /// The response head was malformed, too large or framed ambiguously.
+    BadHead(ParseError),
+    /// The body ended early: the upstream closed, reset or timed out
+    /// mid-body, or its chunked framing was malformed. The client's
+    /// response is cut off: its connection closes without a false end.
+    BrokenBody,
+}
+
+impl Failure {
+    /// The client's status for a failure before any response byte was
+    /// forwarded: 504 for the timeouts, 502 for the rest (nginx's).
+    pub fn status(self) -> u16 {
+        match self {
+            Failure::ConnectTimeout | Failure::SendTimeout | Failure::ReadTimeout => 504,
+            _ => 502,
+        }
+    }
+
+    /// Whether another peer (or a fresh connection) may be tried: only
+    /// while the upstream can have done nothing with the request — the
+    /// connect failed, or (on a reused connection, for an idempotent
+    /// method, decided by the caller) it closed before any response byte.
+    pub fn before_any_response(self) -> bool {
+        matches!(
+            self,
+            Failure::Refused
+                | Failure::ConnectFailed(_)
+                | Failure::ConnectTimeout
+                | Failure::ClosedBeforeHead { any_byte: false }
+                | Failure::SendFailed(_)
+        )
+    }
+
+    /// Words for the log line (`upstream 127.0.0.1:9001: ...`).
+    pub fn reason(self) -> &'static str {
+        match self {
+            Failure::Refused => "connection refused",
+            Failure::ConnectFailed(_) => "connect failed",
+            Failure::ConnectTimeout => "connect timed out",
+            Failure::SendTimeout => "send timed out",
+            Failure::ReadTimeout => "read timed out",
+            Failure::ClosedBeforeHead { .. } => "closed before the response head",
+            Failure::SendFailed(_) => "sending the request failed",
+            Failure::BadHead(_) => "malformed response head",
+            Failure::BrokenBody => "response body cut short",
+        }
+    }
+}
+
+/// Where the exchange is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Nothing to do (a pooled connection between requests, or a new one).
+    Idle,
+    /// A fresh connection: the connect is to be asked for, or in flight.
+    Connecting {
+        asked: bool,
+    },
+    /// Connected: sending the request and waiting for the response head.
+    AwaitingHead,
+    /// The head arrived; the body is being read.
+    Body,
+    /// The response is complete.
+    Done {
+        reusable: bool,
+    },
+    Failed(Failure),
+}
+
+/// How the rest of the body is delimited.
+#[derive(Debug)]
+enum BodyLeft {
+    None,
+    Length(u64),
+    Chunked(ChunkedDecoder),
+    UntilClose,
+}
+
+/// One upstream connection and the request on it.
+#[derive(Debug)]
+pub struct UpstreamConn {
+    send: RingBuffer,
+    recv: RingBuffer,
+    phase: Phase,
+    body_left: BodyLeft,
+    head: ResponseHead,
+    head_request: bool,
+    /// Response bytes arrived for this request.
+    any_byte: bool,
+    /// Decoded body bytes at the front of `recv`, waiting for the client.
+    ready: u32,
+    sending: bool,
+    receiving: bool,
+    /// The upstream sent more than the framing said: never reuse it.
+    poisoned: bool,
+}
+
+impl UpstreamConn {
+    /// A connection with its two buffers (each at least
+    /// [`RESPONSE_HEAD_MAX`] bytes, so a head always fits).
+    pub fn new(send: RingBuffer, recv: RingBuffer) -> UpstreamConn {
+        assert!(recv.capacity() >= RESPONSE_HEAD_MAX);
+        UpstreamConn {
+            send,
+            recv,
+            phase: Phase::Idle,
+            body_left: BodyLeft::None,
+            head: ResponseHead::default(),
+            head_request: false,
+            any_byte: false,
+            ready: 0,
+            sending: false,
+            receiving: false,
+            poisoned: false,
+        }
+    }
+
+    /// Where the request goes: write the forwarded head and the body here
+    /// (`spare_mut` then `commit`, or `append`) before [`Self::start`].
+    pub fn request_buffer(&mut self) -> &mut RingBuffer {
+        assert!(
+            matches!(self.phase, Phase::Idle),
+            "request buffer while busy"
+        );
+        &mut self.send
+    }
+
+    /// Starts the request written into [`Self::request_buffer`]: on a new
+    /// connection (`connected` false: connect first) or a pooled one.
+    /// `head_request`: a HEAD, so the response has no body.
+    pub fn start(&mut self, connected: bool, head_request: bool) {
+        assert!(matches!(self.phase, Phase::Idle), "start while busy");
+        assert!(!self.send.is_empty(), "start without a request");
+        self.phase = if connected {
+            Phase::AwaitingHead
+        } else {
+            Phase::Connecting { asked: false }
+        };
+        self.head_request = head_request;
+        self.any_byte = false;
+        self.ready = 0;
+        self.body_left = BodyLeft::None;
+        self.poisoned = false;
+    }
+
+    /// The next operation, if any. Call until `None` after every event.
+    pub fn poll(&mut self) -> Option<UpstreamIntent> {
+        match self.phase {
+            Phase::Connecting { asked: false } => {
+                self.phase = Phase::Connecting { asked: true };
+                Some(UpstreamIntent::Connect)
+            }
+            Phase::AwaitingHead | Phase::Body => {
+                if !self.sending && !self.send.is_empty() {
+                    self.sending = true;
+                    return Some(UpstreamIntent::Send(SendBuf::Buffer(
+                        self.send.lend_unsent(),
+                    )));
+                }
+                let wants_bytes = self.ready == 0 && !self.receiving;
+                if wants_bytes {
+                    if self.recv.spare() == 0 {
+                        self.recv.compact();
+                    }
+                    if self.recv.spare() > 0 {
+                        self.receiving = true;
+                        return Some(UpstreamIntent::Recv(self.recv.lend_spare()));
+                    }
+                }
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// Which timeout the pump should arm now, if any.
+    pub fn timeout(&self) -> Option<Wait> {
+        match self.phase {
+            Phase::Connecting { asked: true } => Some(Wait::Connect),
+            Phase::AwaitingHead if self.sending => Some(Wait::Send),
+            Phase::AwaitingHead | Phase::Body if self.receiving => Some(Wait::Read),
+            _ => None,
+        }
+    }
+
+    /// The pool's duration for `wait`.
+    pub fn timeout_for(wait: Wait, connect: Duration, send: Duration, read: Duration) -> Duration {
+        match wait {
+            Wait::Connect => connect,
+            Wait::Send => send,
+            Wait::Read => read,
+        }
+    }
+
+    /// Feeds one completion.
+    pub fn on(&mut self, event: UpstreamEvent) {
+        match event {
+            UpstreamEvent::Connected { result } => {
+                debug_assert_eq!(self.phase, Phase::Connecting { asked: true });
+                self.phase = match result {
+                    0 => Phase::AwaitingHead,
+                    r if r == -libc_errno::ECONNREFUSED => Phase::Failed(Failure::Refused),
+                    r => Phase::Failed(Failure::ConnectFailed(-r)),
+                };
+            }
+            UpstreamEvent::Sent { buf, result } => {
+                self.sending = false;
+                let SendBuf::Buffer(loan) = buf else {
+                    unreachable!("the upstream machine only sends its own buffer")
+                };
+                let sent = u32::try_from(result).unwrap_or(0);
+                self.send.return_unsent(loan, sent.min(self.send.len()));
+                if result < 0 && matches!(self.phase, Phase::AwaitingHead) && !self.any_byte {
+                    self.phase = Phase::Failed(Failure::SendFailed(-result));
+                }
+            }
+            UpstreamEvent::Received { buf, result } => {
+                self.receiving = false;
+                let received = u32::try_from(result).unwrap_or(0);
+                self.recv.return_spare(buf, received);
+                match result {
+                    n if n > 0 => {
+                        self.any_byte = true;
+                        self.advance();
+                    }
+                    0 => self.closed(false),
+                    _ => self.closed(true),
+                }
+            }
+            UpstreamEvent::TimedOut => {
+                self.phase = Phase::Failed(match self.phase {
+                    Phase::Connecting { .. } => Failure::ConnectTimeout,
+                    Phase::AwaitingHead if self.sending => Failure::SendTimeout,
+                    Phase::AwaitingHead => Failure::ReadTimeout,
+                    _ => Failure::BrokenBody,
+                });
+            }
+        }
+    }
+
+    /// The upstream closed its side, or reset the connection (`reset`: a
+    /// close-delimited body then did not end, it broke).
+    fn closed(&mut self, reset: bool) {
+        self.phase = match self.phase {
+            Phase::AwaitingHead => Phase::Failed(Failure::ClosedBeforeHead {
+                any_byte: self.any_byte,
+            }),
+            Phase::Body if matches!(self.body_left, BodyLeft::UntilClose) && !reset => {
+                Phase::Done { reusable: false }
+            }
+            Phase::Body => Phase::Failed(Failure::BrokenBody),
+            other => other,
+        };
+    }
+
+    /// New response bytes: parse the head, or frame body bytes.
+    fn advance(&mut self) {
+        if self.phase == Phase::AwaitingHead {
+            let mut parser = ResponseParser::new();
+            loop {
+                let unconsumed = self.recv.unconsumed();
+                match parser.parse(
+                    unconsumed,
+                    self.recv.head(),
+                    self.head_request,
+                    RESPONSE_HEAD_MAX,
+                    &mut self.head,
+                ) {
+                    Ok(ParseStatus::Partial) => return,
+                    Err(error) => {
+                        self.phase = Phase::Failed(Failure::BadHead(error));
+                        return;
+                    }
+                    Ok(ParseStatus::Complete) if self.head.is_interim() => {
+                        // 100 Continue and the like: skipped, the final
+                        // head follows.
+                        self.recv.consume(self.head.head_len);
+                        continue;
+                    }
+                    Ok(ParseStatus::Complete) => break,
+                }
+            }
+            self.body_left = match self.head.body {
+                ResponseBody::None => BodyLeft::None,
+                ResponseBody::Length(n) => BodyLeft::Length(n),
+                ResponseBody::Chunked => BodyLeft::Chunked(ChunkedDecoder::new()),
+                ResponseBody::UntilClose => BodyLeft::UntilClose,
+            };
+            self.phase = Phase::Body;
+            // The head stays at the front of `recv` until the client side
+            // took it (`take_head`); body framing starts after it.
+        }
+        self.frame_body();
+    }
+
+    /// Frames what follows the head (or earlier body bytes) in `recv`.
+    fn frame_body(&mut self) {
+        if self.phase != Phase::Body || self.head_pending() {
+            return;
+        }
+        let available = self.recv.len() - self.ready;
+        match &mut self.body_left {
+            BodyLeft::None => {
+                if available > 0 {
+                    self.poisoned = true; // bytes after a bodiless answer
+                }
+                self.finish();
+            }
+            BodyLeft::Length(left) => {
+                let take = u64::from(available).min(*left) as u32;
+                *left -= u64::from(take);
+                self.ready += take;
+                if u64::from(available) > u64::from(take) {
+                    self.poisoned = true; // more than Content-Length said
+                    let extra_at = self.recv.head() + self.ready;
+                    self.recv.cut(extra_at, self.recv.tail() - extra_at);
+                }
+                if *left == 0 {
+                    self.finish();
+                }
+            }
+            BodyLeft::UntilClose => self.ready += available,
+            BodyLeft::Chunked(decoder) => {
+                let undecoded = Span::new(self.recv.head() + self.ready, available);
+                match decoder.decode(self.recv.get_mut(undecoded), u64::MAX) {
+                    Err(_) => self.phase = Phase::Failed(Failure::BrokenBody),
+                    Ok(progress) => {
+                        let stale_at = undecoded.offset + progress.decoded_len + progress.leftover;
+                        self.recv.cut(stale_at, self.recv.tail() - stale_at);
+                        self.ready += progress.decoded_len;
+                        if progress.consumed_all {
+                            if progress.leftover > 0 {
+                                self.poisoned = true;
+                                let extra_at = self.recv.head() + self.ready;
+                                self.recv.cut(extra_at, self.recv.tail() - extra_at);
+                            }
+                            self.finish();
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The body is complete (its last bytes may still wait for the client).
+    fn finish(&mut self) {
+        let reusable = self.head.keep_alive && !self.poisoned && self.send.is_empty();
+        self.phase = Phase::Done { reusable };
+    }
+
+    /// Whether the response head is parsed but not yet taken.
+    fn head_pending(&self) -> bool {
+        self.head.head_len > 0
+    }
+
+    /// The response head, once it arrived and until taken: the client side
+    /// re-frames it (its bytes stay at the front of `recv` meanwhile).
+    pub fn response_head(&self) -> Option<(&ResponseHead, &[u8])> {
+        let arrived = matches!(self.phase, Phase::Body | Phase::Done { .. });
+        (arrived && self.head_pending()).then(|| (&self.head, self.recv.filled()))
+    }
+
+    /// The client side has re-framed the head: its bytes are dropped and
+    /// body framing starts.
+    pub fn take_head(&mut self) {
+        assert!(self.head_pending(), "no head to take");
+        self.recv.consume(self.head.head_len);
+        self.head.head_len = 0;
+        self.frame_body();
+    }
+
+    /// Decoded body bytes ready for the client.
+    pub fn body(&self) -> &[u8] {
+        &self.recv.unconsumed()[..self.ready as usize]
+    }
+
+    /// The client side took `n` body bytes.
+    pub fn consume_body(&mut self, n: u32) {
+        assert!(n <= self.ready);
+        self.recv.consume(n);
+        self.ready -= n;
+    }
+
+    /// `Some(Ok(reusable))` when the response is complete and every body
+    /// byte was taken; `Some(Err(failure))` when the exchange failed.
+    pub fn outcome(&self) -> Option<Result<bool, Failure>> {
+        match self.phase {
+            Phase::Done { reusable } if self.ready == 0 && !self.head_pending() => {
+                Some(Ok(reusable && !self.sending && !self.receiving))
+            }
+            Phase::Failed(failure) => Some(Err(failure)),
+            _ => None,
+        }
+    }
+
+    /// Whether an operation is still in flight (the pump must reap it
+    /// before the connection is pooled or closed).
+    pub fn busy(&self) -> bool {
+        self.sending || self.receiving
+    }
+
+    /// Readies a reusable connection for its next request in the pool.
+    pub fn reset_for_pool(&mut self) {
+        assert!(
+            matches!(self.outcome(), Some(Ok(true))),
+            "pooling an unusable connection"
+        );
+        self.phase = Phase::Idle;
+        self.head.head_len = 0;
+        debug_assert!(self.recv.is_empty() && self.send.is_empty());
+    }
+}
+
+/// The errno values this machine tells apart (Linux's).
+mod libc_errno {
+    pub const ECONNREFUSED: i32 = 111;
+}
+
+#[cfg(test)]
+mod tests;

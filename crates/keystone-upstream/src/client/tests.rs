@@ -1,0 +1,406 @@
+//! The client machine against scripted upstreams: every framing, interim
+//! answers, pooling, backpressure, and each fault mapped to its failure.
+
+use keystone_ringbuf::SendBuf;
+
+use super::*;
+
+/// What the scripted upstream does when asked.
+#[derive(Clone, Debug)]
+enum Step {
+    /// Answer the next receive with these bytes.
+    Bytes(&'static [u8]),
+    /// Close (the next receive gets 0).
+    Close,
+    /// Reset (the next receive gets -ECONNRESET).
+    Reset,
+    /// Say nothing: the next receive stays in flight.
+    Hang,
+}
+
+struct Run {
+    sent: Vec<u8>,
+    head: Option<(u16, ResponseBody)>,
+    body: Vec<u8>,
+    outcome: Option<Result<bool, Failure>>,
+    /// A receive was left in flight (the upstream hangs).
+    hanging: Option<SpareLoan>,
+}
+
+fn conn() -> UpstreamConn {
+    let mut buffers = keystone_ringbuf::split_slab(2, 64 * 1024).expect("slab");
+    let recv = buffers.pop().unwrap();
+    let send = buffers.pop().unwrap();
+    UpstreamConn::new(send, recv)
+}
+
+/// Drives `conn` through one request: `connect` is the connect's result
+/// (None: a pooled connection), the client side takes at most
+/// `client_window` body bytes per turn.
+fn run(
+    conn: &mut UpstreamConn,
+    request: &[u8],
+    connect: Option<i32>,
+    script: &[Step],
+    head_request: bool,
+) -> Run {
+    conn.request_buffer().append(request).expect("room");
+    conn.start(connect.is_none(), head_request);
+    let mut steps = script.iter().cloned();
+    let mut out = Run {
+        sent: Vec::new(),
+        head: None,
+        body: Vec::new(),
+        outcome: None,
+        hanging: None,
+    };
+    for _ in 0..10_000 {
+        if let Some((head, _)) = conn.response_head() {
+            out.head = Some((head.status, head.body));
+            conn.take_head();
+        }
+        let ready = conn.body().len() as u32;
+        if ready > 0 {
+            out.body.extend_from_slice(conn.body());
+            conn.consume_body(ready);
+        }
+        if let Some(outcome) = conn.outcome() {
+            out.outcome = Some(outcome);
+            return out;
+        }
+        let Some(intent) = conn.poll() else {
+            return out; // waiting (a hang): the pump would arm `timeout()`
+        };
+        let event = match intent {
+            UpstreamIntent::Connect => UpstreamEvent::Connected {
+                result: connect.expect("a fresh connection"),
+            },
+            UpstreamIntent::Send(buf) => {
+                let SendBuf::Buffer(loan) = &buf else {
+                    panic!("only its own buffer")
+                };
+                out.sent.extend_from_slice(loan.as_slice());
+                let len = loan.len();
+                UpstreamEvent::Sent {
+                    buf,
+                    result: len as i32,
+                }
+            }
+            UpstreamIntent::Recv(mut loan) => match steps.next().unwrap_or(Step::Hang) {
+                Step::Bytes(bytes) => {
+                    let n = bytes.len().min(loan.len() as usize);
+                    loan.as_mut_slice()[..n].copy_from_slice(&bytes[..n]);
+                    UpstreamEvent::Received {
+                        buf: loan,
+                        result: n as i32,
+                    }
+                }
+                Step::Close => UpstreamEvent::Received {
+                    buf: loan,
+                    result: 0,
+                },
+                Step::Reset => UpstreamEvent::Received {
+                    buf: loan,
+                    result: -104,
+                },
+                Step::Hang => {
+                    out.hanging = Some(loan);
+                    return out;
+                }
+            },
+        };
+        conn.on(event);
+    }
+    panic!("the machine did not settle");
+}
+
+const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n";
+
+#[test]
+fn length_chunked_and_close_delimited_bodies() {
+    use ResponseBody::*;
+    type Row<'a> = (&'a [Step], (u16, ResponseBody), &'a [u8], bool);
+    let rows: &[Row] = &[
+        (
+            &[Step::Bytes(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+            )],
+            (200, Length(5)),
+            b"hello",
+            true,
+        ),
+        (
+            &[
+                Step::Bytes(b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nhel"),
+                Step::Bytes(b"lo wo"),
+                Step::Bytes(b"rld"),
+            ],
+            (200, Length(11)),
+            b"hello world",
+            true,
+        ),
+        (
+            &[
+                Step::Bytes(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel"),
+                Step::Bytes(b"lo\r\n6\r\n world\r\n0\r\n\r\n"),
+            ],
+            (200, Chunked),
+            b"hello world",
+            true,
+        ),
+        (
+            &[
+                Step::Bytes(b"HTTP/1.1 200 OK\r\n\r\nuntil "),
+                Step::Bytes(b"close"),
+                Step::Close,
+            ],
+            (200, UntilClose),
+            b"until close",
+            false,
+        ),
+        (
+            &[Step::Bytes(b"HTTP/1.1 204 No Content\r\n\r\n")],
+            (204, None),
+            b"",
+            true,
+        ),
+        (
+            &[Step::Bytes(
+                b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok",
+            )],
+            (201, Length(2)),
+            b"ok",
+            true,
+        ),
+        (
+            &[Step::Bytes(
+                b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+            )],
+            (200, Length(2)),
+            b"ok",
+            false,
+        ),
+        // More bytes than the framing said: delivered exactly, never reused.
+        (
+            &[Step::Bytes(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA",
+            )],
+            (200, Length(2)),
+            b"ok",
+            false,
+        ),
+    ];
+    for (script, head, body, reusable) in rows {
+        let mut upstream = conn();
+        let got = run(&mut upstream, GET, Some(0), script, false);
+        assert_eq!(got.sent, GET, "{script:?}");
+        assert_eq!(got.head, Some(*head), "{script:?}");
+        assert_eq!(got.body, *body, "{script:?}");
+        assert_eq!(got.outcome, Some(Ok(*reusable)), "{script:?}");
+    }
+}
+
+#[test]
+fn a_head_request_reads_no_body_and_a_pooled_connection_serves_again() {
+    let mut upstream = conn();
+    let got = run(
+        &mut upstream,
+        b"HEAD / HTTP/1.1\r\nHost: h\r\n\r\n",
+        Some(0),
+        &[Step::Bytes(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n",
+        )],
+        true,
+    );
+    assert_eq!(got.body, b"");
+    assert_eq!(got.outcome, Some(Ok(true)));
+    upstream.reset_for_pool();
+    // Pooled: no connect this time.
+    let got = run(
+        &mut upstream,
+        GET,
+        None,
+        &[Step::Bytes(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi",
+        )],
+        false,
+    );
+    assert_eq!(got.body, b"hi");
+    assert_eq!(got.outcome, Some(Ok(true)));
+}
+
+#[test]
+fn failures_map_to_their_status_and_retry_rule() {
+    type Row<'a> = (Option<i32>, &'a [Step], Failure, u16, bool);
+    let rows: &[Row] = &[
+        (Some(-111), &[], Failure::Refused, 502, true),
+        (Some(-113), &[], Failure::ConnectFailed(113), 502, true),
+        (
+            Some(0),
+            &[Step::Close],
+            Failure::ClosedBeforeHead { any_byte: false },
+            502,
+            true,
+        ),
+        (
+            Some(0),
+            &[Step::Reset],
+            Failure::ClosedBeforeHead { any_byte: false },
+            502,
+            true,
+        ),
+        (
+            Some(0),
+            &[Step::Bytes(b"HTTP/1.1 200"), Step::Close],
+            Failure::ClosedBeforeHead { any_byte: true },
+            502,
+            false,
+        ),
+        (
+            Some(0),
+            &[Step::Bytes(b"SSH-2.0-OpenSSH_9\r\n\r\n")],
+            Failure::BadHead(ParseError::Malformed),
+            502,
+            false,
+        ),
+        (
+            Some(0),
+            &[Step::Bytes(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            )],
+            Failure::BadHead(ParseError::ConflictingFraming),
+            502,
+            false,
+        ),
+        (
+            Some(0),
+            &[
+                Step::Bytes(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort"),
+                Step::Close,
+            ],
+            Failure::BrokenBody,
+            502,
+            false,
+        ),
+        (
+            Some(0),
+            &[
+                Step::Bytes(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"),
+                Step::Reset,
+            ],
+            Failure::BrokenBody,
+            502,
+            false,
+        ),
+        (
+            Some(0),
+            &[Step::Bytes(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n",
+            )],
+            Failure::BrokenBody,
+            502,
+            false,
+        ),
+        (
+            Some(0),
+            &[Step::Bytes(b"HTTP/1.1 200 OK\r\n\r\npartial"), Step::Reset],
+            Failure::BrokenBody,
+            502,
+            false,
+        ),
+    ];
+    for (connect, script, failure, status, retryable) in rows {
+        let mut upstream = conn();
+        let got = run(&mut upstream, GET, *connect, script, false);
+        assert_eq!(got.outcome, Some(Err(*failure)), "{script:?}");
+        assert_eq!(failure.status(), *status, "{failure:?}");
+        assert_eq!(failure.before_any_response(), *retryable, "{failure:?}");
+        assert!(!failure.reason().is_empty());
+    }
+}
+
+#[test]
+fn each_wait_has_its_timeout() {
+    // The connect never completes.
+    let mut upstream = conn();
+    upstream.request_buffer().append(GET).unwrap();
+    upstream.start(false, false);
+    assert!(matches!(upstream.poll(), Some(UpstreamIntent::Connect)));
+    assert_eq!(upstream.timeout(), Some(Wait::Connect));
+    upstream.on(UpstreamEvent::TimedOut);
+    assert_eq!(upstream.outcome(), Some(Err(Failure::ConnectTimeout)));
+    assert_eq!(Failure::ConnectTimeout.status(), 504);
+
+    // Connected, the request sent, no answer: a read timeout.
+    let mut upstream = conn();
+    let got = run(&mut upstream, GET, Some(0), &[Step::Hang], false);
+    assert_eq!(got.outcome, None);
+    assert_eq!(upstream.timeout(), Some(Wait::Read));
+    upstream.on(UpstreamEvent::Received {
+        buf: got.hanging.unwrap(),
+        result: -125,
+    });
+    // A cancelled receive counts as the upstream going away; the pump
+    // reports the timeout it armed.
+    assert!(matches!(upstream.outcome(), Some(Err(_))));
+    let mut upstream = conn();
+    let got = run(&mut upstream, GET, Some(0), &[Step::Hang], false);
+    let loan = got.hanging.unwrap();
+    upstream.on(UpstreamEvent::TimedOut);
+    assert_eq!(upstream.outcome(), Some(Err(Failure::ReadTimeout)));
+    upstream.on(UpstreamEvent::Received {
+        buf: loan,
+        result: -125,
+    });
+    assert_eq!(
+        upstream.outcome(),
+        Some(Err(Failure::ReadTimeout)),
+        "the timeout stays the reason"
+    );
+    assert_eq!(
+        Duration::from_secs(2),
+        UpstreamConn::timeout_for(
+            Wait::Read,
+            Duration::ZERO,
+            Duration::ZERO,
+            Duration::from_secs(2)
+        )
+    );
+}
+
+#[test]
+fn a_slow_client_holds_the_upstream_to_one_buffer() {
+    let mut upstream = conn();
+    upstream.request_buffer().append(GET).unwrap();
+    upstream.start(true, false);
+    let Some(UpstreamIntent::Send(buf)) = upstream.poll() else {
+        panic!()
+    };
+    let len = buf.ptr_len().1 as i32;
+    upstream.on(UpstreamEvent::Sent { buf, result: len });
+    let Some(UpstreamIntent::Recv(mut loan)) = upstream.poll() else {
+        panic!()
+    };
+    let head = b"HTTP/1.1 200 OK\r\nContent-Length: 200000\r\n\r\n";
+    loan.as_mut_slice()[..head.len()].copy_from_slice(head);
+    let n = loan.len();
+    loan.as_mut_slice()[head.len()..].fill(b'x');
+    upstream.on(UpstreamEvent::Received {
+        buf: loan,
+        result: n as i32,
+    });
+    upstream.take_head();
+    assert_eq!(upstream.body().len() as u32, n - head.len() as u32);
+    // The client has not taken the bytes: no more receives.
+    assert!(upstream.poll().is_none());
+    assert_eq!(
+        upstream.timeout(),
+        None,
+        "waiting for the client is not the upstream's timeout"
+    );
+    upstream.consume_body(10);
+    assert!(upstream.poll().is_none(), "still bytes waiting");
+    let rest = upstream.body().len() as u32;
+    upstream.consume_body(rest);
+    assert!(matches!(upstream.poll(), Some(UpstreamIntent::Recv(_))));
+}
