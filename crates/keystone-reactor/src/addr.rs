@@ -57,4 +57,36 @@ impl PeerStorage {
             _ => None,
         }
     }
+
+    /// Holds `addr` as a `sockaddr_in`/`sockaddr_in6` for a connect; returns
+    /// the pointer and length the kernel reads.
+    pub(crate) fn hold(&mut self, addr: SocketAddr) -> (*const libc::sockaddr, libc::socklen_t) {
+        let storage: *mut libc::sockaddr_storage = &mut self.addr;
+        self.len = match addr {
+            SocketAddr::V4(v4) => {
+                // SAFETY: sockaddr_storage is large and aligned enough for
+                // every sockaddr; the cast view is written whole.
+                let out = unsafe { &mut *storage.cast::<libc::sockaddr_in>() };
+                out.sin_family = libc::AF_INET as libc::sa_family_t;
+                out.sin_port = v4.port().to_be();
+                out.sin_addr = libc::in_addr {
+                    s_addr: u32::from(*v4.ip()).to_be(),
+                };
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t
+            }
+            SocketAddr::V6(v6) => {
+                // SAFETY: as above, for a sockaddr_in6.
+                let out = unsafe { &mut *storage.cast::<libc::sockaddr_in6>() };
+                out.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+                out.sin6_port = v6.port().to_be();
+                out.sin6_flowinfo = v6.flowinfo();
+                out.sin6_addr = libc::in6_addr {
+                    s6_addr: v6.ip().octets(),
+                };
+                out.sin6_scope_id = v6.scope_id();
+                std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t
+            }
+        };
+        (storage.cast_const().cast(), self.len)
+    }
 }

@@ -146,6 +146,10 @@ pub enum Op {
     },
     /// A splice (file → pipe or pipe → socket).
     Splice,
+    /// A new TCP socket (the result is the descriptor).
+    Socket,
+    /// A connect of a socket to a peer.
+    Connect,
     /// `openat2` beneath a directory (the result is the descriptor).
     OpenBeneath,
     /// `openat2` relative to `dir`, following symlinks anywhere (the
@@ -495,6 +499,32 @@ impl Reactor {
         })
     }
 
+    /// Creates a TCP socket (`IORING_OP_SOCKET`, close-on-exec) for
+    /// `addr`'s family; the result is the descriptor or `-errno`.
+    pub fn socket(&mut self, owner: Owner, addr: SocketAddr) -> OpId {
+        let domain = if addr.is_ipv4() {
+            libc::AF_INET
+        } else {
+            libc::AF_INET6
+        };
+        self.submit(owner, Op::Socket, Storage::None, |_, _| {
+            opcode::Socket::new(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0).build()
+        })
+    }
+
+    /// Connects socket `fd` to `addr` (`IORING_OP_CONNECT`): 0, or
+    /// `-ECONNREFUSED`, `-ETIMEDOUT`, `-EHOSTUNREACH`, ...
+    pub fn connect(&mut self, owner: Owner, fd: RawFd, addr: SocketAddr) -> OpId {
+        let storage = Storage::Peer(self.peers.pop().unwrap_or_default());
+        self.submit(owner, Op::Connect, storage, |_, storage| {
+            let Storage::Peer(peer) = storage else {
+                unreachable!()
+            };
+            let (sockaddr, len) = peer.hold(addr);
+            opcode::Connect::new(types::Fd(fd), sockaddr, len).build()
+        })
+    }
+
     /// `statx` of descriptor `fd` (size, modification time, type).
     pub fn statx(&mut self, owner: Owner, fd: RawFd) -> OpId {
         // SAFETY: `statx` is a C struct of integers: all zeroes is valid.
@@ -715,6 +745,7 @@ impl Reactor {
             (Op::ReadCounter { value }, Storage::Counter(bytes)) => {
                 *value = u64::from_ne_bytes(bytes);
             }
+            (Op::Connect, Storage::Peer(storage)) => self.peers.push(storage),
             (_, Storage::Path(buffer, _)) => self.paths.push(buffer),
             _ => {}
         }

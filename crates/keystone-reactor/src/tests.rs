@@ -509,3 +509,45 @@ fn open_following_follows_the_absolute_links_open_beneath_refuses() {
     let id = reactor.open_following(0, root.as_raw_fd(), b"/proc/self/fd/0");
     assert_eq!(wait_for(&mut reactor, id).result, -libc::ELOOP);
 }
+
+#[test]
+fn socket_and_connect_through_the_ring() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut reactor = Reactor::new(8, 1).unwrap();
+    let id = reactor.socket(0, addr);
+    let made = wait_for(&mut reactor, id);
+    assert!(made.result >= 0, "socket: {}", made.result);
+    assert!(matches!(made.op, Op::Socket));
+    // SAFETY: a fresh descriptor the ring made for us.
+    let socket = unsafe { OwnedFd::from_raw_fd(made.result) };
+    let id = reactor.connect(0, socket.as_raw_fd(), addr);
+    let done = wait_for(&mut reactor, id);
+    assert_eq!(done.result, 0, "connect");
+    let (accepted, from) = listener.accept().unwrap();
+    let mut client = std::net::TcpStream::from(socket);
+    assert_eq!(from, client.local_addr().unwrap());
+    std::io::Write::write_all(&mut client, b"ping").unwrap();
+    let mut got = [0_u8; 4];
+    std::io::Read::read_exact(&mut &accepted, &mut got).unwrap();
+    assert_eq!(&got, b"ping");
+
+    // Nothing listens any more: refused. IPv6 works the same way.
+    drop(listener);
+    for target in [
+        addr,
+        std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port())),
+    ] {
+        let id = reactor.socket(0, target);
+        let made = wait_for(&mut reactor, id);
+        assert!(made.result >= 0, "socket: {}", made.result);
+        // SAFETY: as above.
+        let socket = unsafe { OwnedFd::from_raw_fd(made.result) };
+        let id = reactor.connect(0, socket.as_raw_fd(), target);
+        assert_eq!(
+            wait_for(&mut reactor, id).result,
+            -libc::ECONNREFUSED,
+            "{target}"
+        );
+    }
+}
