@@ -83,6 +83,7 @@ impl Connection {
             }
             Answer::Exchange { files } => Decided::Exchange { files },
             Answer::Static { root, path } => Decided::Static { root, path },
+            Answer::Proxy => Decided::Proxy,
         };
         if !matches!(decided, Decided::Exchange { .. }) {
             cx.policy.expire();
@@ -103,6 +104,10 @@ impl Connection {
                     Some(commit) => commit,
                     None => return Taken::Pending,
                 }
+            }
+            Decided::Proxy => {
+                self.start_proxy(&complete, framing, started);
+                return Taken::Pending;
             }
         };
         self.finish_answer(cx, &complete, framing, commit, started);
@@ -386,4 +391,5 @@ enum Decided {
         root: crate::Root,
         path: keystone_ringbuf::Span,
     },
+    Proxy,
 }

@@ -51,6 +51,8 @@ pub(crate) enum Reading {
     Body(BodyState),
     /// A complete request is being answered with a file that is opening.
     Answering(PendingFile),
+    /// A complete request went upstream; its response head is awaited.
+    Proxying(crate::proxy::PendingProxy),
 }
 
 /// A body being received.
@@ -130,6 +132,9 @@ pub(crate) enum Tail {
     File(FileTail),
     /// A generator, pulled as the socket drains.
     Stream(StreamTail),
+    /// A proxied response's body, taken from the upstream as the socket
+    /// drains.
+    Upstream(crate::proxy::UpstreamTail),
 }
 
 /// A file being sent.
@@ -346,6 +351,7 @@ impl Connection {
             }
             Event::Closed => self.on_closed(),
             Event::Deadline => self.on_deadline(cx),
+            Event::Upstream => self.on_upstream(cx),
             Event::Drain => self.on_drain(cx),
             Event::Released => {
                 debug_assert_eq!(self.release, Release::Waiting);
@@ -400,6 +406,9 @@ impl Connection {
                 return self.poll_file(cx);
             }
             return None;
+        }
+        if let Reading::Proxying(_) = self.reading {
+            return None; // the upstream's head is awaited
         }
         if self.phase != Phase::Open {
             // Memory is released with the connection.
@@ -503,12 +512,15 @@ impl Connection {
         if let Tail::Stream(_) = self.tail {
             self.fill_stream(cx);
         }
+        if let Tail::Upstream(_) = self.tail {
+            self.fill_upstream(cx);
+        }
         if !self.send.is_empty() {
             self.output = Output::Buffer;
             return Some(Intent::Send(SendBuf::Buffer(self.send.lend_unsent())));
         }
         match &mut self.tail {
-            Tail::None | Tail::Stream(_) => None,
+            Tail::None | Tail::Stream(_) | Tail::Upstream(_) => None,
             Tail::Pinned { rest, .. } => {
                 let bytes = rest
                     .take()
@@ -569,6 +581,7 @@ impl Connection {
         }
         self.release_tail(cx);
         self.release_pending(cx);
+        self.release_proxy(cx);
         if self.closes_len > 0 {
             self.closes_len -= 1;
             return Some(Intent::CloseFile(self.closes[self.closes_len as usize]));
@@ -751,7 +764,7 @@ impl Connection {
         self.output == Output::Idle
             && self.send.is_empty()
             && matches!(self.tail, Tail::None)
-            && !matches!(self.reading, Reading::Answering(_))
+            && !matches!(self.reading, Reading::Answering(_) | Reading::Proxying(_))
     }
 
     fn on_closed(&mut self) {
@@ -809,6 +822,7 @@ impl Connection {
             Tail::None => {}
             Tail::Pinned { owner, .. } => cx.policy.unpin(owner, self.slot),
             Tail::Stream(stream) => cx.policy.unpin(stream.owner, self.slot),
+            Tail::Upstream(_) => cx.policy.proxy_done(self.slot),
             Tail::File(file) => {
                 if let Some(pipe) = file.pipe {
                     cx.shared.pipes.give_back(pipe, file.in_pipe);
@@ -873,7 +887,7 @@ impl Connection {
                         Reading::Head => Timer::Header,
                         Reading::Idle if self.served > 0 && self.recv.is_empty() => Timer::Idle,
                         Reading::Idle => Timer::Header,
-                        Reading::Answering(_) => Timer::None,
+                        Reading::Answering(_) | Reading::Proxying(_) => Timer::None,
                     }
                 }
             }

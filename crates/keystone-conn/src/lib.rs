@@ -35,6 +35,7 @@
 mod answer;
 mod connection;
 mod file;
+mod proxy;
 mod read;
 mod stream;
 mod timer;
@@ -395,6 +396,44 @@ pub enum Answer<'p> {
         /// The path below the route's prefix.
         path: Span,
     },
+    /// Policy sent the request to an upstream (`ctx.upstream`): the answer
+    /// is what [`Policy::proxy_head`] and [`Policy::proxy_body`] give once
+    /// [`Event::Upstream`] says there is progress.
+    Proxy,
+}
+
+/// The upstream's answer to a proxied request, as far as it has come.
+#[derive(Debug)]
+pub enum ProxyHead<'p> {
+    /// Nothing yet: an [`Event::Upstream`] comes when there is.
+    Waiting,
+    /// The response head: its parsed form over `bytes`.
+    Ready {
+        /// The parsed head (spans index `bytes`).
+        head: &'p keystone_parser::ResponseHead,
+        /// The upstream's receive buffer.
+        bytes: &'p [u8],
+    },
+    /// No response will come: answer `status` (502, 504), already logged.
+    Failed {
+        /// The status for the client.
+        status: u16,
+    },
+}
+
+/// The next body bytes of a proxied response.
+#[derive(Debug)]
+pub enum ProxyBody<'p> {
+    /// Decoded body bytes; tell [`Policy::proxy_consumed`] how many were
+    /// taken.
+    Bytes(&'p [u8]),
+    /// None right now: an [`Event::Upstream`] comes when there are.
+    Waiting,
+    /// The body is complete.
+    End,
+    /// The body broke off (the upstream closed, reset or timed out
+    /// mid-body): the client must see it did not end.
+    Broken,
 }
 
 /// The app's policy for a connection: what to answer (router, Lua, static
@@ -434,6 +473,35 @@ pub trait Policy {
     /// Something to report (a stream aborted, a file shrank, a declared
     /// length that does not match).
     fn log(&mut self, level: Level, message: std::fmt::Arguments<'_>);
+
+    /// The upstream's answer to the request connection `slot` proxied
+    /// ([`Answer::Proxy`]). A policy that never proxies keeps the default.
+    fn proxy_head(&mut self, slot: u32) -> ProxyHead<'_> {
+        let _ = slot;
+        ProxyHead::Failed { status: 502 }
+    }
+
+    /// The head [`Policy::proxy_head`] gave is written: body bytes follow.
+    fn proxy_head_taken(&mut self, slot: u32) {
+        let _ = slot;
+    }
+
+    /// The next body bytes for connection `slot`.
+    fn proxy_body(&mut self, slot: u32) -> ProxyBody<'_> {
+        let _ = slot;
+        ProxyBody::Broken
+    }
+
+    /// `n` of the bytes [`Policy::proxy_body`] gave were queued.
+    fn proxy_consumed(&mut self, slot: u32, n: u32) {
+        let _ = (slot, n);
+    }
+
+    /// Connection `slot` is done with its proxied request: answered, or
+    /// gone (the upstream side then closes what is still in progress).
+    fn proxy_done(&mut self, slot: u32) {
+        let _ = slot;
+    }
 }
 
 /// What the driver does next for a connection. Every intent is executed
@@ -562,6 +630,9 @@ pub enum Event {
     Closed,
     /// [`Connection::deadline`] has passed.
     Deadline,
+    /// The upstream of a proxied request progressed (its head, body bytes,
+    /// its end or its failure): ask policy again.
+    Upstream,
     /// The worker starts draining.
     Drain,
     /// The driver released what it held for an idle connection

@@ -41,7 +41,7 @@ impl Connection {
         loop {
             if self.phase != Phase::Open
                 || !matches!(self.tail, Tail::None)
-                || matches!(self.reading, Reading::Answering(_))
+                || matches!(self.reading, Reading::Answering(_) | Reading::Proxying(_))
             {
                 return;
             }

@@ -49,6 +49,15 @@ pub const RESPONSE_ARENA_BYTES: usize = 8 * 1024;
 /// Scratch for one percent-decoded query argument: an argument cannot be
 /// longer than the URI, whose default limit is 8 KiB.
 pub const SCRATCH_BYTES: usize = 8 * 1024;
+/// Request headers policy may set or remove for the upstream
+/// (`ctx.upstream_headers`); their bytes share the response arena. A
+/// gateway adds a few identity headers, never dozens.
+pub const UPSTREAM_HEADERS_MAX: usize = 32;
+/// The value span that marks a removal in `upstream_headers`.
+const REMOVED: Span = Span {
+    offset: 0,
+    len: u32::MAX,
+};
 
 const _: () = assert!(RESPONSE_HEADERS_MAX <= u16::MAX as usize);
 const _: () = assert!(RESPONSE_ARENA_BYTES <= u32::MAX as usize);
@@ -245,6 +254,24 @@ pub struct HttpExchange {
     /// value, [`HttpExchange::cookie`]); read by the prelude right after
     /// the call.
     pub found: Span,
+    // --- proxying (written by policy) ----------------------------------
+    /// The upstream pool the request goes to: 0 for none, else the pool's
+    /// index (in the app's sorted `upstreams`) plus one (`ctx.upstream`).
+    pub upstream: u32,
+    /// Valid entries in `upstream_headers`.
+    pub upstream_header_count: u32,
+    /// Length of `upstream_path`.
+    pub upstream_path_len: u32,
+    /// The target sent upstream (`ctx.upstream_path`): a Lua string the
+    /// prelude keeps alive until the next dispatch; null for the client's.
+    pub upstream_path: *const u8,
+    /// The balancing key (`ctx.upstream_key`), kept alive likewise.
+    pub upstream_key: *const u8,
+    /// Length of `upstream_key`.
+    pub upstream_key_len: u32,
+    /// Request headers set (value in the arena) or removed (value
+    /// `REMOVED`) for the upstream, in the order set; one per name.
+    pub upstream_headers: [ResponseHeader; UPSTREAM_HEADERS_MAX],
     /// Keeps the layout explicit (no implicit tail padding).
     pub _pad: u32,
 }
@@ -351,6 +378,13 @@ impl HttpExchange {
             scratch: [0; SCRATCH_BYTES],
             peer: PeerAddr::NONE,
             found: Span::EMPTY,
+            upstream: 0,
+            upstream_header_count: 0,
+            upstream_path_len: 0,
+            upstream_path: std::ptr::null(),
+            upstream_key: std::ptr::null(),
+            upstream_key_len: 0,
+            upstream_headers: [ResponseHeader::default(); UPSTREAM_HEADERS_MAX],
             _pad: 0,
         })
     }
@@ -404,6 +438,12 @@ impl HttpExchange {
         self.body_ptr = std::ptr::null();
         self.body_len = 0;
         self.peer = peer;
+        self.upstream = 0;
+        self.upstream_header_count = 0;
+        self.upstream_path = std::ptr::null();
+        self.upstream_path_len = 0;
+        self.upstream_key = std::ptr::null();
+        self.upstream_key_len = 0;
     }
 
     /// Ends the request: views become invalid and every `ctx` made for it
@@ -436,7 +476,7 @@ impl HttpExchange {
     }
 
     /// The request headers, as (name, value) byte pairs.
-    pub fn request_headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+    pub fn request_headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> + Clone + '_ {
         let spans: &[HeaderSpan] = if self.headers.is_null() {
             &[]
         } else {
@@ -478,6 +518,99 @@ impl HttpExchange {
             })
             .map(|header| (self.request_bytes(header.value), header.value));
         find_cookie(cookies, name)
+    }
+
+    /// The pool index `ctx.upstream` chose, if any.
+    pub fn upstream_pool(&self) -> Option<usize> {
+        (self.upstream > 0).then(|| self.upstream as usize - 1)
+    }
+
+    /// `ctx.upstream_path`, when policy set one.
+    pub fn upstream_path(&self) -> Option<&[u8]> {
+        // SAFETY: the prelude keeps the Lua string it stored here alive
+        // until the next dispatch, and the engine reads it before then.
+        (!self.upstream_path.is_null()).then(|| unsafe {
+            std::slice::from_raw_parts(self.upstream_path, self.upstream_path_len as usize)
+        })
+    }
+
+    /// `ctx.upstream_key` (empty when unset).
+    pub fn upstream_key(&self) -> &[u8] {
+        if self.upstream_key.is_null() {
+            return &[];
+        }
+        // SAFETY: as for `upstream_path`.
+        unsafe { std::slice::from_raw_parts(self.upstream_key, self.upstream_key_len as usize) }
+    }
+
+    /// Sets (`Some`) or removes (`None`) request header `name` for the
+    /// upstream (`ctx.upstream_headers[name]`), replacing an earlier write
+    /// of the same name. Hop-by-hop and framing headers are the engine's.
+    pub fn set_upstream_header(
+        &mut self,
+        name: &[u8],
+        value: Option<&[u8]>,
+    ) -> Result<(), HeaderError> {
+        if !valid_header_name(name) {
+            return Err(HeaderError::InvalidName);
+        }
+        if RESERVED_HEADERS
+            .iter()
+            .any(|r| name.eq_ignore_ascii_case(r))
+            || is_content_length(name)
+        {
+            return Err(HeaderError::Reserved);
+        }
+        if let Some(value) = value {
+            if !valid_header_value(value) {
+                return Err(HeaderError::InvalidValue);
+            }
+        }
+        let count = self.upstream_header_count as usize;
+        let mut kept = 0;
+        for index in 0..count {
+            let header = self.upstream_headers[index];
+            if !self.arena_bytes(header.name).eq_ignore_ascii_case(name) {
+                self.upstream_headers[kept] = header;
+                kept += 1;
+            }
+        }
+        self.upstream_header_count = kept as u32;
+        if kept >= UPSTREAM_HEADERS_MAX {
+            return Err(HeaderError::TooMany);
+        }
+        let start = self.arena_len as usize;
+        let value_len = value.map_or(0, <[u8]>::len);
+        let end = start + name.len() + value_len;
+        if end > RESPONSE_ARENA_BYTES {
+            return Err(HeaderError::ArenaFull);
+        }
+        self.arena[start..start + name.len()].copy_from_slice(name);
+        let value_span = match value {
+            Some(value) => {
+                self.arena[start + name.len()..end].copy_from_slice(value);
+                Span::new((start + name.len()) as u32, value.len() as u32)
+            }
+            None => REMOVED,
+        };
+        self.upstream_headers[kept] = ResponseHeader {
+            name: Span::new(start as u32, name.len() as u32),
+            value: value_span,
+        };
+        self.upstream_header_count += 1;
+        self.arena_len = end as u32;
+        Ok(())
+    }
+
+    /// Policy's upstream header writes: `(name, Some(value))` to set,
+    /// `(name, None)` to remove one the client sent.
+    pub fn upstream_overrides(&self) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> + Clone + '_ {
+        self.upstream_headers[..self.upstream_header_count as usize]
+            .iter()
+            .map(|header| {
+                let value = (header.value != REMOVED).then(|| self.arena_bytes(header.value));
+                (self.arena_bytes(header.name), value)
+            })
     }
 
     /// Index of the route parameter named `name`.

@@ -53,11 +53,42 @@ fn layout_is_pinned() {
         ("scratch", offset_of!(HttpExchange, scratch), 9512),
         ("peer", offset_of!(HttpExchange, peer), 17704),
         ("found", offset_of!(HttpExchange, found), 17724),
+        ("upstream", offset_of!(HttpExchange, upstream), 17732),
+        (
+            "upstream_header_count",
+            offset_of!(HttpExchange, upstream_header_count),
+            17736,
+        ),
+        (
+            "upstream_path_len",
+            offset_of!(HttpExchange, upstream_path_len),
+            17740,
+        ),
+        (
+            "upstream_path",
+            offset_of!(HttpExchange, upstream_path),
+            17744,
+        ),
+        (
+            "upstream_key",
+            offset_of!(HttpExchange, upstream_key),
+            17752,
+        ),
+        (
+            "upstream_key_len",
+            offset_of!(HttpExchange, upstream_key_len),
+            17760,
+        ),
+        (
+            "upstream_headers",
+            offset_of!(HttpExchange, upstream_headers),
+            17764,
+        ),
     ];
     for (name, actual, expected) in offsets {
         assert_eq!(actual, expected, "offset of {name}");
     }
-    assert_eq!(size_of::<HttpExchange>(), 17736);
+    assert_eq!(size_of::<HttpExchange>(), 18280);
 }
 
 fn parse(request: &[u8], head: &mut Head) {

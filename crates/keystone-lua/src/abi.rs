@@ -225,6 +225,37 @@ unsafe extern "C" fn remove_header(ex: *mut HttpExchange, name: *const u8, len: 
     result_code(ex.remove_header(name))
 }
 
+/// Sets request header `name` for the upstream to `value`, or removes it
+/// when `value` is null (`ctx.upstream_headers[name] = nil`); 0, or a
+/// negative [`HeaderError`] code.
+///
+/// # Safety
+/// The prelude (`prelude.lua`, through `ks_set_fn`) guarantees:
+/// - `ex` is the worker's exchange: the one address `LuaWorker` handed the
+///   prelude at load, which stays valid for the life of the Lua state (the
+///   state is closed before the exchange is freed).
+/// - No Rust reference to that exchange is alive while Lua runs: Lua is
+///   entered only at load and through `LuaWorker`'s `&mut self` methods
+///   (`run`, `pull`, `pin_body`), so the `&mut HttpExchange` made here for
+///   the call is the only one.
+/// - `name` and a non-null `value` point at `name_len` and `value_len`
+///   readable bytes that stay alive for the call: the data of Lua strings
+///   the prelude passes (a zero length never reads its pointer); a null
+///   `value` is never read.
+unsafe extern "C" fn set_upstream_header(
+    ex: *mut HttpExchange,
+    name: *const u8,
+    name_len: usize,
+    value: *const u8,
+    value_len: usize,
+) -> i32 {
+    // SAFETY: the prelude passes its exchange and live Lua strings.
+    let (ex, name) = unsafe { (exchange(ex), bytes(name, name_len)) };
+    // SAFETY: as above; null means a removal and is not read.
+    let value = (!value.is_null()).then(|| unsafe { bytes(value, value_len) });
+    result_code(ex.set_upstream_header(name, value))
+}
+
 /// Replaces the response headers named `name` with one `name: value`; 0, or a
 /// negative [`HeaderError`] code.
 ///
@@ -306,7 +337,11 @@ pub(crate) fn functions(lua: &Lua) -> mlua::Result<Table> {
     for (name, f) in finds {
         table.set(name, pointer(f as usize))?;
     }
-    let sets: [(&str, SetFn); 2] = [("set_header", set_header), ("add_header", add_header)];
+    let sets: [(&str, SetFn); 3] = [
+        ("set_header", set_header),
+        ("add_header", add_header),
+        ("set_upstream_header", set_upstream_header),
+    ];
     for (name, f) in sets {
         table.set(name, pointer(f as usize))?;
     }
@@ -346,7 +381,7 @@ unsafe extern "C" fn wants_trace(ex: *mut HttpExchange, message: *const u8, len:
 /// against its `ffi.cdef` so the two declarations cannot drift.
 pub(crate) fn layout(lua: &Lua) -> mlua::Result<Table> {
     let offsets = lua.create_table()?;
-    let fields: [(&str, usize); 24] = [
+    let fields: [(&str, usize); 31] = [
         ("generation", offset_of!(HttpExchange, generation)),
         ("worker", offset_of!(HttpExchange, worker)),
         ("base", offset_of!(HttpExchange, base)),
@@ -377,6 +412,25 @@ pub(crate) fn layout(lua: &Lua) -> mlua::Result<Table> {
         ("scratch", offset_of!(HttpExchange, scratch)),
         ("peer", offset_of!(HttpExchange, peer)),
         ("found", offset_of!(HttpExchange, found)),
+        ("upstream", offset_of!(HttpExchange, upstream)),
+        (
+            "upstream_header_count",
+            offset_of!(HttpExchange, upstream_header_count),
+        ),
+        (
+            "upstream_path_len",
+            offset_of!(HttpExchange, upstream_path_len),
+        ),
+        ("upstream_path", offset_of!(HttpExchange, upstream_path)),
+        ("upstream_key", offset_of!(HttpExchange, upstream_key)),
+        (
+            "upstream_key_len",
+            offset_of!(HttpExchange, upstream_key_len),
+        ),
+        (
+            "upstream_headers",
+            offset_of!(HttpExchange, upstream_headers),
+        ),
     ];
     for (name, offset) in fields {
         offsets.set(name, offset)?;

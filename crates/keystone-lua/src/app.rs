@@ -276,7 +276,12 @@ impl LoadedApp {
         let statics = app.statics;
         let upstreams = app.upstreams;
         let (router, routes, handlers) = compile_routes(&lua, source, app.routes, &statics)?;
-        register.call::<()>(handlers).map_err(engine)?;
+        let pool_names = lua
+            .create_sequence_from(upstreams.iter().map(|pool| pool.name.as_str()))
+            .map_err(engine)?;
+        register
+            .call::<()>((handlers, pool_names))
+            .map_err(engine)?;
         if let Some(init_worker) = app.init_worker {
             init_worker
                 .call::<()>(worker)

@@ -10,8 +10,9 @@
 
 local ffi = require("ffi")
 local debug_traceback = debug.traceback
-local setmetatable, rawget, type, tostring, tonumber, error, xpcall, pairs, ipairs =
-    setmetatable, rawget, type, tostring, tonumber, error, xpcall, pairs, ipairs
+local setmetatable, rawget, rawset, type, tostring, tonumber, error, xpcall, pairs, ipairs =
+    setmetatable, rawget, rawset, type, tostring, tonumber, error, xpcall, pairs, ipairs
+local concat = table.concat
 local floor = math.floor
 local format = string.format
 -- HeaderError::InvalidContentLength's code; its message names the value
@@ -52,6 +53,13 @@ typedef struct {
   char scratch[8192];
   ks_peer peer;
   ks_span found;
+  uint32_t upstream;
+  uint32_t upstream_header_count;
+  uint32_t upstream_path_len;
+  const char *upstream_path;
+  const char *upstream_key;
+  uint32_t upstream_key_len;
+  ks_header upstream_headers[32];
   uint32_t _pad;
 } HttpExchange;
 typedef int32_t (*ks_find_fn)(HttpExchange *, const char *, size_t);
@@ -77,12 +85,17 @@ return function(ex_addr, fns, layout, messages)
   local remove_header = ffi.cast("ks_find_fn", fns.remove_header)
   local wants_trace = ffi.cast("ks_find_fn", fns.wants_trace)
   local set_header = ffi.cast("ks_set_fn", fns.set_header)
+  local set_upstream_header = ffi.cast("ks_set_fn", fns.set_upstream_header)
   local add_header = ffi.cast("ks_set_fn", fns.add_header)
 
   local GEN = {} -- private key: the generation a ctx or proxy was made for
   local BODY_INLINE, BODY_FILE, BODY_STREAM = 0, 1, 2 -- keystone_exchange::BodyKind
   local handlers = {}
   local current_body, cur_params, cur_args, cur_request, cur_headers, cur_request_headers, cur_cookies
+  -- Proxying: the pool names (index + 1 is what ex.upstream holds), and the
+  -- strings handed to the engine, kept alive until the next dispatch.
+  local upstream_index, upstream_names = {}, {}
+  local cur_upstream_path, cur_upstream_key, cur_upstream_headers
 
   local function expired()
     error("exchange expired: ctx was kept beyond the request it was made for", 3)
@@ -211,6 +224,38 @@ return function(ex_addr, fns, layout, messages)
     return cur_headers
   end
 
+  -- ctx.upstream_headers: request headers set (or, with nil, removed) for
+  -- the upstream. Write-only but for what policy itself set.
+  local upstream_headers_mt = {
+    __metatable = false,
+    __index = function(t, k)
+      if rawget(t, GEN) ~= ex.generation then expired() end
+      check_name("ctx.upstream_headers", k)
+      return rawget(t, "\0" .. k:lower())
+    end,
+    __newindex = function(t, k, v)
+      if rawget(t, GEN) ~= ex.generation then expired() end
+      check_name("ctx.upstream_headers", k)
+      local rc
+      if v == nil then
+        rc = set_upstream_header(ex, k, #k, nil, 0)
+      else
+        local value = set_one(k, v)
+        rc = set_upstream_header(ex, k, #k, value, #value)
+        v = value
+      end
+      if rc < 0 then header_error(rc, k, v) end
+      rawset(t, "\0" .. k:lower(), v)
+    end,
+  }
+
+  local function check_target(what, v)
+    if type(v) ~= "string" then
+      error(what .. " must be a string, got " .. type(v), 4)
+    end
+    return v
+  end
+
   local getters = {
     method = request_fields.method,
     path = request_fields.path,
@@ -236,6 +281,16 @@ return function(ex_addr, fns, layout, messages)
     cookies = function()
       if not cur_cookies then cur_cookies = proxy(cookies_mt) end
       return cur_cookies
+    end,
+    upstream = function()
+      if ex.upstream == 0 then return nil end
+      return upstream_names[ex.upstream]
+    end,
+    upstream_path = function() return cur_upstream_path end,
+    upstream_key = function() return cur_upstream_key end,
+    upstream_headers = function()
+      if not cur_upstream_headers then cur_upstream_headers = proxy(upstream_headers_mt) end
+      return cur_upstream_headers
     end,
     request = function()
       if not cur_request then cur_request = proxy(request_mt) end
@@ -278,6 +333,41 @@ return function(ex_addr, fns, layout, messages)
         ex.body_ptr = bytes
         ex.body_len = #bytes
       end
+    end,
+    upstream = function(v)
+      if v == nil then ex.upstream = 0 return end
+      local index = upstream_index[v]
+      if index == nil then
+        local known = concat(upstream_names, ", ")
+        if known == "" then known = "none: the app table declares no upstreams" end
+        error("ctx.upstream: no upstream named '" .. tostring(v) .. "' (known: " .. known .. ")", 3)
+      end
+      ex.upstream = index
+    end,
+    upstream_path = function(v)
+      if v == nil then
+        cur_upstream_path, ex.upstream_path, ex.upstream_path_len = nil, nil, 0
+        return
+      end
+      check_target("ctx.upstream_path", v)
+      -- A target the engine writes as is: origin-form, visible ASCII.
+      if v:sub(1, 1) ~= "/" or v:find("[%z\1-\32\127-\255]") then
+        error("ctx.upstream_path must start with '/' and hold only visible ASCII (percent-encode the rest), got '" .. v .. "'", 3)
+      end
+      cur_upstream_path = v
+      ex.upstream_path = v
+      ex.upstream_path_len = #v
+    end,
+    upstream_key = function(v)
+      if type(v) == "number" then v = tostring(v) end
+      if v == nil then
+        cur_upstream_key, ex.upstream_key, ex.upstream_key_len = nil, nil, 0
+        return
+      end
+      check_target("ctx.upstream_key", v)
+      cur_upstream_key = v
+      ex.upstream_key = v
+      ex.upstream_key_len = #v
     end,
     headers = function(v)
       if type(v) ~= "table" then
@@ -328,6 +418,7 @@ return function(ex_addr, fns, layout, messages)
   local function dispatch(index)
     current_body, cur_params, cur_args, cur_request, cur_headers, cur_request_headers, cur_cookies =
         nil, nil, nil, nil, nil, nil, nil
+    cur_upstream_path, cur_upstream_key, cur_upstream_headers = nil, nil, nil
     local ctx = setmetatable({ [GEN] = ex.generation }, ctx_mt)
     local ok, err = xpcall(handlers[index], traceback, ctx)
     last_body = current_body
@@ -338,8 +429,15 @@ return function(ex_addr, fns, layout, messages)
     return true
   end
 
-  local function register(list)
+  -- The handlers, and the app's upstream pool names in the engine's order
+  -- (sorted): ctx.upstream = names[i] stores i.
+  local function register(list, pools)
     handlers = list
+    upstream_index, upstream_names = {}, {}
+    for i, name in ipairs(pools) do
+      upstream_index[name] = i
+      upstream_names[i] = name
+    end
   end
 
   local pulled = {}

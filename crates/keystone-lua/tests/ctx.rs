@@ -394,3 +394,47 @@ fn ctx_cookies() {
     };
     assert!(error.contains("ctx.cookies is read-only"), "{error}");
 }
+
+#[test]
+fn ctx_upstream_fields() {
+    let mut app = load(
+        r#"return {
+          upstreams = { api = { peers = { "127.0.0.1:9001" } }, auth = { peers = { "127.0.0.1:9002" } } },
+          routes = {
+            ["GET /p"] = function(ctx)
+              ctx.upstream = "auth"
+              ctx.upstream_path = "/v2/users?id=7"
+              ctx.upstream_key = 42
+              ctx.upstream_headers["X-User"] = "alice"
+              ctx.upstream_headers["Cookie"] = nil
+              ctx.upstream_headers["X-User"] = "bob"
+              ctx.body = tostring(ctx.upstream) .. "|" .. ctx.upstream_path .. "|" .. ctx.upstream_key
+                .. "|" .. ctx.upstream_headers["x-user"]
+            end,
+            ["GET /none"] = function(ctx) ctx.body = tostring(ctx.upstream) end,
+            ["GET /unknown"] = function(ctx) ctx.upstream = "nope" end,
+            ["GET /bad-path"] = function(ctx) ctx.upstream_path = "no-slash" end,
+            ["GET /crlf-path"] = function(ctx) ctx.upstream_path = "/a\r\nX: y" end,
+            ["GET /bad-header"] = function(ctx) ctx.upstream_headers["X-A"] = "a\r\nb" end,
+            ["GET /reserved"] = function(ctx) ctx.upstream_headers["Transfer-Encoding"] = "chunked" end,
+          },
+        }"#,
+    );
+    let response = run(&mut app, b"GET /p HTTP/1.1\r\nHost: h\r\n\r\n").unwrap();
+    assert_eq!(response.body, "auth|/v2/users?id=7|42|bob");
+    let response = run(&mut app, b"GET /none HTTP/1.1\r\nHost: h\r\n\r\n").unwrap();
+    assert_eq!(response.body, "nil");
+    for (path, message) in [
+        ("/unknown", "no upstream named 'nope' (known: api, auth)"),
+        ("/bad-path", "ctx.upstream_path must start with '/'"),
+        ("/crlf-path", "ctx.upstream_path must start with '/'"),
+        ("/bad-header", "X-A"),
+        ("/reserved", "Transfer-Encoding"),
+    ] {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: h\r\n\r\n");
+        let Err(error) = run(&mut app, request.as_bytes()) else {
+            panic!("{path} must fail");
+        };
+        assert!(error.contains(message), "{path}: {error}");
+    }
+}

@@ -83,7 +83,7 @@ fn app_fields_are_checked() {
         ),
         (
             "return { routes = {}, allow_c_module = { 'cjson' } }",
-            "unknown field \"allow_c_module\" (known: routes, init_worker, rocks_trees, allow_c_modules, static)",
+            "unknown field \"allow_c_module\" (known: routes, init_worker, rocks_trees, allow_c_modules, static, upstreams)",
         ),
         (
             "return { routes = {}, static = 'public' }",

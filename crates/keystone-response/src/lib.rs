@@ -362,7 +362,9 @@ fn head_suffix(w: &mut Writer<'_>, spec: &HeadSpec<'_>, has_content_type: bool) 
     // none either, as nginx does, since we do not know the selected
     // representation's length.
     if spec.status != 204 && spec.status != 304 {
-        if !has_content_type {
+        // An empty default means none (a proxied answer keeps the
+        // upstream's choice, even no Content-Type at all).
+        if !has_content_type && !spec.default_content_type.is_empty() {
             w.header(b"Content-Type", spec.default_content_type);
         }
         match spec.length {

@@ -175,6 +175,11 @@ pub struct UpstreamConn {
     receiving: bool,
     /// The upstream sent more than the framing said: never reuse it.
     poisoned: bool,
+    /// Idle in a pool: a receive stays armed as a probe, so an upstream
+    /// that closes an idle connection is noticed before it is reused.
+    pooled: bool,
+    /// Request bytes went out (a retry elsewhere would need them again).
+    sent_any: bool,
 }
 
 impl UpstreamConn {
@@ -194,6 +199,8 @@ impl UpstreamConn {
             sending: false,
             receiving: false,
             poisoned: false,
+            pooled: false,
+            sent_any: false,
         }
     }
 
@@ -204,6 +211,7 @@ impl UpstreamConn {
             matches!(self.phase, Phase::Idle),
             "request buffer while busy"
         );
+        self.pooled = false;
         &mut self.send
     }
 
@@ -223,11 +231,46 @@ impl UpstreamConn {
         self.ready = 0;
         self.body_left = BodyLeft::None;
         self.poisoned = false;
+        self.pooled = false;
+        self.sent_any = false;
+    }
+
+    /// After a failure before any request byte went out (a refused or
+    /// timed-out connect): the same request, on a new connection to
+    /// another peer. `false` when that is not possible.
+    pub fn retry_fresh(&mut self) -> bool {
+        let failed_early =
+            matches!(self.phase, Phase::Failed(failure) if failure.before_any_response());
+        if !failed_early || self.sent_any || self.busy() || self.send.is_empty() {
+            return false;
+        }
+        self.recv.reset_for_reuse();
+        self.head.head_len = 0;
+        self.any_byte = false;
+        self.ready = 0;
+        self.phase = Phase::Connecting { asked: false };
+        true
+    }
+
+    /// Forgets everything (the socket is being closed): the buffers are
+    /// emptied for the next connection. Nothing may be in flight.
+    pub fn discard(&mut self) {
+        assert!(!self.busy(), "discard with an operation in flight");
+        self.send.reset_for_reuse();
+        self.recv.reset_for_reuse();
+        self.head.head_len = 0;
+        self.ready = 0;
+        self.phase = Phase::Idle;
+        self.pooled = false;
     }
 
     /// The next operation, if any. Call until `None` after every event.
     pub fn poll(&mut self) -> Option<UpstreamIntent> {
         match self.phase {
+            Phase::Idle if self.pooled && !self.receiving => {
+                self.receiving = true;
+                Some(UpstreamIntent::Recv(self.recv.lend_spare()))
+            }
             Phase::Connecting { asked: false } => {
                 self.phase = Phase::Connecting { asked: true };
                 Some(UpstreamIntent::Connect)
@@ -291,6 +334,7 @@ impl UpstreamConn {
                     unreachable!("the upstream machine only sends its own buffer")
                 };
                 let sent = u32::try_from(result).unwrap_or(0);
+                self.sent_any |= sent > 0;
                 self.send.return_unsent(loan, sent.min(self.send.len()));
                 if result < 0 && matches!(self.phase, Phase::AwaitingHead) && !self.any_byte {
                     self.phase = Phase::Failed(Failure::SendFailed(-result));
@@ -300,6 +344,15 @@ impl UpstreamConn {
                 self.receiving = false;
                 let received = u32::try_from(result).unwrap_or(0);
                 self.recv.return_spare(buf, received);
+                if self.phase == Phase::Idle {
+                    // The pooled connection's probe: bytes nobody asked
+                    // for, or a close. Either way it is done.
+                    self.pooled = false;
+                    self.phase = Phase::Failed(Failure::ClosedBeforeHead {
+                        any_byte: received > 0,
+                    });
+                    return;
+                }
                 match result {
                     n if n > 0 => {
                         self.any_byte = true;
@@ -488,8 +541,14 @@ impl UpstreamConn {
             "pooling an unusable connection"
         );
         self.phase = Phase::Idle;
+        self.pooled = true;
         self.head.head_len = 0;
         debug_assert!(self.recv.is_empty() && self.send.is_empty());
+    }
+
+    /// Whether the connection sits in a pool (its probe may be armed).
+    pub fn is_pooled(&self) -> bool {
+        self.pooled && self.phase == Phase::Idle
     }
 }
 

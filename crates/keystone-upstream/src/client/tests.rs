@@ -404,3 +404,98 @@ fn a_slow_client_holds_the_upstream_to_one_buffer() {
     upstream.consume_body(rest);
     assert!(matches!(upstream.poll(), Some(UpstreamIntent::Recv(_))));
 }
+
+#[test]
+fn a_pooled_connection_notices_its_upstream_closing() {
+    let mut upstream = conn();
+    let got = run(
+        &mut upstream,
+        GET,
+        Some(0),
+        &[Step::Bytes(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")],
+        false,
+    );
+    assert_eq!(got.outcome, Some(Ok(true)));
+    upstream.reset_for_pool();
+    assert!(upstream.is_pooled());
+    // The probe: the upstream's keep-alive timeout closes it.
+    let Some(UpstreamIntent::Recv(loan)) = upstream.poll() else {
+        panic!("no probe")
+    };
+    upstream.on(UpstreamEvent::Received {
+        buf: loan,
+        result: 0,
+    });
+    assert!(matches!(
+        upstream.outcome(),
+        Some(Err(Failure::ClosedBeforeHead { any_byte: false }))
+    ));
+    upstream.discard();
+
+    // Reused while the probe is armed: the probe's bytes are the answer.
+    let got = run(
+        &mut upstream,
+        GET,
+        Some(0),
+        &[Step::Bytes(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na",
+        )],
+        false,
+    );
+    assert_eq!(got.outcome, Some(Ok(true)));
+    upstream.reset_for_pool();
+    let Some(UpstreamIntent::Recv(mut probe)) = upstream.poll() else {
+        panic!("no probe")
+    };
+    upstream.request_buffer().append(GET).unwrap();
+    upstream.start(true, false);
+    let Some(UpstreamIntent::Send(buf)) = upstream.poll() else {
+        panic!("no send")
+    };
+    let len = buf.ptr_len().1 as i32;
+    upstream.on(UpstreamEvent::Sent { buf, result: len });
+    assert!(upstream.poll().is_none(), "the probe is the receive");
+    let answer = b"HTTP/1.1 204 No Content\r\n\r\n";
+    probe.as_mut_slice()[..answer.len()].copy_from_slice(answer);
+    upstream.on(UpstreamEvent::Received {
+        buf: probe,
+        result: answer.len() as i32,
+    });
+    upstream.take_head();
+    assert_eq!(upstream.outcome(), Some(Ok(true)));
+}
+
+#[test]
+fn a_refused_connect_can_be_retried_with_the_same_request() {
+    let mut upstream = conn();
+    let got = run(&mut upstream, GET, Some(-111), &[], false);
+    assert_eq!(got.outcome, Some(Err(Failure::Refused)));
+    assert!(upstream.retry_fresh());
+    let mut sent = Vec::new();
+    let Some(UpstreamIntent::Connect) = upstream.poll() else {
+        panic!()
+    };
+    upstream.on(UpstreamEvent::Connected { result: 0 });
+    let Some(UpstreamIntent::Send(buf)) = upstream.poll() else {
+        panic!()
+    };
+    if let SendBuf::Buffer(loan) = &buf {
+        sent.extend_from_slice(loan.as_slice());
+    }
+    assert_eq!(sent, GET, "the whole request, again");
+    let len = buf.ptr_len().1 as i32;
+    upstream.on(UpstreamEvent::Sent { buf, result: len });
+    // Once bytes went out, no retry elsewhere.
+    let Some(UpstreamIntent::Recv(loan)) = upstream.poll() else {
+        panic!()
+    };
+    upstream.on(UpstreamEvent::Received {
+        buf: loan,
+        result: 0,
+    });
+    assert!(matches!(
+        upstream.outcome(),
+        Some(Err(Failure::ClosedBeforeHead { .. }))
+    ));
+    assert!(!upstream.retry_fresh());
+}

@@ -1,0 +1,295 @@
+//! Proxied answers: the request went upstream ([`Answer::Proxy`]); when the
+//! upstream's head arrives ([`Event::Upstream`], then
+//! [`Policy::proxy_head`]) it is re-framed for this client — hop-by-hop
+//! fields dropped, `Server` and `Date` the engine's, the body delimited by
+//! a length, chunked for HTTP/1.1, or by close for HTTP/1.0 — and the body
+//! is taken from the upstream only as the socket drains, like a stream's
+//! chunks ([`Policy::proxy_body`]). An upstream body that breaks off closes
+//! the connection without a terminating chunk: the client never sees a
+//! false end.
+//!
+//! [`Answer::Proxy`]: crate::Answer::Proxy
+//! [`Event::Upstream`]: crate::Event::Upstream
+
+use std::time::Instant;
+
+use keystone_parser::{ResponseBody, ResponseHead};
+use keystone_response::{
+    has_body, write_head_spec, BodyLength, Encoder, Framing, HeadSpec, FRAME_OVERHEAD_BYTES,
+};
+use keystone_ringbuf::Span;
+
+use crate::answer::Commit;
+use crate::connection::{Phase, Reading, Tail};
+use crate::read::Complete;
+use crate::stream::RequestLabel;
+use crate::{Connection, Context, Level, Policy, ProxyBody, ProxyHead, STREAM_QUEUE_BYTES};
+
+/// A proxied request waiting for its upstream's head.
+#[derive(Debug)]
+pub(crate) struct PendingProxy {
+    body: Span,
+    total: u32,
+    framing: Framing,
+    started: Instant,
+}
+
+/// A proxied body being relayed.
+#[derive(Debug)]
+pub(crate) struct UpstreamTail {
+    encoder: Encoder,
+    label: RequestLabel,
+}
+
+/// Upstream header fields a client never gets from us as they came: they
+/// describe the upstream connection (RFC 9110 §7.6.1) or are the engine's
+/// to write (`Server`, `Date`, the framing).
+fn passes_to_client(name: &[u8], connection_names: &[&[u8]]) -> bool {
+    const ENGINE: [&[u8]; 9] = [
+        b"connection",
+        b"keep-alive",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"content-length",
+        b"date",
+        b"server",
+    ];
+    !(ENGINE
+        .iter()
+        .any(|engine| name.eq_ignore_ascii_case(engine))
+        || (name.len() >= 6 && name[..6].eq_ignore_ascii_case(b"proxy-"))
+        || connection_names
+            .iter()
+            .any(|named| name.eq_ignore_ascii_case(named)))
+}
+
+/// Fields the upstream's `Connection` header names (each dropped too);
+/// at most this many are honoured, which covers every real header.
+const CONNECTION_NAMES_MAX: usize = 8;
+
+impl Connection {
+    /// Policy took the request upstream: wait for the answer.
+    pub(crate) fn start_proxy(&mut self, complete: &Complete, framing: Framing, started: Instant) {
+        self.reading = Reading::Proxying(PendingProxy {
+            body: complete.body,
+            total: complete.total,
+            framing,
+            started,
+        });
+    }
+
+    /// The upstream progressed: commit its head, or relay more body.
+    pub(crate) fn on_upstream<P: Policy>(&mut self, cx: &mut Context<'_, P>) {
+        if matches!(self.reading, Reading::Proxying(_)) {
+            self.take_proxy_head(cx);
+        }
+        // A body tail is refilled by `poll` (the output side decides when).
+    }
+
+    fn take_proxy_head<P: Policy>(&mut self, cx: &mut Context<'_, P>) {
+        if !matches!(self.phase, Phase::Open | Phase::Finishing) {
+            return;
+        }
+        if matches!(cx.policy.proxy_head(self.slot), ProxyHead::Waiting) {
+            return;
+        }
+        let Reading::Proxying(pending) = std::mem::replace(&mut self.reading, Reading::Idle) else {
+            unreachable!("checked above")
+        };
+        // The head was parsed when the request was taken; other requests
+        // used the scratch since. Its bytes are unchanged: parse again.
+        let limits = cx.shared.config.limits;
+        let reparsed = cx.shared.parser.parse(
+            self.recv.unconsumed(),
+            self.recv.head(),
+            &limits,
+            &mut cx.shared.head,
+        );
+        assert_eq!(
+            reparsed,
+            Ok(keystone_parser::ParseStatus::Complete),
+            "a taken request parses again"
+        );
+        let label = RequestLabel::new(
+            cx.shared.head.method.slice(self.recv.filled()),
+            cx.shared.head.path.slice(self.recv.filled()),
+        );
+        let complete = Complete {
+            body: pending.body,
+            total: pending.total,
+        };
+        let framing = pending.framing;
+        let commit = match cx.policy.proxy_head(self.slot) {
+            ProxyHead::Waiting => unreachable!("the head was there"),
+            ProxyHead::Failed { status } => {
+                cx.policy.proxy_done(self.slot);
+                Commit {
+                    committed: self.queue_error(cx, status, None, framing),
+                    close: false,
+                }
+            }
+            ProxyHead::Ready { head, bytes } => {
+                let (encoder, length) = client_framing(head, bytes, framing);
+                let framing = Framing {
+                    keep_alive: framing.keep_alive && encoder.keeps_connection(),
+                    ..framing
+                };
+                let spec = HeadSpec {
+                    status: head.status,
+                    length,
+                    default_content_type: b"",
+                    extra: &[],
+                };
+                let mut named: [&[u8]; CONNECTION_NAMES_MAX] = [&[]; CONNECTION_NAMES_MAX];
+                let mut named_len = 0;
+                for header in head.headers() {
+                    if header.name.slice(bytes).eq_ignore_ascii_case(b"connection") {
+                        for token in header.value.slice(bytes).split(|&b| b == b',') {
+                            let token = keystone_parser::text::trim_ows(token);
+                            if !token.is_empty() && named_len < CONNECTION_NAMES_MAX {
+                                named[named_len] = token;
+                                named_len += 1;
+                            }
+                        }
+                    }
+                }
+                let headers = head
+                    .headers()
+                    .iter()
+                    .map(|header| (header.name.slice(bytes), header.value.slice(bytes)))
+                    .filter(|(name, _)| passes_to_client(name, &named[..named_len]));
+                let written = write_head_spec(
+                    &spec,
+                    headers,
+                    framing,
+                    &cx.shared.date,
+                    self.send.spare_mut(),
+                );
+                let relay =
+                    has_body(head.status, framing.head_request) && head.body != ResponseBody::None;
+                match written {
+                    Ok(committed) => {
+                        self.send.commit(committed.bytes as u32);
+                        cx.policy.proxy_head_taken(self.slot);
+                        if relay {
+                            self.tail = Tail::Upstream(UpstreamTail { encoder, label });
+                        } else {
+                            cx.policy.proxy_done(self.slot);
+                        }
+                        Commit {
+                            committed,
+                            close: !framing.keep_alive,
+                        }
+                    }
+                    Err(_) => {
+                        cx.policy.proxy_done(self.slot);
+                        Commit {
+                            committed: self.fail(
+                                cx,
+                                framing,
+                                format_args!("upstream response head too large to relay"),
+                            ),
+                            close: false,
+                        }
+                    }
+                }
+            }
+        };
+        self.finish_answer(cx, &complete, framing, commit, pending.started);
+        self.drive(cx);
+    }
+
+    /// Frames upstream body bytes into the send buffer until enough is
+    /// queued for the socket, the upstream has none right now, or the
+    /// body ends.
+    pub(crate) fn fill_upstream<P: Policy>(&mut self, cx: &mut Context<'_, P>) {
+        let slot = self.slot;
+        loop {
+            if self.send.spare() as usize <= FRAME_OVERHEAD_BYTES
+                || self.send.len() >= STREAM_QUEUE_BYTES
+            {
+                return;
+            }
+            let Tail::Upstream(tail) = &mut self.tail else {
+                unreachable!("fill without an upstream body")
+            };
+            match cx.policy.proxy_body(slot) {
+                ProxyBody::Bytes(bytes) => {
+                    let room = self.send.spare() as usize - FRAME_OVERHEAD_BYTES;
+                    let take = tail.encoder.admit(bytes.len().min(room)).take;
+                    let framed = tail.encoder.frame(&bytes[..take], self.send.spare_mut());
+                    self.send.commit(framed as u32);
+                    cx.policy.proxy_consumed(slot, take as u32);
+                }
+                ProxyBody::Waiting => return,
+                ProxyBody::End => {
+                    match tail.encoder.finish(self.send.spare_mut()) {
+                        Ok(framed) => self.send.commit(framed as u32),
+                        Err(short) => {
+                            let label = tail.label.clone();
+                            cx.policy.log(
+                                Level::Error,
+                                format_args!(
+                                    "{label}: upstream body ended after {} of its {} bytes; closing the connection",
+                                    short.sent, short.length
+                                ),
+                            );
+                            self.phase = Phase::Finishing;
+                        }
+                    }
+                    self.release_tail(cx);
+                    return;
+                }
+                ProxyBody::Broken => {
+                    // Logged by policy with the peer and the reason. What is
+                    // queued goes out, then the connection closes: no
+                    // terminating chunk, a length left short.
+                    self.release_tail(cx);
+                    self.phase = Phase::Finishing;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// A proxied request the connection gives up on (it aborts).
+    pub(crate) fn release_proxy<P: Policy>(&mut self, cx: &mut Context<'_, P>) {
+        if let Reading::Proxying(_) = self.reading {
+            self.reading = Reading::Idle;
+            cx.policy.proxy_done(self.slot);
+        }
+    }
+}
+
+/// How the client gets the upstream's body: the encoder, and what the head
+/// announces. A length stays a length; chunked and close-delimited bodies
+/// become chunked for HTTP/1.1 and close-delimited for HTTP/1.0. A bodiless
+/// answer to a HEAD keeps the upstream's `Content-Length` (the GET's size).
+fn client_framing(head: &ResponseHead, bytes: &[u8], framing: Framing) -> (Encoder, BodyLength) {
+    match head.body {
+        ResponseBody::Length(length) => {
+            let encoder = Encoder::for_stream(Some(length), framing.minor_version);
+            (encoder, BodyLength::Known(length))
+        }
+        ResponseBody::Chunked | ResponseBody::UntilClose => {
+            let encoder = Encoder::for_stream(None, framing.minor_version);
+            let length = encoder.body_length();
+            (encoder, length)
+        }
+        ResponseBody::None => {
+            let declared = head
+                .headers()
+                .iter()
+                .find(|h| h.name.slice(bytes).eq_ignore_ascii_case(b"content-length"))
+                .and_then(|h| keystone_parser::text::parse_decimal(h.value.slice(bytes)))
+                .filter(|_| framing.head_request)
+                .unwrap_or(0);
+            (
+                Encoder::for_stream(Some(0), framing.minor_version),
+                BodyLength::Known(declared),
+            )
+        }
+    }
+}
