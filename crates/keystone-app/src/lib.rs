@@ -16,13 +16,19 @@
 //! keystone-ebpf, keystone-server. It performs no I/O on the request path:
 //! log lines go to the function the worker gives it.
 
+mod proxy;
+
+pub use proxy::{Progress, UpstreamDone, UpstreamOp, Upstreams, UPSTREAM_CONNECTIONS_MAX};
+
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use keystone_conn::{Answer, Level, PinOwner, Pinned, Policy, Pulled, Request, Root};
+use keystone_conn::{
+    Answer, Level, PinOwner, Pinned, Policy, ProxyBody, ProxyHead, Pulled, Request, Root,
+};
 use keystone_exchange::HttpExchange;
 use keystone_lua::{
     AppSource, LoadedApp, LuaConfig, LuaWorker, Outcome, Pull, Pulse, STATIC_HANDLER_BASE,
@@ -30,8 +36,11 @@ use keystone_lua::{
 use keystone_ops::access_log::{self, AccessLog};
 use keystone_ops::error_log::LogLevel;
 use keystone_ops::stats::WorkerStats;
+use keystone_parser::BodyFraming;
 use keystone_response::Committed;
+use keystone_ringbuf::Span;
 use keystone_router::{RouteMiss, Router};
+use keystone_upstream::{write_forward_head, ForwardFraming, ForwardRequest};
 
 /// One line for the worker's log.
 #[derive(Clone, Copy, Debug)]
@@ -89,6 +98,12 @@ pub struct AppPolicy {
     /// The last answer bound the exchange (it is expired afterwards).
     bound: bool,
     log: Log,
+    /// The app's upstream pools and this worker's connections to them.
+    upstreams: Upstreams,
+    /// The pools as declared (kept to rebuild `upstreams`).
+    pool_configs: Vec<keystone_upstream::PoolConfig>,
+    /// The largest request body an upstream connection forwards.
+    body_limit: u64,
 }
 
 impl AppPolicy {
@@ -103,7 +118,11 @@ impl AppPolicy {
     ) -> Result<AppPolicy, String> {
         let mut next_root_id = 1;
         let (statics, files) = open_directories(&app, &mut next_root_id)?;
+        let upstreams = Upstreams::new(&app.upstreams, keystone_parser::MAX_BODY_BYTES_DEFAULT)?;
         Ok(AppPolicy {
+            upstreams,
+            pool_configs: app.upstreams.clone(),
+            body_limit: keystone_parser::MAX_BODY_BYTES_DEFAULT,
             worker,
             route_slots: stats.route_slots(&app.routes),
             router: app.router,
@@ -203,6 +222,11 @@ impl AppPolicy {
         let old_statics = std::mem::replace(&mut self.statics, statics);
         self.retired_directories = old_statics;
         self.retired_directories.push(old_files);
+        if !self.upstreams.reload(&app.upstreams) {
+            // The first pools of this worker: nothing was in flight.
+            self.upstreams = Upstreams::new(&app.upstreams, self.body_limit)?;
+        }
+        self.pool_configs = app.upstreams.clone();
         self.route_slots = self.stats.route_slots(&app.routes);
         self.router = app.router;
         self.states.insert(
@@ -216,11 +240,48 @@ impl AppPolicy {
         Ok(old)
     }
 
+    /// Upstream connections are made for bodies up to `max_body_bytes`
+    /// (the worker's `--max-body-bytes`); called before any traffic.
+    pub fn set_body_limit(&mut self, max_body_bytes: u64) -> Result<(), String> {
+        if self.upstreams.capacity() > 0 {
+            self.upstreams = Upstreams::new(self.upstream_configs(), max_body_bytes)?;
+        }
+        self.body_limit = max_body_bytes;
+        Ok(())
+    }
+
+    fn upstream_configs(&self) -> &[keystone_upstream::PoolConfig] {
+        &self.pool_configs
+    }
+
+    /// Upstream connections this worker may have (reactor owners).
+    pub fn upstream_capacity(&self) -> usize {
+        self.upstreams.capacity()
+    }
+
+    /// The next upstream operation to execute.
+    pub fn upstream_poll(&mut self) -> Option<(usize, UpstreamOp)> {
+        self.upstreams.poll()
+    }
+
+    /// An upstream operation completed.
+    pub fn upstream_complete(&mut self, index: usize, done: UpstreamDone, now: Instant) {
+        self.upstreams.complete(index, done, now);
+        flush_notes(&mut self.upstreams, self.log, self.worker, None);
+    }
+
+    /// The client connections whose upstream progressed.
+    pub fn upstream_wakes(&mut self, out: &mut Vec<u32>) {
+        self.upstreams.take_wakes(out);
+    }
+
     /// Once a second (the worker's tick): one summary line for each site
     /// whose failures were counted in a window that has passed — `GET
     /// /boom: handler failed: app.lua:7: boom — repeated 42,991 times in
     /// the last 1 s`.
     pub fn tick(&mut self, now: Instant) {
+        self.upstreams.tick(now);
+        flush_notes(&mut self.upstreams, self.log, self.worker, None);
         let (log, worker) = (self.log, self.worker);
         keystone_lua::take_repeated_errors(now, |repeats| {
             log(&LogLine {
@@ -328,10 +389,27 @@ impl Policy for AppPolicy {
         let outcome = self.states[0].lua.run(handler);
         self.pulse.leave_handler();
         match outcome {
-            Outcome::Done => Answer::Exchange {
-                files: Root {
-                    id: self.files.id,
-                    dir: self.files.fd.as_raw_fd(),
+            Outcome::Done => match self.states[0].lua.exchange().upstream_pool() {
+                Some(pool) => {
+                    let exchange = self.states[0].lua.exchange();
+                    let started = start_proxy(&mut self.upstreams, exchange, request, pool);
+                    flush_notes(&mut self.upstreams, self.log, self.worker, Some(request));
+                    match started {
+                        Ok(()) => {
+                            self.stats.proxied.add(1);
+                            Answer::Proxy
+                        }
+                        Err(status) => Answer::Canned {
+                            status,
+                            allow: None,
+                        },
+                    }
+                }
+                None => Answer::Exchange {
+                    files: Root {
+                        id: self.files.id,
+                        dir: self.files.fd.as_raw_fd(),
+                    },
                 },
             },
             Outcome::Failed { message } => {
@@ -440,6 +518,102 @@ impl Policy for AppPolicy {
             Level::Error => LogLevel::Error,
         };
         self.log_line(level, message);
+    }
+
+    fn proxy_head(&mut self, slot: u32) -> ProxyHead<'_> {
+        match self.upstreams.progress(slot) {
+            Progress::Waiting => ProxyHead::Waiting,
+            Progress::Head { head, bytes } => ProxyHead::Ready { head, bytes },
+            Progress::Failed { status } => ProxyHead::Failed { status },
+        }
+    }
+
+    fn proxy_head_taken(&mut self, slot: u32) {
+        self.upstreams.take_head(slot);
+    }
+
+    fn proxy_body(&mut self, slot: u32) -> ProxyBody<'_> {
+        match self.upstreams.body(slot) {
+            Ok([]) => ProxyBody::Waiting,
+            Ok(bytes) => ProxyBody::Bytes(bytes),
+            Err(true) => ProxyBody::End,
+            Err(false) => ProxyBody::Broken,
+        }
+    }
+
+    fn proxy_consumed(&mut self, slot: u32, n: u32) {
+        self.upstreams.consumed(slot, n);
+    }
+
+    fn proxy_done(&mut self, slot: u32) {
+        self.upstreams.done(slot, Instant::now());
+        flush_notes(&mut self.upstreams, self.log, self.worker, None);
+    }
+}
+
+/// Sends the request Lua routed to pool `pool` (the exchange is still
+/// bound: policy's target, key and headers are read now).
+fn start_proxy(
+    upstreams: &mut Upstreams,
+    exchange: &HttpExchange,
+    request: &Request<'_>,
+    pool: usize,
+) -> Result<(), u16> {
+    let head = request.head;
+    // The client's target in origin form: from the path to the end of the
+    // target (an absolute-form target loses its scheme and host).
+    let client_target = Span::new(head.path.offset, head.target.end() - head.path.offset);
+    let target = exchange
+        .upstream_path()
+        .unwrap_or_else(|| client_target.slice(request.bytes));
+    let body = request.body.slice(request.bytes);
+    let framing = match head.body {
+        BodyFraming::None => ForwardFraming::None,
+        _ => ForwardFraming::Length(body.len() as u64),
+    };
+    let forward = ForwardRequest {
+        method: request.method(),
+        target,
+        framing,
+        client: request.peer.map(|peer| peer.ip()),
+        proto: "http",
+        websocket: false,
+    };
+    let headers = head
+        .headers()
+        .iter()
+        .map(|h| (h.name.slice(request.bytes), h.value.slice(request.bytes)));
+    let overrides = exchange.upstream_overrides();
+    upstreams.start(
+        request.slot,
+        pool,
+        exchange.upstream_key(),
+        request.method() == b"HEAD",
+        request.started,
+        |buffer| {
+            let Ok(len) = write_forward_head(&forward, headers, overrides, buffer.spare_mut())
+            else {
+                return false;
+            };
+            buffer.commit(len as u32);
+            buffer.append(body).is_ok()
+        },
+    )
+}
+
+/// Writes what the upstream side noted (failures with peer and reason).
+fn flush_notes(upstreams: &mut Upstreams, log: Log, worker: u32, request: Option<&Request<'_>>) {
+    for note in upstreams.notes.drain(..) {
+        match request {
+            Some(request) => log_request(log, worker, request, format_args!("{note}")),
+            None => log(&LogLine {
+                level: LogLevel::Error,
+                worker,
+                route: None,
+                count: 1,
+                message: format_args!("{note}"),
+            }),
+        }
     }
 }
 

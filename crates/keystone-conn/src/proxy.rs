@@ -240,6 +240,13 @@ impl Connection {
                         }
                     }
                     self.release_tail(cx);
+                    // The end may come after the last bytes already went
+                    // out: then no send completes to move the connection
+                    // on, so it looks for the next request now.
+                    if self.phase == Phase::Open && self.send.is_empty() {
+                        self.queued = 0;
+                        self.drive(cx);
+                    }
                     return;
                 }
                 ProxyBody::Broken => {

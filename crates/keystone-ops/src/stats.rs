@@ -62,6 +62,8 @@ pub struct WorkerStats {
     pub routes: Box<[Counter]>,
     /// Requests served from static directories.
     pub static_files: Counter,
+    /// Requests handed to an upstream (`ctx.upstream`).
+    pub proxied: Counter,
     /// Receives that completed into a buffer registered with the ring
     /// (`READ_FIXED`).
     pub receives_registered: Counter,
@@ -93,6 +95,7 @@ impl Default for WorkerStats {
                 .map(|_| Counter::default())
                 .collect(),
             static_files: Counter::default(),
+            proxied: Counter::default(),
             receives_registered: Counter::default(),
             receives_plain: Counter::default(),
             registered_buffers: Counter::default(),
@@ -155,7 +158,7 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 type Read = fn(&WorkerStats) -> u64;
 
 /// Families that are one number summed over workers.
-const SUMMED: [(&str, &str, &str, Read); 11] = [
+const SUMMED: [(&str, &str, &str, Read); 12] = [
     (
         "keystone_received_bytes_total",
         "counter",
@@ -203,6 +206,12 @@ const SUMMED: [(&str, &str, &str, Read); 11] = [
         "counter",
         "Requests served from static directories.",
         |w| w.static_files.get(),
+    ),
+    (
+        "keystone_proxied_requests_total",
+        "counter",
+        "Requests handed to an upstream pool (ctx.upstream), summed over workers.",
+        |w| w.proxied.get(),
     ),
     (
         "keystone_receives_registered_total",
@@ -452,6 +461,9 @@ keystone_reloads_total 0
 # HELP keystone_static_requests_total Requests served from static directories.
 # TYPE keystone_static_requests_total counter
 keystone_static_requests_total 0
+# HELP keystone_proxied_requests_total Requests handed to an upstream pool (ctx.upstream), summed over workers.
+# TYPE keystone_proxied_requests_total counter
+keystone_proxied_requests_total 0
 # HELP keystone_receives_registered_total Receives completed into buffers registered with io_uring (READ_FIXED).
 # TYPE keystone_receives_registered_total counter
 keystone_receives_registered_total 0

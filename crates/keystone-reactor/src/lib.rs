@@ -567,6 +567,16 @@ impl Reactor {
         })
     }
 
+    /// Cancels every operation in flight on descriptor `fd`
+    /// (`IORING_OP_ASYNC_CANCEL` by fd, all matches): each completes with
+    /// `-ECANCELED` (or its own result, when it was finishing anyway). The
+    /// result is how many were found, or `-ENOENT` for none.
+    pub fn cancel_fd(&mut self, owner: Owner, fd: RawFd) -> OpId {
+        self.submit(owner, Op::Cancel, Storage::None, |_, _| {
+            opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(fd)).all()).build()
+        })
+    }
+
     /// A timeout that completes every `interval` until cancelled.
     pub fn tick(&mut self, owner: Owner, interval: Duration) -> OpId {
         let storage = Storage::Interval(types::Timespec::from(interval));

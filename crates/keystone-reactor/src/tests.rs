@@ -551,3 +551,32 @@ fn socket_and_connect_through_the_ring() {
         );
     }
 }
+
+#[test]
+fn cancel_fd_ends_every_operation_on_a_socket() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (_server, _) = listener.accept().unwrap();
+    let mut reactor = Reactor::new(8, 1).unwrap();
+    let mut slab = buffers(1, 64);
+    let recv = reactor.recv(0, client.as_raw_fd(), slab[0].lend_spare(), 16, None);
+    let cancel = reactor.cancel_fd(0, client.as_raw_fd());
+    let mut seen = (None, None);
+    let mut out = Vec::with_capacity(COMPLETIONS_PER_PUMP);
+    while seen.0.is_none() || seen.1.is_none() {
+        reactor.pump(&mut out).unwrap();
+        for done in out.drain(..) {
+            if done.id == recv {
+                seen.0 = Some(done.result);
+                let Op::Recv { buf, .. } = done.op else {
+                    panic!()
+                };
+                slab[0].return_spare(buf, 0);
+            } else if done.id == cancel {
+                seen.1 = Some(done.result);
+            }
+        }
+    }
+    assert_eq!(seen.0, Some(-libc::ECANCELED));
+    assert_eq!(seen.1, Some(1), "one operation found");
+}

@@ -16,7 +16,7 @@ use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
-use keystone_app::AppPolicy;
+use keystone_app::{AppPolicy, UpstreamDone, UpstreamOp, UPSTREAM_CONNECTIONS_MAX};
 use keystone_conn::{
     Config, Connection, Context, Event, FileMeta, Intent, Pipe, Shared, Timeouts, SEND_BUFFER_BYTES,
 };
@@ -30,6 +30,7 @@ use keystone_reactor::{
     TICK, WORKER,
 };
 use keystone_ringbuf::split_slab;
+use keystone_upstream::UpstreamEvent;
 
 use crate::log::Level;
 use crate::watchdog::Pulse;
@@ -203,6 +204,11 @@ struct Worker {
     draining_pipes: Vec<(OpId, Pipe, u32)>,
     completions: Vec<Done>,
     expired: Vec<u32>,
+    /// Reactor owners from here on are upstream connections
+    /// (`owner - upstream_base` is the policy's upstream slot).
+    upstream_base: u32,
+    /// Client connections an upstream woke (reused between turns).
+    woken: Vec<u32>,
 }
 
 impl Worker {
@@ -233,7 +239,7 @@ impl Worker {
             })
             .collect();
         let access = config.access_log.map(AccessLog::new);
-        let policy = AppPolicy::load(
+        let mut policy = AppPolicy::load(
             index,
             &config.app,
             &config.lua,
@@ -242,9 +248,13 @@ impl Worker {
             access,
             log_app,
         )?;
+        policy.set_body_limit(config.limits.max_body_bytes)?;
+        // Owners: the client slots, then every upstream connection the
+        // policy may make (a reload may add pools to an app without).
+        let owners = config.max_connections + UPSTREAM_CONNECTIONS_MAX as u32;
         let mut reactor = Reactor::with_sqpoll(
             RING_ENTRIES,
-            config.max_connections,
+            owners,
             config.sqpoll.then_some(SQPOLL_IDLE_MS),
         )
         .map_err(|e| format!("io_uring setup failed: {e}{}", memlock_hint(&e)))?;
@@ -307,6 +317,8 @@ impl Worker {
             draining_pipes: Vec::with_capacity(PIPES_PER_WORKER),
             completions: Vec::with_capacity(COMPLETIONS_PER_PUMP),
             expired: Vec::with_capacity(config.max_connections as usize),
+            upstream_base: config.max_connections,
+            woken: Vec::with_capacity(UPSTREAM_CONNECTIONS_MAX),
         })
     }
 
@@ -328,6 +340,7 @@ impl Worker {
                 self.complete(done);
             }
             self.completions = completions;
+            self.pump_upstreams();
             self.write_access_log(false);
         }
         self.write_log();
@@ -382,6 +395,9 @@ impl Worker {
     fn complete(&mut self, done: Done) {
         if done.owner == WORKER {
             return self.complete_worker(done);
+        }
+        if done.owner >= self.upstream_base {
+            return self.complete_upstream(done);
         }
         let index = done.owner as usize;
         let event = self.event_of(index, done);
@@ -597,6 +613,58 @@ impl Worker {
         self.live -= 1;
         self.stats.open.sub(1);
         self.arm_accepts();
+    }
+
+    // --- upstream connections (the policy's; executed here) ---------------
+
+    /// A completion of an upstream connection's operation.
+    fn complete_upstream(&mut self, done: Done) {
+        let index = (done.owner - self.upstream_base) as usize;
+        let result = done.result;
+        let done = match done.op {
+            Op::Socket => UpstreamDone::Socket { result },
+            Op::Connect => UpstreamDone::Event(UpstreamEvent::Connected { result }),
+            Op::Send { buf } => UpstreamDone::Event(UpstreamEvent::Sent { buf, result }),
+            Op::Recv { buf, .. } => UpstreamDone::Event(UpstreamEvent::Received { buf, result }),
+            Op::Cancel => UpstreamDone::Cancelled,
+            Op::Close => UpstreamDone::Closed,
+            other => unreachable!("{other:?} completed for an upstream connection"),
+        };
+        self.policy.upstream_complete(index, done, self.now);
+    }
+
+    /// Submits what the upstream side asks for and wakes the client
+    /// connections it made progress for, until neither has more (each
+    /// wake can free room an upstream was waiting for).
+    fn pump_upstreams(&mut self) {
+        loop {
+            while let Some((index, op)) = self.policy.upstream_poll() {
+                let owner = self.upstream_base + index as u32;
+                match op {
+                    UpstreamOp::Socket { addr } => self.reactor.socket(owner, addr),
+                    UpstreamOp::Connect { fd, addr } => self.reactor.connect(owner, fd, addr),
+                    UpstreamOp::Send { fd, buf } => self.reactor.send(owner, fd, buf),
+                    UpstreamOp::Recv { fd, buf } => {
+                        let len = buf.len();
+                        self.reactor.recv(owner, fd, buf, len, None)
+                    }
+                    UpstreamOp::Cancel { fd } => self.reactor.cancel_fd(owner, fd),
+                    UpstreamOp::Close { fd } => self.reactor.close(owner, fd),
+                };
+            }
+            let mut woken = std::mem::take(&mut self.woken);
+            self.policy.upstream_wakes(&mut woken);
+            if woken.is_empty() {
+                self.woken = woken;
+                return;
+            }
+            for client in woken.drain(..) {
+                let client = client as usize;
+                self.deliver(client, Event::Upstream);
+                self.settle(client);
+            }
+            self.woken = woken;
+        }
     }
 
     // --- the worker's own operations -----------------------------------

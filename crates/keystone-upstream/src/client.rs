@@ -282,7 +282,10 @@ impl UpstreamConn {
                         self.send.lend_unsent(),
                     )));
                 }
-                let wants_bytes = self.ready == 0 && !self.receiving;
+                // Nothing more is read while the head or body bytes wait
+                // for the client: that is the backpressure, and it keeps
+                // the buffer still while they are framed in place.
+                let wants_bytes = self.ready == 0 && !self.receiving && !self.head_pending();
                 if wants_bytes {
                     if self.recv.spare() == 0 {
                         self.recv.compact();
@@ -321,7 +324,9 @@ impl UpstreamConn {
     pub fn on(&mut self, event: UpstreamEvent) {
         match event {
             UpstreamEvent::Connected { result } => {
-                debug_assert_eq!(self.phase, Phase::Connecting { asked: true });
+                if self.phase != (Phase::Connecting { asked: true }) {
+                    return; // a connect that timed out, cancelled late
+                }
                 self.phase = match result {
                     0 => Phase::AwaitingHead,
                     r if r == -libc_errno::ECONNREFUSED => Phase::Failed(Failure::Refused),
@@ -430,7 +435,9 @@ impl UpstreamConn {
 
     /// Frames what follows the head (or earlier body bytes) in `recv`.
     fn frame_body(&mut self) {
-        if self.phase != Phase::Body || self.head_pending() {
+        // Framing moves bytes in place: never under a receive's loan (the
+        // receive's completion frames what it brought).
+        if self.phase != Phase::Body || self.head_pending() || self.receiving {
             return;
         }
         let available = self.recv.len() - self.ready;

@@ -1,0 +1,732 @@
+//! A worker's upstream side: its pools (a [`Balancer`] and idle
+//! connections per peer), its upstream connections ([`UpstreamConn`], one
+//! per slot), and which client connection each one serves. Sans-I/O like
+//! the connections it feeds: [`Upstreams::poll`] says what to execute,
+//! [`Upstreams::complete`] takes the completions, [`Upstreams::tick`] the
+//! clock; the client connections it made progress for are in
+//! [`Upstreams::take_wakes`].
+//!
+//! Policy, per nginx's `proxy_pass`: a failed connect (refused,
+//! unreachable, timed out) moves on to another peer, up to the pool's
+//! `retries`, and counts against the peer's health; a pooled connection
+//! the upstream closed is noticed by its probe receive and never reused;
+//! a response whose body was fully read on a keep-alive connection goes
+//! back to its peer's pool, at most `keepalive` per peer.
+
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::time::Instant;
+
+use keystone_ringbuf::{split_slab, RingBuffer, SendBuf, SpareLoan};
+use keystone_upstream::PoolConfig;
+use keystone_upstream::{
+    Balancer, Failure, NoPeer, Outcome, Tried, UpstreamConn, UpstreamEvent, UpstreamIntent,
+    FORWARDED_HEAD_MAX, RESPONSE_HEAD_MAX,
+};
+
+/// Upstream connections one worker keeps (in use and pooled together).
+/// Each has a send buffer sized for a forwarded head and a request body and
+/// a receive buffer for the response; both are address space until used
+/// and give their pages back when the connection closes.
+pub const UPSTREAM_CONNECTIONS_MAX: usize = 256;
+
+/// The response window: what one upstream connection buffers of its
+/// response before the client has taken it (the relay's backpressure).
+const RESPONSE_WINDOW_BYTES: u32 = 64 * 1024;
+const _: () = assert!(RESPONSE_WINDOW_BYTES >= RESPONSE_HEAD_MAX);
+
+/// An operation for the worker to execute for upstream connection `slot`.
+#[derive(Debug)]
+pub enum UpstreamOp {
+    /// Make a TCP socket for `addr`'s family (→ [`UpstreamDone::Socket`]).
+    Socket { addr: SocketAddr },
+    /// Connect `fd` to `addr` (→ [`UpstreamDone::Event`] `Connected`).
+    Connect { fd: RawFd, addr: SocketAddr },
+    /// Send (→ `Sent`).
+    Send { fd: RawFd, buf: SendBuf },
+    /// Receive (→ `Received`).
+    Recv { fd: RawFd, buf: SpareLoan },
+    /// Cancel everything in flight on `fd` (→ [`UpstreamDone::Cancelled`]).
+    Cancel { fd: RawFd },
+    /// Close (→ [`UpstreamDone::Closed`]).
+    Close { fd: RawFd },
+}
+
+/// A completion for upstream connection `slot`.
+#[derive(Debug)]
+pub enum UpstreamDone {
+    /// The socket: a descriptor or `-errno`.
+    Socket { result: i32 },
+    /// A connect, send or receive.
+    Event(UpstreamEvent),
+    /// The cancel completed.
+    Cancelled,
+    /// The close completed.
+    Closed,
+}
+
+/// How far a closing socket is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    /// Cancel what is in flight (or close, when nothing is).
+    Cancel,
+    /// The cancel is out; close once nothing is in flight.
+    Cancelling,
+    /// The close is out.
+    Closing,
+}
+
+/// Where an upstream slot is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SlotState {
+    Free,
+    /// The socket is to be made (`asked`: its op is out).
+    Socketing {
+        asked: bool,
+    },
+    /// Connected or connecting, serving a request or pooled.
+    Live,
+    /// The socket is being closed.
+    Closing(Stage),
+    /// The socket is closed; the client has not said it is done.
+    Dead,
+}
+
+struct Slot {
+    conn: UpstreamConn,
+    fd: Option<RawFd>,
+    state: SlotState,
+    pool: usize,
+    peer: usize,
+    /// The client connection served (`None`: pooled, or the client is done).
+    client: Option<u32>,
+    tried: Tried,
+    retries_left: u32,
+    /// Operations in flight.
+    in_flight: u32,
+    /// Since when the current wait runs (for the pool's timeouts).
+    waiting_since: Instant,
+    /// Counted in the balancer (`begin`) and not yet ended.
+    counted: bool,
+    /// The failure the client is told.
+    failure: Option<Failure>,
+    /// Once the socket closes, a new one is made (a retry on another peer).
+    then_retry: bool,
+    /// The peer's address (kept: a reload may replace the pools).
+    addr: SocketAddr,
+    /// The pool's connect, send and read timeouts, likewise.
+    timeouts: [std::time::Duration; 3],
+    /// The pools' generation the slot started under.
+    generation: u32,
+}
+
+/// One pool at runtime.
+struct Pool {
+    config: PoolConfig,
+    balancer: Balancer,
+    /// Pooled slots per peer, most recently used last.
+    idle: Vec<Vec<usize>>,
+}
+
+/// What a proxied request's client sees of its upstream.
+pub enum Progress<'a> {
+    /// Nothing yet.
+    Waiting,
+    /// The response head, over the upstream buffer's bytes.
+    Head {
+        head: &'a keystone_parser::ResponseHead,
+        bytes: &'a [u8],
+    },
+    /// No response will come.
+    Failed { status: u16 },
+}
+
+/// A worker's upstreams.
+pub struct Upstreams {
+    pools: Vec<Pool>,
+    slots: Vec<Slot>,
+    free: Vec<usize>,
+    /// Client slot → upstream slot.
+    by_client: Vec<Option<usize>>,
+    /// Slots whose machine may have something to do.
+    dirty: Vec<usize>,
+    /// Client connections to wake (`Event::Upstream`).
+    wakes: Vec<u32>,
+    /// Log lines to write.
+    pub(crate) notes: Vec<String>,
+    /// Bumped by a reload: slots of an older generation finish their
+    /// request and close, never going back to a pool.
+    generation: u32,
+}
+
+impl Upstreams {
+    /// The runtime of `pools` (none: no buffers are made). `request_bytes`
+    /// is the largest forwarded body (the client body limit).
+    pub fn new(pools: &[PoolConfig], request_bytes: u64) -> Result<Upstreams, String> {
+        let slots = if pools.is_empty() {
+            Vec::new()
+        } else {
+            let send_bytes = u32::try_from(request_bytes + FORWARDED_HEAD_MAX as u64)
+                .map_err(|_| "the body limit is too large to forward".to_string())?;
+            let sends = split_slab(UPSTREAM_CONNECTIONS_MAX as u32, send_bytes)
+                .map_err(|e| e.to_string())?;
+            let recvs = split_slab(UPSTREAM_CONNECTIONS_MAX as u32, RESPONSE_WINDOW_BYTES)
+                .map_err(|e| e.to_string())?;
+            let now = Instant::now();
+            sends
+                .into_iter()
+                .zip(recvs)
+                .map(|(send, recv)| Slot {
+                    conn: UpstreamConn::new(send, recv),
+                    fd: None,
+                    state: SlotState::Free,
+                    pool: 0,
+                    peer: 0,
+                    client: None,
+                    tried: Tried::default(),
+                    retries_left: 0,
+                    in_flight: 0,
+                    waiting_since: now,
+                    counted: false,
+                    failure: None,
+                    then_retry: false,
+                    addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+                    timeouts: [std::time::Duration::ZERO; 3],
+                    generation: 0,
+                })
+                .collect()
+        };
+        let free = (0..slots.len()).rev().collect();
+        Ok(Upstreams {
+            pools: pools
+                .iter()
+                .map(|config| Pool {
+                    balancer: Balancer::new(config),
+                    idle: vec![Vec::new(); config.peers.len()],
+                    config: config.clone(),
+                })
+                .collect(),
+            slots,
+            free,
+            by_client: Vec::new(),
+            dirty: Vec::with_capacity(UPSTREAM_CONNECTIONS_MAX * 2),
+            wakes: Vec::with_capacity(UPSTREAM_CONNECTIONS_MAX),
+            notes: Vec::new(),
+            generation: 0,
+        })
+    }
+
+    /// A reload's pools replace these for new requests. Requests in flight
+    /// finish on their connections (addresses and timeouts are theirs);
+    /// pooled connections close. `false` when the new app declares pools
+    /// but this worker was made without upstream connections (the caller
+    /// rebuilds it; nothing is in flight then).
+    pub fn reload(&mut self, pools: &[PoolConfig]) -> bool {
+        if !pools.is_empty() && self.slots.is_empty() {
+            return false;
+        }
+        for index in 0..self.slots.len() {
+            let slot = &self.slots[index];
+            if slot.state == SlotState::Live && slot.client.is_none() {
+                self.close(index);
+            }
+        }
+        self.pools = pools
+            .iter()
+            .map(|config| Pool {
+                balancer: Balancer::new(config),
+                idle: vec![Vec::new(); config.peers.len()],
+                config: config.clone(),
+            })
+            .collect();
+        self.generation += 1;
+        true
+    }
+
+    /// Whether slot `index` belongs to the current pools.
+    fn current(&self, index: usize) -> bool {
+        self.slots[index].generation == self.generation
+    }
+
+    /// Upstream connections (the worker's reactor needs an owner for each).
+    pub fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Starts a request for client `client` to pool `pool`: picks a peer,
+    /// takes a pooled connection or a free slot, and has `write` put the
+    /// forwarded request into its send buffer. `Err(status)` when nothing
+    /// can take it (the reason is in `notes`).
+    pub fn start(
+        &mut self,
+        client: u32,
+        pool: usize,
+        key: &[u8],
+        head_request: bool,
+        now: Instant,
+        write: impl FnOnce(&mut RingBuffer) -> bool,
+    ) -> Result<(), u16> {
+        let peer = match self.pools[pool].balancer.pick(key, &Tried::default(), now) {
+            Ok(peer) => peer,
+            Err(NoPeer) => {
+                let name = &self.pools[pool].config.name;
+                self.notes
+                    .push(format!("upstream {name}: no live peer; answering 502"));
+                return Err(502);
+            }
+        };
+        // A pooled connection whose probe has not fired, else a free slot.
+        let pooled = loop {
+            match self.pools[pool].idle[peer].pop() {
+                Some(index) if self.slots[index].conn.is_pooled() => break Some(index),
+                Some(index) => self.close(index),
+                None => break None,
+            }
+        };
+        let (index, connected) = match pooled
+            .map(|i| (i, true))
+            .or_else(|| self.free.pop().map(|i| (i, false)))
+        {
+            Some(found) => found,
+            None => {
+                let name = &self.pools[pool].config.name;
+                self.notes.push(format!(
+                    "upstream {name}: all {UPSTREAM_CONNECTIONS_MAX} upstream connections of this worker are busy; answering 502"
+                ));
+                return Err(502);
+            }
+        };
+        let slot = &mut self.slots[index];
+        if !write(slot.conn.request_buffer()) {
+            slot.conn.request_buffer().reset_for_reuse();
+            if connected {
+                self.close(index);
+            } else {
+                self.free.push(index);
+            }
+            let name = &self.pools[pool].config.name;
+            self.notes.push(format!(
+                "upstream {name}: the forwarded request does not fit its buffer; answering 502"
+            ));
+            return Err(502);
+        }
+        slot.pool = pool;
+        slot.peer = peer;
+        slot.client = Some(client);
+        slot.tried = Tried::default();
+        slot.tried.insert(peer);
+        slot.retries_left = self.pools[pool].config.retries;
+        slot.waiting_since = now;
+        slot.failure = None;
+        slot.then_retry = false;
+        slot.counted = true;
+        slot.generation = self.generation;
+        let config = &self.pools[pool].config;
+        slot.addr = config.peers[peer];
+        slot.timeouts = [
+            config.connect_timeout,
+            config.send_timeout,
+            config.read_timeout,
+        ];
+        self.pools[pool].balancer.begin(peer);
+        slot.conn.start(connected, head_request);
+        if !connected {
+            slot.state = SlotState::Socketing { asked: false };
+        }
+        let client_index = client as usize;
+        if self.by_client.len() <= client_index {
+            self.by_client.resize(client_index + 1, None);
+        }
+        self.by_client[client_index] = Some(index);
+        self.dirty.push(index);
+        Ok(())
+    }
+
+    /// The next operation to execute, with its upstream slot.
+    pub fn poll(&mut self) -> Option<(usize, UpstreamOp)> {
+        while let Some(&index) = self.dirty.last() {
+            let slot = &mut self.slots[index];
+            let op = match slot.state {
+                SlotState::Free | SlotState::Dead => None,
+                SlotState::Socketing { asked: false } if slot.in_flight == 0 => {
+                    slot.state = SlotState::Socketing { asked: true };
+                    Some(UpstreamOp::Socket { addr: slot.addr })
+                }
+                SlotState::Socketing { .. } => None,
+                SlotState::Closing(Stage::Cancel) => {
+                    let fd = slot.fd.expect("a closing slot has its socket");
+                    if slot.in_flight > 0 {
+                        slot.state = SlotState::Closing(Stage::Cancelling);
+                        Some(UpstreamOp::Cancel { fd })
+                    } else {
+                        slot.state = SlotState::Closing(Stage::Closing);
+                        Some(UpstreamOp::Close { fd })
+                    }
+                }
+                SlotState::Closing(Stage::Cancelling) if slot.in_flight == 0 => {
+                    slot.state = SlotState::Closing(Stage::Closing);
+                    Some(UpstreamOp::Close {
+                        fd: slot.fd.expect("a closing slot has its socket"),
+                    })
+                }
+                SlotState::Closing(_) => None,
+                SlotState::Live => {
+                    let fd = slot.fd.expect("a live slot has its socket");
+                    let addr = slot.addr;
+                    slot.conn.poll().map(|intent| match intent {
+                        UpstreamIntent::Connect => UpstreamOp::Connect { fd, addr },
+                        UpstreamIntent::Send(buf) => UpstreamOp::Send { fd, buf },
+                        UpstreamIntent::Recv(buf) => UpstreamOp::Recv { fd, buf },
+                    })
+                }
+            };
+            match op {
+                Some(op) => {
+                    self.slots[index].in_flight += 1;
+                    return Some((index, op));
+                }
+                None => {
+                    self.dirty.pop();
+                }
+            }
+        }
+        None
+    }
+
+    /// A completion for upstream slot `index`.
+    pub fn complete(&mut self, index: usize, done: UpstreamDone, now: Instant) {
+        let slot = &mut self.slots[index];
+        debug_assert!(slot.in_flight > 0);
+        slot.in_flight -= 1;
+        slot.waiting_since = now;
+        self.dirty.push(index);
+        match done {
+            UpstreamDone::Socket { result } if result >= 0 => {
+                slot.fd = Some(result);
+                if slot.client.is_none() {
+                    // The client left while the socket was being made.
+                    slot.state = SlotState::Closing(Stage::Cancel);
+                    return;
+                }
+                slot.state = SlotState::Live;
+            }
+            UpstreamDone::Socket { result } => {
+                // A local failure (descriptors exhausted): no peer is to
+                // blame, and another would fail alike.
+                self.notes.push(format!(
+                    "upstream peer {}: cannot make a socket: errno {}",
+                    slot.addr, -result
+                ));
+                self.end_count(index, Outcome::Success, now);
+                let slot = &mut self.slots[index];
+                slot.failure = Some(Failure::ConnectFailed(-result));
+                match slot.client {
+                    Some(client) => {
+                        slot.state = SlotState::Dead;
+                        self.wakes.push(client);
+                    }
+                    None => self.release(index),
+                }
+                return;
+            }
+            UpstreamDone::Event(event) => {
+                let stale_connect = matches!(event, UpstreamEvent::Connected { .. })
+                    && slot.state != SlotState::Live;
+                if !stale_connect {
+                    slot.conn.on(event); // in any state: loans go home
+                }
+                if slot.state != SlotState::Live {
+                    self.reap(index);
+                    return;
+                }
+            }
+            UpstreamDone::Cancelled => {
+                self.reap(index);
+                return;
+            }
+            UpstreamDone::Closed => {
+                slot.fd = None;
+                if std::mem::take(&mut slot.then_retry) && slot.client.is_some() {
+                    slot.state = SlotState::Socketing { asked: false };
+                } else if slot.client.is_some() {
+                    slot.state = SlotState::Dead;
+                } else {
+                    self.release(index);
+                }
+                return;
+            }
+        }
+        self.settle(index, now);
+    }
+
+    /// Looks at live slot `index` after an event: wakes its client, or
+    /// pools, retries or closes it.
+    fn settle(&mut self, index: usize, now: Instant) {
+        let slot = &mut self.slots[index];
+        if let Some(client) = slot.client {
+            self.wakes.push(client);
+        }
+        match slot.conn.outcome() {
+            None => {}
+            Some(Ok(reusable)) => {
+                let pooled_already = slot.client.is_none() && slot.conn.is_pooled();
+                self.end_count(index, Outcome::Success, now);
+                if self.slots[index].client.is_none() && !pooled_already {
+                    self.finish(index, reusable);
+                }
+            }
+            Some(Err(failure)) => self.fail(index, failure, now),
+        }
+    }
+
+    /// Slot `index` failed: count it against the peer, retry on another
+    /// peer if allowed, or record the failure for the client.
+    fn fail(&mut self, index: usize, failure: Failure, now: Instant) {
+        let health = match failure {
+            Failure::BadHead(_) | Failure::BrokenBody => Outcome::Success,
+            _ => Outcome::Failure,
+        };
+        self.end_count(index, health, now);
+        let current = self.current(index);
+        let slot = &mut self.slots[index];
+        if slot.client.is_none() || !current {
+            if let Some(client) = slot.client {
+                // An older generation's request: told, never retried.
+                slot.failure = Some(failure);
+                self.wakes.push(client);
+                if slot.fd.is_some() {
+                    slot.state = SlotState::Closing(Stage::Cancel);
+                    self.dirty.push(index);
+                } else {
+                    slot.state = SlotState::Dead;
+                }
+                return;
+            }
+            // A pooled connection the upstream closed, or one the client
+            // already left: nothing to tell anyone.
+            self.close(index);
+            return;
+        }
+        let pool = &mut self.pools[slot.pool];
+        let addr = slot.addr;
+        self.notes.push(format!(
+            "upstream {}: peer {addr}: {}",
+            pool.config.name,
+            failure.reason()
+        ));
+        let next = (slot.retries_left > 0 && failure.before_any_response())
+            .then(|| pool.balancer.pick(&[], &slot.tried, now).ok())
+            .flatten();
+        if let Some(next) = next {
+            if slot.conn.retry_fresh() {
+                slot.retries_left -= 1;
+                slot.tried.insert(next);
+                slot.peer = next;
+                slot.addr = pool.config.peers[next];
+                slot.counted = true;
+                pool.balancer.begin(next);
+                slot.waiting_since = now;
+                if slot.fd.is_some() {
+                    slot.then_retry = true;
+                    slot.state = SlotState::Closing(Stage::Cancel);
+                } else {
+                    slot.state = SlotState::Socketing { asked: false };
+                }
+                self.dirty.push(index);
+                return;
+            }
+        }
+        slot.failure = Some(failure);
+        if let Some(client) = slot.client {
+            self.wakes.push(client);
+        }
+        if slot.fd.is_some() {
+            slot.state = SlotState::Closing(Stage::Cancel);
+            self.dirty.push(index);
+        } else {
+            slot.state = SlotState::Dead;
+        }
+    }
+
+    /// Slot `index`'s request is complete and its client done: pooled when
+    /// reusable and the peer's pool has room, else closed.
+    fn finish(&mut self, index: usize, reusable: bool) {
+        if !self.current(index) {
+            return self.close(index);
+        }
+        let slot = &mut self.slots[index];
+        let pool = &mut self.pools[slot.pool];
+        let room = pool.idle[slot.peer].len() < pool.config.keepalive as usize;
+        if reusable && room && slot.state == SlotState::Live {
+            slot.conn.reset_for_pool();
+            pool.idle[slot.peer].push(index);
+            self.dirty.push(index); // arms the probe
+        } else {
+            self.close(index);
+        }
+    }
+
+    /// Starts closing slot `index` (its client is done or was never told).
+    fn close(&mut self, index: usize) {
+        if self.current(index) {
+            let (pool, peer) = (self.slots[index].pool, self.slots[index].peer);
+            if let Some(idle) = self.pools.get_mut(pool).and_then(|p| p.idle.get_mut(peer)) {
+                idle.retain(|&i| i != index);
+            }
+        }
+        let slot = &mut self.slots[index];
+        match slot.state {
+            SlotState::Closing(_) | SlotState::Free => {}
+            _ if slot.fd.is_some() => {
+                slot.state = SlotState::Closing(Stage::Cancel);
+                self.dirty.push(index);
+            }
+            SlotState::Socketing { asked: true } => {} // closes when made
+            _ if slot.client.is_none() && slot.in_flight == 0 => self.release(index),
+            _ => slot.state = SlotState::Dead,
+        }
+    }
+
+    /// A dead slot whose client is done and whose last operation came back
+    /// is free again.
+    fn reap(&mut self, index: usize) {
+        let slot = &self.slots[index];
+        if slot.state == SlotState::Dead && slot.client.is_none() && slot.in_flight == 0 {
+            self.release(index);
+        }
+    }
+
+    /// Slot `index` is free again.
+    fn release(&mut self, index: usize) {
+        let slot = &mut self.slots[index];
+        debug_assert_eq!(slot.in_flight, 0);
+        slot.state = SlotState::Free;
+        slot.fd = None;
+        slot.client = None;
+        slot.conn.discard();
+        self.free.push(index);
+    }
+
+    /// Client connections whose upstream progressed since the last call.
+    pub fn take_wakes(&mut self, out: &mut Vec<u32>) {
+        out.append(&mut self.wakes);
+    }
+
+    /// Fails the waits that outlived their pool's timeout.
+    pub fn tick(&mut self, now: Instant) {
+        for index in 0..self.slots.len() {
+            let slot = &mut self.slots[index];
+            if slot.state != SlotState::Live || slot.client.is_none() {
+                continue;
+            }
+            let Some(wait) = slot.conn.timeout() else {
+                continue;
+            };
+            let [connect, send, read] = slot.timeouts;
+            let limit = UpstreamConn::timeout_for(wait, connect, send, read);
+            if now.saturating_duration_since(slot.waiting_since) < limit {
+                continue;
+            }
+            slot.conn.on(UpstreamEvent::TimedOut);
+            if let Some(Err(failure)) = slot.conn.outcome() {
+                self.fail(index, failure, now);
+            }
+        }
+    }
+
+    /// What client `client`'s proxied request has from its upstream.
+    pub fn progress(&self, client: u32) -> Progress<'_> {
+        let Some(index) = self.slot_of(client) else {
+            return Progress::Failed { status: 502 };
+        };
+        let slot = &self.slots[index];
+        if let Some(failure) = slot.failure {
+            return Progress::Failed {
+                status: failure.status(),
+            };
+        }
+        match slot.conn.response_head() {
+            Some((head, bytes)) => Progress::Head { head, bytes },
+            None => Progress::Waiting,
+        }
+    }
+
+    /// The head was relayed.
+    pub fn take_head(&mut self, client: u32) {
+        if let Some(index) = self.slot_of(client) {
+            self.slots[index].conn.take_head();
+            self.dirty.push(index);
+        }
+    }
+
+    /// Body bytes for client `client`: `Ok(bytes)` (empty: none yet),
+    /// `Err(true)` at the end, `Err(false)` when the body broke off.
+    pub fn body(&self, client: u32) -> Result<&[u8], bool> {
+        let Some(index) = self.slot_of(client) else {
+            return Err(false);
+        };
+        let slot = &self.slots[index];
+        let bytes = slot.conn.body();
+        if !bytes.is_empty() {
+            return Ok(bytes);
+        }
+        if slot.failure.is_some() || slot.state != SlotState::Live {
+            return Err(false);
+        }
+        match slot.conn.outcome() {
+            Some(Ok(_)) => Err(true),
+            Some(Err(_)) => Err(false),
+            None => Ok(&[]),
+        }
+    }
+
+    /// Client `client` queued `n` body bytes.
+    pub fn consumed(&mut self, client: u32, n: u32) {
+        if let Some(index) = self.slot_of(client) {
+            self.slots[index].conn.consume_body(n);
+            self.dirty.push(index);
+        }
+    }
+
+    /// Client `client` is done (answered or gone): its upstream connection
+    /// is pooled, or closed when its response is not complete.
+    pub fn done(&mut self, client: u32, now: Instant) {
+        let Some(index) = self
+            .by_client
+            .get_mut(client as usize)
+            .and_then(Option::take)
+        else {
+            return;
+        };
+        self.slots[index].client = None;
+        self.end_count(index, Outcome::Success, now);
+        let slot = &mut self.slots[index];
+        match slot.state {
+            SlotState::Live => match slot.conn.outcome() {
+                Some(Ok(reusable)) => self.finish(index, reusable),
+                _ => self.close(index),
+            },
+            SlotState::Dead if slot.in_flight == 0 => self.release(index),
+            SlotState::Socketing { asked: false } if slot.in_flight == 0 => self.release(index),
+            _ => {} // the socket's completion or close finishes it
+        }
+    }
+
+    /// Ends slot `index`'s count in its peer's balancer, once.
+    fn end_count(&mut self, index: usize, outcome: Outcome, now: Instant) {
+        let current = self.current(index);
+        let slot = &mut self.slots[index];
+        if std::mem::take(&mut slot.counted) && current {
+            self.pools[slot.pool].balancer.end(slot.peer, outcome, now);
+        }
+    }
+
+    fn slot_of(&self, client: u32) -> Option<usize> {
+        self.by_client.get(client as usize).copied().flatten()
+    }
+
+    /// The peer serving client `client`, for the access log.
+    pub fn peer_of(&self, client: u32) -> Option<SocketAddr> {
+        Some(self.slots[self.slot_of(client)?].addr)
+    }
+}

@@ -1,0 +1,386 @@
+//! Issue 14, Keystone as a reverse proxy, end to end: a real backend the
+//! test starts (a small Rust HTTP/1.1 server on a thread, with faults on
+//! demand, and Python's `http.server`), real client connections, and the
+//! engine in between: forwarding, re-framing, keep-alive reuse counted by
+//! the backend, failover, and each failure's status.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use keystone_tests::{assert_no_panic, curl, free_port, RawClient, Server};
+
+/// What the backend saw: connections accepted and the requests' heads.
+#[derive(Default)]
+struct Seen {
+    connections: AtomicU32,
+    heads: Mutex<Vec<String>>,
+}
+
+/// A keep-alive HTTP/1.1 backend; the path picks the behaviour.
+fn backend() -> (SocketAddr, Arc<Seen>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Seen::default());
+    let shared = Arc::clone(&seen);
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            shared.connections.fetch_add(1, Ordering::SeqCst);
+            let seen = Arc::clone(&shared);
+            thread::spawn(move || serve(stream, &seen));
+        }
+    });
+    (addr, seen)
+}
+
+fn serve(stream: TcpStream, seen: &Seen) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut out = stream;
+    loop {
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            head.push_str(&line);
+            if line == "\r\n" {
+                break;
+            }
+        }
+        seen.heads.lock().unwrap().push(head.clone());
+        let path = head.split(' ').nth(1).unwrap_or("/").to_string();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .map_or(0, |v| v.trim().parse().unwrap());
+        let mut body = vec![0; length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let reply = |out: &mut TcpStream, status: &str, extra: &str, body: &[u8]| {
+            let head = format!(
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nX-Backend: rust\r\nConnection: keep-alive, X-Hop\r\nX-Hop: secret\r\n{extra}\r\n",
+                body.len()
+            );
+            out.write_all(head.as_bytes())
+                .and_then(|()| out.write_all(body))
+        };
+        let written = match path.as_str() {
+            "/chunked" => out.write_all(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n7\r\n, world\r\n0\r\n\r\n",
+            ),
+            "/close" => {
+                let _ = out.write_all(b"HTTP/1.1 200 OK\r\n\r\nuntil the end");
+                return;
+            }
+            "/slow" => {
+                thread::sleep(Duration::from_secs(4));
+                reply(&mut out, "200 OK", "", b"late")
+            }
+            "/malformed" => {
+                let _ = out.write_all(b"SSH-2.0-not-http\r\n\r\n");
+                return;
+            }
+            "/truncated" => {
+                let _ = out.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b");
+                return;
+            }
+            "/big" => {
+                let big: Vec<u8> = (0..2_000_000u32).map(|i| (i % 251) as u8).collect();
+                reply(&mut out, "200 OK", "Content-Type: application/octet-stream\r\n", &big)
+            }
+            "/head" => reply(&mut out, "200 OK", "", b""),
+            "/nocontent" => out.write_all(b"HTTP/1.1 204 No Content\r\nX-Backend: rust\r\n\r\n"),
+            _ => {
+                let mut text = format!("{} {}", head.split(' ').next().unwrap(), path).into_bytes();
+                text.extend_from_slice(b"|");
+                text.extend_from_slice(&body);
+                reply(&mut out, "200 OK", "Content-Type: text/plain\r\n", &text)
+            }
+        };
+        if written.is_err() {
+            return;
+        }
+    }
+}
+
+fn app(backend: SocketAddr, dead: u16) -> String {
+    format!(
+        r#"return {{
+  upstreams = {{
+    api = {{ peers = {{ "{backend}" }}, read_timeout = 1, keepalive = 8, max_fails = 0 }},
+    pair = {{ peers = {{ "127.0.0.1:{dead}", "{backend}" }}, retries = 1, max_fails = 1 }},
+    dead = {{ peers = {{ "127.0.0.1:{dead}" }}, retries = 0 }},
+  }},
+  routes = {{
+    ["* /api/{{*rest}}"] = function(ctx)
+      ctx.upstream = "api"
+      ctx.upstream_path = "/" .. ctx.params.rest .. (ctx.query ~= "" and ("?" .. ctx.query) or "")
+      ctx.upstream_headers["X-User"] = "alice"
+      ctx.upstream_headers["X-Secret-Token"] = nil
+    end,
+    ["GET /pair"] = function(ctx) ctx.upstream = "pair" end,
+    ["GET /dead"] = function(ctx) ctx.upstream = "dead" end,
+    ["GET /ping"] = function(ctx) ctx.body = "pong" end,
+  }},
+}}"#
+    )
+}
+
+fn start() -> (Server, Arc<Seen>) {
+    let (addr, seen) = backend();
+    let dead = free_port();
+    let server = Server::start(Some(&app(addr, dead)), &[]);
+    (server, seen)
+}
+
+fn get(client: &mut RawClient, path: &str, extra: &str) -> keystone_tests::Response {
+    client.send(format!("GET {path} HTTP/1.1\r\nHost: front.example\r\n{extra}\r\n").as_bytes());
+    client.read_response()
+}
+
+#[test]
+fn requests_are_forwarded_rebuilt_and_answered() {
+    let (server, seen) = start();
+    let mut client = server.raw();
+    let response = get(
+        &mut client,
+        "/api/users/7?x=1",
+        "Connection: keep-alive, X-Drop\r\nX-Drop: hop\r\nKeep-Alive: timeout=5\r\nX-Secret-Token: t\r\nX-Forwarded-For: 203.0.113.9\r\n",
+    );
+    assert_eq!(response.status, 200, "{response:?}");
+    assert_eq!(response.body_str(), "GET /users/7?x=1|");
+    assert_eq!(response.header("x-backend"), Some("rust"));
+    // The upstream's hop-by-hop fields never reach the client.
+    assert_eq!(response.header("x-hop"), None);
+    assert_eq!(response.header("server"), Some("keystone"));
+    let head = seen.heads.lock().unwrap().last().cloned().unwrap();
+    assert!(head.starts_with("GET /users/7?x=1 HTTP/1.1\r\n"), "{head}");
+    assert!(head.contains("\r\nHost: front.example\r\n"), "{head}");
+    assert!(head.contains("\r\nX-User: alice\r\n"), "{head}");
+    assert!(
+        head.contains("\r\nX-Forwarded-For: 203.0.113.9, 127.0.0.1\r\n"),
+        "{head}"
+    );
+    assert!(head.contains("\r\nX-Forwarded-Proto: http\r\n"), "{head}");
+    for dropped in ["X-Drop", "Keep-Alive", "X-Secret-Token", "Connection"] {
+        assert!(
+            !head.contains(&format!("{dropped}:")),
+            "{dropped} reached the backend: {head}"
+        );
+    }
+    // A body goes through, framed by its length.
+    client.send(b"POST /api/echo HTTP/1.1\r\nHost: h\r\nContent-Length: 11\r\n\r\nhello there");
+    let response = client.read_response();
+    assert_eq!(response.body_str(), "POST /echo|hello there");
+    // A chunked client body is decoded, then forwarded with its length.
+    client.send(b"POST /api/echo HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n3\r\n!!!\r\n0\r\n\r\n");
+    let response = client.read_response();
+    assert_eq!(response.body_str(), "POST /echo|hello!!!");
+    let head = seen.heads.lock().unwrap().last().cloned().unwrap();
+    assert!(
+        head.contains("Content-Length: 8\r\n") && !head.contains("Transfer-Encoding"),
+        "{head}"
+    );
+    // The client connection stays usable for local routes too.
+    assert_eq!(get(&mut client, "/ping", "").body_str(), "pong");
+    assert_no_panic(&server.log(), "after proxying");
+}
+
+#[test]
+fn upstream_connections_are_reused() {
+    let (server, seen) = start();
+    for _ in 0..3 {
+        let mut client = server.raw();
+        for i in 0..20 {
+            let response = get(&mut client, &format!("/api/n/{i}"), "");
+            assert_eq!(response.body_str(), format!("GET /n/{i}|"));
+        }
+    }
+    let connections = seen.connections.load(Ordering::SeqCst);
+    assert_eq!(
+        connections, 1,
+        "60 sequential requests over one kept-alive upstream connection"
+    );
+}
+
+#[test]
+fn bodies_are_re_framed_for_the_client() {
+    let (server, _) = start();
+    let mut client = server.raw();
+    // Chunked upstream → chunked for HTTP/1.1.
+    let response = get(&mut client, "/api/chunked", "");
+    assert_eq!(response.body_str(), "hello, world");
+    assert_eq!(response.header("transfer-encoding"), Some("chunked"));
+    // Close-delimited upstream → chunked too, and the client connection
+    // stays open.
+    let response = get(&mut client, "/api/close", "");
+    assert_eq!(response.body_str(), "until the end");
+    assert_eq!(response.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(get(&mut client, "/ping?after-close", "").body_str(), "pong");
+    // HTTP/1.0 client: close-delimited.
+    let mut old = server.raw();
+    old.send(b"GET /api/chunked HTTP/1.0\r\n\r\n");
+    let bytes = old.expect_closed("an HTTP/1.0 client of a chunked upstream");
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.ends_with("\r\n\r\nhello, world"), "{text}");
+    // 204 and HEAD carry no body.
+    let response = get(&mut client, "/api/nocontent", "");
+    assert_eq!(response.status, 204);
+    assert_eq!(response.header("x-backend"), Some("rust"));
+    client.send(b"HEAD /api/big HTTP/1.1\r\nHost: h\r\n\r\n");
+    let response = client.read_response_to("HEAD");
+    assert_eq!(response.header("content-length"), Some("2000000"));
+    assert!(response.body.is_empty());
+    // A 2 MB body streams through the 64 KiB window intact.
+    let response = get(&mut client, "/api/big", "");
+    let expected: Vec<u8> = (0..2_000_000u32).map(|i| (i % 251) as u8).collect();
+    assert_eq!(response.body.len(), expected.len(), "{}", server.log());
+    assert!(response.body == expected, "big body differs");
+    assert_eq!(get(&mut client, "/ping?after-big", "").body_str(), "pong");
+}
+
+#[test]
+fn failures_answer_precisely_and_are_logged() {
+    let (server, _) = start();
+    // Nothing listens: refused → 502, logged with the peer.
+    let response = curl(&[&server.url("/dead")]);
+    assert_eq!(response.status, 502);
+    // The pair's first peer is refused: the request goes to the second.
+    let response = curl(&[&server.url("/pair")]);
+    assert_eq!(response.status, 200, "{response:?}");
+    assert_eq!(response.body_str(), "GET /pair|");
+    // A malformed head → 502; a silent upstream → 504 after read_timeout.
+    assert_eq!(curl(&[&server.url("/api/malformed")]).status, 502);
+    let started = Instant::now();
+    assert_eq!(curl(&[&server.url("/api/slow")]).status, 504);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(4),
+        "{waited:?}"
+    );
+    // A body cut short: the client's connection closes with no false end.
+    let mut client = server.raw();
+    client.send(b"GET /api/truncated HTTP/1.1\r\nHost: h\r\n\r\n");
+    let bytes = client.expect_closed("a truncated upstream body");
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.contains("Content-Length: 100\r\n"), "{text}");
+    assert!(text.ends_with("only ten b"), "{text}");
+    // Passive health: the dead pool's only peer failed once (max_fails
+    // = 1, nginx's default), so it is out: 502 at once, without a connect.
+    let started = Instant::now();
+    assert_eq!(curl(&[&server.url("/dead")]).status, 502);
+    assert!(started.elapsed() < Duration::from_secs(1));
+    // The worker is fine.
+    assert_eq!(curl(&[&server.url("/ping")]).body_str(), "pong");
+    let log = server.wait_for_log("read timed out", Duration::from_secs(5));
+    assert!(log.contains("connection refused"), "{log}");
+    assert!(log.contains("malformed response head"), "{log}");
+    assert!(log.contains("response body cut short"), "{log}");
+    assert!(log.contains("upstream dead: no live peer"), "{log}");
+    assert_no_panic(&log, "after upstream failures");
+}
+
+#[test]
+fn smuggling_attempts_never_reach_the_backend() {
+    let (server, seen) = start();
+    let vectors: &[&[u8]] = &[
+        b"POST /api/echo HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"POST /api/echo HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5;\nhello\r\n0\r\n\r\n",
+        b"POST /api/echo HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+        b"GET /api/x HTTP/1.1\r\nHost: h\r\nX: a\r\n b\r\n\r\n",
+    ];
+    for vector in vectors {
+        let mut client = server.raw();
+        client.send(vector);
+        let response = client.read_response();
+        assert_eq!(response.status, 400, "{}", String::from_utf8_lossy(vector));
+    }
+    assert!(
+        seen.heads.lock().unwrap().is_empty(),
+        "a smuggling vector reached the backend"
+    );
+}
+
+#[test]
+fn python_http_server_as_the_backend() {
+    if !keystone_tests::require_tool("python3", "Debian package python3") {
+        return;
+    }
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("hello.txt"), "from python\n").unwrap();
+    let mut python = std::process::Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("python3");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "python http.server did not start"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    let app = format!(
+        r#"return {{
+      upstreams = {{ files = {{ peers = {{ "127.0.0.1:{port}" }} }} }},
+      routes = {{ ["GET /py/{{*path}}"] = function(ctx)
+        ctx.upstream = "files"
+        ctx.upstream_path = "/" .. ctx.params.path
+      end }},
+    }}"#
+    );
+    let server = Server::start(Some(&app), &[]);
+    let response = curl(&[&server.url("/py/hello.txt")]);
+    assert_eq!(response.status, 200, "{response:?}");
+    assert_eq!(response.body_str(), "from python\n");
+    assert_eq!(curl(&[&server.url("/py/missing.txt")]).status, 404);
+    let _ = python.kill();
+    let _ = python.wait();
+}
+
+#[test]
+fn keystone_as_its_own_upstream() {
+    let inner = Server::start(
+        Some(
+            r#"return { routes = { ["GET /inner"] = function(ctx)
+          ctx.body = "inner saw " .. tostring(ctx.request.headers["x-forwarded-for"])
+        end } }"#,
+        ),
+        &[],
+    );
+    let app = format!(
+        r#"return {{
+      upstreams = {{ inner = {{ peers = {{ "{}" }} }} }},
+      routes = {{ ["GET /outer"] = function(ctx)
+        ctx.upstream = "inner"
+        ctx.upstream_path = "/inner"
+      end }},
+    }}"#,
+        inner.addr()
+    );
+    let outer = Server::start(Some(&app), &[]);
+    let mut client = outer.raw();
+    for _ in 0..3 {
+        let response = get(&mut client, "/outer", "");
+        assert_eq!(response.body_str(), "inner saw 127.0.0.1");
+    }
+}
