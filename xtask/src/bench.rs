@@ -156,6 +156,15 @@ end
 app.static = {
   ["{static_prefix}"] = [==[{static_dir}]==],
 }
+-- The proxy scenario: the raw io_uring responder of the same run as the
+-- backend, over kept-alive upstream connections.
+app.upstreams = {
+  backend = { peers = { "127.0.0.1:{backend}" }, keepalive = 64 },
+}
+app.routes["GET {proxy_path}"] = function(ctx)
+  ctx.upstream = "backend"
+  ctx.upstream_path = "/"
+end
 return app
 "#;
 
@@ -186,8 +195,18 @@ http {
     fastcgi_temp_path {dir}/fastcgi;
     uwsgi_temp_path {dir}/uwsgi;
     scgi_temp_path {dir}/scgi;
+    # The proxy scenario: nginx's recommended keep-alive proxying.
+    upstream backend {
+        server 127.0.0.1:{backend};
+        keepalive 64;
+    }
     server {
         listen 127.0.0.1:{port} backlog=4096;
+        location = {proxy_path} {
+            proxy_pass http://backend/;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
         location = / {
             content_by_lua_block {
                 ngx.header["Content-Type"] = "text/plain"
@@ -286,8 +305,13 @@ struct Scenario {
 
 /// Index of the lua-error scenario in [`SCENARIOS`] (its targets read it).
 const LUA_ERROR: usize = 6;
+/// Index of the proxy scenario.
+const PROXY: usize = 7;
+/// The path the proxy scenario requests (keystone and nginx send it to the
+/// raw-uring of the same run).
+const PROXY_PATH: &str = "/proxy";
 
-const SCENARIOS: [Scenario; 7] = [
+const SCENARIOS: [Scenario; 8] = [
     Scenario {
         name: "plaintext",
         path: "/",
@@ -344,6 +368,17 @@ const SCENARIOS: [Scenario; 7] = [
     Scenario {
         name: "lua-error",
         path: ERROR_PATH,
+        connections: 64,
+        pipeline: 1,
+        file: None,
+        routed: true,
+    },
+    // A gateway's work: each request forwarded to the raw-uring of the same
+    // run over a kept-alive upstream connection (raw-uring is the backend,
+    // so it sits this one out).
+    Scenario {
+        name: "proxy",
+        path: PROXY_PATH,
         connections: 64,
         pipeline: 1,
         file: None,
@@ -738,7 +773,15 @@ impl Server {
         self.child.id()
     }
 
-    fn start(kind: ServerKind, root: &Path, dir: &Path, options: &Options) -> Result<Server> {
+    /// Starts `kind`; `backend` is the port keystone's and nginx's proxy
+    /// scenario forwards to.
+    fn start(
+        kind: ServerKind,
+        root: &Path,
+        dir: &Path,
+        options: &Options,
+        backend: u16,
+    ) -> Result<Server> {
         let port = free_port()?;
         let release = root.join("target/release");
         let keystone = options
@@ -749,7 +792,7 @@ impl Server {
         command.args(["-c", SERVER_CORE]);
         match kind {
             ServerKind::Keystone => {
-                let app = write_keystone_app(dir)?;
+                let app = write_keystone_app(dir, backend)?;
                 command.arg(keystone).arg("serve").arg(app).args([
                     "--listen".to_string(),
                     format!("127.0.0.1:{port}"),
@@ -760,7 +803,7 @@ impl Server {
                 ]);
             }
             ServerKind::NginxLua => {
-                let conf = write_nginx_conf(dir, port)?;
+                let conf = write_nginx_conf(dir, port, backend)?;
                 command.arg("nginx").arg("-p").arg(dir).arg("-c").arg(conf);
                 command.arg("-e").arg(dir.join("error.log"));
             }
@@ -829,7 +872,11 @@ impl Server {
             return Ok(());
         }
         let mut stream = connect(self.port)?;
-        for (path, expected) in [("/", HELLO), ("/users/42", r#"{"id":42}"#)] {
+        for (path, expected) in [
+            ("/", HELLO),
+            ("/users/42", r#"{"id":42}"#),
+            (PROXY_PATH, HELLO),
+        ] {
             let (status, body) = http_get(&mut stream, path)?;
             ensure!(
                 status.starts_with("HTTP/1.1 200") && body == expected,
@@ -902,7 +949,7 @@ fn write_static_files(dir: &Path) -> Result<()> {
 }
 
 /// Writes Keystone's bench app (with the static directory's absolute path).
-fn write_keystone_app(dir: &Path) -> Result<PathBuf> {
+fn write_keystone_app(dir: &Path, backend: u16) -> Result<PathBuf> {
     let static_dir = std::path::absolute(static_dir(dir))?;
     let static_dir = static_dir
         .to_str()
@@ -915,13 +962,15 @@ fn write_keystone_app(dir: &Path) -> Result<PathBuf> {
         .replace("{example}", EXAMPLE_APP)
         .replace("{static_prefix}", STATIC_PREFIX)
         .replace("{error_path}", ERROR_PATH)
+        .replace("{proxy_path}", PROXY_PATH)
+        .replace("{backend}", &backend.to_string())
         .replace("{static_dir}", static_dir);
     let path = dir.join("app.lua");
     std::fs::write(&path, app)?;
     Ok(path)
 }
 
-fn write_nginx_conf(dir: &Path, port: u16) -> Result<PathBuf> {
+fn write_nginx_conf(dir: &Path, port: u16, backend: u16) -> Result<PathBuf> {
     let mut load_modules = String::new();
     for module in NGINX_MODULES {
         let path = Path::new(NGINX_MODULES_DIR).join(module);
@@ -940,6 +989,8 @@ fn write_nginx_conf(dir: &Path, port: u16) -> Result<PathBuf> {
         .replace("{error_path}", ERROR_PATH)
         .replace("{files}", &files_root(dir).display().to_string())
         .replace("{dir}", &dir.display().to_string())
+        .replace("{proxy_path}", PROXY_PATH)
+        .replace("{backend}", &backend.to_string())
         .replace("{port}", &port.to_string());
     let path = dir.join("nginx.conf");
     std::fs::write(&path, conf)?;
@@ -1132,10 +1183,17 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
 }
 
 fn run_in(root: &Path, dir: &Path, options: &Options) -> Result<Report> {
-    let servers = SERVERS
-        .iter()
-        .map(|&kind| Server::start(kind, root, dir, options))
-        .collect::<Result<Vec<Server>>>()?;
+    // raw-uring first: keystone and nginx proxy to it.
+    let raw = Server::start(ServerKind::RawUring, root, dir, options, 0)?;
+    let backend = raw.port;
+    let mut servers = Vec::with_capacity(SERVERS.len());
+    for kind in SERVERS {
+        if kind != ServerKind::RawUring {
+            servers.push(Server::start(kind, root, dir, options, backend)?);
+        }
+    }
+    servers.push(raw);
+    debug_assert!(servers.iter().map(|s| s.kind).eq(SERVERS));
     for server in &servers {
         server.check_routes()?;
     }
@@ -1229,6 +1287,7 @@ fn targets(report: &Report) -> Vec<Target> {
         .map(|figure| figure.calls as f64 / figure.requests as f64);
     let rss = |index: usize| report.rss[index].as_ref().ok().map(|f| f.idle_kib as f64);
     let failing = &report.medians[LUA_ERROR];
+    let proxy_cpu = |index: usize| report.medians[PROXY][index].map(|s| s.cpu_us_per_request);
     let failing_cpu = failing[KEYSTONE].map(|s| s.cpu_us_per_request);
     vec![
         Target {
@@ -1277,6 +1336,12 @@ fn targets(report: &Report) -> Vec<Target> {
             what: "keystone log bytes per failing request (lua-error)",
             measured: failing[KEYSTONE].map(|s| s.log_bytes_per_request),
             limit: 1.0,
+            at_most: true,
+        },
+        Target {
+            what: "CPU/request, proxy 64 conns: keystone ÷ nginx+lua",
+            measured: quotient(proxy_cpu(KEYSTONE), proxy_cpu(NGINX)),
+            limit: 0.7,
             at_most: true,
         },
         Target {
@@ -1385,7 +1450,7 @@ fn render_throughput(md: &mut String, report: &Report) {
          each request were written alone, which makes its pipelined \
          percentiles meaningless. raw-uring serves no files: no static rows. \
          lua-error: every answer is a 500 (its handler raises), so its errors \
-         are its requests; raw-uring has no routes to fail.\n"
+         are its requests; raw-uring has no routes to fail. proxy: keystone (`ctx.upstream`) and nginx (`proxy_pass`, `keepalive 64`) forward each request to the raw-uring of the same run over kept-alive upstream connections; raw-uring is the backend, so it has no row.\n"
     );
 }
 
@@ -1676,14 +1741,22 @@ Transfer/sec:      9.46MB
         let dir = std::env::temp_dir();
         if !Path::new(NGINX_MODULES_DIR).join(NGINX_MODULES[1]).exists() {
             // Without the module the writer refuses, which is what we want.
-            assert!(write_nginx_conf(&dir.join("missing-modules"), 1).is_err());
+            assert!(write_nginx_conf(&dir.join("missing-modules"), 1, 2).is_err());
             return;
         }
         let dir = dir.join(format!("keystone-bench-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let conf = std::fs::read_to_string(write_nginx_conf(&dir, 8081).unwrap()).unwrap();
+        let conf = std::fs::read_to_string(write_nginx_conf(&dir, 8081, 8082).unwrap()).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
-        for placeholder in ["{port}", "{dir}", "{files}", "{static_prefix}", "{nofile}"] {
+        for placeholder in [
+            "{port}",
+            "{dir}",
+            "{files}",
+            "{static_prefix}",
+            "{nofile}",
+            "{backend}",
+            "{proxy_path}",
+        ] {
             assert!(!conf.contains(placeholder), "{placeholder} in {conf}");
         }
         assert!(conf.contains("listen 127.0.0.1:8081"));
@@ -1694,6 +1767,11 @@ Transfer/sec:      9.46MB
         );
         assert!(conf.contains(&root), "{conf}");
         assert!(conf.contains("sendfile on;"));
+        assert!(
+            conf.contains("server 127.0.0.1:8082;\n        keepalive 64;"),
+            "{conf}"
+        );
+        assert!(conf.contains("location = /proxy {"), "{conf}");
     }
 
     #[test]
@@ -1716,7 +1794,7 @@ Transfer/sec:      9.46MB
         let dir = std::env::temp_dir().join(format!("keystone-bench-app-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         write_static_files(&dir).unwrap();
-        let app = std::fs::read_to_string(write_keystone_app(&dir).unwrap()).unwrap();
+        let app = std::fs::read_to_string(write_keystone_app(&dir, 8082).unwrap()).unwrap();
         let on_disk = std::fs::read(dir.join("files/static/4k.bin")).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         let static_line = format!(
@@ -1727,6 +1805,11 @@ Transfer/sec:      9.46MB
         );
         assert!(app.contains(&static_line), "{app}");
         assert!(!app.contains("{static"), "{app}");
+        assert!(
+            !app.contains("{backend}") && !app.contains("{proxy_path}"),
+            "{app}"
+        );
+        assert!(app.contains(r#"peers = { "127.0.0.1:8082" }"#), "{app}");
         assert_eq!(on_disk, static_file_bytes(STATIC_4K));
     }
 
@@ -1749,6 +1832,7 @@ Transfer/sec:      9.46MB
         assert_eq!(SCENARIOS[0].name, "plaintext");
         assert_eq!(SCENARIOS[2].name, "pipelined-16");
         assert_eq!(SCENARIOS[LUA_ERROR].path, ERROR_PATH);
+        assert_eq!(SCENARIOS[PROXY].path, PROXY_PATH);
     }
 
     #[test]
