@@ -134,9 +134,13 @@ fn app(backend: SocketAddr, dead: u16) -> String {
 }
 
 fn start() -> (Server, Arc<Seen>) {
+    start_with(&[])
+}
+
+fn start_with(flags: &[&str]) -> (Server, Arc<Seen>) {
     let (addr, seen) = backend();
     let dead = free_port();
-    let server = Server::start(Some(&app(addr, dead)), &[]);
+    let server = Server::start(Some(&app(addr, dead)), flags);
     (server, seen)
 }
 
@@ -383,4 +387,41 @@ fn keystone_as_its_own_upstream() {
         let response = get(&mut client, "/outer", "");
         assert_eq!(response.body_str(), "inner saw 127.0.0.1");
     }
+}
+
+#[test]
+fn the_access_log_names_the_upstream() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("access.log");
+    let (server, _) = start_with(&["--access-log", path.to_str().unwrap()]);
+    assert_eq!(curl(&[&server.url("/api/users/1")]).status, 200);
+    assert_eq!(curl(&[&server.url("/dead")]).status, 502);
+    assert_eq!(curl(&[&server.url("/ping")]).body_str(), "pong");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        if text.lines().count() >= 3 || Instant::now() > deadline {
+            break text;
+        }
+        thread::sleep(Duration::from_millis(100));
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    let upstream = |line: &str| -> Vec<String> {
+        line.rsplitn(4, ' ')
+            .take(3)
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect()
+    };
+    let proxied = upstream(lines[0]);
+    assert!(proxied[0].starts_with("127.0.0.1:"), "{}", lines[0]);
+    assert_eq!(proxied[1], "200", "{}", lines[0]);
+    let seconds: f64 = proxied[2].parse().unwrap();
+    assert!((0.0..5.0).contains(&seconds), "{}", lines[0]);
+    let failed = upstream(lines[1]);
+    assert_eq!(failed[1], "502", "{}", lines[1]);
+    assert_eq!(upstream(lines[2]), ["-", "-", "-"], "{}", lines[2]);
 }

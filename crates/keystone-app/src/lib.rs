@@ -491,6 +491,7 @@ impl Policy for AppPolicy {
 
     fn answered(&mut self, request: &Request<'_>, committed: &Committed) {
         self.stats.response(committed.status);
+        let now = Instant::now();
         let Some(log) = &mut self.access else { return };
         let entry = access_log::Entry {
             peer: request.peer,
@@ -501,9 +502,14 @@ impl Policy for AppPolicy {
             body_bytes: committed.body_bytes(),
             referer: request.header(b"referer"),
             user_agent: request.header(b"user-agent"),
-            request_time: Instant::now()
-                .saturating_duration_since(request.started)
-                .as_secs_f64(),
+            request_time: now.saturating_duration_since(request.started).as_secs_f64(),
+            upstream: self.upstreams.log_entry(request.slot, now).map(
+                |(addr, status, response_time)| access_log::UpstreamEntry {
+                    addr,
+                    status,
+                    response_time,
+                },
+            ),
         };
         log.record(&entry);
     }

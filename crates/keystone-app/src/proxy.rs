@@ -118,6 +118,10 @@ struct Slot {
     timeouts: [std::time::Duration; 3],
     /// The pools' generation the slot started under.
     generation: u32,
+    /// When the request started (for `$upstream_response_time`).
+    started: Instant,
+    /// When the upstream's head arrived.
+    answered_at: Option<Instant>,
 }
 
 /// One pool at runtime.
@@ -193,6 +197,8 @@ impl Upstreams {
                     addr: SocketAddr::from(([0, 0, 0, 0], 0)),
                     timeouts: [std::time::Duration::ZERO; 3],
                     generation: 0,
+                    started: now,
+                    answered_at: None,
                 })
                 .collect()
         };
@@ -321,6 +327,8 @@ impl Upstreams {
         slot.then_retry = false;
         slot.counted = true;
         slot.generation = self.generation;
+        slot.started = now;
+        slot.answered_at = None;
         let config = &self.pools[pool].config;
         slot.addr = config.peers[peer];
         slot.timeouts = [
@@ -463,6 +471,9 @@ impl Upstreams {
     /// pools, retries or closes it.
     fn settle(&mut self, index: usize, now: Instant) {
         let slot = &mut self.slots[index];
+        if slot.answered_at.is_none() && slot.conn.response_head().is_some() {
+            slot.answered_at = Some(now);
+        }
         if let Some(client) = slot.client {
             self.wakes.push(client);
         }
@@ -725,8 +736,21 @@ impl Upstreams {
         self.by_client.get(client as usize).copied().flatten()
     }
 
-    /// The peer serving client `client`, for the access log.
-    pub fn peer_of(&self, client: u32) -> Option<SocketAddr> {
-        Some(self.slots[self.slot_of(client)?].addr)
+    /// For the access log: the peer that answered client `client`, its
+    /// status (or the one the client got when none came) and the seconds
+    /// from the request to that answer.
+    pub fn log_entry(&self, client: u32, now: Instant) -> Option<(SocketAddr, u16, f64)> {
+        let slot = &self.slots[self.slot_of(client)?];
+        let status = match (slot.failure, slot.conn.response_status()) {
+            (Some(failure), _) => failure.status(),
+            (None, Some(status)) => status,
+            (None, None) => 502,
+        };
+        let at = slot.answered_at.unwrap_or(now);
+        Some((
+            slot.addr,
+            status,
+            at.saturating_duration_since(slot.started).as_secs_f64(),
+        ))
     }
 }

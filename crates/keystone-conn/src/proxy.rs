@@ -121,15 +121,15 @@ impl Connection {
             total: pending.total,
         };
         let framing = pending.framing;
+        // Policy hears `proxy_done` after `answered`, so the access log
+        // still sees which upstream answered.
+        let mut done = true;
         let commit = match cx.policy.proxy_head(self.slot) {
             ProxyHead::Waiting => unreachable!("the head was there"),
-            ProxyHead::Failed { status } => {
-                cx.policy.proxy_done(self.slot);
-                Commit {
-                    committed: self.queue_error(cx, status, None, framing),
-                    close: false,
-                }
-            }
+            ProxyHead::Failed { status } => Commit {
+                committed: self.queue_error(cx, status, None, framing),
+                close: false,
+            },
             ProxyHead::Ready { head, bytes } => {
                 let (encoder, length) = client_framing(head, bytes, framing);
                 let framing = Framing {
@@ -175,29 +175,28 @@ impl Connection {
                         cx.policy.proxy_head_taken(self.slot);
                         if relay {
                             self.tail = Tail::Upstream(UpstreamTail { encoder, label });
-                        } else {
-                            cx.policy.proxy_done(self.slot);
+                            done = false;
                         }
                         Commit {
                             committed,
                             close: !framing.keep_alive,
                         }
                     }
-                    Err(_) => {
-                        cx.policy.proxy_done(self.slot);
-                        Commit {
-                            committed: self.fail(
-                                cx,
-                                framing,
-                                format_args!("upstream response head too large to relay"),
-                            ),
-                            close: false,
-                        }
-                    }
+                    Err(_) => Commit {
+                        committed: self.fail(
+                            cx,
+                            framing,
+                            format_args!("upstream response head too large to relay"),
+                        ),
+                        close: false,
+                    },
                 }
             }
         };
         self.finish_answer(cx, &complete, framing, commit, pending.started);
+        if done {
+            cx.policy.proxy_done(self.slot);
+        }
         self.drive(cx);
     }
 

@@ -2,8 +2,13 @@
 //! request in nginx's "combined" format plus the request time:
 //!
 //! ```text
-//! $remote_addr - - [$time_local] "$request" $status $body_bytes_sent "$http_referer" "$http_user_agent" $request_time
+//! $remote_addr - - [$time_local] "$request" $status $body_bytes_sent "$http_referer" "$http_user_agent" $request_time $upstream_addr $upstream_status $upstream_response_time
 //! ```
+//!
+//! The upstream fields are `-` for a request that was not proxied; for a
+//! proxied one, the peer that answered (`127.0.0.1:9001`), its status (or
+//! the 502/504 Keystone answered when none came) and the seconds from the
+//! request to the upstream's answer.
 //!
 //! `$body_bytes_sent` is the body length the response declared (0 for a
 //! chunked or close-delimited stream, whose length is not known when the
@@ -52,6 +57,19 @@ pub struct Entry<'a> {
     pub user_agent: Option<&'a [u8]>,
     /// Seconds.
     pub request_time: f64,
+    /// The upstream that answered, for a proxied request.
+    pub upstream: Option<UpstreamEntry>,
+}
+
+/// The upstream fields of a proxied request's line.
+#[derive(Clone, Copy, Debug)]
+pub struct UpstreamEntry {
+    /// The peer (the last one tried).
+    pub addr: SocketAddr,
+    /// Its status, or the one Keystone answered when it gave none.
+    pub status: u16,
+    /// Seconds from the request to the upstream's answer.
+    pub response_time: f64,
 }
 
 /// A worker's log batches.
@@ -104,6 +122,16 @@ impl AccessLog {
         line.push(b"\" \"");
         line.escaped(entry.user_agent.unwrap_or(b"-"));
         let _ = write!(line, "\" {:.3}", entry.request_time);
+        match entry.upstream {
+            Some(upstream) => {
+                let _ = write!(
+                    line,
+                    " {} {} {:.3}",
+                    upstream.addr, upstream.status, upstream.response_time
+                );
+            }
+            None => line.push(b" - - -"),
+        }
         self.line.truncate(LINE_BYTES_MAX - 1);
         self.line.push(b'\n');
         if !self.batches.push(&self.line) {
@@ -273,6 +301,7 @@ mod tests {
             referer: None,
             user_agent: None,
             request_time: 0.0,
+            upstream: None,
         }
     }
 
@@ -289,6 +318,7 @@ mod tests {
             referer: None,
             user_agent: Some(b"curl/8\x01"),
             request_time: 0.0012,
+            upstream: None,
         });
         let line = String::from_utf8(log.take_batch(true).unwrap()).unwrap();
         let (start, rest) = line.split_once(" [").unwrap();
@@ -296,7 +326,21 @@ mod tests {
         let (_, rest) = rest.split_once("] ").unwrap();
         assert_eq!(
             rest,
-            "\"GET /a?b=\\x22c\\x22 HTTP/1.1\" 200 13 \"-\" \"curl/8\\x01\" 0.001\n"
+            "\"GET /a?b=\\x22c\\x22 HTTP/1.1\" 200 13 \"-\" \"curl/8\\x01\" 0.001 - - -\n"
+        );
+        let mut log = AccessLog::new(dev_null());
+        log.record(&Entry {
+            upstream: Some(UpstreamEntry {
+                addr: "10.0.0.7:9001".parse().unwrap(),
+                status: 201,
+                response_time: 0.0456,
+            }),
+            ..entry()
+        });
+        let line = String::from_utf8(log.take_batch(true).unwrap()).unwrap();
+        assert!(
+            line.ends_with("\" 0.000 10.0.0.7:9001 201 0.046\n"),
+            "{line}"
         );
     }
 

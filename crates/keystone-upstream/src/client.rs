@@ -511,6 +511,12 @@ impl UpstreamConn {
         self.frame_body();
     }
 
+    /// The final response's status, once its head arrived (it stays
+    /// readable after the head was taken).
+    pub fn response_status(&self) -> Option<u16> {
+        matches!(self.phase, Phase::Body | Phase::Done { .. }).then_some(self.head.status)
+    }
+
     /// Decoded body bytes ready for the client.
     pub fn body(&self) -> &[u8] {
         &self.recv.unconsumed()[..self.ready as usize]
