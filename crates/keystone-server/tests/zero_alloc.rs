@@ -59,7 +59,13 @@ unsafe impl GlobalAlloc for Counting {
 static GLOBAL: Counting = Counting;
 
 const APP: &str = r#"
-return { static = { ["/assets/"] = "assets" }, routes = {
+return { static = { ["/assets/"] = "assets" },
+upstreams = { backend = { peers = { "127.0.0.1:{backend}" }, keepalive = 4 } },
+routes = {
+  ["GET /proxied"] = function(ctx)
+    ctx.upstream = "backend"
+    ctx.upstream_headers["X-Via"] = "zero-alloc"
+  end,
   ["GET /page"] = function(ctx)
     ctx.headers["X-Policy"] = "file"
     ctx.body = { file = "assets/page.txt" }
@@ -96,12 +102,53 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A keep-alive upstream that answers every request with `UPSTREAM_REPLY`
+/// from fixed buffers (it runs in this process, so it must not allocate
+/// either while the window is measured).
+fn backend() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 8192];
+                let mut held = 0;
+                loop {
+                    let Ok(n) = stream.read(&mut buf[held..]) else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    held += n;
+                    // Answer each complete head (GETs: no bodies).
+                    while let Some(end) = buf[..held].windows(4).position(|w| w == b"\r\n\r\n") {
+                        if stream.write_all(UPSTREAM_REPLY).is_err() {
+                            return;
+                        }
+                        buf.copy_within(end + 4..held, 0);
+                        held -= end + 4;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+const UPSTREAM_REPLY: &[u8] =
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 8\r\n\r\nupstream";
+const PROXIED_REQUEST: &[u8] =
+    b"GET /proxied HTTP/1.1\r\nHost: test\r\nUser-Agent: zero-alloc\r\n\r\n";
+const PROXIED_REQUESTS: u64 = 2_000;
+
 /// Starts the server in-process; returns its port and its admin port.
 fn start_server() -> (u16, u16) {
     let dir = std::env::temp_dir().join(format!("keystone-zero-alloc-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let app = dir.join("app.lua");
-    std::fs::write(&app, APP).unwrap();
+    std::fs::write(&app, APP.replace("{backend}", &backend().to_string())).unwrap();
     std::fs::create_dir_all(dir.join("assets")).unwrap();
     std::fs::write(dir.join("assets/file.bin"), vec![b'f'; 4096]).unwrap();
     std::fs::write(dir.join("assets/page.txt"), b"a page chosen by Lua\n").unwrap();
@@ -236,6 +283,7 @@ fn keep_alive_requests_allocate_nothing() {
     );
 
     files_allocate_nothing(&mut stream);
+    proxied_requests_allocate_nothing(&mut stream);
 
     assert!(response.starts_with(b"HTTP/1.1 200 OK\r\n"));
     assert!(response.ends_with(br#"{"id":42,"q":"a b","m":"GET"}"#));
@@ -309,4 +357,30 @@ fn files_allocate_nothing(stream: &mut TcpStream) {
     assert!(file_response.ends_with(&[b'f'; 4096]));
     assert!(not_modified.starts_with(b"HTTP/1.1 304 Not Modified\r\n"));
     assert!(page_response.ends_with(b"a page chosen by Lua\n"));
+}
+
+/// A proxied request on a kept-alive upstream connection: forwarded head
+/// written in place, the response parsed in place and relayed.
+fn proxied_requests_allocate_nothing(stream: &mut TcpStream) {
+    let (len, body) = response_len(stream, PROXIED_REQUEST);
+    assert_eq!(body, "upstream");
+    let mut response = vec![0u8; len];
+    for _ in 0..200 {
+        exchange(stream, PROXIED_REQUEST, &mut response);
+    }
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    for _ in 0..PROXIED_REQUESTS {
+        exchange(stream, PROXIED_REQUEST, &mut response);
+    }
+    let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
+    println!("{PROXIED_REQUESTS} proxied requests: {allocations} heap allocations");
+    assert!(
+        response.ends_with(b"\r\n\r\nupstream"),
+        "{}",
+        String::from_utf8_lossy(&response)
+    );
+    assert_eq!(
+        allocations, 0,
+        "heap allocations in {PROXIED_REQUESTS} proxied requests"
+    );
 }
