@@ -323,3 +323,51 @@ fn bad_configuration_exits_2_before_the_port_accepts() {
         output.all()
     );
 }
+
+#[test]
+fn check_lists_upstream_pools_and_refuses_bad_ones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = write_file(
+        dir.path(),
+        "app.lua",
+        r#"return {
+  upstreams = {
+    api = { peers = { "127.0.0.1:9001", "localhost:9002" }, balance = "least_conn", keepalive = 8 },
+  },
+  routes = { ["GET /"] = function(ctx) ctx.upstream = "api" end },
+}
+"#,
+    );
+    check(&Case {
+        args: vec!["check".into(), app.display().to_string()],
+        code: 0,
+        output_contains: strings(&[
+            "upstream api (LeastConn, keepalive 8, retries 1): 127.0.0.1:9001, localhost:9002 (",
+        ]),
+    });
+    let bad = write_file(
+        dir.path(),
+        "bad.lua",
+        "return { upstreams = { api = { peers = { \"127.0.0.1:9001\" }, balance = \"fastest\" } }, routes = {} }\n",
+    );
+    for command in ["check", "serve"] {
+        check(&Case {
+            args: vec![
+                command.into(),
+                bad.display().to_string(),
+                "--listen".into(),
+                "127.0.0.1:0".into(),
+            ]
+            .into_iter()
+            .filter(|arg| {
+                command == "serve" || !arg.starts_with("--listen") && arg != "127.0.0.1:0"
+            })
+            .collect(),
+            code: 2,
+            output_contains: strings(&[
+                "bad.lua",
+                "upstreams.api.balance: unknown balance \"fastest\"",
+            ]),
+        });
+    }
+}

@@ -22,6 +22,11 @@ struct Seen {
 
 /// A keep-alive HTTP/1.1 backend; the path picks the behaviour.
 fn backend() -> (SocketAddr, Arc<Seen>) {
+    backend_named("rust")
+}
+
+/// A backend whose answers carry `X-Backend: name`.
+fn backend_named(name: &'static str) -> (SocketAddr, Arc<Seen>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let seen = Arc::new(Seen::default());
@@ -31,13 +36,13 @@ fn backend() -> (SocketAddr, Arc<Seen>) {
             let Ok(stream) = stream else { continue };
             shared.connections.fetch_add(1, Ordering::SeqCst);
             let seen = Arc::clone(&shared);
-            thread::spawn(move || serve(stream, &seen));
+            thread::spawn(move || serve(stream, &seen, name));
         }
     });
     (addr, seen)
 }
 
-fn serve(stream: TcpStream, seen: &Seen) {
+fn serve(stream: TcpStream, seen: &Seen, name: &str) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut out = stream;
     loop {
@@ -65,7 +70,7 @@ fn serve(stream: TcpStream, seen: &Seen) {
         }
         let reply = |out: &mut TcpStream, status: &str, extra: &str, body: &[u8]| {
             let head = format!(
-                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nX-Backend: rust\r\nConnection: keep-alive, X-Hop\r\nX-Hop: secret\r\n{extra}\r\n",
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nX-Backend: {name}\r\nConnection: keep-alive, X-Hop\r\nX-Hop: secret\r\n{extra}\r\n",
                 body.len()
             );
             out.write_all(head.as_bytes())
@@ -82,6 +87,10 @@ fn serve(stream: TcpStream, seen: &Seen) {
             "/slow" => {
                 thread::sleep(Duration::from_secs(4));
                 reply(&mut out, "200 OK", "", b"late")
+            }
+            "/pause" => {
+                thread::sleep(Duration::from_millis(1500));
+                reply(&mut out, "200 OK", "", b"after a pause")
             }
             "/malformed" => {
                 let _ = out.write_all(b"SSH-2.0-not-http\r\n\r\n");
@@ -424,4 +433,77 @@ fn the_access_log_names_the_upstream() {
     let failed = upstream(lines[1]);
     assert_eq!(failed[1], "502", "{}", lines[1]);
     assert_eq!(upstream(lines[2]), ["-", "-", "-"], "{}", lines[2]);
+}
+
+#[test]
+fn a_reload_moves_new_requests_and_lets_old_ones_finish() {
+    let (first, _) = backend_named("first");
+    let (second, _) = backend_named("second");
+    let app = |peer: SocketAddr| {
+        format!(
+            r#"return {{
+      upstreams = {{ pool = {{ peers = {{ "{peer}" }}, read_timeout = 10 }} }},
+      routes = {{ ["GET /{{*p}}"] = function(ctx) ctx.upstream = "pool" end }},
+    }}"#
+        )
+    };
+    let server = Server::start(Some(&app(first)), &[]);
+    let mut client = server.raw();
+    assert_eq!(
+        get(&mut client, "/x", "").header("x-backend"),
+        Some("first")
+    );
+    // A request in flight across the reload.
+    let mut slow = server.raw();
+    slow.send(b"GET /pause HTTP/1.1\r\nHost: h\r\n\r\n");
+    thread::sleep(Duration::from_millis(200));
+    std::fs::write(server.app_path(), app(second)).unwrap();
+    server.hangup();
+    server.wait_for_log("reloaded", Duration::from_secs(10));
+    let paused = slow.read_response();
+    assert_eq!(paused.body_str(), "after a pause");
+    assert_eq!(
+        paused.header("x-backend"),
+        Some("first"),
+        "finished on its old pool"
+    );
+    // New requests, on old and new client connections, go to the new pool.
+    assert_eq!(
+        get(&mut client, "/y", "").header("x-backend"),
+        Some("second")
+    );
+    assert_eq!(
+        get(&mut server.raw(), "/z", "").header("x-backend"),
+        Some("second")
+    );
+    assert_no_panic(&server.log(), "after a reload with proxying");
+}
+
+#[test]
+fn hash_balancing_keeps_a_key_on_its_peer() {
+    let (a, _) = backend_named("a");
+    let (b, _) = backend_named("b");
+    let (c, _) = backend_named("c");
+    let app = format!(
+        r#"return {{
+      upstreams = {{ sticky = {{ peers = {{ "{a}", "{b}", "{c}" }}, balance = "hash" }} }},
+      routes = {{ ["GET /u/{{id}}"] = function(ctx)
+        ctx.upstream = "sticky"
+        ctx.upstream_key = ctx.params.id
+      end }},
+    }}"#
+    );
+    let server = Server::start(Some(&app), &[]);
+    let mut client = server.raw();
+    let mut seen = std::collections::HashMap::new();
+    for round in 0..3 {
+        for user in 0..30 {
+            let response = get(&mut client, &format!("/u/{user}"), "");
+            let peer = response.header("x-backend").unwrap().to_string();
+            let first = seen.entry(user).or_insert_with(|| peer.clone());
+            assert_eq!(*first, peer, "user {user} moved in round {round}");
+        }
+    }
+    let peers: std::collections::HashSet<&String> = seen.values().collect();
+    assert_eq!(peers.len(), 3, "30 keys spread over every peer: {seen:?}");
 }
