@@ -45,6 +45,7 @@ fn backend_named(name: &'static str) -> (SocketAddr, Arc<Seen>) {
 fn serve(stream: TcpStream, seen: &Seen, name: &str) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut out = stream;
+    let mut served = 0;
     loop {
         let mut head = String::new();
         loop {
@@ -76,7 +77,11 @@ fn serve(stream: TcpStream, seen: &Seen, name: &str) {
             out.write_all(head.as_bytes())
                 .and_then(|()| out.write_all(body))
         };
+        served += 1;
         let written = match path.as_str() {
+            // A kept-alive connection the backend drops instead of answering
+            // (as when its keep-alive timeout races a reuse).
+            "/stale" if served > 1 => return,
             "/chunked" => out.write_all(
                 b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n7\r\n, world\r\n0\r\n\r\n",
             ),
@@ -506,4 +511,23 @@ fn hash_balancing_keeps_a_key_on_its_peer() {
     }
     let peers: std::collections::HashSet<&String> = seen.values().collect();
     assert_eq!(peers.len(), 3, "30 keys spread over every peer: {seen:?}");
+}
+
+#[test]
+fn a_reused_connection_that_was_dropped_is_retried_fresh_when_idempotent() {
+    let (server, seen) = start();
+    let mut client = server.raw();
+    assert_eq!(get(&mut client, "/api/warm", "").status, 200);
+    // Reuses the pooled connection, which the backend drops: the GET goes
+    // again on a fresh connection and the client never sees the failure.
+    let response = get(&mut client, "/api/stale", "");
+    assert_eq!(response.status, 200, "{response:?}");
+    assert_eq!(response.body_str(), "GET /stale|");
+    assert_eq!(seen.connections.load(Ordering::SeqCst), 2);
+    // A POST is not sent twice: 502.
+    assert_eq!(get(&mut client, "/api/warm", "").status, 200);
+    client.send(b"POST /api/stale HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nab");
+    assert_eq!(client.read_response().status, 502);
+    let log = server.wait_for_log("closed before the response head", Duration::from_secs(5));
+    assert_no_panic(&log, "after stale connections");
 }

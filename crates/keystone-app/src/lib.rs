@@ -594,7 +594,7 @@ fn start_proxy(
         request.slot,
         pool,
         exchange.upstream_key(),
-        request.method() == b"HEAD",
+        request.method(),
         request.started,
         |buffer| {
             let Ok(len) = write_forward_head(&forward, headers, overrides, buffer.spare_mut())

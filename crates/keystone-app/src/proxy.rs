@@ -122,6 +122,11 @@ struct Slot {
     started: Instant,
     /// When the upstream's head arrived.
     answered_at: Option<Instant>,
+    /// The request may be sent twice (GET, HEAD, PUT, DELETE, OPTIONS,
+    /// TRACE: RFC 9110 §9.2.2).
+    idempotent: bool,
+    /// The request started on a pooled connection.
+    reused: bool,
 }
 
 /// One pool at runtime.
@@ -199,6 +204,8 @@ impl Upstreams {
                     generation: 0,
                     started: now,
                     answered_at: None,
+                    idempotent: false,
+                    reused: false,
                 })
                 .collect()
         };
@@ -268,10 +275,20 @@ impl Upstreams {
         client: u32,
         pool: usize,
         key: &[u8],
-        head_request: bool,
+        method: &[u8],
         now: Instant,
         write: impl FnOnce(&mut RingBuffer) -> bool,
     ) -> Result<(), u16> {
+        let head_request = method == b"HEAD";
+        let idempotent = [
+            &b"GET"[..],
+            b"HEAD",
+            b"PUT",
+            b"DELETE",
+            b"OPTIONS",
+            b"TRACE",
+        ]
+        .contains(&method);
         let peer = match self.pools[pool].balancer.pick(key, &Tried::default(), now) {
             Ok(peer) => peer,
             Err(NoPeer) => {
@@ -329,6 +346,8 @@ impl Upstreams {
         slot.generation = self.generation;
         slot.started = now;
         slot.answered_at = None;
+        slot.idempotent = idempotent;
+        slot.reused = connected;
         let config = &self.pools[pool].config;
         slot.addr = config.peers[peer];
         slot.timeouts = [
@@ -493,6 +512,34 @@ impl Upstreams {
     /// Slot `index` failed: count it against the peer, retry on another
     /// peer if allowed, or record the failure for the client.
     fn fail(&mut self, index: usize, failure: Failure, now: Instant) {
+        // A request may go out again if nothing of it went out, or if it
+        // is idempotent (nginx's rule for proxy_next_upstream).
+        let slot = &self.slots[index];
+        let resend_ok = slot.idempotent || !slot.conn.sent_any();
+        // A reused connection the upstream had closed (it answered nothing):
+        // not the peer's fault; the same request goes on a fresh connection
+        // to the same peer, without spending a retry.
+        let stale = self.current(index)
+            && slot.client.is_some()
+            && slot.reused
+            && resend_ok
+            && matches!(
+                failure,
+                Failure::ClosedBeforeHead { any_byte: false } | Failure::SendFailed(_)
+            );
+        if stale && self.slots[index].conn.retry_fresh() {
+            let slot = &mut self.slots[index];
+            slot.reused = false;
+            slot.waiting_since = now;
+            if slot.fd.is_some() {
+                slot.then_retry = true;
+                slot.state = SlotState::Closing(Stage::Cancel);
+            } else {
+                slot.state = SlotState::Socketing { asked: false };
+            }
+            self.dirty.push(index);
+            return;
+        }
         let health = match failure {
             Failure::BadHead(_) | Failure::BrokenBody => Outcome::Success,
             _ => Outcome::Failure,
@@ -525,7 +572,7 @@ impl Upstreams {
             pool.config.name,
             failure.reason()
         ));
-        let next = (slot.retries_left > 0 && failure.before_any_response())
+        let next = (slot.retries_left > 0 && failure.before_any_response() && resend_ok)
             .then(|| pool.balancer.pick(&[], &slot.tried, now).ok())
             .flatten();
         if let Some(next) = next {

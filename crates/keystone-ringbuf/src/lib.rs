@@ -378,6 +378,33 @@ impl RingBuffer {
         self.consume_unchecked(sent);
     }
 
+    /// Lends `[head + skip, tail)` for one send and keeps the `skip` bytes
+    /// before it: bytes already sent that stay until their answer (a
+    /// request kept so it can be sent again elsewhere). Nothing is consumed
+    /// when the loan comes back ([`return_kept`](Self::return_kept)).
+    pub fn lend_unsent_after(&mut self, skip: u32) -> BytesLoan {
+        assert!(!self.unsent_lent, "unsent bytes lent twice");
+        assert!(skip < self.len(), "no bytes past {skip} to lend");
+        self.unsent_lent = true;
+        BytesLoan {
+            _mapping: Rc::clone(&self.mapping),
+            region: self.base,
+            offset: self.head + skip,
+            len: self.len() - skip,
+        }
+    }
+
+    /// Takes back a loan of [`lend_unsent_after`](Self::lend_unsent_after);
+    /// the bytes stay (the caller counts what was sent).
+    pub fn return_kept(&mut self, loan: BytesLoan) {
+        assert!(self.unsent_lent, "no unsent bytes are lent");
+        assert!(
+            loan.region == self.base && loan.offset >= self.head && loan.offset <= self.tail,
+            "a loan returned to the wrong buffer"
+        );
+        self.unsent_lent = false;
+    }
+
     /// Whether a [`SpareLoan`] of this buffer is out.
     pub fn spare_lent(&self) -> bool {
         self.spare_lent

@@ -607,3 +607,23 @@ fn pinned_bytes_advance_and_split() {
     let null = unsafe { PinnedBytes::new(std::ptr::null(), 10) };
     assert!(null.is_empty());
 }
+
+#[test]
+fn lending_after_kept_bytes_consumes_nothing() {
+    let mut ring = split_slab(1, 4096).unwrap().pop().unwrap();
+    ring.append(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    let loan = ring.lend_unsent_after(4);
+    assert_eq!(loan.as_slice(), b"/ HTTP/1.1\r\n\r\n");
+    ring.append(b"more").unwrap(); // appends go on meanwhile
+    ring.return_kept(loan);
+    assert_eq!(
+        ring.unconsumed(),
+        b"GET / HTTP/1.1\r\n\r\nmore",
+        "kept whole"
+    );
+    let again = ring.lend_unsent_after(0);
+    assert_eq!(again.len(), ring.len());
+    ring.return_kept(again);
+    ring.consume(ring.len());
+    assert!(ring.is_empty());
+}

@@ -178,8 +178,20 @@ pub struct UpstreamConn {
     /// Idle in a pool: a receive stays armed as a probe, so an upstream
     /// that closes an idle connection is noticed before it is reused.
     pooled: bool,
-    /// Request bytes went out (a retry elsewhere would need them again).
+    /// Request bytes went out.
     sent_any: bool,
+    /// Bytes of the request sent so far. The request stays whole in
+    /// `send` until the final response head arrives, so a retry (another
+    /// peer, or a fresh connection after a reused one failed) sends it again.
+    request_sent: u32,
+    /// The request is still kept in `send` (dropped at the final head).
+    request_kept: bool,
+    /// The head arrived while a send was out: drop the request when it
+    /// comes back.
+    drop_when_sent: bool,
+    /// The whole request went out before its answer (else the connection
+    /// is not reused: the upstream may still expect the rest).
+    request_complete: bool,
 }
 
 impl UpstreamConn {
@@ -201,6 +213,10 @@ impl UpstreamConn {
             poisoned: false,
             pooled: false,
             sent_any: false,
+            request_sent: 0,
+            request_kept: false,
+            drop_when_sent: false,
+            request_complete: false,
         }
     }
 
@@ -233,17 +249,25 @@ impl UpstreamConn {
         self.poisoned = false;
         self.pooled = false;
         self.sent_any = false;
+        self.request_sent = 0;
+        self.request_kept = true;
+        self.drop_when_sent = false;
+        self.request_complete = false;
     }
 
-    /// After a failure before any request byte went out (a refused or
-    /// timed-out connect): the same request, on a new connection to
-    /// another peer. `false` when that is not possible.
+    /// After a failure before any response byte (a refused or timed-out
+    /// connect, or an upstream that closed without answering): the same
+    /// request, kept whole, on a new connection. Whether the request may be
+    /// sent again (nothing went out, or it is idempotent) is the caller's
+    /// to decide ([`UpstreamConn::sent_any`]). `false` when not possible.
     pub fn retry_fresh(&mut self) -> bool {
         let failed_early =
             matches!(self.phase, Phase::Failed(failure) if failure.before_any_response());
-        if !failed_early || self.sent_any || self.busy() || self.send.is_empty() {
+        if !failed_early || self.busy() || !self.request_kept || self.send.is_empty() {
             return false;
         }
+        self.request_sent = 0;
+        self.sent_any = false;
         self.recv.reset_for_reuse();
         self.head.head_len = 0;
         self.any_byte = false;
@@ -276,10 +300,10 @@ impl UpstreamConn {
                 Some(UpstreamIntent::Connect)
             }
             Phase::AwaitingHead | Phase::Body => {
-                if !self.sending && !self.send.is_empty() {
+                if !self.sending && self.request_kept && self.request_sent < self.send.len() {
                     self.sending = true;
                     return Some(UpstreamIntent::Send(SendBuf::Buffer(
-                        self.send.lend_unsent(),
+                        self.send.lend_unsent_after(self.request_sent),
                     )));
                 }
                 // Nothing more is read while the head or body bytes wait
@@ -338,9 +362,13 @@ impl UpstreamConn {
                 let SendBuf::Buffer(loan) = buf else {
                     unreachable!("the upstream machine only sends its own buffer")
                 };
-                let sent = u32::try_from(result).unwrap_or(0);
+                let sent = u32::try_from(result).unwrap_or(0).min(loan.len());
                 self.sent_any |= sent > 0;
-                self.send.return_unsent(loan, sent.min(self.send.len()));
+                self.send.return_kept(loan);
+                self.request_sent += sent;
+                if std::mem::take(&mut self.drop_when_sent) {
+                    self.drop_request();
+                }
                 if result < 0 && matches!(self.phase, Phase::AwaitingHead) && !self.any_byte {
                     self.phase = Phase::Failed(Failure::SendFailed(-result));
                 }
@@ -427,6 +455,12 @@ impl UpstreamConn {
                 ResponseBody::UntilClose => BodyLeft::UntilClose,
             };
             self.phase = Phase::Body;
+            // The answer is here: the request is no longer needed.
+            if self.sending {
+                self.drop_when_sent = true;
+            } else {
+                self.drop_request();
+            }
             // The head stays at the front of `recv` until the client side
             // took it (`take_head`); body framing starts after it.
         }
@@ -484,9 +518,29 @@ impl UpstreamConn {
         }
     }
 
+    /// Drops the kept request (its answer arrived); no more of it is sent.
+    fn drop_request(&mut self) {
+        if !self.request_kept {
+            return;
+        }
+        self.request_complete = self.request_sent == self.send.len();
+        self.request_kept = false;
+        self.send.consume(self.send.len());
+        if matches!(self.phase, Phase::Done { .. }) {
+            self.finish();
+        }
+    }
+
+    /// Whether request bytes have gone out on this connection (a retry
+    /// would send them a second time).
+    pub fn sent_any(&self) -> bool {
+        self.sent_any
+    }
+
     /// The body is complete (its last bytes may still wait for the client).
     fn finish(&mut self) {
-        let reusable = self.head.keep_alive && !self.poisoned && self.send.is_empty();
+        let reusable =
+            self.head.keep_alive && !self.poisoned && !self.request_kept && self.request_complete;
         self.phase = Phase::Done { reusable };
     }
 

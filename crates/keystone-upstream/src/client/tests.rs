@@ -485,7 +485,8 @@ fn a_refused_connect_can_be_retried_with_the_same_request() {
     assert_eq!(sent, GET, "the whole request, again");
     let len = buf.ptr_len().1 as i32;
     upstream.on(UpstreamEvent::Sent { buf, result: len });
-    // Once bytes went out, no retry elsewhere.
+    // The upstream closes without answering (a stale pooled connection, a
+    // crashed backend): the request went out, and is still kept whole.
     let Some(UpstreamIntent::Recv(loan)) = upstream.poll() else {
         panic!()
     };
@@ -495,7 +496,91 @@ fn a_refused_connect_can_be_retried_with_the_same_request() {
     });
     assert!(matches!(
         upstream.outcome(),
-        Some(Err(Failure::ClosedBeforeHead { .. }))
+        Some(Err(Failure::ClosedBeforeHead { any_byte: false }))
     ));
+    assert!(
+        upstream.sent_any(),
+        "the caller decides: idempotent requests only"
+    );
+    assert!(upstream.retry_fresh());
+    let got = {
+        let Some(UpstreamIntent::Connect) = upstream.poll() else {
+            panic!()
+        };
+        upstream.on(UpstreamEvent::Connected { result: 0 });
+        let Some(UpstreamIntent::Send(buf)) = upstream.poll() else {
+            panic!()
+        };
+        let bytes = match &buf {
+            SendBuf::Buffer(loan) => loan.as_slice().to_vec(),
+            SendBuf::Pinned(_) => unreachable!(),
+        };
+        let len = bytes.len() as i32;
+        upstream.on(UpstreamEvent::Sent { buf, result: len });
+        bytes
+    };
+    assert_eq!(got, GET, "sent whole a third time");
+    // Once an answer arrives, the request is gone: no retry after that.
+    let Some(UpstreamIntent::Recv(mut loan)) = upstream.poll() else {
+        panic!()
+    };
+    let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+    loan.as_mut_slice()[..answer.len()].copy_from_slice(answer);
+    upstream.on(UpstreamEvent::Received {
+        buf: loan,
+        result: answer.len() as i32,
+    });
+    upstream.take_head();
+    assert_eq!(upstream.outcome(), Some(Ok(true)));
     assert!(!upstream.retry_fresh());
+}
+
+#[test]
+fn a_request_sent_in_pieces_is_kept_until_its_answer() {
+    let mut upstream = conn();
+    let request = b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\n0123456789";
+    upstream.request_buffer().append(request).unwrap();
+    upstream.start(true, false);
+    let mut sent = Vec::new();
+    // The socket takes 7 bytes at a time.
+    while let Some(UpstreamIntent::Send(buf)) = upstream.poll() {
+        let SendBuf::Buffer(loan) = &buf else {
+            panic!()
+        };
+        let take = loan.len().min(7);
+        sent.extend_from_slice(&loan.as_slice()[..take as usize]);
+        upstream.on(UpstreamEvent::Sent {
+            buf,
+            result: take as i32,
+        });
+    }
+    assert_eq!(sent, request);
+    // An early answer while the body is still going out: the rest is not
+    // sent, and the connection is not reused.
+    let mut early = conn();
+    early.request_buffer().append(request).unwrap();
+    early.start(true, false);
+    let Some(UpstreamIntent::Send(buf)) = early.poll() else {
+        panic!()
+    };
+    let Some(UpstreamIntent::Recv(mut loan)) = early.poll() else {
+        panic!()
+    };
+    let answer = b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\n\r\n";
+    loan.as_mut_slice()[..answer.len()].copy_from_slice(answer);
+    early.on(UpstreamEvent::Received {
+        buf: loan,
+        result: answer.len() as i32,
+    });
+    early.on(UpstreamEvent::Sent { buf, result: 10 });
+    assert!(
+        early.poll().is_none(),
+        "nothing more is sent after the answer"
+    );
+    early.take_head();
+    assert_eq!(
+        early.outcome(),
+        Some(Ok(false)),
+        "the upstream may still expect the body"
+    );
 }
