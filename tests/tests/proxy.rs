@@ -18,6 +18,10 @@ use keystone_tests::{assert_no_panic, curl, free_port, RawClient, Server};
 struct Seen {
     connections: AtomicU32,
     heads: Mutex<Vec<String>>,
+    /// `/health` answers 503 while set.
+    sick: std::sync::atomic::AtomicBool,
+    /// Health checks seen.
+    checks: AtomicU32,
 }
 
 /// A keep-alive HTTP/1.1 backend; the path picks the behaviour.
@@ -82,6 +86,14 @@ fn serve(stream: TcpStream, seen: &Seen, name: &str) {
             // A kept-alive connection the backend drops instead of answering
             // (as when its keep-alive timeout races a reuse).
             "/stale" if served > 1 => return,
+            "/health" => {
+                seen.checks.fetch_add(1, Ordering::SeqCst);
+                if seen.sick.load(Ordering::SeqCst) {
+                    reply(&mut out, "503 Service Unavailable", "", b"sick")
+                } else {
+                    reply(&mut out, "200 OK", "", b"fine")
+                }
+            }
             "/chunked" => out.write_all(
                 b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n7\r\n, world\r\n0\r\n\r\n",
             ),
@@ -530,4 +542,47 @@ fn a_reused_connection_that_was_dropped_is_retried_fresh_when_idempotent() {
     assert_eq!(client.read_response().status, 502);
     let log = server.wait_for_log("closed before the response head", Duration::from_secs(5));
     assert_no_panic(&log, "after stale connections");
+}
+
+#[test]
+fn active_health_checks_take_a_sick_peer_out_and_bring_it_back() {
+    let (a, seen_a) = backend_named("a");
+    let (b, _) = backend_named("b");
+    seen_a.sick.store(true, Ordering::SeqCst);
+    let app = format!(
+        r#"return {{
+      upstreams = {{ checked = {{
+        peers = {{ "{a}", "{b}" }},
+        max_fails = 0, fail_timeout = 30,
+        health_check = {{ path = "/health", interval = 1 }},
+      }} }},
+      routes = {{ ["GET /{{*p}}"] = function(ctx) ctx.upstream = "checked" end }},
+    }}"#
+    );
+    let server = Server::start(Some(&app), &[]);
+    // The first checks run at the first tick: a is sick, so only b answers.
+    server.wait_for_log("health check /health answered 503", Duration::from_secs(5));
+    let mut client = server.raw();
+    for _ in 0..10 {
+        assert_eq!(get(&mut client, "/x", "").header("x-backend"), Some("b"));
+    }
+    // a recovers: the next passing check brings it back into rotation.
+    seen_a.sick.store(false, Ordering::SeqCst);
+    let checks = seen_a.checks.load(Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while seen_a.checks.load(Ordering::SeqCst) < checks + 2 {
+        assert!(Instant::now() < deadline, "no more health checks");
+        thread::sleep(Duration::from_millis(100));
+    }
+    let peers: std::collections::HashSet<String> = (0..10)
+        .map(|_| {
+            get(&mut client, "/x", "")
+                .header("x-backend")
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(peers.len(), 2, "both peers serve again: {peers:?}");
+    // The checks never reached a client: every answer above was a proxied one.
+    assert_no_panic(&server.log(), "after health checks");
 }

@@ -127,6 +127,8 @@ struct Slot {
     idempotent: bool,
     /// The request started on a pooled connection.
     reused: bool,
+    /// An active health check of (pool, peer), not a client's request.
+    check: Option<(usize, usize)>,
 }
 
 /// One pool at runtime.
@@ -135,6 +137,9 @@ struct Pool {
     balancer: Balancer,
     /// Pooled slots per peer, most recently used last.
     idle: Vec<Vec<usize>>,
+    /// When each peer's next active health check is due (`health_check`
+    /// pools), and whether one is in flight.
+    checks: Vec<(Instant, bool)>,
 }
 
 /// What a proxied request's client sees of its upstream.
@@ -206,6 +211,7 @@ impl Upstreams {
                     answered_at: None,
                     idempotent: false,
                     reused: false,
+                    check: None,
                 })
                 .collect()
         };
@@ -216,6 +222,7 @@ impl Upstreams {
                 .map(|config| Pool {
                     balancer: Balancer::new(config),
                     idle: vec![Vec::new(); config.peers.len()],
+                    checks: vec![(Instant::now(), false); config.peers.len()],
                     config: config.clone(),
                 })
                 .collect(),
@@ -249,6 +256,7 @@ impl Upstreams {
             .map(|config| Pool {
                 balancer: Balancer::new(config),
                 idle: vec![Vec::new(); config.peers.len()],
+                checks: vec![(Instant::now(), false); config.peers.len()],
                 config: config.clone(),
             })
             .collect();
@@ -348,6 +356,7 @@ impl Upstreams {
         slot.answered_at = None;
         slot.idempotent = idempotent;
         slot.reused = connected;
+        slot.check = None;
         let config = &self.pools[pool].config;
         slot.addr = config.peers[peer];
         slot.timeouts = [
@@ -430,7 +439,7 @@ impl Upstreams {
         match done {
             UpstreamDone::Socket { result } if result >= 0 => {
                 slot.fd = Some(result);
-                if slot.client.is_none() {
+                if slot.client.is_none() && slot.check.is_none() {
                     // The client left while the socket was being made.
                     slot.state = SlotState::Closing(Stage::Cancel);
                     return;
@@ -438,6 +447,10 @@ impl Upstreams {
                 slot.state = SlotState::Live;
             }
             UpstreamDone::Socket { result } => {
+                if slot.check.is_some() {
+                    slot.state = SlotState::Dead;
+                    return self.check_done(index, false, "cannot make a socket", now);
+                }
                 // A local failure (descriptors exhausted): no peer is to
                 // blame, and another would fail alike.
                 self.notes.push(format!(
@@ -489,6 +502,9 @@ impl Upstreams {
     /// Looks at live slot `index` after an event: wakes its client, or
     /// pools, retries or closes it.
     fn settle(&mut self, index: usize, now: Instant) {
+        if self.slots[index].check.is_some() {
+            return self.settle_check(index, now);
+        }
         let slot = &mut self.slots[index];
         if slot.answered_at.is_none() && slot.conn.response_head().is_some() {
             slot.answered_at = Some(now);
@@ -512,6 +528,9 @@ impl Upstreams {
     /// Slot `index` failed: count it against the peer, retry on another
     /// peer if allowed, or record the failure for the client.
     fn fail(&mut self, index: usize, failure: Failure, now: Instant) {
+        if self.slots[index].check.is_some() {
+            return self.check_done(index, false, failure.reason(), now);
+        }
         // A request may go out again if nothing of it went out, or if it
         // is idempotent (nginx's rule for proxy_next_upstream).
         let slot = &self.slots[index];
@@ -670,11 +689,112 @@ impl Upstreams {
         out.append(&mut self.wakes);
     }
 
-    /// Fails the waits that outlived their pool's timeout.
+    /// Starts the active health checks that are due: `GET path` on a
+    /// connection of its own (`Connection: close`).
+    fn start_checks(&mut self, now: Instant) {
+        for pool in 0..self.pools.len() {
+            let Some(check) = self.pools[pool].config.health_check.clone() else {
+                continue;
+            };
+            for peer in 0..self.pools[pool].config.peers.len() {
+                let (due, running) = self.pools[pool].checks[peer];
+                if running || now < due {
+                    continue;
+                }
+                let Some(index) = self.free.pop() else { return };
+                let config = &self.pools[pool].config;
+                let addr = config.peers[peer];
+                let slot = &mut self.slots[index];
+                let head = format!(
+                    "GET {} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: keystone-health-check\r\nConnection: close\r\n\r\n",
+                    check.path
+                );
+                if slot.conn.request_buffer().append(head.as_bytes()).is_err() {
+                    self.free.push(index);
+                    continue;
+                }
+                slot.pool = pool;
+                slot.peer = peer;
+                slot.addr = addr;
+                slot.timeouts = [
+                    config.connect_timeout,
+                    config.send_timeout,
+                    config.read_timeout,
+                ];
+                slot.generation = self.generation;
+                slot.client = None;
+                slot.check = Some((pool, peer));
+                slot.counted = false;
+                slot.failure = None;
+                slot.then_retry = false;
+                slot.started = now;
+                slot.waiting_since = now;
+                slot.conn.start(false, false);
+                slot.state = SlotState::Socketing { asked: false };
+                self.pools[pool].checks[peer] = (now + check.interval, true);
+                self.dirty.push(index);
+            }
+        }
+    }
+
+    /// A health check's connection progressed: its status decides.
+    fn settle_check(&mut self, index: usize, now: Instant) {
+        let slot = &self.slots[index];
+        if slot.state != SlotState::Live {
+            return;
+        }
+        if let Some(status) = slot.conn.response_status() {
+            let passed = (200..400).contains(&status);
+            return self.check_done(index, passed, "answered", now);
+        }
+        if let Some(Err(failure)) = slot.conn.outcome() {
+            self.check_done(index, false, failure.reason(), now);
+        }
+    }
+
+    /// A health check ended: a pass brings the peer back, a failure takes
+    /// it out until the next pass (or `fail_timeout`).
+    fn check_done(&mut self, index: usize, passed: bool, why: &str, now: Instant) {
+        let Some((pool, peer)) = self.slots[index].check.take() else {
+            return;
+        };
+        if self.current(index) {
+            let pool_ref = &mut self.pools[pool];
+            pool_ref.checks[peer].1 = false;
+            let was_down = pool_ref.balancer.is_down(peer, now);
+            if passed {
+                pool_ref.balancer.revive(peer);
+            } else {
+                pool_ref.balancer.take_out(peer, now);
+                if !was_down {
+                    let status = self.slots[index].conn.response_status();
+                    let what = match status {
+                        Some(status) => format!("answered {status}"),
+                        None => why.to_string(),
+                    };
+                    self.notes.push(format!(
+                        "upstream {}: peer {}: health check {} {what}; out of rotation",
+                        pool_ref.config.name,
+                        pool_ref.config.peers[peer],
+                        pool_ref
+                            .config
+                            .health_check
+                            .as_ref()
+                            .map_or("", |c| c.path.as_str()),
+                    ));
+                }
+            }
+        }
+        self.close(index);
+    }
+
+    /// Fails the waits that outlived their pool's timeout, and starts the
+    /// health checks that are due.
     pub fn tick(&mut self, now: Instant) {
+        self.start_checks(now);
         for index in 0..self.slots.len() {
             let slot = &mut self.slots[index];
-            if slot.state != SlotState::Live || slot.client.is_none() {
+            if slot.state != SlotState::Live || (slot.client.is_none() && slot.check.is_none()) {
                 continue;
             }
             let Some(wait) = slot.conn.timeout() else {

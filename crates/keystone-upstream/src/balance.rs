@@ -173,6 +173,15 @@ impl Balancer {
         }
     }
 
+    /// An active health check of `peer` failed: out of rotation until a
+    /// check passes, or `fail_timeout` from now.
+    pub fn take_out(&mut self, peer: usize, now: Instant) {
+        let state = &mut self.states[peer];
+        state.down_until = Some(now + self.fail_timeout);
+        state.fails = 0;
+        state.window_start = None;
+    }
+
     /// An active health check of `peer` passed: it is back in rotation.
     pub fn revive(&mut self, peer: usize) {
         let state = &mut self.states[peer];
