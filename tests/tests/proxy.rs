@@ -586,3 +586,54 @@ fn active_health_checks_take_a_sick_peer_out_and_bring_it_back() {
     // The checks never reached a client: every answer above was a proxied one.
     assert_no_panic(&server.log(), "after health checks");
 }
+
+#[test]
+fn metrics_count_per_upstream_peer() {
+    let (addr, _) = backend();
+    let dead = free_port();
+    let (server, admin) = Server::start_with_admin(Some(&app(addr, dead)), &[]);
+    let mut client = server.raw();
+    for i in 0..3 {
+        assert_eq!(get(&mut client, &format!("/api/ok/{i}"), "").status, 200);
+    }
+    assert_eq!(get(&mut client, "/api/malformed", "").status, 502);
+    // The malformed answer's connection is closed; this one goes back.
+    assert_eq!(get(&mut client, "/api/ok/again", "").status, 200);
+    assert_eq!(get(&mut server.raw(), "/dead", "").status, 502);
+    let metrics = curl(&[&format!("http://{admin}/metrics")]).body_str();
+    let value = |line_start: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(line_start)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {line_start} in\n{metrics}"))
+    };
+    let api = format!("upstream=\"api\",peer=\"{addr}\"");
+    assert_eq!(
+        value(&format!("keystone_upstream_requests_total{{{api}}}")),
+        5
+    );
+    assert_eq!(
+        value(&format!(
+            "keystone_upstream_responses_total{{{api},class=\"2xx\"}}"
+        )),
+        4
+    );
+    assert_eq!(
+        value(&format!(
+            "keystone_upstream_failures_total{{{api},reason=\"bad_head\"}}"
+        )),
+        1
+    );
+    assert_eq!(
+        value(&format!("keystone_upstream_idle_connections{{{api}}}")),
+        1
+    );
+    let dead = format!("upstream=\"dead\",peer=\"127.0.0.1:{dead}\"");
+    assert_eq!(
+        value(&format!(
+            "keystone_upstream_failures_total{{{dead},reason=\"connect\"}}"
+        )),
+        1
+    );
+    assert_eq!(value("keystone_proxied_requests_total"), 6);
+}

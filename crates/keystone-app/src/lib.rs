@@ -118,7 +118,11 @@ impl AppPolicy {
     ) -> Result<AppPolicy, String> {
         let mut next_root_id = 1;
         let (statics, files) = open_directories(&app, &mut next_root_id)?;
-        let upstreams = Upstreams::new(&app.upstreams, keystone_parser::MAX_BODY_BYTES_DEFAULT)?;
+        let upstreams = Upstreams::new(
+            &app.upstreams,
+            keystone_parser::MAX_BODY_BYTES_DEFAULT,
+            Arc::clone(&stats),
+        )?;
         Ok(AppPolicy {
             upstreams,
             pool_configs: app.upstreams.clone(),
@@ -224,7 +228,8 @@ impl AppPolicy {
         self.retired_directories.push(old_files);
         if !self.upstreams.reload(&app.upstreams) {
             // The first pools of this worker: nothing was in flight.
-            self.upstreams = Upstreams::new(&app.upstreams, self.body_limit)?;
+            self.upstreams =
+                Upstreams::new(&app.upstreams, self.body_limit, Arc::clone(&self.stats))?;
         }
         self.pool_configs = app.upstreams.clone();
         self.route_slots = self.stats.route_slots(&app.routes);
@@ -244,7 +249,11 @@ impl AppPolicy {
     /// (the worker's `--max-body-bytes`); called before any traffic.
     pub fn set_body_limit(&mut self, max_body_bytes: u64) -> Result<(), String> {
         if self.upstreams.capacity() > 0 {
-            self.upstreams = Upstreams::new(self.upstream_configs(), max_body_bytes)?;
+            self.upstreams = Upstreams::new(
+                self.upstream_configs(),
+                max_body_bytes,
+                Arc::clone(&self.stats),
+            )?;
         }
         self.body_limit = max_body_bytes;
         Ok(())

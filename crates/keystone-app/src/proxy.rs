@@ -18,6 +18,9 @@ use std::os::fd::RawFd;
 use std::time::Instant;
 
 use keystone_ringbuf::{split_slab, RingBuffer, SendBuf, SpareLoan};
+use std::sync::Arc;
+
+use keystone_ops::stats::{PeerCounters, WorkerStats};
 use keystone_upstream::PoolConfig;
 use keystone_upstream::{
     Balancer, Failure, NoPeer, Outcome, Tried, UpstreamConn, UpstreamEvent, UpstreamIntent,
@@ -129,6 +132,10 @@ struct Slot {
     reused: bool,
     /// An active health check of (pool, peer), not a client's request.
     check: Option<(usize, usize)>,
+    /// The peer's counters (`WorkerStats::peers`), fixed at start.
+    stat: u16,
+    /// In its peer's idle list (counted in the idle gauge).
+    idle: bool,
 }
 
 /// One pool at runtime.
@@ -140,6 +147,8 @@ struct Pool {
     /// When each peer's next active health check is due (`health_check`
     /// pools), and whether one is in flight.
     checks: Vec<(Instant, bool)>,
+    /// Each peer's counter slot in `WorkerStats::peers`.
+    stats: Vec<u16>,
 }
 
 /// What a proxied request's client sees of its upstream.
@@ -171,12 +180,18 @@ pub struct Upstreams {
     /// Bumped by a reload: slots of an older generation finish their
     /// request and close, never going back to a pool.
     generation: u32,
+    /// This worker's counters (the per-peer ones are written here).
+    stats: Arc<WorkerStats>,
 }
 
 impl Upstreams {
     /// The runtime of `pools` (none: no buffers are made). `request_bytes`
     /// is the largest forwarded body (the client body limit).
-    pub fn new(pools: &[PoolConfig], request_bytes: u64) -> Result<Upstreams, String> {
+    pub fn new(
+        pools: &[PoolConfig],
+        request_bytes: u64,
+        stats: Arc<WorkerStats>,
+    ) -> Result<Upstreams, String> {
         let slots = if pools.is_empty() {
             Vec::new()
         } else {
@@ -212,6 +227,8 @@ impl Upstreams {
                     idempotent: false,
                     reused: false,
                     check: None,
+                    stat: 0,
+                    idle: false,
                 })
                 .collect()
         };
@@ -223,6 +240,7 @@ impl Upstreams {
                     balancer: Balancer::new(config),
                     idle: vec![Vec::new(); config.peers.len()],
                     checks: vec![(Instant::now(), false); config.peers.len()],
+                    stats: peer_slots(&stats, config),
                     config: config.clone(),
                 })
                 .collect(),
@@ -233,7 +251,12 @@ impl Upstreams {
             wakes: Vec::with_capacity(UPSTREAM_CONNECTIONS_MAX),
             notes: Vec::new(),
             generation: 0,
+            stats,
         })
+    }
+
+    fn counters(&self, index: usize) -> &PeerCounters {
+        &self.stats.peers[self.slots[index].stat as usize]
     }
 
     /// A reload's pools replace these for new requests. Requests in flight
@@ -257,6 +280,7 @@ impl Upstreams {
                 balancer: Balancer::new(config),
                 idle: vec![Vec::new(); config.peers.len()],
                 checks: vec![(Instant::now(), false); config.peers.len()],
+                stats: peer_slots(&self.stats, config),
                 config: config.clone(),
             })
             .collect();
@@ -309,8 +333,14 @@ impl Upstreams {
         // A pooled connection whose probe has not fired, else a free slot.
         let pooled = loop {
             match self.pools[pool].idle[peer].pop() {
-                Some(index) if self.slots[index].conn.is_pooled() => break Some(index),
-                Some(index) => self.close(index),
+                Some(index) => {
+                    self.slots[index].idle = false;
+                    self.counters(index).idle.sub(1);
+                    if self.slots[index].conn.is_pooled() {
+                        break Some(index);
+                    }
+                    self.close(index);
+                }
                 None => break None,
             }
         };
@@ -357,6 +387,8 @@ impl Upstreams {
         slot.idempotent = idempotent;
         slot.reused = connected;
         slot.check = None;
+        slot.stat = self.pools[pool].stats[peer];
+        self.stats.peers[slot.stat as usize].requests.add(1);
         let config = &self.pools[pool].config;
         slot.addr = config.peers[peer];
         slot.timeouts = [
@@ -506,9 +538,14 @@ impl Upstreams {
             return self.settle_check(index, now);
         }
         let slot = &mut self.slots[index];
-        if slot.answered_at.is_none() && slot.conn.response_head().is_some() {
-            slot.answered_at = Some(now);
+        if slot.answered_at.is_none() {
+            if let Some(status) = slot.conn.response_status() {
+                slot.answered_at = Some(now);
+                let class = (status / 100).clamp(1, 5) as usize - 1;
+                self.stats.peers[slot.stat as usize].responses[class].add(1);
+            }
         }
+        let slot = &mut self.slots[index];
         if let Some(client) = slot.client {
             self.wakes.push(client);
         }
@@ -559,6 +596,16 @@ impl Upstreams {
             self.dirty.push(index);
             return;
         }
+        let reason = match failure {
+            Failure::Refused | Failure::ConnectFailed(_) => 0,
+            Failure::ConnectTimeout | Failure::SendTimeout | Failure::ReadTimeout => 1,
+            Failure::ClosedBeforeHead { .. } | Failure::SendFailed(_) => 2,
+            Failure::BadHead(_) => 3,
+            Failure::BrokenBody => 4,
+        };
+        if self.slots[index].client.is_some() {
+            self.counters(index).failures[reason].add(1);
+        }
         let health = match failure {
             Failure::BadHead(_) | Failure::BrokenBody => Outcome::Success,
             _ => Outcome::Failure,
@@ -600,6 +647,8 @@ impl Upstreams {
                 slot.tried.insert(next);
                 slot.peer = next;
                 slot.addr = pool.config.peers[next];
+                slot.stat = pool.stats[next];
+                self.stats.peers[slot.stat as usize].requests.add(1);
                 slot.counted = true;
                 pool.balancer.begin(next);
                 slot.waiting_since = now;
@@ -637,6 +686,8 @@ impl Upstreams {
         if reusable && room && slot.state == SlotState::Live {
             slot.conn.reset_for_pool();
             pool.idle[slot.peer].push(index);
+            slot.idle = true;
+            self.stats.peers[slot.stat as usize].idle.add(1);
             self.dirty.push(index); // arms the probe
         } else {
             self.close(index);
@@ -645,6 +696,9 @@ impl Upstreams {
 
     /// Starts closing slot `index` (its client is done or was never told).
     fn close(&mut self, index: usize) {
+        if std::mem::take(&mut self.slots[index].idle) {
+            self.counters(index).idle.sub(1);
+        }
         if self.current(index) {
             let (pool, peer) = (self.slots[index].pool, self.slots[index].peer);
             if let Some(idle) = self.pools.get_mut(pool).and_then(|p| p.idle.get_mut(peer)) {
@@ -920,4 +974,14 @@ impl Upstreams {
             at.saturating_duration_since(slot.started).as_secs_f64(),
         ))
     }
+}
+
+/// The counter slots of `pool`'s peers.
+fn peer_slots(stats: &WorkerStats, pool: &PoolConfig) -> Vec<u16> {
+    let names: Vec<(String, String)> = pool
+        .peer_names
+        .iter()
+        .map(|peer| (pool.name.clone(), peer.clone()))
+        .collect();
+    stats.peer_slots(&names)
 }

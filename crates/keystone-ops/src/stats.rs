@@ -78,6 +78,31 @@ pub struct WorkerStats {
     /// (the log's own count, stored each loop turn).
     pub log_dropped: Counter,
     route_names: Mutex<Vec<String>>,
+    /// Per upstream peer (names in `peer_names`; the last slot: peers past
+    /// `PEER_COUNTERS_MAX`).
+    pub peers: Box<[PeerCounters]>,
+    peer_names: Mutex<Vec<(String, String)>>,
+}
+
+/// Upstream peers counted by name; more share one "other" slot. A gateway
+/// has a few pools of a few peers each.
+pub const PEER_COUNTERS_MAX: usize = 64;
+
+/// Why a proxied request failed, as `/metrics` labels it.
+pub const UPSTREAM_FAILURES: [&str; 5] =
+    ["connect", "timeout", "closed", "bad_head", "broken_body"];
+
+/// One upstream peer's counters (one worker's share).
+#[derive(Default)]
+pub struct PeerCounters {
+    /// Requests sent to it (each try of a retried request counts).
+    pub requests: Counter,
+    /// Response heads it sent, by class (1xx..5xx).
+    pub responses: [Counter; 5],
+    /// Failures by reason ([`UPSTREAM_FAILURES`]).
+    pub failures: [Counter; UPSTREAM_FAILURES.len()],
+    /// Idle connections to it in this worker's pool now (gauge).
+    pub idle: Counter,
 }
 
 impl Default for WorkerStats {
@@ -101,6 +126,10 @@ impl Default for WorkerStats {
             registered_buffers: Counter::default(),
             log_dropped: Counter::default(),
             route_names: Mutex::new(Vec::new()),
+            peers: (0..PEER_COUNTERS_MAX + 1)
+                .map(|_| PeerCounters::default())
+                .collect(),
+            peer_names: Mutex::new(Vec::new()),
         }
     }
 }
@@ -110,6 +139,27 @@ impl WorkerStats {
     pub fn response(&self, status: u16) {
         let class = (status / 100).clamp(1, 5) as usize - 1;
         self.responses[class].add(1);
+    }
+
+    /// Maps an app's upstream peers, `(pool, peer)` names, to counter
+    /// slots, adding names not seen before (a reload keeps the counts of
+    /// peers it keeps); peers past [`PEER_COUNTERS_MAX`] share the last.
+    pub fn peer_slots(&self, peers: &[(String, String)]) -> Vec<u16> {
+        let mut names = self.peer_names.lock().expect("peer names poisoned");
+        peers
+            .iter()
+            .map(|name| {
+                let slot = match names.iter().position(|n| n == name) {
+                    Some(slot) => slot,
+                    None if names.len() < PEER_COUNTERS_MAX => {
+                        names.push(name.clone());
+                        names.len() - 1
+                    }
+                    None => PEER_COUNTERS_MAX,
+                };
+                slot as u16
+            })
+            .collect()
     }
 
     /// Maps an app's route keys (handler id `i + 1` is `keys[i]`) to counter
@@ -279,6 +329,7 @@ pub fn prometheus(shared: &Shared, extra: &str) -> String {
             escape_label(&name)
         );
     }
+    upstream_families(&mut out, shared);
     family(
         &mut out,
         "keystone_log_dropped_total",
@@ -297,6 +348,106 @@ pub fn prometheus(shared: &Shared, extra: &str) -> String {
     let _ = writeln!(out, "keystone_draining {draining}");
     out.push_str(extra);
     out
+}
+
+/// The per-peer families, summed over workers (only when some worker has
+/// upstream peers).
+fn upstream_families(out: &mut String, shared: &Shared) {
+    let mut names: Vec<(String, String)> = Vec::new();
+    for worker in &shared.workers {
+        for name in worker
+            .peer_names
+            .lock()
+            .expect("peer names poisoned")
+            .iter()
+        {
+            if !names.contains(name) {
+                names.push(name.clone());
+            }
+        }
+    }
+    if names.is_empty() {
+        return;
+    }
+    // A peer's counters: the sum over workers of the slot each gave it.
+    let total = |name: &(String, String), read: &dyn Fn(&PeerCounters) -> u64| -> u64 {
+        shared
+            .workers
+            .iter()
+            .filter_map(|worker| {
+                let slots = worker.peer_names.lock().expect("peer names poisoned");
+                let slot = slots.iter().position(|n| n == name)?;
+                Some(read(&worker.peers[slot]))
+            })
+            .sum()
+    };
+    let labels = |(pool, peer): &(String, String)| {
+        format!(
+            "upstream=\"{}\",peer=\"{}\"",
+            escape_label(pool),
+            escape_label(peer)
+        )
+    };
+    family(
+        out,
+        "keystone_upstream_requests_total",
+        "counter",
+        "Requests sent to an upstream peer (each try of a retried request).",
+    );
+    for name in &names {
+        let count = total(name, &|p| p.requests.get());
+        let _ = writeln!(
+            out,
+            "keystone_upstream_requests_total{{{}}} {count}",
+            labels(name)
+        );
+    }
+    family(
+        out,
+        "keystone_upstream_responses_total",
+        "counter",
+        "Response heads an upstream peer sent, by status class.",
+    );
+    for name in &names {
+        for (class, label) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().enumerate() {
+            let count = total(name, &|p| p.responses[class].get());
+            let _ = writeln!(
+                out,
+                "keystone_upstream_responses_total{{{},class=\"{label}\"}} {count}",
+                labels(name)
+            );
+        }
+    }
+    family(
+        out,
+        "keystone_upstream_failures_total",
+        "counter",
+        "Proxied requests an upstream peer failed, by reason.",
+    );
+    for name in &names {
+        for (kind, reason) in UPSTREAM_FAILURES.iter().enumerate() {
+            let count = total(name, &|p| p.failures[kind].get());
+            let _ = writeln!(
+                out,
+                "keystone_upstream_failures_total{{{},reason=\"{reason}\"}} {count}",
+                labels(name)
+            );
+        }
+    }
+    family(
+        out,
+        "keystone_upstream_idle_connections",
+        "gauge",
+        "Idle kept-alive connections to an upstream peer now.",
+    );
+    for name in &names {
+        let count = total(name, &|p| p.idle.get());
+        let _ = writeln!(
+            out,
+            "keystone_upstream_idle_connections{{{}}} {count}",
+            labels(name)
+        );
+    }
 }
 
 fn route_totals(shared: &Shared) -> Vec<(String, u64)> {
@@ -385,6 +536,23 @@ mod tests {
             stats.response(status);
             assert_eq!(stats.responses[class].get(), before + 1, "status {status}");
         }
+    }
+
+    #[test]
+    fn peer_slots_reuse_names_and_share_the_excess() {
+        let stats = WorkerStats::default();
+        let name = |pool: &str, peer: usize| (pool.to_string(), format!("10.0.0.1:{peer}"));
+        assert_eq!(stats.peer_slots(&[name("a", 1), name("a", 2)]), [0, 1]);
+        // A reload keeps a peer's slot and adds the new one.
+        assert_eq!(stats.peer_slots(&[name("a", 2), name("b", 1)]), [1, 2]);
+        let many: Vec<(String, String)> =
+            (0..PEER_COUNTERS_MAX + 5).map(|i| name("c", i)).collect();
+        let slots = stats.peer_slots(&many);
+        assert_eq!(
+            *slots.last().unwrap(),
+            PEER_COUNTERS_MAX as u16,
+            "the shared slot"
+        );
     }
 
     #[test]
