@@ -152,6 +152,34 @@ fn app(backend: SocketAddr, dead: u16) -> String {
       ctx.upstream_headers["X-Secret-Token"] = nil
     end,
     ["GET /pair"] = function(ctx) ctx.upstream = "pair" end,
+    ["GET /hooked/{{*rest}}"] = function(ctx)
+      ctx.upstream = "api"
+      ctx.upstream_path = "/" .. ctx.params.rest
+      ctx.on_response = function(ctx)
+        ctx.headers["X-Upstream-Status"] = ctx.upstream_response.status
+        ctx.headers["X-Seen-Backend"] = ctx.upstream_response.headers["x-backend"]
+        ctx.headers["X-Backend"] = nil
+        ctx.headers["X-Peer"] = ctx.upstream_addr
+        ctx.headers["Access-Control-Allow-Origin"] = "*"
+        ctx.headers["X-Path"] = ctx.path
+      end
+    end,
+    ["GET /replaced"] = function(ctx)
+      ctx.upstream = "api"
+      ctx.upstream_path = "/x"
+      ctx.on_response = function(ctx)
+        ctx.status = 418
+        ctx.headers["Content-Type"] = "text/plain"
+        ctx.body = "replaced " .. ctx.upstream_response.status
+      end
+    end,
+    ["GET /hook-fails"] = function(ctx)
+      ctx.upstream = "api"
+      ctx.on_response = function(ctx) error("hook boom") end
+    end,
+    ["GET /no-upstream-response"] = function(ctx)
+      ctx.body = tostring(ctx.upstream_response) .. "," .. tostring(ctx.upstream_addr)
+    end,
     ["GET /dead"] = function(ctx) ctx.upstream = "dead" end,
     ["GET /ping"] = function(ctx) ctx.body = "pong" end,
   }},
@@ -636,4 +664,50 @@ fn metrics_count_per_upstream_peer() {
         1
     );
     assert_eq!(value("keystone_proxied_requests_total"), 6);
+}
+
+#[test]
+fn on_response_sees_the_upstream_answer_and_changes_it() {
+    let (addr, _) = backend();
+    let dead = free_port();
+    let server = Server::start(Some(&app(addr, dead)), &[]);
+    let mut client = server.raw();
+    let response = get(&mut client, "/hooked/users/9", "");
+    assert_eq!(response.status, 200, "{response:?}");
+    assert_eq!(response.body_str(), "GET /users/9|");
+    assert_eq!(response.header("x-upstream-status"), Some("200"));
+    assert_eq!(response.header("x-seen-backend"), Some("rust"));
+    assert_eq!(response.header("x-backend"), None, "removed by on_response");
+    assert_eq!(response.header("x-peer"), Some(addr.to_string().as_str()));
+    assert_eq!(response.header("access-control-allow-origin"), Some("*"));
+    assert_eq!(response.header("x-path"), Some("/hooked/users/9"));
+    assert_eq!(
+        response.header("content-type"),
+        Some("text/plain"),
+        "the upstream's, kept"
+    );
+    // A body set in on_response replaces the upstream's.
+    let response = get(&mut client, "/replaced", "");
+    assert_eq!(response.status, 418);
+    assert_eq!(response.body_str(), "replaced 200");
+    // A failing hook: 500, logged; the connection goes on.
+    let response = get(&mut client, "/hook-fails", "");
+    assert_eq!(response.status, 500);
+    assert_eq!(get(&mut client, "/ping", "").body_str(), "pong");
+    assert_eq!(
+        get(&mut client, "/no-upstream-response", "").body_str(),
+        "nil,nil"
+    );
+    // Over and over on one connection: nothing leaks between requests.
+    for i in 0..50 {
+        let response = get(&mut client, &format!("/hooked/n/{i}"), "");
+        assert_eq!(response.body_str(), format!("GET /n/{i}|"));
+        assert_eq!(
+            response.header("x-path"),
+            Some(format!("/hooked/n/{i}").as_str())
+        );
+    }
+    let log = server.wait_for_log("ctx.on_response failed", Duration::from_secs(5));
+    assert!(log.contains("hook boom"), "{log}");
+    assert_no_panic(&log, "after on_response");
 }

@@ -104,6 +104,9 @@ pub struct AppPolicy {
     pool_configs: Vec<keystone_upstream::PoolConfig>,
     /// The largest request body an upstream connection forwards.
     body_limit: u64,
+    /// Per client connection: the Lua state keeping its `ctx.on_response`
+    /// until the upstream's head arrives (each counts as a pin).
+    hooks: Vec<Option<usize>>,
 }
 
 impl AppPolicy {
@@ -127,6 +130,7 @@ impl AppPolicy {
             upstreams,
             pool_configs: app.upstreams.clone(),
             body_limit: keystone_parser::MAX_BODY_BYTES_DEFAULT,
+            hooks: Vec::new(),
             worker,
             route_slots: stats.route_slots(&app.routes),
             router: app.router,
@@ -261,6 +265,76 @@ impl AppPolicy {
 
     fn upstream_configs(&self) -> &[keystone_upstream::PoolConfig] {
         &self.pool_configs
+    }
+
+    /// Runs the `ctx.on_response` state `owner` kept for `request`'s
+    /// connection, over the request and the upstream's answer: `Some(true)`
+    /// when its writes are in the current exchange, `Some(false)` when it
+    /// failed (logged; the caller answers 500), `None` when it was skipped:
+    /// a hook of a state a reload retired (its exchange is not the one
+    /// answered) is dropped with a warning.
+    fn run_on_response(&mut self, request: &Request<'_>, owner: usize) -> Option<bool> {
+        let slot = request.slot;
+        let current = self.states[0].lua.id() == owner;
+        if !current {
+            let state = self.state_of(PinOwner(owner));
+            state.lua.drop_hook(slot);
+            state.pins -= 1;
+            self.drop_unpinned_retired();
+            log_request(
+                self.log,
+                self.worker,
+                request,
+                format_args!("ctx.on_response skipped: the app was reloaded meanwhile"),
+            );
+            return None;
+        }
+        let Progress::Head { head, bytes } = self.upstreams.progress(slot) else {
+            self.states[0].lua.drop_hook(slot);
+            self.states[0].pins -= 1;
+            return None;
+        };
+        let peer = keystone_exchange::PeerAddr::new(self.upstreams.peer_of(slot));
+        let exchange = self.states[0].lua.exchange_mut();
+        exchange.bind(
+            request.bytes,
+            request.head,
+            &[],
+            request.body,
+            request.peer_addr(),
+        );
+        exchange.bind_upstream_response(bytes, head, peer);
+        self.bound = true;
+        self.pulse.enter_handler();
+        let outcome = self.states[0].lua.run_hook(slot);
+        self.pulse.leave_handler();
+        self.states[0].pins -= 1;
+        let message = match outcome {
+            Outcome::Done => return Some(true),
+            Outcome::Failed { message } => message.unwrap_or_else(|| "(repeated)".to_string()),
+            Outcome::Stopped { message } => message,
+        };
+        self.stats.lua_errors.add(1);
+        log_request(
+            self.log,
+            self.worker,
+            request,
+            format_args!("ctx.on_response failed: {message}"),
+        );
+        Some(false)
+    }
+
+    /// Lets a kept `ctx.on_response` go unrun (the request ended first).
+    fn forget_hook(&mut self, slot: u32) {
+        let Some(owner) = self.hooks.get_mut(slot as usize).and_then(Option::take) else {
+            return;
+        };
+        let state = self.state_of(PinOwner(owner));
+        state.lua.drop_hook(slot);
+        state.pins -= 1;
+        if self.states[0].lua.id() != owner {
+            self.drop_unpinned_retired();
+        }
     }
 
     /// Upstream connections this worker may have (reactor owners).
@@ -406,6 +480,16 @@ impl Policy for AppPolicy {
                     match started {
                         Ok(()) => {
                             self.stats.proxied.add(1);
+                            if self.states[0].lua.exchange().on_response != 0 {
+                                let state = &mut self.states[0];
+                                state.lua.pin_hook(request.slot);
+                                state.pins += 1;
+                                let slot = request.slot as usize;
+                                if self.hooks.len() <= slot {
+                                    self.hooks.resize(slot + 1, None);
+                                }
+                                self.hooks[slot] = Some(state.lua.id());
+                            }
                             Answer::Proxy
                         }
                         Err(status) => Answer::Canned {
@@ -535,10 +619,32 @@ impl Policy for AppPolicy {
         self.log_line(level, message);
     }
 
-    fn proxy_head(&mut self, slot: u32) -> ProxyHead<'_> {
+    fn proxy_head(&mut self, request: &Request<'_>) -> ProxyHead<'_> {
+        let slot = request.slot;
+        let hook = match self.upstreams.progress(slot) {
+            Progress::Waiting => return ProxyHead::Waiting,
+            Progress::Failed { status } => {
+                self.forget_hook(slot);
+                return ProxyHead::Failed { status };
+            }
+            Progress::Head { .. } => self.hooks.get_mut(slot as usize).and_then(Option::take),
+        };
+        let mut policy = false;
+        if let Some(owner) = hook {
+            match self.run_on_response(request, owner) {
+                Some(true) => policy = true,
+                Some(false) => return ProxyHead::Failed { status: 500 },
+                None => {} // skipped: the upstream's answer goes as it came
+            }
+        }
+        let exchange = self.states[0].lua.exchange();
         match self.upstreams.progress(slot) {
+            Progress::Head { head, bytes } => ProxyHead::Ready {
+                head,
+                bytes,
+                policy: policy.then_some(exchange),
+            },
             Progress::Waiting => ProxyHead::Waiting,
-            Progress::Head { head, bytes } => ProxyHead::Ready { head, bytes },
             Progress::Failed { status } => ProxyHead::Failed { status },
         }
     }
@@ -561,6 +667,7 @@ impl Policy for AppPolicy {
     }
 
     fn proxy_done(&mut self, slot: u32) {
+        self.forget_hook(slot);
         self.upstreams.done(slot, Instant::now());
         flush_notes(&mut self.upstreams, self.log, self.worker, None);
     }

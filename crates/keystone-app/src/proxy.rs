@@ -957,6 +957,11 @@ impl Upstreams {
         self.by_client.get(client as usize).copied().flatten()
     }
 
+    /// The peer serving client `client` (the last one tried).
+    pub fn peer_of(&self, client: u32) -> Option<SocketAddr> {
+        Some(self.slots[self.slot_of(client)?].addr)
+    }
+
     /// For the access log: the peer that answered client `client`, its
     /// status (or the one the client got when none came) and the seconds
     /// from the request to that answer.

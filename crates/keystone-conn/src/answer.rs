@@ -368,7 +368,7 @@ impl Connection {
 }
 
 /// Writes a canned response into `send` (whose headroom always holds one).
-fn queue_canned(
+pub(crate) fn queue_canned(
     send: &mut RingBuffer,
     shared: &crate::Shared,
     status: u16,

@@ -403,7 +403,6 @@ pub enum Answer<'p> {
 }
 
 /// The upstream's answer to a proxied request, as far as it has come.
-#[derive(Debug)]
 pub enum ProxyHead<'p> {
     /// Nothing yet: an [`Event::Upstream`] comes when there is.
     Waiting,
@@ -413,12 +412,29 @@ pub enum ProxyHead<'p> {
         head: &'p keystone_parser::ResponseHead,
         /// The upstream's receive buffer.
         bytes: &'p [u8],
+        /// What `ctx.on_response` left (status, headers overriding the
+        /// upstream's, or a body replacing it), when the handler set one.
+        policy: Option<&'p HttpExchange>,
     },
     /// No response will come: answer `status` (502, 504), already logged.
     Failed {
         /// The status for the client.
         status: u16,
     },
+}
+
+impl std::fmt::Debug for ProxyHead<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProxyHead::Waiting => f.write_str("Waiting"),
+            ProxyHead::Ready { head, policy, .. } => f
+                .debug_struct("Ready")
+                .field("status", &head.status)
+                .field("policy", &policy.is_some())
+                .finish(),
+            ProxyHead::Failed { status } => write!(f, "Failed({status})"),
+        }
+    }
 }
 
 /// The next body bytes of a proxied response.
@@ -474,10 +490,11 @@ pub trait Policy {
     /// length that does not match).
     fn log(&mut self, level: Level, message: std::fmt::Arguments<'_>);
 
-    /// The upstream's answer to the request connection `slot` proxied
-    /// ([`Answer::Proxy`]). A policy that never proxies keeps the default.
-    fn proxy_head(&mut self, slot: u32) -> ProxyHead<'_> {
-        let _ = slot;
+    /// The upstream's answer to `request`, which this connection proxied
+    /// ([`Answer::Proxy`]); the request is shown again for
+    /// `ctx.on_response`. A policy that never proxies keeps the default.
+    fn proxy_head(&mut self, request: &Request<'_>) -> ProxyHead<'_> {
+        let _ = request;
         ProxyHead::Failed { status: 502 }
     }
 

@@ -19,7 +19,7 @@ use keystone_response::{
 };
 use keystone_ringbuf::Span;
 
-use crate::answer::Commit;
+use crate::answer::{queue_canned, request_view, Commit};
 use crate::connection::{Phase, Reading, Tail};
 use crate::read::Complete;
 use crate::stream::RequestLabel;
@@ -92,14 +92,12 @@ impl Connection {
         if !matches!(self.phase, Phase::Open | Phase::Finishing) {
             return;
         }
-        if matches!(cx.policy.proxy_head(self.slot), ProxyHead::Waiting) {
-            return;
-        }
         let Reading::Proxying(pending) = std::mem::replace(&mut self.reading, Reading::Idle) else {
-            unreachable!("checked above")
+            unreachable!("checked by the caller")
         };
         // The head was parsed when the request was taken; other requests
-        // used the scratch since. Its bytes are unchanged: parse again.
+        // used the scratch since. Its bytes are unchanged: parse again
+        // (policy may look at the request again: `ctx.on_response`).
         let limits = cx.shared.config.limits;
         let reparsed = cx.shared.parser.parse(
             self.recv.unconsumed(),
@@ -121,23 +119,85 @@ impl Connection {
             total: pending.total,
         };
         let framing = pending.framing;
+        let request = request_view(
+            &self.recv,
+            &cx.shared.head,
+            &complete,
+            self.slot,
+            self.peer,
+            pending.started,
+        );
+        let answer = cx.policy.proxy_head(&request);
+        if matches!(answer, ProxyHead::Waiting) {
+            self.reading = Reading::Proxying(pending);
+            return;
+        }
         // Policy hears `proxy_done` after `answered`, so the access log
         // still sees which upstream answered.
         let mut done = true;
-        let commit = match cx.policy.proxy_head(self.slot) {
-            ProxyHead::Waiting => unreachable!("the head was there"),
+        let commit = match answer {
+            ProxyHead::Waiting => unreachable!("handled above"),
             ProxyHead::Failed { status } => Commit {
-                committed: self.queue_error(cx, status, None, framing),
+                committed: queue_canned(&mut self.send, cx.shared, status, None, framing),
                 close: false,
             },
-            ProxyHead::Ready { head, bytes } => {
+            ProxyHead::Ready {
+                policy: Some(exchange),
+                ..
+            } if exchange.response_body().is_some() => {
+                // `ctx.on_response` answered itself: its status, headers
+                // and body, the upstream's body discarded (the upstream
+                // connection closes). A string body only.
+                let body = exchange.response_body().unwrap_or_default();
+                let status = u16::try_from(exchange.status).unwrap_or(500);
+                let spec = HeadSpec {
+                    status,
+                    length: BodyLength::Known(body.len() as u64),
+                    default_content_type: keystone_response::DEFAULT_CONTENT_TYPE,
+                    extra: &[],
+                };
+                let room = self.send.spare() as usize;
+                match write_head_spec(
+                    &spec,
+                    exchange.response_headers(),
+                    framing,
+                    &cx.shared.date,
+                    self.send.spare_mut(),
+                ) {
+                    Ok(committed) if committed.bytes + body.len() <= room => {
+                        self.send.commit(committed.bytes as u32);
+                        if has_body(status, framing.head_request) {
+                            self.send.append(body).expect("checked room");
+                        }
+                        Commit {
+                            committed,
+                            close: false,
+                        }
+                    }
+                    _ => Commit {
+                        committed: queue_canned(&mut self.send, cx.shared, 500, None, framing),
+                        close: false,
+                    },
+                }
+            }
+            ProxyHead::Ready {
+                head,
+                bytes,
+                policy,
+            } => {
                 let (encoder, length) = client_framing(head, bytes, framing);
                 let framing = Framing {
                     keep_alive: framing.keep_alive && encoder.keeps_connection(),
                     ..framing
                 };
+                // `ctx.on_response` may have changed the status and the
+                // headers: its writes win over the upstream's by name, a
+                // removal drops the upstream's.
+                let status = policy.map_or(head.status, |exchange| {
+                    u16::try_from(exchange.status).unwrap_or(head.status)
+                });
                 let spec = HeadSpec {
-                    status: head.status,
+                    status,
                     length,
                     default_content_type: b"",
                     extra: &[],
@@ -155,11 +215,23 @@ impl Connection {
                         }
                     }
                 }
+                let overridden = |name: &[u8]| {
+                    policy.is_some_and(|exchange| {
+                        exchange
+                            .response_overrides()
+                            .any(|(set, _)| set.eq_ignore_ascii_case(name))
+                    })
+                };
+                let policy_lines = policy
+                    .into_iter()
+                    .flat_map(|exchange| exchange.response_headers());
                 let headers = head
                     .headers()
                     .iter()
                     .map(|header| (header.name.slice(bytes), header.value.slice(bytes)))
-                    .filter(|(name, _)| passes_to_client(name, &named[..named_len]));
+                    .filter(|(name, _)| passes_to_client(name, &named[..named_len]))
+                    .filter(|(name, _)| !overridden(name))
+                    .chain(policy_lines);
                 let written = write_head_spec(
                     &spec,
                     headers,
@@ -168,7 +240,7 @@ impl Connection {
                     self.send.spare_mut(),
                 );
                 let relay =
-                    has_body(head.status, framing.head_request) && head.body != ResponseBody::None;
+                    has_body(status, framing.head_request) && head.body != ResponseBody::None;
                 match written {
                     Ok(committed) => {
                         self.send.commit(committed.bytes as u32);
@@ -193,6 +265,8 @@ impl Connection {
                 }
             }
         };
+        // The exchange `ctx.on_response` ran in is done with.
+        cx.policy.expire();
         self.finish_answer(cx, &complete, framing, commit, pending.started);
         if done {
             cx.policy.proxy_done(self.slot);

@@ -31,7 +31,7 @@ pub use cookie::find_cookie;
 pub use header::{parse_content_length, valid_header_name, valid_header_value};
 pub use query::find_query_arg;
 
-use keystone_parser::{Head, HeaderSpan};
+use keystone_parser::{Head, HeaderSpan, ResponseHead};
 use keystone_ringbuf::Span;
 use keystone_router::Param;
 
@@ -272,6 +272,21 @@ pub struct HttpExchange {
     /// Request headers set (value in the arena) or removed (value
     /// `REMOVED`) for the upstream, in the order set; one per name.
     pub upstream_headers: [ResponseHeader; UPSTREAM_HEADERS_MAX],
+    // --- the upstream's answer (read by `ctx.on_response`) ---------------
+    /// 1 when the handler set `ctx.on_response` (the engine keeps the
+    /// function for the upstream's head).
+    pub on_response: u32,
+    /// The upstream's status, while `on_response` runs.
+    pub upstream_status: u32,
+    /// Entries at `upstream_response_headers`.
+    pub upstream_response_header_count: u32,
+    /// The upstream's receive buffer while `on_response` runs (its header
+    /// spans index it); null otherwise.
+    pub upstream_base: *const u8,
+    /// The upstream's response headers (spans relative to `upstream_base`).
+    pub upstream_response_headers: *const HeaderSpan,
+    /// The peer that answered (`ctx.upstream_addr`).
+    pub upstream_peer: PeerAddr,
     /// Keeps the layout explicit (no implicit tail padding).
     pub _pad: u32,
 }
@@ -385,6 +400,12 @@ impl HttpExchange {
             upstream_key: std::ptr::null(),
             upstream_key_len: 0,
             upstream_headers: [ResponseHeader::default(); UPSTREAM_HEADERS_MAX],
+            on_response: 0,
+            upstream_status: 0,
+            upstream_response_header_count: 0,
+            upstream_base: std::ptr::null(),
+            upstream_response_headers: std::ptr::null(),
+            upstream_peer: PeerAddr::NONE,
             _pad: 0,
         })
     }
@@ -444,6 +465,72 @@ impl HttpExchange {
         self.upstream_path_len = 0;
         self.upstream_key = std::ptr::null();
         self.upstream_key_len = 0;
+        self.on_response = 0;
+    }
+
+    /// Shows policy the upstream's answer for `ctx.on_response`: its head
+    /// (spans index `bytes`) and the peer. The status starts as the
+    /// upstream's, and `ctx.headers[name] = nil` now also removes an
+    /// upstream header. Call after [`HttpExchange::bind`]; `bytes` and
+    /// `head` stay unchanged until [`HttpExchange::expire`].
+    pub fn bind_upstream_response(&mut self, bytes: &[u8], head: &ResponseHead, peer: PeerAddr) {
+        debug_assert!(self.is_bound(), "the upstream's answer without a request");
+        let headers = head.headers();
+        self.upstream_base = bytes.as_ptr();
+        self.upstream_response_headers = headers.as_ptr();
+        self.upstream_response_header_count = headers.len() as u32;
+        self.upstream_status = u32::from(head.status);
+        self.upstream_peer = peer;
+        self.status = u32::from(head.status);
+    }
+
+    /// Whether the upstream's answer is shown (`on_response` runs).
+    pub fn has_upstream_response(&self) -> bool {
+        !self.upstream_base.is_null()
+    }
+
+    /// The upstream's response headers, as (name, value) byte pairs.
+    pub fn upstream_response_headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        let spans: &[HeaderSpan] = if self.upstream_response_headers.is_null() {
+            &[]
+        } else {
+            // SAFETY: `bind_upstream_response` took pointer and count from one
+            // `ResponseHead` slice the engine keeps unchanged until `expire`.
+            unsafe {
+                std::slice::from_raw_parts(
+                    self.upstream_response_headers,
+                    self.upstream_response_header_count as usize,
+                )
+            }
+        };
+        spans
+            .iter()
+            .map(|h| (self.upstream_bytes(h.name), self.upstream_bytes(h.value)))
+    }
+
+    fn upstream_bytes(&self, span: Span) -> &[u8] {
+        assert!(self.has_upstream_response());
+        // SAFETY: while shown, `upstream_base` points at the upstream's
+        // buffer, which every span of its head indexes, unchanged until
+        // `expire`.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.upstream_base.add(span.offset as usize),
+                span.len as usize,
+            )
+        }
+    }
+
+    /// Policy's writes that override the upstream's headers: `(name,
+    /// Some(value))` set, `(name, None)` removed (`ctx.headers[n] = nil` in
+    /// `on_response`).
+    pub fn response_overrides(&self) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> + '_ {
+        self.response_headers[..self.response_header_count as usize]
+            .iter()
+            .map(|h| {
+                let value = (h.value != REMOVED).then(|| self.arena_bytes(h.value));
+                (self.arena_bytes(h.name), value)
+            })
     }
 
     /// Ends the request: views become invalid and every `ctx` made for it
@@ -457,6 +544,10 @@ impl HttpExchange {
         self.body_ptr = std::ptr::null();
         self.body_len = 0;
         self.peer = PeerAddr::NONE;
+        self.upstream_base = std::ptr::null();
+        self.upstream_response_headers = std::ptr::null();
+        self.upstream_response_header_count = 0;
+        self.upstream_peer = PeerAddr::NONE;
     }
 
     /// Whether a request is bound.
@@ -676,6 +767,22 @@ impl HttpExchange {
             }
         }
         self.response_header_count = kept as u32;
+        if self.has_upstream_response() && kept < RESPONSE_HEADERS_MAX {
+            // In `on_response`, a removal must reach the upstream's copy
+            // too: it is remembered as an entry without a value.
+            let start = self.arena_len as usize;
+            let end = start + name.len();
+            if end > RESPONSE_ARENA_BYTES {
+                return Err(HeaderError::ArenaFull);
+            }
+            self.arena[start..end].copy_from_slice(name);
+            self.response_headers[kept] = ResponseHeader {
+                name: Span::new(start as u32, name.len() as u32),
+                value: REMOVED,
+            };
+            self.response_header_count += 1;
+            self.arena_len = end as u32;
+        }
         Ok(())
     }
 
@@ -705,6 +812,7 @@ impl HttpExchange {
     pub fn response_headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
         self.response_headers[..self.response_header_count as usize]
             .iter()
+            .filter(|h| h.value != REMOVED)
             .map(|h| (self.arena_bytes(h.name), self.arena_bytes(h.value)))
     }
 

@@ -84,11 +84,37 @@ fn layout_is_pinned() {
             offset_of!(HttpExchange, upstream_headers),
             17764,
         ),
+        ("on_response", offset_of!(HttpExchange, on_response), 18276),
+        (
+            "upstream_status",
+            offset_of!(HttpExchange, upstream_status),
+            18280,
+        ),
+        (
+            "upstream_response_header_count",
+            offset_of!(HttpExchange, upstream_response_header_count),
+            18284,
+        ),
+        (
+            "upstream_base",
+            offset_of!(HttpExchange, upstream_base),
+            18288,
+        ),
+        (
+            "upstream_response_headers",
+            offset_of!(HttpExchange, upstream_response_headers),
+            18296,
+        ),
+        (
+            "upstream_peer",
+            offset_of!(HttpExchange, upstream_peer),
+            18304,
+        ),
     ];
     for (name, actual, expected) in offsets {
         assert_eq!(actual, expected, "offset of {name}");
     }
-    assert_eq!(size_of::<HttpExchange>(), 18280);
+    assert_eq!(size_of::<HttpExchange>(), 18328);
 }
 
 fn parse(request: &[u8], head: &mut Head) {

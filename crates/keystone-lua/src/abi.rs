@@ -122,6 +122,66 @@ unsafe extern "C" fn query_arg(ex: *mut HttpExchange, name: *const u8, len: usiz
     }
 }
 
+/// Index of the upstream response header named `name` (ASCII
+/// case-insensitive) while `ctx.on_response` runs, -1 when there is none.
+///
+/// # Safety
+/// The prelude (`prelude.lua`, through `ks_find_fn`) guarantees:
+/// - `ex` is the worker's exchange: the one address `LuaWorker` handed the
+///   prelude at load, which stays valid for the life of the Lua state (the
+///   state is closed before the exchange is freed).
+/// - No Rust reference to that exchange is alive while Lua runs: Lua is
+///   entered only at load and through `LuaWorker`'s `&mut self` methods
+///   (`run`, `pull`, `pin_body`, `run_hook`), so the `&mut HttpExchange`
+///   made here for the call is the only one.
+/// - `name` points at `len` readable bytes that stay alive for the call: the
+///   data of a Lua string the prelude passes (LuaJIT keeps an argument
+///   string alive across the call; `len == 0` never reads `name`).
+unsafe extern "C" fn find_upstream_header(
+    ex: *mut HttpExchange,
+    name: *const u8,
+    len: usize,
+) -> i32 {
+    // SAFETY: the prelude passes its exchange and a live Lua string.
+    let (ex, name) = unsafe { (exchange(ex), bytes(name, len)) };
+    if !ex.has_upstream_response() {
+        return -1;
+    }
+    index_or_missing(
+        ex.upstream_response_headers()
+            .position(|(header, _)| header.eq_ignore_ascii_case(name)),
+    )
+}
+
+/// Writes the peer that answered (`ctx.upstream_addr`, nginx's
+/// `$upstream_addr`: `ip:port`) into the scratch; its length, or -1 when no
+/// upstream answer is shown.
+///
+/// # Safety
+/// The prelude (`prelude.lua`, through `ks_find_fn`) guarantees:
+/// - `ex` is the worker's exchange: the one address `LuaWorker` handed the
+///   prelude at load, which stays valid for the life of the Lua state (the
+///   state is closed before the exchange is freed).
+/// - No Rust reference to that exchange is alive while Lua runs: Lua is
+///   entered only at load and through `LuaWorker`'s `&mut self` methods, so
+///   the `&mut HttpExchange` made here for the call is the only one.
+/// - The prelude reads the result from `ex.scratch` before the next call
+///   that writes scratch.
+unsafe extern "C" fn upstream_addr(ex: *mut HttpExchange, _name: *const u8, _len: usize) -> i32 {
+    // SAFETY: the prelude passes its exchange.
+    let ex = unsafe { exchange(ex) };
+    let Some(ip) = ex.upstream_peer.ip() else {
+        return -1;
+    };
+    let addr = std::net::SocketAddr::new(ip, ex.upstream_peer.port);
+    use std::io::Write;
+    let mut cursor = std::io::Cursor::new(&mut ex.scratch[..]);
+    if write!(cursor, "{addr}").is_err() {
+        return -1;
+    }
+    cursor.position() as i32
+}
+
 /// Finds the first request cookie named `name` (`ctx.cookies.NAME`) and
 /// leaves its value's span in `ex.found`; returns 0, or -1 when absent or
 /// when no request is bound.
@@ -324,8 +384,10 @@ fn pointer(f: usize) -> mlua::LightUserData {
 /// The function-pointer table handed to the prelude's `init`.
 pub(crate) fn functions(lua: &Lua) -> mlua::Result<Table> {
     let table = lua.create_table()?;
-    let finds: [(&str, FindFn); 8] = [
+    let finds: [(&str, FindFn); 10] = [
         ("remote_addr", remote_addr),
+        ("find_upstream_header", find_upstream_header),
+        ("upstream_addr", upstream_addr),
         ("find_cookie", find_cookie),
         ("find_header", find_header),
         ("find_param", find_param),
@@ -381,7 +443,7 @@ unsafe extern "C" fn wants_trace(ex: *mut HttpExchange, message: *const u8, len:
 /// against its `ffi.cdef` so the two declarations cannot drift.
 pub(crate) fn layout(lua: &Lua) -> mlua::Result<Table> {
     let offsets = lua.create_table()?;
-    let fields: [(&str, usize); 31] = [
+    let fields: [(&str, usize); 37] = [
         ("generation", offset_of!(HttpExchange, generation)),
         ("worker", offset_of!(HttpExchange, worker)),
         ("base", offset_of!(HttpExchange, base)),
@@ -431,6 +493,18 @@ pub(crate) fn layout(lua: &Lua) -> mlua::Result<Table> {
             "upstream_headers",
             offset_of!(HttpExchange, upstream_headers),
         ),
+        ("on_response", offset_of!(HttpExchange, on_response)),
+        ("upstream_status", offset_of!(HttpExchange, upstream_status)),
+        (
+            "upstream_response_header_count",
+            offset_of!(HttpExchange, upstream_response_header_count),
+        ),
+        ("upstream_base", offset_of!(HttpExchange, upstream_base)),
+        (
+            "upstream_response_headers",
+            offset_of!(HttpExchange, upstream_response_headers),
+        ),
+        ("upstream_peer", offset_of!(HttpExchange, upstream_peer)),
     ];
     for (name, offset) in fields {
         offsets.set(name, offset)?;

@@ -251,7 +251,7 @@ impl LoadedApp {
         // of C modules that are not allowed. `--unsafe-lua`
         // (`config.unsafe_lua`) hands user code the real globals on purpose.
         let lua = unsafe { Lua::get_or_init_from_ptr(state.0) }.clone();
-        let (dispatch, register, pin, pull) = init_prelude(&lua, guard.0)?;
+        let (dispatch, register, pin, pull, respond) = init_prelude(&lua, guard.0)?;
         let dir = source.dir.as_deref();
         let paths = SearchPaths::build(config, dir, &[]).map_err(|e| shape(source, e.message))?;
         let user = if config.unsafe_lua {
@@ -296,7 +296,13 @@ impl LoadedApp {
         std::mem::forget(guard);
         let state = state.release();
         Ok(LoadedApp {
-            lua: LuaWorker::from_parts(lua, [dispatch, pin, pull], state, exchange, worker),
+            lua: LuaWorker::from_parts(
+                lua,
+                [dispatch, pin, pull, respond],
+                state,
+                exchange,
+                worker,
+            ),
             router,
             routes,
             statics,
@@ -418,7 +424,7 @@ fn templates(lua: &Lua, paths: &SearchPaths) -> Result<(Table, Table), LoadError
 fn init_prelude(
     lua: &Lua,
     exchange: NonNull<HttpExchange>,
-) -> Result<(Function, Function, Function, Function), LoadError> {
+) -> Result<(Function, Function, Function, Function, Function), LoadError> {
     let init: Function = lua
         .load(PRELUDE)
         .set_name("=keystone-prelude")

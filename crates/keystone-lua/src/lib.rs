@@ -84,6 +84,7 @@ pub struct LuaWorker {
     dispatch: ManuallyDrop<Function>,
     pin: ManuallyDrop<Function>,
     pull: ManuallyDrop<Function>,
+    respond: ManuallyDrop<Function>,
     exchange: NonNull<HttpExchange>,
     worker: u32,
     /// The VM's main state: LuaJIT's own (see `LoadedApp::load_with`),
@@ -210,6 +211,52 @@ impl LuaWorker {
         let _ = self.pin.call::<()>((slot, false));
     }
 
+    /// Keeps the `ctx.on_response` the last `run` set under `slot`, for
+    /// when the upstream's head arrives ([`LuaWorker::run_hook`]).
+    pub fn pin_hook(&mut self, slot: u32) {
+        let _ = self
+            .respond
+            .call::<(bool, Option<mlua::String>)>((slot, "pin"));
+    }
+
+    /// Lets the `ctx.on_response` kept under `slot` go unrun (the client
+    /// left before the upstream answered).
+    pub fn drop_hook(&mut self, slot: u32) {
+        let _ = self
+            .respond
+            .call::<(bool, Option<mlua::String>)>((slot, "drop"));
+    }
+
+    /// Runs the `ctx.on_response` kept under `slot` against the request and
+    /// the upstream's answer bound in the exchange, under the handlers'
+    /// budget; like [`LuaWorker::run`], never panics on an error in it.
+    pub fn run_hook(&mut self, slot: u32) -> Outcome {
+        debug_assert!(
+            self.exchange().has_upstream_response(),
+            "run_hook without an answer"
+        );
+        let running = budget::Running::enter(self.state);
+        let result = self
+            .respond
+            .call::<(bool, Option<mlua::String>)>((slot, "run"));
+        if running.leave() {
+            return Outcome::Stopped {
+                message: budget::BUDGET_MESSAGE.to_string_lossy().into_owned(),
+            };
+        }
+        match result {
+            Ok((true, _)) => Outcome::Done,
+            Ok((false, err)) => Outcome::Failed {
+                message: Some(
+                    err.map_or_else(|| "on_response failed".to_owned(), |s| s.to_string_lossy()),
+                ),
+            },
+            Err(err) => Outcome::Failed {
+                message: Some(err.to_string()),
+            },
+        }
+    }
+
     /// Lua memory in use, in KiB (`collectgarbage("count")`), for reports.
     pub fn memory_kib(&self) -> f64 {
         self.lua.used_memory() as f64 / 1024.0
@@ -222,7 +269,7 @@ impl LuaWorker {
 
     fn from_parts(
         lua: Lua,
-        [dispatch, pin, pull]: [Function; 3],
+        [dispatch, pin, pull, respond]: [Function; 4],
         state: *mut mlua::ffi::lua_State,
         exchange: NonNull<HttpExchange>,
         worker: u32,
@@ -233,6 +280,7 @@ impl LuaWorker {
             dispatch: ManuallyDrop::new(dispatch),
             pin: ManuallyDrop::new(pin),
             pull: ManuallyDrop::new(pull),
+            respond: ManuallyDrop::new(respond),
             exchange,
             worker,
             state,
@@ -253,6 +301,7 @@ impl Drop for LuaWorker {
             ManuallyDrop::drop(&mut self.dispatch);
             ManuallyDrop::drop(&mut self.pin);
             ManuallyDrop::drop(&mut self.pull);
+            ManuallyDrop::drop(&mut self.respond);
             ManuallyDrop::drop(&mut self.lua);
             mlua::ffi::lua_close(self.state);
             drop(Box::from_raw(self.exchange.as_ptr()));

@@ -60,6 +60,12 @@ typedef struct {
   const char *upstream_key;
   uint32_t upstream_key_len;
   ks_header upstream_headers[32];
+  uint32_t on_response;
+  uint32_t upstream_status;
+  uint32_t upstream_response_header_count;
+  const char *upstream_base;
+  const ks_header *upstream_response_headers;
+  ks_peer upstream_peer;
   uint32_t _pad;
 } HttpExchange;
 typedef int32_t (*ks_find_fn)(HttpExchange *, const char *, size_t);
@@ -80,6 +86,8 @@ return function(ex_addr, fns, layout, messages)
   local find_param = ffi.cast("ks_find_fn", fns.find_param)
   local query_arg = ffi.cast("ks_find_fn", fns.query_arg)
   local find_cookie = ffi.cast("ks_find_fn", fns.find_cookie)
+  local find_upstream_header = ffi.cast("ks_find_fn", fns.find_upstream_header)
+  local upstream_addr = ffi.cast("ks_find_fn", fns.upstream_addr)
   local response_header = ffi.cast("ks_find_fn", fns.response_header)
   local remote_addr = ffi.cast("ks_find_fn", fns.remote_addr)
   local remove_header = ffi.cast("ks_find_fn", fns.remove_header)
@@ -96,6 +104,10 @@ return function(ex_addr, fns, layout, messages)
   -- strings handed to the engine, kept alive until the next dispatch.
   local upstream_index, upstream_names = {}, {}
   local cur_upstream_path, cur_upstream_key, cur_upstream_headers
+  -- ctx.on_response: the function set by the last handler, and those the
+  -- engine keeps (by connection) until the upstream's head arrives.
+  local cur_on_response, last_on_response, cur_upstream_response
+  local hooks = {}
 
   local function expired()
     error("exchange expired: ctx was kept beyond the request it was made for", 3)
@@ -249,6 +261,28 @@ return function(ex_addr, fns, layout, messages)
     end,
   }
 
+  local upstream_response_headers_mt = lookup_mt("ctx.upstream_response.headers",
+    find_upstream_header, function(i)
+      local h = ex.upstream_response_headers[i]
+      return ffi_string(ex.upstream_base + h.value.offset, h.value.len)
+    end)
+  local cur_upstream_response_headers
+  local upstream_response_mt = {
+    __metatable = false,
+    __index = function(t, k)
+      if rawget(t, GEN) ~= ex.generation then expired() end
+      if k == "status" then return ex.upstream_status end
+      if k == "headers" then
+        if not cur_upstream_response_headers then
+          cur_upstream_response_headers = proxy(upstream_response_headers_mt)
+        end
+        return cur_upstream_response_headers
+      end
+      return nil
+    end,
+    __newindex = read_only("ctx.upstream_response"),
+  }
+
   local function check_target(what, v)
     if type(v) ~= "string" then
       error(what .. " must be a string, got " .. type(v), 4)
@@ -287,6 +321,18 @@ return function(ex_addr, fns, layout, messages)
       return upstream_names[ex.upstream]
     end,
     upstream_path = function() return cur_upstream_path end,
+    on_response = function() return cur_on_response end,
+    -- Only while ctx.on_response runs: the upstream's answer and its peer.
+    upstream_response = function()
+      if ex.upstream_base == nil then return nil end
+      if not cur_upstream_response then cur_upstream_response = proxy(upstream_response_mt) end
+      return cur_upstream_response
+    end,
+    upstream_addr = function()
+      local n = upstream_addr(ex, nil, 0)
+      if n < 0 then return nil end
+      return ffi_string(ex.scratch, n)
+    end,
     upstream_key = function() return cur_upstream_key end,
     upstream_headers = function()
       if not cur_upstream_headers then cur_upstream_headers = proxy(upstream_headers_mt) end
@@ -343,6 +389,13 @@ return function(ex_addr, fns, layout, messages)
         error("ctx.upstream: no upstream named '" .. tostring(v) .. "' (known: " .. known .. ")", 3)
       end
       ex.upstream = index
+    end,
+    on_response = function(v)
+      if v ~= nil and type(v) ~= "function" then
+        error("ctx.on_response must be a function(ctx) or nil, got " .. type(v), 3)
+      end
+      cur_on_response = v
+      ex.on_response = v and 1 or 0
     end,
     upstream_path = function(v)
       if v == nil then
@@ -419,10 +472,13 @@ return function(ex_addr, fns, layout, messages)
     current_body, cur_params, cur_args, cur_request, cur_headers, cur_request_headers, cur_cookies =
         nil, nil, nil, nil, nil, nil, nil
     cur_upstream_path, cur_upstream_key, cur_upstream_headers = nil, nil, nil
+    cur_on_response, cur_upstream_response, cur_upstream_response_headers = nil, nil, nil
     local ctx = setmetatable({ [GEN] = ex.generation }, ctx_mt)
     local ok, err = xpcall(handlers[index], traceback, ctx)
     last_body = current_body
     current_body = nil
+    last_on_response = cur_on_response
+    cur_on_response = nil
     if not ok then
       return false, err
     end
@@ -474,5 +530,30 @@ return function(ex_addr, fns, layout, messages)
     return 1
   end
 
-  return dispatch, register, pin, pull
+  -- respond(key, "pin") keeps the last handler's ctx.on_response under
+  -- `key`; respond(key, "drop") lets it go; respond(key, "run") calls it
+  -- with a fresh ctx over the bound request and the upstream's answer.
+  -- Returns true, or false and the error (traceback included).
+  local function respond(key, action)
+    if action == "pin" then
+      hooks[key] = last_on_response
+      return true
+    end
+    local hook = hooks[key]
+    hooks[key] = nil
+    if action ~= "run" then return true end
+    if hook == nil then return false, "no ctx.on_response is kept for this request" end
+    current_body, cur_params, cur_args, cur_request, cur_headers, cur_request_headers, cur_cookies =
+        nil, nil, nil, nil, nil, nil, nil
+    cur_upstream_path, cur_upstream_key, cur_upstream_headers = nil, nil, nil
+    cur_on_response, cur_upstream_response, cur_upstream_response_headers = nil, nil, nil
+    local ctx = setmetatable({ [GEN] = ex.generation }, ctx_mt)
+    local ok, err = xpcall(hook, traceback, ctx)
+    last_body = current_body
+    current_body = nil
+    if not ok then return false, err end
+    return true
+  end
+
+  return dispatch, register, pin, pull, respond
 end
