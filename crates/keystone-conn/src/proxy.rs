@@ -45,21 +45,11 @@ pub(crate) struct UpstreamTail {
 /// describe the upstream connection (RFC 9110 §7.6.1) or are the engine's
 /// to write (`Server`, `Date`, the framing).
 fn passes_to_client(name: &[u8], connection_names: &[&[u8]]) -> bool {
-    const ENGINE: [&[u8]; 9] = [
-        b"connection",
-        b"keep-alive",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"content-length",
-        b"date",
-        b"server",
-    ];
-    !(ENGINE
-        .iter()
-        .any(|engine| name.eq_ignore_ascii_case(engine))
-        || (name.len() >= 6 && name[..6].eq_ignore_ascii_case(b"proxy-"))
+    const ENGINE: [&[u8]; 3] = [b"content-length", b"date", b"server"];
+    !(keystone_parser::text::is_hop_by_hop(name)
+        || ENGINE
+            .iter()
+            .any(|engine| name.eq_ignore_ascii_case(engine))
         || connection_names
             .iter()
             .any(|named| name.eq_ignore_ascii_case(named)))

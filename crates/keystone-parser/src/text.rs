@@ -1,7 +1,8 @@
 //! Byte-text helpers shared by the whole workspace, so each rule exists
 //! once: the one percent-decoder (URL paths and query arguments), the one
-//! optional-whitespace trim (RFC 9110 §5.6.3 OWS: SP and HTAB) and the one
-//! `1*DIGIT` parser. All of them work on caller-owned bytes and never
+//! optional-whitespace trim (RFC 9110 §5.6.3 OWS: SP and HTAB), the one
+//! `1*DIGIT` parser and the one list of hop-by-hop fields (both directions
+//! of a proxy drop them). All of them work on caller-owned bytes and never
 //! allocate.
 //!
 //! Not promised: the decoder does not validate UTF-8 and does not reject
@@ -131,6 +132,23 @@ pub fn parse_decimal(digits: &[u8]) -> Option<u64> {
         let digit = byte.checked_sub(b'0').filter(|digit| *digit <= 9)?;
         total.checked_mul(10)?.checked_add(u64::from(digit))
     })
+}
+
+/// Hop-by-hop fields (RFC 9110 §7.6.1) and the proxy-only `Proxy-*` ones:
+/// they describe one connection, never the next hop's, so a proxy passes
+/// none of them on, in either direction (a `Connection` header may name
+/// more; the caller drops those too).
+pub fn is_hop_by_hop(name: &[u8]) -> bool {
+    const HOP: [&[u8]; 6] = [
+        b"connection",
+        b"keep-alive",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    ];
+    HOP.iter().any(|hop| name.eq_ignore_ascii_case(hop))
+        || (name.len() >= 6 && name[..6].eq_ignore_ascii_case(b"proxy-"))
 }
 
 #[cfg(test)]

@@ -44,21 +44,7 @@ pub struct ForwardError {
     pub needed_more_than: usize,
 }
 
-/// Hop-by-hop fields (RFC 9110 §7.6.1) and the proxy-only ones: they
-/// describe the client's connection to Keystone, never the next hop's.
-pub fn is_hop_by_hop(name: &[u8]) -> bool {
-    const HOP: [&[u8]; 7] = [
-        b"connection",
-        b"keep-alive",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"proxy-connection",
-    ];
-    HOP.iter().any(|hop| name.eq_ignore_ascii_case(hop))
-        || (name.len() >= 6 && name[..6].eq_ignore_ascii_case(b"proxy-"))
-}
+pub use keystone_parser::text::is_hop_by_hop;
 
 /// Writes the head for `request` into `out` and returns its length.
 ///
