@@ -1842,24 +1842,24 @@ Transfer/sec:      9.46MB
         let body = static_file_bytes(STATIC_4K);
         let served = body.clone();
         let server = std::thread::spawn(move || {
-            // Only this test's request is answered: a stray connection to
-            // the port (the machine is shared) is dropped, not served in
-            // its place.
-            loop {
-                let (mut stream, _) = listener.accept().unwrap();
-                let mut request = [0u8; 256];
-                let read = stream.read(&mut request).unwrap_or(0);
-                if !request[..read].starts_with(b"GET /static/4k.bin ") {
-                    continue;
-                }
-                let head = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
-                    served.len()
-                );
-                stream.write_all(head.as_bytes()).unwrap();
-                stream.write_all(&served).unwrap();
-                return;
+            // The request may come in several writes (`write!` sends its
+            // pieces one by one): read its whole head before answering, or
+            // the client's last pieces meet a closed socket.
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut request = Vec::new();
+            let mut piece = [0u8; 256];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                let read = stream.read(&mut piece).unwrap();
+                assert!(read > 0, "the client closed before its request ended");
+                request.extend_from_slice(&piece[..read]);
             }
+            assert!(request.starts_with(b"GET /static/4k.bin HTTP/1.1\r\n"));
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+                served.len()
+            );
+            stream.write_all(head.as_bytes()).unwrap();
+            stream.write_all(&served).unwrap();
         });
         let mut stream = connect(port).unwrap();
         let mut buffer = vec![0u8; 8192];
