@@ -584,17 +584,8 @@ impl Upstreams {
                 Failure::ClosedBeforeHead { any_byte: false } | Failure::SendFailed(_)
             );
         if stale && self.slots[index].conn.retry_fresh() {
-            let slot = &mut self.slots[index];
-            slot.reused = false;
-            slot.waiting_since = now;
-            if slot.fd.is_some() {
-                slot.then_retry = true;
-                slot.state = SlotState::Closing(Stage::Cancel);
-            } else {
-                slot.state = SlotState::Socketing { asked: false };
-            }
-            self.dirty.push(index);
-            return;
+            self.slots[index].reused = false;
+            return self.reconnect(index, now);
         }
         let reason = match failure {
             Failure::Refused | Failure::ConnectFailed(_) => 0,
@@ -614,17 +605,9 @@ impl Upstreams {
         let current = self.current(index);
         let slot = &mut self.slots[index];
         if slot.client.is_none() || !current {
-            if let Some(client) = slot.client {
+            if slot.client.is_some() {
                 // An older generation's request: told, never retried.
-                slot.failure = Some(failure);
-                self.wakes.push(client);
-                if slot.fd.is_some() {
-                    slot.state = SlotState::Closing(Stage::Cancel);
-                    self.dirty.push(index);
-                } else {
-                    slot.state = SlotState::Dead;
-                }
-                return;
+                return self.tell_failure(index, failure);
             }
             // A pooled connection the upstream closed, or one the client
             // already left: nothing to tell anyone.
@@ -651,17 +634,31 @@ impl Upstreams {
                 self.stats.peers[slot.stat as usize].requests.add(1);
                 slot.counted = true;
                 pool.balancer.begin(next);
-                slot.waiting_since = now;
-                if slot.fd.is_some() {
-                    slot.then_retry = true;
-                    slot.state = SlotState::Closing(Stage::Cancel);
-                } else {
-                    slot.state = SlotState::Socketing { asked: false };
-                }
-                self.dirty.push(index);
-                return;
+                return self.reconnect(index, now);
             }
         }
+        self.tell_failure(index, failure);
+    }
+
+    /// Slot `index` sends its kept request again on a new connection (to
+    /// its peer, which a failover may just have changed): the old socket
+    /// closes first, if there is one.
+    fn reconnect(&mut self, index: usize, now: Instant) {
+        let slot = &mut self.slots[index];
+        slot.waiting_since = now;
+        if slot.fd.is_some() {
+            slot.then_retry = true;
+            slot.state = SlotState::Closing(Stage::Cancel);
+        } else {
+            slot.state = SlotState::Socketing { asked: false };
+        }
+        self.dirty.push(index);
+    }
+
+    /// Slot `index`'s client is told `failure` (it reads it from
+    /// `progress`); the socket closes meanwhile.
+    fn tell_failure(&mut self, index: usize, failure: Failure) {
+        let slot = &mut self.slots[index];
         slot.failure = Some(failure);
         if let Some(client) = slot.client {
             self.wakes.push(client);

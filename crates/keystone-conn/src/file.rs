@@ -446,20 +446,7 @@ impl Connection {
         else {
             unreachable!("no pending file")
         };
-        // The head was parsed when the request was taken; other requests
-        // used the scratch since. Its bytes are unchanged: parse again.
-        let limits = cx.shared.config.limits;
-        let reparsed = cx.shared.parser.parse(
-            self.recv.unconsumed(),
-            self.recv.head(),
-            &limits,
-            &mut cx.shared.head,
-        );
-        assert_eq!(
-            reparsed,
-            Ok(keystone_parser::ParseStatus::Complete),
-            "a taken request parses again"
-        );
+        self.reparse_taken_head(cx);
         let complete = Complete {
             body: pending.body,
             total: pending.total,

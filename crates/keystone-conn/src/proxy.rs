@@ -85,21 +85,8 @@ impl Connection {
         let Reading::Proxying(pending) = std::mem::replace(&mut self.reading, Reading::Idle) else {
             unreachable!("checked by the caller")
         };
-        // The head was parsed when the request was taken; other requests
-        // used the scratch since. Its bytes are unchanged: parse again
-        // (policy may look at the request again: `ctx.on_response`).
-        let limits = cx.shared.config.limits;
-        let reparsed = cx.shared.parser.parse(
-            self.recv.unconsumed(),
-            self.recv.head(),
-            &limits,
-            &mut cx.shared.head,
-        );
-        assert_eq!(
-            reparsed,
-            Ok(keystone_parser::ParseStatus::Complete),
-            "a taken request parses again"
-        );
+        // Policy may look at the request again (`ctx.on_response`).
+        self.reparse_taken_head(cx);
         let label = RequestLabel::new(
             cx.shared.head.method.slice(self.recv.filled()),
             cx.shared.head.path.slice(self.recv.filled()),

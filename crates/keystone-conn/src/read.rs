@@ -32,6 +32,26 @@ pub(crate) struct Complete {
 }
 
 impl Connection {
+    /// Puts the head of the request at the front of the buffer back into
+    /// the shared scratch, for an answer that completes later (a file that
+    /// opened, an upstream that answered): it was parsed when the request
+    /// was taken, other connections used the scratch since, and its bytes
+    /// are unchanged.
+    pub(crate) fn reparse_taken_head<P: Policy>(&self, cx: &mut Context<'_, P>) {
+        let limits = cx.shared.config.limits;
+        let reparsed = cx.shared.parser.parse(
+            self.recv.unconsumed(),
+            self.recv.head(),
+            &limits,
+            &mut cx.shared.head,
+        );
+        assert_eq!(
+            reparsed,
+            Ok(keystone_parser::ParseStatus::Complete),
+            "a taken request parses again"
+        );
+    }
+
     /// Answers every complete request buffered, as far as the send side
     /// allows (one response in progress at a time, `max_pipeline` queued,
     /// the send buffer's headroom).

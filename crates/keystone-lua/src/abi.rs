@@ -174,9 +174,15 @@ unsafe extern "C" fn upstream_addr(ex: *mut HttpExchange, _name: *const u8, _len
         return -1;
     };
     let addr = std::net::SocketAddr::new(ip, ex.upstream_peer.port);
+    to_scratch(ex, addr)
+}
+
+/// Writes `value` into the exchange's scratch for the prelude to read;
+/// its length, or -1 when it does not fit.
+fn to_scratch(ex: &mut HttpExchange, value: impl std::fmt::Display) -> i32 {
     use std::io::Write;
     let mut cursor = std::io::Cursor::new(&mut ex.scratch[..]);
-    if write!(cursor, "{addr}").is_err() {
+    if write!(cursor, "{value}").is_err() {
         return -1;
     }
     cursor.position() as i32
@@ -256,12 +262,7 @@ unsafe extern "C" fn remote_addr(ex: *mut HttpExchange, _name: *const u8, _len: 
     // SAFETY: the prelude passes its exchange.
     let ex = unsafe { exchange(ex) };
     let Some(ip) = ex.peer.ip() else { return -1 };
-    use std::io::Write;
-    let mut cursor = std::io::Cursor::new(&mut ex.scratch[..]);
-    if write!(cursor, "{ip}").is_err() {
-        return -1;
-    }
-    cursor.position() as i32
+    to_scratch(ex, ip)
 }
 
 /// Removes every response header named `name`; 0, or a negative

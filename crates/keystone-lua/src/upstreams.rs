@@ -179,17 +179,20 @@ fn string(value: &Value, at: &str) -> Result<Option<String>, String> {
     }
 }
 
+/// A Lua number (integer or float) at `at`; `None` when absent; `what`
+/// names the expected kind in the error.
+fn number(value: &Value, at: &str, what: &str) -> Result<Option<f64>, String> {
+    match value {
+        Value::Nil => Ok(None),
+        Value::Integer(n) => Ok(Some(*n as f64)),
+        Value::Number(n) => Ok(Some(*n)),
+        other => Err(format!("{at} must be {what}, got {}", other.type_name())),
+    }
+}
+
 fn integer(value: &Value, at: &str, min: u32, max: u32) -> Result<Option<u32>, String> {
-    let number = match value {
-        Value::Nil => return Ok(None),
-        Value::Integer(n) => *n as f64,
-        Value::Number(n) => *n,
-        other => {
-            return Err(format!(
-                "{at} must be an integer, got {}",
-                other.type_name()
-            ))
-        }
+    let Some(number) = number(value, at, "an integer")? else {
+        return Ok(None);
     };
     if number.fract() != 0.0 || number < f64::from(min) || number > f64::from(max) {
         return Err(format!(
@@ -202,16 +205,8 @@ fn integer(value: &Value, at: &str, min: u32, max: u32) -> Result<Option<u32>, S
 /// Seconds as nginx writes them in `proxy_*_timeout` (a number; fractions
 /// allowed), above 0 and at most a day.
 fn seconds(value: &Value, at: &str) -> Result<Option<Duration>, String> {
-    let number = match value {
-        Value::Nil => return Ok(None),
-        Value::Integer(n) => *n as f64,
-        Value::Number(n) => *n,
-        other => {
-            return Err(format!(
-                "{at} must be a number of seconds, got {}",
-                other.type_name()
-            ))
-        }
+    let Some(number) = number(value, at, "a number of seconds")? else {
+        return Ok(None);
     };
     if !(number > 0.0 && number <= TIMEOUT_MAX_SECS) {
         return Err(format!(
