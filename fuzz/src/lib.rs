@@ -67,6 +67,7 @@ pub fn connection(limits: Limits, max_pipeline: u32) -> Sim<AppPolicy> {
         limits,
         max_pipeline,
         timeouts: Timeouts::default(),
+        max_proxy_body_bytes: keystone_conn::MAX_PROXY_BODY_BYTES,
     };
     Sim::new(policy, config)
 }

@@ -465,6 +465,9 @@ impl Policy for AppPolicy {
             request.body,
             request.peer_addr(),
         );
+        if request.body_streamed {
+            self.states[0].lua.exchange_mut().mark_body_streamed();
+        }
         self.bound = true;
         let route = self.route_slots.get(handler as usize).copied().unwrap_or(0);
         self.stats.routes[route as usize].add(1);
@@ -666,6 +669,18 @@ impl Policy for AppPolicy {
         self.upstreams.consumed(slot, n);
     }
 
+    fn streams_bodies(&self) -> bool {
+        !self.pool_configs.is_empty()
+    }
+
+    fn proxy_upload(&mut self, slot: u32, bytes: &[u8]) -> u32 {
+        self.upstreams.upload(slot, bytes)
+    }
+
+    fn proxy_upload_end(&mut self, slot: u32) {
+        self.upstreams.upload_end(slot);
+    }
+
     fn proxy_done(&mut self, slot: u32) {
         self.forget_hook(slot);
         self.upstreams.done(slot, Instant::now());
@@ -689,9 +704,15 @@ fn start_proxy(
         .upstream_path()
         .unwrap_or_else(|| client_target.slice(request.bytes));
     let body = request.body.slice(request.bytes);
-    let framing = match head.body {
-        BodyFraming::None => ForwardFraming::None,
-        _ => ForwardFraming::Length(body.len() as u64),
+    // A buffered body goes with its length (a chunked one decoded); a
+    // streamed one as the client framed it, re-chunked when chunked.
+    let (framing, streamed) = match head.body {
+        BodyFraming::None => (ForwardFraming::None, None),
+        BodyFraming::Length(length) if request.body_streamed => {
+            (ForwardFraming::Length(length), Some(false))
+        }
+        BodyFraming::Chunked if request.body_streamed => (ForwardFraming::Chunked, Some(true)),
+        _ => (ForwardFraming::Length(body.len() as u64), None),
     };
     let forward = ForwardRequest {
         method: request.method(),
@@ -706,21 +727,21 @@ fn start_proxy(
         .iter()
         .map(|h| (h.name.slice(request.bytes), h.value.slice(request.bytes)));
     let overrides = exchange.upstream_overrides();
-    upstreams.start(
-        request.slot,
+    let start = proxy::Start {
+        client: request.slot,
         pool,
-        exchange.upstream_key(),
-        request.method(),
-        request.started,
-        |buffer| {
-            let Ok(len) = write_forward_head(&forward, headers, overrides, buffer.spare_mut())
-            else {
-                return false;
-            };
-            buffer.commit(len as u32);
-            buffer.append(body).is_ok()
-        },
-    )
+        key: exchange.upstream_key(),
+        method: request.method(),
+        now: request.started,
+        streamed,
+    };
+    upstreams.start(start, |buffer| {
+        let Ok(len) = write_forward_head(&forward, headers, overrides, buffer.spare_mut()) else {
+            return false;
+        };
+        buffer.commit(len as u32);
+        buffer.append(body).is_ok()
+    })
 }
 
 /// Writes what the upstream side noted (failures with peer and reason).

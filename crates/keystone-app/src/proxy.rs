@@ -38,6 +38,25 @@ pub const UPSTREAM_CONNECTIONS_MAX: usize = 256;
 const RESPONSE_WINDOW_BYTES: u32 = 64 * 1024;
 const _: () = assert!(RESPONSE_WINDOW_BYTES >= RESPONSE_HEAD_MAX);
 
+/// A proxied request to start ([`Upstreams::start`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Start<'a> {
+    /// The client connection's slot.
+    pub client: u32,
+    /// The pool's index.
+    pub pool: usize,
+    /// The balancing key (`ctx.upstream_key`).
+    pub key: &'a [u8],
+    /// The request method (HEAD answers have no body; idempotent ones may
+    /// be sent twice).
+    pub method: &'a [u8],
+    /// When the request started.
+    pub now: Instant,
+    /// The body follows through [`Upstreams::upload`] (`Some(true)`:
+    /// framed as chunks); `None`: it is in the request `write` puts.
+    pub streamed: Option<bool>,
+}
+
 /// An operation for the worker to execute for upstream connection `slot`.
 #[derive(Debug)]
 pub enum UpstreamOp {
@@ -298,19 +317,23 @@ impl Upstreams {
         self.slots.len()
     }
 
-    /// Starts a request for client `client` to pool `pool`: picks a peer,
-    /// takes a pooled connection or a free slot, and has `write` put the
-    /// forwarded request into its send buffer. `Err(status)` when nothing
-    /// can take it (the reason is in `notes`).
+    /// Starts `request`: picks a peer, takes a pooled connection or a free
+    /// slot, and has `write` put the forwarded request into its send
+    /// buffer. `Err(status)` when nothing can take it (the reason is in
+    /// `notes`).
     pub fn start(
         &mut self,
-        client: u32,
-        pool: usize,
-        key: &[u8],
-        method: &[u8],
-        now: Instant,
+        request: Start<'_>,
         write: impl FnOnce(&mut RingBuffer) -> bool,
     ) -> Result<(), u16> {
+        let Start {
+            client,
+            pool,
+            key,
+            method,
+            now,
+            streamed,
+        } = request;
         let head_request = method == b"HEAD";
         let idempotent = [
             &b"GET"[..],
@@ -398,6 +421,9 @@ impl Upstreams {
         ];
         self.pools[pool].balancer.begin(peer);
         slot.conn.start(connected, head_request);
+        if let Some(chunked) = streamed {
+            slot.conn.stream_body(chunked);
+        }
         if !connected {
             slot.state = SlotState::Socketing { asked: false };
         }
@@ -906,6 +932,31 @@ impl Upstreams {
             Some(Ok(_)) => Err(true),
             Some(Err(_)) => Err(false),
             None => Ok(&[]),
+        }
+    }
+
+    /// Body bytes of client `client`'s streamed request: how many its
+    /// upstream connection took (the client is woken when it has room).
+    pub fn upload(&mut self, client: u32, bytes: &[u8]) -> u32 {
+        let Some(index) = self.slot_of(client) else {
+            return bytes.len() as u32; // nobody is waiting for them
+        };
+        let slot = &mut self.slots[index];
+        if slot.failure.is_some() {
+            return bytes.len() as u32;
+        }
+        let taken = slot.conn.push_body(bytes);
+        if taken > 0 {
+            self.dirty.push(index);
+        }
+        taken
+    }
+
+    /// Client `client`'s streamed request body is complete.
+    pub fn upload_end(&mut self, client: u32) {
+        if let Some(index) = self.slot_of(client) {
+            self.slots[index].conn.end_body();
+            self.dirty.push(index);
         }
     }
 

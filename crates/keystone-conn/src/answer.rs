@@ -52,6 +52,7 @@ pub(crate) fn request_view<'r>(
         bytes: recv.filled(),
         head,
         body: complete.body,
+        body_streamed: complete.streamed,
         slot,
         peer,
         started,
@@ -134,6 +135,12 @@ impl Connection {
         );
         cx.policy.answered(&request, &commit.committed);
         self.recv.consume(complete.total);
+        if let Some(upload) = &mut self.upload {
+            // A streamed request's total is its head: the body behind it
+            // is now at the buffer's front.
+            debug_assert!(complete.streamed);
+            upload.head_left = 0;
+        }
         self.served += 1;
         if !framing.keep_alive || commit.close {
             self.phase = Phase::Finishing;

@@ -217,6 +217,8 @@ pub struct Connection {
     pub(crate) warm: bool,
     pub(crate) release: Release,
     pub(crate) shutdown: Shutdown,
+    /// A request body being streamed upstream (see `upload`).
+    pub(crate) upload: Option<crate::upload::Upload>,
     closes: [RawFd; CLOSES_MAX],
     closes_len: u8,
 }
@@ -247,6 +249,7 @@ impl Connection {
             warm: false,
             release: Release::None,
             shutdown: Shutdown::None,
+            upload: None,
             closes: [-1; CLOSES_MAX],
             closes_len: 0,
         }
@@ -273,6 +276,7 @@ impl Connection {
         self.warm = false;
         self.release = Release::None;
         self.shutdown = Shutdown::None;
+        self.upload = None;
         self.refresh_timer(now, config);
     }
 
@@ -384,7 +388,7 @@ impl Connection {
             Phase::Lingering => return self.poll_linger(),
             Phase::Open | Phase::Finishing => {}
         }
-        if self.phase == Phase::Finishing && self.receiving == Lane::Busy {
+        if self.phase == Phase::Finishing && self.receiving == Lane::Busy && self.upload.is_none() {
             // Reads are no longer wanted (a 408, a drain, an end).
             self.receiving = Lane::Cancelling;
             return Some(Intent::CancelRecv);
@@ -400,6 +404,10 @@ impl Connection {
         }
         if matches!(self.phase, Phase::Aborting) {
             return self.poll_abort(cx);
+        }
+        if self.upload.is_some() {
+            // Only the streamed body is read until the proxied request ends.
+            return self.poll_upload();
         }
         if let Reading::Answering(_) = self.reading {
             if !self.file_busy {
@@ -461,6 +469,7 @@ impl Connection {
             && self.receiving == Lane::Idle
             && self.need_more
             && matches!(self.tail, Tail::None)
+            && self.upload.is_none()
     }
 
     fn poll_recv<P: Policy>(&mut self, cx: &mut Context<'_, P>) -> Option<Intent<'static>> {
@@ -596,6 +605,7 @@ impl Connection {
         let received = result.max(0) as u32;
         match self.phase {
             Phase::Open => {}
+            Phase::Finishing if self.upload.is_some() => {}
             Phase::Lingering => {
                 self.recv.return_spare(buf, received);
                 self.recv.reset_for_reuse();
@@ -615,6 +625,19 @@ impl Connection {
             self.release = Release::Requested;
             return;
         }
+        if result <= 0 && self.upload.is_some() {
+            // The client went away in the middle of its body.
+            self.recv.return_spare(buf, 0);
+            cx.policy.log(
+                Level::Warn,
+                format_args!(
+                    "client closed the connection in the middle of a streamed request body"
+                ),
+            );
+            self.upload = None;
+            self.phase = Phase::Aborting;
+            return;
+        }
         if result <= 0 {
             // EOF or error: whatever is queued is still sent, then close.
             self.recv.return_spare(buf, 0);
@@ -625,6 +648,9 @@ impl Connection {
         self.recv.return_spare(buf, received);
         self.warm = true;
         self.release = Release::None;
+        if self.upload.is_some() {
+            return self.upload_received(cx);
+        }
         self.need_more = false;
         self.drive(cx);
     }
@@ -782,6 +808,7 @@ impl Connection {
             return;
         }
         match self.timer {
+            Timer::Body if self.upload.is_some() => self.abandon_upload(cx, 408),
             Timer::Header | Timer::Body => {
                 // 408 unless a response is already on its way.
                 if self.output_done() {
@@ -822,7 +849,7 @@ impl Connection {
             Tail::None => {}
             Tail::Pinned { owner, .. } => cx.policy.unpin(owner, self.slot),
             Tail::Stream(stream) => cx.policy.unpin(stream.owner, self.slot),
-            Tail::Upstream(_) => cx.policy.proxy_done(self.slot),
+            Tail::Upstream(_) => self.proxy_finished(cx),
             Tail::File(file) => {
                 if let Some(pipe) = file.pipe {
                     cx.shared.pipes.give_back(pipe, file.in_pipe);
@@ -881,6 +908,8 @@ impl Connection {
                     Timer::Send
                 } else if self.receiving != Lane::Busy {
                     Timer::None
+                } else if self.upload.is_some() {
+                    Timer::Body
                 } else {
                     match self.reading {
                         Reading::Body(_) => Timer::Body,

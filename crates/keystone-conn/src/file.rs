@@ -450,6 +450,9 @@ impl Connection {
         let complete = Complete {
             body: pending.body,
             total: pending.total,
+            // A streamed request's file answer: its body was dropped, and
+            // the access log does not need to know.
+            streamed: false,
         };
         let framing = pending.framing;
         let commit = match (file, &pending.source) {

@@ -39,6 +39,7 @@ mod proxy;
 mod read;
 mod stream;
 mod timer;
+mod upload;
 
 #[cfg(feature = "sim")]
 pub mod sim;
@@ -136,7 +137,17 @@ pub struct Config {
     pub max_pipeline: u32,
     /// Connection timeouts.
     pub timeouts: Timeouts,
+    /// The largest request body streamed upstream (a body above
+    /// `limits.max_body_bytes` is streamed when policy can proxy it,
+    /// [`Policy::streams_bodies`]); 413 above it.
+    pub max_proxy_body_bytes: u64,
 }
+
+/// Default for [`Config::max_proxy_body_bytes`]: 1 GiB. A streamed body
+/// costs one receive window however long it is; the bound is the gateway's
+/// promise to its backends (nginx's `client_max_body_size`, set per
+/// location in a proxy).
+pub const MAX_PROXY_BODY_BYTES: u64 = 1 << 30;
 
 /// Default bound on responses queued per connection: enough for wrk's and
 /// h2load's pipelining depths (16) with room to spare; small enough that
@@ -149,6 +160,7 @@ impl Default for Config {
             limits: Limits::default(),
             max_pipeline: MAX_PIPELINE,
             timeouts: Timeouts::default(),
+            max_proxy_body_bytes: MAX_PROXY_BODY_BYTES,
         }
     }
 }
@@ -332,6 +344,10 @@ pub struct Request<'a> {
     pub head: &'a Head,
     /// The request body (Content-Length or decoded chunked body).
     pub body: Span,
+    /// The body is larger than the buffered limit and is not in `body`
+    /// (empty): it streams upstream if policy proxies the request, and is
+    /// never read otherwise (the connection closes after the answer).
+    pub body_streamed: bool,
     /// The connection's slot (the key bodies are pinned under).
     pub slot: u32,
     /// The client's address.
@@ -517,6 +533,28 @@ pub trait Policy {
     /// Connection `slot` is done with its proxied request: answered, or
     /// gone (the upstream side then closes what is still in progress).
     fn proxy_done(&mut self, slot: u32) {
+        let _ = slot;
+    }
+
+    /// Whether a request body larger than `limits.max_body_bytes` may be
+    /// streamed (the policy can proxy): the request is then answered with
+    /// [`Request::body_streamed`], and a proxied one's body goes upstream
+    /// through [`Policy::proxy_upload`].
+    fn streams_bodies(&self) -> bool {
+        false
+    }
+
+    /// Body bytes of connection `slot`'s streamed request (decoded, when
+    /// chunked): returns how many were taken; fewer (0: none) when the
+    /// upstream side has no room now, and an [`Event::Upstream`] comes
+    /// when it has.
+    fn proxy_upload(&mut self, slot: u32, bytes: &[u8]) -> u32 {
+        let _ = slot;
+        bytes.len() as u32
+    }
+
+    /// Connection `slot`'s streamed request body is complete.
+    fn proxy_upload_end(&mut self, slot: u32) {
         let _ = slot;
     }
 }

@@ -19,7 +19,7 @@ use keystone_response::{
 };
 use keystone_ringbuf::Span;
 
-use crate::answer::{queue_canned, request_view, Commit};
+use crate::answer::{queue_canned, request_view, Commit, CLOSE};
 use crate::connection::{Phase, Reading, Tail};
 use crate::read::Complete;
 use crate::stream::RequestLabel;
@@ -30,6 +30,7 @@ use crate::{Connection, Context, Level, Policy, ProxyBody, ProxyHead, STREAM_QUE
 pub(crate) struct PendingProxy {
     body: Span,
     total: u32,
+    streamed: bool,
     framing: Framing,
     started: Instant,
 }
@@ -65,6 +66,7 @@ impl Connection {
         self.reading = Reading::Proxying(PendingProxy {
             body: complete.body,
             total: complete.total,
+            streamed: complete.streamed,
             framing,
             started,
         });
@@ -72,6 +74,8 @@ impl Connection {
 
     /// The upstream progressed: commit its head, or relay more body.
     pub(crate) fn on_upstream<P: Policy>(&mut self, cx: &mut Context<'_, P>) {
+        // The upstream side may have made room for more of a streamed body.
+        self.push_upload(cx);
         if matches!(self.reading, Reading::Proxying(_)) {
             self.take_proxy_head(cx);
         }
@@ -94,6 +98,7 @@ impl Connection {
         let complete = Complete {
             body: pending.body,
             total: pending.total,
+            streamed: pending.streamed,
         };
         let framing = pending.framing;
         let request = request_view(
@@ -246,9 +251,38 @@ impl Connection {
         cx.policy.expire();
         self.finish_answer(cx, &complete, framing, commit, pending.started);
         if done {
-            cx.policy.proxy_done(self.slot);
+            self.proxy_finished(cx);
         }
         self.drive(cx);
+    }
+
+    /// Policy is told the proxied request is over; a request body still
+    /// streaming is dropped (the connection then closes).
+    pub(crate) fn proxy_finished<P: Policy>(&mut self, cx: &mut Context<'_, P>) {
+        cx.policy.proxy_done(self.slot);
+        self.end_upload();
+    }
+
+    /// A proxied request whose streamed body broke off before the
+    /// upstream's head: the client is answered `status`, the connection
+    /// closes, the upstream request is abandoned.
+    pub(crate) fn refuse_proxied<P: Policy>(&mut self, cx: &mut Context<'_, P>, status: u16) {
+        let Reading::Proxying(pending) = std::mem::replace(&mut self.reading, Reading::Idle) else {
+            return;
+        };
+        self.reparse_taken_head(cx);
+        let complete = Complete {
+            body: pending.body,
+            total: pending.total,
+            streamed: true,
+        };
+        let committed = queue_canned(&mut self.send, cx.shared, status, None, CLOSE);
+        let commit = Commit {
+            committed,
+            close: true,
+        };
+        self.finish_answer(cx, &complete, CLOSE, commit, pending.started);
+        self.proxy_finished(cx);
     }
 
     /// Frames upstream body bytes into the send buffer until enough is
@@ -315,8 +349,9 @@ impl Connection {
     pub(crate) fn release_proxy<P: Policy>(&mut self, cx: &mut Context<'_, P>) {
         if let Reading::Proxying(_) = self.reading {
             self.reading = Reading::Idle;
-            cx.policy.proxy_done(self.slot);
+            self.proxy_finished(cx);
         }
+        self.upload = None;
     }
 }
 

@@ -4,13 +4,14 @@
 //! loop that answers pipelined requests while the send side has room.
 
 use keystone_parser::{
-    BodyFraming as HeadFraming, ChunkedDecoder, ParseError, ParseStatus, Persistence,
+    BodyFraming as HeadFraming, ChunkedDecoder, Limits, ParseError, ParseStatus, Persistence,
 };
 use keystone_response::{Framing, CONTINUE};
 use keystone_ringbuf::Span;
 
 use crate::answer::CLOSE;
 use crate::connection::{BodyFraming, BodyState, Lane, Phase, Reading, Tail};
+use crate::upload::Upload;
 use crate::{Connection, Context, Policy, SEND_HEADROOM_BYTES};
 
 /// What taking the request at the front of the buffer did.
@@ -29,6 +30,31 @@ pub(crate) struct Complete {
     pub(crate) body: Span,
     /// Bytes of head and body, consumed once the request is answered.
     pub(crate) total: u32,
+    /// The body is streamed ([`crate::upload`]): `body` is empty and
+    /// `total` covers the head only.
+    pub(crate) streamed: bool,
+}
+
+/// Where the body of the head just parsed is.
+pub(crate) enum BodyReady {
+    /// All of it is buffered.
+    Complete(Complete),
+    /// More is to arrive (the state is kept in `reading`).
+    Partial,
+    /// It is larger than the buffered limit: it is streamed upstream.
+    Streamed(Upload),
+}
+
+/// The limits a head is parsed with: a policy that can stream bodies
+/// upstream admits `Content-Length` up to `--max-proxy-body-bytes`; the
+/// buffered limit is checked when the body is framed.
+pub(crate) fn parse_limits<P: Policy>(cx: &Context<'_, P>) -> Limits {
+    let config = &cx.shared.config;
+    let mut limits = config.limits;
+    if cx.policy.streams_bodies() {
+        limits.max_body_bytes = limits.max_body_bytes.max(config.max_proxy_body_bytes);
+    }
+    limits
 }
 
 impl Connection {
@@ -38,7 +64,7 @@ impl Connection {
     /// was taken, other connections used the scratch since, and its bytes
     /// are unchanged.
     pub(crate) fn reparse_taken_head<P: Policy>(&self, cx: &mut Context<'_, P>) {
-        let limits = cx.shared.config.limits;
+        let limits = parse_limits(cx);
         let reparsed = cx.shared.parser.parse(
             self.recv.unconsumed(),
             self.recv.head(),
@@ -62,6 +88,7 @@ impl Connection {
             if self.phase != Phase::Open
                 || !matches!(self.tail, Tail::None)
                 || matches!(self.reading, Reading::Answering(_) | Reading::Proxying(_))
+                || self.upload.is_some()
             {
                 return;
             }
@@ -106,18 +133,20 @@ impl Connection {
     /// rest of its head or body, refuses it, or answers it.
     fn take_request<P: Policy>(&mut self, cx: &mut Context<'_, P>) -> Taken {
         debug_assert!(self.send.spare() >= SEND_HEADROOM_BYTES);
+        let mut streamed = None;
         if let Reading::Body(body) = &self.reading {
             // The head is known: only the body's progress matters until it
             // is complete (no re-parse of the head per read).
             let head_len = body.head_len;
             match self.body_progress(cx) {
-                Ok(Some(_)) => {}
-                Ok(None) => return Taken::NeedMore,
+                Ok(BodyReady::Complete(_)) => {}
+                Ok(BodyReady::Streamed(upload)) => streamed = Some(upload),
+                Ok(BodyReady::Partial) => return Taken::NeedMore,
                 Err(err) => return self.refuse(cx, err.status()),
             }
             debug_assert!(head_len > 0);
         }
-        let limits = cx.shared.config.limits;
+        let limits = parse_limits(cx);
         let base = self.recv.head();
         let parsed = cx.shared.parser.parse_resuming(
             &mut self.progress,
@@ -134,11 +163,24 @@ impl Connection {
             }
             Err(err) => return self.refuse(cx, err.status()),
         }
-        let complete = match self.body_of_parsed(cx) {
-            Ok(Some(complete)) => complete,
-            Ok(None) => {
+        let ready = match streamed {
+            Some(upload) => Ok(BodyReady::Streamed(upload)),
+            None => self.body_of_parsed(cx),
+        };
+        let complete = match ready {
+            Ok(BodyReady::Complete(complete)) => complete,
+            Ok(BodyReady::Partial) => {
                 self.send_continue();
                 return Taken::NeedMore;
+            }
+            Ok(BodyReady::Streamed(upload)) => {
+                let head_len = cx.shared.head.head_len;
+                self.upload = Some(upload);
+                Complete {
+                    body: Span::new(base + head_len, 0),
+                    total: head_len,
+                    streamed: true,
+                }
             }
             Err(err) => return self.refuse(cx, err.status()),
         };
@@ -150,7 +192,12 @@ impl Connection {
             head_request: head.method.slice(self.recv.filled()) == b"HEAD",
             minor_version: head.minor_version,
         };
-        self.answer(cx, complete, framing)
+        let streamed = complete.streamed;
+        let taken = self.answer(cx, complete, framing);
+        if streamed {
+            self.after_streamed_answer(cx);
+        }
+        taken
     }
 
     /// A request the engine refuses: its error, then the connection closes
@@ -168,7 +215,7 @@ impl Connection {
     fn body_of_parsed<P: Policy>(
         &mut self,
         cx: &mut Context<'_, P>,
-    ) -> Result<Option<Complete>, ParseError> {
+    ) -> Result<BodyReady, ParseError> {
         let head = &cx.shared.head;
         let base = self.recv.head();
         if let Reading::Body(_) = self.reading {
@@ -177,18 +224,21 @@ impl Connection {
         }
         let framing = match head.body {
             HeadFraming::None => {
-                return Ok(Some(Complete {
+                return Ok(BodyReady::Complete(Complete {
                     body: Span::new(base + head.head_len, 0),
                     total: head.head_len,
+                    streamed: false,
                 }))
             }
             HeadFraming::Length(n) => {
+                let limit = cx.shared.config.limits.max_body_bytes;
                 let total = u64::from(head.head_len) + n;
-                if total > u64::from(self.recv.capacity()) {
-                    return Err(ParseError::BodyTooLarge {
-                        limit: cx.shared.config.limits.max_body_bytes,
-                        declared: n,
-                    });
+                if n > limit || total > u64::from(self.recv.capacity()) {
+                    if cx.policy.streams_bodies() && n <= cx.shared.config.max_proxy_body_bytes {
+                        let upload = Upload::length(head.head_len, n, head.expect_continue);
+                        return Ok(BodyReady::Streamed(upload));
+                    }
+                    return Err(ParseError::BodyTooLarge { limit, declared: n });
                 }
                 BodyFraming::Length { total }
             }
@@ -212,8 +262,16 @@ impl Connection {
     fn body_progress<P: Policy>(
         &mut self,
         cx: &mut Context<'_, P>,
-    ) -> Result<Option<Complete>, ParseError> {
+    ) -> Result<BodyReady, ParseError> {
         let max_body_bytes = cx.shared.config.limits.max_body_bytes;
+        let streams = cx.policy.streams_bodies();
+        // A policy that can stream admits chunked bodies up to the streamed
+        // limit; past the buffered one the body switches to streaming.
+        let decode_limit = if streams {
+            max_body_bytes.max(cx.shared.config.max_proxy_body_bytes)
+        } else {
+            max_body_bytes
+        };
         let Reading::Body(body) = &mut self.reading else {
             unreachable!("body progress without a body")
         };
@@ -222,35 +280,58 @@ impl Connection {
         match &mut body.framing {
             BodyFraming::Length { total } => {
                 if u64::from(self.recv.len()) < *total {
-                    return Ok(None);
+                    return Ok(BodyReady::Partial);
                 }
                 let len = (*total - u64::from(body.head_len)) as u32;
-                Ok(Some(Complete {
+                Ok(BodyReady::Complete(Complete {
                     body: Span::new(body_start, len),
                     total: *total as u32,
+                    streamed: false,
                 }))
             }
             BodyFraming::Chunked { decoder, decoded } => {
                 let decoded_end = body_start + *decoded;
                 debug_assert!(decoded_end <= self.recv.tail());
                 if decoder.finished() {
-                    return Ok(Some(Complete {
+                    return Ok(BodyReady::Complete(Complete {
                         body: Span::new(body_start, *decoded),
                         total: body.head_len + *decoded,
+                        streamed: false,
                     }));
                 }
                 let undecoded = Span::new(decoded_end, self.recv.tail() - decoded_end);
-                let progress = decoder.decode(self.recv.get_mut(undecoded), max_body_bytes)?;
+                let progress = decoder.decode(self.recv.get_mut(undecoded), decode_limit)?;
                 let payload_end = decoded_end + progress.decoded_len;
                 let stale_start = payload_end + progress.leftover;
                 self.recv.cut(stale_start, self.recv.tail() - stale_start);
                 *decoded += progress.decoded_len;
-                if !progress.consumed_all {
-                    return Ok(None);
+                // Past the buffered limit (what arrived, or what a chunk's
+                // size line announces), or a buffer the body fills: stream.
+                let outgrown = decoder.declared_total() > max_body_bytes
+                    || (self.recv.spare() == 0 && self.recv.head() == 0);
+                if streams && !progress.consumed_all && outgrown {
+                    let Reading::Body(body) = std::mem::replace(&mut self.reading, Reading::Head)
+                    else {
+                        unreachable!("matched above")
+                    };
+                    let BodyFraming::Chunked { decoder, decoded } = body.framing else {
+                        unreachable!("matched above")
+                    };
+                    let upload = Upload::chunked(
+                        body.head_len,
+                        decoder,
+                        decoded,
+                        body.expect_continue && !body.continue_sent,
+                    );
+                    return Ok(BodyReady::Streamed(upload));
                 }
-                Ok(Some(Complete {
+                if !progress.consumed_all {
+                    return Ok(BodyReady::Partial);
+                }
+                Ok(BodyReady::Complete(Complete {
                     body: Span::new(body_start, *decoded),
                     total: body.head_len + *decoded,
+                    streamed: false,
                 }))
             }
         }

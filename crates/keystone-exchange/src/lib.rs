@@ -287,8 +287,10 @@ pub struct HttpExchange {
     pub upstream_response_headers: *const HeaderSpan,
     /// The peer that answered (`ctx.upstream_addr`).
     pub upstream_peer: PeerAddr,
-    /// Keeps the layout explicit (no implicit tail padding).
-    pub _pad: u32,
+    /// 1 when the request's body is larger than the buffered limit: it is
+    /// not in `body` (`ctx.request.body` is nil) and streams upstream if
+    /// the request is proxied.
+    pub body_streamed: u32,
 }
 
 /// A peer's IP address and port as plain bytes (the ABI's view of a
@@ -406,7 +408,7 @@ impl HttpExchange {
             upstream_base: std::ptr::null(),
             upstream_response_headers: std::ptr::null(),
             upstream_peer: PeerAddr::NONE,
-            _pad: 0,
+            body_streamed: 0,
         })
     }
 
@@ -466,6 +468,15 @@ impl HttpExchange {
         self.upstream_key = std::ptr::null();
         self.upstream_key_len = 0;
         self.on_response = 0;
+        self.body_streamed = 0;
+    }
+
+    /// The bound request's body is streamed, not buffered: policy sees no
+    /// body (`ctx.request.body` is nil). Call right after
+    /// [`HttpExchange::bind`].
+    pub fn mark_body_streamed(&mut self) {
+        debug_assert!(self.is_bound());
+        self.body_streamed = 1;
     }
 
     /// Shows policy the upstream's answer for `ctx.on_response`: its head

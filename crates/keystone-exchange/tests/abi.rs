@@ -110,6 +110,11 @@ fn layout_is_pinned() {
             offset_of!(HttpExchange, upstream_peer),
             18304,
         ),
+        (
+            "body_streamed",
+            offset_of!(HttpExchange, body_streamed),
+            18324,
+        ),
     ];
     for (name, actual, expected) in offsets {
         assert_eq!(actual, expected, "offset of {name}");

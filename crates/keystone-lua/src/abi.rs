@@ -444,7 +444,7 @@ unsafe extern "C" fn wants_trace(ex: *mut HttpExchange, message: *const u8, len:
 /// against its `ffi.cdef` so the two declarations cannot drift.
 pub(crate) fn layout(lua: &Lua) -> mlua::Result<Table> {
     let offsets = lua.create_table()?;
-    let fields: [(&str, usize); 37] = [
+    let fields: [(&str, usize); 38] = [
         ("generation", offset_of!(HttpExchange, generation)),
         ("worker", offset_of!(HttpExchange, worker)),
         ("base", offset_of!(HttpExchange, base)),
@@ -506,6 +506,7 @@ pub(crate) fn layout(lua: &Lua) -> mlua::Result<Table> {
             offset_of!(HttpExchange, upstream_response_headers),
         ),
         ("upstream_peer", offset_of!(HttpExchange, upstream_peer)),
+        ("body_streamed", offset_of!(HttpExchange, body_streamed)),
     ];
     for (name, offset) in fields {
         offsets.set(name, offset)?;

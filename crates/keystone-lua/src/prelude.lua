@@ -66,7 +66,7 @@ typedef struct {
   const char *upstream_base;
   const ks_header *upstream_response_headers;
   ks_peer upstream_peer;
-  uint32_t _pad;
+  uint32_t body_streamed;
 } HttpExchange;
 typedef int32_t (*ks_find_fn)(HttpExchange *, const char *, size_t);
 typedef int32_t (*ks_set_fn)(HttpExchange *, const char *, size_t, const char *, size_t);
@@ -167,7 +167,12 @@ return function(ex_addr, fns, layout, messages)
     path = function() return span(ex.path) end,
     query = function() return span(ex.query) end,
     target = function() return span(ex.target) end,
-    body = function() return span(ex.body) end,
+    -- nil for a body larger than --max-body-bytes: it is not buffered and
+    -- streams upstream if the handler proxies the request.
+    body = function()
+      if ex.body_streamed ~= 0 then return nil end
+      return span(ex.body)
+    end,
     version = function() return ex.minor_version == 0 and "1.0" or "1.1" end,
     headers = function()
       if not cur_request_headers then cur_request_headers = proxy(request_headers_mt) end

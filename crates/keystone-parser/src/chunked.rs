@@ -75,6 +75,14 @@ impl ChunkedDecoder {
         self.decoded_total
     }
 
+    /// Payload bytes decoded so far plus the rest of the chunk being
+    /// decoded, as its size line declared it: what the body is known to
+    /// reach.
+    pub fn declared_total(&self) -> u64 {
+        self.decoded_total
+            .saturating_add(self.state.bytes_left_in_chunk as u64)
+    }
+
     /// Whether the final chunk (and trailers) were seen: the body is
     /// complete.
     pub fn finished(&self) -> bool {

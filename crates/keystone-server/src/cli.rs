@@ -23,7 +23,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve an app (the bundled example app when APP is omitted).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Load an app, report errors with file:line, and list its routes.
     Check {
         /// The app file (a Lua chunk returning a table with `routes`).
@@ -123,9 +123,16 @@ pub struct ServeArgs {
     /// new connections wait in the kernel's backlog.
     #[arg(long, default_value_t = defaults::MAX_CONNECTIONS, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_connections: u32,
-    /// Largest request body accepted, in bytes (413 above).
+    /// Largest request body buffered whole, in bytes: a handler reads it as
+    /// `ctx.request.body`. A larger one is 413, unless the app declares
+    /// upstreams: then it streams to the backend when the handler proxies
+    /// the request (see --max-proxy-body-bytes).
     #[arg(long, default_value_t = keystone_parser::Limits::default().max_body_bytes)]
     pub max_body_bytes: u64,
+    /// Largest request body streamed to an upstream, in bytes (413 above).
+    /// It is never buffered whole: memory per connection stays one window.
+    #[arg(long, default_value_t = keystone_conn::MAX_PROXY_BODY_BYTES)]
+    pub max_proxy_body_bytes: u64,
     /// Largest request head (request line + headers), in bytes (431 above).
     #[arg(long, default_value_t = keystone_parser::Limits::default().max_header_bytes, value_parser = clap::value_parser!(u32).range(256..=1_048_576))]
     pub max_header_bytes: u32,

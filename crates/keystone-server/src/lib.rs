@@ -31,7 +31,7 @@ pub const EXIT_USAGE: u8 = 2;
 /// Runs a parsed command line.
 pub fn run(cli: cli::Cli) -> ExitCode {
     match cli.command {
-        cli::Command::Serve(args) => serve::serve(args),
+        cli::Command::Serve(args) => serve::serve(*args),
         cli::Command::Check { app, lua } => check(&app, &lua.config()),
         cli::Command::Reload { pid } => reload(pid),
         cli::Command::Stats(args) => stats(&args),

@@ -189,6 +189,7 @@ pub fn serve(args: ServeArgs) -> ExitCode {
                 send: Duration::from_secs(args.send_timeout),
             },
             max_pipeline: args.max_pipeline,
+            max_proxy_body_bytes: args.max_proxy_body_bytes,
             pulse: Arc::clone(&pulse),
             reloads: reload_rx,
             log: match log_dup("worker") {

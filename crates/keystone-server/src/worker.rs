@@ -92,6 +92,8 @@ pub struct WorkerConfig {
     pub timeouts: Timeouts,
     /// Responses one connection may have queued but not yet sent.
     pub max_pipeline: u32,
+    /// The largest request body streamed upstream.
+    pub max_proxy_body_bytes: u64,
     /// This worker's heartbeat for the handler-budget watchdog.
     pub pulse: Arc<Pulse>,
     /// Reloads, each announced by a [`RELOAD_WAKE`] on `wake`.
@@ -290,6 +292,7 @@ impl Worker {
             limits: config.limits,
             max_pipeline: config.max_pipeline,
             timeouts: config.timeouts,
+            max_proxy_body_bytes: config.max_proxy_body_bytes,
         };
         Ok(Worker {
             reactor,

@@ -66,6 +66,9 @@ routes = {
     ctx.upstream = "backend"
     ctx.upstream_headers["X-Via"] = "zero-alloc"
   end,
+  ["POST /upload"] = function(ctx)
+    ctx.upstream = "backend"
+  end,
   ["GET /page"] = function(ctx)
     ctx.headers["X-Policy"] = "file"
     ctx.body = { file = "assets/page.txt" }
@@ -114,6 +117,8 @@ fn backend() -> u16 {
             std::thread::spawn(move || {
                 let mut buf = [0u8; 8192];
                 let mut held = 0;
+                // Body bytes of the request being read, still to skip.
+                let mut skip = 0usize;
                 loop {
                     let Ok(n) = stream.read(&mut buf[held..]) else {
                         return;
@@ -122,19 +127,50 @@ fn backend() -> u16 {
                         return;
                     }
                     held += n;
-                    // Answer each complete head (GETs: no bodies).
-                    while let Some(end) = buf[..held].windows(4).position(|w| w == b"\r\n\r\n") {
-                        if stream.write_all(UPSTREAM_REPLY).is_err() {
-                            return;
+                    loop {
+                        if skip > 0 {
+                            let dropped = skip.min(held);
+                            buf.copy_within(dropped..held, 0);
+                            held -= dropped;
+                            skip -= dropped;
+                            if skip > 0 {
+                                break;
+                            }
+                            if stream.write_all(UPSTREAM_REPLY).is_err() {
+                                return;
+                            }
+                            continue;
                         }
+                        // Answer each complete head; one with a length
+                        // once its body is read too.
+                        let Some(end) = buf[..held].windows(4).position(|w| w == b"\r\n\r\n")
+                        else {
+                            break;
+                        };
+                        skip = content_length(&buf[..end]);
                         buf.copy_within(end + 4..held, 0);
                         held -= end + 4;
+                        if skip == 0 && stream.write_all(UPSTREAM_REPLY).is_err() {
+                            return;
+                        }
                     }
                 }
             });
         }
     });
     port
+}
+
+/// The `Content-Length` of a head (0 without one), read without allocating.
+fn content_length(head: &[u8]) -> usize {
+    head.split(|&b| b == b'\n')
+        .find_map(|line| line.strip_prefix(b"Content-Length: "))
+        .map_or(0, |digits| {
+            digits
+                .iter()
+                .take_while(|b| b.is_ascii_digit())
+                .fold(0, |n, &d| n * 10 + usize::from(d - b'0'))
+        })
 }
 
 const UPSTREAM_REPLY: &[u8] =
@@ -166,6 +202,9 @@ fn start_server() -> (u16, u16) {
         "1",
         "--admin",
         &admin,
+        // Small enough that the uploads below stream.
+        "--max-body-bytes",
+        "4096",
     ];
     let cli = keystone_server::cli::Cli::parse_from(args);
     std::thread::spawn(move || keystone_server::run(cli));
@@ -284,6 +323,7 @@ fn keep_alive_requests_allocate_nothing() {
 
     files_allocate_nothing(&mut stream);
     proxied_requests_allocate_nothing(&mut stream);
+    streamed_uploads_allocate_nothing(&mut stream);
 
     assert!(response.starts_with(b"HTTP/1.1 200 OK\r\n"));
     assert!(response.ends_with(br#"{"id":42,"q":"a b","m":"GET"}"#));
@@ -382,5 +422,34 @@ fn proxied_requests_allocate_nothing(stream: &mut TcpStream) {
     assert_eq!(
         allocations, 0,
         "heap allocations in {PROXIED_REQUESTS} proxied requests"
+    );
+}
+
+/// Proxied uploads past `--max-body-bytes`: the body streams through the
+/// client's receive buffer into the upstream connection's send buffer as
+/// the upstream takes it.
+fn streamed_uploads_allocate_nothing(stream: &mut TcpStream) {
+    const UPLOADS: u64 = 200;
+    const BODY_BYTES: usize = 64 * 1024;
+    let head =
+        format!("POST /upload HTTP/1.1\r\nHost: test\r\nContent-Length: {BODY_BYTES}\r\n\r\n");
+    let mut request = head.into_bytes();
+    request.extend(std::iter::repeat_n(b'u', BODY_BYTES));
+    let (len, body) = response_len(stream, &request);
+    assert_eq!(body, "upstream");
+    let mut response = vec![0u8; len];
+    for _ in 0..20 {
+        exchange(stream, &request, &mut response);
+    }
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    for _ in 0..UPLOADS {
+        exchange(stream, &request, &mut response);
+    }
+    let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
+    println!("{UPLOADS} streamed 64 KiB uploads: {allocations} heap allocations");
+    assert!(response.ends_with(b"\r\n\r\nupstream"));
+    assert_eq!(
+        allocations, 0,
+        "heap allocations in {UPLOADS} streamed uploads"
     );
 }

@@ -192,7 +192,27 @@ pub struct UpstreamConn {
     /// The whole request went out before its answer (else the connection
     /// is not reused: the upstream may still expect the rest).
     request_complete: bool,
+    /// The body streams in behind the head ([`UpstreamConn::stream_body`]).
+    streaming: Option<Streaming>,
+    /// Sent bytes of a streamed request were dropped from `send`: it can no
+    /// longer be sent again elsewhere.
+    trimmed: bool,
 }
+
+/// A request body that arrives while the request is being sent.
+#[derive(Clone, Copy, Debug)]
+struct Streaming {
+    /// Framed as chunks (the client's was chunked).
+    chunked: bool,
+    /// The client's body is complete (and, chunked, its last chunk queued).
+    ended: bool,
+}
+
+/// Framing bytes around one chunk: its size line (up to 8 hex digits and
+/// CRLF) and the CRLF after its data.
+const CHUNK_FRAMING_BYTES: u32 = 8 + 2 + 2;
+/// The last chunk, kept room for behind every chunk queued.
+const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
 impl UpstreamConn {
     /// A connection with its two buffers (each at least
@@ -217,6 +237,8 @@ impl UpstreamConn {
             request_kept: false,
             drop_when_sent: false,
             request_complete: false,
+            streaming: None,
+            trimmed: false,
         }
     }
 
@@ -253,6 +275,89 @@ impl UpstreamConn {
         self.request_kept = true;
         self.drop_when_sent = false;
         self.request_complete = false;
+        self.streaming = None;
+        self.trimmed = false;
+    }
+
+    /// After [`Self::start`]: the request's body streams in behind its head
+    /// ([`Self::push_body`], then [`Self::end_body`]), framed as chunks when
+    /// `chunked`. It is sent as it comes, also after the response head
+    /// arrived (a backend may answer while it reads), and dropped from the
+    /// buffer once sent; the response read timeout starts only once all of
+    /// it went out.
+    pub fn stream_body(&mut self, chunked: bool) {
+        assert!(self.request_kept, "stream_body before start");
+        self.streaming = Some(Streaming {
+            chunked,
+            ended: false,
+        });
+    }
+
+    /// Queues streamed body bytes; returns how many were taken (fewer when
+    /// the buffer is full: more fit once a send completes). Bytes nobody
+    /// will send (the exchange failed or is complete) are taken and dropped.
+    pub fn push_body(&mut self, bytes: &[u8]) -> u32 {
+        let all = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+        let Some(streaming) = self.streaming else {
+            return all;
+        };
+        let wanted = !streaming.ended
+            && matches!(
+                self.phase,
+                Phase::Connecting { .. } | Phase::AwaitingHead | Phase::Body
+            );
+        if !wanted {
+            return all;
+        }
+        let overhead = if streaming.chunked {
+            CHUNK_FRAMING_BYTES + LAST_CHUNK.len() as u32
+        } else {
+            0
+        };
+        if self.send.spare() < overhead + all && !self.send.unsent_lent() && self.send.head() > 0 {
+            self.send.compact();
+        }
+        let take = all.min(self.send.spare().saturating_sub(overhead));
+        if take == 0 {
+            return 0;
+        }
+        let data = &bytes[..take as usize];
+        if streaming.chunked {
+            let mut line = [0u8; 10];
+            let digits = hex_line(take, &mut line);
+            self.send.append(digits).expect("room checked");
+            self.send.append(data).expect("room checked");
+            self.send.append(b"\r\n").expect("room checked");
+        } else {
+            self.send.append(data).expect("room checked");
+        }
+        take
+    }
+
+    /// The streamed body is complete: a chunked one gets its last chunk
+    /// (room for it is always kept).
+    pub fn end_body(&mut self) {
+        let Some(streaming) = &mut self.streaming else {
+            return;
+        };
+        if std::mem::replace(&mut streaming.ended, true) {
+            return;
+        }
+        let live = matches!(
+            self.phase,
+            Phase::Connecting { .. } | Phase::AwaitingHead | Phase::Body
+        );
+        if streaming.chunked && live {
+            self.send
+                .append(LAST_CHUNK)
+                .expect("room kept for the last chunk");
+        }
+    }
+
+    /// A streamed body has bytes still to come or to send.
+    fn streaming_open(&self) -> bool {
+        self.streaming
+            .is_some_and(|streaming| !streaming.ended || self.request_sent < self.send.len())
     }
 
     /// After a failure before any response byte (a refused or timed-out
@@ -263,7 +368,12 @@ impl UpstreamConn {
     pub fn retry_fresh(&mut self) -> bool {
         let failed_early =
             matches!(self.phase, Phase::Failed(failure) if failure.before_any_response());
-        if !failed_early || self.busy() || !self.request_kept || self.send.is_empty() {
+        if !failed_early
+            || self.busy()
+            || !self.request_kept
+            || self.trimmed
+            || self.send.is_empty()
+        {
             return false;
         }
         self.request_sent = 0;
@@ -330,6 +440,9 @@ impl UpstreamConn {
         match self.phase {
             Phase::Connecting { asked: true } => Some(Wait::Connect),
             Phase::AwaitingHead if self.sending => Some(Wait::Send),
+            // The backend answers once it has the body: while the client
+            // is still sending it, the client's body timeout applies.
+            Phase::AwaitingHead if self.streaming_open() => None,
             Phase::AwaitingHead | Phase::Body if self.receiving => Some(Wait::Read),
             _ => None,
         }
@@ -366,6 +479,13 @@ impl UpstreamConn {
                 self.sent_any |= sent > 0;
                 self.send.return_kept(loan);
                 self.request_sent += sent;
+                if self.streaming.is_some() && self.request_sent > 0 {
+                    // A streamed request cannot be kept whole: what went
+                    // out makes room for what comes.
+                    self.send.consume(self.request_sent);
+                    self.request_sent = 0;
+                    self.trimmed = true;
+                }
                 if std::mem::take(&mut self.drop_when_sent) {
                     self.drop_request();
                 }
@@ -455,8 +575,11 @@ impl UpstreamConn {
                 ResponseBody::UntilClose => BodyLeft::UntilClose,
             };
             self.phase = Phase::Body;
-            // The answer is here: the request is no longer needed.
-            if self.sending {
+            // The answer is here: the request is no longer needed (a
+            // streamed body goes on being sent: the backend may be reading
+            // it as it answers).
+            if self.streaming.is_some() {
+            } else if self.sending {
                 self.drop_when_sent = true;
             } else {
                 self.drop_request();
@@ -539,8 +662,12 @@ impl UpstreamConn {
 
     /// The body is complete (its last bytes may still wait for the client).
     fn finish(&mut self) {
-        let reusable =
-            self.head.keep_alive && !self.poisoned && !self.request_kept && self.request_complete;
+        let request_done = if self.streaming.is_some() {
+            true // decided when the outcome is asked: the body may still go
+        } else {
+            !self.request_kept && self.request_complete
+        };
+        let reusable = self.head.keep_alive && !self.poisoned && request_done;
         self.phase = Phase::Done { reusable };
     }
 
@@ -588,7 +715,14 @@ impl UpstreamConn {
     pub fn outcome(&self) -> Option<Result<bool, Failure>> {
         match self.phase {
             Phase::Done { reusable } if self.ready == 0 && !self.head_pending() => {
-                Some(Ok(reusable && !self.sending && !self.receiving))
+                // A streamed request is reusable only if all of it went out.
+                let streamed_whole = self
+                    .streaming
+                    .is_none_or(|streaming| streaming.ended && self.send.is_empty());
+                Some(Ok(reusable
+                    && streamed_whole
+                    && !self.sending
+                    && !self.receiving))
             }
             Phase::Failed(failure) => Some(Err(failure)),
             _ => None,
@@ -607,6 +741,8 @@ impl UpstreamConn {
             matches!(self.outcome(), Some(Ok(true))),
             "pooling an unusable connection"
         );
+        self.streaming = None;
+        self.request_kept = false;
         self.phase = Phase::Idle;
         self.pooled = true;
         self.head.head_len = 0;
@@ -617,6 +753,29 @@ impl UpstreamConn {
     pub fn is_pooled(&self) -> bool {
         self.pooled && self.phase == Phase::Idle
     }
+}
+
+/// Writes `n` as a chunk-size line (`1f40\r\n`) into `out`.
+fn hex_line(n: u32, out: &mut [u8; 10]) -> &[u8] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut len = 0;
+    let mut shift = 28;
+    let mut started = false;
+    loop {
+        let digit = (n >> shift) & 0xf;
+        if digit != 0 || started || shift == 0 {
+            out[len] = DIGITS[digit as usize];
+            len += 1;
+            started = true;
+        }
+        if shift == 0 {
+            break;
+        }
+        shift -= 4;
+    }
+    out[len] = b'\r';
+    out[len + 1] = b'\n';
+    &out[..len + 2]
 }
 
 /// The errno values this machine tells apart (Linux's).

@@ -584,3 +584,146 @@ fn a_request_sent_in_pieces_is_kept_until_its_answer() {
         "the upstream may still expect the body"
     );
 }
+
+/// Completes the send in flight (all of it), if any, recording its bytes.
+fn complete_send(conn: &mut UpstreamConn, sent: &mut Vec<u8>) -> bool {
+    match conn.poll() {
+        Some(UpstreamIntent::Send(buf)) => {
+            let SendBuf::Buffer(loan) = &buf else {
+                panic!("only its own buffer")
+            };
+            sent.extend_from_slice(loan.as_slice());
+            let len = loan.len() as i32;
+            conn.on(UpstreamEvent::Sent { buf, result: len });
+            true
+        }
+        Some(UpstreamIntent::Recv(loan)) => {
+            // Keep the receive armed: hand it back empty-handed later.
+            conn.on(UpstreamEvent::Received {
+                buf: loan,
+                result: -11,
+            });
+            false
+        }
+        _ => false,
+    }
+}
+
+#[test]
+fn a_streamed_body_is_chunk_framed_sent_as_it_comes_and_trimmed() {
+    let mut conn = conn();
+    let head = b"POST /u HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n";
+    conn.request_buffer().append(head).unwrap();
+    conn.start(true, false);
+    conn.stream_body(true);
+    // The backend answers once the body is complete: no read timeout
+    // while the client is still sending it.
+    let mut sent = Vec::new();
+    assert!(complete_send(&mut conn, &mut sent));
+    assert_eq!(conn.timeout(), None);
+    assert_eq!(conn.push_body(b"hello"), 5);
+    assert_eq!(conn.push_body(&[b'x'; 300]), 300);
+    assert!(complete_send(&mut conn, &mut sent));
+    conn.end_body();
+    assert!(complete_send(&mut conn, &mut sent));
+    let mut expected = head.to_vec();
+    expected.extend_from_slice(b"5\r\nhello\r\n12c\r\n");
+    expected.extend_from_slice(&[b'x'; 300]);
+    expected.extend_from_slice(b"\r\n0\r\n\r\n");
+    assert_eq!(sent, expected);
+    // What went out was dropped: the buffer has room again, and the
+    // request can no longer be sent elsewhere.
+    assert!(conn.send.is_empty());
+    assert!(conn.trimmed);
+}
+
+#[test]
+fn a_full_buffer_takes_part_of_a_streamed_body_and_the_rest_after_a_send() {
+    let mut conn = conn();
+    conn.request_buffer()
+        .append(b"PUT /u HTTP/1.1\r\nContent-Length: 200000\r\n\r\n")
+        .unwrap();
+    conn.start(true, false);
+    conn.stream_body(false);
+    let big = vec![7u8; 200_000];
+    let first = conn.push_body(&big);
+    assert!(first > 0 && first < 200_000, "took {first}");
+    assert_eq!(
+        conn.push_body(&big[first as usize..]),
+        0,
+        "no room until a send"
+    );
+    let mut sent = Vec::new();
+    assert!(complete_send(&mut conn, &mut sent));
+    let second = conn.push_body(&big[first as usize..]);
+    assert!(second > 0);
+}
+
+#[test]
+fn a_streamed_request_is_reused_only_once_all_of_it_went_out() {
+    // The backend answered (whole) before the body ended: not reusable.
+    let mut conn = conn();
+    conn.request_buffer()
+        .append(b"POST /u HTTP/1.1\r\nContent-Length: 10\r\n\r\n")
+        .unwrap();
+    conn.start(true, false);
+    conn.stream_body(false);
+    let mut sent = Vec::new();
+    assert!(complete_send(&mut conn, &mut sent));
+    conn.push_body(b"abc");
+    let run = run_rest(
+        &mut conn,
+        b"HTTP/1.1 413 Too Big\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert_eq!(run, Some(Ok(false)));
+    // The body ended and went out before the answer: reusable.
+    let mut conn = self::conn();
+    conn.request_buffer()
+        .append(b"POST /u HTTP/1.1\r\nContent-Length: 3\r\n\r\n")
+        .unwrap();
+    conn.start(true, false);
+    conn.stream_body(false);
+    conn.push_body(b"abc");
+    conn.end_body();
+    let mut sent = Vec::new();
+    assert!(complete_send(&mut conn, &mut sent));
+    assert_eq!(conn.timeout(), None, "no receive armed yet");
+    let run = run_rest(&mut conn, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    assert_eq!(run, Some(Ok(true)));
+}
+
+/// Sends whatever is queued, then answers the next receive with `answer`
+/// and takes head and body: the outcome.
+fn run_rest(conn: &mut UpstreamConn, answer: &[u8]) -> Option<Result<bool, Failure>> {
+    let mut sent = Vec::new();
+    for _ in 0..100 {
+        match conn.poll() {
+            Some(UpstreamIntent::Send(buf)) => {
+                let SendBuf::Buffer(loan) = &buf else {
+                    panic!("only its own buffer")
+                };
+                sent.extend_from_slice(loan.as_slice());
+                let len = loan.len() as i32;
+                conn.on(UpstreamEvent::Sent { buf, result: len });
+            }
+            Some(UpstreamIntent::Recv(mut loan)) => {
+                loan.as_mut_slice()[..answer.len()].copy_from_slice(answer);
+                conn.on(UpstreamEvent::Received {
+                    buf: loan,
+                    result: answer.len() as i32,
+                });
+            }
+            Some(UpstreamIntent::Connect) => panic!("connected already"),
+            None => {}
+        }
+        if conn.response_head().is_some() {
+            conn.take_head();
+        }
+        let ready = conn.body().len() as u32;
+        conn.consume_body(ready);
+        if let Some(outcome) = conn.outcome() {
+            return Some(outcome);
+        }
+    }
+    None
+}
