@@ -714,13 +714,14 @@ fn start_proxy(
         BodyFraming::Chunked if request.body_streamed => (ForwardFraming::Chunked, Some(true)),
         _ => (ForwardFraming::Length(body.len() as u64), None),
     };
+    let websocket = is_websocket_handshake(request);
     let forward = ForwardRequest {
         method: request.method(),
         target,
         framing,
         client: request.peer.map(|peer| peer.ip()),
         proto: "http",
-        websocket: false,
+        websocket,
     };
     let headers = head
         .headers()
@@ -734,6 +735,7 @@ fn start_proxy(
         method: request.method(),
         now: request.started,
         streamed,
+        upgrade: websocket,
     };
     upstreams.start(start, |buffer| {
         let Ok(len) = write_forward_head(&forward, headers, overrides, buffer.spare_mut()) else {
@@ -742,6 +744,30 @@ fn start_proxy(
         buffer.commit(len as u32);
         buffer.append(body).is_ok()
     })
+}
+
+/// A WebSocket opening handshake (RFC 6455 §4.1): an HTTP/1.1 GET with
+/// `Upgrade: websocket` and `Connection: upgrade` (tokens, any case). Its
+/// `Upgrade` and `Connection` are forwarded, and a `101` makes the proxied
+/// connection a tunnel. Any other `Upgrade` is dropped as hop-by-hop.
+fn is_websocket_handshake(request: &Request<'_>) -> bool {
+    let has_token = |name: &[u8], token: &[u8]| {
+        request
+            .head
+            .headers()
+            .iter()
+            .filter(|h| h.name.slice(request.bytes).eq_ignore_ascii_case(name))
+            .any(|h| {
+                h.value
+                    .slice(request.bytes)
+                    .split(|&b| b == b',')
+                    .any(|t| keystone_parser::text::trim_ows(t).eq_ignore_ascii_case(token))
+            })
+    };
+    request.method() == b"GET"
+        && request.head.minor_version == 1
+        && has_token(b"upgrade", b"websocket")
+        && has_token(b"connection", b"upgrade")
 }
 
 /// Writes what the upstream side noted (failures with peer and reason).

@@ -55,6 +55,9 @@ pub struct Start<'a> {
     /// The body follows through [`Upstreams::upload`] (`Some(true)`:
     /// framed as chunks); `None`: it is in the request `write` puts.
     pub streamed: Option<bool>,
+    /// A WebSocket handshake: a `101` makes the connection a tunnel whose
+    /// client bytes follow through [`Upstreams::upload`].
+    pub upgrade: bool,
 }
 
 /// An operation for the worker to execute for upstream connection `slot`.
@@ -333,6 +336,7 @@ impl Upstreams {
             method,
             now,
             streamed,
+            upgrade,
         } = request;
         let head_request = method == b"HEAD";
         let idempotent = [
@@ -423,6 +427,9 @@ impl Upstreams {
         slot.conn.start(connected, head_request);
         if let Some(chunked) = streamed {
             slot.conn.stream_body(chunked);
+        }
+        if upgrade {
+            slot.conn.expect_upgrade();
         }
         if !connected {
             slot.state = SlotState::Socketing { asked: false };

@@ -138,7 +138,7 @@ impl Connection {
         if let Some(upload) = &mut self.upload {
             // A streamed request's total is its head: the body behind it
             // is now at the buffer's front.
-            debug_assert!(complete.streamed);
+            debug_assert!(complete.streamed || upload.is_tunnel());
             upload.head_left = 0;
         }
         self.served += 1;

@@ -453,6 +453,12 @@ impl Connection {
     /// side and lingers.
     fn poll_finishing(&mut self) -> Option<Intent<'static>> {
         debug_assert_eq!(self.phase, Phase::Finishing);
+        if self.receiving == Lane::Busy {
+            // A streamed body's or a tunnel's read, left when the proxied
+            // request ended in this very poll: no longer wanted.
+            self.receiving = Lane::Cancelling;
+            return Some(Intent::CancelRecv);
+        }
         if self.output_done() && self.receiving == Lane::Idle && !self.file_busy {
             self.phase = Phase::Lingering;
             self.timer = Timer::None; // the linger deadline starts now
@@ -626,14 +632,21 @@ impl Connection {
             return;
         }
         if result <= 0 && self.upload.is_some() {
-            // The client went away in the middle of its body.
+            // The client went away: the end of an upgraded connection, or
+            // a body broken off in the middle.
             self.recv.return_spare(buf, 0);
-            cx.policy.log(
-                Level::Warn,
-                format_args!(
-                    "client closed the connection in the middle of a streamed request body"
-                ),
-            );
+            if !self
+                .upload
+                .as_ref()
+                .is_some_and(|upload| upload.is_tunnel())
+            {
+                cx.policy.log(
+                    Level::Warn,
+                    format_args!(
+                        "client closed the connection in the middle of a streamed request body"
+                    ),
+                );
+            }
             self.upload = None;
             self.phase = Phase::Aborting;
             return;
@@ -908,8 +921,15 @@ impl Connection {
                     Timer::Send
                 } else if self.receiving != Lane::Busy {
                     Timer::None
-                } else if self.upload.is_some() {
-                    Timer::Body
+                } else if let Some(upload) = &self.upload {
+                    // An upgraded connection has no client-side read
+                    // timer: its idle bound is the upstream's read
+                    // timeout, which traffic either way restarts.
+                    if upload.is_tunnel() {
+                        Timer::None
+                    } else {
+                        Timer::Body
+                    }
                 } else {
                     match self.reading {
                         Reading::Body(_) => Timer::Body,

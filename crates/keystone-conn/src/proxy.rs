@@ -15,7 +15,8 @@ use std::time::Instant;
 
 use keystone_parser::{ResponseBody, ResponseHead};
 use keystone_response::{
-    has_body, write_head_spec, BodyLength, Encoder, Framing, HeadSpec, FRAME_OVERHEAD_BYTES,
+    has_body, write_head_spec, write_switching_head, BodyLength, Encoder, Framing, HeadSpec,
+    FRAME_OVERHEAD_BYTES,
 };
 use keystone_ringbuf::Span;
 
@@ -23,6 +24,7 @@ use crate::answer::{queue_canned, request_view, Commit, CLOSE};
 use crate::connection::{Phase, Reading, Tail};
 use crate::read::Complete;
 use crate::stream::RequestLabel;
+use crate::upload::Upload;
 use crate::{Connection, Context, Level, Policy, ProxyBody, ProxyHead, STREAM_QUEUE_BYTES};
 
 /// A proxied request waiting for its upstream's head.
@@ -159,6 +161,60 @@ impl Connection {
                     _ => Commit {
                         committed: queue_canned(&mut self.send, cx.shared, 500, None, framing),
                         close: false,
+                    },
+                }
+            }
+            ProxyHead::Ready {
+                head,
+                bytes,
+                policy,
+            } if head.status == 101 => {
+                // The upstream accepted an upgrade (a WebSocket): its
+                // `Upgrade` is relayed with `Connection: upgrade`, and both
+                // connections become one byte stream each way until either
+                // side closes. keystone-upstream lets a 101 through only to
+                // a request that asked for the upgrade.
+                let overridden = |name: &[u8]| {
+                    policy.is_some_and(|exchange| {
+                        exchange
+                            .response_overrides()
+                            .any(|(set, _)| set.eq_ignore_ascii_case(name))
+                    })
+                };
+                let policy_lines = policy
+                    .into_iter()
+                    .flat_map(|exchange| exchange.response_headers());
+                let headers = head
+                    .headers()
+                    .iter()
+                    .map(|header| (header.name.slice(bytes), header.value.slice(bytes)))
+                    .filter(|(name, _)| {
+                        name.eq_ignore_ascii_case(b"upgrade") || passes_to_client(name, &[])
+                    })
+                    .filter(|(name, _)| !overridden(name))
+                    .chain(policy_lines);
+                match write_switching_head(headers, &cx.shared.date, self.send.spare_mut()) {
+                    Ok(committed) => {
+                        self.send.commit(committed.bytes as u32);
+                        cx.policy.proxy_head_taken(self.slot);
+                        self.tail = Tail::Upstream(UpstreamTail {
+                            encoder: Encoder::for_stream(None, 0),
+                            label,
+                        });
+                        self.upload = Some(Upload::tunnel());
+                        done = false;
+                        Commit {
+                            committed,
+                            close: true,
+                        }
+                    }
+                    Err(_) => Commit {
+                        committed: self.fail(
+                            cx,
+                            framing,
+                            format_args!("upstream upgrade head too large to relay"),
+                        ),
+                        close: true,
                     },
                 }
             }

@@ -54,6 +54,9 @@ enum UploadFraming {
     /// Decoded in place; the decoder counts the whole body against the
     /// streamed limit.
     Chunked(ChunkedDecoder),
+    /// An upgraded connection (a WebSocket after `101`): every byte until
+    /// the client closes, unframed and unbounded.
+    Tunnel,
 }
 
 impl Upload {
@@ -84,6 +87,25 @@ impl Upload {
             framing: UploadFraming::Chunked(decoder),
             expect_continue,
         }
+    }
+}
+
+impl Upload {
+    /// The client's side of an upgraded connection (its request, already
+    /// consumed, is not in front of it).
+    pub(crate) fn tunnel() -> Upload {
+        Upload {
+            head_left: 0,
+            pending: 0,
+            framing: UploadFraming::Tunnel,
+            received_all: false,
+            expect_continue: false,
+        }
+    }
+
+    /// Whether this is an upgraded connection's client side.
+    pub(crate) fn is_tunnel(&self) -> bool {
+        matches!(self.framing, UploadFraming::Tunnel)
     }
 }
 
@@ -175,6 +197,7 @@ impl Connection {
                 *left -= u64::from(take);
                 upload.received_all = *left == 0;
             }
+            UploadFraming::Tunnel => upload.pending += unframed,
             UploadFraming::Chunked(decoder) => {
                 let undecoded = Span::new(start, unframed);
                 let progress = decoder.decode(self.recv.get_mut(undecoded), limit)?;

@@ -278,6 +278,33 @@ pub fn write_head_spec<'h>(
     Ok(committed(spec, w.finish()?))
 }
 
+/// Writes a `101 Switching Protocols` head relaying an upgrade (a proxied
+/// WebSocket handshake): the status line, `Server`, `Date`,
+/// `Connection: upgrade`, then `headers` as given (the caller keeps the
+/// upstream's `Upgrade` and drops its other hop-by-hop and framing
+/// fields). No length: after it the connection carries the new protocol
+/// until either side closes.
+pub fn write_switching_head<'h>(
+    headers: impl Iterator<Item = (&'h [u8], &'h [u8])>,
+    date: &DateCache,
+    out: &mut [u8],
+) -> Result<Committed, ResponseError> {
+    let mut w = Writer::new(out);
+    status_line(&mut w, 101);
+    w.header(b"Server", b"keystone");
+    w.header(b"Date", date.get());
+    w.header(b"Connection", b"upgrade");
+    for (name, value) in headers {
+        w.header(name, value);
+    }
+    w.put(b"\r\n");
+    Ok(Committed {
+        bytes: w.finish()?,
+        status: 101,
+        body: BodyLength::UntilClose,
+    })
+}
+
 /// Writes policy's header lines alone (no status line, no engine headers)
 /// at the start of `out`, for [`write_head_around`] to complete later.
 /// `Content-Length` is left out, as in [`write_head_spec`].

@@ -197,6 +197,9 @@ pub struct UpstreamConn {
     /// Sent bytes of a streamed request were dropped from `send`: it can no
     /// longer be sent again elsewhere.
     trimmed: bool,
+    /// The request asks for an upgrade (a WebSocket handshake): a `101`
+    /// turns the connection into a tunnel ([`UpstreamConn::expect_upgrade`]).
+    upgrade: bool,
 }
 
 /// A request body that arrives while the request is being sent.
@@ -239,6 +242,7 @@ impl UpstreamConn {
             request_complete: false,
             streaming: None,
             trimmed: false,
+            upgrade: false,
         }
     }
 
@@ -277,6 +281,17 @@ impl UpstreamConn {
         self.request_complete = false;
         self.streaming = None;
         self.trimmed = false;
+        self.upgrade = false;
+    }
+
+    /// After [`Self::start`]: the request asks for an upgrade. A `101`
+    /// answer then makes the connection a tunnel: the response "body" is
+    /// every byte until the upstream closes, and bytes pushed with
+    /// [`Self::push_body`] go upstream unframed; the connection is never
+    /// reused. A `101` to a request that did not ask is a malformed answer.
+    pub fn expect_upgrade(&mut self) {
+        assert!(self.request_kept, "expect_upgrade before start");
+        self.upgrade = true;
     }
 
     /// After [`Self::start`]: the request's body streams in behind its head
@@ -567,6 +582,19 @@ impl UpstreamConn {
                     }
                     Ok(ParseStatus::Complete) => break,
                 }
+            }
+            if self.head.status == 101 {
+                if !self.upgrade {
+                    self.phase = Phase::Failed(Failure::BadHead(ParseError::Malformed));
+                    return;
+                }
+                // A tunnel from here on: bytes both ways until a close.
+                self.head.body = ResponseBody::UntilClose;
+                self.poisoned = true;
+                self.streaming = Some(Streaming {
+                    chunked: false,
+                    ended: false,
+                });
             }
             self.body_left = match self.head.body {
                 ResponseBody::None => BodyLeft::None,

@@ -727,3 +727,57 @@ fn run_rest(conn: &mut UpstreamConn, answer: &[u8]) -> Option<Result<bool, Failu
     }
     None
 }
+
+#[test]
+fn a_101_opens_a_tunnel_only_for_an_upgrade_request() {
+    // Not asked for: a malformed answer.
+    let mut conn = conn();
+    let run = run(
+        &mut conn,
+        GET,
+        None,
+        &[Step::Bytes(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+        )],
+        false,
+    );
+    assert!(
+        matches!(run.outcome, Some(Err(Failure::BadHead(_)))),
+        "{:?}",
+        run.outcome
+    );
+    // Asked for: the "body" is every byte until the upstream closes, and
+    // pushed bytes go upstream unframed; never reused.
+    let mut conn = self::conn();
+    conn.request_buffer().append(GET).unwrap();
+    conn.start(true, false);
+    conn.expect_upgrade();
+    let mut sent = Vec::new();
+    assert!(complete_send(&mut conn, &mut sent));
+    let Some(UpstreamIntent::Recv(mut loan)) = conn.poll() else {
+        panic!("a receive for the answer")
+    };
+    let answer = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x81\x02hi";
+    loan.as_mut_slice()[..answer.len()].copy_from_slice(answer);
+    conn.on(UpstreamEvent::Received {
+        buf: loan,
+        result: answer.len() as i32,
+    });
+    let (head, _) = conn.response_head().expect("the 101");
+    assert_eq!((head.status, head.body), (101, ResponseBody::UntilClose));
+    conn.take_head();
+    assert_eq!(conn.body(), b"\x81\x02hi");
+    conn.consume_body(4);
+    assert_eq!(conn.push_body(b"\x81\x02yo"), 4);
+    sent.clear();
+    assert!(complete_send(&mut conn, &mut sent));
+    assert_eq!(sent, b"\x81\x02yo", "only the new bytes, unframed");
+    let Some(UpstreamIntent::Recv(loan)) = conn.poll() else {
+        panic!("a receive for more")
+    };
+    conn.on(UpstreamEvent::Received {
+        buf: loan,
+        result: 0,
+    });
+    assert_eq!(conn.outcome(), Some(Ok(false)));
+}
