@@ -664,6 +664,58 @@ fn metrics_count_per_upstream_peer() {
         1
     );
     assert_eq!(value("keystone_proxied_requests_total"), 6);
+    // Nothing is in progress now.
+    assert_eq!(
+        value(&format!("keystone_upstream_active_requests{{{api}}}")),
+        0
+    );
+    // Histograms: the api peer's connections (the first, and the one
+    // after the malformed answer closed its predecessor) and its five
+    // response heads (the malformed head is none); the dead peer never
+    // connected. Loopback connects land in the first bucket's range.
+    let float = |line_start: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(line_start)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {line_start} in\n{metrics}"))
+    };
+    assert_eq!(
+        value(&format!("keystone_upstream_connect_seconds_count{{{api}}}")),
+        2
+    );
+    assert_eq!(
+        value(&format!(
+            "keystone_upstream_connect_seconds_bucket{{{api},le=\"+Inf\"}}"
+        )),
+        2
+    );
+    assert_eq!(
+        value(&format!(
+            "keystone_upstream_connect_seconds_bucket{{{api},le=\"0.25\"}}"
+        )),
+        2
+    );
+    assert_eq!(
+        value(&format!(
+            "keystone_upstream_response_seconds_count{{{api}}}"
+        )),
+        4
+    );
+    let sum = float(&format!("keystone_upstream_response_seconds_sum{{{api}}}"));
+    assert!(sum > 0.0 && sum < 4.0, "response time sum {sum}");
+    assert_eq!(
+        value(&format!(
+            "keystone_upstream_connect_seconds_count{{{dead}}}"
+        )),
+        0
+    );
+    // The exposition parses as Prometheus text, histograms included.
+    let parsed = prometheus_parse::Scrape::parse(metrics.lines().map(|l| Ok(l.to_string())))
+        .expect("valid exposition");
+    assert!(parsed
+        .samples
+        .iter()
+        .any(|sample| sample.metric == "keystone_upstream_response_seconds"));
 }
 
 #[test]

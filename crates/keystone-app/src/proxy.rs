@@ -158,6 +158,9 @@ struct Slot {
     stat: u16,
     /// In its peer's idle list (counted in the idle gauge).
     idle: bool,
+    /// When the current connection's socket was made (its connect time
+    /// is measured from here).
+    socket_at: Instant,
 }
 
 /// One pool at runtime.
@@ -251,6 +254,7 @@ impl Upstreams {
                     check: None,
                     stat: 0,
                     idle: false,
+                    socket_at: now,
                 })
                 .collect()
         };
@@ -416,6 +420,7 @@ impl Upstreams {
         slot.check = None;
         slot.stat = self.pools[pool].stats[peer];
         self.stats.peers[slot.stat as usize].requests.add(1);
+        self.stats.peers[slot.stat as usize].active.add(1);
         let config = &self.pools[pool].config;
         slot.addr = config.peers[peer];
         slot.timeouts = [
@@ -504,6 +509,7 @@ impl Upstreams {
         match done {
             UpstreamDone::Socket { result } if result >= 0 => {
                 slot.fd = Some(result);
+                slot.socket_at = now;
                 if slot.client.is_none() && slot.check.is_none() {
                     // The client left while the socket was being made.
                     slot.state = SlotState::Closing(Stage::Cancel);
@@ -537,6 +543,12 @@ impl Upstreams {
             UpstreamDone::Event(event) => {
                 let stale_connect = matches!(event, UpstreamEvent::Connected { .. })
                     && slot.state != SlotState::Live;
+                if let (UpstreamEvent::Connected { result: 0 }, false, None) =
+                    (&event, stale_connect, slot.check)
+                {
+                    let took = now.saturating_duration_since(slot.socket_at);
+                    self.stats.peers[slot.stat as usize].connect.observe(took);
+                }
                 if !stale_connect {
                     slot.conn.on(event); // in any state: loans go home
                 }
@@ -575,7 +587,11 @@ impl Upstreams {
             if let Some(status) = slot.conn.response_status() {
                 slot.answered_at = Some(now);
                 let class = (status / 100).clamp(1, 5) as usize - 1;
-                self.stats.peers[slot.stat as usize].responses[class].add(1);
+                let counters = &self.stats.peers[slot.stat as usize];
+                counters.responses[class].add(1);
+                counters
+                    .response
+                    .observe(now.saturating_duration_since(slot.started));
             }
         }
         let slot = &mut self.slots[index];
@@ -665,6 +681,7 @@ impl Upstreams {
                 slot.addr = pool.config.peers[next];
                 slot.stat = pool.stats[next];
                 self.stats.peers[slot.stat as usize].requests.add(1);
+                self.stats.peers[slot.stat as usize].active.add(1);
                 slot.counted = true;
                 pool.balancer.begin(next);
                 return self.reconnect(index, now);
@@ -1003,8 +1020,11 @@ impl Upstreams {
     fn end_count(&mut self, index: usize, outcome: Outcome, now: Instant) {
         let current = self.current(index);
         let slot = &mut self.slots[index];
-        if std::mem::take(&mut slot.counted) && current {
-            self.pools[slot.pool].balancer.end(slot.peer, outcome, now);
+        if std::mem::take(&mut slot.counted) {
+            self.stats.peers[slot.stat as usize].active.sub(1);
+            if current {
+                self.pools[slot.pool].balancer.end(slot.peer, outcome, now);
+            }
         }
     }
 

@@ -103,6 +103,53 @@ pub struct PeerCounters {
     pub failures: [Counter; UPSTREAM_FAILURES.len()],
     /// Idle connections to it in this worker's pool now (gauge).
     pub idle: Counter,
+    /// Requests in progress on it now (gauge): sent or being sent, their
+    /// response not yet complete.
+    pub active: Counter,
+    /// From a new connection's socket to its connect completing.
+    pub connect: Histogram,
+    /// From a request's start to the upstream's response head (the wait
+    /// for the first byte of the answer; nginx's `$upstream_header_time`).
+    pub response: Histogram,
+}
+
+/// Upper bounds of the latency histograms' buckets, in seconds (the
+/// `+Inf` bucket follows): Prometheus' default buckets, which cover a
+/// loopback connect (well under a millisecond) to a timed-out backend.
+pub const LATENCY_BUCKETS_SECONDS: [f64; 11] = [
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+/// A latency histogram one worker writes: per-bucket counts (not
+/// cumulative; the last is `+Inf`) and the sum in microseconds.
+#[derive(Default)]
+pub struct Histogram {
+    buckets: [Counter; LATENCY_BUCKETS_SECONDS.len() + 1],
+    sum_micros: Counter,
+}
+
+impl Histogram {
+    /// Counts one observation.
+    pub fn observe(&self, took: std::time::Duration) {
+        let seconds = took.as_secs_f64();
+        let bucket = LATENCY_BUCKETS_SECONDS
+            .iter()
+            .position(|&upper| seconds <= upper)
+            .unwrap_or(LATENCY_BUCKETS_SECONDS.len());
+        self.buckets[bucket].add(1);
+        self.sum_micros
+            .add(u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
+    }
+
+    /// The count in bucket `index` (not cumulative).
+    pub fn bucket(&self, index: usize) -> u64 {
+        self.buckets[index].get()
+    }
+
+    /// The sum of observations, in microseconds.
+    pub fn sum_micros(&self) -> u64 {
+        self.sum_micros.get()
+    }
 }
 
 impl Default for WorkerStats {
@@ -447,6 +494,53 @@ fn upstream_families(out: &mut String, shared: &Shared) {
             "keystone_upstream_idle_connections{{{}}} {count}",
             labels(name)
         );
+    }
+    family(
+        out,
+        "keystone_upstream_active_requests",
+        "gauge",
+        "Requests in progress on an upstream peer now.",
+    );
+    for name in &names {
+        let count = total(name, &|p| p.active.get());
+        let _ = writeln!(
+            out,
+            "keystone_upstream_active_requests{{{}}} {count}",
+            labels(name)
+        );
+    }
+    let histograms: [(&str, &str, fn(&PeerCounters) -> &Histogram); 2] = [
+        (
+            "keystone_upstream_connect_seconds",
+            "Time to connect to an upstream peer (new connections).",
+            |p| &p.connect,
+        ),
+        (
+            "keystone_upstream_response_seconds",
+            "Time from a proxied request's start to the upstream's response head.",
+            |p| &p.response,
+        ),
+    ];
+    for (metric, help, histogram) in histograms {
+        family(out, metric, "histogram", help);
+        for name in &names {
+            let labels = labels(name);
+            let mut cumulative = 0;
+            for (index, upper) in LATENCY_BUCKETS_SECONDS.iter().enumerate() {
+                cumulative += total(name, &|p| histogram(p).bucket(index));
+                let _ = writeln!(
+                    out,
+                    "{metric}_bucket{{{labels},le=\"{upper}\"}} {cumulative}"
+                );
+            }
+            cumulative += total(name, &|p| {
+                histogram(p).bucket(LATENCY_BUCKETS_SECONDS.len())
+            });
+            let _ = writeln!(out, "{metric}_bucket{{{labels},le=\"+Inf\"}} {cumulative}");
+            let sum = total(name, &|p| histogram(p).sum_micros()) as f64 / 1e6;
+            let _ = writeln!(out, "{metric}_sum{{{labels}}} {sum}");
+            let _ = writeln!(out, "{metric}_count{{{labels}}} {cumulative}");
+        }
     }
 }
 
