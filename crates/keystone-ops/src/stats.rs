@@ -509,7 +509,8 @@ fn upstream_families(out: &mut String, shared: &Shared) {
             labels(name)
         );
     }
-    let histograms: [(&str, &str, fn(&PeerCounters) -> &Histogram); 2] = [
+    type Pick = fn(&PeerCounters) -> &Histogram;
+    let histograms: [(&str, &str, Pick); 2] = [
         (
             "keystone_upstream_connect_seconds",
             "Time to connect to an upstream peer (new connections).",
