@@ -2,7 +2,9 @@
 //! test starts (a small Rust HTTP/1.1 server on a thread, with faults on
 //! demand, and Python's `http.server`), real client connections, and the
 //! engine in between: forwarding, re-framing, keep-alive reuse counted by
-//! the backend, failover, and each failure's status.
+//! the backend, failover, and each failure's status (refused, silent, slow
+//! and stalled heads, malformed heads, truncated and reset bodies, a slow
+//! reader).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -122,6 +124,31 @@ fn serve(stream: TcpStream, seen: &Seen, name: &str) {
                 reply(&mut out, "200 OK", "Content-Type: application/octet-stream\r\n", &big)
             }
             "/head" => reply(&mut out, "200 OK", "", b""),
+            // A head that trickles in, each piece well within read_timeout.
+            "/slowhead" => {
+                let head = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nX-Backend: rust\r\n\r\nslow";
+                for piece in head.chunks(12) {
+                    thread::sleep(Duration::from_millis(250));
+                    if out.write_all(piece).is_err() {
+                        return;
+                    }
+                }
+                Ok(())
+            }
+            // Half a head, then silence past read_timeout.
+            "/stallhead" => {
+                let _ = out.write_all(b"HTTP/1.1 200 OK\r\nContent-Le");
+                thread::sleep(Duration::from_secs(3));
+                return;
+            }
+            // Part of the body, then a reset (SO_LINGER 0 and close).
+            "/reset" => {
+                let _ = out.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n");
+                let _ = out.write_all(&[b'r'; 1000]);
+                thread::sleep(Duration::from_millis(100));
+                reset(&out);
+                return;
+            }
             "/nocontent" => out.write_all(b"HTTP/1.1 204 No Content\r\nX-Backend: rust\r\n\r\n"),
             _ => {
                 let mut text = format!("{} {}", head.split(' ').next().unwrap(), path).into_bytes();
@@ -134,6 +161,27 @@ fn serve(stream: TcpStream, seen: &Seen, name: &str) {
             return;
         }
     }
+}
+
+/// Makes `stream`'s close a reset: SO_LINGER with a zero timeout.
+fn reset(stream: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid socket descriptor and a correctly sized `linger`.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_LINGER");
+    // The socket closes (with a reset) when the caller drops its handles.
 }
 
 fn app(backend: SocketAddr, dead: u16) -> String {
@@ -332,6 +380,21 @@ fn failures_answer_precisely_and_are_logged() {
     assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
     assert!(text.contains("Content-Length: 100\r\n"), "{text}");
     assert!(text.ends_with("only ten b"), "{text}");
+    // A head that trickles in within read_timeout per wait: served. One
+    // that stalls halfway past it: 504.
+    let response = curl(&[&server.url("/api/slowhead")]);
+    assert_eq!(response.status, 200, "{response:?}");
+    assert_eq!(response.body_str(), "slow");
+    assert_eq!(curl(&[&server.url("/api/stallhead")]).status, 504);
+    // A reset in the middle of the body: the client's connection closes,
+    // the length left short.
+    let mut client = server.raw();
+    client.send(b"GET /api/reset HTTP/1.1\r\nHost: h\r\n\r\n");
+    let bytes = client.expect_closed("an upstream reset mid-body");
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(text.contains("Content-Length: 100000\r\n"), "{text}");
+    let body = &bytes[text.find("\r\n\r\n").unwrap() + 4..];
+    assert_eq!(body, &[b'r'; 1000][..]);
     // Passive health: the dead pool's only peer failed once (max_fails
     // = 1, nginx's default), so it is out: 502 at once, without a connect.
     let started = Instant::now();
@@ -762,4 +825,37 @@ fn on_response_sees_the_upstream_answer_and_changes_it() {
     let log = server.wait_for_log("ctx.on_response failed", Duration::from_secs(5));
     assert!(log.contains("hook boom"), "{log}");
     assert_no_panic(&log, "after on_response");
+}
+
+#[test]
+fn a_slow_reader_holds_its_upstream_to_one_window_and_others_go_on() {
+    let (server, _) = start();
+    let rss = || -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", server.pid()))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    };
+    let before = rss();
+    let mut slow = server.raw();
+    slow.send(b"GET /api/big HTTP/1.1\r\nHost: h\r\n\r\n");
+    // The slow client reads nothing for a while; the worker serves others.
+    thread::sleep(Duration::from_millis(800));
+    for i in 0..20 {
+        let response = curl(&[&server.url(&format!("/api/other/{i}"))]);
+        assert_eq!(response.status, 200);
+    }
+    assert_eq!(curl(&[&server.url("/ping")]).body_str(), "pong");
+    let grown = rss().saturating_sub(before);
+    assert!(
+        grown < 8 * 1024,
+        "RSS grew {grown} KiB while a reader stalled"
+    );
+    // Then it reads: every byte, in order.
+    let response = slow.read_response();
+    assert_eq!(response.status, 200);
+    let expected: Vec<u8> = (0..2_000_000u32).map(|i| (i % 251) as u8).collect();
+    assert!(response.body == expected, "the slow reader's body differs");
 }
