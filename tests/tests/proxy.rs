@@ -75,11 +75,14 @@ fn serve(stream: TcpStream, seen: &Seen, name: &str) {
         if reader.read_exact(&mut body).is_err() {
             return;
         }
+        // A HEAD gets the GET's head without its body (RFC 9110 §9.3.2).
+        let head_request = head.starts_with("HEAD ");
         let reply = |out: &mut TcpStream, status: &str, extra: &str, body: &[u8]| {
             let head = format!(
                 "HTTP/1.1 {status}\r\nContent-Length: {}\r\nX-Backend: {name}\r\nConnection: keep-alive, X-Hop\r\nX-Hop: secret\r\n{extra}\r\n",
                 body.len()
             );
+            let body = if head_request { &[][..] } else { body };
             out.write_all(head.as_bytes())
                 .and_then(|()| out.write_all(body))
         };
@@ -219,6 +222,19 @@ fn app(backend: SocketAddr, dead: u16) -> String {
         ctx.status = 418
         ctx.headers["Content-Type"] = "text/plain"
         ctx.body = "replaced " .. ctx.upstream_response.status
+      end
+    end,
+    ["GET /buffered/{{*rest}}"] = function(ctx)
+      ctx.upstream = "api"
+      ctx.upstream_path = "/" .. ctx.params.rest
+      ctx.upstream_buffer = tonumber(ctx.args.limit) or 65536
+      ctx.on_response = function(ctx)
+        local body = ctx.upstream_response.body
+        ctx.headers["X-Body-Length"] = #body
+        if ctx.args.transform then
+          ctx.headers["Content-Type"] = "application/json"
+          ctx.body = '{{"upstream":"' .. body:upper() .. '"}}'
+        end
       end
     end,
     ["GET /hook-fails"] = function(ctx)
@@ -858,4 +874,37 @@ fn a_slow_reader_holds_its_upstream_to_one_window_and_others_go_on() {
     assert_eq!(response.status, 200);
     let expected: Vec<u8> = (0..2_000_000u32).map(|i| (i % 251) as u8).collect();
     assert!(response.body == expected, "the slow reader's body differs");
+}
+
+#[test]
+fn upstream_buffer_shows_on_response_the_whole_body() {
+    let (server, _) = start();
+    // A chunked body, read whole: the hook sees it and replaces it.
+    let response = curl(&[&server.url("/buffered/chunked?transform=1")]);
+    assert_eq!(response.status, 200, "{response:?}");
+    assert_eq!(response.header("x-body-length"), Some("12"));
+    assert_eq!(response.header("content-type"), Some("application/json"));
+    assert_eq!(response.body_str(), r#"{"upstream":"HELLO, WORLD"}"#);
+    // Seen but not replaced: the upstream's body goes on to the client.
+    let response = curl(&[&server.url("/buffered/chunked")]);
+    assert_eq!(response.header("x-body-length"), Some("12"));
+    assert_eq!(response.body_str(), "hello, world");
+    // 2 MB in a 1 MiB-capped buffer... and within it.
+    let response = curl(&[&server.url("/buffered/big?limit=1048576")]);
+    assert_eq!(response.status, 502);
+    let response = curl(&[&server.url("/buffered/api/x?limit=100")]);
+    assert_eq!(response.status, 200);
+    assert_eq!(response.body_str(), "GET /api/x|");
+    assert_eq!(curl(&[&server.url("/buffered/big?limit=1000")]).status, 502);
+    let log = server.wait_for_log("larger than ctx.upstream_buffer", Duration::from_secs(5));
+    assert_no_panic(&log, "upstream_buffer");
+    // A bad value is a handler error naming the field.
+    let app = r#"return {
+  upstreams = { api = { peers = { "127.0.0.1:9" } } },
+  routes = { ["GET /"] = function(ctx) ctx.upstream = "api"; ctx.upstream_buffer = 2^40 end },
+}"#;
+    let other = Server::start(Some(app), &[]);
+    assert_eq!(curl(&[&other.url("/")]).status, 500);
+    let log = other.wait_for_log("ctx.upstream_buffer must be", Duration::from_secs(5));
+    assert!(log.contains("from 1 to 1048576"), "{log}");
 }

@@ -289,7 +289,7 @@ impl AppPolicy {
             );
             return None;
         }
-        let Progress::Head { head, bytes } = self.upstreams.progress(slot) else {
+        let Progress::Head { head, bytes, body } = self.upstreams.progress(slot) else {
             self.states[0].lua.drop_hook(slot);
             self.states[0].pins -= 1;
             return None;
@@ -303,7 +303,10 @@ impl AppPolicy {
             request.body,
             request.peer_addr(),
         );
-        exchange.bind_upstream_response(bytes, head, peer);
+        if request.body_streamed {
+            exchange.mark_body_streamed();
+        }
+        exchange.bind_upstream_response(bytes, head, body, peer);
         self.bound = true;
         self.pulse.enter_handler();
         let outcome = self.states[0].lua.run_hook(slot);
@@ -642,7 +645,7 @@ impl Policy for AppPolicy {
         }
         let exchange = self.states[0].lua.exchange();
         match self.upstreams.progress(slot) {
-            Progress::Head { head, bytes } => ProxyHead::Ready {
+            Progress::Head { head, bytes, .. } => ProxyHead::Ready {
                 head,
                 bytes,
                 policy: policy.then_some(exchange),
@@ -736,6 +739,12 @@ fn start_proxy(
         now: request.started,
         streamed,
         upgrade: websocket,
+        // The body is read whole only for a hook that will see it.
+        buffer: if exchange.on_response != 0 {
+            exchange.upstream_buffer()
+        } else {
+            0
+        },
     };
     upstreams.start(start, |buffer| {
         let Ok(len) = write_forward_head(&forward, headers, overrides, buffer.spare_mut()) else {

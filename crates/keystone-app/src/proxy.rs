@@ -24,7 +24,7 @@ use keystone_ops::stats::{PeerCounters, WorkerStats};
 use keystone_upstream::PoolConfig;
 use keystone_upstream::{
     Balancer, Failure, NoPeer, Outcome, Tried, UpstreamConn, UpstreamEvent, UpstreamIntent,
-    FORWARDED_HEAD_MAX, RESPONSE_HEAD_MAX,
+    BUFFERED_BODY_MAX, FORWARDED_HEAD_MAX, RESPONSE_HEAD_MAX,
 };
 
 /// Upstream connections one worker keeps (in use and pooled together).
@@ -58,6 +58,10 @@ pub struct Start<'a> {
     /// A WebSocket handshake: a `101` makes the connection a tunnel whose
     /// client bytes follow through [`Upstreams::upload`].
     pub upgrade: bool,
+    /// Read the response body whole, up to this many bytes, before its
+    /// head is shown (`ctx.upstream_buffer` with `ctx.on_response`); 0:
+    /// relay it as it comes.
+    pub buffer: u32,
 }
 
 /// An operation for the worker to execute for upstream connection `slot`.
@@ -180,10 +184,12 @@ struct Pool {
 pub enum Progress<'a> {
     /// Nothing yet.
     Waiting,
-    /// The response head, over the upstream buffer's bytes.
+    /// The response head, over the upstream buffer's bytes, and the whole
+    /// body when it was buffered (`ctx.upstream_buffer`).
     Head {
         head: &'a keystone_parser::ResponseHead,
         bytes: &'a [u8],
+        body: Option<&'a [u8]>,
     },
     /// No response will come.
     Failed { status: u16 },
@@ -224,14 +230,19 @@ impl Upstreams {
                 .map_err(|_| "the body limit is too large to forward".to_string())?;
             let sends = split_slab(UPSTREAM_CONNECTIONS_MAX as u32, send_bytes)
                 .map_err(|e| e.to_string())?;
-            let recvs = split_slab(UPSTREAM_CONNECTIONS_MAX as u32, RESPONSE_WINDOW_BYTES)
-                .map_err(|e| e.to_string())?;
+            // The window, plus room to buffer a whole body for
+            // `ctx.upstream_buffer` (address space, touched only then).
+            let recvs = split_slab(
+                UPSTREAM_CONNECTIONS_MAX as u32,
+                RESPONSE_WINDOW_BYTES + BUFFERED_BODY_MAX,
+            )
+            .map_err(|e| e.to_string())?;
             let now = Instant::now();
             sends
                 .into_iter()
                 .zip(recvs)
                 .map(|(send, recv)| Slot {
-                    conn: UpstreamConn::new(send, recv),
+                    conn: UpstreamConn::new(send, recv, RESPONSE_WINDOW_BYTES),
                     fd: None,
                     state: SlotState::Free,
                     pool: 0,
@@ -341,6 +352,7 @@ impl Upstreams {
             now,
             streamed,
             upgrade,
+            buffer,
         } = request;
         let head_request = method == b"HEAD";
         let idempotent = [
@@ -435,6 +447,9 @@ impl Upstreams {
         }
         if upgrade {
             slot.conn.expect_upgrade();
+        }
+        if buffer > 0 && !head_request {
+            slot.conn.buffer_body(buffer);
         }
         if !connected {
             slot.state = SlotState::Socketing { asked: false };
@@ -642,12 +657,15 @@ impl Upstreams {
             Failure::ClosedBeforeHead { .. } | Failure::SendFailed(_) => 2,
             Failure::BadHead(_) => 3,
             Failure::BrokenBody => 4,
+            Failure::TooLargeToBuffer { .. } => 5,
         };
         if self.slots[index].client.is_some() {
             self.counters(index).failures[reason].add(1);
         }
         let health = match failure {
-            Failure::BadHead(_) | Failure::BrokenBody => Outcome::Success,
+            Failure::BadHead(_) | Failure::BrokenBody | Failure::TooLargeToBuffer { .. } => {
+                Outcome::Success
+            }
             _ => Outcome::Failure,
         };
         self.end_count(index, health, now);
@@ -925,7 +943,11 @@ impl Upstreams {
             };
         }
         match slot.conn.response_head() {
-            Some((head, bytes)) => Progress::Head { head, bytes },
+            Some((head, bytes)) => Progress::Head {
+                head,
+                bytes,
+                body: slot.conn.buffered_body(),
+            },
             None => Progress::Waiting,
         }
     }

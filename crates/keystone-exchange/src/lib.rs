@@ -291,6 +291,14 @@ pub struct HttpExchange {
     /// not in `body` (`ctx.request.body` is nil) and streams upstream if
     /// the request is proxied.
     pub body_streamed: u32,
+    /// `ctx.upstream_buffer`: read the upstream's whole body (up to this
+    /// many bytes) before `ctx.on_response` runs; 0 for none.
+    pub upstream_buffer: u32,
+    /// Length of `upstream_body`.
+    pub upstream_body_len: u32,
+    /// The upstream's whole body while `on_response` runs with
+    /// `ctx.upstream_buffer` (`ctx.upstream_response.body`); null otherwise.
+    pub upstream_body: *const u8,
 }
 
 /// A peer's IP address and port as plain bytes (the ABI's view of a
@@ -409,6 +417,9 @@ impl HttpExchange {
             upstream_response_headers: std::ptr::null(),
             upstream_peer: PeerAddr::NONE,
             body_streamed: 0,
+            upstream_buffer: 0,
+            upstream_body_len: 0,
+            upstream_body: std::ptr::null(),
         })
     }
 
@@ -469,6 +480,7 @@ impl HttpExchange {
         self.upstream_key_len = 0;
         self.on_response = 0;
         self.body_streamed = 0;
+        self.upstream_buffer = 0;
     }
 
     /// The bound request's body is streamed, not buffered: policy sees no
@@ -480,12 +492,27 @@ impl HttpExchange {
     }
 
     /// Shows policy the upstream's answer for `ctx.on_response`: its head
-    /// (spans index `bytes`) and the peer. The status starts as the
+    /// (spans index `bytes`), its whole body when it was buffered
+    /// (`ctx.upstream_buffer`; kept unchanged until `expire` like `bytes`)
+    /// and the peer. The status starts as the
     /// upstream's, and `ctx.headers[name] = nil` now also removes an
     /// upstream header. Call after [`HttpExchange::bind`]; `bytes` and
     /// `head` stay unchanged until [`HttpExchange::expire`].
-    pub fn bind_upstream_response(&mut self, bytes: &[u8], head: &ResponseHead, peer: PeerAddr) {
+    pub fn bind_upstream_response(
+        &mut self,
+        bytes: &[u8],
+        head: &ResponseHead,
+        body: Option<&[u8]>,
+        peer: PeerAddr,
+    ) {
         debug_assert!(self.is_bound(), "the upstream's answer without a request");
+        (self.upstream_body, self.upstream_body_len) = match body {
+            Some(body) => (
+                body.as_ptr(),
+                u32::try_from(body.len()).expect("a buffered body fits u32"),
+            ),
+            None => (std::ptr::null(), 0),
+        };
         let headers = head.headers();
         self.upstream_base = bytes.as_ptr();
         self.upstream_response_headers = headers.as_ptr();
@@ -559,6 +586,8 @@ impl HttpExchange {
         self.upstream_response_headers = std::ptr::null();
         self.upstream_response_header_count = 0;
         self.upstream_peer = PeerAddr::NONE;
+        self.upstream_body = std::ptr::null();
+        self.upstream_body_len = 0;
     }
 
     /// Whether a request is bound.
@@ -634,6 +663,12 @@ impl HttpExchange {
         (!self.upstream_path.is_null()).then(|| unsafe {
             std::slice::from_raw_parts(self.upstream_path, self.upstream_path_len as usize)
         })
+    }
+
+    /// `ctx.upstream_buffer`: how much of the upstream's body to read
+    /// whole before `ctx.on_response` (0: none).
+    pub fn upstream_buffer(&self) -> u32 {
+        self.upstream_buffer
     }
 
     /// `ctx.upstream_key` (empty when unset).

@@ -115,11 +115,26 @@ fn layout_is_pinned() {
             offset_of!(HttpExchange, body_streamed),
             18324,
         ),
+        (
+            "upstream_buffer",
+            offset_of!(HttpExchange, upstream_buffer),
+            18328,
+        ),
+        (
+            "upstream_body_len",
+            offset_of!(HttpExchange, upstream_body_len),
+            18332,
+        ),
+        (
+            "upstream_body",
+            offset_of!(HttpExchange, upstream_body),
+            18336,
+        ),
     ];
     for (name, actual, expected) in offsets {
         assert_eq!(actual, expected, "offset of {name}");
     }
-    assert_eq!(size_of::<HttpExchange>(), 18328);
+    assert_eq!(size_of::<HttpExchange>(), 18344);
 }
 
 fn parse(request: &[u8], head: &mut Head) {

@@ -444,7 +444,7 @@ unsafe extern "C" fn wants_trace(ex: *mut HttpExchange, message: *const u8, len:
 /// against its `ffi.cdef` so the two declarations cannot drift.
 pub(crate) fn layout(lua: &Lua) -> mlua::Result<Table> {
     let offsets = lua.create_table()?;
-    let fields: [(&str, usize); 38] = [
+    let fields: [(&str, usize); 41] = [
         ("generation", offset_of!(HttpExchange, generation)),
         ("worker", offset_of!(HttpExchange, worker)),
         ("base", offset_of!(HttpExchange, base)),
@@ -507,12 +507,19 @@ pub(crate) fn layout(lua: &Lua) -> mlua::Result<Table> {
         ),
         ("upstream_peer", offset_of!(HttpExchange, upstream_peer)),
         ("body_streamed", offset_of!(HttpExchange, body_streamed)),
+        ("upstream_buffer", offset_of!(HttpExchange, upstream_buffer)),
+        (
+            "upstream_body_len",
+            offset_of!(HttpExchange, upstream_body_len),
+        ),
+        ("upstream_body", offset_of!(HttpExchange, upstream_body)),
     ];
     for (name, offset) in fields {
         offsets.set(name, offset)?;
     }
     let layout = lua.create_table()?;
     layout.set("size", std::mem::size_of::<HttpExchange>())?;
+    layout.set("upstream_buffer_max", keystone_upstream::BUFFERED_BODY_MAX)?;
     layout.set("offsets", offsets)?;
     Ok(layout)
 }

@@ -67,6 +67,9 @@ typedef struct {
   const ks_header *upstream_response_headers;
   ks_peer upstream_peer;
   uint32_t body_streamed;
+  uint32_t upstream_buffer;
+  uint32_t upstream_body_len;
+  const char *upstream_body;
 } HttpExchange;
 typedef int32_t (*ks_find_fn)(HttpExchange *, const char *, size_t);
 typedef int32_t (*ks_set_fn)(HttpExchange *, const char *, size_t, const char *, size_t);
@@ -82,6 +85,7 @@ return function(ex_addr, fns, layout, messages)
   end
 
   local ex = ffi.cast("HttpExchange *", ex_addr)
+  local UPSTREAM_BUFFER_MAX = layout.upstream_buffer_max
   local find_header = ffi.cast("ks_find_fn", fns.find_header)
   local find_param = ffi.cast("ks_find_fn", fns.find_param)
   local query_arg = ffi.cast("ks_find_fn", fns.query_arg)
@@ -277,6 +281,11 @@ return function(ex_addr, fns, layout, messages)
     __index = function(t, k)
       if rawget(t, GEN) ~= ex.generation then expired() end
       if k == "status" then return ex.upstream_status end
+      -- The whole body, when the handler set ctx.upstream_buffer.
+      if k == "body" then
+        if ex.upstream_body == nil then return nil end
+        return ffi_string(ex.upstream_body, ex.upstream_body_len)
+      end
       if k == "headers" then
         if not cur_upstream_response_headers then
           cur_upstream_response_headers = proxy(upstream_response_headers_mt)
@@ -339,6 +348,10 @@ return function(ex_addr, fns, layout, messages)
       return ffi_string(ex.scratch, n)
     end,
     upstream_key = function() return cur_upstream_key end,
+    upstream_buffer = function()
+      if ex.upstream_buffer == 0 then return nil end
+      return ex.upstream_buffer
+    end,
     upstream_headers = function()
       if not cur_upstream_headers then cur_upstream_headers = proxy(upstream_headers_mt) end
       return cur_upstream_headers
@@ -415,6 +428,14 @@ return function(ex_addr, fns, layout, messages)
       cur_upstream_path = v
       ex.upstream_path = v
       ex.upstream_path_len = #v
+    end,
+    upstream_buffer = function(v)
+      if v == nil then ex.upstream_buffer = 0 return end
+      if type(v) ~= "number" or v ~= floor(v) or v < 1 or v > UPSTREAM_BUFFER_MAX then
+        error("ctx.upstream_buffer must be a whole number of bytes from 1 to "
+          .. UPSTREAM_BUFFER_MAX .. ", got " .. tostring(v), 3)
+      end
+      ex.upstream_buffer = v
     end,
     upstream_key = function(v)
       if type(v) == "number" then v = tostring(v) end

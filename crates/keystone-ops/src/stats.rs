@@ -89,8 +89,14 @@ pub struct WorkerStats {
 pub const PEER_COUNTERS_MAX: usize = 64;
 
 /// Why a proxied request failed, as `/metrics` labels it.
-pub const UPSTREAM_FAILURES: [&str; 5] =
-    ["connect", "timeout", "closed", "bad_head", "broken_body"];
+pub const UPSTREAM_FAILURES: [&str; 6] = [
+    "connect",
+    "timeout",
+    "closed",
+    "bad_head",
+    "broken_body",
+    "too_large",
+];
 
 /// One upstream peer's counters (one worker's share).
 #[derive(Default)]

@@ -333,6 +333,16 @@ impl RingBuffer {
         }
     }
 
+    /// Lends at most `max` bytes of the spare range (`[tail, tail + n)`,
+    /// `n = min(max, spare)`): a receive bounded by a window smaller than
+    /// the buffer. Returned with [`return_spare`](Self::return_spare).
+    pub fn lend_spare_up_to(&mut self, max: u32) -> SpareLoan {
+        assert!(max > 0, "a loan of nothing");
+        let mut loan = self.lend_spare();
+        loan.len = loan.len.min(max);
+        loan
+    }
+
     /// Takes a [`SpareLoan`] back: its first `received` bytes were written
     /// and become unconsumed bytes (`tail += received`).
     pub fn return_spare(&mut self, loan: SpareLoan, received: u32) {

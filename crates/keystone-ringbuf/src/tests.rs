@@ -627,3 +627,17 @@ fn lending_after_kept_bytes_consumes_nothing() {
     ring.consume(ring.len());
     assert!(ring.is_empty());
 }
+
+#[test]
+fn a_spare_loan_can_be_bounded_by_a_window() {
+    let mut buf = split_slab(1, 64 * 1024).unwrap().pop().unwrap();
+    let loan = buf.lend_spare_up_to(4096);
+    assert_eq!(loan.len(), 4096);
+    assert!(buf.spare_lent());
+    buf.return_spare(loan, 100);
+    assert_eq!(buf.len(), 100);
+    // Past what is spare, the loan is what is spare.
+    let loan = buf.lend_spare_up_to(1 << 20);
+    assert_eq!(loan.len(), 64 * 1024 - 100);
+    buf.return_spare(loan, 0);
+}

@@ -28,6 +28,13 @@ use keystone_ringbuf::{RingBuffer, SendBuf, Span, SpareLoan};
 /// (4-8 KiB); 16 KiB takes the big-cookie answers of real backends.
 pub const RESPONSE_HEAD_MAX: u32 = 16 * 1024;
 
+/// Largest response body `ctx.upstream_buffer` may ask to see whole: a
+/// JSON answer a policy transforms, not a download (nginx's
+/// `proxy_buffers` default to 8 × 4-8 KiB per request; OpenResty's body
+/// filter sees pieces). The upstream connection's receive buffer is
+/// address space sized for it, touched only when a body is buffered.
+pub const BUFFERED_BODY_MAX: u32 = 1024 * 1024;
+
 /// What the machine asks the pump to do.
 #[derive(Debug)]
 pub enum UpstreamIntent {
@@ -82,6 +89,11 @@ pub enum Failure {
     SendFailed(i32),
     /// The response head was malformed, too large or framed ambiguously.
     BadHead(ParseError),
+    /// The body was to be buffered whole (`ctx.upstream_buffer`) and is
+    /// larger than that.
+    TooLargeToBuffer {
+        limit: u32,
+    },
     /// The body ended early: the upstream closed, reset or timed out
     /// mid-body, or its chunked framing was malformed. The client's
     /// response is cut off: its connection closes without a false end.
@@ -124,6 +136,7 @@ impl Failure {
             Failure::ClosedBeforeHead { .. } => "closed before the response head",
             Failure::SendFailed(_) => "sending the request failed",
             Failure::BadHead(_) => "malformed response head",
+            Failure::TooLargeToBuffer { .. } => "response body larger than ctx.upstream_buffer",
             Failure::BrokenBody => "response body cut short",
         }
     }
@@ -200,6 +213,12 @@ pub struct UpstreamConn {
     /// The request asks for an upgrade (a WebSocket handshake): a `101`
     /// turns the connection into a tunnel ([`UpstreamConn::expect_upgrade`]).
     upgrade: bool,
+    /// The whole body is read before the head is shown, up to this many
+    /// bytes ([`UpstreamConn::buffer_body`]); 0: relayed as it comes.
+    buffer_limit: u32,
+    /// Bytes one receive takes while relaying (the window), whatever the
+    /// buffer's capacity.
+    window: u32,
 }
 
 /// A request body that arrives while the request is being sent.
@@ -218,10 +237,12 @@ const CHUNK_FRAMING_BYTES: u32 = 8 + 2 + 2;
 const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
 impl UpstreamConn {
-    /// A connection with its two buffers (each at least
-    /// [`RESPONSE_HEAD_MAX`] bytes, so a head always fits).
-    pub fn new(send: RingBuffer, recv: RingBuffer) -> UpstreamConn {
-        assert!(recv.capacity() >= RESPONSE_HEAD_MAX);
+    /// A connection with its two buffers; one receive takes at most
+    /// `recv_window` bytes unless a body is buffered whole (the receive
+    /// buffer's capacity is its limit then). The window is at least
+    /// [`RESPONSE_HEAD_MAX`] bytes, so a head always fits.
+    pub fn new(send: RingBuffer, recv: RingBuffer, recv_window: u32) -> UpstreamConn {
+        assert!(recv_window >= RESPONSE_HEAD_MAX && recv.capacity() >= recv_window);
         UpstreamConn {
             send,
             recv,
@@ -243,6 +264,8 @@ impl UpstreamConn {
             streaming: None,
             trimmed: false,
             upgrade: false,
+            buffer_limit: 0,
+            window: recv_window,
         }
     }
 
@@ -282,6 +305,23 @@ impl UpstreamConn {
         self.streaming = None;
         self.trimmed = false;
         self.upgrade = false;
+        self.buffer_limit = 0;
+    }
+
+    /// After [`Self::start`]: the response body is read whole, up to
+    /// `limit` bytes (at most what the receive buffer holds past the
+    /// window), before [`Self::response_head`] shows the head; a larger
+    /// one fails ([`Failure::TooLargeToBuffer`]). [`Self::buffered_body`]
+    /// then shows it.
+    pub fn buffer_body(&mut self, limit: u32) {
+        assert!(self.request_kept, "buffer_body before start");
+        assert!(limit > 0);
+        self.buffer_limit = limit.min(self.recv.capacity() - self.window);
+    }
+
+    /// Whether the body is being read whole before the head is shown.
+    fn buffering(&self) -> bool {
+        self.buffer_limit > 0
     }
 
     /// After [`Self::start`]: the request asks for an upgrade. A `101`
@@ -434,14 +474,31 @@ impl UpstreamConn {
                 // Nothing more is read while the head or body bytes wait
                 // for the client: that is the backpressure, and it keeps
                 // the buffer still while they are framed in place.
+                if self.buffering() && !self.receiving {
+                    // The whole body, behind its head, before anything is
+                    // shown: no compaction (the head's spans are absolute),
+                    // and the capacity past the limit covers the head.
+                    if self.recv.spare() == 0 {
+                        self.phase = Phase::Failed(Failure::TooLargeToBuffer {
+                            limit: self.buffer_limit,
+                        });
+                        return None;
+                    }
+                    self.receiving = true;
+                    return Some(UpstreamIntent::Recv(self.recv.lend_spare()));
+                }
                 let wants_bytes = self.ready == 0 && !self.receiving && !self.head_pending();
                 if wants_bytes {
-                    if self.recv.spare() == 0 {
+                    if self.recv.spare() == 0
+                        || self.recv.spare() < self.window.min(self.recv.capacity() / 2)
+                    {
                         self.recv.compact();
                     }
                     if self.recv.spare() > 0 {
                         self.receiving = true;
-                        return Some(UpstreamIntent::Recv(self.recv.lend_spare()));
+                        return Some(UpstreamIntent::Recv(
+                            self.recv.lend_spare_up_to(self.window),
+                        ));
                     }
                 }
                 None
@@ -616,16 +673,35 @@ impl UpstreamConn {
             // took it (`take_head`); body framing starts after it.
         }
         self.frame_body();
+        if self.buffering() && self.ready > self.buffer_limit {
+            self.phase = Phase::Failed(Failure::TooLargeToBuffer {
+                limit: self.buffer_limit,
+            });
+        }
+    }
+
+    /// Where body bytes start in `recv`: behind the head while it is
+    /// pending (a buffered body), else at the front.
+    fn body_start(&self) -> u32 {
+        let head = if self.head_pending() {
+            self.head.head_len
+        } else {
+            0
+        };
+        self.recv.head() + head
     }
 
     /// Frames what follows the head (or earlier body bytes) in `recv`.
     fn frame_body(&mut self) {
         // Framing moves bytes in place: never under a receive's loan (the
-        // receive's completion frames what it brought).
-        if self.phase != Phase::Body || self.head_pending() || self.receiving {
+        // receive's completion frames what it brought). A buffered body is
+        // framed behind its head, which stays until the body is whole.
+        if self.phase != Phase::Body || (self.head_pending() && !self.buffering()) || self.receiving
+        {
             return;
         }
-        let available = self.recv.len() - self.ready;
+        let start = self.body_start();
+        let available = self.recv.tail() - start - self.ready;
         match &mut self.body_left {
             BodyLeft::None => {
                 if available > 0 {
@@ -639,7 +715,7 @@ impl UpstreamConn {
                 self.ready += take;
                 if u64::from(available) > u64::from(take) {
                     self.poisoned = true; // more than Content-Length said
-                    let extra_at = self.recv.head() + self.ready;
+                    let extra_at = start + self.ready;
                     self.recv.cut(extra_at, self.recv.tail() - extra_at);
                 }
                 if *left == 0 {
@@ -648,7 +724,7 @@ impl UpstreamConn {
             }
             BodyLeft::UntilClose => self.ready += available,
             BodyLeft::Chunked(decoder) => {
-                let undecoded = Span::new(self.recv.head() + self.ready, available);
+                let undecoded = Span::new(start + self.ready, available);
                 match decoder.decode(self.recv.get_mut(undecoded), u64::MAX) {
                     Err(_) => self.phase = Phase::Failed(Failure::BrokenBody),
                     Ok(progress) => {
@@ -658,7 +734,7 @@ impl UpstreamConn {
                         if progress.consumed_all {
                             if progress.leftover > 0 {
                                 self.poisoned = true;
-                                let extra_at = self.recv.head() + self.ready;
+                                let extra_at = start + self.ready;
                                 self.recv.cut(extra_at, self.recv.tail() - extra_at);
                             }
                             self.finish();
@@ -695,7 +771,11 @@ impl UpstreamConn {
         } else {
             !self.request_kept && self.request_complete
         };
-        let reusable = self.head.keep_alive && !self.poisoned && request_done;
+        // A body buffered past the window touched pages a pooled
+        // connection would keep: it closes instead (its buffer gives them
+        // back).
+        let big_buffer = self.buffering() && self.ready > self.window;
+        let reusable = self.head.keep_alive && !self.poisoned && request_done && !big_buffer;
         self.phase = Phase::Done { reusable };
     }
 
@@ -707,7 +787,11 @@ impl UpstreamConn {
     /// The response head, once it arrived and until taken: the client side
     /// re-frames it (its bytes stay at the front of `recv` meanwhile).
     pub fn response_head(&self) -> Option<(&ResponseHead, &[u8])> {
-        let arrived = matches!(self.phase, Phase::Body | Phase::Done { .. });
+        let arrived = match self.phase {
+            Phase::Body => !self.buffering(),
+            Phase::Done { .. } => true,
+            _ => false,
+        };
         (arrived && self.head_pending()).then(|| (&self.head, self.recv.filled()))
     }
 
@@ -728,7 +812,21 @@ impl UpstreamConn {
 
     /// Decoded body bytes ready for the client.
     pub fn body(&self) -> &[u8] {
+        if self.head_pending() {
+            return &[]; // the head goes first
+        }
         &self.recv.unconsumed()[..self.ready as usize]
+    }
+
+    /// The whole body read for [`Self::buffer_body`], once the response is
+    /// complete and its head not yet taken.
+    pub fn buffered_body(&self) -> Option<&[u8]> {
+        let whole =
+            self.buffering() && matches!(self.phase, Phase::Done { .. }) && self.head_pending();
+        whole.then(|| {
+            let start = (self.body_start() - self.recv.head()) as usize;
+            &self.recv.unconsumed()[start..start + self.ready as usize]
+        })
     }
 
     /// The client side took `n` body bytes.

@@ -27,7 +27,10 @@ mod config;
 mod forward;
 
 pub use balance::{Balancer, NoPeer, Outcome, Tried};
-pub use client::{Failure, UpstreamConn, UpstreamEvent, UpstreamIntent, Wait, RESPONSE_HEAD_MAX};
+pub use client::{
+    Failure, UpstreamConn, UpstreamEvent, UpstreamIntent, Wait, BUFFERED_BODY_MAX,
+    RESPONSE_HEAD_MAX,
+};
 pub use config::{
     parse_peer, Balance, ConfigError, HealthCheck, PoolConfig, KEEPALIVE_MAX, PEERS_MAX,
     RETRIES_MAX, TIMEOUT_MAX_SECS,

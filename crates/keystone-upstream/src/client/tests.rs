@@ -31,7 +31,21 @@ fn conn() -> UpstreamConn {
     let mut buffers = keystone_ringbuf::split_slab(2, 64 * 1024).expect("slab");
     let recv = buffers.pop().unwrap();
     let send = buffers.pop().unwrap();
-    UpstreamConn::new(send, recv)
+    UpstreamConn::new(send, recv, 64 * 1024)
+}
+
+/// A connection whose receive buffer has room to buffer `extra` bytes
+/// past a 32 KiB window.
+fn buffering_conn(extra: u32) -> UpstreamConn {
+    let send = keystone_ringbuf::split_slab(1, 64 * 1024)
+        .expect("slab")
+        .pop()
+        .unwrap();
+    let recv = keystone_ringbuf::split_slab(1, 32 * 1024 + extra)
+        .expect("slab")
+        .pop()
+        .unwrap();
+    UpstreamConn::new(send, recv, 32 * 1024)
 }
 
 /// Drives `conn` through one request: `connect` is the connect's result
@@ -780,4 +794,84 @@ fn a_101_opens_a_tunnel_only_for_an_upgrade_request() {
         result: 0,
     });
     assert_eq!(conn.outcome(), Some(Ok(false)));
+}
+
+#[test]
+fn a_buffered_body_is_shown_whole_with_its_head() {
+    let mut conn = buffering_conn(64 * 1024);
+    conn.request_buffer().append(GET).unwrap();
+    conn.start(true, false);
+    conn.buffer_body(10_000);
+    let mut sent = Vec::new();
+    assert!(complete_send(&mut conn, &mut sent));
+    let pieces: [&[u8]; 3] = [
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel",
+        b"lo\r\n7\r\n, worl",
+        b"d\r\n0\r\n\r\n",
+    ];
+    for piece in pieces {
+        assert!(
+            conn.response_head().is_none(),
+            "no head before the whole body"
+        );
+        let Some(UpstreamIntent::Recv(mut loan)) = conn.poll() else {
+            panic!("a receive for more of the body")
+        };
+        loan.as_mut_slice()[..piece.len()].copy_from_slice(piece);
+        conn.on(UpstreamEvent::Received {
+            buf: loan,
+            result: piece.len() as i32,
+        });
+    }
+    assert_eq!(conn.buffered_body(), Some(&b"hello, world"[..]));
+    let (head, _) = conn.response_head().expect("the head, with the body whole");
+    assert_eq!(head.status, 200);
+    conn.take_head();
+    assert_eq!(conn.buffered_body(), None);
+    assert_eq!(conn.body(), b"hello, world");
+    conn.consume_body(12);
+    assert_eq!(conn.outcome(), Some(Ok(true)));
+}
+
+#[test]
+fn a_body_larger_than_the_buffer_limit_fails() {
+    let mut conn = buffering_conn(64 * 1024);
+    let run_head = b"HTTP/1.1 200 OK\r\nContent-Length: 20000\r\n\r\n";
+    conn.request_buffer().append(GET).unwrap();
+    conn.start(true, false);
+    conn.buffer_body(1000);
+    let mut sent = Vec::new();
+    assert!(complete_send(&mut conn, &mut sent));
+    let Some(UpstreamIntent::Recv(mut loan)) = conn.poll() else {
+        panic!("a receive")
+    };
+    let mut bytes = run_head.to_vec();
+    bytes.extend_from_slice(&[b'z'; 2000]);
+    loan.as_mut_slice()[..bytes.len()].copy_from_slice(&bytes);
+    conn.on(UpstreamEvent::Received {
+        buf: loan,
+        result: bytes.len() as i32,
+    });
+    assert_eq!(
+        conn.outcome(),
+        Some(Err(Failure::TooLargeToBuffer { limit: 1000 }))
+    );
+    assert_eq!(Failure::TooLargeToBuffer { limit: 1000 }.status(), 502);
+}
+
+#[test]
+fn relaying_receives_take_one_window_whatever_the_capacity() {
+    let mut conn = buffering_conn(256 * 1024);
+    conn.request_buffer().append(GET).unwrap();
+    conn.start(true, false);
+    let mut sent = Vec::new();
+    assert!(complete_send(&mut conn, &mut sent));
+    let Some(UpstreamIntent::Recv(loan)) = conn.poll() else {
+        panic!("a receive")
+    };
+    assert_eq!(loan.len(), 32 * 1024);
+    conn.on(UpstreamEvent::Received {
+        buf: loan,
+        result: 0,
+    });
 }
