@@ -334,7 +334,7 @@ fn upstream_connections_are_reused() {
 
 #[test]
 fn bodies_are_re_framed_for_the_client() {
-    let (server, _) = start();
+    let (server, seen) = start();
     let mut client = server.raw();
     // Chunked upstream → chunked for HTTP/1.1.
     let response = get(&mut client, "/api/chunked", "");
@@ -361,11 +361,20 @@ fn bodies_are_re_framed_for_the_client() {
     let response = client.read_response_to("HEAD");
     assert_eq!(response.header("content-length"), Some("2000000"));
     assert!(response.body.is_empty());
-    // A 2 MB body streams through the 64 KiB window intact.
+    // A 2 MB body streams through the 64 KiB window intact (past what
+    // came with its head, by splice), and its upstream connection is
+    // reused afterwards: the splice left it at the end of the body.
     let response = get(&mut client, "/api/big", "");
     let expected: Vec<u8> = (0..2_000_000u32).map(|i| (i % 251) as u8).collect();
     assert_eq!(response.body.len(), expected.len(), "{}", server.log());
     assert!(response.body == expected, "big body differs");
+    let connections = seen.connections.load(Ordering::SeqCst);
+    for _ in 0..3 {
+        let response = get(&mut client, "/api/big", "");
+        assert!(response.body == expected, "big body differs");
+        assert_eq!(get(&mut client, "/api/small", "").body_str(), "GET /small|");
+    }
+    assert_eq!(seen.connections.load(Ordering::SeqCst), connections);
     assert_eq!(get(&mut client, "/ping?after-big", "").body_str(), "pong");
 }
 
@@ -743,6 +752,8 @@ fn metrics_count_per_upstream_peer() {
         1
     );
     assert_eq!(value("keystone_proxied_requests_total"), 6);
+    // Small bodies are copied, never spliced.
+    assert_eq!(value("keystone_proxied_spliced_bytes_total"), 0);
     // Nothing is in progress now.
     assert_eq!(
         value(&format!("keystone_upstream_active_requests{{{api}}}")),

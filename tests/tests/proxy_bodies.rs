@@ -301,7 +301,7 @@ fn a_hundred_mib_body_streams_upstream_with_memory_bounded() {
 #[test]
 fn a_hundred_mib_response_streams_to_the_client_with_memory_bounded() {
     let (addr, _) = backend();
-    let server = Server::start(Some(&app(addr)), &[]);
+    let (server, admin) = Server::start_with_admin(Some(&app(addr)), &[]);
     let before = rss_kib(server.pid());
     let len: u64 = 100 * 1024 * 1024;
     let mut client = server.raw();
@@ -339,6 +339,17 @@ fn a_hundred_mib_response_streams_to_the_client_with_memory_bounded() {
         }
     }
     assert_eq!(hash, pattern_hash(len));
+    // Past what came with the head, the body moved by splice.
+    let metrics = keystone_tests::curl(&[&format!("http://{admin}/metrics")]).body_str();
+    let spliced: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("keystone_proxied_spliced_bytes_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the splice counter");
+    assert!(
+        spliced > len - 256 * 1024 && spliced <= len,
+        "{spliced} of {len} bytes spliced"
+    );
     let grown = peak.max(rss_kib(server.pid())).saturating_sub(before);
     eprintln!("server RSS: {before} KiB before, grew by {grown} KiB");
     assert!(

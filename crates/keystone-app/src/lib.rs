@@ -672,6 +672,21 @@ impl Policy for AppPolicy {
         self.upstreams.consumed(slot, n);
     }
 
+    fn proxy_splice(&mut self, slot: u32) -> Option<(std::os::fd::RawFd, u64)> {
+        self.upstreams
+            .splice(slot, keystone_conn::SPLICE_PROXY_MIN_BYTES)
+    }
+
+    fn proxy_spliced(&mut self, slot: u32, n: u32) {
+        self.stats.proxied_spliced.add(u64::from(n));
+        self.upstreams.spliced(slot, n, Instant::now());
+    }
+
+    fn proxy_splice_failed(&mut self, slot: u32) {
+        self.upstreams.splice_failed(slot, Instant::now());
+        flush_notes(&mut self.upstreams, self.log, self.worker, None);
+    }
+
     fn streams_bodies(&self) -> bool {
         !self.pool_configs.is_empty()
     }

@@ -1006,6 +1006,40 @@ impl Upstreams {
         }
     }
 
+    /// Hands the rest of client `client`'s response body to it for a
+    /// splice: the upstream socket and the bytes left (see
+    /// [`UpstreamConn::splice_body`]).
+    pub fn splice(&mut self, client: u32, min: u64) -> Option<(RawFd, u64)> {
+        let index = self.slot_of(client)?;
+        let slot = &mut self.slots[index];
+        if slot.state != SlotState::Live || slot.failure.is_some() {
+            return None;
+        }
+        let fd = slot.fd?;
+        let left = slot.conn.splice_body(min)?;
+        Some((fd, left))
+    }
+
+    /// `n` bytes of client `client`'s spliced body moved.
+    pub fn spliced(&mut self, client: u32, n: u32, now: Instant) {
+        if let Some(index) = self.slot_of(client) {
+            let slot = &mut self.slots[index];
+            slot.waiting_since = now;
+            slot.conn.spliced(u64::from(n));
+        }
+    }
+
+    /// Client `client`'s spliced body broke off: counted and logged with
+    /// the peer, like a body cut short.
+    pub fn splice_failed(&mut self, client: u32, now: Instant) {
+        if let Some(index) = self.slot_of(client) {
+            self.slots[index].conn.splice_failed();
+            if let Some(Err(failure)) = self.slots[index].conn.outcome() {
+                self.fail(index, failure, now);
+            }
+        }
+    }
+
     /// Client `client` queued `n` body bytes.
     pub fn consumed(&mut self, client: u32, n: u32) {
         if let Some(index) = self.slot_of(client) {

@@ -527,8 +527,16 @@ impl Connection {
         if let Tail::Stream(_) = self.tail {
             self.fill_stream(cx);
         }
-        if let Tail::Upstream(_) = self.tail {
+        if let Tail::Upstream(tail) = &self.tail {
+            let spliced = tail.splice.is_some();
+            // What the upstream buffered is copied first (for a spliced
+            // body: what came with its head).
             self.fill_upstream(cx);
+            if spliced && self.send.is_empty() {
+                if let Some(intent) = self.poll_splice(cx) {
+                    return Some(intent);
+                }
+            }
         }
         if !self.send.is_empty() {
             self.output = Output::Buffer;
@@ -734,6 +742,9 @@ impl Connection {
         };
         self.output = Output::Idle;
         self.output_cancelled = false;
+        if let Tail::Upstream(_) = self.tail {
+            return self.on_upstream_spliced(into_pipe, result, cx);
+        }
         let moved = result.max(0) as u32;
         let Tail::File(file) = &mut self.tail else {
             unreachable!("a splice without its tail")
@@ -862,7 +873,12 @@ impl Connection {
             Tail::None => {}
             Tail::Pinned { owner, .. } => cx.policy.unpin(owner, self.slot),
             Tail::Stream(stream) => cx.policy.unpin(stream.owner, self.slot),
-            Tail::Upstream(_) => self.proxy_finished(cx),
+            Tail::Upstream(tail) => {
+                if let Some(splice) = tail.splice {
+                    cx.shared.pipes.give_back(splice.pipe, splice.in_pipe);
+                }
+                self.proxy_finished(cx);
+            }
             Tail::File(file) => {
                 if let Some(pipe) = file.pipe {
                     cx.shared.pipes.give_back(pipe, file.in_pipe);

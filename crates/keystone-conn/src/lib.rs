@@ -88,6 +88,13 @@ const _: () = assert!(FILE_READ_BYTES_MAX as u32 + SEND_HEADROOM_BYTES <= SEND_B
 /// the pipe → socket half always has room to take what the file half put.
 pub const PIPE_BYTES: u32 = 64 * 1024;
 
+/// A proxied body with at least this many bytes still to read after what
+/// came with its head is spliced (upstream socket → pipe → client socket)
+/// instead of copied through the buffers: the same trade as
+/// [`FILE_READ_BYTES_MAX`] for files (two splices per 64 KiB against two
+/// copies), measured in benches/README.md.
+pub const SPLICE_PROXY_MIN_BYTES: u64 = 64 * 1024;
+
 /// How long a closing connection may keep sending us bytes before we close
 /// it anyway (nginx's `lingering_time` is 30 s, `lingering_timeout` 5 s;
 /// the short one suits a server that only discards).
@@ -536,6 +543,29 @@ pub trait Policy {
         let _ = slot;
     }
 
+    /// The rest of connection `slot`'s proxied body may move socket →
+    /// pipe → socket without passing through user space: the upstream's
+    /// socket and the body bytes still to read from it, once none are
+    /// buffered. The upstream side reads no more of it itself; the
+    /// connection reports each move ([`Policy::proxy_spliced`]) or that the
+    /// body broke ([`Policy::proxy_splice_failed`]). `None`: relay by copy.
+    fn proxy_splice(&mut self, slot: u32) -> Option<(RawFd, u64)> {
+        let _ = slot;
+        None
+    }
+
+    /// `n` body bytes of connection `slot`'s spliced body were moved out
+    /// of the upstream's socket.
+    fn proxy_spliced(&mut self, slot: u32, n: u32) {
+        let _ = (slot, n);
+    }
+
+    /// Connection `slot`'s spliced body broke off (the upstream closed or
+    /// failed before its end).
+    fn proxy_splice_failed(&mut self, slot: u32) {
+        let _ = slot;
+    }
+
     /// Whether a request body larger than `limits.max_body_bytes` may be
     /// streamed (the policy can proxy): the request is then answered with
     /// [`Request::body_streamed`], and a proxied one's body goes upstream
@@ -589,6 +619,17 @@ pub enum Intent<'a> {
         /// The pipe's write end.
         into: RawFd,
         /// Bytes to move.
+        len: u32,
+    },
+    /// Splice up to `len` bytes from upstream socket `fd` (a proxied body
+    /// the upstream side handed over, [`Policy::proxy_splice`]) into pipe
+    /// `into` (→ [`Event::Spliced`]).
+    SpliceUpstream {
+        /// The upstream connection's socket.
+        fd: RawFd,
+        /// The pipe's write end.
+        into: RawFd,
+        /// Bytes to move at most.
         len: u32,
     },
     /// Splice `len` bytes from pipe `from` to the socket

@@ -11,6 +11,7 @@
 //! [`Answer::Proxy`]: crate::Answer::Proxy
 //! [`Event::Upstream`]: crate::Event::Upstream
 
+use std::os::fd::RawFd;
 use std::time::Instant;
 
 use keystone_parser::{ResponseBody, ResponseHead};
@@ -21,11 +22,14 @@ use keystone_response::{
 use keystone_ringbuf::Span;
 
 use crate::answer::{queue_canned, request_view, Commit, CLOSE};
-use crate::connection::{Phase, Reading, Tail};
+use crate::connection::{Output, Phase, Reading, Tail};
 use crate::read::Complete;
 use crate::stream::RequestLabel;
 use crate::upload::Upload;
-use crate::{Connection, Context, Level, Policy, ProxyBody, ProxyHead, STREAM_QUEUE_BYTES};
+use crate::{
+    Connection, Context, Intent, Level, Pipe, Policy, ProxyBody, ProxyHead, PIPE_BYTES,
+    STREAM_QUEUE_BYTES,
+};
 
 /// A proxied request waiting for its upstream's head.
 #[derive(Debug)]
@@ -42,6 +46,22 @@ pub(crate) struct PendingProxy {
 pub(crate) struct UpstreamTail {
     encoder: Encoder,
     label: RequestLabel,
+    /// The rest of the body moves socket → pipe → socket.
+    pub(crate) splice: Option<Spliced>,
+}
+
+/// A proxied body's splice: the upstream's socket, the pipe, and what is
+/// left to move.
+#[derive(Debug)]
+pub(crate) struct Spliced {
+    fd: RawFd,
+    pub(crate) pipe: Pipe,
+    /// Body bytes still to read from the upstream's socket.
+    left: u64,
+    /// Bytes in the pipe, not yet sent.
+    pub(crate) in_pipe: u32,
+    /// The upstream closed or failed before the end.
+    broken: bool,
 }
 
 /// Upstream header fields a client never gets from us as they came: they
@@ -200,6 +220,7 @@ impl Connection {
                         self.tail = Tail::Upstream(UpstreamTail {
                             encoder: Encoder::for_stream(None, 0),
                             label,
+                            splice: None,
                         });
                         self.upload = Some(Upload::tunnel());
                         done = false;
@@ -284,8 +305,13 @@ impl Connection {
                         self.send.commit(committed.bytes as u32);
                         cx.policy.proxy_head_taken(self.slot);
                         if relay {
-                            self.tail = Tail::Upstream(UpstreamTail { encoder, label });
+                            self.tail = Tail::Upstream(UpstreamTail {
+                                encoder,
+                                label,
+                                splice: None,
+                            });
                             done = false;
+                            self.try_splice(cx);
                         }
                         Commit {
                             committed,
@@ -364,6 +390,9 @@ impl Connection {
                     cx.policy.proxy_consumed(slot, take as u32);
                 }
                 ProxyBody::Waiting => return,
+                // A spliced body's end (or break) is the splice's to see:
+                // the pipe may still hold bytes.
+                ProxyBody::End | ProxyBody::Broken if tail.splice.is_some() => return,
                 ProxyBody::End => {
                     match tail.encoder.finish(self.send.spare_mut()) {
                         Ok(framed) => self.send.commit(framed as u32),
@@ -397,6 +426,115 @@ impl Connection {
                     self.phase = Phase::Finishing;
                     return;
                 }
+            }
+        }
+    }
+
+    /// A length-delimited body with enough left on the upstream's socket
+    /// moves by splice once what came with the head is copied (when a pipe
+    /// is free): decided as the head is relayed, before the upstream side
+    /// reads more of it.
+    fn try_splice<P: Policy>(&mut self, cx: &mut Context<'_, P>) {
+        let Tail::Upstream(tail) = &mut self.tail else {
+            return;
+        };
+        let raw = matches!(tail.encoder.body_length(), BodyLength::Known(_));
+        if !raw || tail.splice.is_some() {
+            return;
+        }
+        if cx.shared.pipes.available() == 0 {
+            return;
+        }
+        let Some((fd, left)) = cx.policy.proxy_splice(self.slot) else {
+            return;
+        };
+        let Some(pipe) = cx.shared.pipes.take() else {
+            unreachable!("a pipe was available")
+        };
+        tail.splice = Some(Spliced {
+            fd,
+            pipe,
+            left,
+            in_pipe: 0,
+            broken: false,
+        });
+    }
+
+    /// The next splice of a spliced proxied body: what is in the pipe goes
+    /// out, else more comes in; at the end (or a break, once the pipe is
+    /// empty) the tail is released.
+    pub(crate) fn poll_splice<P: Policy>(
+        &mut self,
+        cx: &mut Context<'_, P>,
+    ) -> Option<Intent<'static>> {
+        let Tail::Upstream(UpstreamTail {
+            splice: Some(splice),
+            ..
+        }) = &mut self.tail
+        else {
+            return None;
+        };
+        if splice.in_pipe > 0 {
+            self.output = Output::SpliceOut;
+            return Some(Intent::SpliceOut {
+                from: splice.pipe.read,
+                len: splice.in_pipe,
+            });
+        }
+        if splice.left > 0 && !splice.broken {
+            self.output = Output::SpliceIn;
+            return Some(Intent::SpliceUpstream {
+                fd: splice.fd,
+                into: splice.pipe.write,
+                len: splice.left.min(u64::from(PIPE_BYTES)) as u32,
+            });
+        }
+        let broken = splice.broken;
+        if broken {
+            // Logged by policy; what was moved went out, then the
+            // connection closes: the length stays short.
+            self.phase = Phase::Finishing;
+        }
+        self.release_tail(cx);
+        if self.phase == Phase::Open {
+            self.after_output(cx);
+        }
+        None
+    }
+
+    /// A splice of a proxied body completed.
+    pub(crate) fn on_upstream_spliced<P: Policy>(
+        &mut self,
+        into_pipe: bool,
+        result: i32,
+        cx: &mut Context<'_, P>,
+    ) {
+        let slot = self.slot;
+        let Tail::Upstream(UpstreamTail {
+            splice: Some(splice),
+            encoder,
+            ..
+        }) = &mut self.tail
+        else {
+            unreachable!("a proxied splice without its tail")
+        };
+        let moved = result.max(0) as u32;
+        if into_pipe {
+            splice.in_pipe += moved;
+            splice.left -= u64::from(moved).min(splice.left);
+            encoder.admit(moved as usize);
+            if moved > 0 {
+                cx.policy.proxy_spliced(slot, moved);
+            }
+            if result <= 0 && !splice.broken {
+                // The upstream closed (0) or failed before the end.
+                splice.broken = true;
+                cx.policy.proxy_splice_failed(slot);
+            }
+        } else {
+            splice.in_pipe -= moved.min(splice.in_pipe);
+            if result <= 0 && matches!(self.phase, Phase::Open | Phase::Finishing) {
+                self.phase = Phase::Aborting; // the client is gone
             }
         }
     }

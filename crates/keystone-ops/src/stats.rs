@@ -64,6 +64,9 @@ pub struct WorkerStats {
     pub static_files: Counter,
     /// Requests handed to an upstream (`ctx.upstream`).
     pub proxied: Counter,
+    /// Proxied body bytes moved upstream socket → pipe by splice (never
+    /// through user space).
+    pub proxied_spliced: Counter,
     /// Receives that completed into a buffer registered with the ring
     /// (`READ_FIXED`).
     pub receives_registered: Counter,
@@ -174,6 +177,7 @@ impl Default for WorkerStats {
                 .collect(),
             static_files: Counter::default(),
             proxied: Counter::default(),
+            proxied_spliced: Counter::default(),
             receives_registered: Counter::default(),
             receives_plain: Counter::default(),
             registered_buffers: Counter::default(),
@@ -261,7 +265,7 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 type Read = fn(&WorkerStats) -> u64;
 
 /// Families that are one number summed over workers.
-const SUMMED: [(&str, &str, &str, Read); 12] = [
+const SUMMED: [(&str, &str, &str, Read); 13] = [
     (
         "keystone_received_bytes_total",
         "counter",
@@ -315,6 +319,12 @@ const SUMMED: [(&str, &str, &str, Read); 12] = [
         "counter",
         "Requests handed to an upstream pool (ctx.upstream), summed over workers.",
         |w| w.proxied.get(),
+    ),
+    (
+        "keystone_proxied_spliced_bytes_total",
+        "counter",
+        "Proxied response body bytes moved from the upstream's socket by splice, never through user space.",
+        |w| w.proxied_spliced.get(),
     ),
     (
         "keystone_receives_registered_total",
@@ -733,6 +743,9 @@ keystone_static_requests_total 0
 # HELP keystone_proxied_requests_total Requests handed to an upstream pool (ctx.upstream), summed over workers.
 # TYPE keystone_proxied_requests_total counter
 keystone_proxied_requests_total 0
+# HELP keystone_proxied_spliced_bytes_total Proxied response body bytes moved from the upstream's socket by splice, never through user space.
+# TYPE keystone_proxied_spliced_bytes_total counter
+keystone_proxied_spliced_bytes_total 0
 # HELP keystone_receives_registered_total Receives completed into buffers registered with io_uring (READ_FIXED).
 # TYPE keystone_receives_registered_total counter
 keystone_receives_registered_total 0

@@ -546,6 +546,14 @@ impl Worker {
                     let id = self.reactor.splice(owner, file, offset as i64, into, len);
                     slot.output = Some(id);
                 }
+                Intent::SpliceUpstream {
+                    fd: from,
+                    into,
+                    len,
+                } => {
+                    slot.splice_out = false;
+                    slot.output = Some(self.reactor.splice(owner, from, -1, into, len));
+                }
                 Intent::SpliceOut { from, len } => {
                     slot.splice_out = true;
                     slot.output = Some(self.reactor.splice(owner, from, -1, fd, len));

@@ -219,6 +219,9 @@ pub struct UpstreamConn {
     /// Bytes one receive takes while relaying (the window), whatever the
     /// buffer's capacity.
     window: u32,
+    /// The rest of the body is read from the socket by the client side
+    /// (a splice, [`UpstreamConn::splice_body`]): no receive of ours.
+    spliced: bool,
 }
 
 /// A request body that arrives while the request is being sent.
@@ -266,6 +269,7 @@ impl UpstreamConn {
             upgrade: false,
             buffer_limit: 0,
             window: recv_window,
+            spliced: false,
         }
     }
 
@@ -306,6 +310,52 @@ impl UpstreamConn {
         self.trimmed = false;
         self.upgrade = false;
         self.buffer_limit = 0;
+        self.spliced = false;
+    }
+
+    /// Hands the rest of a length-delimited body to the client side, to be
+    /// spliced from this connection's socket: `Some(bytes left on the
+    /// socket)` once the head was taken, when no receive is out and at
+    /// least `min` bytes are left. What is buffered already
+    /// ([`Self::body`]) is still taken as usual; the machine reads nothing
+    /// more itself, [`Self::spliced`] counts what moved and
+    /// [`Self::splice_failed`] says it broke.
+    pub fn splice_body(&mut self, min: u64) -> Option<u64> {
+        let BodyLeft::Length(left) = self.body_left else {
+            return None;
+        };
+        let ready = self.phase == Phase::Body
+            && !self.head_pending()
+            && self.recv.len() == self.ready
+            && !self.receiving
+            && !self.buffering()
+            && self.streaming.is_none()
+            && !self.spliced;
+        if !ready || left < min {
+            return None;
+        }
+        self.spliced = true;
+        Some(left)
+    }
+
+    /// `n` body bytes were spliced out of the socket.
+    pub fn spliced(&mut self, n: u64) {
+        assert!(self.spliced, "spliced without splice_body");
+        let BodyLeft::Length(left) = &mut self.body_left else {
+            unreachable!("a spliced body has a length")
+        };
+        assert!(n <= *left, "spliced past the body's length");
+        *left -= n;
+        if *left == 0 && self.phase == Phase::Body {
+            self.finish();
+        }
+    }
+
+    /// The spliced body broke off (the upstream closed or failed).
+    pub fn splice_failed(&mut self) {
+        if self.phase == Phase::Body {
+            self.phase = Phase::Failed(Failure::BrokenBody);
+        }
     }
 
     /// After [`Self::start`]: the response body is read whole, up to
@@ -487,7 +537,8 @@ impl UpstreamConn {
                     self.receiving = true;
                     return Some(UpstreamIntent::Recv(self.recv.lend_spare()));
                 }
-                let wants_bytes = self.ready == 0 && !self.receiving && !self.head_pending();
+                let wants_bytes =
+                    self.ready == 0 && !self.receiving && !self.head_pending() && !self.spliced;
                 if wants_bytes {
                     if self.recv.spare() == 0
                         || self.recv.spare() < self.window.min(self.recv.capacity() / 2)
@@ -515,7 +566,11 @@ impl UpstreamConn {
             // The backend answers once it has the body: while the client
             // is still sending it, the client's body timeout applies.
             Phase::AwaitingHead if self.streaming_open() => None,
-            Phase::AwaitingHead | Phase::Body if self.receiving => Some(Wait::Read),
+            // A spliced body's reads are the client side's (its send timer
+            // bounds them).
+            Phase::AwaitingHead | Phase::Body if self.receiving && !self.spliced => {
+                Some(Wait::Read)
+            }
             _ => None,
         }
     }

@@ -553,6 +553,11 @@ impl From<Intent<'_>> for Executed {
                 len,
             },
             Intent::SpliceOut { from, len } => Executed::SpliceOut { from, len },
+            // The simulated world has no upstream sockets: no policy driven
+            // here hands a body over for a splice.
+            Intent::SpliceUpstream { .. } => {
+                unreachable!("no upstream socket exists in the simulation")
+            }
             // The simulated open already resolves links and confines the
             // file it reaches, so both opens behave alike here.
             Intent::Open { dir, path, .. } => Executed::Open {
