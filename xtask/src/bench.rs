@@ -165,6 +165,13 @@ app.routes["GET {proxy_path}"] = function(ctx)
   ctx.upstream = "backend"
   ctx.upstream_path = "/"
 end
+-- The large proxied-body scenario: a raw io_uring responder whose every
+-- answer carries a 1 MiB body.
+app.upstreams.large = { peers = { "127.0.0.1:{large_backend}" }, keepalive = 64 }
+app.routes["GET {proxy_large_path}"] = function(ctx)
+  ctx.upstream = "large"
+  ctx.upstream_path = "/"
+end
 return app
 "#;
 
@@ -200,10 +207,19 @@ http {
         server 127.0.0.1:{backend};
         keepalive 64;
     }
+    upstream large {
+        server 127.0.0.1:{large_backend};
+        keepalive 64;
+    }
     server {
         listen 127.0.0.1:{port} backlog=4096;
         location = {proxy_path} {
             proxy_pass http://backend/;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+        location = {proxy_large_path} {
+            proxy_pass http://large/;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
         }
@@ -301,6 +317,8 @@ struct Scenario {
     /// Whether it needs a router (raw-uring's canned reply is no answer to
     /// a failing route).
     routed: bool,
+    /// The body bytes of each proxied answer, for MB/s.
+    proxied_bytes: Option<usize>,
 }
 
 /// Index of the lua-error scenario in [`SCENARIOS`] (its targets read it).
@@ -310,8 +328,22 @@ const PROXY: usize = 7;
 /// The path the proxy scenario requests (keystone and nginx send it to the
 /// raw-uring of the same run).
 const PROXY_PATH: &str = "/proxy";
+/// Index of the large proxied-body scenario.
+const PROXY_LARGE: usize = 8;
+/// Its path, forwarded to the run's body-mode raw-uring.
+const PROXY_LARGE_PATH: &str = "/proxy-1m";
+/// The body every answer of the body-mode raw-uring carries.
+const PROXY_LARGE_BYTES: usize = 1 << 20;
 
-const SCENARIOS: [Scenario; 8] = [
+/// The ports the proxy scenarios forward to: raw-uring's canned answer
+/// and its body-mode twin.
+#[derive(Clone, Copy, Debug)]
+struct Backends {
+    small: u16,
+    large: u16,
+}
+
+const SCENARIOS: [Scenario; 9] = [
     Scenario {
         name: "plaintext",
         path: "/",
@@ -319,6 +351,7 @@ const SCENARIOS: [Scenario; 8] = [
         pipeline: 1,
         file: None,
         routed: false,
+        proxied_bytes: None,
     },
     Scenario {
         name: "json-param",
@@ -327,6 +360,7 @@ const SCENARIOS: [Scenario; 8] = [
         pipeline: 1,
         file: None,
         routed: false,
+        proxied_bytes: None,
     },
     Scenario {
         name: "pipelined-16",
@@ -335,6 +369,7 @@ const SCENARIOS: [Scenario; 8] = [
         pipeline: PIPELINE_DEPTH,
         file: None,
         routed: false,
+        proxied_bytes: None,
     },
     Scenario {
         name: "connections-256",
@@ -343,6 +378,7 @@ const SCENARIOS: [Scenario; 8] = [
         pipeline: 1,
         file: None,
         routed: false,
+        proxied_bytes: None,
     },
     Scenario {
         name: "static-4KiB",
@@ -351,6 +387,7 @@ const SCENARIOS: [Scenario; 8] = [
         pipeline: 1,
         file: Some(STATIC_4K),
         routed: false,
+        proxied_bytes: None,
     },
     // Fewer connections: 64 × 1 MiB in flight would measure socket buffers
     // and wrk's reading, not the server.
@@ -361,6 +398,7 @@ const SCENARIOS: [Scenario; 8] = [
         pipeline: 1,
         file: Some(STATIC_1M),
         routed: false,
+        proxied_bytes: None,
     },
     // A handler that raises on every request: what a production bug in one
     // route costs the server (CPU per failure against plaintext's CPU per
@@ -372,6 +410,7 @@ const SCENARIOS: [Scenario; 8] = [
         pipeline: 1,
         file: None,
         routed: true,
+        proxied_bytes: None,
     },
     // A gateway's work: each request forwarded to the raw-uring of the same
     // run over a kept-alive upstream connection (raw-uring is the backend,
@@ -383,6 +422,19 @@ const SCENARIOS: [Scenario; 8] = [
         pipeline: 1,
         file: None,
         routed: true,
+        proxied_bytes: None,
+    },
+    // 1 MiB bodies through the proxy, 16 connections as for static-1MiB:
+    // keystone splices what does not come with the head (socket → pipe →
+    // socket), nginx buffers through proxy_buffers.
+    Scenario {
+        name: "proxy-1MiB",
+        path: PROXY_LARGE_PATH,
+        connections: 16,
+        pipeline: 1,
+        file: None,
+        routed: true,
+        proxied_bytes: Some(PROXY_LARGE_BYTES),
     },
 ];
 
@@ -416,7 +468,9 @@ impl Scenario {
     /// headers not counted); `None` for the Lua routes.
     fn payload_mb_per_s(&self, sample: &Sample) -> Option<f64> {
         self.file
-            .map(|file| file.bytes as f64 * sample.wrk.requests_per_s / 1e6)
+            .map(|file| file.bytes)
+            .or(self.proxied_bytes)
+            .map(|bytes| bytes as f64 * sample.wrk.requests_per_s / 1e6)
     }
 }
 
@@ -773,14 +827,14 @@ impl Server {
         self.child.id()
     }
 
-    /// Starts `kind`; `backend` is the port keystone's and nginx's proxy
-    /// scenario forwards to.
+    /// Starts `kind`; `backends` are the ports keystone's and nginx's proxy
+    /// scenarios forward to.
     fn start(
         kind: ServerKind,
         root: &Path,
         dir: &Path,
         options: &Options,
-        backend: u16,
+        backends: Backends,
     ) -> Result<Server> {
         let port = free_port()?;
         let release = root.join("target/release");
@@ -792,7 +846,7 @@ impl Server {
         command.args(["-c", SERVER_CORE]);
         match kind {
             ServerKind::Keystone => {
-                let app = write_keystone_app(dir, backend)?;
+                let app = write_keystone_app(dir, backends)?;
                 command.arg(keystone).arg("serve").arg(app).args([
                     "--listen".to_string(),
                     format!("127.0.0.1:{port}"),
@@ -803,7 +857,7 @@ impl Server {
                 ]);
             }
             ServerKind::NginxLua => {
-                let conf = write_nginx_conf(dir, port, backend)?;
+                let conf = write_nginx_conf(dir, port, backends)?;
                 command.arg("nginx").arg("-p").arg(dir).arg("-c").arg(conf);
                 command.arg("-e").arg(dir.join("error.log"));
             }
@@ -949,7 +1003,7 @@ fn write_static_files(dir: &Path) -> Result<()> {
 }
 
 /// Writes Keystone's bench app (with the static directory's absolute path).
-fn write_keystone_app(dir: &Path, backend: u16) -> Result<PathBuf> {
+fn write_keystone_app(dir: &Path, backends: Backends) -> Result<PathBuf> {
     let static_dir = std::path::absolute(static_dir(dir))?;
     let static_dir = static_dir
         .to_str()
@@ -963,14 +1017,16 @@ fn write_keystone_app(dir: &Path, backend: u16) -> Result<PathBuf> {
         .replace("{static_prefix}", STATIC_PREFIX)
         .replace("{error_path}", ERROR_PATH)
         .replace("{proxy_path}", PROXY_PATH)
-        .replace("{backend}", &backend.to_string())
+        .replace("{proxy_large_path}", PROXY_LARGE_PATH)
+        .replace("{backend}", &backends.small.to_string())
+        .replace("{large_backend}", &backends.large.to_string())
         .replace("{static_dir}", static_dir);
     let path = dir.join("app.lua");
     std::fs::write(&path, app)?;
     Ok(path)
 }
 
-fn write_nginx_conf(dir: &Path, port: u16, backend: u16) -> Result<PathBuf> {
+fn write_nginx_conf(dir: &Path, port: u16, backends: Backends) -> Result<PathBuf> {
     let mut load_modules = String::new();
     for module in NGINX_MODULES {
         let path = Path::new(NGINX_MODULES_DIR).join(module);
@@ -990,7 +1046,9 @@ fn write_nginx_conf(dir: &Path, port: u16, backend: u16) -> Result<PathBuf> {
         .replace("{files}", &files_root(dir).display().to_string())
         .replace("{dir}", &dir.display().to_string())
         .replace("{proxy_path}", PROXY_PATH)
-        .replace("{backend}", &backend.to_string())
+        .replace("{proxy_large_path}", PROXY_LARGE_PATH)
+        .replace("{backend}", &backends.small.to_string())
+        .replace("{large_backend}", &backends.large.to_string())
         .replace("{port}", &port.to_string());
     let path = dir.join("nginx.conf");
     std::fs::write(&path, conf)?;
@@ -1183,13 +1241,19 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
 }
 
 fn run_in(root: &Path, dir: &Path, options: &Options) -> Result<Report> {
-    // raw-uring first: keystone and nginx proxy to it.
-    let raw = Server::start(ServerKind::RawUring, root, dir, options, 0)?;
-    let backend = raw.port;
+    // raw-uring first: keystone and nginx proxy to it, and to its
+    // body-mode twin (a helper, not measured).
+    let none = Backends { small: 0, large: 0 };
+    let raw = Server::start(ServerKind::RawUring, root, dir, options, none)?;
+    let large = start_large_backend(root, dir)?;
+    let backends = Backends {
+        small: raw.port,
+        large: large.port,
+    };
     let mut servers = Vec::with_capacity(SERVERS.len());
     for kind in SERVERS {
         if kind != ServerKind::RawUring {
-            servers.push(Server::start(kind, root, dir, options, backend)?);
+            servers.push(Server::start(kind, root, dir, options, backends)?);
         }
     }
     servers.push(raw);
@@ -1242,6 +1306,40 @@ fn run_in(root: &Path, dir: &Path, options: &Options) -> Result<Report> {
     })
 }
 
+/// The body-mode raw-uring the large proxied-body scenario forwards to
+/// (on the client core: it is load generation, not a server under test).
+fn start_large_backend(root: &Path, dir: &Path) -> Result<Server> {
+    let port = free_port()?;
+    let log_path = dir.join("raw-uring-large.log");
+    let log = File::create(&log_path)?;
+    let child = Command::new("taskset")
+        .args(["-c", CLIENT_CORE])
+        .arg(root.join("target/release/raw-uring"))
+        .arg(format!("127.0.0.1:{port}"))
+        .arg((2 * SERVER_CONNECTIONS_MAX).to_string())
+        .arg(PROXY_LARGE_BYTES.to_string())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting the body-mode raw-uring")?;
+    let server = Server {
+        kind: ServerKind::RawUring,
+        port,
+        child,
+        log_path,
+    };
+    let deadline = Instant::now() + STARTUP_TIMEOUT;
+    while connect(port).is_err() {
+        ensure!(
+            Instant::now() < deadline,
+            "the body-mode raw-uring did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(server)
+}
+
 /// `a ÷ b` to two decimals and a trailing `×`, or `-` when either is
 /// missing (a server sat the scenario out) or b is zero.
 fn ratio(a: Option<f64>, b: Option<f64>) -> String {
@@ -1288,6 +1386,8 @@ fn targets(report: &Report) -> Vec<Target> {
     let rss = |index: usize| report.rss[index].as_ref().ok().map(|f| f.idle_kib as f64);
     let failing = &report.medians[LUA_ERROR];
     let proxy_cpu = |index: usize| report.medians[PROXY][index].map(|s| s.cpu_us_per_request);
+    let proxy_large_rate =
+        |index: usize| report.medians[PROXY_LARGE][index].map(|s| s.wrk.requests_per_s);
     let failing_cpu = failing[KEYSTONE].map(|s| s.cpu_us_per_request);
     vec![
         Target {
@@ -1343,6 +1443,12 @@ fn targets(report: &Report) -> Vec<Target> {
             measured: quotient(proxy_cpu(KEYSTONE), proxy_cpu(NGINX)),
             limit: 0.7,
             at_most: true,
+        },
+        Target {
+            what: "MB/s, proxy-1MiB 16 conns: keystone ÷ nginx+lua",
+            measured: quotient(proxy_large_rate(KEYSTONE), proxy_large_rate(NGINX)),
+            limit: 1.0,
+            at_most: false,
         },
         Target {
             what: "RSS with 10k idle keep-alive: keystone ÷ nginx+lua",
@@ -1444,13 +1550,13 @@ fn render_throughput(md: &mut String, report: &Report) {
     }
     let _ = writeln!(
         md,
-        "\nMB/s: static files only, the file's bytes × req/s (10^6 bytes, \
+        "\nMB/s: static files and proxy-1MiB, the body's bytes × req/s (10^6 bytes, \
          headers not counted). pipelined-16: no latency: wrk records one per \
          batch of {PIPELINE_DEPTH} but corrects for coordinated omission as if \
          each request were written alone, which makes its pipelined \
          percentiles meaningless. raw-uring serves no files: no static rows. \
          lua-error: every answer is a 500 (its handler raises), so its errors \
-         are its requests; raw-uring has no routes to fail. proxy: keystone (`ctx.upstream`) and nginx (`proxy_pass`, `keepalive 64`) forward each request to the raw-uring of the same run over kept-alive upstream connections; raw-uring is the backend, so it has no row.\n"
+         are its requests; raw-uring has no routes to fail. proxy: keystone (`ctx.upstream`) and nginx (`proxy_pass`, `keepalive 64`) forward each request to the raw-uring of the same run over kept-alive upstream connections; raw-uring is the backend, so it has no row. proxy-1MiB: the same with a body-mode raw-uring (every answer 1 MiB, on the client core) as the backend; keystone splices the body past what came with the head.\n"
     );
 }
 
@@ -1741,12 +1847,13 @@ Transfer/sec:      9.46MB
         let dir = std::env::temp_dir();
         if !Path::new(NGINX_MODULES_DIR).join(NGINX_MODULES[1]).exists() {
             // Without the module the writer refuses, which is what we want.
-            assert!(write_nginx_conf(&dir.join("missing-modules"), 1, 2).is_err());
+            assert!(write_nginx_conf(&dir.join("missing-modules"), 1, TEST_BACKENDS).is_err());
             return;
         }
         let dir = dir.join(format!("keystone-bench-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let conf = std::fs::read_to_string(write_nginx_conf(&dir, 8081, 8082).unwrap()).unwrap();
+        let conf =
+            std::fs::read_to_string(write_nginx_conf(&dir, 8081, TEST_BACKENDS).unwrap()).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         for placeholder in [
             "{port}",
@@ -1756,6 +1863,8 @@ Transfer/sec:      9.46MB
             "{nofile}",
             "{backend}",
             "{proxy_path}",
+            "{large_backend}",
+            "{proxy_large_path}",
         ] {
             assert!(!conf.contains(placeholder), "{placeholder} in {conf}");
         }
@@ -1772,7 +1881,14 @@ Transfer/sec:      9.46MB
             "{conf}"
         );
         assert!(conf.contains("location = /proxy {"), "{conf}");
+        assert!(conf.contains("location = /proxy-1m {"), "{conf}");
+        assert!(conf.contains("server 127.0.0.1:8083;"), "{conf}");
     }
+
+    const TEST_BACKENDS: Backends = Backends {
+        small: 8082,
+        large: 8083,
+    };
 
     #[test]
     fn static_files_are_fixed_and_distinct() {
@@ -1794,7 +1910,8 @@ Transfer/sec:      9.46MB
         let dir = std::env::temp_dir().join(format!("keystone-bench-app-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         write_static_files(&dir).unwrap();
-        let app = std::fs::read_to_string(write_keystone_app(&dir, 8082).unwrap()).unwrap();
+        let app =
+            std::fs::read_to_string(write_keystone_app(&dir, TEST_BACKENDS).unwrap()).unwrap();
         let on_disk = std::fs::read(dir.join("files/static/4k.bin")).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         let static_line = format!(
@@ -1806,10 +1923,14 @@ Transfer/sec:      9.46MB
         assert!(app.contains(&static_line), "{app}");
         assert!(!app.contains("{static"), "{app}");
         assert!(
-            !app.contains("{backend}") && !app.contains("{proxy_path}"),
+            !app.contains("{backend}")
+                && !app.contains("{proxy_path}")
+                && !app.contains("{large_backend}")
+                && !app.contains("{proxy_large_path}"),
             "{app}"
         );
         assert!(app.contains(r#"peers = { "127.0.0.1:8082" }"#), "{app}");
+        assert!(app.contains(r#"peers = { "127.0.0.1:8083" }"#), "{app}");
         assert_eq!(on_disk, static_file_bytes(STATIC_4K));
     }
 

@@ -17,7 +17,10 @@
 //! response of its own; `Connection: close` is ignored. It is a benchmark
 //! target for GETs, never a server.
 //!
-//! Usage: `raw-uring ADDR [FD_SLOTS]`, e.g. `raw-uring 127.0.0.1:8081 16384`.
+//! Usage: `raw-uring ADDR [FD_SLOTS [BODY_BYTES]]`, e.g.
+//! `raw-uring 127.0.0.1:8081 16384`. With BODY_BYTES, every response
+//! carries a body of that many bytes instead (one canned response, sent
+//! once per request: the backend of the bench's large proxied-body row).
 
 use std::io;
 use std::net::TcpListener;
@@ -74,6 +77,8 @@ struct Connection {
     sent: u32,
     /// Bytes of the current send.
     send_len: u32,
+    /// Body mode: responses still owed after the one being sent.
+    owed: u32,
 }
 
 struct Responder {
@@ -81,8 +86,12 @@ struct Responder {
     /// `RECV_BYTES` per fd slot, allocated zeroed (pages touched on use).
     buffers: Vec<u8>,
     connections: Vec<Connection>,
-    /// `RESPONSES_MAX` copies of `RESPONSE`, read-only after startup.
+    /// `RESPONSES_MAX` copies of `RESPONSE`, read-only after startup; in
+    /// body mode one response with its large body.
     canned: Vec<u8>,
+    /// Body mode: each request is answered by all of `canned`, one send
+    /// sequence per response.
+    body_mode: bool,
 }
 
 /// Counts complete `\r\n\r\n` sequences in `bytes`, continuing from
@@ -184,7 +193,12 @@ impl Responder {
                     return [Some(self.recv(fd)), None];
                 }
                 connection.sent = 0;
-                connection.send_len = (count * RESPONSE.len()) as u32;
+                if self.body_mode {
+                    connection.send_len = self.canned.len() as u32;
+                    connection.owed = count as u32 - 1;
+                } else {
+                    connection.send_len = (count * RESPONSE.len()) as u32;
+                }
                 [Some(self.send(fd)), None]
             }
             TAG_SEND if result < 0 => [Some(Self::close(fd)), None],
@@ -195,6 +209,11 @@ impl Responder {
                 if connection.sent < connection.send_len {
                     return [Some(self.send(fd)), None];
                 }
+                if connection.owed > 0 {
+                    connection.owed -= 1;
+                    connection.sent = 0;
+                    return [Some(self.send(fd)), None];
+                }
                 [Some(self.recv(fd)), None]
             }
             TAG_CLOSE => [None, None],
@@ -203,7 +222,17 @@ impl Responder {
     }
 }
 
-fn run(address: &str, fd_slots: usize) -> io::Result<()> {
+/// One response with a `body_bytes` body (a repeating pattern).
+fn body_response(body_bytes: u32) -> Vec<u8> {
+    let mut response = format!(
+        "HTTP/1.1 200 OK\r\nServer: raw-uring\r\nContent-Type: application/octet-stream\r\nContent-Length: {body_bytes}\r\n\r\n"
+    )
+    .into_bytes();
+    response.extend((0..body_bytes).map(|i| (i % 251) as u8));
+    response
+}
+
+fn run(address: &str, fd_slots: usize, body_bytes: Option<u32>) -> io::Result<()> {
     assert!(fd_slots > 0 && fd_slots <= FD_SLOTS_MAX);
     let listener = TcpListener::bind(address)?;
     // SAFETY: listen(2) on the fd `listener` owns and keeps open; calling it
@@ -216,7 +245,11 @@ fn run(address: &str, fd_slots: usize) -> io::Result<()> {
         listen_fd: listener.as_raw_fd(),
         buffers: vec![0; fd_slots * RECV_BYTES],
         connections: vec![Connection::default(); fd_slots],
-        canned: RESPONSE.repeat(RESPONSES_MAX),
+        canned: match body_bytes {
+            Some(bytes) => body_response(bytes),
+            None => RESPONSE.repeat(RESPONSES_MAX),
+        },
+        body_mode: body_bytes.is_some(),
     };
     // Declared after `responder`, so dropped before it: no op can outlive
     // the buffers it names.
@@ -258,23 +291,37 @@ fn run(address: &str, fd_slots: usize) -> io::Result<()> {
     }
 }
 
+/// Largest body of body mode: one canned response, sent whole per request.
+const BODY_BYTES_MAX: u32 = 64 << 20;
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let (address, fd_slots) = match args.as_slice() {
-        [address] => (address.as_str(), FD_SLOTS_DEFAULT),
-        [address, slots] => match slots.parse::<usize>() {
-            Ok(slots) if (1..=FD_SLOTS_MAX).contains(&slots) => (address.as_str(), slots),
-            _ => {
-                eprintln!("raw-uring: FD_SLOTS must be 1..={FD_SLOTS_MAX}, got {slots:?}");
-                return ExitCode::from(2);
-            }
-        },
+    let (address, slots, body) = match args.as_slice() {
+        [address] => (address.as_str(), None, None),
+        [address, slots] => (address.as_str(), Some(slots), None),
+        [address, slots, body] => (address.as_str(), Some(slots), Some(body)),
         _ => {
-            eprintln!("usage: raw-uring ADDR [FD_SLOTS]");
+            eprintln!("usage: raw-uring ADDR [FD_SLOTS [BODY_BYTES]]");
             return ExitCode::from(2);
         }
     };
-    match run(address, fd_slots) {
+    let fd_slots = match slots.map(|slots| slots.parse::<usize>()) {
+        None => FD_SLOTS_DEFAULT,
+        Some(Ok(slots)) if (1..=FD_SLOTS_MAX).contains(&slots) => slots,
+        Some(_) => {
+            eprintln!("raw-uring: FD_SLOTS must be 1..={FD_SLOTS_MAX}, got {slots:?}");
+            return ExitCode::from(2);
+        }
+    };
+    let body_bytes = match body.map(|body| body.parse::<u32>()) {
+        None => None,
+        Some(Ok(bytes)) if (1..=BODY_BYTES_MAX).contains(&bytes) => Some(bytes),
+        Some(_) => {
+            eprintln!("raw-uring: BODY_BYTES must be 1..={BODY_BYTES_MAX}, got {body:?}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(address, fd_slots, body_bytes) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("raw-uring: {error}");

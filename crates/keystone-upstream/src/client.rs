@@ -507,8 +507,12 @@ impl UpstreamConn {
     pub fn poll(&mut self) -> Option<UpstreamIntent> {
         match self.phase {
             Phase::Idle if self.pooled && !self.receiving => {
+                // One window: the probe is still out when the connection is
+                // reused, and then it takes the next response's first bytes.
                 self.receiving = true;
-                Some(UpstreamIntent::Recv(self.recv.lend_spare()))
+                Some(UpstreamIntent::Recv(
+                    self.recv.lend_spare_up_to(self.window),
+                ))
             }
             Phase::Connecting { asked: false } => {
                 self.phase = Phase::Connecting { asked: true };

@@ -875,3 +875,31 @@ fn relaying_receives_take_one_window_whatever_the_capacity() {
         result: 0,
     });
 }
+
+#[test]
+fn a_pooled_connections_probe_takes_one_window() {
+    let mut conn = buffering_conn(256 * 1024);
+    let run = run(
+        &mut conn,
+        GET,
+        None,
+        &[Step::Bytes(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        )],
+        false,
+    );
+    assert_eq!(run.outcome, Some(Ok(true)));
+    conn.reset_for_pool();
+    let Some(UpstreamIntent::Recv(loan)) = conn.poll() else {
+        panic!("the probe")
+    };
+    assert_eq!(
+        loan.len(),
+        32 * 1024,
+        "the probe is one window, not the buffer"
+    );
+    conn.on(UpstreamEvent::Received {
+        buf: loan,
+        result: 0,
+    });
+}
