@@ -166,25 +166,12 @@ fn serve(stream: TcpStream, seen: &Seen, name: &str) {
     }
 }
 
-/// Makes `stream`'s close a reset: SO_LINGER with a zero timeout.
+/// Makes `stream`'s close a reset: SO_LINGER with a zero timeout (the
+/// socket closes, with a reset, when the caller drops its handles).
 fn reset(stream: &TcpStream) {
-    use std::os::fd::AsRawFd;
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: a valid socket descriptor and a correctly sized `linger`.
-    let rc = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&raw const linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "SO_LINGER");
-    // The socket closes (with a reset) when the caller drops its handles.
+    socket2::SockRef::from(stream)
+        .set_linger(Some(Duration::ZERO))
+        .expect("SO_LINGER");
 }
 
 fn app(backend: SocketAddr, dead: u16) -> String {
