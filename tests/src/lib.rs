@@ -918,6 +918,24 @@ pub fn metric(admin: SocketAddr, name: &str) -> u64 {
 }
 
 /// `GET path` with `Host` and `Connection: close`, as raw bytes.
+/// Reads one HTTP head (request or response) line by line, through its
+/// final empty line; `None` when the stream ends or fails first. The bytes
+/// after it stay in `reader` (a body, the next head).
+pub fn read_head(reader: &mut impl std::io::BufRead) -> Option<String> {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(0) | Err(_) => return None,
+            Ok(_) => {}
+        }
+        head.push_str(&line);
+        if line == "\r\n" {
+            return Some(head);
+        }
+    }
+}
+
 pub fn get_request(path: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
 }

@@ -6,7 +6,7 @@
 //! and stalled heads, malformed heads, truncated and reset bodies, a slow
 //! reader).
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -53,18 +53,9 @@ fn serve(stream: TcpStream, seen: &Seen, name: &str) {
     let mut out = stream;
     let mut served = 0;
     loop {
-        let mut head = String::new();
-        loop {
-            let mut line = String::new();
-            match reader.read_line(&mut line) {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-            head.push_str(&line);
-            if line == "\r\n" {
-                break;
-            }
-        }
+        let Some(head) = keystone_tests::read_head(&mut reader) else {
+            return;
+        };
         seen.heads.lock().unwrap().push(head.clone());
         let path = head.split(' ').nth(1).unwrap_or("/").to_string();
         let length: usize = head

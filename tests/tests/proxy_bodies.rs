@@ -75,18 +75,9 @@ fn serve(stream: TcpStream, seen: &Seen) {
     let mut reader = BufReader::with_capacity(256 * 1024, stream.try_clone().unwrap());
     let mut out = stream;
     loop {
-        let mut head = String::new();
-        loop {
-            let mut line = String::new();
-            match reader.read_line(&mut line) {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-            head.push_str(&line);
-            if line == "\r\n" {
-                break;
-            }
-        }
+        let Some(head) = keystone_tests::read_head(&mut reader) else {
+            return;
+        };
         seen.heads.lock().unwrap().push(head.clone());
         let path = head.split(' ').nth(1).unwrap_or("/").to_string();
         let lower = head.to_ascii_lowercase();
@@ -99,6 +90,13 @@ fn serve(stream: TcpStream, seen: &Seen) {
             let _ = out.write_all(
                 b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 8\r\nConnection: close\r\n\r\ntoo big\n",
             );
+            // A lingering close, as a careful server does: closing with
+            // unread bytes would reset the connection, and a reset can
+            // overtake the answer.
+            let _ = out.shutdown(std::net::Shutdown::Write);
+            let _ = out.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut sink = vec![0u8; 64 * 1024];
+            while matches!(reader.read(&mut sink), Ok(n) if n > 0) {}
             return;
         }
         if let Some(size) = path.strip_prefix("/download/") {
@@ -309,15 +307,7 @@ fn a_hundred_mib_response_streams_to_the_client_with_memory_bounded() {
     let mut stream = client.clone_stream();
     // Read the head by hand, then the body in pieces (never whole here).
     let mut reader = BufReader::new(&mut stream);
-    let mut head = String::new();
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line).unwrap();
-        head.push_str(&line);
-        if line == "\r\n" {
-            break;
-        }
-    }
+    let head = keystone_tests::read_head(&mut reader).expect("a response head");
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(
         head.contains(&format!("content-length: {len}\r\n"))
@@ -398,15 +388,7 @@ fn an_echo_backend_relays_both_ways_at_once() {
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
     let mut reader = BufReader::new(reader);
-    let mut head = String::new();
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line).unwrap();
-        head.push_str(&line);
-        if line == "\r\n" {
-            break;
-        }
-    }
+    let head = keystone_tests::read_head(&mut reader).expect("a response head");
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     let mut hash = FNV_START;
     let mut got = 0u64;

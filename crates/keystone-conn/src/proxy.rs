@@ -194,25 +194,9 @@ impl Connection {
                 // connections become one byte stream each way until either
                 // side closes. keystone-upstream lets a 101 through only to
                 // a request that asked for the upgrade.
-                let overridden = |name: &[u8]| {
-                    policy.is_some_and(|exchange| {
-                        exchange
-                            .response_overrides()
-                            .any(|(set, _)| set.eq_ignore_ascii_case(name))
-                    })
-                };
-                let policy_lines = policy
-                    .into_iter()
-                    .flat_map(|exchange| exchange.response_headers());
-                let headers = head
-                    .headers()
-                    .iter()
-                    .map(|header| (header.name.slice(bytes), header.value.slice(bytes)))
-                    .filter(|(name, _)| {
-                        name.eq_ignore_ascii_case(b"upgrade") || passes_to_client(name, &[])
-                    })
-                    .filter(|(name, _)| !overridden(name))
-                    .chain(policy_lines);
+                let headers = merged_headers(head, bytes, policy, |name| {
+                    name.eq_ignore_ascii_case(b"upgrade") || passes_to_client(name, &[])
+                });
                 match write_switching_head(headers, &cx.shared.date, self.send.spare_mut()) {
                     Ok(committed) => {
                         self.send.commit(committed.bytes as u32);
@@ -274,23 +258,9 @@ impl Connection {
                         }
                     }
                 }
-                let overridden = |name: &[u8]| {
-                    policy.is_some_and(|exchange| {
-                        exchange
-                            .response_overrides()
-                            .any(|(set, _)| set.eq_ignore_ascii_case(name))
-                    })
-                };
-                let policy_lines = policy
-                    .into_iter()
-                    .flat_map(|exchange| exchange.response_headers());
-                let headers = head
-                    .headers()
-                    .iter()
-                    .map(|header| (header.name.slice(bytes), header.value.slice(bytes)))
-                    .filter(|(name, _)| passes_to_client(name, &named[..named_len]))
-                    .filter(|(name, _)| !overridden(name))
-                    .chain(policy_lines);
+                let headers = merged_headers(head, bytes, policy, |name| {
+                    passes_to_client(name, &named[..named_len])
+                });
                 let written = write_head_spec(
                     &spec,
                     headers,
@@ -547,6 +517,33 @@ impl Connection {
         }
         self.upload = None;
     }
+}
+
+/// The header lines a relayed head carries: the upstream's that `passes`
+/// and that `ctx.on_response` did not override by name (a removal drops
+/// one), then policy's own lines.
+fn merged_headers<'a>(
+    head: &'a ResponseHead,
+    bytes: &'a [u8],
+    policy: Option<&'a keystone_exchange::HttpExchange>,
+    passes: impl Fn(&[u8]) -> bool + 'a,
+) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + 'a {
+    let overridden = move |name: &[u8]| {
+        policy.is_some_and(|exchange| {
+            exchange
+                .response_overrides()
+                .any(|(set, _)| set.eq_ignore_ascii_case(name))
+        })
+    };
+    head.headers()
+        .iter()
+        .map(move |header| (header.name.slice(bytes), header.value.slice(bytes)))
+        .filter(move |(name, _)| passes(name) && !overridden(name))
+        .chain(
+            policy
+                .into_iter()
+                .flat_map(|exchange| exchange.response_headers()),
+        )
 }
 
 /// How the client gets the upstream's body: the encoder, and what the head

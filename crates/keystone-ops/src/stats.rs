@@ -451,20 +451,25 @@ fn upstream_families(out: &mut String, shared: &Shared) {
             escape_label(peer)
         )
     };
-    family(
+    // A family with one value per peer.
+    let per_peer = |out: &mut String,
+                    metric: &str,
+                    kind: &str,
+                    help: &str,
+                    read: &dyn Fn(&PeerCounters) -> u64| {
+        family(out, metric, kind, help);
+        for name in &names {
+            let count = total(name, read);
+            let _ = writeln!(out, "{metric}{{{}}} {count}", labels(name));
+        }
+    };
+    per_peer(
         out,
         "keystone_upstream_requests_total",
         "counter",
         "Requests sent to an upstream peer (each try of a retried request).",
+        &|p| p.requests.get(),
     );
-    for name in &names {
-        let count = total(name, &|p| p.requests.get());
-        let _ = writeln!(
-            out,
-            "keystone_upstream_requests_total{{{}}} {count}",
-            labels(name)
-        );
-    }
     family(
         out,
         "keystone_upstream_responses_total",
@@ -497,34 +502,20 @@ fn upstream_families(out: &mut String, shared: &Shared) {
             );
         }
     }
-    family(
+    per_peer(
         out,
         "keystone_upstream_idle_connections",
         "gauge",
         "Idle kept-alive connections to an upstream peer now.",
+        &|p| p.idle.get(),
     );
-    for name in &names {
-        let count = total(name, &|p| p.idle.get());
-        let _ = writeln!(
-            out,
-            "keystone_upstream_idle_connections{{{}}} {count}",
-            labels(name)
-        );
-    }
-    family(
+    per_peer(
         out,
         "keystone_upstream_active_requests",
         "gauge",
         "Requests in progress on an upstream peer now.",
+        &|p| p.active.get(),
     );
-    for name in &names {
-        let count = total(name, &|p| p.active.get());
-        let _ = writeln!(
-            out,
-            "keystone_upstream_active_requests{{{}}} {count}",
-            labels(name)
-        );
-    }
     type Pick = fn(&PeerCounters) -> &Histogram;
     let histograms: [(&str, &str, Pick); 2] = [
         (
