@@ -501,3 +501,57 @@ fn a_backend_that_refuses_early_or_a_client_that_leaves_mid_body() {
     assert_eq!(response.status, 200);
     assert_no_panic(&server.log(), "early answers and broken uploads");
 }
+
+#[test]
+fn a_broken_streamed_body_is_refused_before_the_upstream_answers() {
+    let (addr, seen) = backend();
+    let server = Server::start(
+        Some(&app(addr)),
+        &["--max-body-bytes", "4096", "--body-timeout", "1"],
+    );
+    // Bad chunk framing past the buffered limit: the upstream request is
+    // abandoned (its connection closed) and the client gets 400, closed.
+    let mut client = server.raw();
+    client.send(b"POST /up/count HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n");
+    client.send(format!("{:x}\r\n", 8000).as_bytes());
+    client.send(&[b'c'; 8000]);
+    client.send(b"\r\nzz-not-hex\r\n");
+    let response = client.read_response();
+    assert_eq!(response.status, 400);
+    client.expect_closed("a refused streamed body");
+    // A client that stalls in the middle of its body past --body-timeout:
+    // 408, closed.
+    let mut client = server.raw();
+    client.send(b"POST /up/count HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n");
+    client.send(&[b's'; 10_000]);
+    let started = std::time::Instant::now();
+    let response = client.read_response();
+    assert_eq!(response.status, 408);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // Neither cut body was answered by the backend as if whole.
+    thread::sleep(Duration::from_millis(200));
+    let heads = seen.heads.lock().unwrap().len();
+    assert!(heads <= 2, "{heads} heads reached the backend");
+    // The worker goes on.
+    let response = upload(&server, "/up/count", 50_000, false);
+    assert_eq!(response.status, 200);
+    assert_no_panic(&server.log(), "broken streamed bodies");
+}
+
+#[test]
+fn a_streamed_body_to_a_dead_pool_is_502_at_once() {
+    let dead = keystone_tests::free_port();
+    let app = format!(
+        r#"return {{
+  upstreams = {{ gone = {{ peers = {{ "127.0.0.1:{dead}" }}, retries = 0 }} }},
+  routes = {{ ["POST /"] = function(ctx) ctx.upstream = "gone" end }},
+}}"#
+    );
+    let server = Server::start(Some(&app), &["--max-body-bytes", "4096"]);
+    let mut client = server.raw();
+    client.send(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 10000000\r\n\r\n");
+    client.send(&[b'd'; 20_000]);
+    let response = client.read_response();
+    assert_eq!(response.status, 502);
+    client.expect_closed("a streamed body nobody takes");
+}
