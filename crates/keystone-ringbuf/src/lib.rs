@@ -586,12 +586,6 @@ impl RingBuffer {
         self.high_water > 0
     }
 
-    /// How far into the buffer bytes were written since it was last
-    /// released (whose pages may be resident).
-    pub fn touched_bytes(&self) -> u32 {
-        self.high_water
-    }
-
     /// An idle connection's buffer: empty, it gives every touched page back
     /// to the kernel (the first one too, unless pinned), so thousands of idle
     /// keep-alive connections cost no resident memory. One `madvise`; the

@@ -28,10 +28,6 @@ use keystone_ringbuf::{RingBuffer, SendBuf, Span, SpareLoan};
 /// (4-8 KiB); 16 KiB takes the big-cookie answers of real backends.
 pub const RESPONSE_HEAD_MAX: u32 = 16 * 1024;
 
-/// Bytes of its buffers a pooled connection may keep touched: one page of
-/// ordinary heads and small bodies. Past it, pooling gives the pages back.
-const POOLED_KEEP_BYTES: u32 = 4096;
-
 /// Largest response body `ctx.upstream_buffer` may ask to see whole: a
 /// JSON answer a policy transforms, not a download (nginx's
 /// `proxy_buffers` default to 8 × 4-8 KiB per request; OpenResty's body
@@ -936,15 +932,6 @@ impl UpstreamConn {
         self.pooled = true;
         self.head.head_len = 0;
         debug_assert!(self.recv.is_empty() && self.send.is_empty());
-        // A pooled connection waits, maybe long: after a large response
-        // (or a large streamed upload) its buffers give their pages back
-        // (one `madvise` each, next to relaying that many bytes), so idle
-        // pools cost no more than their first page.
-        for buffer in [&mut self.recv, &mut self.send] {
-            if buffer.touched_bytes() > POOLED_KEEP_BYTES {
-                buffer.release_idle();
-            }
-        }
     }
 
     /// Whether the connection sits in a pool (its probe may be armed).

@@ -903,36 +903,3 @@ fn a_pooled_connections_probe_takes_one_window() {
         result: 0,
     });
 }
-
-#[test]
-fn pooling_after_a_large_response_gives_the_pages_back() {
-    let mut conn = conn();
-    let mut answer = b"HTTP/1.1 200 OK\r\nContent-Length: 20000\r\n\r\n".to_vec();
-    answer.extend_from_slice(&[b'b'; 20_000]);
-    let answer: &'static [u8] = Box::leak(answer.into_boxed_slice());
-    let run = run(&mut conn, GET, None, &[Step::Bytes(answer)], false);
-    assert_eq!(run.outcome, Some(Ok(true)));
-    assert!(conn.recv.touched_bytes() > 20_000);
-    conn.reset_for_pool();
-    assert_eq!(conn.recv.touched_bytes(), 0, "the window's pages went back");
-    // A small answer keeps its page: no madvise per request.
-    let mut conn = self::conn();
-    let run = run_small(&mut conn);
-    assert_eq!(run, Some(Ok(true)));
-    let touched = conn.recv.touched_bytes();
-    conn.reset_for_pool();
-    assert_eq!(conn.recv.touched_bytes(), touched);
-}
-
-fn run_small(conn: &mut UpstreamConn) -> Option<Result<bool, Failure>> {
-    run(
-        conn,
-        GET,
-        None,
-        &[Step::Bytes(
-            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
-        )],
-        false,
-    )
-    .outcome
-}
