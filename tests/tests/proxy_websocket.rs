@@ -232,3 +232,34 @@ fn other_upgrades_are_not_forwarded() {
     assert!(!lower.contains("upgrade"), "{head}");
     assert!(!lower.contains("http2-settings"), "{head}");
 }
+
+#[test]
+fn bytes_sent_right_behind_the_handshake_go_up_the_tunnel() {
+    let (addr, _) = backend();
+    let server = Server::start(Some(&app(addr)), &[]);
+    // The handshake and a first (masked) text frame in one write, before
+    // the 101: the frame is relayed as soon as the tunnel opens.
+    let mut stream = TcpStream::connect(server.addr()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut bytes = format!(
+        "GET /long HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        server.addr()
+    )
+    .into_bytes();
+    let mask = [1u8, 2, 3, 4];
+    let payload = b"early";
+    bytes.extend_from_slice(&[0x81, 0x80 | payload.len() as u8]);
+    bytes.extend_from_slice(&mask);
+    bytes.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    std::io::Write::write_all(&mut stream, &bytes).unwrap();
+    let mut reader = std::io::BufReader::new(stream);
+    let head = keystone_tests::read_head(&mut reader).expect("the 101");
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    // The echo of the early frame: unmasked, from the backend.
+    let mut frame = [0u8; 7];
+    std::io::Read::read_exact(&mut reader, &mut frame).unwrap();
+    assert_eq!(&frame, b"\x81\x05early");
+}

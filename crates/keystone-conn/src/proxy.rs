@@ -305,6 +305,15 @@ impl Connection {
         if done {
             self.proxy_finished(cx);
         }
+        if self
+            .upload
+            .as_ref()
+            .is_some_and(|upload| upload.is_tunnel())
+        {
+            // What the client sent behind its handshake (now at the
+            // buffer's front) goes up the tunnel at once.
+            self.upload_received(cx);
+        }
         self.drive(cx);
     }
 
