@@ -18,7 +18,7 @@ pub struct RouterBuilder {
     param_tree: matchit::Router<usize>,
     /// Path pattern as given → index into `tables`.
     patterns: HashMap<String, usize>,
-    static_paths: HashMap<Box<[u8]>, usize>,
+    static_paths: crate::StaticPaths,
     tables: Vec<MethodTable>,
     routes: Vec<(String, u32)>,
 }
