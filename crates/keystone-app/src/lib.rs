@@ -781,12 +781,7 @@ fn is_websocket_handshake(request: &Request<'_>) -> bool {
             .headers()
             .iter()
             .filter(|h| h.name.slice(request.bytes).eq_ignore_ascii_case(name))
-            .any(|h| {
-                h.value
-                    .slice(request.bytes)
-                    .split(|&b| b == b',')
-                    .any(|t| keystone_parser::text::trim_ows(t).eq_ignore_ascii_case(token))
-            })
+            .any(|h| keystone_parser::text::list_has(h.value.slice(request.bytes), token))
     };
     request.method() == b"GET"
         && request.head.minor_version == 1

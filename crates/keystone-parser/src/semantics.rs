@@ -2,7 +2,7 @@
 //! (Content-Length / Transfer-Encoding), Host, Connection and Expect.
 
 use crate::host::check_authority;
-use crate::text::{parse_decimal, trim_ows};
+use crate::text::{list_elements, parse_decimal, trim_ows};
 use crate::{BodyFraming, Head, Limits, ParseError, Persistence, Span};
 
 /// What the header walk found; turned into `Head` fields by [`finish`].
@@ -156,13 +156,4 @@ impl HeaderFacts {
             (None, None) => Ok(BodyFraming::None),
         }
     }
-}
-
-/// Non-empty, trimmed elements of a comma list (RFC 9110 §5.6.1 lets
-/// recipients ignore empty elements).
-fn list_elements(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value
-        .split(|&byte| byte == b',')
-        .map(trim_ows)
-        .filter(|element| !element.is_empty())
 }

@@ -122,6 +122,21 @@ pub fn trim_ows_end(bytes: &[u8]) -> &[u8] {
     &bytes[..end.map_or(0, |end| end + 1)]
 }
 
+/// Non-empty, trimmed elements of a comma list (RFC 9110 §5.6.1 lets
+/// recipients ignore empty elements).
+pub fn list_elements(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&byte| byte == b',')
+        .map(trim_ows)
+        .filter(|element| !element.is_empty())
+}
+
+/// Whether comma list `value` holds `token` (ASCII case-insensitive), as
+/// `Connection: keep-alive, Upgrade` holds `upgrade`.
+pub fn list_has(value: &[u8], token: &[u8]) -> bool {
+    list_elements(value).any(|element| element.eq_ignore_ascii_case(token))
+}
+
 /// `1*DIGIT` into a `u64`; `None` on empty input, a sign, any other byte,
 /// or overflow.
 pub fn parse_decimal(digits: &[u8]) -> Option<u64> {

@@ -45,6 +45,7 @@ pub struct ForwardError {
 }
 
 pub use keystone_parser::text::is_hop_by_hop;
+use keystone_parser::text::list_has;
 
 /// Writes the head for `request` into `out` and returns its length.
 ///
@@ -76,10 +77,7 @@ where
     w.put(b" HTTP/1.1\r\n");
     let named_by_connection = |name: &[u8]| {
         headers.clone().any(|(header, value)| {
-            header.eq_ignore_ascii_case(b"connection")
-                && value
-                    .split(|&byte| byte == b',')
-                    .any(|token| trim(token).eq_ignore_ascii_case(name))
+            header.eq_ignore_ascii_case(b"connection") && list_has(value, name)
         })
     };
     let overridden = |name: &[u8]| {
@@ -158,19 +156,6 @@ where
         });
     }
     Ok(w.len)
-}
-
-fn trim(bytes: &[u8]) -> &[u8] {
-    let space = |byte: &u8| *byte == b' ' || *byte == b'\t';
-    let start = bytes
-        .iter()
-        .position(|byte| !space(byte))
-        .unwrap_or(bytes.len());
-    let end = bytes
-        .iter()
-        .rposition(|byte| !space(byte))
-        .map_or(start, |i| i + 1);
-    &bytes[start..end]
 }
 
 /// A bounded writer: past the end it only remembers that it overflowed.
