@@ -41,6 +41,17 @@ pub(crate) struct PendingProxy {
     started: Instant,
 }
 
+impl PendingProxy {
+    /// The request's place in the receive buffer.
+    fn complete(&self) -> Complete {
+        Complete {
+            body: self.body,
+            total: self.total,
+            streamed: self.streamed,
+        }
+    }
+}
+
 /// A proxied body being relayed.
 #[derive(Debug)]
 pub(crate) struct UpstreamTail {
@@ -117,11 +128,7 @@ impl Connection {
             cx.shared.head.method.slice(self.recv.filled()),
             cx.shared.head.path.slice(self.recv.filled()),
         );
-        let complete = Complete {
-            body: pending.body,
-            total: pending.total,
-            streamed: pending.streamed,
-        };
+        let complete = pending.complete();
         let framing = pending.framing;
         let request = request_view(
             &self.recv,
@@ -249,9 +256,9 @@ impl Connection {
                 let mut named_len = 0;
                 for header in head.headers() {
                     if header.name.slice(bytes).eq_ignore_ascii_case(b"connection") {
-                        for token in header.value.slice(bytes).split(|&b| b == b',') {
-                            let token = keystone_parser::text::trim_ows(token);
-                            if !token.is_empty() && named_len < CONNECTION_NAMES_MAX {
+                        for token in keystone_parser::text::list_elements(header.value.slice(bytes))
+                        {
+                            if named_len < CONNECTION_NAMES_MAX {
                                 named[named_len] = token;
                                 named_len += 1;
                             }
@@ -332,11 +339,7 @@ impl Connection {
             return;
         };
         self.reparse_taken_head(cx);
-        let complete = Complete {
-            body: pending.body,
-            total: pending.total,
-            streamed: true,
-        };
+        let complete = pending.complete();
         let committed = queue_canned(&mut self.send, cx.shared, status, None, CLOSE);
         let commit = Commit {
             committed,
