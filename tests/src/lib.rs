@@ -918,6 +918,22 @@ pub fn metric(admin: SocketAddr, name: &str) -> u64 {
 }
 
 /// `GET path` with `Host` and `Connection: close`, as raw bytes.
+/// A backend for proxy tests: a loopback listener whose every accepted
+/// connection is served by `serve` on a thread of its own.
+pub fn spawn_backend(serve: impl Fn(TcpStream) + Send + Sync + 'static) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a backend");
+    let addr = listener.local_addr().expect("the backend's address");
+    let serve = std::sync::Arc::new(serve);
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let serve = std::sync::Arc::clone(&serve);
+            thread::spawn(move || serve(stream));
+        }
+    });
+    addr
+}
+
 /// Reads one HTTP head (request or response) line by line, through its
 /// final empty line; `None` when the stream ends or fails first. The bytes
 /// after it stay in `reader` (a body, the next head).

@@ -7,7 +7,7 @@
 //! reader).
 
 use std::io::{BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -33,17 +33,11 @@ fn backend() -> (SocketAddr, Arc<Seen>) {
 
 /// A backend whose answers carry `X-Backend: name`.
 fn backend_named(name: &'static str) -> (SocketAddr, Arc<Seen>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
     let seen = Arc::new(Seen::default());
     let shared = Arc::clone(&seen);
-    thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { continue };
-            shared.connections.fetch_add(1, Ordering::SeqCst);
-            let seen = Arc::clone(&shared);
-            thread::spawn(move || serve(stream, &seen, name));
-        }
+    let addr = keystone_tests::spawn_backend(move |stream| {
+        shared.connections.fetch_add(1, Ordering::SeqCst);
+        serve(stream, &shared, name);
     });
     (addr, seen)
 }

@@ -6,7 +6,7 @@
 //! a streamed body answers without reading it.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
@@ -57,17 +57,9 @@ fn pattern_hash(len: u64) -> u64 {
 /// N pattern bytes; `/early` answers 413 before reading anything and
 /// closes.
 fn backend() -> (SocketAddr, Arc<Seen>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
     let seen = Arc::new(Seen::default());
     let shared = Arc::clone(&seen);
-    thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { continue };
-            let seen = Arc::clone(&shared);
-            thread::spawn(move || serve(stream, &seen));
-        }
-    });
+    let addr = keystone_tests::spawn_backend(move |stream| serve(stream, &shared));
     (addr, seen)
 }
 

@@ -5,7 +5,7 @@
 //! either side's close ends it cleanly, and an idle tunnel is closed after
 //! the pool's `read_timeout`.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -21,17 +21,9 @@ type Heads = Arc<Mutex<Vec<String>>>;
 /// the `Upgrade` header it saw (to show a non-WebSocket upgrade is
 /// dropped).
 fn backend() -> (SocketAddr, Heads) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
     let heads: Heads = Arc::default();
     let seen = Arc::clone(&heads);
-    thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { continue };
-            let seen = Arc::clone(&seen);
-            thread::spawn(move || echo(stream, &seen));
-        }
-    });
+    let addr = keystone_tests::spawn_backend(move |stream| echo(stream, &seen));
     (addr, heads)
 }
 

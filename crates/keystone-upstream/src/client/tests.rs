@@ -89,17 +89,7 @@ fn run(
             UpstreamIntent::Connect => UpstreamEvent::Connected {
                 result: connect.expect("a fresh connection"),
             },
-            UpstreamIntent::Send(buf) => {
-                let SendBuf::Buffer(loan) = &buf else {
-                    panic!("only its own buffer")
-                };
-                out.sent.extend_from_slice(loan.as_slice());
-                let len = loan.len();
-                UpstreamEvent::Sent {
-                    buf,
-                    result: len as i32,
-                }
-            }
+            UpstreamIntent::Send(buf) => sent_whole(buf, &mut out.sent),
             UpstreamIntent::Recv(mut loan) => match steps.next().unwrap_or(Step::Hang) {
                 Step::Bytes(bytes) => {
                     let n = bytes.len().min(loan.len() as usize);
@@ -129,6 +119,16 @@ fn run(
 }
 
 const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n";
+
+/// The socket took all of a send: its bytes are recorded in `sent`.
+fn sent_whole(buf: SendBuf, sent: &mut Vec<u8>) -> UpstreamEvent {
+    let SendBuf::Buffer(loan) = &buf else {
+        panic!("only its own buffer")
+    };
+    sent.extend_from_slice(loan.as_slice());
+    let len = loan.len() as i32;
+    UpstreamEvent::Sent { buf, result: len }
+}
 
 #[test]
 fn length_chunked_and_close_delimited_bodies() {
@@ -603,12 +603,7 @@ fn a_request_sent_in_pieces_is_kept_until_its_answer() {
 fn complete_send(conn: &mut UpstreamConn, sent: &mut Vec<u8>) -> bool {
     match conn.poll() {
         Some(UpstreamIntent::Send(buf)) => {
-            let SendBuf::Buffer(loan) = &buf else {
-                panic!("only its own buffer")
-            };
-            sent.extend_from_slice(loan.as_slice());
-            let len = loan.len() as i32;
-            conn.on(UpstreamEvent::Sent { buf, result: len });
+            conn.on(sent_whole(buf, sent));
             true
         }
         Some(UpstreamIntent::Recv(loan)) => {
@@ -712,14 +707,7 @@ fn run_rest(conn: &mut UpstreamConn, answer: &[u8]) -> Option<Result<bool, Failu
     let mut sent = Vec::new();
     for _ in 0..100 {
         match conn.poll() {
-            Some(UpstreamIntent::Send(buf)) => {
-                let SendBuf::Buffer(loan) = &buf else {
-                    panic!("only its own buffer")
-                };
-                sent.extend_from_slice(loan.as_slice());
-                let len = loan.len() as i32;
-                conn.on(UpstreamEvent::Sent { buf, result: len });
-            }
+            Some(UpstreamIntent::Send(buf)) => conn.on(sent_whole(buf, &mut sent)),
             Some(UpstreamIntent::Recv(mut loan)) => {
                 loan.as_mut_slice()[..answer.len()].copy_from_slice(answer);
                 conn.on(UpstreamEvent::Received {
