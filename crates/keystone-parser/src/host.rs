@@ -17,6 +17,7 @@
 //! IPv6 address (IPvFuture included), and any control, space or non-ASCII
 //! byte. Nothing is copied: the checks read the bytes in place.
 
+use crate::target::is_reg_name_byte;
 use crate::ParseError;
 
 /// Whether `authority` is a valid `uri-host [ ":" port ]`. The empty value
@@ -71,10 +72,8 @@ fn is_reg_name(host: &[u8]) -> bool {
                 index += 3;
                 continue;
             }
-            byte if byte.is_ascii_alphanumeric() => {}
-            // unreserved punctuation, then sub-delims less ","
-            b'-' | b'.' | b'_' | b'~' => {}
-            b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b';' | b'=' => {}
+            // unreserved, then sub-delims less ","
+            byte if is_reg_name_byte(byte) => {}
             _ => return false,
         }
         index += 1;

@@ -4,7 +4,7 @@ use libc::{c_char, c_int, size_t};
 use picohttpparser_sys::{phr_header, phr_parse_request};
 
 use crate::semantics::HeaderFacts;
-use crate::target::{check_request_line, split_target, RequestLine};
+use crate::target::{check_request_line, split_target, RequestLine, TargetParts};
 use crate::text::trim_ows_end;
 use crate::{Head, HeaderSpan, Limits, ParseError, ParseStatus, Span, HEADERS_CAPACITY};
 
@@ -116,9 +116,16 @@ impl Parser {
         let too_large = ParseError::HeadTooLarge {
             limit: limits.max_header_bytes,
         };
+        // The target's parts when its line was checked in this call (the
+        // common case: the whole head came in one read); else the split is
+        // redone once the head is complete.
+        let mut parts = None;
         if !self.progress.request_line_valid {
             match check_request_line(window, limits)? {
-                RequestLine::Valid => self.progress.request_line_valid = true,
+                RequestLine::Valid(checked) => {
+                    self.progress.request_line_valid = true;
+                    parts = Some(checked);
+                }
                 // Below the limit, window == buf: wait for the rest of the line.
                 RequestLine::Incomplete if window.len() < limits.max_header_bytes as usize => {
                     return Ok(ParseStatus::Partial)
@@ -149,7 +156,7 @@ impl Parser {
                     "picohttpparser returned {head_len}"
                 );
                 head.head_len = head_len as u32;
-                self.fill_head(window, base_offset, &raw, limits, head)?;
+                self.fill_head(window, base_offset, &raw, parts, limits, head)?;
                 Ok(ParseStatus::Complete)
             }
         }
@@ -199,6 +206,7 @@ impl Parser {
         window: &[u8],
         base_offset: u32,
         raw: &RawRequest,
+        parts: Option<TargetParts>,
         limits: &Limits,
         head: &mut Head,
     ) -> Result<(), ParseError> {
@@ -220,7 +228,10 @@ impl Parser {
             1 => 1,
             other => panic!("request line check let version 1.{other} through"),
         };
-        let parts = split_target(relative(head.method), relative(head.target))?;
+        let parts = match parts {
+            Some(parts) => parts,
+            None => split_target(relative(head.method), relative(head.target))?,
+        };
         let target_offset = head.target.offset;
         head.path = Span::new(
             target_offset + parts.path_start as u32,

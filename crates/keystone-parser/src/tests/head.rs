@@ -638,3 +638,46 @@ fn host_values_and_the_authority_that_wins() {
         Some("[::1]")
     );
 }
+
+/// The byte-class table against the grammar written out as comparisons, for
+/// all 256 bytes: the table is the fast form, this is the spec.
+#[test]
+fn byte_classes_match_the_grammar() {
+    use crate::target::{is_reg_name_byte, is_target_byte, is_token_byte};
+    for byte in 0..=u8::MAX {
+        let alphanumeric = byte.is_ascii_alphanumeric();
+        let token = alphanumeric
+            || matches!(
+                byte,
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'.'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'|'
+                    | b'~'
+            );
+        let unreserved = alphanumeric || matches!(byte, b'-' | b'.' | b'_' | b'~');
+        let sub_delims_less_comma = matches!(
+            byte,
+            b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b';' | b'='
+        );
+        let target = unreserved
+            || sub_delims_less_comma
+            || matches!(byte, b',' | b'%' | b':' | b'@' | b'/' | b'?' | b'[' | b']');
+        assert_eq!(is_token_byte(byte), token, "token {byte:#04x}");
+        assert_eq!(is_target_byte(byte), target, "target {byte:#04x}");
+        assert_eq!(
+            is_reg_name_byte(byte),
+            unreserved || sub_delims_less_comma,
+            "reg-name {byte:#04x}"
+        );
+    }
+}
