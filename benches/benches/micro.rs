@@ -268,7 +268,38 @@ fn report_allocations() {
     }
 }
 
+/// `KEYSTONE_ROUND_TRIPS=N` (no criterion): runs N round trips of each
+/// request after the warm-up and exits. Under `valgrind --tool=callgrind`,
+/// the difference between two values of N is an instruction count per
+/// request that does not drift with the machine's load (see README.md).
+fn count_round_trips(count: usize) {
+    let mut app = load_app();
+    let mut parser = Parser::new();
+    let mut head = Box::new(Head::new());
+    let date = DateCache::new();
+    let mut out = [0u8; HEAD_BYTES];
+    for (_, request) in ROUND_TRIP_REQUESTS {
+        for _ in 0..count {
+            black_box(round_trip(
+                &mut app,
+                &mut parser,
+                &mut head,
+                &date,
+                black_box(request),
+                &mut out,
+            ));
+        }
+    }
+}
+
 fn main() {
+    if let Ok(count) = std::env::var("KEYSTONE_ROUND_TRIPS") {
+        let count = count
+            .parse()
+            .expect("KEYSTONE_ROUND_TRIPS is a number of round trips");
+        count_round_trips(count);
+        return;
+    }
     report_allocations();
     let mut criterion = Criterion::default().configure_from_args();
     parse(&mut criterion);

@@ -590,8 +590,10 @@ impl Policy for AppPolicy {
 
     fn answered(&mut self, request: &Request<'_>, committed: &Committed) {
         self.stats.response(committed.status);
-        let now = Instant::now();
         let Some(log) = &mut self.access else { return };
+        // Read the clock only for a line that is written: a clock read
+        // per request was 3 % of a pipelined request's user time.
+        let now = Instant::now();
         let entry = access_log::Entry {
             peer: request.peer,
             method: request.method(),
