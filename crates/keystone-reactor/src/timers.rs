@@ -14,6 +14,8 @@ const BUCKETS: usize = 128;
 /// The wheel's resolution: deadlines fire on the first tick at or after
 /// them (so up to one tick late, never early).
 pub const TICK: Duration = Duration::from_secs(1);
+// `tick_of` counts in whole seconds.
+const _: () = assert!(TICK.subsec_nanos() == 0 && TICK.as_secs() > 0);
 
 const NONE: u32 = u32::MAX;
 
@@ -45,7 +47,11 @@ impl TimerWheel {
     /// The tick a deadline fires on: the first at or after it.
     fn tick_of(&self, at: Instant) -> u64 {
         let since = at.saturating_duration_since(self.start);
-        let ticks = since.as_nanos().div_ceil(TICK.as_nanos()) as u64;
+        // Whole seconds, rounded up, then whole ticks: u64 arithmetic (a
+        // u128 division by the tick's nanoseconds was a libgcc call on
+        // every timer change, twice per keep-alive request).
+        let seconds = since.as_secs() + u64::from(since.subsec_nanos() > 0);
+        let ticks = seconds.div_ceil(TICK.as_secs());
         ticks.max(self.next_tick)
     }
 

@@ -11,7 +11,15 @@ pub const DATE_BYTES: usize = 29;
 pub struct DateCache {
     unix_secs: u64,
     text: [u8; DATE_BYTES],
+    /// `Server: keystone\r\nDate: <text>\r\n`, the two engine lines every
+    /// head carries, kept whole so a head copies them at once.
+    lines: [u8; ENGINE_LINES_BYTES],
 }
+
+/// What precedes the date in [`DateCache::engine_lines`].
+const ENGINE_LINES_PREFIX: &[u8] = b"Server: keystone\r\nDate: ";
+/// The length of [`DateCache::engine_lines`].
+const ENGINE_LINES_BYTES: usize = ENGINE_LINES_PREFIX.len() + DATE_BYTES + 2;
 
 impl Default for DateCache {
     fn default() -> Self {
@@ -25,6 +33,7 @@ impl DateCache {
         let mut cache = DateCache {
             unix_secs: u64::MAX,
             text: [b' '; DATE_BYTES],
+            lines: [b' '; ENGINE_LINES_BYTES],
         };
         cache.refresh();
         cache
@@ -43,12 +52,21 @@ impl DateCache {
         if unix_secs != self.unix_secs {
             self.unix_secs = unix_secs;
             self.text = format_imf(unix_secs);
+            let (prefix, rest) = self.lines.split_at_mut(ENGINE_LINES_PREFIX.len());
+            prefix.copy_from_slice(ENGINE_LINES_PREFIX);
+            rest[..DATE_BYTES].copy_from_slice(&self.text);
+            rest[DATE_BYTES..].copy_from_slice(b"\r\n");
         }
     }
 
     /// The formatted value.
     pub fn get(&self) -> &[u8] {
         &self.text
+    }
+
+    /// The `Server` and `Date` lines, CRLF-terminated.
+    pub fn engine_lines(&self) -> &[u8] {
+        &self.lines
     }
 }
 
