@@ -80,6 +80,10 @@ pub struct WorkerStats {
     /// Log lines this worker dropped because its log did not drain
     /// (the log's own count, stored each loop turn).
     pub log_dropped: Counter,
+    /// Times the worker's once-a-second tick had to be re-armed because the
+    /// kernel ended it (a completion-ring overflow ends multishot
+    /// operations).
+    pub tick_rearmed: Counter,
     route_names: Mutex<Vec<String>>,
     /// Per upstream peer (names in `peer_names`; the last slot: peers past
     /// `PEER_COUNTERS_MAX`).
@@ -182,6 +186,7 @@ impl Default for WorkerStats {
             receives_plain: Counter::default(),
             registered_buffers: Counter::default(),
             log_dropped: Counter::default(),
+            tick_rearmed: Counter::default(),
             route_names: Mutex::new(Vec::new()),
             peers: (0..PEER_COUNTERS_MAX + 1)
                 .map(|_| PeerCounters::default())
@@ -401,6 +406,14 @@ pub fn prometheus(shared: &Shared, extra: &str) -> String {
     );
     let dropped = sum(&|w| w.log_dropped.get()) + shared.main_log_dropped.get();
     let _ = writeln!(out, "keystone_log_dropped_total {dropped}");
+    family(
+        &mut out,
+        "keystone_tick_rearmed_total",
+        "counter",
+        "Times a worker's once-a-second tick was re-armed after the kernel ended it (completion-ring overflow).",
+    );
+    let rearmed = sum(&|w| w.tick_rearmed.get());
+    let _ = writeln!(out, "keystone_tick_rearmed_total {rearmed}");
     let draining = u8::from(shared.draining.load(Ordering::Relaxed));
     family(
         &mut out,

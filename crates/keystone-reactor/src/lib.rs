@@ -223,9 +223,28 @@ pub struct Reactor {
 /// `MSG_NOSIGNAL`: a peer that vanished must give `-EPIPE`, never SIGPIPE.
 const SEND_FLAGS: i32 = libc::MSG_NOSIGNAL;
 
+/// The kernel's largest completion ring (`IORING_MAX_CQ_ENTRIES`).
+pub const COMPLETION_ENTRIES_MAX: u32 = 65_536;
+
+/// Completion-ring entries for a ring of `entries` submission slots serving
+/// `owners`: room for two completions per owner (a connection's receive and
+/// send can finish in the same turn), at least twice the submission ring,
+/// at most the kernel's limit. A ring sized by submissions alone overflows
+/// once a few thousand connections complete together: the kernel then keeps
+/// completions on a slow overflow list and ends multishot operations (the
+/// worker's tick among them) it cannot post for.
+pub fn completion_entries(entries: u32, owners: u32) -> u32 {
+    let wanted = u64::from(owners)
+        .saturating_mul(2)
+        .max(u64::from(entries) * 2);
+    let wanted = wanted.min(u64::from(COMPLETION_ENTRIES_MAX)) as u32;
+    wanted.next_power_of_two().min(COMPLETION_ENTRIES_MAX)
+}
+
 impl Reactor {
-    /// A ring with `entries` submission slots (completion ring twice that,
-    /// so bursts do not overflow it) for owners `0..owners` plus
+    /// A ring with `entries` submission slots (and a completion ring sized
+    /// by [`completion_entries`], so bursts do not overflow it) for owners
+    /// `0..owners` plus
     /// [`WORKER`]. Uses single-issuer and cooperative task running where the
     /// kernel has them, and plain setup where it does not.
     pub fn new(entries: u32, owners: u32) -> io::Result<Reactor> {
@@ -246,21 +265,20 @@ impl Reactor {
             "ring entries must be a power of two"
         );
         assert!(owners < WORKER, "owner indexes must stay below WORKER");
+        let cq_entries = completion_entries(entries, owners);
         let ring = match sqpoll_idle_ms {
             Some(idle) => IoUring::builder()
                 .setup_sqpoll(idle)
-                .setup_cqsize(entries * 2)
+                .setup_cqsize(cq_entries)
                 .build(entries)?,
             None => match IoUring::builder()
                 .setup_single_issuer()
                 .setup_coop_taskrun()
-                .setup_cqsize(entries * 2)
+                .setup_cqsize(cq_entries)
                 .build(entries)
             {
                 Ok(ring) => ring,
-                Err(_) => IoUring::builder()
-                    .setup_cqsize(entries * 2)
-                    .build(entries)?,
+                Err(_) => IoUring::builder().setup_cqsize(cq_entries).build(entries)?,
             },
         };
         Ok(Reactor {

@@ -323,6 +323,60 @@ fn a_tick_repeats_until_cancelled() {
     assert_eq!(reactor.in_flight(WORKER), 0);
 }
 
+/// What the worker's tick re-arm rests on: a completion ring that
+/// overflows ends a multishot timeout, whose last completion comes without
+/// `more`. The ring here is made small on purpose (8 submissions, 16
+/// completions) and 24 closes complete before anything is reaped.
+#[test]
+fn an_overflowing_completion_ring_ends_a_multishot_tick() {
+    let mut reactor = Reactor::new(8, 1).unwrap();
+    assert_eq!(completion_entries(8, 1), 16);
+    let tick = reactor.tick(WORKER, Duration::from_millis(5));
+    let mut closes = Vec::new();
+    for _ in 0..3 {
+        for _ in 0..7 {
+            closes.push(reactor.close(0, -1));
+        }
+        reactor.flush().unwrap();
+    }
+    closes.extend((0..3).map(|_| reactor.close(0, -1)));
+    reactor.flush().unwrap();
+    // The tick fires while the completion ring is full.
+    std::thread::sleep(Duration::from_millis(30));
+    let mut out = Vec::with_capacity(COMPLETIONS_PER_PUMP);
+    let mut tick_ended = false;
+    let mut closed = 0;
+    for _ in 0..50 {
+        reactor.pump(&mut out).unwrap();
+        for done in out.drain(..) {
+            if done.id == tick {
+                tick_ended |= !done.more;
+            } else {
+                assert_eq!(done.result, -libc::EBADF);
+                closed += 1;
+            }
+        }
+        if tick_ended && closed == closes.len() {
+            break;
+        }
+    }
+    assert_eq!(
+        closed,
+        closes.len(),
+        "no completion is lost to the overflow"
+    );
+    assert!(tick_ended, "the kernel ended the multishot tick");
+    assert_eq!(reactor.in_flight(WORKER), 0);
+}
+
+#[test]
+fn completion_rings_hold_two_completions_per_owner() {
+    assert_eq!(completion_entries(1024, 100), 2048);
+    assert_eq!(completion_entries(1024, 1024 + 256), 4096);
+    assert_eq!(completion_entries(1024, 10_240 + 256), 32_768);
+    assert_eq!(completion_entries(1024, 1_000_000), COMPLETION_ENTRIES_MAX);
+}
+
 #[test]
 fn sqpoll_ring_serves_operations() {
     let mut reactor = Reactor::with_sqpoll(8, 1, Some(100))

@@ -685,8 +685,16 @@ impl Worker {
             Op::Accept { peer } => self.on_accept(done.id, done.result, peer),
             Op::ReadCounter { value } => self.on_wake(done.result, value),
             Op::Tick => {
-                if done.more {
+                // Each firing completes with -ETIME; the last one of a
+                // multishot timeout comes without `more` (the kernel ends
+                // one it could not post a completion for). Re-armed then:
+                // without the tick no deadline would ever fire again.
+                if done.more || done.result == -libc::ETIME {
                     self.on_tick();
+                }
+                if !done.more {
+                    self.stats.tick_rearmed.add(1);
+                    self.tick = Some(self.reactor.tick(WORKER, TICK));
                 }
                 self.write_access_log(true);
             }
