@@ -94,6 +94,11 @@ unsafe extern "C-unwind" fn budget_hook(state: *mut ffi::lua_State, _debug: *mut
 }
 
 /// Marks a handler as running on this thread for the duration of a call.
+/// Whether the running handler was interrupted (its budget ran out).
+pub(crate) fn interrupted() -> bool {
+    INTERRUPTED.with(Cell::get)
+}
+
 pub(crate) struct Running {
     state: *mut ffi::lua_State,
 }

@@ -82,6 +82,12 @@ pub(crate) fn begin(app: u64, handler: u32) {
     TRACED.set(true);
 }
 
+/// Whether the running handler's failure (if any) is to be reported in
+/// full, without ending it.
+pub(crate) fn traced() -> bool {
+    TRACED.get()
+}
+
 /// A handler ended; whether its failure (if any) is to be reported in full.
 pub(crate) fn end() -> bool {
     HANDLER.set((0, 0));

@@ -187,8 +187,12 @@ impl LuaWorker {
                 )
             } else if ffi::lua_toboolean(state, top + 1) != 0 {
                 Dispatched::Done
-            } else {
+            } else if errors::traced() || budget::interrupted() {
                 Dispatched::Failed(stack_string(state, top + 2))
+            } else {
+                // A counted repeat: its message is never read, so it is
+                // not copied (a failing route costs no allocation).
+                Dispatched::Failed(None)
             };
             ffi::lua_settop(state, top);
             result
