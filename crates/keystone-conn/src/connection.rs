@@ -17,7 +17,7 @@ use crate::file::{FileRef, PendingFile};
 use crate::stream::StreamTail;
 use crate::{
     Config, Context, Event, Intent, Level, PinOwner, Pinned, Pipe, Policy, Timer,
-    FILE_READ_BYTES_MAX, IDLE_RELEASE_AFTER, LINGER_TIMEOUT, PIPE_BYTES,
+    FILE_READ_BYTES_MAX, IDLE_RELEASE_AFTER, LINGER_TIMEOUT,
 };
 
 /// Where a connection is in its life.
@@ -561,7 +561,7 @@ impl Connection {
                     });
                 }
                 debug_assert!(file.remaining > 0, "a finished file tail is released");
-                let len = file.remaining.min(u64::from(PIPE_BYTES)) as u32;
+                let len = file.remaining.min(u64::from(pipe.capacity)) as u32;
                 self.output = Output::SpliceIn;
                 Some(Intent::SpliceFile {
                     fd: file.file.fd(&cx.shared.files),

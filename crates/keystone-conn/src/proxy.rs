@@ -27,8 +27,7 @@ use crate::read::Complete;
 use crate::stream::RequestLabel;
 use crate::upload::Upload;
 use crate::{
-    Connection, Context, Intent, Level, Pipe, Policy, ProxyBody, ProxyHead, PIPE_BYTES,
-    STREAM_QUEUE_BYTES,
+    Connection, Context, Intent, Level, Pipe, Policy, ProxyBody, ProxyHead, STREAM_QUEUE_BYTES,
 };
 
 /// A proxied request waiting for its upstream's head.
@@ -468,7 +467,7 @@ impl Connection {
             return Some(Intent::SpliceUpstream {
                 fd: splice.fd,
                 into: splice.pipe.write,
-                len: splice.left.min(u64::from(PIPE_BYTES)) as u32,
+                len: splice.left.min(u64::from(splice.pipe.capacity)) as u32,
             });
         }
         let broken = splice.broken;

@@ -18,7 +18,8 @@ use std::time::Instant;
 
 use keystone_app::{AppPolicy, UpstreamDone, UpstreamOp, UPSTREAM_CONNECTIONS_MAX};
 use keystone_conn::{
-    Config, Connection, Context, Event, FileMeta, Intent, Pipe, Shared, Timeouts, SEND_BUFFER_BYTES,
+    Config, Connection, Context, Event, FileMeta, Intent, Pipe, Shared, Timeouts, PIPE_BYTES,
+    PIPE_DEFAULT_BYTES, SEND_BUFFER_BYTES,
 };
 use keystone_files::FileKind;
 use keystone_lua::{AppSource, LuaConfig};
@@ -282,6 +283,10 @@ impl Worker {
             .map(|(read, write)| Pipe {
                 read: read.as_raw_fd(),
                 write: write.as_raw_fd(),
+                // Asked for PIPE_BYTES; a pipe the kernel refuses to grow
+                // (past a user's pipe-buffer limit) keeps what it has.
+                capacity: crate::sys::set_pipe_capacity(read, PIPE_BYTES)
+                    .unwrap_or(PIPE_DEFAULT_BYTES),
             })
             .collect();
         let dev_null = std::fs::OpenOptions::new()

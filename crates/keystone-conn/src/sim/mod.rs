@@ -83,7 +83,11 @@ impl<P: Policy> Sim<P> {
             let read = FAKE_FD_BASE - 2 * index - 2;
             let write = read + 1;
             pipes.insert(write, VecDeque::new());
-            pipe_ends.push(Pipe { read, write });
+            pipe_ends.push(Pipe {
+                read,
+                write,
+                capacity: crate::PIPE_DEFAULT_BYTES,
+            });
         }
         let mut conn = Connection::new(
             0,
