@@ -770,6 +770,9 @@ keystone_route_requests_total{route=\"other\"} 4
 # HELP keystone_log_dropped_total Log lines dropped because the log's destination did not drain (workers and the main thread).
 # TYPE keystone_log_dropped_total counter
 keystone_log_dropped_total 0
+# HELP keystone_tick_rearmed_total Times a worker's once-a-second tick was re-armed after the kernel ended it (completion-ring overflow).
+# TYPE keystone_tick_rearmed_total counter
+keystone_tick_rearmed_total 0
 # HELP keystone_draining 1 once SIGTERM started the drain.
 # TYPE keystone_draining gauge
 keystone_draining 0
