@@ -171,6 +171,40 @@ fn serialize(c: &mut Criterion) {
     });
 }
 
+/// What one request's CPU path needs: the app, a parser and its head, the
+/// date, the response's bytes.
+struct RoundTrip {
+    app: LoadedApp,
+    parser: Parser,
+    head: Box<Head>,
+    date: DateCache,
+    out: [u8; HEAD_BYTES],
+}
+
+impl RoundTrip {
+    fn new() -> RoundTrip {
+        RoundTrip {
+            app: load_app(),
+            parser: Parser::new(),
+            head: Box::new(Head::new()),
+            date: DateCache::new(),
+            out: [0u8; HEAD_BYTES],
+        }
+    }
+
+    /// See [`round_trip`].
+    fn run(&mut self, request: &[u8]) -> usize {
+        let RoundTrip {
+            app,
+            parser,
+            head,
+            date,
+            out,
+        } = self;
+        round_trip(app, parser, head, date, request, out)
+    }
+}
+
 /// Parse, route, bind, run the Lua handler, write the response, expire: the
 /// CPU work of one request minus I/O. Returns the response length.
 fn round_trip(
@@ -223,19 +257,10 @@ const ROUND_TRIP_REQUESTS: [(&str, &[u8]); 2] = [
 ];
 
 fn lua_round_trip(c: &mut Criterion) {
-    let mut app = load_app();
-    let mut parser = Parser::new();
-    let mut head = Box::new(Head::new());
-    let date = DateCache::new();
-    let mut out = [0u8; HEAD_BYTES];
+    let mut trip = RoundTrip::new();
     let mut group = c.benchmark_group("round-trip");
     for (name, request) in ROUND_TRIP_REQUESTS {
-        group.bench_function(name, |b| {
-            b.iter(|| {
-                let request = black_box(request);
-                round_trip(&mut app, &mut parser, &mut head, &date, request, &mut out)
-            })
-        });
+        group.bench_function(name, |b| b.iter(|| trip.run(black_box(request))));
     }
     group.finish();
 }
@@ -247,18 +272,14 @@ fn report_allocations() {
     const WARM_UP: usize = 10_000;
     /// Measured requests.
     const MEASURED: u64 = 100_000;
-    let mut app = load_app();
-    let mut parser = Parser::new();
-    let mut head = Box::new(Head::new());
-    let date = DateCache::new();
-    let mut out = [0u8; HEAD_BYTES];
+    let mut trip = RoundTrip::new();
     for (name, request) in ROUND_TRIP_REQUESTS {
         for _ in 0..WARM_UP {
-            round_trip(&mut app, &mut parser, &mut head, &date, request, &mut out);
+            trip.run(request);
         }
         let before = ALLOCATIONS.load(Ordering::Relaxed);
         for _ in 0..MEASURED {
-            round_trip(&mut app, &mut parser, &mut head, &date, request, &mut out);
+            trip.run(request);
         }
         let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
         println!(
@@ -273,21 +294,10 @@ fn report_allocations() {
 /// Not callgrind: valgrind 3.19 cannot decode picohttpparser's SSE4.2
 /// string instructions.
 fn count_round_trips(count: usize) {
-    let mut app = load_app();
-    let mut parser = Parser::new();
-    let mut head = Box::new(Head::new());
-    let date = DateCache::new();
-    let mut out = [0u8; HEAD_BYTES];
+    let mut trip = RoundTrip::new();
     for (_, request) in ROUND_TRIP_REQUESTS {
         for _ in 0..count {
-            black_box(round_trip(
-                &mut app,
-                &mut parser,
-                &mut head,
-                &date,
-                black_box(request),
-                &mut out,
-            ));
+            black_box(trip.run(black_box(request)));
         }
     }
 }

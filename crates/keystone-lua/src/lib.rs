@@ -81,9 +81,9 @@ pub struct LuaWorker {
     // Field order is drop order: the Lua state (whose prelude holds the
     // exchange address) goes before the exchange it points at.
     lua: ManuallyDrop<Lua>,
-    dispatch: ManuallyDrop<Function>,
-    /// `dispatch` again, as a registry reference [`LuaWorker::run`] calls
-    /// through the C API.
+    /// The prelude's `dispatch`, as the registry reference
+    /// [`LuaWorker::run`] calls through the C API (the registry keeps the
+    /// function alive until the state closes).
     dispatch_ref: std::ffi::c_int,
     pin: ManuallyDrop<Function>,
     pull: ManuallyDrop<Function>,
@@ -330,9 +330,9 @@ impl LuaWorker {
             })
         }
         .expect("the registry takes a reference to dispatch");
+        drop(dispatch);
         LuaWorker {
             lua: ManuallyDrop::new(lua),
-            dispatch: ManuallyDrop::new(dispatch),
             dispatch_ref,
             pin: ManuallyDrop::new(pin),
             pull: ManuallyDrop::new(pull),
@@ -354,7 +354,6 @@ impl Drop for LuaWorker {
         // the exchange the prelude pointed at (the closed state cannot read
         // it any more; its cdata pointer had no finalizer).
         unsafe {
-            ManuallyDrop::drop(&mut self.dispatch);
             ManuallyDrop::drop(&mut self.pin);
             ManuallyDrop::drop(&mut self.pull);
             ManuallyDrop::drop(&mut self.respond);
