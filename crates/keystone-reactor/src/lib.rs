@@ -31,6 +31,7 @@
 //!   which never moves (see `slab.rs`).
 
 mod addr;
+mod pipe;
 mod slab;
 mod timers;
 mod writer;
@@ -47,6 +48,7 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 pub use keystone_ringbuf::{BytesLoan, PinnedBytes, SendBuf};
 use keystone_ringbuf::{MappingGuard, RingBuffer, SpareLoan};
 
+pub use crate::pipe::sized_pipe;
 pub use crate::timers::{TimerWheel, TICK};
 pub use crate::writer::BatchWriter;
 

@@ -186,12 +186,11 @@ fn many_queued_operations_flush_a_full_queue() {
     assert_eq!(reactor.in_flight(0), 0);
 }
 
+/// A pipe of the default capacity.
 fn pipe() -> (OwnedFd, OwnedFd) {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
-    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-    // SAFETY: both descriptors are fresh and owned by nobody else.
-    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+    let (read, write, capacity) = sized_pipe(PIPE_DEFAULT_BYTES).unwrap();
+    assert_eq!(capacity, PIPE_DEFAULT_BYTES);
+    (read, write)
 }
 
 #[test]
@@ -634,3 +633,22 @@ fn cancel_fd_ends_every_operation_on_a_socket() {
     assert_eq!(seen.0, Some(-libc::ECANCELED));
     assert_eq!(seen.1, Some(1), "one operation found");
 }
+
+#[test]
+fn a_pipe_grows_to_the_capacity_asked_and_reports_it() {
+    const ASKED: u32 = 256 * 1024;
+    let (_read, _write, capacity) = sized_pipe(ASKED).unwrap();
+    assert_eq!(capacity, ASKED);
+    // Past /proc/sys/fs/pipe-max-size an unprivileged caller is refused
+    // and root is not; either way the answer is what the pipe holds.
+    let max: u32 = std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let (_read, _write, held) = sized_pipe(max.saturating_mul(2)).unwrap();
+    assert!(held == PIPE_DEFAULT_BYTES || held >= max, "{held}");
+}
+
+/// A pipe's capacity when nobody changed it (16 pages).
+const PIPE_DEFAULT_BYTES: u32 = 64 * 1024;

@@ -8,7 +8,7 @@
 //! (which interrupts a runaway handler from the main thread); every other
 //! request-path operation goes through the worker's ring.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::time::Duration;
 
 /// The handled signals: drain (TERM, INT) and reload (HUP).
@@ -92,35 +92,6 @@ pub fn wake(fd: &OwnedFd, value: u64) {
     unsafe { libc::write(fd.as_raw_fd(), (&value as *const u64).cast(), 8) };
 }
 
-/// A pipe (at worker start-up: file splices go through it).
-pub fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: both descriptors are fresh and owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
-/// Asks the pipe whose end is `fd` to hold `bytes` (`F_SETPIPE_SZ`) and
-/// returns what it holds now (`F_GETPIPE_SZ`): the kernel rounds up to a
-/// power of two pages, and refuses past `/proc/sys/fs/pipe-max-size` or a
-/// user's pipe-buffer limit (then the pipe keeps its capacity).
-pub fn set_pipe_capacity(fd: &OwnedFd, bytes: u32) -> std::io::Result<u32> {
-    let bytes = libc::c_int::try_from(bytes)
-        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: fcntl on a descriptor we own, with integer arguments only.
-    unsafe {
-        libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, bytes);
-        let capacity = libc::fcntl(fd.as_raw_fd(), libc::F_GETPIPE_SZ);
-        if capacity < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(capacity as u32)
-    }
-}
-
 /// Pins the calling thread to core `index % cpus` when there are no more
 /// workers than cores.
 pub fn pin_to_core(index: u32, workers: u32) {
@@ -192,26 +163,5 @@ pub fn opened_beneath(dir: std::os::fd::RawFd, fd: std::os::fd::RawFd) -> bool {
     match (path_of(dir), path_of(fd)) {
         (Ok(root), Ok(file)) => file != root && file.starts_with(&root),
         _ => false,
-    }
-}
-
-#[cfg(test)]
-mod pipe_tests {
-    use super::*;
-
-    #[test]
-    fn a_pipe_grows_to_the_capacity_asked_and_reports_it() {
-        let (read, _write) = pipe().unwrap();
-        let asked = keystone_conn::PIPE_BYTES;
-        assert_eq!(set_pipe_capacity(&read, asked).unwrap(), asked);
-        // Past /proc/sys/fs/pipe-max-size an unprivileged caller is refused
-        // and root is not; either way the answer is what the pipe holds.
-        let max: u32 = std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        let held = set_pipe_capacity(&read, max.saturating_mul(2)).unwrap();
-        assert!(held == asked || held >= max, "{held}");
     }
 }

@@ -19,7 +19,7 @@ use std::time::Instant;
 use keystone_app::{AppPolicy, UpstreamDone, UpstreamOp, UPSTREAM_CONNECTIONS_MAX};
 use keystone_conn::{
     Config, Connection, Context, Event, FileMeta, Intent, Pipe, Shared, Timeouts, PIPE_BYTES,
-    PIPE_DEFAULT_BYTES, SEND_BUFFER_BYTES,
+    SEND_BUFFER_BYTES,
 };
 use keystone_files::FileKind;
 use keystone_lua::{AppSource, LuaConfig};
@@ -275,19 +275,22 @@ impl Worker {
             }
         };
         let pipes = (0..PIPES_PER_WORKER)
-            .map(|_| pipe())
+            .map(|_| keystone_reactor::sized_pipe(PIPE_BYTES))
             .collect::<std::io::Result<Vec<_>>>()
             .map_err(|err| format!("pipe: {err}"))?;
         let pipe_ends = pipes
             .iter()
-            .map(|(read, write)| Pipe {
+            .map(|(read, write, capacity)| Pipe {
                 read: read.as_raw_fd(),
                 write: write.as_raw_fd(),
-                // Asked for PIPE_BYTES; a pipe the kernel refuses to grow
-                // (past a user's pipe-buffer limit) keeps what it has.
-                capacity: crate::sys::set_pipe_capacity(read, PIPE_BYTES)
-                    .unwrap_or(PIPE_DEFAULT_BYTES),
+                // PIPE_BYTES, or what the kernel left a pipe it refused to
+                // grow (past a user's pipe-buffer limit).
+                capacity: *capacity,
             })
+            .collect();
+        let pipes = pipes
+            .into_iter()
+            .map(|(read, write, _)| (read, write))
             .collect();
         let dev_null = std::fs::OpenOptions::new()
             .write(true)
@@ -1021,9 +1024,4 @@ pub(crate) fn memlock_hint(err: &std::io::Error) -> String {
         " (for a non-root user io_uring memory counts against RLIMIT_MEMLOCK, `ulimit -l`, {} KiB here: each worker's ring needs about 100 KiB, plus 4 KiB per active connection for registered receive buffers; raise it or grant CAP_IPC_LOCK)",
         limit / 1024
     ))
-}
-
-/// A pipe, made at start-up (before the event loop).
-fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    crate::sys::pipe()
 }

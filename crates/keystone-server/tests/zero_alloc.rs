@@ -235,6 +235,15 @@ fn metric(admin_port: u16, name: &str) -> u64 {
         .unwrap()
 }
 
+/// Heap allocations made while `count` exchanges of `request` run.
+fn allocations_in(count: u64, stream: &mut TcpStream, request: &[u8], response: &mut [u8]) -> u64 {
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    for _ in 0..count {
+        exchange(stream, request, response);
+    }
+    ALLOCATIONS.load(Ordering::Relaxed) - before
+}
+
 /// Sends `request` and reads one response whose total length is `len`.
 fn exchange(stream: &mut TcpStream, request: &[u8], response: &mut [u8]) {
     stream.write_all(request).unwrap();
@@ -291,11 +300,7 @@ fn keep_alive_requests_allocate_nothing() {
 
     // The counter works: start-up and the warm-up client allocated.
     assert!(ALLOCATIONS.load(Ordering::Relaxed) > 0);
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
-    for _ in 0..REQUESTS {
-        exchange(&mut stream, REQUEST, &mut response);
-    }
-    let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
+    let allocations = allocations_in(REQUESTS, &mut stream, REQUEST, &mut response);
     // The window ran on the io_uring fast path: reads into the registered
     // receive window (READ_FIXED), not plain recv.
     let registered = metric(admin_port, "keystone_receives_registered_total");
@@ -310,11 +315,12 @@ fn keep_alive_requests_allocate_nothing() {
     for _ in 0..100 {
         exchange(&mut stream, STREAM_REQUEST, &mut stream_response);
     }
-    let stream_before = ALLOCATIONS.load(Ordering::Relaxed);
-    for _ in 0..STREAM_REQUESTS {
-        exchange(&mut stream, STREAM_REQUEST, &mut stream_response);
-    }
-    let stream_allocations = ALLOCATIONS.load(Ordering::Relaxed) - stream_before;
+    let stream_allocations = allocations_in(
+        STREAM_REQUESTS,
+        &mut stream,
+        STREAM_REQUEST,
+        &mut stream_response,
+    );
     println!(
         "{STREAM_REQUESTS} streams with a declared length: {stream_allocations} heap allocations"
     );
@@ -403,8 +409,6 @@ fn files_allocate_nothing(stream: &mut TcpStream) {
     assert!(page_response.ends_with(b"a page chosen by Lua\n"));
 }
 
-/// A proxied request on a kept-alive upstream connection: forwarded head
-/// written in place, the response parsed in place and relayed.
 /// A route that raises: its first failure in an error window is reported
 /// (a traceback and a log line, which allocate), the repeats are only
 /// counted and must cost nothing, the error's message included.
@@ -421,11 +425,7 @@ fn failing_routes_allocate_nothing(stream: &mut TcpStream) {
         "{}",
         String::from_utf8_lossy(&response)
     );
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
-    for _ in 0..FAILURES {
-        exchange(stream, FAILING, &mut response);
-    }
-    let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
+    let allocations = allocations_in(FAILURES, stream, FAILING, &mut response);
     println!("{FAILURES} failing requests: {allocations} heap allocations");
     // A window that ends during the run reports the site once more (and
     // the tick logs the repeats' summary): a few allocations, never one
@@ -436,6 +436,8 @@ fn failing_routes_allocate_nothing(stream: &mut TcpStream) {
     );
 }
 
+/// A proxied request on a kept-alive upstream connection: forwarded head
+/// written in place, the response parsed in place and relayed.
 fn proxied_requests_allocate_nothing(stream: &mut TcpStream) {
     let (len, body) = response_len(stream, PROXIED_REQUEST);
     assert_eq!(body, "upstream");
@@ -443,11 +445,7 @@ fn proxied_requests_allocate_nothing(stream: &mut TcpStream) {
     for _ in 0..200 {
         exchange(stream, PROXIED_REQUEST, &mut response);
     }
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
-    for _ in 0..PROXIED_REQUESTS {
-        exchange(stream, PROXIED_REQUEST, &mut response);
-    }
-    let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
+    let allocations = allocations_in(PROXIED_REQUESTS, stream, PROXIED_REQUEST, &mut response);
     println!("{PROXIED_REQUESTS} proxied requests: {allocations} heap allocations");
     assert!(
         response.ends_with(b"\r\n\r\nupstream"),
@@ -476,11 +474,7 @@ fn streamed_uploads_allocate_nothing(stream: &mut TcpStream) {
     for _ in 0..20 {
         exchange(stream, &request, &mut response);
     }
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
-    for _ in 0..UPLOADS {
-        exchange(stream, &request, &mut response);
-    }
-    let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
+    let allocations = allocations_in(UPLOADS, stream, &request, &mut response);
     println!("{UPLOADS} streamed 64 KiB uploads: {allocations} heap allocations");
     assert!(response.ends_with(b"\r\n\r\nupstream"));
     assert_eq!(
