@@ -1,0 +1,50 @@
+//! keystone-tls: TLS as a byte transform between the reactor and the
+//! connection, with no I/O of its own.
+//!
+//! Job: load the certificate/key pairs a TLS listener serves and choose
+//! between them by the client's server name ([`config`]); run one TLS
+//! connection as a sans-I/O machine ([`Link`]) that takes the connection's
+//! plaintext receives and sends and asks for ciphertext receives and sends
+//! in fixed buffers; say whether the kernel offers TLS offload
+//! ([`KernelTls::detect`]).
+//!
+//! Owns: the rustls `ServerConfig` (shared read-only by every worker, its
+//! ticket keys with it), each connection's rustls session and its two
+//! ciphertext buffers while the connection lives.
+//!
+//! Never depends on: keystone-parser, keystone-router, keystone-exchange,
+//! keystone-lua, keystone-response, keystone-files, keystone-conn,
+//! keystone-reactor, keystone-ebpf, keystone-ops, keystone-app,
+//! keystone-upstream, keystone-server (it knows bytes, not HTTP, and
+//! executes nothing: the worker submits what it asks for).
+
+pub mod config;
+mod link;
+
+pub use config::{load, CertPair, LoadError, ALPN_HTTP11};
+pub use link::{
+    Link, LinkIntent, Negotiated, CIPHER_IN_BYTES, CIPHER_OUT_BYTES, PLAIN_HTTP_RESPONSE,
+    PLAIN_STEP_BYTES,
+};
+pub use rustls::ServerConfig;
+
+/// Whether the kernel can take over a session's records (`TCP_ULP "tls"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelTls {
+    /// `/proc/net/tls_stat` exists: the kernel's TLS module is in.
+    Offered,
+    /// It does not (a kernel built without `CONFIG_TLS`, or its module
+    /// not loaded).
+    Absent,
+}
+
+impl KernelTls {
+    /// Reads `/proc/net/tls_stat`'s presence (the file the TLS module adds).
+    pub fn detect() -> KernelTls {
+        if std::path::Path::new("/proc/net/tls_stat").exists() {
+            KernelTls::Offered
+        } else {
+            KernelTls::Absent
+        }
+    }
+}

@@ -1,0 +1,533 @@
+//! One TLS connection as a sans-I/O machine between the connection and
+//! the ring: the connection's receives and sends (plaintext loans) go in,
+//! ciphertext receives and sends come out, and what the connection waits
+//! for comes back as its loans with a result, as the ring would hand them
+//! back on a cleartext connection.
+//!
+//! Events in: [`Link::recv`], [`Link::send`], [`Link::cancel_recv`],
+//! [`Link::cancel_output`], [`Link::shutdown`] (from the connection);
+//! [`Link::on_received`], [`Link::on_sent`] (from the ring). Intents out:
+//! [`Link::poll`].
+//!
+//! Bounded: ciphertext is received only while the connection waits for
+//! plaintext (or the handshake needs it) and rustls has none pending for
+//! it, into a fixed buffer; a send encrypts at most [`PLAIN_STEP_BYTES`]
+//! of the connection's bytes at a time, into a fixed buffer, and is
+//! reported done only when that ciphertext has left.
+
+use std::io::{Read, Write};
+
+use keystone_ringbuf::{RingBuffer, SendBuf, SpareLoan};
+use rustls::{ServerConfig, ServerConnection};
+
+/// Ciphertext receive buffer per TLS connection: one full TLS record
+/// (16 KiB of plaintext plus its header, tag and padding allowance) fits,
+/// so a record never needs two receives because of the buffer.
+pub const CIPHER_IN_BYTES: u32 = 18 * 1024;
+
+/// Plaintext encrypted per step of a send: two full records, so a large
+/// body leaves in 32 KiB sends (the connection's own file and body pieces
+/// are of that order) while the ciphertext buffer stays small.
+pub const PLAIN_STEP_BYTES: usize = 32 * 1024;
+
+/// Ciphertext send buffer per TLS connection: one step of records (each
+/// record adds at most 29 bytes for TLS 1.2's AES-GCM, 22 for TLS 1.3)
+/// plus room for a handshake flight's certificate chain arriving with it.
+pub const CIPHER_OUT_BYTES: u32 = 40 * 1024;
+
+/// What a cleartext HTTP request sent to a TLS port gets, in the clear
+/// (nginx's courtesy: it says which port to use, then closes).
+pub const PLAIN_HTTP_RESPONSE: &[u8] = b"HTTP/1.1 400 Bad Request\r\n\
+Server: keystone\r\n\
+Content-Type: text/plain; charset=utf-8\r\n\
+Content-Length: 47\r\n\
+Connection: close\r\n\
+\r\n\
+400 The plain HTTP request was sent to HTTPS port\n";
+
+/// The first record of a TLS connection is a handshake record.
+const CONTENT_TYPE_HANDSHAKE: u8 = 0x16;
+
+/// Where the connection is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    /// Nothing received yet.
+    Fresh,
+    /// The handshake is under way.
+    Handshaking,
+    /// Application data flows.
+    Open,
+    /// The client spoke cleartext HTTP: the courtesy 400 goes out, then
+    /// the connection reads end of stream.
+    PlainHttp,
+    /// TLS failed (a bad record, a refused handshake): the alert rustls
+    /// queued goes out, then the connection reads a reset.
+    Failed,
+}
+
+/// Where the orderly close is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Closing {
+    No,
+    /// `close_notify` is queued; the socket is shut once it has left.
+    Wanted,
+    /// The shutdown was asked for.
+    Asked,
+}
+
+/// The facts of a finished handshake.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Negotiated<'a> {
+    /// 0x0303 (TLS 1.2) or 0x0304 (TLS 1.3).
+    pub version: u16,
+    /// The IANA cipher suite id.
+    pub cipher: u16,
+    /// The server name the client asked for.
+    pub sni: Option<&'a str>,
+    /// Whether the handshake resumed an earlier session.
+    pub resumed: bool,
+}
+
+/// What the link asks for.
+#[derive(Debug)]
+pub enum LinkIntent {
+    /// Receive ciphertext into the loan (→ [`Link::on_received`]).
+    Recv(SpareLoan),
+    /// Send ciphertext (→ [`Link::on_sent`]).
+    Send(SendBuf),
+    /// Shut the socket's write side; its completion is the connection's.
+    Shutdown,
+    /// The handshake finished: read [`Link::negotiated`] and tell the
+    /// connection before it gets its first bytes.
+    Established,
+    /// The connection's receive is done: `result` plaintext bytes at the
+    /// loan's start (0: the peer closed; negative: `-errno`).
+    Received {
+        /// The connection's loan.
+        buf: SpareLoan,
+        /// Bytes or `-errno`.
+        result: i32,
+    },
+    /// The connection's send is done: its first `result` bytes went out.
+    Sent {
+        /// The connection's send.
+        buf: SendBuf,
+        /// Bytes or `-errno`.
+        result: i32,
+    },
+}
+
+/// One TLS connection's state and its two ciphertext buffers.
+pub struct Link {
+    session: ServerConnection,
+    cipher_in: RingBuffer,
+    cipher_out: RingBuffer,
+    stage: Stage,
+    closing: Closing,
+    net_recv: bool,
+    net_send: bool,
+    /// The connection's receive, waiting for plaintext.
+    plain_recv: Option<SpareLoan>,
+    /// The connection's send, and how many of its bytes were encrypted
+    /// (`None`: none yet).
+    plain_send: Option<(SendBuf, Option<u32>)>,
+    recv_done: Option<(SpareLoan, i32)>,
+    sent_done: Option<(SendBuf, i32)>,
+    /// The handshake finished and the connection was not told yet.
+    tell_established: bool,
+    /// The peer's end of stream (TCP FIN or `close_notify`).
+    peer_closed: bool,
+    /// A ciphertext operation failed with this `-errno`.
+    net_error: Option<i32>,
+    /// The failure the connection was not told yet, for the log.
+    failure: Option<rustls::Error>,
+}
+
+impl Link {
+    /// A link for a connection just accepted on a TLS listener, over two
+    /// buffers of at least [`CIPHER_IN_BYTES`] and [`CIPHER_OUT_BYTES`].
+    pub fn new(
+        config: &std::sync::Arc<ServerConfig>,
+        cipher_in: RingBuffer,
+        cipher_out: RingBuffer,
+    ) -> Result<Link, rustls::Error> {
+        debug_assert!(cipher_in.is_empty() && cipher_out.is_empty());
+        let session = ServerConnection::new(std::sync::Arc::clone(config))?;
+        Ok(Link {
+            session,
+            cipher_in,
+            cipher_out,
+            stage: Stage::Fresh,
+            closing: Closing::No,
+            net_recv: false,
+            net_send: false,
+            plain_recv: None,
+            plain_send: None,
+            recv_done: None,
+            sent_done: None,
+            tell_established: false,
+            peer_closed: false,
+            net_error: None,
+            failure: None,
+        })
+    }
+
+    /// The buffers back (reset), once nothing of the link is in flight.
+    pub fn into_buffers(self) -> (RingBuffer, RingBuffer) {
+        debug_assert!(!self.net_recv && !self.net_send);
+        let (mut cipher_in, mut cipher_out) = (self.cipher_in, self.cipher_out);
+        cipher_in.reset_for_reuse();
+        cipher_out.reset_for_reuse();
+        (cipher_in, cipher_out)
+    }
+
+    /// Whether the handshake is still under way (or not begun).
+    pub fn handshaking(&self) -> bool {
+        matches!(self.stage, Stage::Fresh | Stage::Handshaking)
+    }
+
+    /// Whether the client spoke cleartext HTTP to this TLS port.
+    pub fn plain_http(&self) -> bool {
+        self.stage == Stage::PlainHttp
+    }
+
+    /// Why TLS failed, once (for the log and the counters).
+    pub fn take_failure(&mut self) -> Option<rustls::Error> {
+        self.failure.take()
+    }
+
+    /// Whether a ciphertext receive or send is in flight.
+    pub fn in_flight(&self) -> bool {
+        self.net_recv || self.net_send
+    }
+
+    /// The handshake's outcome (after [`LinkIntent::Established`]).
+    pub fn negotiated(&self) -> Negotiated<'_> {
+        Negotiated {
+            version: self
+                .session
+                .protocol_version()
+                .map_or(0, u16::from),
+            cipher: self
+                .session
+                .negotiated_cipher_suite()
+                .map_or(0, |suite| u16::from(suite.suite())),
+            sni: self.session.server_name(),
+            resumed: matches!(
+                self.session.handshake_kind(),
+                Some(rustls::HandshakeKind::Resumed)
+            ),
+        }
+    }
+
+    /// Gives back the pages of an idle connection's buffers (nothing of
+    /// them in flight, nothing in them).
+    pub fn release_idle(&mut self) {
+        if !self.net_recv && self.cipher_in.is_empty() {
+            self.cipher_in.release_idle();
+        }
+        if !self.net_send && self.cipher_out.is_empty() {
+            self.cipher_out.release_idle();
+        }
+    }
+
+    // --- from the connection -------------------------------------------
+
+    /// The connection wants bytes in `buf`.
+    pub fn recv(&mut self, buf: SpareLoan) {
+        debug_assert!(self.plain_recv.is_none() && self.recv_done.is_none());
+        self.plain_recv = Some(buf);
+        self.progress();
+    }
+
+    /// The connection sends `buf`.
+    pub fn send(&mut self, buf: SendBuf) {
+        debug_assert!(self.plain_send.is_none() && self.sent_done.is_none());
+        self.plain_send = Some((buf, None));
+        self.progress();
+    }
+
+    /// The connection cancels its receive: it comes back at once, cancelled
+    /// (a ciphertext receive in flight stays; it fills the buffer).
+    pub fn cancel_recv(&mut self) {
+        if let Some(buf) = self.plain_recv.take() {
+            self.recv_done = Some((buf, -libc_ecanceled()));
+        }
+    }
+
+    /// The connection cancels its send: it comes back at once, cancelled;
+    /// ciphertext already made stays queued (the connection aborts next).
+    pub fn cancel_output(&mut self) {
+        if let Some((buf, _)) = self.plain_send.take() {
+            self.sent_done = Some((buf, -libc_ecanceled()));
+        }
+    }
+
+    /// The connection shuts its write side: `close_notify` first (on an
+    /// established session), then the socket's FIN.
+    pub fn shutdown(&mut self) {
+        if self.closing != Closing::No {
+            return;
+        }
+        if self.stage == Stage::Open {
+            self.session.send_close_notify();
+        }
+        self.closing = Closing::Wanted;
+        self.progress();
+    }
+
+    // --- from the ring ---------------------------------------------------
+
+    /// A ciphertext receive completed.
+    pub fn on_received(&mut self, buf: SpareLoan, result: i32) {
+        self.net_recv = false;
+        self.cipher_in.return_spare(buf, result.max(0) as u32);
+        match result {
+            0 => self.peer_closed = true,
+            r if r < 0 && r != -libc_ecanceled() => self.net_error = Some(r),
+            _ => {}
+        }
+        self.progress();
+    }
+
+    /// A ciphertext send completed.
+    pub fn on_sent(&mut self, buf: SendBuf, result: i32) {
+        self.net_send = false;
+        match buf {
+            SendBuf::Buffer(loan) => self.cipher_out.return_unsent(loan, result.max(0) as u32),
+            SendBuf::Pinned(_) => unreachable!("the link sends only its own buffer"),
+        }
+        if result < 0 {
+            self.net_error = Some(result);
+        }
+        self.progress();
+    }
+
+    /// What to do next.
+    pub fn poll(&mut self) -> Option<LinkIntent> {
+        if std::mem::take(&mut self.tell_established) {
+            return Some(LinkIntent::Established);
+        }
+        if let Some((buf, result)) = self.recv_done.take() {
+            return Some(LinkIntent::Received { buf, result });
+        }
+        if let Some((buf, result)) = self.sent_done.take() {
+            return Some(LinkIntent::Sent { buf, result });
+        }
+        if self.net_error.is_some() {
+            return None;
+        }
+        if !self.net_send && !self.cipher_out.is_empty() {
+            self.net_send = true;
+            return Some(LinkIntent::Send(SendBuf::Buffer(
+                self.cipher_out.lend_unsent(),
+            )));
+        }
+        if self.closing == Closing::Wanted && self.drained() {
+            self.closing = Closing::Asked;
+            return Some(LinkIntent::Shutdown);
+        }
+        if !self.net_recv && self.wants_ciphertext() {
+            if self.cipher_in.spare() == 0 && !self.cipher_in.is_empty() {
+                self.cipher_in.compact();
+            }
+            if self.cipher_in.spare() > 0 {
+                self.net_recv = true;
+                return Some(LinkIntent::Recv(self.cipher_in.lend_spare()));
+            }
+        }
+        None
+    }
+
+    // --- the transform -------------------------------------------------
+
+    /// Nothing queued to leave and nothing leaving.
+    fn drained(&self) -> bool {
+        !self.net_send && self.cipher_out.is_empty() && !self.session.wants_write()
+    }
+
+    fn wants_ciphertext(&self) -> bool {
+        if self.peer_closed || self.closing == Closing::Asked {
+            return false;
+        }
+        match self.stage {
+            Stage::Fresh | Stage::Handshaking => true,
+            // Backpressure: only while the connection waits and rustls has
+            // nothing for it.
+            Stage::Open => self.plain_recv.is_some() && self.session.wants_read(),
+            Stage::PlainHttp | Stage::Failed => false,
+        }
+    }
+
+    fn progress(&mut self) {
+        self.feed();
+        if self.stage == Stage::Handshaking && !self.session.is_handshaking() {
+            self.stage = Stage::Open;
+            self.tell_established = true;
+        }
+        self.encrypt();
+        self.flush();
+        self.answer_recv();
+        self.answer_send();
+    }
+
+    /// Hands received ciphertext to rustls while it takes it.
+    fn feed(&mut self) {
+        while !self.cipher_in.is_empty() {
+            if self.stage == Stage::Fresh {
+                let first = self.cipher_in.unconsumed()[0];
+                if first != CONTENT_TYPE_HANDSHAKE && first.is_ascii_uppercase() {
+                    self.stage = Stage::PlainHttp;
+                    let all = self.cipher_in.len();
+                    self.cipher_in.consume(all);
+                    self.cipher_out
+                        .append(PLAIN_HTTP_RESPONSE)
+                        .expect("a fresh send buffer holds the 400");
+                    return;
+                }
+                self.stage = Stage::Handshaking;
+            }
+            if matches!(self.stage, Stage::PlainHttp | Stage::Failed) {
+                let all = self.cipher_in.len();
+                self.cipher_in.consume(all);
+                return;
+            }
+            if !self.session.wants_read() {
+                return;
+            }
+            let mut bytes = self.cipher_in.unconsumed();
+            let before = bytes.len();
+            match self.session.read_tls(&mut bytes) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            let taken = (before - bytes.len()) as u32;
+            self.cipher_in.consume(taken);
+            match self.session.process_new_packets() {
+                Ok(state) => {
+                    if state.peer_has_closed() {
+                        self.peer_closed = true;
+                    }
+                }
+                Err(err) => {
+                    self.stage = Stage::Failed;
+                    self.failure = Some(err);
+                    let all = self.cipher_in.len();
+                    self.cipher_in.consume(all);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Encrypts the next step of the connection's send.
+    fn encrypt(&mut self) {
+        let Some((buf, taken @ None)) = &mut self.plain_send else {
+            return;
+        };
+        if self.stage != Stage::Open {
+            return;
+        }
+        let plain = match buf {
+            SendBuf::Buffer(loan) => loan.as_slice(),
+            SendBuf::Pinned(bytes) => bytes.as_slice(),
+        };
+        let step = &plain[..plain.len().min(PLAIN_STEP_BYTES)];
+        // rustls takes what its outgoing limit allows (all of one step).
+        let n = self.session.writer().write(step).unwrap_or(0);
+        *taken = Some(n as u32);
+    }
+
+    /// Moves what rustls has to send into the ciphertext buffer.
+    fn flush(&mut self) {
+        while self.session.wants_write() {
+            if !self.net_send && self.cipher_out.spare() == 0 {
+                self.cipher_out.compact();
+            }
+            let spare = self.cipher_out.spare_mut();
+            if spare.is_empty() {
+                return;
+            }
+            let mut cursor = std::io::Cursor::new(spare);
+            match self.session.write_tls(&mut cursor) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => self.cipher_out.commit(n as u32),
+            }
+        }
+    }
+
+    /// Answers the connection's receive when there is something to say.
+    fn answer_recv(&mut self) {
+        if self.recv_done.is_some() || self.tell_established {
+            return;
+        }
+        let Some(mut buf) = self.plain_recv.take() else {
+            return;
+        };
+        let result = match self.stage {
+            Stage::Open => match self.session.reader().read(buf.as_mut_slice()) {
+                Ok(n) => Some(n as i32),
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                    if let Some(errno) = self.net_error {
+                        Some(errno)
+                    } else if self.peer_closed {
+                        Some(0)
+                    } else {
+                        None
+                    }
+                }
+                // The peer closed without close_notify: an end all the same.
+                Err(_) => Some(0),
+            },
+            // The courtesy 400 or the alert goes out first.
+            Stage::PlainHttp if self.drained() || self.net_error.is_some() => Some(0),
+            Stage::Failed if self.drained() || self.net_error.is_some() => {
+                Some(-libc_econnreset())
+            }
+            Stage::Fresh | Stage::Handshaking => {
+                if let Some(errno) = self.net_error {
+                    Some(errno)
+                } else if self.peer_closed {
+                    Some(0)
+                } else {
+                    None
+                }
+            }
+            Stage::PlainHttp | Stage::Failed => None,
+        };
+        match result {
+            Some(result) => self.recv_done = Some((buf, result)),
+            None => self.plain_recv = Some(buf),
+        }
+    }
+
+    /// Answers the connection's send once its ciphertext has left.
+    fn answer_send(&mut self) {
+        if self.sent_done.is_some() {
+            return;
+        }
+        let result = match &self.plain_send {
+            None => return,
+            Some(_) if self.net_error.is_some() => self.net_error.expect("checked"),
+            // Before the handshake ends there is nothing to encrypt with:
+            // a send then (a 408 for a handshake that timed out) fails.
+            Some((_, None)) if self.stage != Stage::Open => -libc_epipe(),
+            Some((_, Some(n))) if self.drained() => *n as i32,
+            Some(_) => return,
+        };
+        let (buf, _) = self.plain_send.take().expect("checked");
+        self.sent_done = Some((buf, result));
+    }
+}
+
+// The errno values the connection machine expects (Linux's; spelled here
+// so this crate needs no libc).
+const fn libc_ecanceled() -> i32 {
+    125
+}
+const fn libc_econnreset() -> i32 {
+    104
+}
+const fn libc_epipe() -> i32 {
+    32
+}

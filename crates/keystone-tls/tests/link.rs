@@ -1,0 +1,322 @@
+//! The link in isolation: a real rustls client in memory plays the peer;
+//! the test plays the ring (it executes the link's receives and sends
+//! against the client) and the connection (its plaintext loans).
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+
+use keystone_ringbuf::{split_slab, RingBuffer, SendBuf, SpareLoan};
+use keystone_tls::{load, CertPair, Link, LinkIntent, CIPHER_IN_BYTES, CIPHER_OUT_BYTES};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, RootCertStore};
+
+struct Peer {
+    link: Link,
+    client: ClientConnection,
+    /// The connection's receive and send buffers.
+    recv: RingBuffer,
+    send: RingBuffer,
+    established: bool,
+    received: Vec<u8>,
+    recv_result: Option<i32>,
+    sent_result: Option<i32>,
+    /// Ciphertext the link sent, as the client's socket would hold it.
+    wire_to_client: Vec<u8>,
+    shut_down: bool,
+    /// A receive the test holds in flight while the client has nothing.
+    pending_recv: Option<SpareLoan>,
+}
+
+fn setup(names: &[&str]) -> (tempfile::TempDir, Arc<rustls::ServerConfig>, RootCertStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params =
+        rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    std::fs::write(dir.path().join("c.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.path().join("k.pem"), key.serialize_pem()).unwrap();
+    let config = load(&[CertPair {
+        cert: dir.path().join("c.pem"),
+        key: dir.path().join("k.pem"),
+    }])
+    .unwrap();
+    let mut roots = RootCertStore::empty();
+    roots.add(cert.der().clone()).unwrap();
+    (dir, config, roots)
+}
+
+fn buffers() -> (RingBuffer, RingBuffer, RingBuffer, RingBuffer) {
+    let mut ins = split_slab(1, CIPHER_IN_BYTES).unwrap();
+    let mut outs = split_slab(1, CIPHER_OUT_BYTES).unwrap();
+    let mut conn = split_slab(2, 64 * 1024).unwrap();
+    let send = conn.pop().unwrap();
+    let recv = conn.pop().unwrap();
+    (ins.pop().unwrap(), outs.pop().unwrap(), recv, send)
+}
+
+impl Peer {
+    fn new(config: &Arc<rustls::ServerConfig>, client: ClientConnection) -> Peer {
+        let (cin, cout, recv, send) = buffers();
+        Peer {
+            link: Link::new(config, cin, cout).unwrap(),
+            client,
+            recv,
+            send,
+            established: false,
+            received: Vec::new(),
+            recv_result: None,
+            sent_result: None,
+            wire_to_client: Vec::new(),
+            shut_down: false,
+            pending_recv: None,
+        }
+    }
+
+    /// The connection asks for bytes.
+    fn want_bytes(&mut self) {
+        let loan = self.recv.lend_spare();
+        self.link.recv(loan);
+    }
+
+    /// The connection sends `bytes`.
+    fn send_bytes(&mut self, bytes: &[u8]) {
+        self.send.append(bytes).unwrap();
+        let loan = self.send.lend_unsent();
+        self.link.send(SendBuf::Buffer(loan));
+    }
+
+    /// Runs the link against the client until neither moves.
+    fn run(&mut self) {
+        for _ in 0..1000 {
+            let mut moved = false;
+            // The client's pending ciphertext is what a receive reads.
+            while let Some(intent) = self.link.poll() {
+                moved = true;
+                match intent {
+                    LinkIntent::Recv(mut loan) => {
+                        let mut out = Vec::new();
+                        while self.client.wants_write() {
+                            self.client.write_tls(&mut out).unwrap();
+                        }
+                        let n = out.len().min(loan.len() as usize);
+                        if n == 0 {
+                            // Nothing to read yet: the receive stays in
+                            // flight; hand it back empty-handed later.
+                            self.pending_recv = Some(loan);
+                            continue;
+                        }
+                        loan.as_mut_slice()[..n].copy_from_slice(&out[..n]);
+                        assert_eq!(n, out.len(), "the test's flights fit one receive");
+                        self.link.on_received(loan, n as i32);
+                    }
+                    LinkIntent::Send(buf) => {
+                        let (ptr, len) = buf.ptr_len();
+                        let SendBuf::Buffer(loan) = &buf else {
+                            panic!("the link sends its buffer")
+                        };
+                        assert_eq!(loan.as_ptr(), ptr);
+                        self.wire_to_client.extend_from_slice(loan.as_slice());
+                        self.link.on_sent(buf, len as i32);
+                    }
+                    LinkIntent::Shutdown => self.shut_down = true,
+                    LinkIntent::Established => self.established = true,
+                    LinkIntent::Received { buf, result } => {
+                        if result > 0 {
+                            let start = buf.offset() as usize;
+                            self.recv.return_spare(buf, result as u32);
+                            let bytes = &self.recv.filled()[start..start + result as usize];
+                            self.received.extend_from_slice(bytes);
+                            let all = self.recv.len();
+                            self.recv.consume(all);
+                        } else {
+                            self.recv.return_spare(buf, 0);
+                        }
+                        self.recv_result = Some(result);
+                    }
+                    LinkIntent::Sent { buf, result } => {
+                        let SendBuf::Buffer(loan) = buf else {
+                            panic!("sent what was lent")
+                        };
+                        self.send.return_unsent(loan, result.max(0) as u32);
+                        self.sent_result = Some(result);
+                    }
+                }
+            }
+            if !self.wire_to_client.is_empty() {
+                moved = true;
+                let wire = std::mem::take(&mut self.wire_to_client);
+                let mut slice = &wire[..];
+                while !slice.is_empty() {
+                    self.client.read_tls(&mut slice).unwrap();
+                    self.client.process_new_packets().unwrap();
+                }
+            }
+            if let Some(mut loan) = self.pending_recv.take() {
+                let mut out = Vec::new();
+                while self.client.wants_write() {
+                    self.client.write_tls(&mut out).unwrap();
+                }
+                if out.is_empty() {
+                    self.pending_recv = Some(loan);
+                } else {
+                    moved = true;
+                    let n = out.len();
+                    loan.as_mut_slice()[..n].copy_from_slice(&out);
+                    self.link.on_received(loan, n as i32);
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+        panic!("the link and the client never settled");
+    }
+}
+
+fn client(config: &RootCertStore, name: &str) -> ClientConnection {
+    let mut cfg = ClientConfig::builder()
+        .with_root_certificates(config.clone())
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    ClientConnection::new(Arc::new(cfg), ServerName::try_from(name.to_string()).unwrap()).unwrap()
+}
+
+#[test]
+fn a_handshake_then_requests_and_answers_both_ways() {
+    let (_dir, config, roots) = setup(&["a.test"]);
+    let mut peer = Peer::new(&config, client(&roots, "a.test"));
+    peer.want_bytes();
+    peer.run();
+    assert!(peer.established, "the handshake finished");
+    let facts = peer.link.negotiated();
+    assert_eq!(facts.version, 0x0304);
+    assert_eq!(facts.sni, Some("a.test"));
+    assert_eq!(peer.client.alpn_protocol(), Some(&b"http/1.1"[..]));
+
+    for round in 0..3 {
+        let request = format!("GET /{round} HTTP/1.1\r\nHost: a.test\r\n\r\n");
+        peer.client.writer().write_all(request.as_bytes()).unwrap();
+        peer.run();
+        assert_eq!(peer.received, request.as_bytes(), "round {round}");
+        peer.received.clear();
+        // The answer: bigger than one encryption step on the last round.
+        let body = vec![b'x'; if round == 2 { 50_000 } else { 100 }];
+        let mut sent = 0;
+        let mut plain = Vec::new();
+        while sent < body.len() {
+            let room = (body.len() - sent).min(60_000);
+            peer.send_bytes(&body[sent..sent + room]);
+            peer.run();
+            let n = peer.sent_result.take().expect("the send finished");
+            assert!(n > 0);
+            sent += n as usize;
+            // The rest of a short send is sent again, as the connection does.
+            let rest = peer.send.len();
+            peer.send.consume(rest);
+            let mut chunk = [0; 16384];
+            while let Ok(n) = peer.client.reader().read(&mut chunk) {
+                plain.extend_from_slice(&chunk[..n]);
+            }
+        }
+        assert_eq!(plain, body);
+        peer.want_bytes();
+        peer.run();
+    }
+    // close_notify from the client: the connection reads its end.
+    peer.client.send_close_notify();
+    peer.run();
+    assert_eq!(peer.recv_result, Some(0));
+    // Our shutdown: close_notify first, then the FIN.
+    peer.link.shutdown();
+    peer.run();
+    assert!(peer.shut_down);
+    let mut rest = [0; 8];
+    assert_eq!(peer.client.reader().read(&mut rest).unwrap(), 0, "clean close");
+}
+
+#[test]
+fn cleartext_http_gets_the_courtesy_400_in_the_clear() {
+    let (_dir, config, _roots) = setup(&["a.test"]);
+    let (cin, cout, mut recv, _send) = buffers();
+    let mut link = Link::new(&config, cin, cout).unwrap();
+    link.recv(recv.lend_spare());
+    let Some(LinkIntent::Recv(mut loan)) = link.poll() else {
+        panic!("a fresh link receives")
+    };
+    let request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    loan.as_mut_slice()[..request.len()].copy_from_slice(request);
+    link.on_received(loan, request.len() as i32);
+    let Some(LinkIntent::Send(buf)) = link.poll() else {
+        panic!("the 400 goes out")
+    };
+    let SendBuf::Buffer(loan) = &buf else { panic!() };
+    assert!(loan.as_slice().starts_with(b"HTTP/1.1 400 Bad Request\r\n"));
+    assert!(String::from_utf8_lossy(loan.as_slice()).contains("sent to HTTPS port"));
+    let len = loan.len() as i32;
+    assert!(link.poll().is_none(), "nothing more while the 400 leaves");
+    link.on_sent(buf, len);
+    assert!(link.plain_http());
+    match link.poll() {
+        Some(LinkIntent::Received { buf, result: 0 }) => recv.return_spare(buf, 0),
+        other => panic!("the connection reads its end, got {other:?}"),
+    }
+    assert!(link.poll().is_none());
+}
+
+#[test]
+fn garbage_gets_an_alert_and_a_reset_and_sends_before_the_handshake_fail() {
+    let (_dir, config, _roots) = setup(&["a.test"]);
+    let (cin, cout, mut recv, mut send) = buffers();
+    let mut link = Link::new(&config, cin, cout).unwrap();
+    link.recv(recv.lend_spare());
+    // A send before the handshake ended (a timed-out handshake's 408).
+    send.append(b"HTTP/1.1 408 Request Timeout\r\n\r\n").unwrap();
+    link.send(SendBuf::Buffer(send.lend_unsent()));
+    match link.poll() {
+        Some(LinkIntent::Sent { buf: SendBuf::Buffer(loan), result }) => {
+            assert_eq!(result, -32, "EPIPE");
+            send.return_unsent(loan, 0);
+        }
+        other => panic!("the send fails, got {other:?}"),
+    }
+    let Some(LinkIntent::Recv(mut loan)) = link.poll() else {
+        panic!("a fresh link receives")
+    };
+    // A handshake record holding a message of an unknown type.
+    let junk = [0x16, 0x03, 0x01, 0x00, 0x04, 0xfe, 0x00, 0x00, 0x00];
+    loan.as_mut_slice()[..junk.len()].copy_from_slice(&junk);
+    link.on_received(loan, junk.len() as i32);
+    assert!(link.take_failure().is_some(), "rustls refused it");
+    let Some(LinkIntent::Send(buf)) = link.poll() else {
+        panic!("the alert goes out")
+    };
+    let SendBuf::Buffer(loan) = &buf else { panic!() };
+    assert_eq!(loan.as_slice()[0], 0x15, "an alert record");
+    let len = loan.len() as i32;
+    link.on_sent(buf, len);
+    match link.poll() {
+        Some(LinkIntent::Received { buf, result }) => {
+            assert_eq!(result, -104, "ECONNRESET");
+            recv.return_spare(buf, 0);
+        }
+        other => panic!("the connection reads a reset, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_client_offering_only_h2_is_refused() {
+    let (_dir, config, roots) = setup(&["a.test"]);
+    let mut cfg = ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let client =
+        ClientConnection::new(Arc::new(cfg), ServerName::try_from("a.test").unwrap()).unwrap();
+    let mut peer = Peer::new(&config, client);
+    peer.want_bytes();
+    // The client sees the alert: its processing fails.
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| peer.run()));
+    assert!(result.is_err() || !peer.established);
+    assert!(!peer.established);
+}
