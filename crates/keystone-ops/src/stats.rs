@@ -84,6 +84,14 @@ pub struct WorkerStats {
     /// kernel ended it (a completion-ring overflow ends multishot
     /// operations).
     pub tick_rearmed: Counter,
+    /// TLS handshakes finished (every one encrypts in user space: the
+    /// kernel-TLS hand-off is not implemented).
+    pub tls_handshakes: Counter,
+    /// TLS connections refused by rustls (a bad record or a refused
+    /// handshake).
+    pub tls_failed: Counter,
+    /// Cleartext HTTP requests sent to a TLS port (answered with a 400).
+    pub tls_plain_http: Counter,
     route_names: Mutex<Vec<String>>,
     /// Per upstream peer (names in `peer_names`; the last slot: peers past
     /// `PEER_COUNTERS_MAX`).
@@ -187,6 +195,9 @@ impl Default for WorkerStats {
             registered_buffers: Counter::default(),
             log_dropped: Counter::default(),
             tick_rearmed: Counter::default(),
+            tls_handshakes: Counter::default(),
+            tls_failed: Counter::default(),
+            tls_plain_http: Counter::default(),
             route_names: Mutex::new(Vec::new()),
             peers: (0..PEER_COUNTERS_MAX + 1)
                 .map(|_| PeerCounters::default())
@@ -414,6 +425,34 @@ pub fn prometheus(shared: &Shared, extra: &str) -> String {
     );
     let rearmed = sum(&|w| w.tick_rearmed.get());
     let _ = writeln!(out, "keystone_tick_rearmed_total {rearmed}");
+    family(
+        &mut out,
+        "keystone_tls_connections_total",
+        "counter",
+        "TLS connections whose handshake finished, by where their records are encrypted (userspace or ktls).",
+    );
+    let handshakes = sum(&|w| w.tls_handshakes.get());
+    let _ = writeln!(
+        out,
+        "keystone_tls_connections_total{{path=\"userspace\"}} {handshakes}"
+    );
+    let _ = writeln!(out, "keystone_tls_connections_total{{path=\"ktls\"}} 0");
+    family(
+        &mut out,
+        "keystone_tls_failed_total",
+        "counter",
+        "TLS connections closed because a record or the handshake was refused.",
+    );
+    let failed = sum(&|w| w.tls_failed.get());
+    let _ = writeln!(out, "keystone_tls_failed_total {failed}");
+    family(
+        &mut out,
+        "keystone_tls_plain_http_total",
+        "counter",
+        "Cleartext HTTP requests sent to a TLS port (answered 400, then closed).",
+    );
+    let plain = sum(&|w| w.tls_plain_http.get());
+    let _ = writeln!(out, "keystone_tls_plain_http_total {plain}");
     let draining = u8::from(shared.draining.load(Ordering::Relaxed));
     family(
         &mut out,
@@ -773,6 +812,16 @@ keystone_log_dropped_total 0
 # HELP keystone_tick_rearmed_total Times a worker's once-a-second tick was re-armed after the kernel ended it (completion-ring overflow).
 # TYPE keystone_tick_rearmed_total counter
 keystone_tick_rearmed_total 0
+# HELP keystone_tls_connections_total TLS connections whose handshake finished, by where their records are encrypted (userspace or ktls).
+# TYPE keystone_tls_connections_total counter
+keystone_tls_connections_total{path=\"userspace\"} 0
+keystone_tls_connections_total{path=\"ktls\"} 0
+# HELP keystone_tls_failed_total TLS connections closed because a record or the handshake was refused.
+# TYPE keystone_tls_failed_total counter
+keystone_tls_failed_total 0
+# HELP keystone_tls_plain_http_total Cleartext HTTP requests sent to a TLS port (answered 400, then closed).
+# TYPE keystone_tls_plain_http_total counter
+keystone_tls_plain_http_total 0
 # HELP keystone_draining 1 once SIGTERM started the drain.
 # TYPE keystone_draining gauge
 keystone_draining 0

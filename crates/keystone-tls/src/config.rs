@@ -70,7 +70,10 @@ pub enum LoadError {
 impl fmt::Display for LoadError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            LoadError::NoPairs => write!(f, "--tls-listen needs at least one --tls-cert/--tls-key pair"),
+            LoadError::NoPairs => write!(
+                f,
+                "--tls-listen needs at least one --tls-cert/--tls-key pair"
+            ),
             LoadError::Unreadable { flag, path, why } => {
                 write!(f, "cannot read {flag} {}: {why}", path.display())
             }
@@ -256,7 +259,10 @@ mod tests {
             key: a.key.clone(),
         };
         let err = load(&[missing]).unwrap_err().to_string();
-        assert!(err.contains("--tls-cert") && err.contains("nope.crt"), "{err}");
+        assert!(
+            err.contains("--tls-cert") && err.contains("nope.crt"),
+            "{err}"
+        );
 
         let swapped = CertPair {
             cert: a.cert.clone(),

@@ -40,7 +40,7 @@ pub const CIPHER_OUT_BYTES: u32 = 40 * 1024;
 pub const PLAIN_HTTP_RESPONSE: &[u8] = b"HTTP/1.1 400 Bad Request\r\n\
 Server: keystone\r\n\
 Content-Type: text/plain; charset=utf-8\r\n\
-Content-Length: 47\r\n\
+Content-Length: 50\r\n\
 Connection: close\r\n\
 \r\n\
 400 The plain HTTP request was sent to HTTPS port\n";
@@ -204,10 +204,7 @@ impl Link {
     /// The handshake's outcome (after [`LinkIntent::Established`]).
     pub fn negotiated(&self) -> Negotiated<'_> {
         Negotiated {
-            version: self
-                .session
-                .protocol_version()
-                .map_or(0, u16::from),
+            version: self.session.protocol_version().map_or(0, u16::from),
             cipher: self
                 .session
                 .negotiated_cipher_suite()
@@ -481,9 +478,7 @@ impl Link {
             },
             // The courtesy 400 or the alert goes out first.
             Stage::PlainHttp if self.drained() || self.net_error.is_some() => Some(0),
-            Stage::Failed if self.drained() || self.net_error.is_some() => {
-                Some(-libc_econnreset())
-            }
+            Stage::Failed if self.drained() || self.net_error.is_some() => Some(-libc_econnreset()),
             Stage::Fresh | Stage::Handshaking => {
                 if let Some(errno) = self.net_error {
                     Some(errno)

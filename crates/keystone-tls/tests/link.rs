@@ -179,7 +179,11 @@ fn client(config: &RootCertStore, name: &str) -> ClientConnection {
         .with_root_certificates(config.clone())
         .with_no_client_auth();
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    ClientConnection::new(Arc::new(cfg), ServerName::try_from(name.to_string()).unwrap()).unwrap()
+    ClientConnection::new(
+        Arc::new(cfg),
+        ServerName::try_from(name.to_string()).unwrap(),
+    )
+    .unwrap()
 }
 
 #[test]
@@ -232,7 +236,11 @@ fn a_handshake_then_requests_and_answers_both_ways() {
     peer.run();
     assert!(peer.shut_down);
     let mut rest = [0; 8];
-    assert_eq!(peer.client.reader().read(&mut rest).unwrap(), 0, "clean close");
+    assert_eq!(
+        peer.client.reader().read(&mut rest).unwrap(),
+        0,
+        "clean close"
+    );
 }
 
 #[test]
@@ -250,9 +258,17 @@ fn cleartext_http_gets_the_courtesy_400_in_the_clear() {
     let Some(LinkIntent::Send(buf)) = link.poll() else {
         panic!("the 400 goes out")
     };
-    let SendBuf::Buffer(loan) = &buf else { panic!() };
+    let SendBuf::Buffer(loan) = &buf else {
+        panic!()
+    };
     assert!(loan.as_slice().starts_with(b"HTTP/1.1 400 Bad Request\r\n"));
-    assert!(String::from_utf8_lossy(loan.as_slice()).contains("sent to HTTPS port"));
+    let text = String::from_utf8_lossy(loan.as_slice()).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("a whole response");
+    assert!(body.contains("sent to HTTPS port"), "{body}");
+    assert!(
+        head.contains(&format!("Content-Length: {}\r\n", body.len())),
+        "the length frames the body: {text:?}"
+    );
     let len = loan.len() as i32;
     assert!(link.poll().is_none(), "nothing more while the 400 leaves");
     link.on_sent(buf, len);
@@ -271,10 +287,14 @@ fn garbage_gets_an_alert_and_a_reset_and_sends_before_the_handshake_fail() {
     let mut link = Link::new(&config, cin, cout).unwrap();
     link.recv(recv.lend_spare());
     // A send before the handshake ended (a timed-out handshake's 408).
-    send.append(b"HTTP/1.1 408 Request Timeout\r\n\r\n").unwrap();
+    send.append(b"HTTP/1.1 408 Request Timeout\r\n\r\n")
+        .unwrap();
     link.send(SendBuf::Buffer(send.lend_unsent()));
     match link.poll() {
-        Some(LinkIntent::Sent { buf: SendBuf::Buffer(loan), result }) => {
+        Some(LinkIntent::Sent {
+            buf: SendBuf::Buffer(loan),
+            result,
+        }) => {
             assert_eq!(result, -32, "EPIPE");
             send.return_unsent(loan, 0);
         }
@@ -291,7 +311,9 @@ fn garbage_gets_an_alert_and_a_reset_and_sends_before_the_handshake_fail() {
     let Some(LinkIntent::Send(buf)) = link.poll() else {
         panic!("the alert goes out")
     };
-    let SendBuf::Buffer(loan) = &buf else { panic!() };
+    let SendBuf::Buffer(loan) = &buf else {
+        panic!()
+    };
     assert_eq!(loan.as_slice()[0], 0x15, "an alert record");
     let len = loan.len() as i32;
     link.on_sent(buf, len);
