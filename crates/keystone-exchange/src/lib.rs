@@ -26,10 +26,15 @@
 mod cookie;
 mod header;
 mod query;
+mod tls;
 
 pub use cookie::find_cookie;
 pub use header::{parse_content_length, valid_header_name, valid_header_value};
 pub use query::find_query_arg;
+pub use tls::{
+    tls_cipher_name, tls_protocol_name, TlsFacts, TLS_CIPHER_NAMES, TLS_PROTOCOL_NAMES,
+    TLS_SNI_MAX, TLS_VERSION_1_2, TLS_VERSION_1_3, TLS_VERSION_CLEARTEXT, TLS_VERSION_PENDING,
+};
 
 use keystone_parser::{Head, HeaderSpan, ResponseHead};
 use keystone_ringbuf::Span;
@@ -299,6 +304,11 @@ pub struct HttpExchange {
     /// The upstream's whole body while `on_response` runs with
     /// `ctx.upstream_buffer` (`ctx.upstream_response.body`); null otherwise.
     pub upstream_body: *const u8,
+    // --- the client connection (read-only for policy) -------------------
+    /// The client connection's TLS facts (`ctx.scheme`, `ctx.tls`),
+    /// captured when its handshake finished and bound with every request
+    /// like `peer`; cleartext when unbound.
+    pub tls: TlsFacts,
 }
 
 /// A peer's IP address and port as plain bytes (the ABI's view of a
@@ -420,7 +430,22 @@ impl HttpExchange {
             upstream_buffer: 0,
             upstream_body_len: 0,
             upstream_body: std::ptr::null(),
+            tls: TlsFacts::CLEARTEXT,
         })
+    }
+
+    /// Points the exchange at one request of a cleartext connection (what
+    /// in-process drivers without a connection bind): [`HttpExchange::bind_with_tls`]
+    /// with [`TlsFacts::CLEARTEXT`].
+    pub fn bind(
+        &mut self,
+        base: &[u8],
+        head: &Head,
+        params: &[Param<'_>],
+        body: Span,
+        peer: PeerAddr,
+    ) {
+        self.bind_with_tls(base, head, params, body, peer, &TlsFacts::CLEARTEXT);
     }
 
     /// Points the exchange at one request: `base` is the start of the buffer
@@ -429,14 +454,16 @@ impl HttpExchange {
     /// The caller keeps those bytes and `head` unchanged until
     /// [`HttpExchange::expire`]; that is the one lifetime types cannot show
     /// here (the server's connection state machine enforces it). `peer` is
-    /// the client's address, captured at accept.
-    pub fn bind(
+    /// the client's address, captured at accept; `tls` its connection's TLS
+    /// facts, captured when the handshake finished.
+    pub fn bind_with_tls(
         &mut self,
         base: &[u8],
         head: &Head,
         params: &[Param<'_>],
         body: Span,
         peer: PeerAddr,
+        tls: &TlsFacts,
     ) {
         debug_assert!(self.base.is_null(), "bind while a request is bound");
         assert!(params.len() <= PARAMS_MAX);
@@ -472,6 +499,13 @@ impl HttpExchange {
         self.body_ptr = std::ptr::null();
         self.body_len = 0;
         self.peer = peer;
+        if tls.is_encrypted() {
+            self.tls = *tls;
+        } else {
+            // The common case: a few stores, not a copy of the name bytes.
+            self.tls.clear();
+        }
+        debug_assert_eq!(self.tls, *tls);
         self.upstream = 0;
         self.upstream_header_count = 0;
         self.upstream_path = std::ptr::null();
@@ -582,6 +616,7 @@ impl HttpExchange {
         self.body_ptr = std::ptr::null();
         self.body_len = 0;
         self.peer = PeerAddr::NONE;
+        self.tls.clear();
         self.upstream_base = std::ptr::null();
         self.upstream_response_headers = std::ptr::null();
         self.upstream_response_header_count = 0;

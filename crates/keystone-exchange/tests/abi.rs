@@ -4,7 +4,11 @@
 
 use std::mem::{align_of, offset_of, size_of};
 
-use keystone_exchange::{HeaderError, HttpExchange, ParamView, PeerAddr, ResponseHeader};
+use keystone_exchange::{
+    tls_cipher_name, tls_protocol_name, HeaderError, HttpExchange, ParamView, PeerAddr,
+    ResponseHeader, TlsFacts, TLS_CIPHER_NAMES, TLS_SNI_MAX, TLS_VERSION_1_2, TLS_VERSION_1_3,
+    TLS_VERSION_CLEARTEXT, TLS_VERSION_PENDING,
+};
 use keystone_parser::{Head, HeaderSpan, Limits, ParseStatus, Parser};
 use keystone_ringbuf::Span;
 use keystone_router::{Param, RouterBuilder};
@@ -130,11 +134,29 @@ fn layout_is_pinned() {
             offset_of!(HttpExchange, upstream_body),
             18336,
         ),
+        ("tls", offset_of!(HttpExchange, tls), 18344),
     ];
     for (name, actual, expected) in offsets {
         assert_eq!(actual, expected, "offset of {name}");
     }
-    assert_eq!(size_of::<HttpExchange>(), 18344);
+    // 18344 + 262 bytes of TLS facts, rounded up to the 8-byte alignment.
+    assert_eq!(size_of::<HttpExchange>(), 18608);
+}
+
+#[test]
+fn tls_facts_layout_is_pinned() {
+    assert_eq!(size_of::<TlsFacts>(), 262);
+    assert_eq!(align_of::<TlsFacts>(), 2);
+    let offsets = [
+        ("version", offset_of!(TlsFacts, version), 0),
+        ("cipher", offset_of!(TlsFacts, cipher), 2),
+        ("sni_len", offset_of!(TlsFacts, sni_len), 4),
+        ("sni", offset_of!(TlsFacts, sni), 6),
+        ("_pad", offset_of!(TlsFacts, _pad), 6 + TLS_SNI_MAX),
+    ];
+    for (name, actual, expected) in offsets {
+        assert_eq!(actual, expected, "offset of TlsFacts::{name}");
+    }
 }
 
 fn parse(request: &[u8], head: &mut Head) {
@@ -341,4 +363,114 @@ fn peer_addresses_are_plain_bytes_in_the_abi() {
     assert_eq!(PeerAddr::NONE.ip(), None);
     let v4 = PeerAddr::new(Some("10.1.2.3:9".parse().unwrap()));
     assert_eq!((v4.family, &v4.addr[..4]), (4, &[10, 1, 2, 3][..]));
+}
+
+/// The three states `version` carries, and what each says.
+#[test]
+fn tls_facts_cleartext_pending_and_finished() {
+    let cleartext = TlsFacts::CLEARTEXT;
+    assert_eq!(cleartext.version, TLS_VERSION_CLEARTEXT);
+    assert!(!cleartext.is_encrypted());
+    assert!(!cleartext.is_pending());
+    assert_eq!(TlsFacts::default(), cleartext);
+    let pending = TlsFacts::pending();
+    assert_eq!(pending.version, TLS_VERSION_PENDING);
+    assert!(pending.is_encrypted());
+    assert!(pending.is_pending());
+    assert_eq!(
+        (pending.protocol_name(), pending.cipher_name()),
+        (None, None)
+    );
+    assert_eq!(pending.sni(), None);
+    let done = TlsFacts::new(TLS_VERSION_1_3, 0x1301, Some("example.com"));
+    assert!(done.is_encrypted());
+    assert!(!done.is_pending());
+    assert_eq!(done.protocol_name(), Some("TLSv1.3"));
+    assert_eq!(done.cipher_name(), Some("TLS_AES_128_GCM_SHA256"));
+    assert_eq!(done.sni(), Some(&b"example.com"[..]));
+    let no_name = TlsFacts::new(TLS_VERSION_1_2, 0xc02f, None);
+    assert_eq!(no_name.sni(), None);
+    assert_eq!(no_name.protocol_name(), Some("TLSv1.2"));
+    assert_eq!(TlsFacts::new(TLS_VERSION_1_2, 0xc02f, Some("")).sni(), None);
+    // A version without a name is still encrypted.
+    let unknown = TlsFacts::new(0x0305, 0x9999, None);
+    assert!(unknown.is_encrypted());
+    assert_eq!(
+        (unknown.protocol_name(), unknown.cipher_name()),
+        (None, None)
+    );
+}
+
+/// A server name is kept up to `TLS_SNI_MAX` bytes; a longer one is
+/// dropped whole, never cut.
+#[test]
+fn tls_sni_at_and_past_its_limit() {
+    let at = "a".repeat(TLS_SNI_MAX);
+    let facts = TlsFacts::new(TLS_VERSION_1_3, 0x1302, Some(&at));
+    assert_eq!(facts.sni(), Some(at.as_bytes()));
+    assert_eq!(facts.sni_len as usize, TLS_SNI_MAX);
+    let past = "a".repeat(TLS_SNI_MAX + 1);
+    let facts = TlsFacts::new(TLS_VERSION_1_3, 0x1302, Some(&past));
+    assert_eq!(facts.sni(), None);
+    assert_eq!(facts.sni_len, 0);
+    assert_eq!(facts.cipher_name(), Some("TLS_AES_256_GCM_SHA384"));
+}
+
+/// OpenSSL's names, as nginx's `$ssl_cipher` and `$ssl_protocol` show them.
+#[test]
+fn tls_names_are_openssls() {
+    let cases: [(u16, Option<&str>); 11] = [
+        (0x1301, Some("TLS_AES_128_GCM_SHA256")),
+        (0x1302, Some("TLS_AES_256_GCM_SHA384")),
+        (0x1303, Some("TLS_CHACHA20_POLY1305_SHA256")),
+        (0xc02b, Some("ECDHE-ECDSA-AES128-GCM-SHA256")),
+        (0xc02c, Some("ECDHE-ECDSA-AES256-GCM-SHA384")),
+        (0xcca9, Some("ECDHE-ECDSA-CHACHA20-POLY1305")),
+        (0xc02f, Some("ECDHE-RSA-AES128-GCM-SHA256")),
+        (0xc030, Some("ECDHE-RSA-AES256-GCM-SHA384")),
+        (0xcca8, Some("ECDHE-RSA-CHACHA20-POLY1305")),
+        (0x0000, None),
+        (0x009c, None),
+    ];
+    for (id, name) in cases {
+        assert_eq!(tls_cipher_name(id), name, "{id:#06x}");
+    }
+    assert_eq!(TLS_CIPHER_NAMES.len(), 9);
+    let protocols = [
+        (TLS_VERSION_1_2, Some("TLSv1.2")),
+        (TLS_VERSION_1_3, Some("TLSv1.3")),
+        (TLS_VERSION_CLEARTEXT, None),
+        (TLS_VERSION_PENDING, None),
+        (0x0302, None),
+    ];
+    for (version, name) in protocols {
+        assert_eq!(tls_protocol_name(version), name, "{version:#06x}");
+    }
+}
+
+/// The facts travel with every bind, like the peer: a TLS request shows
+/// them, `expire` clears them, and a cleartext bind after a TLS one shows
+/// none of the earlier facts.
+#[test]
+fn bind_carries_tls_facts_and_expire_clears_them() {
+    let request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut head = Head::new();
+    parse(request, &mut head);
+    let mut ex = HttpExchange::new_boxed(0);
+    assert_eq!(ex.tls, TlsFacts::CLEARTEXT);
+    let facts = TlsFacts::new(TLS_VERSION_1_3, 0x1303, Some("api.example"));
+    let peer = PeerAddr::new(Some("192.0.2.1:443".parse().unwrap()));
+    ex.bind_with_tls(request, &head, &[], Span::EMPTY, peer, &facts);
+    assert_eq!(ex.tls, facts);
+    assert_eq!(ex.tls.sni(), Some(&b"api.example"[..]));
+    assert_eq!(ex.peer, peer);
+    ex.expire();
+    assert_eq!(ex.tls, TlsFacts::CLEARTEXT);
+    assert!(!ex.tls.is_encrypted());
+    ex.bind_with_tls(request, &head, &[], Span::EMPTY, peer, &facts);
+    ex.expire();
+    ex.bind(request, &head, &[], Span::EMPTY, peer);
+    assert_eq!(ex.tls, TlsFacts::CLEARTEXT, "a cleartext bind shows no TLS");
+    assert_eq!(ex.tls.sni(), None);
+    ex.expire();
 }

@@ -4,7 +4,9 @@
 
 use std::mem::offset_of;
 
-use keystone_exchange::{find_query_arg, HeaderError, HttpExchange};
+use keystone_exchange::{
+    find_query_arg, HeaderError, HttpExchange, TlsFacts, TLS_CIPHER_NAMES, TLS_PROTOCOL_NAMES,
+};
 use mlua::{Lua, Table};
 
 /// Reads `len` bytes at `ptr` that LuaJIT passed from a Lua string.
@@ -440,11 +442,12 @@ unsafe extern "C" fn wants_trace(ex: *mut HttpExchange, message: *const u8, len:
     i32::from(crate::errors::wants_trace(&label[..label_len], message))
 }
 
-/// Size and field offsets of [`HttpExchange`], checked by the prelude
-/// against its `ffi.cdef` so the two declarations cannot drift.
+/// Size and field offsets of [`HttpExchange`] (and of its [`TlsFacts`]),
+/// checked by the prelude against its `ffi.cdef` so the two declarations
+/// cannot drift, and the TLS names the prelude shows (`ctx.tls`).
 pub(crate) fn layout(lua: &Lua) -> mlua::Result<Table> {
     let offsets = lua.create_table()?;
-    let fields: [(&str, usize); 41] = [
+    let fields: [(&str, usize); 42] = [
         ("generation", offset_of!(HttpExchange, generation)),
         ("worker", offset_of!(HttpExchange, worker)),
         ("base", offset_of!(HttpExchange, base)),
@@ -513,12 +516,27 @@ pub(crate) fn layout(lua: &Lua) -> mlua::Result<Table> {
             offset_of!(HttpExchange, upstream_body_len),
         ),
         ("upstream_body", offset_of!(HttpExchange, upstream_body)),
+        ("tls", offset_of!(HttpExchange, tls)),
     ];
     for (name, offset) in fields {
         offsets.set(name, offset)?;
     }
+    let tls_offsets = lua.create_table()?;
+    let tls_fields: [(&str, usize); 4] = [
+        ("version", offset_of!(TlsFacts, version)),
+        ("cipher", offset_of!(TlsFacts, cipher)),
+        ("sni_len", offset_of!(TlsFacts, sni_len)),
+        ("sni", offset_of!(TlsFacts, sni)),
+    ];
+    for (name, offset) in tls_fields {
+        tls_offsets.set(name, offset)?;
+    }
     let layout = lua.create_table()?;
     layout.set("size", std::mem::size_of::<HttpExchange>())?;
+    layout.set("tls_size", std::mem::size_of::<TlsFacts>())?;
+    layout.set("tls_offsets", tls_offsets)?;
+    layout.set("tls_protocols", lua.create_table_from(TLS_PROTOCOL_NAMES)?)?;
+    layout.set("tls_ciphers", lua.create_table_from(TLS_CIPHER_NAMES)?)?;
     layout.set("upstream_buffer_max", keystone_upstream::BUFFERED_BODY_MAX)?;
     layout.set("offsets", offsets)?;
     Ok(layout)

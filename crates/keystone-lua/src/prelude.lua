@@ -28,6 +28,7 @@ typedef struct { uint32_t offset; uint32_t len; } ks_span;
 typedef struct { ks_span name; ks_span value; } ks_header;
 typedef struct { const char *name_ptr; uint32_t name_len; ks_span value; uint32_t _pad; } ks_param;
 typedef struct { uint16_t family; uint16_t port; uint8_t addr[16]; } ks_peer;
+typedef struct { uint16_t version; uint16_t cipher; uint16_t sni_len; char sni[255]; uint8_t _pad; } ks_tls;
 typedef struct {
   uint32_t generation;
   uint32_t worker;
@@ -70,6 +71,7 @@ typedef struct {
   uint32_t upstream_buffer;
   uint32_t upstream_body_len;
   const char *upstream_body;
+  ks_tls tls;
 } HttpExchange;
 typedef int32_t (*ks_find_fn)(HttpExchange *, const char *, size_t);
 typedef int32_t (*ks_set_fn)(HttpExchange *, const char *, size_t, const char *, size_t);
@@ -83,9 +85,18 @@ return function(ex_addr, fns, layout, messages)
   for field, offset in pairs(layout.offsets) do
     assert(ffi.offsetof("HttpExchange", field) == offset, "HttpExchange offset mismatch for " .. field)
   end
+  assert(ffi.sizeof("ks_tls") == layout.tls_size,
+    "TlsFacts size mismatch: prelude " .. ffi.sizeof("ks_tls") .. ", engine " .. layout.tls_size)
+  for field, offset in pairs(layout.tls_offsets) do
+    assert(ffi.offsetof("ks_tls", field) == offset, "TlsFacts offset mismatch for " .. field)
+  end
 
   local ex = ffi.cast("HttpExchange *", ex_addr)
   local UPSTREAM_BUFFER_MAX = layout.upstream_buffer_max
+  -- keystone_exchange's names by version and by cipher suite id (the
+  -- engine's tables, so the two cannot differ); 0 is a cleartext version.
+  local TLS_CLEARTEXT = 0
+  local tls_protocols, tls_ciphers = layout.tls_protocols, layout.tls_ciphers
   local find_header = ffi.cast("ks_find_fn", fns.find_header)
   local find_param = ffi.cast("ks_find_fn", fns.find_param)
   local query_arg = ffi.cast("ks_find_fn", fns.query_arg)
@@ -104,6 +115,7 @@ return function(ex_addr, fns, layout, messages)
   local BODY_INLINE, BODY_FILE, BODY_STREAM = 0, 1, 2 -- keystone_exchange::BodyKind
   local handlers = {}
   local current_body, cur_params, cur_args, cur_request, cur_headers, cur_request_headers, cur_cookies
+  local cur_tls
   -- Proxying: the pool names (index + 1 is what ex.upstream holds), and the
   -- strings handed to the engine, kept alive until the next dispatch.
   local upstream_index, upstream_names = {}, {}
@@ -182,6 +194,29 @@ return function(ex_addr, fns, layout, messages)
       if not cur_request_headers then cur_request_headers = proxy(request_headers_mt) end
       return cur_request_headers
     end,
+  }
+
+  -- ctx.tls: the client connection's TLS facts, read from the exchange on
+  -- each access (a name only when asked for).
+  local tls_fields = {
+    sni = function()
+      local n = ex.tls.sni_len
+      if n == 0 then return nil end
+      return ffi_string(ex.tls.sni, n)
+    end,
+    protocol = function() return tls_protocols[ex.tls.version] end,
+    cipher = function() return tls_ciphers[ex.tls.cipher] end,
+  }
+
+  local tls_mt = {
+    __metatable = false,
+    __index = function(t, k)
+      if rawget(t, GEN) ~= ex.generation then expired() end
+      local f = tls_fields[k]
+      if f then return f() end
+      return nil
+    end,
+    __newindex = read_only("ctx.tls"),
   }
 
   local request_mt = {
@@ -310,6 +345,17 @@ return function(ex_addr, fns, layout, messages)
     query = request_fields.query,
     target = request_fields.target,
     worker = function() return ex.worker end,
+    -- "https" on an encrypted client connection (nginx's $scheme).
+    scheme = function()
+      if ex.tls.version == TLS_CLEARTEXT then return "http" end
+      return "https"
+    end,
+    -- nil on a cleartext connection, else a read-only view of its TLS.
+    tls = function()
+      if ex.tls.version == TLS_CLEARTEXT then return nil end
+      if not cur_tls then cur_tls = proxy(tls_mt) end
+      return cur_tls
+    end,
     remote_addr = function()
       local n = remote_addr(ex, nil, 0)
       if n < 0 then return nil end
@@ -498,7 +544,7 @@ return function(ex_addr, fns, layout, messages)
     current_body, cur_params, cur_args, cur_request, cur_headers, cur_request_headers, cur_cookies =
         nil, nil, nil, nil, nil, nil, nil
     cur_upstream_path, cur_upstream_key, cur_upstream_headers = nil, nil, nil
-    cur_on_response, cur_upstream_response, cur_upstream_response_headers = nil, nil, nil
+    cur_on_response, cur_upstream_response, cur_upstream_response_headers, cur_tls = nil, nil, nil, nil
     -- ctx holds its generation at [1]: a one-slot array part lives inside
     -- the table's own allocation, where a `[GEN]` key needs a hash part of
     -- its own. One LuaJIT allocation per request instead of two, and less
@@ -578,7 +624,7 @@ return function(ex_addr, fns, layout, messages)
     current_body, cur_params, cur_args, cur_request, cur_headers, cur_request_headers, cur_cookies =
         nil, nil, nil, nil, nil, nil, nil
     cur_upstream_path, cur_upstream_key, cur_upstream_headers = nil, nil, nil
-    cur_on_response, cur_upstream_response, cur_upstream_response_headers = nil, nil, nil
+    cur_on_response, cur_upstream_response, cur_upstream_response_headers, cur_tls = nil, nil, nil, nil
     local ctx = setmetatable({ ex.generation }, ctx_mt)
     local ok, err = xpcall(hook, traceback, ctx)
     last_body = current_body

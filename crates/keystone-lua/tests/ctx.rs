@@ -438,3 +438,102 @@ fn ctx_upstream_fields() {
         assert!(error.contains(message), "{path}: {error}");
     }
 }
+
+/// The app `ctx_scheme_and_tls_*` run: every field of `ctx.scheme` and
+/// `ctx.tls`, `-` standing for nil.
+const TLS_APP: &str = r#"
+local saved
+local function show(v) if v == nil then return "-" end return v end
+return { routes = {
+  ["GET /tls"] = function(ctx)
+    local tls = ctx.tls
+    if tls == nil then ctx.body = ctx.scheme .. " nil" return end
+    assert(ctx.tls == tls, "one view per request")
+    saved = tls
+    ctx.body = table.concat({ ctx.scheme, show(tls.sni), show(tls.protocol),
+      show(tls.cipher), show(tls.unknown) }, " ")
+  end,
+  ["GET /write"] = function(ctx)
+    local a, ea = pcall(function() ctx.tls.sni = "other" end)
+    local b, eb = pcall(function() ctx.scheme = "http" end)
+    local c, ec = pcall(function() ctx.tls = {} end)
+    ctx.body = table.concat({ tostring(a), ea, tostring(b), eb, tostring(c), ec }, "\n")
+  end,
+  ["GET /kept"] = function(ctx)
+    local ok, err = pcall(function() return saved.sni end)
+    ctx.body = tostring(ok) .. " " .. tostring(err)
+  end,
+}}
+"#;
+
+#[test]
+fn ctx_scheme_and_tls_on_cleartext() {
+    let mut app = load(TLS_APP);
+    let response = run(&mut app, b"GET /tls HTTP/1.1\r\nHost: h\r\n\r\n").unwrap();
+    assert_eq!(response.body, "http nil");
+}
+
+#[test]
+fn ctx_scheme_and_tls_show_the_connections_facts() {
+    use keystone_exchange::{TlsFacts, TLS_VERSION_1_2, TLS_VERSION_1_3};
+    let mut app = load(TLS_APP);
+    let request = b"GET /tls HTTP/1.1\r\nHost: h\r\n\r\n";
+    let cases = [
+        (
+            TlsFacts::new(TLS_VERSION_1_3, 0x1301, Some("example.com")),
+            "https example.com TLSv1.3 TLS_AES_128_GCM_SHA256 -",
+        ),
+        (
+            TlsFacts::new(TLS_VERSION_1_3, 0x1303, Some("a.b.example")),
+            "https a.b.example TLSv1.3 TLS_CHACHA20_POLY1305_SHA256 -",
+        ),
+        (
+            TlsFacts::new(TLS_VERSION_1_2, 0xc02c, None),
+            "https - TLSv1.2 ECDHE-ECDSA-AES256-GCM-SHA384 -",
+        ),
+        // A suite or version without a name reads as nil, still https.
+        (TlsFacts::new(0x0305, 0x00ff, None), "https - - - -"),
+        // Encrypted, handshake unfinished (never bound in practice).
+        (TlsFacts::pending(), "https - - - -"),
+    ];
+    for (facts, expected) in cases {
+        let response = support::respond_on(&mut app, request, &facts).unwrap();
+        assert_eq!(response.body, expected, "{facts:?}");
+    }
+    // The facts are the bound request's only: the next cleartext one has none.
+    let response = run(&mut app, request).unwrap();
+    assert_eq!(response.body, "http nil");
+}
+
+#[test]
+fn ctx_tls_is_read_only_and_expires() {
+    use keystone_exchange::{TlsFacts, TLS_VERSION_1_3};
+    let mut app = load(TLS_APP);
+    let facts = TlsFacts::new(TLS_VERSION_1_3, 0x1302, Some("example.com"));
+    let response =
+        support::respond_on(&mut app, b"GET /write HTTP/1.1\r\nHost: h\r\n\r\n", &facts).unwrap();
+    let lines: Vec<&str> = response.body.lines().collect();
+    assert_eq!(lines.len(), 6, "{}", response.body);
+    assert_eq!(lines[0], "false");
+    assert!(lines[1].contains("ctx.tls is read-only"), "{}", lines[1]);
+    assert_eq!(lines[2], "false");
+    assert!(
+        lines[3].contains("ctx has no writable field 'scheme'"),
+        "{}",
+        lines[3]
+    );
+    assert_eq!(lines[4], "false");
+    assert!(
+        lines[5].contains("ctx has no writable field 'tls'"),
+        "{}",
+        lines[5]
+    );
+    support::respond_on(&mut app, b"GET /tls HTTP/1.1\r\nHost: h\r\n\r\n", &facts).unwrap();
+    let response =
+        support::respond_on(&mut app, b"GET /kept HTTP/1.1\r\nHost: h\r\n\r\n", &facts).unwrap();
+    assert!(
+        response.body.starts_with("false ") && response.body.contains("exchange expired"),
+        "{}",
+        response.body
+    );
+}

@@ -94,6 +94,15 @@ pub fn run(app: &mut LoadedApp, request: &[u8]) -> Result<String, String> {
 
 /// Runs `request` through `app`: Ok(response) or Err(error message).
 pub fn respond(app: &mut LoadedApp, request: &[u8]) -> Result<Response, String> {
+    respond_on(app, request, &keystone_exchange::TlsFacts::CLEARTEXT)
+}
+
+/// Runs `request` through `app` as if it came on a connection with `tls`.
+pub fn respond_on(
+    app: &mut LoadedApp,
+    request: &[u8],
+    tls: &keystone_exchange::TlsFacts,
+) -> Result<Response, String> {
     let mut head = Head::new();
     let mut parser = Parser::new();
     let status = parser
@@ -108,12 +117,13 @@ pub fn respond(app: &mut LoadedApp, request: &[u8]) -> Result<Response, String> 
         .lookup(method, path, head.path.offset)
         .unwrap_or_else(|_| panic!("no route for {}", lossy(path)));
     let handler = matched.handler;
-    app.lua.exchange_mut().bind(
+    app.lua.exchange_mut().bind_with_tls(
         request,
         &head,
         matched.params(),
         body,
         keystone_exchange::PeerAddr::NONE,
+        tls,
     );
     let result = match app.lua.run(handler) {
         Outcome::Done => {
