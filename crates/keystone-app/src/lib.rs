@@ -13,7 +13,7 @@
 //! counted per state, and a retired state goes when its count is 0.
 //!
 //! Never depends on: keystone-files, keystone-reactor,
-//! keystone-ebpf, keystone-server. It performs no I/O on the request path:
+//! keystone-ebpf, keystone-tls, keystone-server. It performs no I/O on the request path:
 //! log lines go to the function the worker gives it.
 
 mod proxy;

@@ -12,7 +12,7 @@
 //! handler reads them (`ffi.string` over a span of the request buffer).
 //!
 //! Never depends on: keystone-response, keystone-files, keystone-conn, keystone-app, keystone-reactor,
-//! keystone-ebpf, keystone-ops, keystone-server. Lua code never performs
+//! keystone-ebpf, keystone-ops, keystone-tls, keystone-server. Lua code never performs
 //! I/O: this crate hands the engine an [`Outcome`], the engine commits it.
 
 mod abi;
