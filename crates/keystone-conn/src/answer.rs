@@ -46,6 +46,7 @@ pub(crate) fn request_view<'r>(
     complete: &Complete,
     slot: u32,
     peer: Option<std::net::SocketAddr>,
+    tls: &'r keystone_exchange::TlsFacts,
     started: std::time::Instant,
 ) -> Request<'r> {
     Request {
@@ -55,6 +56,7 @@ pub(crate) fn request_view<'r>(
         body_streamed: complete.streamed,
         slot,
         peer,
+        tls,
         started,
     }
 }
@@ -75,6 +77,7 @@ impl Connection {
             &complete,
             self.slot,
             self.peer,
+            &self.tls,
             started,
         );
         let decided = match cx.policy.answer(&request) {
@@ -131,6 +134,7 @@ impl Connection {
             complete,
             self.slot,
             self.peer,
+            &self.tls,
             started,
         );
         cx.policy.answered(&request, &commit.committed);

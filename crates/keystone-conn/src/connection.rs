@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::time::Instant;
 
+use keystone_exchange::TlsFacts;
 use keystone_parser::{ChunkedDecoder, Progress};
 use keystone_ringbuf::{RingBuffer, SendBuf, SpareLoan};
 
@@ -188,6 +189,9 @@ pub struct Connection {
     pub(crate) recv: RingBuffer,
     pub(crate) send: RingBuffer,
     pub(crate) peer: Option<SocketAddr>,
+    /// The connection's TLS facts ([`Connection::set_tls`]); cleartext
+    /// unless the driver says otherwise.
+    pub(crate) tls: TlsFacts,
     pub(crate) phase: Phase,
     pub(crate) reading: Reading,
     /// The parser's incremental state for the head being received.
@@ -231,6 +235,7 @@ impl Connection {
             recv,
             send,
             peer: None,
+            tls: TlsFacts::CLEARTEXT,
             phase: Phase::Free,
             reading: Reading::Idle,
             progress: Progress::NEW,
@@ -255,13 +260,15 @@ impl Connection {
         }
     }
 
-    /// A connection from `peer` was accepted into this (free) slot.
+    /// A connection from `peer` was accepted into this (free) slot; it is
+    /// cleartext until [`Connection::set_tls`] says otherwise.
     pub fn open(&mut self, peer: Option<SocketAddr>, now: Instant, config: &Config) {
         assert_eq!(self.phase, Phase::Free, "open of a busy slot");
         debug_assert!(self.recv.is_empty() && self.send.is_empty());
         debug_assert!(matches!(self.tail, Tail::None) && self.closes_len == 0);
         debug_assert!(self.receiving == Lane::Idle && self.output == Output::Idle);
         self.peer = peer;
+        self.tls = TlsFacts::CLEARTEXT;
         self.phase = Phase::Open;
         self.reading = Reading::Idle;
         self.progress = Progress::NEW;
@@ -293,6 +300,30 @@ impl Connection {
     /// The client's address.
     pub fn peer(&self) -> Option<SocketAddr> {
         self.peer
+    }
+
+    /// The driver terminates TLS on this connection: [`TlsFacts::pending`]
+    /// right after [`Connection::open`] (encrypted, handshake unfinished),
+    /// then the handshake's facts once it finished, before the first
+    /// plaintext byte is delivered. From then on every request is bound
+    /// with them, and the connection asks for no splice: the bytes it sends
+    /// must pass through the driver's encryption, so files and proxied
+    /// bodies go through the send buffer instead.
+    pub fn set_tls(&mut self, facts: TlsFacts) {
+        assert_ne!(self.phase, Phase::Free, "set_tls on a free slot");
+        assert!(
+            facts.is_encrypted() || !self.tls.is_encrypted(),
+            "an encrypted connection cannot become cleartext"
+        );
+        // Set before any answer: no splice can be under way already.
+        debug_assert!(matches!(self.tail, Tail::None), "set_tls with a tail");
+        debug_assert!(!matches!(self.output, Output::SpliceIn | Output::SpliceOut));
+        self.tls = facts;
+    }
+
+    /// The connection's TLS facts (cleartext unless the driver set them).
+    pub fn tls(&self) -> &TlsFacts {
+        &self.tls
     }
 
     /// Which timeout applies now.
@@ -978,11 +1009,14 @@ impl Connection {
         cx: &mut Context<'_, P>,
     ) {
         debug_assert!(matches!(self.tail, Tail::None));
-        let pipe = if len > FILE_READ_BYTES_MAX {
+        // An encrypted connection's bytes must pass through the driver's
+        // encryption: no splice, the file is read through the send buffer.
+        let pipe = if len > FILE_READ_BYTES_MAX && !self.tls.is_encrypted() {
             cx.shared.pipes.take()
         } else {
             None
         };
+        debug_assert!(pipe.is_none() || !self.tls.is_encrypted());
         self.tail = Tail::File(FileTail {
             file,
             offset,

@@ -10,7 +10,9 @@
 //! bound, keep-alive and the HTTP/1.0 rules, the response in progress and
 //! its tail (a pinned body, a file, a stream pulled as the socket drains),
 //! partial sends, file answers (open and stat as intents, the per-worker
-//! open-file cache, conditionals and ranges), lingering close, and which
+//! open-file cache, conditionals and ranges), lingering close, the TLS
+//! facts the driver sets ([`Connection::set_tls`]: bound with every
+//! request, and no splice on an encrypted connection), and which
 //! deadline applies in which state ([`Connection::deadline`]: timeouts are
 //! data it returns, the worker only says when one passed). The parser's
 //! incremental progress is kept per connection.
@@ -54,7 +56,7 @@ pub use keystone_ringbuf::{PinnedBytes, SendBuf, SpareLoan};
 pub use connection::Connection;
 pub use timer::Timer;
 
-use keystone_exchange::{HttpExchange, PeerAddr};
+use keystone_exchange::{HttpExchange, PeerAddr, TlsFacts};
 use keystone_parser::{Head, Limits, Parser};
 use keystone_response::{Committed, DateCache};
 use keystone_ringbuf::Span;
@@ -369,6 +371,9 @@ pub struct Request<'a> {
     pub slot: u32,
     /// The client's address.
     pub peer: Option<SocketAddr>,
+    /// The connection's TLS facts ([`Connection::set_tls`]; cleartext for
+    /// a connection without TLS), to bind the exchange with.
+    pub tls: &'a TlsFacts,
     /// When the request was complete in the buffer.
     pub started: Instant,
 }
@@ -620,7 +625,8 @@ pub enum Intent<'a> {
         len: u32,
     },
     /// Splice `len` bytes of file `fd` at `offset` into pipe `into`
-    /// (→ [`Event::Spliced`]).
+    /// (→ [`Event::Spliced`]). Never asked on an encrypted connection
+    /// ([`Connection::set_tls`]), nor are the other two splices.
     SpliceFile {
         /// The open file.
         fd: RawFd,

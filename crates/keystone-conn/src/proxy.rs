@@ -135,6 +135,7 @@ impl Connection {
             &complete,
             self.slot,
             self.peer,
+            &self.tls,
             pending.started,
         );
         let answer = cx.policy.proxy_head(&request);
@@ -421,6 +422,11 @@ impl Connection {
         };
         let raw = matches!(tail.encoder.body_length(), BodyLength::Known(_));
         if !raw || tail.splice.is_some() {
+            return;
+        }
+        if self.tls.is_encrypted() {
+            // The body must pass through the driver's encryption: policy
+            // is not asked, so the upstream side relays it by copy.
             return;
         }
         if cx.shared.pipes.available() == 0 {

@@ -74,6 +74,8 @@ pub fn pattern(len: usize) -> Vec<u8> {
 /// - `GET /static/PATH` → `PATH` beneath `statics`;
 /// - `GET /status/N` → status N with body `s`;
 /// - `GET /h` → two policy headers;
+/// - `GET /tls` → the TLS facts the exchange was bound with, as
+///   `scheme=… protocol=… cipher=… sni=…` (`-` for none);
 /// - `GET /fail` → 500; `GET /missing` or anything else → 404;
 /// - another method on a GET path → 405 with `Allow: GET, HEAD`.
 pub struct FakePolicy {
@@ -204,6 +206,19 @@ impl FakePolicy {
                 self.body = b"h".to_vec();
                 self.set_owned_body(BodyKind::Inline);
             }
+            "/tls" => {
+                let tls = &self.exchange.tls;
+                let scheme = if tls.is_encrypted() { "https" } else { "http" };
+                let sni = tls.sni().map(String::from_utf8_lossy);
+                self.body = format!(
+                    "scheme={scheme} protocol={} cipher={} sni={}",
+                    tls.protocol_name().unwrap_or("-"),
+                    tls.cipher_name().unwrap_or("-"),
+                    sni.as_deref().unwrap_or("-"),
+                )
+                .into_bytes();
+                self.set_owned_body(BodyKind::Inline);
+            }
             "/fail" => return Err(500),
             _ => return self.respond_parameterised(request, text),
         }
@@ -266,12 +281,13 @@ impl Policy for FakePolicy {
                 path: Span::new(start, rest.len() as u32),
             };
         }
-        self.exchange.bind(
+        self.exchange.bind_with_tls(
             request.bytes,
             request.head,
             &[],
             request.body,
             request.peer_addr(),
+            request.tls,
         );
         match self.respond(request) {
             Ok(()) => Answer::Exchange { files: self.files },

@@ -173,6 +173,13 @@ impl<P: Policy> Sim<P> {
         self.run();
     }
 
+    /// The upstream of a proxied request progressed: the policy is asked
+    /// again ([`Event::Upstream`]).
+    pub fn upstream(&mut self) {
+        self.events.push_back(Event::Upstream);
+        self.run();
+    }
+
     /// The worker starts draining.
     pub fn drain(&mut self) {
         self.draining = true;
