@@ -40,7 +40,7 @@ use keystone_parser::BodyFraming;
 use keystone_response::Committed;
 use keystone_ringbuf::Span;
 use keystone_router::{RouteMiss, Router};
-use keystone_upstream::{write_forward_head, ForwardFraming, ForwardRequest};
+use keystone_upstream::{write_forward_head, ForwardFraming, ForwardRequest, Scheme};
 
 /// One line for the worker's log.
 #[derive(Clone, Copy, Debug)]
@@ -296,12 +296,13 @@ impl AppPolicy {
         };
         let peer = keystone_exchange::PeerAddr::new(self.upstreams.peer_of(slot));
         let exchange = self.states[0].lua.exchange_mut();
-        exchange.bind(
+        exchange.bind_with_tls(
             request.bytes,
             request.head,
             &[],
             request.body,
             request.peer_addr(),
+            request.tls,
         );
         if request.body_streamed {
             exchange.mark_body_streamed();
@@ -461,12 +462,13 @@ impl Policy for AppPolicy {
                 path,
             };
         }
-        self.states[0].lua.exchange_mut().bind(
+        self.states[0].lua.exchange_mut().bind_with_tls(
             request.bytes,
             request.head,
             matched.params(),
             request.body,
             request.peer_addr(),
+            request.tls,
         );
         if request.body_streamed {
             self.states[0].lua.exchange_mut().mark_body_streamed();
@@ -740,7 +742,7 @@ fn start_proxy(
         target,
         framing,
         client: request.peer.map(|peer| peer.ip()),
-        proto: "http",
+        scheme: Scheme::of(request.tls.is_encrypted()),
         websocket,
     };
     let headers = head

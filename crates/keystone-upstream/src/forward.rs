@@ -23,6 +23,35 @@ pub enum ForwardFraming {
     Chunked,
 }
 
+/// The scheme the client reached us with, sent as `X-Forwarded-Proto`
+/// (nginx's `$scheme`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheme {
+    /// A cleartext client connection.
+    Http,
+    /// An encrypted (TLS) client connection.
+    Https,
+}
+
+impl Scheme {
+    /// `Https` for an encrypted client connection, else `Http`.
+    pub fn of(encrypted: bool) -> Scheme {
+        if encrypted {
+            Scheme::Https
+        } else {
+            Scheme::Http
+        }
+    }
+
+    /// "http" or "https".
+    pub fn as_bytes(self) -> &'static [u8] {
+        match self {
+            Scheme::Http => b"http",
+            Scheme::Https => b"https",
+        }
+    }
+}
+
 /// What one forwarded head says.
 #[derive(Clone, Copy, Debug)]
 pub struct ForwardRequest<'a> {
@@ -32,8 +61,8 @@ pub struct ForwardRequest<'a> {
     pub framing: ForwardFraming,
     /// The client's address, appended to `X-Forwarded-For`.
     pub client: Option<IpAddr>,
-    /// `X-Forwarded-Proto`: "http" or "https".
-    pub proto: &'a str,
+    /// The client connection's scheme, sent as `X-Forwarded-Proto`.
+    pub scheme: Scheme,
     /// A WebSocket handshake: `Connection: upgrade` and `Upgrade` pass.
     pub websocket: bool,
 }
@@ -54,8 +83,10 @@ use keystone_parser::text::list_has;
 /// header by name (case-insensitive), `None` removes it. Dropped: the
 /// hop-by-hop fields and any field a `Connection` header names, the
 /// client's `Content-Length` (the engine writes the framing), and
-/// `X-Forwarded-Proto` (set anew). `X-Forwarded-For` keeps the client's
-/// list and appends the client's address; `Host` passes as received.
+/// `X-Forwarded-Proto` (set anew: the request's scheme, or policy's value
+/// when it set one — or none when it removed it —, never both).
+/// `X-Forwarded-For` keeps the client's list and appends the client's
+/// address; `Host` passes as received.
 pub fn write_forward_head<'h, H, O>(
     request: &ForwardRequest<'_>,
     headers: H,
@@ -105,7 +136,9 @@ where
             .skip(index + 1)
             .any(|(other, _)| other.eq_ignore_ascii_case(name));
         if let (Some(value), false) = (value, later) {
-            if !name.eq_ignore_ascii_case(b"x-forwarded-for") {
+            let forwarded = name.eq_ignore_ascii_case(b"x-forwarded-for")
+                || name.eq_ignore_ascii_case(b"x-forwarded-proto");
+            if !forwarded {
                 w.line(name, value);
             }
         }
@@ -139,7 +172,16 @@ where
     if forwarded_for {
         w.put(b"\r\n");
     }
-    w.line(b"X-Forwarded-Proto", request.proto.as_bytes());
+    // X-Forwarded-Proto: the scheme, unless policy's last write of it says
+    // otherwise (a value, or none for a removal).
+    let proto = overrides
+        .clone()
+        .filter(|(name, _)| name.eq_ignore_ascii_case(b"x-forwarded-proto"))
+        .last()
+        .map_or(Some(request.scheme.as_bytes()), |(_, value)| value);
+    if let Some(proto) = proto {
+        w.line(b"X-Forwarded-Proto", proto);
+    }
     match request.framing {
         ForwardFraming::None => {}
         ForwardFraming::Length(length) => {
@@ -251,7 +293,7 @@ mod tests {
         target: b"/v2/users?id=7",
         framing: ForwardFraming::None,
         client: None,
-        proto: "http",
+        scheme: Scheme::Http,
         websocket: false,
     };
 
@@ -294,7 +336,7 @@ mod tests {
         let request = ForwardRequest {
             client: Some("2001:db8::1".parse().unwrap()),
             framing: ForwardFraming::Chunked,
-            proto: "https",
+            scheme: Scheme::Https,
             ..GET
         };
         let got = head(
@@ -318,6 +360,59 @@ mod tests {
              X-Forwarded-For: 203.0.113.5, 2001:db8::1\r\nX-Forwarded-Proto: https\r\n\
              Transfer-Encoding: chunked\r\n\r\n"
         );
+    }
+
+    /// `X-Forwarded-Proto` is the client connection's scheme, whatever the
+    /// client sent; policy's write of it wins (a removal sends none), and
+    /// exactly one line goes either way.
+    #[test]
+    fn forwarded_proto_is_the_connections_scheme() {
+        // (scheme, the client's X-Forwarded-Proto, policy's writes, sent)
+        type Overrides = &'static [(&'static str, Option<&'static str>)];
+        let cases: [(Scheme, Option<&str>, Overrides, Option<&str>); 7] = [
+            (Scheme::Http, None, &[], Some("http")),
+            (Scheme::Https, None, &[], Some("https")),
+            (Scheme::Https, Some("http"), &[], Some("https")),
+            (Scheme::Http, Some("https"), &[], Some("http")),
+            (
+                Scheme::Http,
+                None,
+                &[("X-Forwarded-Proto", Some("https"))],
+                Some("https"),
+            ),
+            (
+                Scheme::Https,
+                Some("http"),
+                &[
+                    ("x-forwarded-proto", Some("wss")),
+                    ("X-Forwarded-Proto", Some("ws")),
+                ],
+                Some("ws"),
+            ),
+            (
+                Scheme::Https,
+                Some("https"),
+                &[("X-Forwarded-Proto", None)],
+                None,
+            ),
+        ];
+        for (scheme, sent, overrides, expected) in cases {
+            let request = ForwardRequest { scheme, ..GET };
+            let mut headers = vec![("Host", "h")];
+            headers.extend(sent.map(|sent| ("X-Forwarded-Proto", sent)));
+            let got = head(&request, &headers, overrides);
+            let lines: Vec<&str> = got
+                .split("\r\n")
+                .filter(|line| line.to_ascii_lowercase().starts_with("x-forwarded-proto:"))
+                .collect();
+            let expected: Vec<String> = expected
+                .map(|value| format!("X-Forwarded-Proto: {value}"))
+                .into_iter()
+                .collect();
+            assert_eq!(lines, expected, "{scheme:?} {sent:?} {overrides:?}: {got}");
+        }
+        assert_eq!(Scheme::of(true), Scheme::Https);
+        assert_eq!(Scheme::of(false), Scheme::Http);
     }
 
     #[test]

@@ -36,6 +36,6 @@ pub use config::{
     RETRIES_MAX, TIMEOUT_MAX_SECS,
 };
 pub use forward::{
-    is_hop_by_hop, write_forward_head, ForwardError, ForwardFraming, ForwardRequest,
+    is_hop_by_hop, write_forward_head, ForwardError, ForwardFraming, ForwardRequest, Scheme,
     FORWARDED_HEAD_MAX,
 };
