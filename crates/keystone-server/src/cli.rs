@@ -113,9 +113,21 @@ pub mod defaults {
 pub struct ServeArgs {
     /// The app file; omitted: the bundled example app.
     pub app: Option<PathBuf>,
-    /// Address to listen on (IP:PORT, [IPv6]:PORT or HOST:PORT).
-    #[arg(long, default_value = defaults::LISTEN, value_parser = parse_listen)]
-    pub listen: SocketAddr,
+    /// A cleartext listener (IP:PORT, [IPv6]:PORT or HOST:PORT); repeatable.
+    /// Default: 127.0.0.1:8080 when no --listen and no --tls-listen is given.
+    #[arg(long, value_parser = parse_listen)]
+    pub listen: Vec<SocketAddr>,
+    /// A TLS listener (HTTPS); repeatable. Needs --tls-cert/--tls-key.
+    #[arg(long, value_parser = parse_listen)]
+    pub tls_listen: Vec<SocketAddr>,
+    /// A PEM certificate chain (leaf first) for the TLS listeners;
+    /// repeatable, paired in order with --tls-key. The client's server name
+    /// (SNI) picks the certificate that covers it; the first is the default.
+    #[arg(long, value_name = "PATH")]
+    pub tls_cert: Vec<PathBuf>,
+    /// The PEM private key of the --tls-cert at the same position.
+    #[arg(long, value_name = "PATH")]
+    pub tls_key: Vec<PathBuf>,
     /// Worker threads, one per core (default: the number of online CPUs).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub workers: Option<u32>,

@@ -128,8 +128,34 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         },
         None => None,
     };
-    if let Err(err) = probe_free(args.listen) {
-        return fail(format_args!("cannot listen on {}: {err}", args.listen));
+    // Cleartext listeners, then TLS ones; the default only when neither
+    // kind is named.
+    let mut addrs: Vec<(SocketAddr, bool)> = args.listen.iter().map(|a| (*a, false)).collect();
+    addrs.extend(args.tls_listen.iter().map(|a| (*a, true)));
+    if addrs.is_empty() {
+        addrs.push((
+            crate::cli::defaults::LISTEN
+                .parse()
+                .expect("the default parses"),
+            false,
+        ));
+    }
+    let tls_pairs = match tls_pairs(&args) {
+        Ok(pairs) => pairs,
+        Err(message) => return fail(message),
+    };
+    let tls = if tls_pairs.is_empty() {
+        None
+    } else {
+        match keystone_tls::load(&tls_pairs) {
+            Ok(config) => Some(config),
+            Err(err) => return fail(err),
+        }
+    };
+    for (addr, _) in &addrs {
+        if let Err(err) = probe_free(*addr) {
+            return fail(format_args!("cannot listen on {addr}: {err}"));
+        }
     }
     // Bound before the server's port, so a connection to the admin port
     // never fails once the server's port accepts (it waits in the backlog
@@ -143,21 +169,57 @@ pub fn serve(args: ServeArgs) -> ExitCode {
             ))
         }
     };
-    let mut listeners = Vec::with_capacity(workers as usize);
-    let mut addr = args.listen;
-    for _ in 0..workers {
-        match listen(addr) {
-            Ok((fd, bound)) => {
-                addr = bound; // port 0: every worker joins the first one's port
-                listeners.push(fd);
+    // One SO_REUSEPORT group per address, one socket of it per worker.
+    let mut groups: Vec<(SocketAddr, bool, Vec<OwnedFd>)> = Vec::with_capacity(addrs.len());
+    for (asked, tls) in &addrs {
+        let mut fds = Vec::with_capacity(workers as usize);
+        let mut addr = *asked;
+        for _ in 0..workers {
+            match listen(addr) {
+                Ok((fd, bound)) => {
+                    addr = bound; // port 0: every worker joins the first one's port
+                    fds.push(fd);
+                }
+                Err(err) => return fail(format_args!("cannot listen on {asked}: {err}")),
             }
-            Err(err) => return fail(format_args!("cannot listen on {}: {err}", args.listen)),
+        }
+        groups.push((addr, *tls, fds));
+    }
+    // Each group is steered on its own (a connection's group is its port).
+    let mut steerings = Vec::with_capacity(groups.len());
+    for (_, _, fds) in &groups {
+        match steer(args.ebpf, fds) {
+            Ok(steering) => steerings.push(steering),
+            Err(code) => return code,
         }
     }
-    let mut steering = match steer(args.ebpf, &listeners) {
-        Ok(steering) => steering,
-        Err(code) => return code,
-    };
+    let mut steering = steerings.remove(0);
+    let addr = groups[0].0;
+    let urls = groups
+        .iter()
+        .map(|(addr, tls, _)| format!("{}://{addr}", if *tls { "https" } else { "http" }))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut per_worker: Vec<Vec<worker::Listener>> = (0..workers).map(|_| Vec::new()).collect();
+    for (_, tls, fds) in groups {
+        for (index, fd) in fds.into_iter().enumerate() {
+            per_worker[index].push(worker::Listener { fd, tls });
+        }
+    }
+    if tls.is_some() {
+        match keystone_tls::KernelTls::detect() {
+            keystone_tls::KernelTls::Offered => crate::log!(
+                Level::Info,
+                None,
+                "kernel TLS is offered by this kernel, but this build encrypts TLS records in user space (the kTLS hand-off is not implemented)"
+            ),
+            keystone_tls::KernelTls::Absent => crate::log!(
+                Level::Info,
+                None,
+                "kernel TLS absent (no /proc/net/tls_stat: a kernel without CONFIG_TLS, or its module not loaded); TLS records are encrypted in user space"
+            ),
+        }
+    }
     sys::release_freed_heap();
     let (exit_tx, exit_rx) = mpsc::channel();
     let mut wakes = Vec::with_capacity(workers as usize);
@@ -165,7 +227,7 @@ pub fn serve(args: ServeArgs) -> ExitCode {
     let mut reloads = Vec::with_capacity(workers as usize);
     let mut stats = Vec::with_capacity(workers as usize);
     watchdog::install_signal_handler();
-    for (index, listener) in listeners.into_iter().enumerate() {
+    for (index, listeners) in per_worker.into_iter().enumerate() {
         let pulse = Arc::new(Pulse::default());
         let worker_stats = Arc::new(WorkerStats::default());
         stats.push(Arc::clone(&worker_stats));
@@ -176,7 +238,8 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         };
         let config = WorkerConfig {
             index: index as u32,
-            listener,
+            listeners,
+            tls: tls.clone(),
             wake: wake.try_clone().expect("dup eventfd"),
             app: app.clone(),
             lua: lua.clone(),
@@ -254,7 +317,7 @@ pub fn serve(args: ServeArgs) -> ExitCode {
     crate::log!(
         Level::Info,
         None,
-        "listening on http://{addr} (pid {}, {workers} workers, app {}, steering: {steering_kind})",
+        "listening on {urls} (pid {}, {workers} workers, app {}, steering: {steering_kind})",
         std::process::id(),
         app.path.display()
     );
@@ -266,6 +329,7 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         reloads,
         app,
         lua,
+        tls_pairs,
         log_path: thread_log::reopenable(args.log.as_deref()),
         access_log_path: thread_log::reopenable(args.access_log.as_deref()),
     };
@@ -278,6 +342,7 @@ pub fn serve(args: ServeArgs) -> ExitCode {
     );
     main_writer.finish(&fleet.shared);
     drop(steering);
+    drop(steerings);
     code
 }
 
@@ -338,6 +403,8 @@ struct Fleet {
     reloads: Vec<mpsc::Sender<worker::Reload>>,
     app: AppSource,
     lua: LuaConfig,
+    /// The TLS listeners' certificate/key pairs, read again on SIGHUP.
+    tls_pairs: Vec<keystone_tls::CertPair>,
     /// `--log` and `--access-log` when they are files (reopened on SIGHUP).
     log_path: Option<PathBuf>,
     access_log_path: Option<PathBuf>,
@@ -361,14 +428,44 @@ impl Fleet {
         }
         let access_log = self.reopen(self.access_log_path.as_deref(), "--access-log");
         let app = self.checked_app();
+        let tls = self.reread_certificates();
         for reload in &self.reloads {
             let _ = reload.send(worker::Reload {
                 app: app.clone(),
+                tls: tls.clone(),
                 log: log.as_ref().and_then(|fd| fd.try_clone().ok()),
                 access_log: access_log.as_ref().and_then(|fd| fd.try_clone().ok()),
             });
         }
         self.wake(worker::RELOAD_WAKE);
+    }
+
+    /// The certificate/key pairs read again (new handshakes use them; open
+    /// connections keep theirs); `None` (logged) when there are none or a
+    /// pair fails: the old ones stay.
+    fn reread_certificates(&self) -> Option<Arc<keystone_tls::ServerConfig>> {
+        if self.tls_pairs.is_empty() {
+            return None;
+        }
+        match keystone_tls::load(&self.tls_pairs) {
+            Ok(config) => {
+                crate::log!(
+                    Level::Info,
+                    None,
+                    "SIGHUP: {} TLS certificate(s) reloaded, ticket keys rotated",
+                    self.tls_pairs.len()
+                );
+                Some(config)
+            }
+            Err(err) => {
+                crate::log!(
+                    Level::Error,
+                    None,
+                    "SIGHUP: keeping the old TLS certificates: {err}"
+                );
+                None
+            }
+        }
     }
 
     /// Opens a log file again (after logrotate renamed it); `None` for none
@@ -526,6 +623,32 @@ impl MainLog {
         }
         crate::log::flush_blocking();
     }
+}
+
+/// `--tls-cert`/`--tls-key` as pairs, checked against `--tls-listen`.
+fn tls_pairs(args: &ServeArgs) -> Result<Vec<keystone_tls::CertPair>, String> {
+    if args.tls_cert.len() != args.tls_key.len() {
+        return Err(format!(
+            "--tls-cert and --tls-key come in pairs: {} certificate(s), {} key(s)",
+            args.tls_cert.len(),
+            args.tls_key.len()
+        ));
+    }
+    if args.tls_listen.is_empty() && !args.tls_cert.is_empty() {
+        return Err("--tls-cert/--tls-key given without --tls-listen".into());
+    }
+    if !args.tls_listen.is_empty() && args.tls_cert.is_empty() {
+        return Err("--tls-listen needs at least one --tls-cert/--tls-key pair".into());
+    }
+    Ok(args
+        .tls_cert
+        .iter()
+        .zip(&args.tls_key)
+        .map(|(cert, key)| keystone_tls::CertPair {
+            cert: cert.clone(),
+            key: key.clone(),
+        })
+        .collect())
 }
 
 /// Fails when something already listens on `addr`. Our listeners use

@@ -21,6 +21,7 @@ use keystone_conn::{
     Config, Connection, Context, Event, FileMeta, Intent, Pipe, Shared, Timeouts, PIPE_BYTES,
     SEND_BUFFER_BYTES,
 };
+use keystone_exchange::TlsFacts;
 use keystone_files::FileKind;
 use keystone_lua::{AppSource, LuaConfig};
 use keystone_ops::access_log::AccessLog;
@@ -30,7 +31,8 @@ use keystone_reactor::{
     Done, FileStat, Op, OpId, Reactor, TimerWheel, COMPLETIONS_PER_PUMP, REGISTERED_BUFFERS_MAX,
     TICK, WORKER,
 };
-use keystone_ringbuf::split_slab;
+use keystone_ringbuf::{split_slab, RingBuffer};
+use keystone_tls::{Link, LinkIntent, ServerConfig, CIPHER_IN_BYTES, CIPHER_OUT_BYTES};
 use keystone_upstream::UpstreamEvent;
 
 use crate::log::Level;
@@ -63,6 +65,11 @@ const PIPES_PER_WORKER: usize = 32;
 /// idle server does not burn a core.
 const SQPOLL_IDLE_MS: u32 = 50;
 
+/// TLS handshakes a worker runs at once; a connection accepted beyond it
+/// is closed at once (a handshake costs a signature: a flood of them must
+/// not starve the connections already established).
+const TLS_HANDSHAKES_MAX: u32 = 512;
+
 /// How long an exiting worker waits for its last log batches to land.
 const LOG_LANDING: std::time::Duration = std::time::Duration::from_millis(1500);
 
@@ -73,12 +80,22 @@ pub const DRAIN_WAKE: u64 = 1 << 32;
 pub const RELOAD_WAKE: u64 = 1;
 const RELOAD_MASK: u64 = DRAIN_WAKE - 1;
 
+/// One of a worker's listening sockets.
+pub struct Listener {
+    /// Its SO_REUSEPORT socket (one per worker per address).
+    pub fd: OwnedFd,
+    /// Connections accepted on it speak TLS.
+    pub tls: bool,
+}
+
 /// Everything a worker thread needs, moved into it at spawn.
 pub struct WorkerConfig {
     /// 0-based worker index.
     pub index: u32,
-    /// This worker's SO_REUSEPORT listening socket.
-    pub listener: OwnedFd,
+    /// This worker's listening sockets, one per `--listen`/`--tls-listen`.
+    pub listeners: Vec<Listener>,
+    /// What TLS listeners serve with (shared read-only by every worker).
+    pub tls: Option<Arc<ServerConfig>>,
     /// eventfd the main thread writes to start draining or reloading.
     pub wake: OwnedFd,
     /// The app to load into this worker's Lua state.
@@ -115,6 +132,8 @@ pub struct WorkerConfig {
 pub struct Reload {
     /// The app to swap in.
     pub app: Option<AppSource>,
+    /// The certificates read again (new handshakes use them).
+    pub tls: Option<Arc<ServerConfig>>,
     /// The reopened `--log`.
     pub log: Option<OwnedFd>,
     /// The reopened `--access-log`.
@@ -170,6 +189,14 @@ struct Slot {
     /// Free at the last tick with pages or a registration: if still free at
     /// the next, they are given back (a spike's slots do not stay resident).
     cooling: bool,
+    /// On a TLS connection: the transform between the connection and the
+    /// ring; `recv` and `output` then hold its ciphertext operations (and
+    /// `output` the connection's file reads).
+    link: Option<Box<Link>>,
+    /// The link's ciphertext send in flight.
+    net_send: Option<OpId>,
+    /// The TLS handshake is under way (counted in `Worker::handshakes`).
+    handshaking: bool,
 }
 
 struct Worker {
@@ -187,8 +214,13 @@ struct Worker {
     /// table (0: registration unavailable).
     fixed_slots: u32,
     fixed_warned: bool,
-    listener: Option<OwnedFd>,
-    accepts: Vec<OpId>,
+    listeners: Vec<Listener>,
+    /// Accepts in flight, each with the listener it accepts on.
+    accepts: Vec<(OpId, usize)>,
+    tls: Option<Arc<ServerConfig>>,
+    /// Ciphertext buffers for TLS connections (a pair per connection).
+    cipher_buffers: Vec<(RingBuffer, RingBuffer)>,
+    handshakes: u32,
     wake: OwnedFd,
     tick: Option<OpId>,
     draining: bool,
@@ -239,8 +271,25 @@ impl Worker {
                 registered: false,
                 fixed_refused: false,
                 cooling: false,
+                link: None,
+                net_send: None,
+                handshaking: false,
             })
             .collect();
+        // Address space for every slot's ciphertext, touched only by TLS
+        // connections (none without a TLS listener).
+        let tls_slots = if config.listeners.iter().any(|l| l.tls) {
+            config.max_connections
+        } else {
+            0
+        };
+        let cipher_buffers = if tls_slots > 0 {
+            let ins = split_slab(tls_slots, CIPHER_IN_BYTES).map_err(|e| e.to_string())?;
+            let outs = split_slab(tls_slots, CIPHER_OUT_BYTES).map_err(|e| e.to_string())?;
+            ins.into_iter().zip(outs).collect()
+        } else {
+            Vec::new()
+        };
         let access = config.access_log.map(AccessLog::new);
         let mut policy = AppPolicy::load(
             index,
@@ -313,8 +362,11 @@ impl Worker {
             timers: TimerWheel::new(config.max_connections, now),
             fixed_slots,
             fixed_warned: false,
-            listener: Some(config.listener),
-            accepts: Vec::with_capacity(ACCEPTS_IN_FLIGHT),
+            accepts: Vec::with_capacity(ACCEPTS_IN_FLIGHT * config.listeners.len()),
+            listeners: config.listeners,
+            tls: config.tls,
+            cipher_buffers,
+            handshakes: 0,
             wake: config.wake,
             tick: None,
             draining: false,
@@ -414,6 +466,10 @@ impl Worker {
         let event = self.event_of(index, done);
         if let Some(event) = event {
             self.deliver(index, event);
+        } else if self.slots[index].link.is_some() {
+            // A ciphertext operation moved the link: what it now has for
+            // the connection (or the ring) goes on.
+            self.submit_intents(index);
         }
         self.settle(index);
     }
@@ -421,9 +477,31 @@ impl Worker {
     /// Turns a completion of slot `index` into its connection's event
     /// (`None` for operations whose completion the connection does not
     /// wait for: cancels, file closes).
-    fn event_of(&mut self, index: usize, done: Done) -> Option<Event> {
+    fn event_of(&mut self, index: usize, mut done: Done) -> Option<Event> {
         let slot = &mut self.slots[index];
         let result = done.result;
+        if let Some(link) = &mut slot.link {
+            match done.op {
+                Op::Recv { buf, .. } => {
+                    slot.recv = None;
+                    if result > 0 {
+                        self.stats.bytes_in.add(result as u64);
+                        self.stats.receives_plain.add(1);
+                    }
+                    link.on_received(buf, result);
+                    return None;
+                }
+                Op::Send { buf } => {
+                    slot.net_send = None;
+                    if result > 0 {
+                        self.stats.bytes_out.add(result as u64);
+                    }
+                    link.on_sent(buf, result);
+                    return None;
+                }
+                other => done.op = other,
+            }
+        }
         Some(match done.op {
             Op::Recv { buf, fixed } => {
                 slot.recv = None;
@@ -494,8 +572,84 @@ impl Worker {
         self.submit_intents(index);
     }
 
-    /// Submits everything slot `index`'s connection asks for.
+    /// Submits everything slot `index`'s connection asks for (on a TLS
+    /// connection, through its link, until neither has more).
     fn submit_intents(&mut self, index: usize) {
+        loop {
+            self.submit_connection_intents(index);
+            if !self.pump_link(index) {
+                break;
+            }
+        }
+        let deadline = self.slots[index].conn.deadline();
+        self.timers.set(index as u32, deadline);
+    }
+
+    /// Executes what a TLS connection's link asks for; gives the
+    /// connection what the link has for it. Whether the connection got an
+    /// event (so it may have more intents).
+    fn pump_link(&mut self, index: usize) -> bool {
+        let owner = index as u32;
+        let mut delivered = false;
+        loop {
+            let slot = &mut self.slots[index];
+            let Some(link) = &mut slot.link else {
+                return delivered;
+            };
+            let Some(intent) = link.poll() else {
+                break;
+            };
+            let fd = slot.fd;
+            let event = match intent {
+                LinkIntent::Recv(buf) => {
+                    let len = buf.len();
+                    slot.recv = Some(self.reactor.recv(owner, fd, buf, len, None));
+                    continue;
+                }
+                LinkIntent::Send(buf) => {
+                    slot.net_send = Some(self.reactor.send(owner, fd, buf));
+                    continue;
+                }
+                LinkIntent::Shutdown => {
+                    self.reactor.shutdown(owner, fd, libc::SHUT_WR);
+                    continue;
+                }
+                LinkIntent::Established => {
+                    let facts = link.negotiated();
+                    let facts = TlsFacts::new(facts.version, facts.cipher, facts.sni);
+                    slot.conn.set_tls(facts);
+                    if std::mem::take(&mut slot.handshaking) {
+                        self.handshakes -= 1;
+                    }
+                    self.stats.tls_handshakes.add(1);
+                    continue;
+                }
+                LinkIntent::Received { buf, result } => Event::Received { buf, result },
+                LinkIntent::Sent { buf, result } => Event::Sent { buf, result },
+            };
+            // Counted, not logged: a scanner's garbage would flood the log
+            // (nginx logs these at `info`, off by default).
+            if link.take_failure().is_some() {
+                self.stats.tls_failed.add(1);
+            }
+            if link.plain_http() && matches!(event, Event::Received { result: 0, .. }) {
+                self.stats.tls_plain_http.add(1);
+            }
+            let mut cx = Context {
+                shared: &mut self.shared,
+                policy: &mut self.policy,
+                now: self.now,
+                draining: self.draining,
+            };
+            slot.conn.on(event, &mut cx);
+            delivered = true;
+        }
+        delivered
+    }
+
+    /// Submits everything slot `index`'s connection asks for (a TLS
+    /// connection's receives, sends, cancels and shutdown go to its link).
+    fn submit_connection_intents(&mut self, index: usize) {
         // Each intent moves the connection on (an operation submitted, a
         // loan lent); a connection asks for a handful per event.
         loop {
@@ -511,6 +665,50 @@ impl Worker {
             };
             let owner = index as u32;
             let fd = slot.fd;
+            let intent = match &mut slot.link {
+                None => intent,
+                Some(link) => match intent {
+                    Intent::Recv(buf) => {
+                        link.recv(buf);
+                        continue;
+                    }
+                    Intent::Send(buf) => {
+                        link.send(buf);
+                        continue;
+                    }
+                    Intent::CancelRecv => {
+                        link.cancel_recv();
+                        continue;
+                    }
+                    Intent::CancelOutput if slot.output.is_none() => {
+                        link.cancel_output();
+                        if let Some(send) = slot.net_send {
+                            self.reactor.cancel(owner, send);
+                        }
+                        continue;
+                    }
+                    Intent::Shutdown => {
+                        link.shutdown();
+                        continue;
+                    }
+                    Intent::Close => {
+                        // The link's receive would wait on a closed socket
+                        // for ever (a close cancels nothing in the ring).
+                        link.cancel_recv();
+                        link.cancel_output();
+                        for op in [slot.recv, slot.net_send].into_iter().flatten() {
+                            self.reactor.cancel(owner, op);
+                        }
+                        slot.socket_close = Some(self.reactor.close(owner, fd));
+                        continue;
+                    }
+                    Intent::ReleaseIdle => {
+                        link.release_idle();
+                        Intent::ReleaseIdle
+                    }
+                    other => other,
+                },
+            };
             match intent {
                 Intent::Recv(buf) => {
                     if slot.conn.is_warm()
@@ -614,8 +812,6 @@ impl Worker {
                 }
             }
         }
-        let deadline = self.slots[index].conn.deadline();
-        self.timers.set(index as u32, deadline);
     }
 
     /// A closed connection's slot is free once nothing of it is in flight.
@@ -625,6 +821,13 @@ impl Worker {
             return;
         }
         debug_assert!(slot.recv.is_none() && slot.output.is_none());
+        if let Some(link) = slot.link.take() {
+            if std::mem::take(&mut slot.handshaking) {
+                self.handshakes -= 1;
+            }
+            slot.net_send = None;
+            self.cipher_buffers.push(link.into_buffers());
+        }
         slot.fd = -1;
         slot.socket_close = None;
         self.timers.set(index as u32, None);
@@ -730,21 +933,39 @@ impl Worker {
     /// Keeps accepts in flight while there are free slots for them (so an
     /// accepted connection always finds one).
     fn arm_accepts(&mut self) {
-        let Some(listener) = &self.listener else {
-            return;
-        };
-        if self.draining {
+        if self.draining || self.listeners.is_empty() {
             return;
         }
-        let fd = listener.as_raw_fd();
-        while self.accepts.len() < ACCEPTS_IN_FLIGHT && self.accepts.len() < self.free.len() {
-            let id = self.reactor.accept(WORKER, fd);
-            self.accepts.push(id);
+        // Up to ACCEPTS_IN_FLIGHT per listener, never more in all than
+        // free slots (each accepted connection must find one).
+        for (which, listener) in self.listeners.iter().enumerate() {
+            let fd = listener.fd.as_raw_fd();
+            let mut armed = self.accepts.iter().filter(|(_, l)| *l == which).count();
+            while armed < ACCEPTS_IN_FLIGHT && self.accepts.len() < self.free.len() {
+                let id = self.reactor.accept(WORKER, fd);
+                self.accepts.push((id, which));
+                armed += 1;
+            }
+        }
+    }
+
+    /// Closes the listening sockets once no accept is in flight on them.
+    fn close_listeners(&mut self) {
+        if !self.accepts.is_empty() {
+            return;
+        }
+        for listener in self.listeners.drain(..) {
+            self.reactor.close(WORKER, listener.fd.into_raw_fd());
         }
     }
 
     fn on_accept(&mut self, id: OpId, result: i32, peer: Option<SocketAddr>) {
-        self.accepts.retain(|armed| *armed != id);
+        let which = self
+            .accepts
+            .iter()
+            .position(|(armed, _)| *armed == id)
+            .map(|at| self.accepts.swap_remove(at).1);
+        let tls = which.is_some_and(|which| self.listeners.get(which).is_some_and(|l| l.tls));
         if result < 0 {
             if result != -libc::ECANCELED {
                 crate::log!(
@@ -757,20 +978,30 @@ impl Worker {
         } else if self.draining {
             self.reactor.close(WORKER, result);
         } else {
-            self.adopt(result, peer);
+            self.adopt(result, peer, tls);
         }
         if self.draining {
-            if self.accepts.is_empty() {
-                if let Some(listener) = self.listener.take() {
-                    self.reactor.close(WORKER, listener.into_raw_fd());
-                }
-            }
+            self.close_listeners();
         } else {
             self.arm_accepts();
         }
     }
 
-    fn adopt(&mut self, fd: RawFd, peer: Option<SocketAddr>) {
+    fn adopt(&mut self, fd: RawFd, peer: Option<SocketAddr>, tls: bool) {
+        let link = if tls {
+            match self.new_link() {
+                Some(link) => Some(link),
+                None => {
+                    // Past the handshake bound (or out of buffers): closed
+                    // unanswered, as a full backlog would have refused it.
+                    self.stats.tls_failed.add(1);
+                    self.reactor.close(WORKER, fd);
+                    return;
+                }
+            }
+        } else {
+            None
+        };
         // Accepts are armed only while free slots outnumber them.
         let index = self.free.pop().expect("an accept always finds a free slot") as usize;
         let slot = &mut self.slots[index];
@@ -780,10 +1011,33 @@ impl Worker {
         slot.cooling = false;
         slot.fixed_refused = false;
         slot.conn.open(peer, self.now, &self.shared.config);
+        if let Some(link) = link {
+            slot.conn.set_tls(TlsFacts::pending());
+            slot.link = Some(link);
+            slot.handshaking = true;
+            self.handshakes += 1;
+        }
         self.live += 1;
         self.stats.accepted.add(1);
         self.stats.open.add(1);
         self.submit_intents(index);
+    }
+
+    /// A link for a connection accepted on a TLS listener, while the
+    /// handshake bound allows.
+    fn new_link(&mut self) -> Option<Box<Link>> {
+        if self.handshakes >= TLS_HANDSHAKES_MAX {
+            return None;
+        }
+        let config = self.tls.as_ref()?;
+        let (cipher_in, cipher_out) = self.cipher_buffers.pop()?;
+        match Link::new(config, cipher_in, cipher_out) {
+            Ok(link) => Some(Box::new(link)),
+            Err(err) => {
+                crate::log!(Level::Error, Some(self.index), "TLS session: {err}");
+                None
+            }
+        }
     }
 
     /// The main thread asked us to drain or to reload.
@@ -808,14 +1062,10 @@ impl Worker {
             "draining {} connections",
             self.live
         );
-        for id in self.accepts.clone() {
+        for (id, _) in self.accepts.clone() {
             self.reactor.cancel(WORKER, id);
         }
-        if self.accepts.is_empty() {
-            if let Some(listener) = self.listener.take() {
-                self.reactor.close(WORKER, listener.into_raw_fd());
-            }
-        }
+        self.close_listeners();
         for index in 0..self.slots.len() {
             if self.slots[index].fd >= 0 {
                 self.deliver(index, Event::Drain);
@@ -925,6 +1175,11 @@ impl Worker {
         };
         if let Some(fd) = reload.log {
             crate::log::reopen(fd);
+        }
+        if let Some(tls) = reload.tls {
+            // New handshakes use it; open sessions keep the config they
+            // were made with (rustls holds it per session).
+            self.tls = Some(tls);
         }
         if let (Some(fd), Some(log)) = (reload.access_log, &mut self.policy.access) {
             log.reopen(fd);

@@ -151,6 +151,8 @@ pub fn load(pairs: &[CertPair]) -> Result<Arc<ServerConfig>, LoadError> {
         rustls::crypto::ring::Ticketer::new().map_err(|err| LoadError::Config(err.to_string()))?;
     config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
     config.max_early_data_size = 0;
+    // The record layer after the handshake is ours (crate::records).
+    config.enable_secret_extraction = true;
     Ok(Arc::new(config))
 }
 

@@ -20,6 +20,7 @@
 
 pub mod config;
 mod link;
+pub mod records;
 
 pub use config::{load, CertPair, LoadError, ALPN_HTTP11};
 pub use link::{

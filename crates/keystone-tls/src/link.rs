@@ -9,16 +9,33 @@
 //! [`Link::on_received`], [`Link::on_sent`] (from the ring). Intents out:
 //! [`Link::poll`].
 //!
+//! rustls runs the handshake, fed one whole record at a time so it never
+//! holds a byte past the handshake's last; then it hands over the traffic
+//! keys and [`RecordLayer`] seals and opens records in place: after the
+//! handshake nothing is allocated per record, and the only copies are the
+//! encryption's own (plaintext into the ciphertext buffer, decrypted
+//! plaintext into the connection's buffer).
+//!
 //! Bounded: ciphertext is received only while the connection waits for
-//! plaintext (or the handshake needs it) and rustls has none pending for
-//! it, into a fixed buffer; a send encrypts at most [`PLAIN_STEP_BYTES`]
-//! of the connection's bytes at a time, into a fixed buffer, and is
-//! reported done only when that ciphertext has left.
+//! plaintext (or the handshake needs it) and no opened record is waiting,
+//! into a fixed buffer; a send encrypts at most [`PLAIN_STEP_BYTES`] of the
+//! connection's bytes at a time, into a fixed buffer, and is reported done
+//! only when that ciphertext has left.
+//!
+//! Not handled after the handshake: a TLS 1.3 KeyUpdate from the client
+//! (its next keys are rustls' to derive, and rustls' buffered connection
+//! gives no way to after the hand-over) and TLS 1.2 renegotiation: either
+//! ends the connection with an `unexpected_message` alert. Clients rekey
+//! on their own only near AES-GCM's limit; this layer ends a connection
+//! there instead ([`crate::records::RECORDS_PER_KEY_MAX`] records).
 
-use std::io::{Read, Write};
-
-use keystone_ringbuf::{RingBuffer, SendBuf, SpareLoan};
+use keystone_ringbuf::{RingBuffer, SendBuf, Span, SpareLoan};
 use rustls::{ServerConfig, ServerConnection};
+
+use crate::records::{
+    record_len, RecordError, RecordLayer, CONTENT_ALERT, CONTENT_APPLICATION_DATA, HEADER_BYTES,
+    MAX_OVERHEAD, MAX_PLAINTEXT,
+};
 
 /// Ciphertext receive buffer per TLS connection: one full TLS record
 /// (16 KiB of plaintext plus its header, tag and padding allowance) fits,
@@ -117,9 +134,46 @@ pub enum LinkIntent {
     },
 }
 
+/// Who protects the records: rustls during the handshake, this crate's
+/// record layer after it.
+enum Session {
+    Handshake(Box<ServerConnection>),
+    Records(Box<RecordLayer>),
+    /// After a failure.
+    Gone,
+}
+
+/// What the handshake settled, kept for the connection.
+#[derive(Debug, Default)]
+struct Facts {
+    version: u16,
+    cipher: u16,
+    sni: Option<String>,
+    resumed: bool,
+}
+
+/// An opened application-data record at the front of `cipher_in`: its
+/// plaintext is `[start, start + len)` from the buffer's head, `copied` of
+/// it handed over so far; `record_len` bytes are consumed when all is.
+#[derive(Clone, Copy, Debug)]
+struct Pending {
+    start: usize,
+    len: usize,
+    copied: usize,
+    record_len: usize,
+}
+
+/// Alerts this layer sends: level, description (RFC 8446 §6).
+const ALERT_CLOSE_NOTIFY: [u8; 2] = [1, 0];
+const ALERT_UNEXPECTED_MESSAGE: [u8; 2] = [2, 10];
+const ALERT_BAD_RECORD_MAC: [u8; 2] = [2, 20];
+const ALERT_RECORD_OVERFLOW: [u8; 2] = [2, 22];
+
 /// One TLS connection's state and its two ciphertext buffers.
 pub struct Link {
-    session: ServerConnection,
+    session: Session,
+    facts: Facts,
+    pending: Option<Pending>,
     cipher_in: RingBuffer,
     cipher_out: RingBuffer,
     stage: Stage,
@@ -139,22 +193,28 @@ pub struct Link {
     peer_closed: bool,
     /// A ciphertext operation failed with this `-errno`.
     net_error: Option<i32>,
-    /// The failure the connection was not told yet, for the log.
-    failure: Option<rustls::Error>,
+    /// Why TLS failed, not yet taken (for the counters).
+    failure: Option<String>,
 }
 
 impl Link {
     /// A link for a connection just accepted on a TLS listener, over two
     /// buffers of at least [`CIPHER_IN_BYTES`] and [`CIPHER_OUT_BYTES`].
+    /// `config` must come from [`crate::load`] (it lets the keys be handed
+    /// over after the handshake).
     pub fn new(
         config: &std::sync::Arc<ServerConfig>,
         cipher_in: RingBuffer,
         cipher_out: RingBuffer,
     ) -> Result<Link, rustls::Error> {
         debug_assert!(cipher_in.is_empty() && cipher_out.is_empty());
+        debug_assert!(cipher_in.capacity() >= CIPHER_IN_BYTES);
+        debug_assert!(cipher_out.capacity() >= CIPHER_OUT_BYTES);
         let session = ServerConnection::new(std::sync::Arc::clone(config))?;
         Ok(Link {
-            session,
+            session: Session::Handshake(Box::new(session)),
+            facts: Facts::default(),
+            pending: None,
             cipher_in,
             cipher_out,
             stage: Stage::Fresh,
@@ -192,7 +252,7 @@ impl Link {
     }
 
     /// Why TLS failed, once (for the log and the counters).
-    pub fn take_failure(&mut self) -> Option<rustls::Error> {
+    pub fn take_failure(&mut self) -> Option<String> {
         self.failure.take()
     }
 
@@ -204,16 +264,10 @@ impl Link {
     /// The handshake's outcome (after [`LinkIntent::Established`]).
     pub fn negotiated(&self) -> Negotiated<'_> {
         Negotiated {
-            version: self.session.protocol_version().map_or(0, u16::from),
-            cipher: self
-                .session
-                .negotiated_cipher_suite()
-                .map_or(0, |suite| u16::from(suite.suite())),
-            sni: self.session.server_name(),
-            resumed: matches!(
-                self.session.handshake_kind(),
-                Some(rustls::HandshakeKind::Resumed)
-            ),
+            version: self.facts.version,
+            cipher: self.facts.cipher,
+            sni: self.facts.sni.as_deref(),
+            resumed: self.facts.resumed,
         }
     }
 
@@ -248,7 +302,7 @@ impl Link {
     /// (a ciphertext receive in flight stays; it fills the buffer).
     pub fn cancel_recv(&mut self) {
         if let Some(buf) = self.plain_recv.take() {
-            self.recv_done = Some((buf, -libc_ecanceled()));
+            self.recv_done = Some((buf, -ECANCELED));
         }
     }
 
@@ -256,7 +310,7 @@ impl Link {
     /// ciphertext already made stays queued (the connection aborts next).
     pub fn cancel_output(&mut self) {
         if let Some((buf, _)) = self.plain_send.take() {
-            self.sent_done = Some((buf, -libc_ecanceled()));
+            self.sent_done = Some((buf, -ECANCELED));
         }
     }
 
@@ -267,7 +321,7 @@ impl Link {
             return;
         }
         if self.stage == Stage::Open {
-            self.session.send_close_notify();
+            self.seal_alert(ALERT_CLOSE_NOTIFY);
         }
         self.closing = Closing::Wanted;
         self.progress();
@@ -281,7 +335,7 @@ impl Link {
         self.cipher_in.return_spare(buf, result.max(0) as u32);
         match result {
             0 => self.peer_closed = true,
-            r if r < 0 && r != -libc_ecanceled() => self.net_error = Some(r),
+            r if r < 0 && r != -ECANCELED => self.net_error = Some(r),
             _ => {}
         }
         self.progress();
@@ -325,7 +379,7 @@ impl Link {
             return Some(LinkIntent::Shutdown);
         }
         if !self.net_recv && self.wants_ciphertext() {
-            if self.cipher_in.spare() == 0 && !self.cipher_in.is_empty() {
+            if self.cipher_in.spare() == 0 && self.cipher_in.head() > 0 {
                 self.cipher_in.compact();
             }
             if self.cipher_in.spare() > 0 {
@@ -340,7 +394,11 @@ impl Link {
 
     /// Nothing queued to leave and nothing leaving.
     fn drained(&self) -> bool {
-        !self.net_send && self.cipher_out.is_empty() && !self.session.wants_write()
+        let rustls_queued = match &self.session {
+            Session::Handshake(session) => session.wants_write(),
+            _ => false,
+        };
+        !self.net_send && self.cipher_out.is_empty() && !rustls_queued
     }
 
     fn wants_ciphertext(&self) -> bool {
@@ -349,71 +407,161 @@ impl Link {
         }
         match self.stage {
             Stage::Fresh | Stage::Handshaking => true,
-            // Backpressure: only while the connection waits and rustls has
-            // nothing for it.
-            Stage::Open => self.plain_recv.is_some() && self.session.wants_read(),
+            // Backpressure: only while the connection waits and no whole
+            // record is here for it.
+            Stage::Open => {
+                self.plain_recv.is_some() && self.pending.is_none() && !self.whole_record_buffered()
+            }
             Stage::PlainHttp | Stage::Failed => false,
         }
     }
 
+    fn whole_record_buffered(&self) -> bool {
+        let bytes = self.cipher_in.unconsumed();
+        matches!(record_len(bytes), Ok(Some(len)) if bytes.len() >= HEADER_BYTES + len)
+            || record_len(bytes).is_err()
+    }
+
     fn progress(&mut self) {
-        self.feed();
-        if self.stage == Stage::Handshaking && !self.session.is_handshaking() {
-            self.stage = Stage::Open;
-            self.tell_established = true;
+        if self.handshaking() {
+            self.handshake();
+        } else if matches!(self.stage, Stage::PlainHttp | Stage::Failed) {
+            let all = self.cipher_in.len();
+            self.cipher_in.consume(all);
         }
         self.encrypt();
-        self.flush();
         self.answer_recv();
         self.answer_send();
     }
 
-    /// Hands received ciphertext to rustls while it takes it.
-    fn feed(&mut self) {
-        while !self.cipher_in.is_empty() {
-            if self.stage == Stage::Fresh {
-                let first = self.cipher_in.unconsumed()[0];
-                if first != CONTENT_TYPE_HANDSHAKE && first.is_ascii_uppercase() {
-                    self.stage = Stage::PlainHttp;
-                    let all = self.cipher_in.len();
-                    self.cipher_in.consume(all);
-                    self.cipher_out
-                        .append(PLAIN_HTTP_RESPONSE)
-                        .expect("a fresh send buffer holds the 400");
-                    return;
-                }
-                self.stage = Stage::Handshaking;
-            }
-            if matches!(self.stage, Stage::PlainHttp | Stage::Failed) {
+    /// Feeds rustls whole records until the handshake ends (or fails),
+    /// then takes the keys over.
+    fn handshake(&mut self) {
+        if self.stage == Stage::Fresh && !self.cipher_in.is_empty() {
+            let first = self.cipher_in.unconsumed()[0];
+            if first != CONTENT_TYPE_HANDSHAKE && first.is_ascii_uppercase() {
+                self.stage = Stage::PlainHttp;
                 let all = self.cipher_in.len();
                 self.cipher_in.consume(all);
+                self.cipher_out
+                    .append(PLAIN_HTTP_RESPONSE)
+                    .expect("a fresh send buffer holds the 400");
                 return;
             }
-            if !self.session.wants_read() {
+            self.stage = Stage::Handshaking;
+        }
+        let Session::Handshake(session) = &mut self.session else {
+            return;
+        };
+        let failure = loop {
+            let bytes = self.cipher_in.unconsumed();
+            let whole = match record_len(bytes) {
+                Ok(Some(len)) if bytes.len() >= HEADER_BYTES + len => HEADER_BYTES + len,
+                Ok(_) => break None,
+                Err(_) => break Some("a record longer than TLS allows".to_string()),
+            };
+            let mut record = &bytes[..whole];
+            if session.read_tls(&mut record).is_err() || !record.is_empty() {
+                break Some("rustls did not take a whole record".to_string());
+            }
+            self.cipher_in.consume(whole as u32);
+            if let Err(err) = session.process_new_packets() {
+                break Some(err.to_string());
+            }
+            if !session.is_handshaking() {
+                break None;
+            }
+        };
+        // On failure too: rustls queued its alert, which goes out first.
+        Self::flush_rustls(session, &mut self.cipher_out, self.net_send);
+        if let Some(why) = failure {
+            self.fail(why, None);
+        } else if !session.is_handshaking() && !session.wants_write() {
+            self.take_keys();
+        }
+    }
+
+    /// Moves what rustls has to send into the ciphertext buffer.
+    fn flush_rustls(session: &mut ServerConnection, cipher_out: &mut RingBuffer, sending: bool) {
+        while session.wants_write() {
+            if !sending && cipher_out.spare() == 0 && cipher_out.head() > 0 {
+                cipher_out.compact();
+            }
+            let spare = cipher_out.spare_mut();
+            if spare.is_empty() {
                 return;
             }
-            let mut bytes = self.cipher_in.unconsumed();
-            let before = bytes.len();
-            match self.session.read_tls(&mut bytes) {
+            let mut cursor = std::io::Cursor::new(spare);
+            match session.write_tls(&mut cursor) {
                 Ok(0) | Err(_) => return,
-                Ok(_) => {}
+                Ok(n) => cipher_out.commit(n as u32),
             }
-            let taken = (before - bytes.len()) as u32;
-            self.cipher_in.consume(taken);
-            match self.session.process_new_packets() {
-                Ok(state) => {
-                    if state.peer_has_closed() {
-                        self.peer_closed = true;
-                    }
-                }
-                Err(err) => {
-                    self.stage = Stage::Failed;
-                    self.failure = Some(err);
-                    let all = self.cipher_in.len();
-                    self.cipher_in.consume(all);
-                    return;
-                }
+        }
+    }
+
+    /// The handshake is done and its last flight queued: the facts are
+    /// noted and the traffic keys move to the record layer.
+    fn take_keys(&mut self) {
+        let Session::Handshake(session) = std::mem::replace(&mut self.session, Session::Gone)
+        else {
+            return;
+        };
+        self.facts = Facts {
+            version: session.protocol_version().map_or(0, u16::from),
+            cipher: session
+                .negotiated_cipher_suite()
+                .map_or(0, |suite| u16::from(suite.suite())),
+            sni: session.server_name().map(str::to_owned),
+            resumed: matches!(
+                session.handshake_kind(),
+                Some(rustls::HandshakeKind::Resumed)
+            ),
+        };
+        let layer = session
+            .dangerous_extract_secrets()
+            .map_err(|err| err.to_string())
+            .and_then(|secrets| {
+                RecordLayer::new(self.facts.version, secrets).map_err(|err| format!("{err:?}"))
+            });
+        match layer {
+            Ok(layer) => {
+                self.session = Session::Records(Box::new(layer));
+                self.stage = Stage::Open;
+                self.tell_established = true;
             }
+            Err(why) => self.fail(format!("taking the session keys: {why}"), None),
+        }
+    }
+
+    /// TLS failed: the alert (if one is owed and can be sealed) goes out,
+    /// then the connection reads a reset.
+    fn fail(&mut self, why: String, alert: Option<[u8; 2]>) {
+        if let Some(alert) = alert {
+            self.seal_alert(alert);
+        }
+        self.stage = Stage::Failed;
+        self.session = Session::Gone;
+        self.pending = None;
+        self.failure = Some(why);
+        let all = self.cipher_in.len();
+        self.cipher_in.consume(all);
+    }
+
+    /// Seals a two-byte alert into the ciphertext buffer (dropped when it
+    /// does not fit: the close that follows says enough).
+    fn seal_alert(&mut self, alert: [u8; 2]) {
+        let Session::Records(layer) = &mut self.session else {
+            return;
+        };
+        if !self.net_send && self.cipher_out.spare() < MAX_OVERHEAD as u32 + 2 {
+            self.cipher_out.compact();
+        }
+        let spare = self.cipher_out.spare_mut();
+        if spare.len() < layer.sealed_len(alert.len()) {
+            return;
+        }
+        if let Ok(n) = layer.seal(CONTENT_ALERT, &alert, spare) {
+            self.cipher_out.commit(n as u32);
         }
     }
 
@@ -422,33 +570,108 @@ impl Link {
         let Some((buf, taken @ None)) = &mut self.plain_send else {
             return;
         };
-        if self.stage != Stage::Open {
+        let Session::Records(layer) = &mut self.session else {
+            return;
+        };
+        if self.stage != Stage::Open || self.closing != Closing::No {
             return;
         }
         let plain = match buf {
             SendBuf::Buffer(loan) => loan.as_slice(),
             SendBuf::Pinned(bytes) => bytes.as_slice(),
         };
-        let step = &plain[..plain.len().min(PLAIN_STEP_BYTES)];
-        // rustls takes what its outgoing limit allows (all of one step).
-        let n = self.session.writer().write(step).unwrap_or(0);
-        *taken = Some(n as u32);
+        let plain = &plain[..plain.len().min(PLAIN_STEP_BYTES)];
+        if !self.net_send && self.cipher_out.is_empty() {
+            self.cipher_out.compact();
+        }
+        let mut sealed = 0;
+        let mut exhausted = false;
+        while sealed < plain.len() {
+            let piece = &plain[sealed..plain.len().min(sealed + MAX_PLAINTEXT)];
+            let spare = self.cipher_out.spare_mut();
+            if spare.len() < layer.sealed_len(piece.len()) {
+                break;
+            }
+            match layer.seal(CONTENT_APPLICATION_DATA, piece, spare) {
+                Ok(n) => self.cipher_out.commit(n as u32),
+                Err(_) => {
+                    exhausted = true;
+                    break;
+                }
+            }
+            sealed += piece.len();
+        }
+        // No room at all (an alert still leaving): the next progress tries
+        // again.
+        if sealed > 0 {
+            *taken = Some(sealed as u32);
+        } else if exhausted {
+            // The key's budget is spent: the send fails, the connection
+            // closes.
+            let (buf, _) = self.plain_send.take().expect("checked");
+            self.sent_done = Some((buf, -EPIPE));
+        }
     }
 
-    /// Moves what rustls has to send into the ciphertext buffer.
-    fn flush(&mut self) {
-        while self.session.wants_write() {
-            if !self.net_send && self.cipher_out.spare() == 0 {
-                self.cipher_out.compact();
-            }
-            let spare = self.cipher_out.spare_mut();
-            if spare.is_empty() {
+    /// Opens the next record in `cipher_in` for the connection: application
+    /// data becomes `pending`; a `close_notify` ends the stream; anything
+    /// else ends the connection.
+    fn open_next(&mut self) {
+        while self.pending.is_none() {
+            let Session::Records(layer) = &mut self.session else {
                 return;
-            }
-            let mut cursor = std::io::Cursor::new(spare);
-            match self.session.write_tls(&mut cursor) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => self.cipher_out.commit(n as u32),
+            };
+            let head = self.cipher_in.head();
+            let len = self.cipher_in.len();
+            let bytes = self.cipher_in.get_mut(Span::new(head, len));
+            let opened = match layer.open(bytes) {
+                Ok(Some(opened)) => opened,
+                Ok(None) => return,
+                Err(RecordError::Overflow) => {
+                    return self.fail("record overflow".into(), Some(ALERT_RECORD_OVERFLOW))
+                }
+                Err(err) => {
+                    return self.fail(
+                        format!("record refused: {err:?}"),
+                        Some(ALERT_BAD_RECORD_MAC),
+                    )
+                }
+            };
+            match opened.content_type {
+                CONTENT_APPLICATION_DATA if opened.len == 0 => {
+                    self.cipher_in.consume(opened.record_len as u32);
+                }
+                CONTENT_APPLICATION_DATA => {
+                    self.pending = Some(Pending {
+                        start: opened.start,
+                        len: opened.len,
+                        copied: 0,
+                        record_len: opened.record_len,
+                    });
+                }
+                CONTENT_ALERT => {
+                    let alert =
+                        &self.cipher_in.unconsumed()[opened.start..opened.start + opened.len];
+                    let close_notify = alert == ALERT_CLOSE_NOTIFY;
+                    let fatal = alert.first() == Some(&2);
+                    self.cipher_in.consume(opened.record_len as u32);
+                    if close_notify {
+                        self.peer_closed = true;
+                        return;
+                    }
+                    // A warning other than close_notify (user_canceled)
+                    // is ignored; a fatal one ends the connection.
+                    if fatal {
+                        return self.fail("the peer sent a fatal alert".into(), None);
+                    }
+                }
+                _ => {
+                    return self.fail(
+                        "a handshake message after the handshake (KeyUpdate or renegotiation)"
+                            .into(),
+                        Some(ALERT_UNEXPECTED_MESSAGE),
+                    )
+                }
             }
         }
     }
@@ -458,30 +681,37 @@ impl Link {
         if self.recv_done.is_some() || self.tell_established {
             return;
         }
+        if self.stage == Stage::Open {
+            self.open_next();
+        }
         let Some(mut buf) = self.plain_recv.take() else {
             return;
         };
         let result = match self.stage {
-            Stage::Open => match self.session.reader().read(buf.as_mut_slice()) {
-                Ok(n) => Some(n as i32),
-                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
-                    if let Some(errno) = self.net_error {
-                        Some(errno)
-                    } else if self.peer_closed {
-                        Some(0)
-                    } else {
-                        None
+            Stage::Open => match &mut self.pending {
+                Some(pending) => {
+                    let out = buf.as_mut_slice();
+                    let n = out.len().min(pending.len - pending.copied);
+                    let from = pending.start + pending.copied;
+                    out[..n].copy_from_slice(&self.cipher_in.unconsumed()[from..from + n]);
+                    pending.copied += n;
+                    if pending.copied == pending.len {
+                        let record = pending.record_len as u32;
+                        self.pending = None;
+                        self.cipher_in.consume(record);
                     }
+                    Some(n as i32)
                 }
-                // The peer closed without close_notify: an end all the same.
-                Err(_) => Some(0),
+                None if self.net_error.is_some() => self.net_error,
+                None if self.peer_closed => Some(0),
+                None => None,
             },
             // The courtesy 400 or the alert goes out first.
             Stage::PlainHttp if self.drained() || self.net_error.is_some() => Some(0),
-            Stage::Failed if self.drained() || self.net_error.is_some() => Some(-libc_econnreset()),
+            Stage::Failed if self.drained() || self.net_error.is_some() => Some(-ECONNRESET),
             Stage::Fresh | Stage::Handshaking => {
-                if let Some(errno) = self.net_error {
-                    Some(errno)
+                if self.net_error.is_some() {
+                    self.net_error
                 } else if self.peer_closed {
                     Some(0)
                 } else {
@@ -506,7 +736,7 @@ impl Link {
             Some(_) if self.net_error.is_some() => self.net_error.expect("checked"),
             // Before the handshake ends there is nothing to encrypt with:
             // a send then (a 408 for a handshake that timed out) fails.
-            Some((_, None)) if self.stage != Stage::Open => -libc_epipe(),
+            Some((_, None)) if self.stage != Stage::Open => -EPIPE,
             Some((_, Some(n))) if self.drained() => *n as i32,
             Some(_) => return,
         };
@@ -517,12 +747,6 @@ impl Link {
 
 // The errno values the connection machine expects (Linux's; spelled here
 // so this crate needs no libc).
-const fn libc_ecanceled() -> i32 {
-    125
-}
-const fn libc_econnreset() -> i32 {
-    104
-}
-const fn libc_epipe() -> i32 {
-    32
-}
+const ECANCELED: i32 = 125;
+const ECONNRESET: i32 = 104;
+const EPIPE: i32 = 32;

@@ -25,6 +25,8 @@ struct Peer {
     shut_down: bool,
     /// A receive the test holds in flight while the client has nothing.
     pending_recv: Option<SpareLoan>,
+    /// Flip the last byte of what the client sends next (a forged record).
+    tamper: bool,
 }
 
 fn setup(names: &[&str]) -> (tempfile::TempDir, Arc<rustls::ServerConfig>, RootCertStore) {
@@ -70,6 +72,7 @@ impl Peer {
             wire_to_client: Vec::new(),
             shut_down: false,
             pending_recv: None,
+            tamper: false,
         }
     }
 
@@ -160,6 +163,9 @@ impl Peer {
                 if out.is_empty() {
                     self.pending_recv = Some(loan);
                 } else {
+                    if std::mem::take(&mut self.tamper) {
+                        *out.last_mut().unwrap() ^= 1;
+                    }
                     moved = true;
                     let n = out.len();
                     loan.as_mut_slice()[..n].copy_from_slice(&out);
@@ -186,15 +192,51 @@ fn client(config: &RootCertStore, name: &str) -> ClientConnection {
     .unwrap()
 }
 
+/// A client that offers only `suite` at `version`.
+fn client_with(
+    roots: &RootCertStore,
+    version: &'static rustls::SupportedProtocolVersion,
+    suite: rustls::SupportedCipherSuite,
+) -> ClientConnection {
+    let provider = rustls::crypto::CryptoProvider {
+        cipher_suites: vec![suite],
+        ..rustls::crypto::ring::default_provider()
+    };
+    let mut cfg = ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(&[version])
+        .unwrap()
+        .with_root_certificates(roots.clone())
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    ClientConnection::new(Arc::new(cfg), ServerName::try_from("a.test").unwrap()).unwrap()
+}
+
 #[test]
-fn a_handshake_then_requests_and_answers_both_ways() {
+fn every_suite_both_versions_carries_requests_and_answers_both_ways() {
+    use rustls::crypto::ring::cipher_suite::*;
     let (_dir, config, roots) = setup(&["a.test"]);
-    let mut peer = Peer::new(&config, client(&roots, "a.test"));
+    let v13 = &rustls::version::TLS13;
+    let v12 = &rustls::version::TLS12;
+    for (version, suite, id) in [
+        (v13, TLS13_AES_128_GCM_SHA256, 0x1301),
+        (v13, TLS13_AES_256_GCM_SHA384, 0x1302),
+        (v13, TLS13_CHACHA20_POLY1305_SHA256, 0x1303),
+        (v12, TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, 0xc02b),
+        (v12, TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384, 0xc02c),
+        (v12, TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, 0xcca9),
+    ] {
+        exchange(&config, client_with(&roots, version, suite), id);
+    }
+}
+
+fn exchange(config: &Arc<rustls::ServerConfig>, client: ClientConnection, suite: u16) {
+    let mut peer = Peer::new(config, client);
     peer.want_bytes();
     peer.run();
-    assert!(peer.established, "the handshake finished");
+    assert!(peer.established, "the handshake finished ({suite:#x})");
     let facts = peer.link.negotiated();
-    assert_eq!(facts.version, 0x0304);
+    assert_eq!(facts.cipher, suite);
+    assert_eq!(facts.version, if suite >= 0xc000 { 0x0303 } else { 0x0304 });
     assert_eq!(facts.sni, Some("a.test"));
     assert_eq!(peer.client.alpn_protocol(), Some(&b"http/1.1"[..]));
 
@@ -341,4 +383,28 @@ fn a_client_offering_only_h2_is_refused() {
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| peer.run()));
     assert!(result.is_err() || !peer.established);
     assert!(!peer.established);
+}
+
+#[test]
+fn a_forged_record_gets_bad_record_mac_and_the_connection_a_reset() {
+    let (_dir, config, roots) = setup(&["a.test"]);
+    let mut peer = Peer::new(&config, client(&roots, "a.test"));
+    peer.want_bytes();
+    peer.run();
+    assert!(peer.established);
+    peer.tamper = true;
+    peer.client
+        .writer()
+        .write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .unwrap();
+    // The client sees the alert: processing it fails.
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| peer.run()));
+    assert!(result.is_err(), "the client got a fatal alert");
+    assert!(
+        peer.received.is_empty(),
+        "no forged byte reached the connection"
+    );
+    assert!(peer.link.take_failure().is_some());
+    let err = peer.client.process_new_packets().unwrap_err();
+    assert!(err.to_string().contains("BadRecordMac"), "{err}");
 }
