@@ -4,6 +4,8 @@
 //! loopback port with its output captured, and three kinds of client: `curl`,
 //! `ureq`, and a raw `TcpStream` that parses responses by hand so tests can
 //! pipeline, split writes at odd byte boundaries and watch the server close.
+//! TLS (test certificates, a TLS listener, curl/s_client/python clients)
+//! is the `tls` module.
 //!
 //! Every blocking wait here has a bound, so a hung server fails a test instead
 //! of hanging CI.
@@ -20,6 +22,7 @@ use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
+pub mod tls;
 mod tools;
 pub mod vectors;
 

@@ -26,6 +26,14 @@ pub const TEST_PACKAGES: &[(&str, &str)] = &[
         "e2e tests and smoke checks talk HTTP to the real binary",
     ),
     ("wrk", "HTTP load generator for the load tests and benches"),
+    (
+        "openssl",
+        "TLS tests: test certificates (openssl req/x509) and s_client",
+    ),
+    (
+        "python3",
+        "TLS tests' ssl-module client; a proxy test's http.server backend",
+    ),
     ("clang", "compiles ebpf/*.c to BPF for the up-to-date check"),
     ("llvm", "llvm-strip makes the BPF object deterministic"),
     (
