@@ -47,6 +47,10 @@ pub const BENCH_PACKAGES: &[(&str, &str)] = &[
     ),
     ("wrk", "HTTP load generator"),
     ("strace", "syscalls per request (strace -c)"),
+    (
+        "openssl",
+        "the HTTPS rows' ECDSA P-256 certificate (openssl req)",
+    ),
 ];
 
 /// Core the servers run on; wrk gets [`CLIENT_CORE`]. Two cores is the
@@ -258,8 +262,35 @@ http {
             default_type application/octet-stream;
         }
     }
+    # The HTTPS rows: the same certificate as Keystone's, nginx's defaults
+    # otherwise (TLS 1.2 and 1.3, session tickets on). sendfile cannot
+    # carry TLS (no kernel TLS here): nginx reads and encrypts, as Keystone.
+    server {
+        listen 127.0.0.1:{tls_port} ssl backlog=4096;
+        ssl_certificate {tls_cert};
+        ssl_certificate_key {tls_key};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        location = / {
+            content_by_lua_block {
+                ngx.header["Content-Type"] = "text/plain"
+                ngx.header["Content-Length"] = 13
+                ngx.print("Hello, World!")
+            }
+        }
+        location {static_prefix} {
+            root {files};
+            sendfile on;
+            tcp_nopush on;
+            default_type application/octet-stream;
+        }
+    }
 }
 "#;
+
+/// The HTTPS rows' certificate and key (ECDSA P-256, made by `openssl req`
+/// in the run's directory; both servers serve the same pair).
+const TLS_CERT: &str = "tls.crt";
+const TLS_KEY: &str = "tls.key";
 
 /// Where Debian keeps nginx's dynamic modules, and the ones the Lua module
 /// needs (NDK first: lua-nginx-module links against it).
@@ -301,6 +332,11 @@ impl ServerKind {
     fn serves_files(self) -> bool {
         self != ServerKind::RawUring
     }
+
+    /// Whether it has a TLS listener (raw-uring has none).
+    fn speaks_tls(self) -> bool {
+        self != ServerKind::RawUring
+    }
 }
 
 /// One load scenario.
@@ -319,6 +355,11 @@ struct Scenario {
     routed: bool,
     /// The body bytes of each proxied answer, for MB/s.
     proxied_bytes: Option<usize>,
+    /// Over the servers' TLS listeners (same ECDSA P-256 certificate).
+    tls: bool,
+    /// Every request on a new connection (`Connection: close`): over TLS,
+    /// a full handshake per request (wrk keeps no session to resume).
+    close: bool,
 }
 
 /// Indices in [`SCENARIOS`] the targets read.
@@ -342,6 +383,12 @@ const PROXY_LARGE: usize = 9;
 const PROXY_LARGE_PATH: &str = "/proxy-1m";
 /// The body every answer of the body-mode raw-uring carries.
 const PROXY_LARGE_BYTES: usize = 1 << 20;
+/// Index of the keep-alive HTTPS row.
+const HTTPS_PLAINTEXT: usize = 10;
+/// Index of the full-handshake row.
+const HTTPS_HANDSHAKES: usize = 11;
+/// Index of the 1 MiB static file over TLS.
+const HTTPS_STATIC_LARGE: usize = 12;
 
 /// The ports the proxy scenarios forward to: raw-uring's canned answer
 /// and its body-mode twin.
@@ -351,7 +398,7 @@ struct Backends {
     large: u16,
 }
 
-const SCENARIOS: [Scenario; 10] = [
+const SCENARIOS: [Scenario; 13] = [
     Scenario {
         name: "plaintext",
         path: "/",
@@ -360,6 +407,8 @@ const SCENARIOS: [Scenario; 10] = [
         file: None,
         routed: false,
         proxied_bytes: None,
+        tls: false,
+        close: false,
     },
     Scenario {
         name: "json-param",
@@ -369,6 +418,8 @@ const SCENARIOS: [Scenario; 10] = [
         file: None,
         routed: false,
         proxied_bytes: None,
+        tls: false,
+        close: false,
     },
     Scenario {
         name: "pipelined-16",
@@ -378,6 +429,8 @@ const SCENARIOS: [Scenario; 10] = [
         file: None,
         routed: false,
         proxied_bytes: None,
+        tls: false,
+        close: false,
     },
     Scenario {
         name: "connections-256",
@@ -387,6 +440,8 @@ const SCENARIOS: [Scenario; 10] = [
         file: None,
         routed: false,
         proxied_bytes: None,
+        tls: false,
+        close: false,
     },
     // HttpArena's connection count: whether the lead holds when most
     // connections wait at any moment (their state falls out of the caches).
@@ -398,6 +453,8 @@ const SCENARIOS: [Scenario; 10] = [
         file: None,
         routed: false,
         proxied_bytes: None,
+        tls: false,
+        close: false,
     },
     Scenario {
         name: "static-4KiB",
@@ -407,6 +464,8 @@ const SCENARIOS: [Scenario; 10] = [
         file: Some(STATIC_4K),
         routed: false,
         proxied_bytes: None,
+        tls: false,
+        close: false,
     },
     // Fewer connections: 64 × 1 MiB in flight would measure socket buffers
     // and wrk's reading, not the server.
@@ -418,6 +477,8 @@ const SCENARIOS: [Scenario; 10] = [
         file: Some(STATIC_1M),
         routed: false,
         proxied_bytes: None,
+        tls: false,
+        close: false,
     },
     // A handler that raises on every request: what a production bug in one
     // route costs the server (CPU per failure against plaintext's CPU per
@@ -430,6 +491,8 @@ const SCENARIOS: [Scenario; 10] = [
         file: None,
         routed: true,
         proxied_bytes: None,
+        tls: false,
+        close: false,
     },
     // A gateway's work: each request forwarded to the raw-uring of the same
     // run over a kept-alive upstream connection (raw-uring is the backend,
@@ -442,6 +505,8 @@ const SCENARIOS: [Scenario; 10] = [
         file: None,
         routed: true,
         proxied_bytes: None,
+        tls: false,
+        close: false,
     },
     // 1 MiB bodies through the proxy, 16 connections as for static-1MiB:
     // keystone splices what does not come with the head (socket → pipe →
@@ -454,6 +519,45 @@ const SCENARIOS: [Scenario; 10] = [
         file: None,
         routed: true,
         proxied_bytes: Some(PROXY_LARGE_BYTES),
+        tls: false,
+        close: false,
+    },
+    // TLS, keep-alive: what the record layer costs per request.
+    Scenario {
+        name: "https-plaintext",
+        path: "/",
+        connections: 64,
+        pipeline: 1,
+        file: None,
+        routed: false,
+        proxied_bytes: None,
+        tls: true,
+        close: false,
+    },
+    // A full handshake per request (ECDHE + an ECDSA P-256 signature).
+    Scenario {
+        name: "https-handshakes",
+        path: "/",
+        connections: 16,
+        pipeline: 1,
+        file: None,
+        routed: false,
+        proxied_bytes: None,
+        tls: true,
+        close: true,
+    },
+    // 1 MiB files over TLS: encrypted in user space here (no kernel TLS on
+    // this machine), read through a bounded buffer.
+    Scenario {
+        name: "https-static-1MiB",
+        path: "/static/1m.bin",
+        connections: 16,
+        pipeline: 1,
+        file: Some(STATIC_1M),
+        routed: false,
+        proxied_bytes: None,
+        tls: true,
+        close: false,
     },
 ];
 
@@ -471,12 +575,16 @@ impl Scenario {
     /// Whether `kind` takes part (raw-uring serves no files and has no
     /// routes to fail).
     fn run_by(&self, kind: ServerKind) -> bool {
-        (self.file.is_none() || kind.serves_files()) && (!self.routed || kind.routes())
+        (self.file.is_none() || kind.serves_files())
+            && (!self.routed || kind.routes())
+            && (!self.tls || kind.speaks_tls())
     }
 
     /// Why a server sits it out.
     fn not_applicable(&self) -> &'static str {
-        if self.file.is_some() {
+        if self.tls {
+            "no TLS"
+        } else if self.file.is_some() {
             "no files"
         } else {
             "no routes"
@@ -827,6 +935,8 @@ fn connect(port: u16) -> Result<TcpStream> {
 struct Server {
     kind: ServerKind,
     port: u16,
+    /// Its TLS listener (keystone and nginx).
+    tls_port: Option<u16>,
     child: Child,
     /// Where it logs its errors (nginx: its `error_log`; the others: their
     /// standard output and error).
@@ -856,6 +966,11 @@ impl Server {
         backends: Backends,
     ) -> Result<Server> {
         let port = free_port()?;
+        let tls_port = if kind.speaks_tls() {
+            Some(free_port()?)
+        } else {
+            None
+        };
         let release = root.join("target/release");
         let keystone = options
             .keystone
@@ -869,6 +984,12 @@ impl Server {
                 command.arg(keystone).arg("serve").arg(app).args([
                     "--listen".to_string(),
                     format!("127.0.0.1:{port}"),
+                    "--tls-listen".to_string(),
+                    format!("127.0.0.1:{}", tls_port.expect("keystone speaks TLS")),
+                    "--tls-cert".to_string(),
+                    dir.join(TLS_CERT).display().to_string(),
+                    "--tls-key".to_string(),
+                    dir.join(TLS_KEY).display().to_string(),
                     "--workers".to_string(),
                     "1".to_string(),
                     "--max-connections".to_string(),
@@ -876,7 +997,8 @@ impl Server {
                 ]);
             }
             ServerKind::NginxLua => {
-                let conf = write_nginx_conf(dir, port, backends)?;
+                let tls_port = tls_port.expect("nginx speaks TLS");
+                let conf = write_nginx_conf(dir, port, tls_port, backends)?;
                 command.arg("nginx").arg("-p").arg(dir).arg("-c").arg(conf);
                 command.arg("-e").arg(dir.join("error.log"));
             }
@@ -905,6 +1027,7 @@ impl Server {
         let mut server = Server {
             kind,
             port,
+            tls_port,
             child,
             log_path: errors_path,
         };
@@ -1021,6 +1144,30 @@ fn write_static_files(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The HTTPS rows' ECDSA P-256 certificate, self-signed for 127.0.0.1
+/// (wrk does not verify).
+fn write_certificate(dir: &Path) -> Result<()> {
+    run_checked(
+        Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+            ])
+            .args(["-nodes", "-days", "2", "-subj", "/CN=127.0.0.1"])
+            .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+            .arg("-keyout")
+            .arg(dir.join(TLS_KEY))
+            .arg("-out")
+            .arg(dir.join(TLS_CERT))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )
+}
+
 /// Writes Keystone's bench app (with the static directory's absolute path).
 fn write_keystone_app(dir: &Path, backends: Backends) -> Result<PathBuf> {
     let static_dir = std::path::absolute(static_dir(dir))?;
@@ -1045,7 +1192,7 @@ fn write_keystone_app(dir: &Path, backends: Backends) -> Result<PathBuf> {
     Ok(path)
 }
 
-fn write_nginx_conf(dir: &Path, port: u16, backends: Backends) -> Result<PathBuf> {
+fn write_nginx_conf(dir: &Path, port: u16, tls_port: u16, backends: Backends) -> Result<PathBuf> {
     let mut load_modules = String::new();
     for module in NGINX_MODULES {
         let path = Path::new(NGINX_MODULES_DIR).join(module);
@@ -1068,6 +1215,9 @@ fn write_nginx_conf(dir: &Path, port: u16, backends: Backends) -> Result<PathBuf
         .replace("{proxy_large_path}", PROXY_LARGE_PATH)
         .replace("{backend}", &backends.small.to_string())
         .replace("{large_backend}", &backends.large.to_string())
+        .replace("{tls_port}", &tls_port.to_string())
+        .replace("{tls_cert}", &dir.join(TLS_CERT).display().to_string())
+        .replace("{tls_key}", &dir.join(TLS_KEY).display().to_string())
         .replace("{port}", &port.to_string());
     let path = dir.join("nginx.conf");
     std::fs::write(&path, conf)?;
@@ -1091,7 +1241,14 @@ fn run_wrk(server: &Server, scenario: &Scenario, seconds: u32, dir: &Path) -> Re
     if scenario.pipeline > 1 {
         command.arg("-s").arg(dir.join("pipeline.lua"));
     }
-    command.arg(format!("http://127.0.0.1:{}{}", server.port, scenario.path));
+    if scenario.close {
+        command.args(["-H", "Connection: close"]);
+    }
+    let url = match (scenario.tls, server.tls_port) {
+        (true, Some(port)) => format!("https://127.0.0.1:{port}{}", scenario.path),
+        _ => format!("http://127.0.0.1:{}{}", server.port, scenario.path),
+    };
+    command.arg(url);
     if scenario.pipeline > 1 {
         command.args(["--", &scenario.pipeline.to_string()]);
     }
@@ -1244,6 +1401,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("pipeline.lua"), PIPELINE_LUA)?;
     write_static_files(&dir)?;
+    write_certificate(&dir)?;
     // On failure the directory stays: its server logs say why.
     let report = run_in(root, &dir, &options)
         .with_context(|| format!("server logs and configs kept in {}", dir.display()))?;
@@ -1345,6 +1503,7 @@ fn start_large_backend(root: &Path, dir: &Path) -> Result<Server> {
     let server = Server {
         kind: ServerKind::RawUring,
         port,
+        tls_port: None,
         child,
         log_path,
     };
@@ -1486,6 +1645,27 @@ fn targets(report: &Report) -> Vec<Target> {
             "CPU/request, proxy-1MiB 16 conns: keystone ÷ nginx+lua",
             cpu_ratio(PROXY_LARGE, NGINX),
             0.7,
+        ),
+        at_most(
+            "CPU/request, https-plaintext 64 conns: keystone ÷ nginx+lua",
+            cpu_ratio(HTTPS_PLAINTEXT, NGINX),
+            0.8,
+        ),
+        at_least(
+            "full handshakes/s, https-handshakes: keystone ÷ nginx+lua",
+            quotient(
+                rate(HTTPS_HANDSHAKES, KEYSTONE),
+                rate(HTTPS_HANDSHAKES, NGINX),
+            ),
+            1.0,
+        ),
+        at_least(
+            "MB/s, https-static-1MiB: keystone ÷ nginx+lua",
+            quotient(
+                rate(HTTPS_STATIC_LARGE, KEYSTONE),
+                rate(HTTPS_STATIC_LARGE, NGINX),
+            ),
+            1.0,
         ),
         at_most(
             "p99 latency, worst non-pipelined row: keystone ÷ nginx+lua",
@@ -1903,13 +2083,14 @@ Transfer/sec:      9.46MB
         let dir = std::env::temp_dir();
         if !Path::new(NGINX_MODULES_DIR).join(NGINX_MODULES[1]).exists() {
             // Without the module the writer refuses, which is what we want.
-            assert!(write_nginx_conf(&dir.join("missing-modules"), 1, TEST_BACKENDS).is_err());
+            assert!(write_nginx_conf(&dir.join("missing-modules"), 1, 2, TEST_BACKENDS).is_err());
             return;
         }
         let dir = dir.join(format!("keystone-bench-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let conf =
-            std::fs::read_to_string(write_nginx_conf(&dir, 8081, TEST_BACKENDS).unwrap()).unwrap();
+            std::fs::read_to_string(write_nginx_conf(&dir, 8081, 8443, TEST_BACKENDS).unwrap())
+                .unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         for placeholder in [
             "{port}",
@@ -1921,10 +2102,18 @@ Transfer/sec:      9.46MB
             "{proxy_path}",
             "{large_backend}",
             "{proxy_large_path}",
+            "{tls_port}",
+            "{tls_cert}",
+            "{tls_key}",
         ] {
             assert!(!conf.contains(placeholder), "{placeholder} in {conf}");
         }
         assert!(conf.contains("listen 127.0.0.1:8081"));
+        assert!(conf.contains("listen 127.0.0.1:8443 ssl"), "{conf}");
+        assert!(
+            conf.contains(&format!("ssl_certificate {}/tls.crt;", dir.display())),
+            "{conf}"
+        );
         assert!(conf.contains("worker_connections 10240;"));
         let root = format!(
             "location /static/ {{\n            root {}/files;",
@@ -1991,13 +2180,13 @@ Transfer/sec:      9.46MB
     }
 
     #[test]
-    fn raw_uring_sits_out_the_static_and_failing_route_scenarios_only() {
+    fn raw_uring_sits_out_the_static_failing_route_and_tls_scenarios_only() {
         for scenario in &SCENARIOS {
             assert!(scenario.run_by(ServerKind::Keystone));
             assert!(scenario.run_by(ServerKind::NginxLua));
             assert_eq!(
                 scenario.run_by(ServerKind::RawUring),
-                scenario.file.is_none() && !scenario.routed,
+                scenario.file.is_none() && !scenario.routed && !scenario.tls,
                 "{}",
                 scenario.name
             );
@@ -2009,6 +2198,10 @@ Transfer/sec:      9.46MB
         assert_eq!(SCENARIOS[PLAINTEXT].name, "plaintext");
         assert_eq!(SCENARIOS[JSON_PARAM].name, "json-param");
         assert_eq!(SCENARIOS[PIPELINED].name, "pipelined-16");
+        assert_eq!(SCENARIOS[HTTPS_PLAINTEXT].name, "https-plaintext");
+        assert_eq!(SCENARIOS[HTTPS_HANDSHAKES].name, "https-handshakes");
+        assert!(SCENARIOS[HTTPS_HANDSHAKES].close && SCENARIOS[HTTPS_HANDSHAKES].tls);
+        assert_eq!(SCENARIOS[HTTPS_STATIC_LARGE].name, "https-static-1MiB");
         assert_eq!(SCENARIOS[CONNECTIONS_256].name, "connections-256");
         assert_eq!(SCENARIOS[CONNECTIONS_4096].name, "connections-4096");
         assert_eq!(SCENARIOS[STATIC_SMALL].file, Some(STATIC_4K));

@@ -694,8 +694,7 @@ impl Worker {
                     Intent::Close => {
                         // The link's receive would wait on a closed socket
                         // for ever (a close cancels nothing in the ring).
-                        link.cancel_recv();
-                        link.cancel_output();
+                        link.abandon();
                         for op in [slot.recv, slot.net_send].into_iter().flatten() {
                             self.reactor.cancel(owner, op);
                         }
@@ -817,7 +816,15 @@ impl Worker {
     /// A closed connection's slot is free once nothing of it is in flight.
     fn settle(&mut self, index: usize) {
         let slot = &mut self.slots[index];
-        if slot.fd < 0 || !slot.conn.is_free() || self.reactor.in_flight(index as u32) > 0 {
+        // The ring's count drops when a completion is reaped, before this
+        // turn hands it over: a link's ciphertext operation may still be
+        // on its way here (the connection got its own loans back already).
+        let link_busy = slot.link.as_ref().is_some_and(|link| link.in_flight());
+        if slot.fd < 0
+            || !slot.conn.is_free()
+            || link_busy
+            || self.reactor.in_flight(index as u32) > 0
+        {
             return;
         }
         debug_assert!(slot.recv.is_none() && slot.output.is_none());

@@ -4,6 +4,14 @@
 //! for comes back as its loans with a result, as the ring would hand them
 //! back on a cleartext connection.
 //!
+//! Both roles: [`Link::new`] is a client connection accepted on a TLS
+//! listener (the server side: it may meet cleartext HTTP and answers it
+//! the courtesy 400), [`Link::client`] an upstream connection the worker
+//! opened (the client side: its ClientHello is queued at once, the
+//! server's certificate is checked by the configuration's verifier, and
+//! the TLS 1.3 NewSessionTicket messages a server sends after the
+//! handshake are skipped — upstream sessions are not resumed).
+//!
 //! Events in: [`Link::recv`], [`Link::send`], [`Link::cancel_recv`],
 //! [`Link::cancel_output`], [`Link::shutdown`] (from the connection);
 //! [`Link::on_received`], [`Link::on_sent`] (from the ring). Intents out:
@@ -30,11 +38,12 @@
 //! there instead ([`crate::records::RECORDS_PER_KEY_MAX`] records).
 
 use keystone_ringbuf::{RingBuffer, SendBuf, Span, SpareLoan};
-use rustls::{ServerConfig, ServerConnection};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, Connection, ServerConfig, ServerConnection};
 
 use crate::records::{
-    record_len, RecordError, RecordLayer, CONTENT_ALERT, CONTENT_APPLICATION_DATA, HEADER_BYTES,
-    MAX_OVERHEAD, MAX_PLAINTEXT,
+    record_len, RecordError, RecordLayer, CONTENT_ALERT, CONTENT_APPLICATION_DATA,
+    CONTENT_HANDSHAKE, HEADER_BYTES, MAX_OVERHEAD, MAX_PLAINTEXT,
 };
 
 /// Ciphertext receive buffer per TLS connection: one full TLS record
@@ -64,6 +73,21 @@ Connection: close\r\n\
 
 /// The first record of a TLS connection is a handshake record.
 const CONTENT_TYPE_HANDSHAKE: u8 = 0x16;
+
+/// A handshake message's header: type (1 byte), length (3 bytes).
+const HANDSHAKE_HEADER_BYTES: usize = 4;
+/// TLS 1.3's NewSessionTicket (RFC 8446 §4.6.1), the one handshake
+/// message a client meets after the handshake and may ignore.
+const HANDSHAKE_NEW_SESSION_TICKET: u8 = 4;
+
+/// Which end of the TLS connection the link is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    /// Accepted on a TLS listener.
+    Server,
+    /// Opened to an upstream.
+    Client,
+}
 
 /// Where the connection is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,7 +161,7 @@ pub enum LinkIntent {
 /// Who protects the records: rustls during the handshake, this crate's
 /// record layer after it.
 enum Session {
-    Handshake(Box<ServerConnection>),
+    Handshake(Box<Connection>),
     Records(Box<RecordLayer>),
     /// After a failure.
     Gone,
@@ -171,6 +195,7 @@ const ALERT_RECORD_OVERFLOW: [u8; 2] = [2, 22];
 
 /// One TLS connection's state and its two ciphertext buffers.
 pub struct Link {
+    role: Role,
     session: Session,
     facts: Facts,
     pending: Option<Pending>,
@@ -195,6 +220,9 @@ pub struct Link {
     net_error: Option<i32>,
     /// Why TLS failed, not yet taken (for the counters).
     failure: Option<String>,
+    /// The connection closed its socket: no ciphertext operation is asked
+    /// for again (loans still come back).
+    abandoned: bool,
 }
 
 impl Link {
@@ -211,7 +239,57 @@ impl Link {
         debug_assert!(cipher_in.capacity() >= CIPHER_IN_BYTES);
         debug_assert!(cipher_out.capacity() >= CIPHER_OUT_BYTES);
         let session = ServerConnection::new(std::sync::Arc::clone(config))?;
-        Ok(Link {
+        Ok(Link::with_session(
+            Role::Server,
+            Connection::Server(session),
+            cipher_in,
+            cipher_out,
+        ))
+    }
+
+    /// A link for an upstream connection that just connected, over two
+    /// buffers of at least [`CIPHER_IN_BYTES`] and [`CIPHER_OUT_BYTES`]:
+    /// its ClientHello (for `name`: the SNI sent, unless it is an IP
+    /// address, and the name the certificate must cover) is queued at
+    /// once, so the first [`Link::poll`] sends it. `config` must come
+    /// from [`crate::client_config`] (it lets the keys be handed over).
+    pub fn client(
+        config: &std::sync::Arc<ClientConfig>,
+        name: ServerName<'static>,
+        cipher_in: RingBuffer,
+        cipher_out: RingBuffer,
+    ) -> Result<Link, rustls::Error> {
+        debug_assert!(cipher_in.is_empty() && cipher_out.is_empty());
+        debug_assert!(cipher_in.capacity() >= CIPHER_IN_BYTES);
+        debug_assert!(cipher_out.capacity() >= CIPHER_OUT_BYTES);
+        debug_assert!(config.enable_secret_extraction);
+        let sni = match &name {
+            ServerName::DnsName(dns) => Some(dns.as_ref().to_owned()),
+            _ => None,
+        };
+        let session = ClientConnection::new(std::sync::Arc::clone(config), name)?;
+        let mut link = Link::with_session(
+            Role::Client,
+            Connection::Client(session),
+            cipher_in,
+            cipher_out,
+        );
+        // No cleartext-HTTP detection on this side: the client speaks first.
+        link.stage = Stage::Handshaking;
+        link.facts.sni = sni;
+        link.progress();
+        debug_assert!(!link.cipher_out.is_empty(), "the ClientHello is queued");
+        Ok(link)
+    }
+
+    fn with_session(
+        role: Role,
+        session: Connection,
+        cipher_in: RingBuffer,
+        cipher_out: RingBuffer,
+    ) -> Link {
+        Link {
+            role,
             session: Session::Handshake(Box::new(session)),
             facts: Facts::default(),
             pending: None,
@@ -229,6 +307,7 @@ impl Link {
             peer_closed: false,
             net_error: None,
             failure: None,
+            abandoned: false,
         })
     }
 
@@ -254,6 +333,23 @@ impl Link {
     /// Why TLS failed, once (for the log and the counters).
     pub fn take_failure(&mut self) -> Option<String> {
         self.failure.take()
+    }
+
+    /// Whether TLS failed (a refused handshake — on the client side an
+    /// unverified certificate among its reasons — or a bad record).
+    pub fn failed(&self) -> bool {
+        self.stage == Stage::Failed
+    }
+
+    /// The socket is being closed: the connection's receive and send come
+    /// back cancelled at the next [`Link::poll`], and no ciphertext
+    /// operation is asked for any more (those in flight still come back
+    /// through [`Link::on_received`] and [`Link::on_sent`], and must,
+    /// before [`Link::into_buffers`]).
+    pub fn abandon(&mut self) {
+        self.abandoned = true;
+        self.cancel_recv();
+        self.cancel_output();
     }
 
     /// Whether a ciphertext receive or send is in flight.
@@ -327,6 +423,14 @@ impl Link {
         self.progress();
     }
 
+    /// The connection closes its socket: its receive and send come back
+    /// cancelled, and nothing more is received or sent.
+    pub fn abandon(&mut self) {
+        self.cancel_recv();
+        self.cancel_output();
+        self.abandoned = true;
+    }
+
     // --- from the ring ---------------------------------------------------
 
     /// A ciphertext receive completed.
@@ -359,13 +463,17 @@ impl Link {
         if std::mem::take(&mut self.tell_established) {
             return Some(LinkIntent::Established);
         }
+        // What arrived with the handshake's last record (a request behind
+        // the client's Finished) was held back for the Established above.
+        self.answer_recv();
+        self.answer_send();
         if let Some((buf, result)) = self.recv_done.take() {
             return Some(LinkIntent::Received { buf, result });
         }
         if let Some((buf, result)) = self.sent_done.take() {
             return Some(LinkIntent::Sent { buf, result });
         }
-        if self.net_error.is_some() {
+        if self.net_error.is_some() || self.abandoned {
             return None;
         }
         if !self.net_send && !self.cipher_out.is_empty() {
@@ -423,8 +531,14 @@ impl Link {
     }
 
     fn progress(&mut self) {
+        if self.abandoned {
+            return;
+        }
         if self.handshaking() {
             self.handshake();
+            if self.role == Role::Client && self.handshaking() {
+                self.client_handshake_broken();
+            }
         } else if matches!(self.stage, Stage::PlainHttp | Stage::Failed) {
             let all = self.cipher_in.len();
             self.cipher_in.consume(all);
@@ -437,7 +551,7 @@ impl Link {
     /// Feeds rustls whole records until the handshake ends (or fails),
     /// then takes the keys over.
     fn handshake(&mut self) {
-        if self.stage == Stage::Fresh && !self.cipher_in.is_empty() {
+        if self.role == Role::Server && self.stage == Stage::Fresh && !self.cipher_in.is_empty() {
             let first = self.cipher_in.unconsumed()[0];
             if first != CONTENT_TYPE_HANDSHAKE && first.is_ascii_uppercase() {
                 self.stage = Stage::PlainHttp;
@@ -481,8 +595,20 @@ impl Link {
         }
     }
 
+    /// A client's handshake that cannot finish: the server closed or the
+    /// socket failed before it did (a server that refuses says so with an
+    /// alert, which rustls reports as its failure instead).
+    fn client_handshake_broken(&mut self) {
+        let why = match self.net_error {
+            Some(errno) => format!("the connection failed during the handshake (errno {})", -errno),
+            None if self.peer_closed => "the server closed the connection during the handshake".into(),
+            None => return,
+        };
+        self.fail(why, None);
+    }
+
     /// Moves what rustls has to send into the ciphertext buffer.
-    fn flush_rustls(session: &mut ServerConnection, cipher_out: &mut RingBuffer, sending: bool) {
+    fn flush_rustls(session: &mut Connection, cipher_out: &mut RingBuffer, sending: bool) {
         while session.wants_write() {
             if !sending && cipher_out.spare() == 0 && cipher_out.head() > 0 {
                 cipher_out.compact();
@@ -511,7 +637,11 @@ impl Link {
             cipher: session
                 .negotiated_cipher_suite()
                 .map_or(0, |suite| u16::from(suite.suite())),
-            sni: session.server_name().map(str::to_owned),
+            sni: match &*session {
+                Connection::Server(server) => server.server_name().map(str::to_owned),
+                // What was asked for (kept from `Link::client`).
+                Connection::Client(_) => self.facts.sni.take(),
+            },
             resumed: matches!(
                 session.handshake_kind(),
                 Some(rustls::HandshakeKind::Resumed)

@@ -408,3 +408,39 @@ fn a_forged_record_gets_bad_record_mac_and_the_connection_a_reset() {
     let err = peer.client.process_new_packets().unwrap_err();
     assert!(err.to_string().contains("BadRecordMac"), "{err}");
 }
+
+#[test]
+fn a_request_behind_the_clients_finished_is_answered() {
+    // rustls sends plaintext written before the handshake ends right
+    // behind its Finished, in the same flight. On a resumed TLS 1.2
+    // session the client's Finished is the handshake's last message and
+    // nothing the server sends follows it: the request must be answered
+    // from what that one receive brought.
+    let (_dir, config, roots) = setup(&["a.test"]);
+    let provider = rustls::crypto::CryptoProvider {
+        cipher_suites: vec![
+            rustls::crypto::ring::cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        ],
+        ..rustls::crypto::ring::default_provider()
+    };
+    let mut cfg = ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let cfg = Arc::new(cfg);
+    let request = b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n";
+    for round in 0..2 {
+        let client =
+            ClientConnection::new(Arc::clone(&cfg), ServerName::try_from("a.test").unwrap())
+                .unwrap();
+        let mut peer = Peer::new(&config, client);
+        peer.client.writer().write_all(request).unwrap();
+        peer.want_bytes();
+        peer.run();
+        assert!(peer.established);
+        assert_eq!(peer.link.negotiated().resumed, round == 1, "round {round}");
+        assert_eq!(peer.received, request, "round {round}");
+    }
+}
