@@ -146,10 +146,12 @@ fn file_roots(path: &Path) -> Result<RootCertStore, ClientConfigError> {
     }
     let mut roots = RootCertStore::empty();
     for cert in certs {
-        roots.add(cert).map_err(|err| ClientConfigError::CaRefused {
-            path: path.to_path_buf(),
-            why: err.to_string(),
-        })?;
+        roots
+            .add(cert)
+            .map_err(|err| ClientConfigError::CaRefused {
+                path: path.to_path_buf(),
+                why: err.to_string(),
+            })?;
     }
     Ok(roots)
 }

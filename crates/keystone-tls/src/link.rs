@@ -223,6 +223,9 @@ pub struct Link {
     /// The connection closed its socket: no ciphertext operation is asked
     /// for again (loans still come back).
     abandoned: bool,
+    /// Bytes of a NewSessionTicket message still to skip: its body went
+    /// on past the record that began it (client role).
+    ticket_left: usize,
 }
 
 impl Link {
@@ -307,8 +310,9 @@ impl Link {
             peer_closed: false,
             net_error: None,
             failure: None,
+            ticket_left: 0,
             abandoned: false,
-        })
+        }
     }
 
     /// The buffers back (reset), once nothing of the link is in flight.
@@ -339,17 +343,6 @@ impl Link {
     /// unverified certificate among its reasons — or a bad record).
     pub fn failed(&self) -> bool {
         self.stage == Stage::Failed
-    }
-
-    /// The socket is being closed: the connection's receive and send come
-    /// back cancelled at the next [`Link::poll`], and no ciphertext
-    /// operation is asked for any more (those in flight still come back
-    /// through [`Link::on_received`] and [`Link::on_sent`], and must,
-    /// before [`Link::into_buffers`]).
-    pub fn abandon(&mut self) {
-        self.abandoned = true;
-        self.cancel_recv();
-        self.cancel_output();
     }
 
     /// Whether a ciphertext receive or send is in flight.
@@ -600,8 +593,13 @@ impl Link {
     /// alert, which rustls reports as its failure instead).
     fn client_handshake_broken(&mut self) {
         let why = match self.net_error {
-            Some(errno) => format!("the connection failed during the handshake (errno {})", -errno),
-            None if self.peer_closed => "the server closed the connection during the handshake".into(),
+            Some(errno) => format!(
+                "the connection failed during the handshake (errno {})",
+                -errno
+            ),
+            None if self.peer_closed => {
+                "the server closed the connection during the handshake".into()
+            }
             None => return,
         };
         self.fail(why, None);
@@ -795,6 +793,17 @@ impl Link {
                         return self.fail("the peer sent a fatal alert".into(), None);
                     }
                 }
+                CONTENT_HANDSHAKE if self.role == Role::Client => {
+                    let messages =
+                        &self.cipher_in.unconsumed()[opened.start..opened.start + opened.len];
+                    match skip_tickets(messages, self.ticket_left) {
+                        Ok(left) => {
+                            self.ticket_left = left;
+                            self.cipher_in.consume(opened.record_len as u32);
+                        }
+                        Err(why) => return self.fail(why.into(), Some(ALERT_UNEXPECTED_MESSAGE)),
+                    }
+                }
                 _ => {
                     return self.fail(
                         "a handshake message after the handshake (KeyUpdate or renegotiation)"
@@ -873,6 +882,35 @@ impl Link {
         let (buf, _) = self.plain_send.take().expect("checked");
         self.sent_done = Some((buf, result));
     }
+}
+
+/// Walks the handshake messages of one record a server sent after the
+/// handshake, `left` bytes of them the rest of a NewSessionTicket begun in
+/// an earlier record: tickets (TLS 1.3 servers send one or more, and this
+/// client resumes no session) are skipped; anything else — a KeyUpdate,
+/// whose keys only rustls could derive, or a TLS 1.2 HelloRequest — ends
+/// the connection. Returns the bytes of a ticket still to come.
+fn skip_tickets(messages: &[u8], left: usize) -> Result<usize, &'static str> {
+    let mut at = left.min(messages.len());
+    let mut left = left - at;
+    while at < messages.len() {
+        let rest = &messages[at..];
+        if rest.len() < HANDSHAKE_HEADER_BYTES {
+            return Err("a handshake message header split across records");
+        }
+        if rest[0] != HANDSHAKE_NEW_SESSION_TICKET {
+            return Err("a handshake message after the handshake (KeyUpdate or renegotiation)");
+        }
+        let len = u32::from_be_bytes([0, rest[1], rest[2], rest[3]]) as usize;
+        let whole = HANDSHAKE_HEADER_BYTES + len;
+        if whole > rest.len() {
+            left = whole - rest.len();
+            at = messages.len();
+        } else {
+            at += whole;
+        }
+    }
+    Ok(left)
 }
 
 // The errno values the connection machine expects (Linux's; spelled here
