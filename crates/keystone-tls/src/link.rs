@@ -918,3 +918,36 @@ fn skip_tickets(messages: &[u8], left: usize) -> Result<usize, &'static str> {
 const ECANCELED: i32 = 125;
 const ECONNRESET: i32 = 104;
 const EPIPE: i32 = 32;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ticket(body: usize) -> Vec<u8> {
+        let mut message = vec![
+            HANDSHAKE_NEW_SESSION_TICKET,
+            0,
+            (body >> 8) as u8,
+            body as u8,
+        ];
+        message.resize(HANDSHAKE_HEADER_BYTES + body, 7);
+        message
+    }
+
+    #[test]
+    fn tickets_are_skipped_whole_or_across_records_and_nothing_else_is() {
+        let two = [ticket(10), ticket(300)].concat();
+        assert_eq!(skip_tickets(&two, 0), Ok(0));
+        // A ticket whose body goes on in the next record.
+        let long = ticket(100);
+        assert_eq!(skip_tickets(&long[..40], 0), Ok(64));
+        assert_eq!(skip_tickets(&long[40..90], 64), Ok(14));
+        let rest_and_next = [&long[90..], &ticket(5)[..]].concat();
+        assert_eq!(skip_tickets(&rest_and_next, 14), Ok(0));
+        // A KeyUpdate (24), a HelloRequest (0), a header cut in two.
+        assert!(skip_tickets(&[24, 0, 0, 1, 0], 0).is_err());
+        assert!(skip_tickets(&[0, 0, 0, 0], 0).is_err());
+        assert!(skip_tickets(&[HANDSHAKE_NEW_SESSION_TICKET, 0], 0).is_err());
+        assert!(skip_tickets(&[ticket(3), vec![24, 0, 0, 0]].concat(), 0).is_err());
+    }
+}
