@@ -503,11 +503,13 @@ impl Link {
     }
 
     fn wants_ciphertext(&self) -> bool {
-        if self.peer_closed || self.closing == Closing::Asked {
+        if self.peer_closed {
             return false;
         }
         match self.stage {
-            Stage::Fresh | Stage::Handshaking => true,
+            Stage::Fresh | Stage::Handshaking => self.closing != Closing::Asked,
+            // After our close_notify and FIN too: a lingering connection
+            // reads until the peer's close_notify or FIN ends it.
             // Backpressure: only while the connection waits and no whole
             // record is here for it.
             Stage::Open => {

@@ -444,3 +444,29 @@ fn a_request_behind_the_clients_finished_is_answered() {
         assert_eq!(peer.received, request, "round {round}");
     }
 }
+
+#[test]
+fn a_lingering_close_reads_until_the_peers_close_notify() {
+    // The connection reads a request (`Connection: close`), answers,
+    // shuts its side (close_notify, then FIN) and lingers: its next read
+    // must still see the client's close_notify, or it would wait out the
+    // linger timeout holding its slot and buffers.
+    let (_dir, config, roots) = setup(&["a.test"]);
+    let mut peer = Peer::new(&config, client(&roots, "a.test"));
+    let request = b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n";
+    peer.client.writer().write_all(request).unwrap();
+    peer.want_bytes();
+    peer.run();
+    assert_eq!(peer.received, request);
+    assert!(peer.pending_recv.is_none(), "no receive in flight while answering");
+    peer.link.shutdown();
+    peer.run();
+    assert!(peer.shut_down, "close_notify sent, then the FIN");
+    let mut rest = [0; 8];
+    assert_eq!(peer.client.reader().read(&mut rest).unwrap(), 0);
+    peer.recv_result = None;
+    peer.want_bytes();
+    peer.client.send_close_notify();
+    peer.run();
+    assert_eq!(peer.recv_result, Some(0), "the lingering read ends");
+}
