@@ -458,7 +458,10 @@ fn a_lingering_close_reads_until_the_peers_close_notify() {
     peer.want_bytes();
     peer.run();
     assert_eq!(peer.received, request);
-    assert!(peer.pending_recv.is_none(), "no receive in flight while answering");
+    assert!(
+        peer.pending_recv.is_none(),
+        "no receive in flight while answering"
+    );
     peer.link.shutdown();
     peer.run();
     assert!(peer.shut_down, "close_notify sent, then the FIN");
