@@ -1009,14 +1009,15 @@ impl Connection {
         cx: &mut Context<'_, P>,
     ) {
         debug_assert!(matches!(self.tail, Tail::None));
-        // An encrypted connection's bytes must pass through the driver's
-        // encryption: no splice, the file is read through the send buffer.
-        let pipe = if len > FILE_READ_BYTES_MAX && !self.tls.is_encrypted() {
+        // A connection encrypted in user space needs its bytes to pass
+        // through the driver's encryption: no splice, the file is read
+        // through the send buffer (a kernel TLS socket seals spliced bytes).
+        let pipe = if len > FILE_READ_BYTES_MAX && self.tls.allows_splice() {
             cx.shared.pipes.take()
         } else {
             None
         };
-        debug_assert!(pipe.is_none() || !self.tls.is_encrypted());
+        debug_assert!(pipe.is_none() || self.tls.allows_splice());
         self.tail = Tail::File(FileTail {
             file,
             offset,

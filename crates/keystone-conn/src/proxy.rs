@@ -424,7 +424,7 @@ impl Connection {
         if !raw || tail.splice.is_some() {
             return;
         }
-        if self.tls.is_encrypted() {
+        if !self.tls.allows_splice() {
             // The body must pass through the driver's encryption: policy
             // is not asked, so the upstream side relays it by copy.
             return;

@@ -91,12 +91,22 @@ fn an_encrypted_connection_reads_large_files_through_the_send_buffer() {
         );
         assert_eq!(sim.shared.pipes.available(), 2, "no pipe was taken");
     }
-    let mut sim = sim(site.path());
-    let responses = exchange(&mut sim, &get("/static/mib.bin"));
-    assert_eq!(responses[0].body, expected);
-    assert!(sim.counts["splice"] >= 2 * 16, "{:?}", sim.counts);
-    assert!(!sim.counts.contains_key("read_file"), "{:?}", sim.counts);
-    assert_eq!(sim.shared.pipes.available(), 2, "the pipe came back clean");
+    // Cleartext, and TLS whose sends the kernel seals (kTLS): spliced.
+    for facts in [None, Some(finished().with_kernel_sends())] {
+        let mut sim = sim(site.path());
+        if let Some(facts) = facts {
+            sim.conn.set_tls(facts);
+        }
+        let responses = exchange(&mut sim, &get("/static/mib.bin"));
+        assert_eq!(responses[0].body, expected);
+        assert!(
+            sim.counts["splice"] >= 2 * 16,
+            "{facts:?}: {:?}",
+            sim.counts
+        );
+        assert!(!sim.counts.contains_key("read_file"), "{:?}", sim.counts);
+        assert_eq!(sim.shared.pipes.available(), 2, "the pipe came back clean");
+    }
 }
 
 /// The facts set on the connection are those every request's exchange is

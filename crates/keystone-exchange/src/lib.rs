@@ -32,8 +32,9 @@ pub use cookie::find_cookie;
 pub use header::{parse_content_length, valid_header_name, valid_header_value};
 pub use query::find_query_arg;
 pub use tls::{
-    tls_cipher_name, tls_protocol_name, TlsFacts, TLS_CIPHER_NAMES, TLS_PROTOCOL_NAMES,
-    TLS_SNI_MAX, TLS_VERSION_1_2, TLS_VERSION_1_3, TLS_VERSION_CLEARTEXT, TLS_VERSION_PENDING,
+    tls_cipher_name, tls_protocol_name, TlsFacts, TLS_CIPHER_NAMES, TLS_OFFLOAD_KERNEL_SENDS,
+    TLS_OFFLOAD_NONE, TLS_PROTOCOL_NAMES, TLS_SNI_MAX, TLS_VERSION_1_2, TLS_VERSION_1_3,
+    TLS_VERSION_CLEARTEXT, TLS_VERSION_PENDING,
 };
 
 use keystone_parser::{Head, HeaderSpan, ResponseHead};

@@ -84,9 +84,18 @@ pub struct TlsFacts {
     pub sni_len: u16,
     /// The server name the client asked for (`sni_len` bytes).
     pub sni: [u8; TLS_SNI_MAX],
-    /// Keeps the layout explicit (no implicit tail padding).
-    pub _pad: u8,
+    /// Who encrypts what the connection sends: [`TLS_OFFLOAD_NONE`] (the
+    /// engine, in user space: bytes must pass through it, so nothing is
+    /// spliced) or [`TLS_OFFLOAD_KERNEL_SENDS`] (the kernel's TLS socket:
+    /// files and proxied bodies may splice). Also keeps the layout explicit
+    /// (no implicit tail padding).
+    pub offload: u8,
 }
+
+/// [`TlsFacts::offload`]: records are sealed in user space.
+pub const TLS_OFFLOAD_NONE: u8 = 0;
+/// [`TlsFacts::offload`]: the kernel seals what the connection sends.
+pub const TLS_OFFLOAD_KERNEL_SENDS: u8 = 1;
 
 const _: () = assert!(std::mem::size_of::<TlsFacts>() == 6 + TLS_SNI_MAX + 1);
 const _: () = assert!(std::mem::align_of::<TlsFacts>() == 2);
@@ -99,7 +108,7 @@ impl TlsFacts {
         cipher: 0,
         sni_len: 0,
         sni: [0; TLS_SNI_MAX],
-        _pad: 0,
+        offload: TLS_OFFLOAD_NONE,
     };
 
     /// An encrypted connection whose handshake has not finished.
@@ -139,6 +148,19 @@ impl TlsFacts {
         self.version != TLS_VERSION_CLEARTEXT
     }
 
+    /// The same facts, with the kernel sealing what is sent.
+    pub fn with_kernel_sends(mut self) -> TlsFacts {
+        debug_assert!(self.is_encrypted() && !self.is_pending());
+        self.offload = TLS_OFFLOAD_KERNEL_SENDS;
+        self
+    }
+
+    /// Whether bytes sent may go around the engine (`splice`): cleartext,
+    /// or a kernel TLS socket that seals them itself.
+    pub fn allows_splice(&self) -> bool {
+        !self.is_encrypted() || self.offload == TLS_OFFLOAD_KERNEL_SENDS
+    }
+
     /// Whether the connection is encrypted and its handshake unfinished.
     pub fn is_pending(&self) -> bool {
         self.version == TLS_VERSION_PENDING
@@ -175,7 +197,10 @@ impl TlsFacts {
 /// `sni_len` are not part of them).
 impl PartialEq for TlsFacts {
     fn eq(&self, other: &TlsFacts) -> bool {
-        self.version == other.version && self.cipher == other.cipher && self.sni() == other.sni()
+        self.version == other.version
+            && self.cipher == other.cipher
+            && self.sni() == other.sni()
+            && self.offload == other.offload
     }
 }
 

@@ -152,7 +152,7 @@ fn tls_facts_layout_is_pinned() {
         ("cipher", offset_of!(TlsFacts, cipher), 2),
         ("sni_len", offset_of!(TlsFacts, sni_len), 4),
         ("sni", offset_of!(TlsFacts, sni), 6),
-        ("_pad", offset_of!(TlsFacts, _pad), 6 + TLS_SNI_MAX),
+        ("offload", offset_of!(TlsFacts, offload), 6 + TLS_SNI_MAX),
     ];
     for (name, actual, expected) in offsets {
         assert_eq!(actual, expected, "offset of TlsFacts::{name}");

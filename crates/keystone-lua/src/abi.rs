@@ -522,11 +522,12 @@ pub(crate) fn layout(lua: &Lua) -> mlua::Result<Table> {
         offsets.set(name, offset)?;
     }
     let tls_offsets = lua.create_table()?;
-    let tls_fields: [(&str, usize); 4] = [
+    let tls_fields: [(&str, usize); 5] = [
         ("version", offset_of!(TlsFacts, version)),
         ("cipher", offset_of!(TlsFacts, cipher)),
         ("sni_len", offset_of!(TlsFacts, sni_len)),
         ("sni", offset_of!(TlsFacts, sni)),
+        ("offload", offset_of!(TlsFacts, offload)),
     ];
     for (name, offset) in tls_fields {
         tls_offsets.set(name, offset)?;

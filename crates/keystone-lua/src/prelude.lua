@@ -28,7 +28,7 @@ typedef struct { uint32_t offset; uint32_t len; } ks_span;
 typedef struct { ks_span name; ks_span value; } ks_header;
 typedef struct { const char *name_ptr; uint32_t name_len; ks_span value; uint32_t _pad; } ks_param;
 typedef struct { uint16_t family; uint16_t port; uint8_t addr[16]; } ks_peer;
-typedef struct { uint16_t version; uint16_t cipher; uint16_t sni_len; char sni[255]; uint8_t _pad; } ks_tls;
+typedef struct { uint16_t version; uint16_t cipher; uint16_t sni_len; char sni[255]; uint8_t offload; } ks_tls;
 typedef struct {
   uint32_t generation;
   uint32_t worker;

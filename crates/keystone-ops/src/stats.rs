@@ -87,6 +87,8 @@ pub struct WorkerStats {
     /// TLS handshakes finished (every one encrypts in user space: the
     /// kernel-TLS hand-off is not implemented).
     pub tls_handshakes: Counter,
+    /// Of those, connections whose sends the kernel seals (kernel TLS).
+    pub tls_kernel: Counter,
     /// TLS connections refused by rustls (a bad record or a refused
     /// handshake).
     pub tls_failed: Counter,
@@ -196,6 +198,7 @@ impl Default for WorkerStats {
             log_dropped: Counter::default(),
             tick_rearmed: Counter::default(),
             tls_handshakes: Counter::default(),
+            tls_kernel: Counter::default(),
             tls_failed: Counter::default(),
             tls_plain_http: Counter::default(),
             route_names: Mutex::new(Vec::new()),
@@ -432,11 +435,16 @@ pub fn prometheus(shared: &Shared, extra: &str) -> String {
         "TLS connections whose handshake finished, by where their records are encrypted (userspace or ktls).",
     );
     let handshakes = sum(&|w| w.tls_handshakes.get());
+    let kernel = sum(&|w| w.tls_kernel.get());
+    let userspace = handshakes.saturating_sub(kernel);
     let _ = writeln!(
         out,
-        "keystone_tls_connections_total{{path=\"userspace\"}} {handshakes}"
+        "keystone_tls_connections_total{{path=\"userspace\"}} {userspace}"
     );
-    let _ = writeln!(out, "keystone_tls_connections_total{{path=\"ktls\"}} 0");
+    let _ = writeln!(
+        out,
+        "keystone_tls_connections_total{{path=\"ktls\"}} {kernel}"
+    );
     family(
         &mut out,
         "keystone_tls_failed_total",

@@ -167,6 +167,9 @@ pub enum Op {
     },
     /// A socket shut down.
     Shutdown,
+    /// A socket option set (`IORING_OP_URING_CMD`'s `SETSOCKOPT`): the
+    /// result is 0 or `-errno`.
+    SetSockOpt,
     /// A descriptor closed.
     Close,
     /// A cancellation request (its target completes on its own).
@@ -184,7 +187,13 @@ enum Storage {
     Stat(Box<libc::statx>),
     Counter([u8; 8]),
     Interval(types::Timespec),
+    /// A socket option's value, until the kernel has read it.
+    SockOpt([u8; SOCKOPT_BYTES_MAX]),
 }
+
+/// The longest socket option value [`Reactor::setsockopt`] carries (kernel
+/// TLS's largest `tls12_crypto_info_*` is 56 bytes).
+pub const SOCKOPT_BYTES_MAX: usize = 64;
 
 /// One completion: the owner, the result, and — on the operation's final
 /// completion — the operation handed back.
@@ -570,6 +579,40 @@ impl Reactor {
         self.submit(owner, Op::Shutdown, Storage::None, |_, _| {
             opcode::Shutdown::new(types::Fd(fd), how).build()
         })
+    }
+
+    /// Sets socket option `name` at `level` on `fd` to `value` (at most
+    /// [`SOCKOPT_BYTES_MAX`] bytes, copied: the caller's need not outlive
+    /// the call), through the ring (kernel 6.7+; older kernels answer
+    /// `-EINVAL` or `-EOPNOTSUPP`, which callers treat as a refusal).
+    pub fn setsockopt(
+        &mut self,
+        owner: Owner,
+        fd: RawFd,
+        level: u32,
+        name: u32,
+        value: &[u8],
+    ) -> OpId {
+        assert!(
+            value.len() <= SOCKOPT_BYTES_MAX,
+            "a {}-byte option",
+            value.len()
+        );
+        let mut bytes = [0u8; SOCKOPT_BYTES_MAX];
+        bytes[..value.len()].copy_from_slice(value);
+        let len = value.len() as u32;
+        self.submit(
+            owner,
+            Op::SetSockOpt,
+            Storage::SockOpt(bytes),
+            |_, storage| {
+                let Storage::SockOpt(bytes) = storage else {
+                    unreachable!()
+                };
+                opcode::SetSockOpt::new(types::Fd(fd), level, name, bytes.as_ptr().cast(), len)
+                    .build()
+            },
+        )
     }
 
     /// Closes a file descriptor.

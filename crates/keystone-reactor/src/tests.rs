@@ -652,3 +652,32 @@ fn a_pipe_grows_to_the_capacity_asked_and_reports_it() {
 
 /// A pipe's capacity when nobody changed it (16 pages).
 const PIPE_DEFAULT_BYTES: u32 = 64 * 1024;
+
+#[test]
+fn setsockopt_through_the_ring_sets_the_option() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    server.set_nodelay(false).unwrap();
+    let mut reactor = Reactor::new(8, 4).unwrap();
+    let on = 1i32.to_ne_bytes();
+    let id = reactor.setsockopt(
+        1,
+        server.as_raw_fd(),
+        libc::IPPROTO_TCP as u32,
+        libc::TCP_NODELAY as u32,
+        &on,
+    );
+    let done = wait_for(&mut reactor, id);
+    assert_eq!(done.result, 0);
+    assert!(matches!(done.op, Op::SetSockOpt));
+    assert!(server.nodelay().unwrap(), "TCP_NODELAY was set by the ring");
+    // The kernel TLS upper-layer protocol: 0 where the kernel has it,
+    // -ENOENT where it does not (this machine: no CONFIG_TLS).
+    let id = reactor.setsockopt(1, server.as_raw_fd(), libc::SOL_TCP as u32, 31, b"tls");
+    let ulp = wait_for(&mut reactor, id).result;
+    // Read after: attaching the ULP loads a modular TLS, which adds it.
+    let offered = std::path::Path::new("/proc/net/tls_stat").exists();
+    assert_eq!(ulp == 0, offered, "TCP_ULP tls answered {ulp}");
+    assert_eq!(reactor.in_flight(1), 0);
+}

@@ -206,20 +206,26 @@ pub fn serve(args: ServeArgs) -> ExitCode {
             per_worker[index].push(worker::Listener { fd, tls });
         }
     }
-    if tls.is_some() {
-        match keystone_tls::KernelTls::detect() {
-            keystone_tls::KernelTls::Offered => crate::log!(
-                Level::Info,
-                None,
-                "kernel TLS is offered by this kernel, but this build encrypts TLS records in user space (the kTLS hand-off is not implemented)"
-            ),
-            keystone_tls::KernelTls::Absent => crate::log!(
-                Level::Info,
-                None,
-                "kernel TLS absent (no /proc/net/tls_stat: a kernel without CONFIG_TLS, or its module not loaded); TLS records are encrypted in user space"
-            ),
-        }
-    }
+    // Kernel TLS, decided once here and logged once.
+    let kernel_tls = tls.is_some()
+        && match sys::kernel_tls_probe() {
+            Ok(()) => {
+                crate::log!(
+                    Level::Info,
+                    None,
+                    "kernel TLS offered: after each handshake the session's records go to the kernel (TCP_ULP tls), files splice through it"
+                );
+                true
+            }
+            Err(err) => {
+                crate::log!(
+                    Level::Info,
+                    None,
+                    "kernel TLS absent (TCP_ULP tls: {err}; a kernel without CONFIG_TLS); TLS records are encrypted in user space"
+                );
+                false
+            }
+        };
     sys::release_freed_heap();
     let (exit_tx, exit_rx) = mpsc::channel();
     let mut wakes = Vec::with_capacity(workers as usize);
@@ -240,6 +246,7 @@ pub fn serve(args: ServeArgs) -> ExitCode {
             index: index as u32,
             listeners,
             tls: tls.clone(),
+            kernel_tls,
             wake: wake.try_clone().expect("dup eventfd"),
             app: app.clone(),
             lua: lua.clone(),

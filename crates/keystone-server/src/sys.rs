@@ -85,6 +85,32 @@ pub fn eventfd() -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Whether the kernel attaches TLS to a TCP socket (`TCP_ULP "tls"`),
+/// tried on a loopback connection made for the purpose (at start, on the
+/// main thread; a modular TLS is loaded by the attempt). The error says
+/// why not.
+pub fn kernel_tls_probe() -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let stream = std::net::TcpStream::connect(listener.local_addr()?)?;
+    let ulp = keystone_tls::records::ULP_TLS;
+    // SAFETY: a plain setsockopt on a socket we own, reading `ulp.len()`
+    // bytes of a static string.
+    let result = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            keystone_tls::records::SOL_TCP as libc::c_int,
+            keystone_tls::records::TCP_ULP as libc::c_int,
+            ulp.as_ptr().cast(),
+            ulp.len() as libc::socklen_t,
+        )
+    };
+    if result < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Adds `value` to eventfd `fd` (from the main thread).
 pub fn wake(fd: &OwnedFd, value: u64) {
     use std::os::fd::AsRawFd;

@@ -96,6 +96,8 @@ pub struct WorkerConfig {
     pub listeners: Vec<Listener>,
     /// What TLS listeners serve with (shared read-only by every worker).
     pub tls: Option<Arc<ServerConfig>>,
+    /// The kernel attaches TLS to sockets: hand sessions to it.
+    pub kernel_tls: bool,
     /// eventfd the main thread writes to start draining or reloading.
     pub wake: OwnedFd,
     /// The app to load into this worker's Lua state.
@@ -218,6 +220,7 @@ struct Worker {
     /// Accepts in flight, each with the listener it accepts on.
     accepts: Vec<(OpId, usize)>,
     tls: Option<Arc<ServerConfig>>,
+    kernel_tls: bool,
     /// Ciphertext buffers for TLS connections (a pair per connection).
     cipher_buffers: Vec<(RingBuffer, RingBuffer)>,
     handshakes: u32,
@@ -365,6 +368,7 @@ impl Worker {
             accepts: Vec::with_capacity(ACCEPTS_IN_FLIGHT * config.listeners.len()),
             listeners: config.listeners,
             tls: config.tls,
+            kernel_tls: config.kernel_tls,
             cipher_buffers,
             handshakes: 0,
             wake: config.wake,
@@ -499,6 +503,10 @@ impl Worker {
                     link.on_sent(buf, result);
                     return None;
                 }
+                Op::SetSockOpt => {
+                    link.on_sockopt(result);
+                    return None;
+                }
                 other => done.op = other,
             }
         }
@@ -614,6 +622,22 @@ impl Worker {
                     self.reactor.shutdown(owner, fd, libc::SHUT_WR);
                     continue;
                 }
+                LinkIntent::SetSockOpt {
+                    level,
+                    name,
+                    value,
+                    len,
+                } => {
+                    self.reactor
+                        .setsockopt(owner, fd, level, name, &value[..len]);
+                    continue;
+                }
+                LinkIntent::KernelSends => {
+                    let facts = slot.conn.tls().with_kernel_sends();
+                    slot.conn.set_tls(facts);
+                    self.stats.tls_kernel.add(1);
+                    continue;
+                }
                 LinkIntent::Established => {
                     let facts = link.negotiated();
                     let facts = TlsFacts::new(facts.version, facts.cipher, facts.sni);
@@ -677,7 +701,13 @@ impl Worker {
                         continue;
                     }
                     Intent::CancelRecv => {
-                        link.cancel_recv();
+                        // With the kernel opening records, the ring's
+                        // receive holds the connection's own loan.
+                        if link.cancel_recv() {
+                            if let Some(recv) = slot.recv {
+                                self.reactor.cancel(owner, recv);
+                            }
+                        }
                         continue;
                     }
                     Intent::CancelOutput if slot.output.is_none() => {
@@ -1039,7 +1069,12 @@ impl Worker {
         let config = self.tls.as_ref()?;
         let (cipher_in, cipher_out) = self.cipher_buffers.pop()?;
         match Link::new(config, cipher_in, cipher_out) {
-            Ok(link) => Some(Box::new(link)),
+            Ok(mut link) => {
+                if self.kernel_tls {
+                    link.offer_kernel();
+                }
+                Some(Box::new(link))
+            }
             Err(err) => {
                 crate::log!(Level::Error, Some(self.index), "TLS session: {err}");
                 None

@@ -6,8 +6,9 @@
 //! upstream pool connects with: its trusted roots or none ([`client`]);
 //! run one TLS connection, either role, as a sans-I/O machine ([`Link`])
 //! that takes the connection's plaintext receives and sends and asks for
-//! ciphertext receives and sends in fixed buffers; say whether the kernel
-//! offers TLS offload ([`KernelTls::detect`]).
+//! ciphertext receives and sends in fixed buffers, and, where the kernel
+//! has TLS, hands a session's records to it after the handshake (the
+//! socket options it asks for: [`LinkIntent::SetSockOpt`]).
 //!
 //! Owns: the rustls `ServerConfig` (shared read-only by every worker, its
 //! ticket keys with it), each upstream pool's `ClientConfig`, each
@@ -33,24 +34,3 @@ pub use link::{
 };
 pub use rustls::pki_types::ServerName;
 pub use rustls::{ClientConfig, ServerConfig};
-
-/// Whether the kernel can take over a session's records (`TCP_ULP "tls"`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum KernelTls {
-    /// `/proc/net/tls_stat` exists: the kernel's TLS module is in.
-    Offered,
-    /// It does not (a kernel built without `CONFIG_TLS`, or its module
-    /// not loaded).
-    Absent,
-}
-
-impl KernelTls {
-    /// Reads `/proc/net/tls_stat`'s presence (the file the TLS module adds).
-    pub fn detect() -> KernelTls {
-        if std::path::Path::new("/proc/net/tls_stat").exists() {
-            KernelTls::Offered
-        } else {
-            KernelTls::Absent
-        }
-    }
-}

@@ -42,8 +42,9 @@ use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, Connection, ServerConfig, ServerConnection};
 
 use crate::records::{
-    record_len, RecordError, RecordLayer, CONTENT_ALERT, CONTENT_APPLICATION_DATA,
-    CONTENT_HANDSHAKE, HEADER_BYTES, MAX_OVERHEAD, MAX_PLAINTEXT,
+    record_len, KernelKeys, RecordError, RecordLayer, CONTENT_ALERT, CONTENT_APPLICATION_DATA,
+    CONTENT_HANDSHAKE, CRYPTO_INFO_MAX, HEADER_BYTES, MAX_OVERHEAD, MAX_PLAINTEXT, SOL_TCP,
+    SOL_TLS, TCP_ULP, TLS_RX, TLS_TX, ULP_TLS,
 };
 
 /// Ciphertext receive buffer per TLS connection: one full TLS record
@@ -141,6 +142,22 @@ pub enum LinkIntent {
     /// The handshake finished: read [`Link::negotiated`] and tell the
     /// connection before it gets its first bytes.
     Established,
+    /// Set a socket option (→ [`Link::on_sockopt`]): the kernel TLS
+    /// hand-over, one option at a time (`TCP_ULP "tls"`, then `TLS_TX`
+    /// and `TLS_RX` with the session's keys and sequence numbers).
+    SetSockOpt {
+        /// `SOL_TCP` or `SOL_TLS`.
+        level: u32,
+        /// `TCP_ULP`, `TLS_TX` or `TLS_RX`.
+        name: u32,
+        /// The option's bytes (`value[..len]`).
+        value: [u8; CRYPTO_INFO_MAX],
+        /// How many of them.
+        len: usize,
+    },
+    /// From now on the kernel seals what is sent: tell the connection
+    /// (its files and proxied bodies may splice again).
+    KernelSends,
     /// The connection's receive is done: `result` plaintext bytes at the
     /// loan's start (0: the peer closed; negative: `-errno`).
     Received {
@@ -187,6 +204,46 @@ struct Pending {
     record_len: usize,
 }
 
+/// One step of the kernel TLS hand-over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    /// Not asked for, or refused (the records stay ours that way).
+    No,
+    /// To be installed as soon as nothing in flight crosses it.
+    Wanted,
+    /// The kernel does it.
+    Done,
+}
+
+/// Which option is being set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Option_ {
+    Ulp,
+    Tx,
+    Rx,
+}
+
+/// Kernel TLS: offered by the worker when the kernel has it; after the
+/// handshake the ULP goes on the socket, then each direction moves to
+/// the kernel at the first moment no byte of ours is in its way — TX once
+/// every record we sealed has left, RX once every record received is
+/// opened and handed over — so the sequence numbers the kernel starts
+/// from are exactly ours. A refused option keeps that direction here.
+#[derive(Debug)]
+struct Offload {
+    offered: bool,
+    keys: Option<Box<(KernelKeys, KernelKeys)>>,
+    ulp: Step,
+    tx: Step,
+    rx: Step,
+    in_flight: Option<Option_>,
+    told: bool,
+    /// The connection's own loan is in the ring's receive or send (the
+    /// kernel opens and seals: the link only passes them through).
+    recv_through: bool,
+    send_through: bool,
+}
+
 /// Alerts this layer sends: level, description (RFC 8446 §6).
 const ALERT_CLOSE_NOTIFY: [u8; 2] = [1, 0];
 const ALERT_UNEXPECTED_MESSAGE: [u8; 2] = [2, 10];
@@ -226,6 +283,7 @@ pub struct Link {
     /// Bytes of a NewSessionTicket message still to skip: its body went
     /// on past the record that began it (client role).
     ticket_left: usize,
+    offload: Offload,
 }
 
 impl Link {
@@ -312,7 +370,54 @@ impl Link {
             failure: None,
             ticket_left: 0,
             abandoned: false,
+            offload: Offload {
+                offered: false,
+                keys: None,
+                ulp: Step::No,
+                tx: Step::No,
+                rx: Step::No,
+                in_flight: None,
+                told: false,
+                recv_through: false,
+                send_through: false,
+            },
         }
+    }
+
+    /// The kernel has TLS (`TCP_ULP "tls"`): hand the records to it after
+    /// the handshake (server role; before the handshake ends).
+    pub fn offer_kernel(&mut self) {
+        debug_assert_eq!(self.role, Role::Server);
+        self.offload.offered = true;
+    }
+
+    /// Whether the kernel seals what is sent (and, `rx`, opens what is
+    /// received).
+    pub fn kernel(&self) -> (bool, bool) {
+        (self.offload.tx == Step::Done, self.offload.rx == Step::Done)
+    }
+
+    /// A [`LinkIntent::SetSockOpt`] completed.
+    pub fn on_sockopt(&mut self, result: i32) {
+        let ok = result >= 0;
+        let offload = &mut self.offload;
+        match offload.in_flight.take() {
+            Some(Option_::Ulp) if ok => offload.ulp = Step::Done,
+            // No kernel TLS for this socket: both directions stay here.
+            Some(Option_::Ulp) => {
+                offload.ulp = Step::No;
+                offload.tx = Step::No;
+                offload.rx = Step::No;
+            }
+            Some(Option_::Tx) => offload.tx = if ok { Step::Done } else { Step::No },
+            Some(Option_::Rx) => offload.rx = if ok { Step::Done } else { Step::No },
+            None => debug_assert!(false, "no socket option was being set"),
+        }
+        if offload.ulp != Step::Wanted && offload.tx != Step::Wanted && offload.rx != Step::Wanted {
+            // Done with the keys: they do not stay in memory.
+            offload.keys = None;
+        }
+        self.progress();
     }
 
     /// The buffers back (reset), once nothing of the link is in flight.
@@ -388,11 +493,15 @@ impl Link {
     }
 
     /// The connection cancels its receive: it comes back at once, cancelled
-    /// (a ciphertext receive in flight stays; it fills the buffer).
-    pub fn cancel_recv(&mut self) {
+    /// (a ciphertext receive in flight stays; it fills the buffer). `true`
+    /// when the kernel opens records and the connection's loan is in the
+    /// ring's receive: the driver cancels that one, and the loan comes
+    /// back with its completion.
+    pub fn cancel_recv(&mut self) -> bool {
         if let Some(buf) = self.plain_recv.take() {
             self.recv_done = Some((buf, -ECANCELED));
         }
+        self.offload.recv_through
     }
 
     /// The connection cancels its send: it comes back at once, cancelled;
@@ -409,7 +518,9 @@ impl Link {
         if self.closing != Closing::No {
             return;
         }
-        if self.stage == Stage::Open {
+        // With the kernel sealing, a close_notify would need sendmsg with a
+        // record-type control message: the FIN alone ends the stream.
+        if self.stage == Stage::Open && self.offload.tx != Step::Done {
             self.seal_alert(ALERT_CLOSE_NOTIFY);
         }
         self.closing = Closing::Wanted;
@@ -419,7 +530,7 @@ impl Link {
     /// The connection closes its socket: its receive and send come back
     /// cancelled, and nothing more is received or sent.
     pub fn abandon(&mut self) {
-        self.cancel_recv();
+        let _ = self.cancel_recv();
         self.cancel_output();
         self.abandoned = true;
     }
@@ -429,6 +540,23 @@ impl Link {
     /// A ciphertext receive completed.
     pub fn on_received(&mut self, buf: SpareLoan, result: i32) {
         self.net_recv = false;
+        if std::mem::take(&mut self.offload.recv_through) {
+            // The kernel opened it: plaintext, or -EIO for a record that is
+            // not application data (the peer's alert, close_notify among
+            // them; a KeyUpdate too), which ends the stream; -EBADMSG for
+            // one that did not authenticate.
+            let result = match result {
+                r if r == -EIO => 0,
+                r if r == -EBADMSG => -ECONNRESET,
+                r => r,
+            };
+            if result == 0 {
+                self.peer_closed = true;
+            }
+            self.recv_done = Some((buf, result));
+            self.progress();
+            return;
+        }
         self.cipher_in.return_spare(buf, result.max(0) as u32);
         match result {
             0 => self.peer_closed = true,
@@ -441,6 +569,11 @@ impl Link {
     /// A ciphertext send completed.
     pub fn on_sent(&mut self, buf: SendBuf, result: i32) {
         self.net_send = false;
+        if std::mem::take(&mut self.offload.send_through) {
+            self.sent_done = Some((buf, result));
+            self.progress();
+            return;
+        }
         match buf {
             SendBuf::Buffer(loan) => self.cipher_out.return_unsent(loan, result.max(0) as u32),
             SendBuf::Pinned(_) => unreachable!("the link sends only its own buffer"),
@@ -469,6 +602,23 @@ impl Link {
         if self.net_error.is_some() || self.abandoned {
             return None;
         }
+        if let Some(intent) = self.offload_step() {
+            return Some(intent);
+        }
+        if !self.net_send && self.offload.tx == Step::Done && self.cipher_out.is_empty() {
+            if let Some((buf, None)) = self.plain_send.take() {
+                self.net_send = true;
+                self.offload.send_through = true;
+                return Some(LinkIntent::Send(buf));
+            }
+        }
+        if !self.net_recv && self.offload.rx == Step::Done && !self.peer_closed {
+            if let Some(buf) = self.plain_recv.take() {
+                self.net_recv = true;
+                self.offload.recv_through = true;
+                return Some(LinkIntent::Recv(buf));
+            }
+        }
         if !self.net_send && !self.cipher_out.is_empty() {
             self.net_send = true;
             return Some(LinkIntent::Send(SendBuf::Buffer(
@@ -491,6 +641,60 @@ impl Link {
         None
     }
 
+    // --- the kernel hand-over -------------------------------------------
+
+    /// The next socket option of the hand-over, when nothing in flight
+    /// crosses it; or the news that the kernel now seals.
+    fn offload_step(&mut self) -> Option<LinkIntent> {
+        let offload = &self.offload;
+        if offload.in_flight.is_some() || self.stage != Stage::Open {
+            return None;
+        }
+        let Session::Records(layer) = &self.session else {
+            return None;
+        };
+        let option = |level, name, bytes: &[u8]| {
+            let mut value = [0; CRYPTO_INFO_MAX];
+            value[..bytes.len()].copy_from_slice(bytes);
+            LinkIntent::SetSockOpt {
+                level,
+                name,
+                value,
+                len: bytes.len(),
+            }
+        };
+        if offload.ulp == Step::Wanted {
+            self.offload.in_flight = Some(Option_::Ulp);
+            return Some(option(SOL_TCP, TCP_ULP, ULP_TLS));
+        }
+        if offload.ulp != Step::Done {
+            return None;
+        }
+        if offload.tx == Step::Done && !offload.told {
+            self.offload.told = true;
+            return Some(LinkIntent::KernelSends);
+        }
+        let keys = offload.keys.as_ref()?;
+        // TX: every record we sealed has left, and none is half made.
+        let sealing = matches!(self.plain_send, Some((_, Some(_))));
+        if offload.tx == Step::Wanted && !self.net_send && self.cipher_out.is_empty() && !sealing {
+            let (info, len) = keys.0.crypto_info(layer.tx_seq());
+            self.offload.in_flight = Some(Option_::Tx);
+            return Some(option(SOL_TLS, TLS_TX, &info[..len]));
+        }
+        // RX: every record received is opened and handed over.
+        if offload.rx == Step::Wanted
+            && !self.net_recv
+            && self.cipher_in.is_empty()
+            && self.pending.is_none()
+        {
+            let (info, len) = keys.1.crypto_info(layer.rx_seq());
+            self.offload.in_flight = Some(Option_::Rx);
+            return Some(option(SOL_TLS, TLS_RX, &info[..len]));
+        }
+        None
+    }
+
     // --- the transform -------------------------------------------------
 
     /// Nothing queued to leave and nothing leaving.
@@ -503,7 +707,10 @@ impl Link {
     }
 
     fn wants_ciphertext(&self) -> bool {
-        if self.peer_closed {
+        if self.peer_closed
+            || self.offload.rx == Step::Done
+            || self.offload.in_flight == Some(Option_::Rx)
+        {
             return false;
         }
         match self.stage {
@@ -647,11 +854,23 @@ impl Link {
                 Some(rustls::HandshakeKind::Resumed)
             ),
         };
+        let version = self.facts.version;
+        let offload = &mut self.offload;
         let layer = session
             .dangerous_extract_secrets()
             .map_err(|err| err.to_string())
             .and_then(|secrets| {
-                RecordLayer::new(self.facts.version, secrets).map_err(|err| format!("{err:?}"))
+                if offload.offered {
+                    let tx = KernelKeys::new(version, &secrets.tx.1);
+                    let rx = KernelKeys::new(version, &secrets.rx.1);
+                    if let (Some(tx), Some(rx)) = (tx, rx) {
+                        offload.keys = Some(Box::new((tx, rx)));
+                        offload.ulp = Step::Wanted;
+                        offload.tx = Step::Wanted;
+                        offload.rx = Step::Wanted;
+                    }
+                }
+                RecordLayer::new(version, secrets).map_err(|err| format!("{err:?}"))
             });
         match layer {
             Ok(layer) => {
@@ -683,6 +902,10 @@ impl Link {
         let Session::Records(layer) = &mut self.session else {
             return;
         };
+        // Sealed by us after the kernel took TX, it would be sealed twice.
+        if self.offload.tx != Step::No {
+            return;
+        }
         if !self.net_send && self.cipher_out.spare() < MAX_OVERHEAD as u32 + 2 {
             self.cipher_out.compact();
         }
@@ -697,6 +920,11 @@ impl Link {
 
     /// Encrypts the next step of the connection's send.
     fn encrypt(&mut self) {
+        // Once TX is on its way to the kernel, sends wait for it (and then
+        // pass through): nothing more is sealed here.
+        if self.offload.tx != Step::No {
+            return;
+        }
         let Some((buf, taken @ None)) = &mut self.plain_send else {
             return;
         };
@@ -822,6 +1050,16 @@ impl Link {
         if self.recv_done.is_some() || self.tell_established {
             return;
         }
+        if self.offload.rx == Step::Done && self.pending.is_none() {
+            // The ring's receive answers (poll passes the loan through);
+            // only an end already seen answers here.
+            if self.peer_closed {
+                if let Some(buf) = self.plain_recv.take() {
+                    self.recv_done = Some((buf, 0));
+                }
+            }
+            return;
+        }
         if self.stage == Stage::Open {
             self.open_next();
         }
@@ -918,6 +1156,8 @@ fn skip_tickets(messages: &[u8], left: usize) -> Result<usize, &'static str> {
 // The errno values the connection machine expects (Linux's; spelled here
 // so this crate needs no libc).
 const ECANCELED: i32 = 125;
+const EIO: i32 = 5;
+const EBADMSG: i32 = 74;
 const ECONNRESET: i32 = 104;
 const EPIPE: i32 = 32;
 

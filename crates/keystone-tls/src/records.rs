@@ -297,3 +297,230 @@ pub fn record_len(bytes: &[u8]) -> Result<Option<usize>, RecordError> {
     }
     Ok(Some(len))
 }
+
+// --- kernel TLS (linux/tls.h) ------------------------------------------
+
+/// `SOL_TCP` and its `TCP_ULP` option: attaching the "tls" upper-layer
+/// protocol to a connected socket.
+pub const SOL_TCP: u32 = 6;
+/// `TCP_ULP` (linux/tcp.h).
+pub const TCP_ULP: u32 = 31;
+/// The upper-layer protocol's name, as `TCP_ULP` takes it.
+pub const ULP_TLS: &[u8] = b"tls";
+/// `SOL_TLS` (linux/socket.h).
+pub const SOL_TLS: u32 = 282;
+/// `TLS_TX`: the kernel seals what is sent.
+pub const TLS_TX: u32 = 1;
+/// `TLS_RX`: the kernel opens what is received.
+pub const TLS_RX: u32 = 2;
+/// `TLS_CIPHER_AES_GCM_128`, `_256` and `TLS_CIPHER_CHACHA20_POLY1305`.
+const TLS_CIPHER_AES_GCM_128: u16 = 51;
+const TLS_CIPHER_AES_GCM_256: u16 = 52;
+const TLS_CIPHER_CHACHA20_POLY1305: u16 = 54;
+/// The largest `tls12_crypto_info_*` (AES-GCM-256 and ChaCha20: 56 bytes).
+pub const CRYPTO_INFO_MAX: usize = 56;
+
+/// One direction's keys as a kernel TLS socket takes them.
+#[derive(Clone)]
+pub struct KernelKeys {
+    version: u16,
+    cipher_type: u16,
+    key: [u8; 32],
+    key_len: usize,
+    iv: [u8; 12],
+}
+
+impl std::fmt::Debug for KernelKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key material.
+        f.debug_struct("KernelKeys")
+            .field("version", &self.version)
+            .field("cipher_type", &self.cipher_type)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KernelKeys {
+    /// The keys of one direction, for a suite the kernel has (`None`
+    /// otherwise; the ring provider's suites all are).
+    pub fn new(version: u16, secrets: &ConnectionTrafficSecrets) -> Option<KernelKeys> {
+        let (cipher_type, key, iv) = match secrets {
+            ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (TLS_CIPHER_AES_GCM_128, key, iv),
+            ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (TLS_CIPHER_AES_GCM_256, key, iv),
+            ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => {
+                (TLS_CIPHER_CHACHA20_POLY1305, key, iv)
+            }
+            _ => return None,
+        };
+        KernelKeys::from_parts(
+            version,
+            cipher_type,
+            key.as_ref(),
+            iv.as_ref().try_into().ok()?,
+        )
+    }
+
+    fn from_parts(version: u16, cipher_type: u16, key: &[u8], iv: [u8; 12]) -> Option<KernelKeys> {
+        if !matches!(version, 0x0303 | 0x0304) {
+            return None;
+        }
+        let mut keys = KernelKeys {
+            version,
+            cipher_type,
+            key: [0; 32],
+            key_len: key.len(),
+            iv,
+        };
+        keys.key.get_mut(..key.len())?.copy_from_slice(key);
+        Some(keys)
+    }
+
+    /// The `tls12_crypto_info_*` struct for `setsockopt(SOL_TLS, TLS_TX or
+    /// TLS_RX)`, the next record's sequence number being `seq`: its bytes
+    /// and length. Layout (linux/tls.h, native endian for the header):
+    /// `{u16 version; u16 cipher_type}`, then for AES-GCM `iv[8] key[16|32]
+    /// salt[4] rec_seq[8]` (the 12-byte IV is salt ‖ iv), for ChaCha20
+    /// `iv[12] key[32] rec_seq[8]`.
+    pub fn crypto_info(&self, seq: u64) -> ([u8; CRYPTO_INFO_MAX], usize) {
+        let mut out = [0u8; CRYPTO_INFO_MAX];
+        out[0..2].copy_from_slice(&self.version.to_ne_bytes());
+        out[2..4].copy_from_slice(&self.cipher_type.to_ne_bytes());
+        let mut at = 4;
+        let mut put = |bytes: &[u8]| {
+            out[at..at + bytes.len()].copy_from_slice(bytes);
+            at += bytes.len();
+        };
+        let key = &self.key[..self.key_len];
+        if self.cipher_type == TLS_CIPHER_CHACHA20_POLY1305 {
+            put(&self.iv);
+            put(key);
+        } else {
+            put(&self.iv[4..]);
+            put(key);
+            put(&self.iv[..4]);
+        }
+        put(&seq.to_be_bytes());
+        (out, at)
+    }
+}
+
+impl RecordLayer {
+    /// What a kernel TLS socket makes of one `tls12_crypto_info_*` (both
+    /// directions from the same keys): the tests play the kernel with it,
+    /// checking that the options handed over seal and open the session's
+    /// records from the right sequence number.
+    pub fn from_crypto_info(info: &[u8]) -> Result<RecordLayer, RecordError> {
+        let bad = RecordError::UnsupportedSuite;
+        let field = |at: usize, len: usize| info.get(at..at + len).ok_or(bad);
+        let version = u16::from_ne_bytes(field(0, 2)?.try_into().map_err(|_| bad)?);
+        let cipher_type = u16::from_ne_bytes(field(2, 2)?.try_into().map_err(|_| bad)?);
+        let mut iv = [0u8; 12];
+        let (algorithm, key, seq) = match cipher_type {
+            TLS_CIPHER_CHACHA20_POLY1305 => {
+                iv.copy_from_slice(field(4, 12)?);
+                (&CHACHA20_POLY1305, field(16, 32)?, field(48, 8)?)
+            }
+            TLS_CIPHER_AES_GCM_128 | TLS_CIPHER_AES_GCM_256 => {
+                let key_len = if cipher_type == TLS_CIPHER_AES_GCM_128 {
+                    16
+                } else {
+                    32
+                };
+                iv[4..].copy_from_slice(field(4, 8)?);
+                iv[..4].copy_from_slice(field(12 + key_len, 4)?);
+                let algorithm = if key_len == 16 {
+                    &AES_128_GCM
+                } else {
+                    &AES_256_GCM
+                };
+                (algorithm, field(12, key_len)?, field(16 + key_len, 8)?)
+            }
+            _ => return Err(bad),
+        };
+        let seq = u64::from_be_bytes(seq.try_into().map_err(|_| bad)?);
+        let direction = || -> Result<Direction, RecordError> {
+            Ok(Direction {
+                key: LessSafeKey::new(UnboundKey::new(algorithm, key).map_err(|_| bad)?),
+                iv,
+                seq,
+            })
+        };
+        let protection = match (version, cipher_type) {
+            (0x0304, _) => Protection::Tls13,
+            (0x0303, TLS_CIPHER_CHACHA20_POLY1305) => Protection::Tls12ChaCha,
+            (0x0303, _) => Protection::Tls12Gcm,
+            _ => return Err(bad),
+        };
+        Ok(RecordLayer {
+            protection,
+            tx: direction()?,
+            rx: direction()?,
+        })
+    }
+
+    /// The sequence number of the next record sealed.
+    pub fn tx_seq(&self) -> u64 {
+        self.tx.seq
+    }
+
+    /// The sequence number of the next record opened.
+    pub fn rx_seq(&self) -> u64 {
+        self.rx.seq
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::crypto::cipher::{AeadKey, Iv};
+
+    #[test]
+    fn crypto_infos_have_the_kernels_layout() {
+        let key: [u8; 32] = std::array::from_fn(|i| i as u8);
+        let iv: [u8; 12] = std::array::from_fn(|i| 0xa0 + i as u8);
+        // (rustls makes a 16-byte AeadKey only itself.)
+        let keys = KernelKeys::from_parts(0x0304, TLS_CIPHER_AES_GCM_128, &key[..16], iv).unwrap();
+        let (info, len) = keys.crypto_info(0x0102_0304_0506_0708);
+        // struct tls12_crypto_info_aes_gcm_128: 4 + 8 + 16 + 4 + 8.
+        assert_eq!(len, 40);
+        assert_eq!(&info[0..2], &0x0304u16.to_ne_bytes());
+        assert_eq!(&info[2..4], &51u16.to_ne_bytes());
+        assert_eq!(&info[4..12], &iv[4..], "iv: the explicit part");
+        assert_eq!(&info[12..28], &key[..16]);
+        assert_eq!(&info[28..32], &iv[..4], "salt: the implicit part");
+        assert_eq!(
+            &info[32..40],
+            &[1, 2, 3, 4, 5, 6, 7, 8],
+            "rec_seq, big endian"
+        );
+
+        let gcm256 = ConnectionTrafficSecrets::Aes256Gcm {
+            key: AeadKey::from(key),
+            iv: Iv::new(iv),
+        };
+        let (info, len) = KernelKeys::new(0x0303, &gcm256).unwrap().crypto_info(9);
+        assert_eq!(len, 56, "tls12_crypto_info_aes_gcm_256");
+        assert_eq!(&info[2..4], &52u16.to_ne_bytes());
+        assert_eq!(&info[12..44], &key[..]);
+        assert_eq!(&info[44..48], &iv[..4]);
+        assert_eq!(&info[48..56], &9u64.to_be_bytes());
+
+        let chacha = ConnectionTrafficSecrets::Chacha20Poly1305 {
+            key: AeadKey::from(key),
+            iv: Iv::new(iv),
+        };
+        let (info, len) = KernelKeys::new(0x0304, &chacha).unwrap().crypto_info(0);
+        assert_eq!(
+            len, 56,
+            "tls12_crypto_info_chacha20_poly1305: 4 + 12 + 32 + 8"
+        );
+        assert_eq!(&info[2..4], &54u16.to_ne_bytes());
+        assert_eq!(&info[4..16], &iv[..]);
+        assert_eq!(&info[16..48], &key[..]);
+        assert_eq!(&info[48..56], &[0; 8]);
+        assert!(
+            KernelKeys::new(0x0302, &chacha).is_none(),
+            "TLS 1.1 has no kTLS"
+        );
+    }
+}

@@ -198,8 +198,10 @@ impl Pair {
                             }
                         }
                     }
-                    LinkIntent::Shutdown => {}
                     LinkIntent::Established => self.established = true,
+                    LinkIntent::SetSockOpt { .. } | LinkIntent::KernelSends => {
+                        panic!("kernel TLS was not offered")
+                    }
                     LinkIntent::Received { buf, result } => {
                         if result > 0 {
                             let start = buf.offset() as usize;
@@ -222,6 +224,8 @@ impl Pair {
                         self.send.consume(all);
                         self.sent_result = Some(result);
                     }
+                    // The machine never shuts the link down here.
+                    other => panic!("a client link asked for {other:?}"),
                 }
             }
             if let Some(loan) = self.pending_recv.take() {

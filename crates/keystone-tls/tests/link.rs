@@ -124,6 +124,9 @@ impl Peer {
                     }
                     LinkIntent::Shutdown => self.shut_down = true,
                     LinkIntent::Established => self.established = true,
+                    LinkIntent::SetSockOpt { .. } | LinkIntent::KernelSends => {
+                        panic!("kernel TLS was not offered")
+                    }
                     LinkIntent::Received { buf, result } => {
                         if result > 0 {
                             let start = buf.offset() as usize;
