@@ -53,9 +53,10 @@ pub const LAYER_DAG: &[(&str, Allowed)] = &[
     ),
     // Where a proxied request goes (pools, balancing, passive health) and
     // the head sent there; response heads come from the parser. No I/O.
+    // A `tls = true` pool's client configuration is keystone-tls' to build.
     (
         "keystone-upstream",
-        Allowed::Only(&["keystone-ringbuf", "keystone-parser"]),
+        Allowed::Only(&["keystone-ringbuf", "keystone-parser", "keystone-tls"]),
     ),
     // Lua expresses policy over the exchange; it never reaches the reactor.
     // It reads the app table's `upstreams` into keystone-upstream's
@@ -116,6 +117,8 @@ pub const LAYER_DAG: &[(&str, Allowed)] = &[
     ),
     // The app as the connection's policy: routes and Lua say what the answer
     // is; it counts and logs each one. No reactor, no kernel programs.
+    // Its upstream connections to `tls = true` pools run through a
+    // keystone-tls link it owns with the connection (so pooled ones keep it).
     (
         "keystone-app",
         Allowed::Only(&[
@@ -128,6 +131,7 @@ pub const LAYER_DAG: &[(&str, Allowed)] = &[
             "keystone-conn",
             "keystone-ops",
             "keystone-upstream",
+            "keystone-tls",
         ]),
     ),
     // The thin wiring crate: every layer, nothing above it.

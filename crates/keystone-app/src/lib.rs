@@ -13,7 +13,7 @@
 //! counted per state, and a retired state goes when its count is 0.
 //!
 //! Never depends on: keystone-files, keystone-reactor,
-//! keystone-ebpf, keystone-tls, keystone-server. It performs no I/O on the request path:
+//! keystone-ebpf, keystone-server. It performs no I/O on the request path:
 //! log lines go to the function the worker gives it.
 
 mod proxy;
@@ -121,6 +121,7 @@ impl AppPolicy {
     ) -> Result<AppPolicy, String> {
         let mut next_root_id = 1;
         let (statics, files) = open_directories(&app, &mut next_root_id)?;
+        warn_unverified(worker, &app.upstreams, log);
         let upstreams = Upstreams::new(
             &app.upstreams,
             keystone_parser::MAX_BODY_BYTES_DEFAULT,
@@ -220,6 +221,7 @@ impl AppPolicy {
     /// point into it. Returns the directory ids to forget in the cache.
     pub fn reload(&mut self, app: LoadedApp) -> Result<Vec<u32>, String> {
         let (statics, files) = open_directories(&app, &mut self.next_root_id)?;
+        warn_unverified(self.worker, &app.upstreams, self.log);
         let old: Vec<u32> = self
             .statics
             .iter()
@@ -347,8 +349,8 @@ impl AppPolicy {
     }
 
     /// The next upstream operation to execute.
-    pub fn upstream_poll(&mut self) -> Option<(usize, UpstreamOp)> {
-        self.upstreams.poll()
+    pub fn upstream_poll(&mut self, now: Instant) -> Option<(usize, UpstreamOp)> {
+        self.upstreams.poll(now)
     }
 
     /// An upstream operation completed.
@@ -871,6 +873,29 @@ fn load_app(
         })
     };
     LoadedApp::load_with(source, worker, lua, print).map_err(|err| err.to_string())
+}
+
+/// At every load: a pool with `verify = false` is named in a warning (its
+/// peers' certificates are not checked: anyone on the path between here
+/// and them can pose as them). Worker 0's load says it for all.
+fn warn_unverified(worker: u32, pools: &[keystone_upstream::PoolConfig], log: Log) {
+    if worker != 0 {
+        return;
+    }
+    for pool in pools {
+        if pool.tls.as_ref().is_some_and(|tls| !tls.verify) {
+            log(&LogLine {
+                level: LogLevel::Warn,
+                worker,
+                route: None,
+                count: 1,
+                message: format_args!(
+                    "upstream {}: verify = false: its peers' TLS certificates are not checked (anyone on the path can pose as them)",
+                    pool.name
+                ),
+            });
+        }
+    }
 }
 
 fn log_to_stderr(line: &LogLine<'_>) {

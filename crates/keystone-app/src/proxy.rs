@@ -12,6 +12,17 @@
 //! the upstream closed is noticed by its probe receive and never reused;
 //! a response whose body was fully read on a keep-alive connection goes
 //! back to its peer's pool, at most `keepalive` per peer.
+//!
+//! TLS (`tls = true` pools): a slot's connection gets a keystone-tls
+//! [`Link`] (client role) once its TCP connect completes; the machine is
+//! told `Connected` only when the handshake finished, so the pool's
+//! connect timeout bounds both, and a handshake that fails (an unverified
+//! certificate among the reasons) is a failed connect: passive health,
+//! another peer, 502, the reason in the log. From then on the machine's
+//! receives and sends go to the link and the link's ciphertext ones are
+//! the operations the worker executes, all counted in `in_flight`; the link
+//! stays with a pooled connection and goes at its close. A TLS upstream's
+//! body never splices (the client side relays it through its buffer).
 
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
@@ -21,11 +32,12 @@ use keystone_ringbuf::{split_slab, RingBuffer, SendBuf, SpareLoan};
 use std::sync::Arc;
 
 use keystone_ops::stats::{PeerCounters, WorkerStats};
-use keystone_upstream::PoolConfig;
+use keystone_tls::{Link, LinkIntent, CIPHER_IN_BYTES, CIPHER_OUT_BYTES};
 use keystone_upstream::{
     Balancer, Failure, NoPeer, Outcome, Tried, UpstreamConn, UpstreamEvent, UpstreamIntent,
     BUFFERED_BODY_MAX, FORWARDED_HEAD_MAX, RESPONSE_HEAD_MAX,
 };
+use keystone_upstream::{PoolConfig, PoolTls};
 
 /// Upstream connections one worker keeps (in use and pooled together).
 /// Each has a send buffer sized for a forwarded head and a request body and
@@ -165,6 +177,17 @@ struct Slot {
     /// When the current connection's socket was made (its connect time
     /// is measured from here).
     socket_at: Instant,
+    /// The pool's TLS, when it has `tls = true` (kept, like `addr`: a
+    /// reload may replace the pools).
+    tls: Option<Arc<PoolTls>>,
+    /// The TLS session of the current connection (from its connect to its
+    /// close; pooled with it).
+    link: Option<Box<Link>>,
+    /// The ciphertext buffers a link takes, home while there is none
+    /// (`None` also if a link could not be made and lost them).
+    cipher: Option<(RingBuffer, RingBuffer)>,
+    /// Why the link failed, for the failure's log line.
+    tls_failure: Option<String>,
 }
 
 /// One pool at runtime.
@@ -237,11 +260,18 @@ impl Upstreams {
                 RESPONSE_WINDOW_BYTES + BUFFERED_BODY_MAX,
             )
             .map_err(|e| e.to_string())?;
+            // Ciphertext buffers for TLS pools' connections: address space,
+            // touched only by a TLS connection (a reload may bring one).
+            let cipher_ins = split_slab(UPSTREAM_CONNECTIONS_MAX as u32, CIPHER_IN_BYTES)
+                .map_err(|e| e.to_string())?;
+            let cipher_outs = split_slab(UPSTREAM_CONNECTIONS_MAX as u32, CIPHER_OUT_BYTES)
+                .map_err(|e| e.to_string())?;
             let now = Instant::now();
             sends
                 .into_iter()
                 .zip(recvs)
-                .map(|(send, recv)| Slot {
+                .zip(cipher_ins.into_iter().zip(cipher_outs))
+                .map(|((send, recv), cipher)| Slot {
                     conn: UpstreamConn::new(send, recv, RESPONSE_WINDOW_BYTES),
                     fd: None,
                     state: SlotState::Free,
@@ -266,6 +296,10 @@ impl Upstreams {
                     stat: 0,
                     idle: false,
                     socket_at: now,
+                    tls: None,
+                    link: None,
+                    cipher: Some(cipher),
+                    tls_failure: None,
                 })
                 .collect()
         };
@@ -440,6 +474,10 @@ impl Upstreams {
             config.send_timeout,
             config.read_timeout,
         ];
+        // A pooled connection is the same pool's (a reload closes them):
+        // the same `Arc`, so this is a count, not an allocation.
+        slot.tls.clone_from(&config.tls);
+        slot.tls_failure = None;
         self.pools[pool].balancer.begin(peer);
         slot.conn.start(connected, head_request);
         if let Some(chunked) = streamed {
@@ -463,54 +501,121 @@ impl Upstreams {
         Ok(())
     }
 
-    /// The next operation to execute, with its upstream slot.
-    pub fn poll(&mut self) -> Option<(usize, UpstreamOp)> {
-        while let Some(&index) = self.dirty.last() {
-            let slot = &mut self.slots[index];
-            let op = match slot.state {
-                SlotState::Free | SlotState::Dead => None,
-                SlotState::Socketing { asked: false } if slot.in_flight == 0 => {
-                    slot.state = SlotState::Socketing { asked: true };
-                    Some(UpstreamOp::Socket { addr: slot.addr })
-                }
-                SlotState::Socketing { .. } => None,
-                SlotState::Closing(Stage::Cancel) => {
-                    let fd = slot.fd.expect("a closing slot has its socket");
-                    if slot.in_flight > 0 {
-                        slot.state = SlotState::Closing(Stage::Cancelling);
-                        Some(UpstreamOp::Cancel { fd })
-                    } else {
-                        slot.state = SlotState::Closing(Stage::Closing);
-                        Some(UpstreamOp::Close { fd })
-                    }
-                }
-                SlotState::Closing(Stage::Cancelling) if slot.in_flight == 0 => {
-                    slot.state = SlotState::Closing(Stage::Closing);
-                    Some(UpstreamOp::Close {
-                        fd: slot.fd.expect("a closing slot has its socket"),
-                    })
-                }
-                SlotState::Closing(_) => None,
-                SlotState::Live => {
-                    let fd = slot.fd.expect("a live slot has its socket");
-                    let addr = slot.addr;
-                    slot.conn.poll().map(|intent| match intent {
-                        UpstreamIntent::Connect => UpstreamOp::Connect { fd, addr },
-                        UpstreamIntent::Send(buf) => UpstreamOp::Send { fd, buf },
-                        UpstreamIntent::Recv(buf) => UpstreamOp::Recv { fd, buf },
-                    })
-                }
-            };
-            match op {
-                Some(op) => {
-                    self.slots[index].in_flight += 1;
-                    return Some((index, op));
-                }
-                None => {
-                    self.dirty.pop();
-                }
+    /// The next operation to execute, with its upstream slot. `now`: a TLS
+    /// link may hand its machine what it already holds, and what follows
+    /// from that (a response complete, a failure) is settled at `now`.
+    pub fn poll(&mut self, now: Instant) -> Option<(usize, UpstreamOp)> {
+        // Taken off before it is looked at: settling a slot may mark others
+        // (or itself) dirty again.
+        while let Some(index) = self.dirty.pop() {
+            if let Some(op) = self.next_op(index, now) {
+                self.slots[index].in_flight += 1;
+                self.dirty.push(index); // it may have more
+                return Some((index, op));
             }
         }
+        None
+    }
+
+    /// Slot `index`'s next operation, if any.
+    fn next_op(&mut self, index: usize, now: Instant) -> Option<UpstreamOp> {
+        let slot = &mut self.slots[index];
+        match slot.state {
+            SlotState::Free | SlotState::Dead => None,
+            SlotState::Socketing { asked: false } if slot.in_flight == 0 => {
+                slot.state = SlotState::Socketing { asked: true };
+                Some(UpstreamOp::Socket { addr: slot.addr })
+            }
+            SlotState::Socketing { .. } => None,
+            SlotState::Closing(Stage::Cancel) => {
+                let fd = slot.fd.expect("a closing slot has its socket");
+                abandon_link(slot);
+                if slot.in_flight > 0 {
+                    slot.state = SlotState::Closing(Stage::Cancelling);
+                    Some(UpstreamOp::Cancel { fd })
+                } else {
+                    slot.state = SlotState::Closing(Stage::Closing);
+                    Some(UpstreamOp::Close { fd })
+                }
+            }
+            SlotState::Closing(Stage::Cancelling) if slot.in_flight == 0 => {
+                slot.state = SlotState::Closing(Stage::Closing);
+                Some(UpstreamOp::Close {
+                    fd: slot.fd.expect("a closing slot has its socket"),
+                })
+            }
+            SlotState::Closing(_) => None,
+            SlotState::Live if slot.link.is_some() => self.tls_op(index, now),
+            SlotState::Live => {
+                let fd = slot.fd.expect("a live slot has its socket");
+                let addr = slot.addr;
+                slot.conn.poll().map(|intent| match intent {
+                    UpstreamIntent::Connect => UpstreamOp::Connect { fd, addr },
+                    UpstreamIntent::Send(buf) => UpstreamOp::Send { fd, buf },
+                    UpstreamIntent::Recv(buf) => UpstreamOp::Recv { fd, buf },
+                })
+            }
+        }
+    }
+
+    /// A TLS slot's next operation: the machine's receives and sends go to
+    /// the link, what the link hands back goes to the machine (and is
+    /// settled), and the link's own ciphertext receives and sends are what
+    /// the worker executes.
+    fn tls_op(&mut self, index: usize, now: Instant) -> Option<UpstreamOp> {
+        // Each turn moves a loan or an event one step; a slot has two
+        // loans, so a handful of turns settles it (bounded for safety).
+        for _ in 0..TLS_STEPS_MAX {
+            let Slot {
+                conn,
+                link,
+                fd,
+                state,
+                tls_failure,
+                ..
+            } = &mut self.slots[index];
+            if *state != SlotState::Live {
+                return None; // a settle below failed or pooled it
+            }
+            let fd = fd.expect("a live slot has its socket");
+            let link = link.as_mut().expect("a TLS slot's link");
+            let event = match link.poll() {
+                Some(LinkIntent::Recv(buf)) => return Some(UpstreamOp::Recv { fd, buf }),
+                Some(LinkIntent::Send(buf)) => return Some(UpstreamOp::Send { fd, buf }),
+                Some(LinkIntent::Established) => Some(UpstreamEvent::Connected { result: 0 }),
+                Some(LinkIntent::Received { buf, result }) => {
+                    Some(UpstreamEvent::Received { buf, result })
+                }
+                Some(LinkIntent::Sent { buf, result }) => Some(UpstreamEvent::Sent { buf, result }),
+                // A shutdown is never asked for (closes cancel), nor is
+                // kernel TLS offered to an upstream link: nothing to do.
+                Some(other) => {
+                    debug_assert!(matches!(other, LinkIntent::Shutdown), "{other:?}");
+                    continue;
+                }
+                // Once: a handshake that failed fails the connect (after
+                // it, the machine reads a reset instead).
+                None => link.take_failure().map(|why| {
+                    *tls_failure = Some(why);
+                    UpstreamEvent::TlsFailed
+                }),
+            };
+            if let Some(event) = event {
+                conn.on(event);
+                self.settle(index, now);
+                continue;
+            }
+            match conn.poll() {
+                Some(UpstreamIntent::Send(buf)) => link.send(buf),
+                Some(UpstreamIntent::Recv(buf)) => link.recv(buf),
+                Some(UpstreamIntent::Connect) => {
+                    unreachable!("a link is made after the connect")
+                }
+                None => return None,
+            }
+        }
+        // Not expected: the slot is looked at again on its next event.
+        debug_assert!(false, "a TLS slot did not settle");
         None
     }
 
@@ -556,6 +661,19 @@ impl Upstreams {
                 return;
             }
             UpstreamDone::Event(event) => {
+                if let Some(link) = &mut slot.link {
+                    // Ciphertext: the link's (in any state: loans go home);
+                    // what it now has for the machine, `poll` delivers.
+                    match event {
+                        UpstreamEvent::Sent { buf, result } => link.on_sent(buf, result),
+                        UpstreamEvent::Received { buf, result } => link.on_received(buf, result),
+                        other => unreachable!("{other:?} for a slot with a TLS link"),
+                    }
+                    if slot.state != SlotState::Live {
+                        self.reap(index);
+                    }
+                    return;
+                }
                 let stale_connect = matches!(event, UpstreamEvent::Connected { .. })
                     && slot.state != SlotState::Live;
                 if let (UpstreamEvent::Connected { result: 0 }, false, None) =
@@ -564,7 +682,14 @@ impl Upstreams {
                     let took = now.saturating_duration_since(slot.socket_at);
                     self.stats.peers[slot.stat as usize].connect.observe(took);
                 }
-                if !stale_connect {
+                let handshake = matches!(event, UpstreamEvent::Connected { result: 0 })
+                    && !stale_connect
+                    && slot.tls.is_some();
+                if handshake {
+                    // The machine hears of the connect once the handshake
+                    // is done (`tls_op`).
+                    start_link(slot);
+                } else if !stale_connect {
                     slot.conn.on(event); // in any state: loans go home
                 }
                 if slot.state != SlotState::Live {
@@ -577,6 +702,7 @@ impl Upstreams {
                 return;
             }
             UpstreamDone::Closed => {
+                retire_link(slot);
                 slot.fd = None;
                 if std::mem::take(&mut slot.then_retry) && slot.client.is_some() {
                     slot.state = SlotState::Socketing { asked: false };
@@ -629,8 +755,10 @@ impl Upstreams {
     /// Slot `index` failed: count it against the peer, retry on another
     /// peer if allowed, or record the failure for the client.
     fn fail(&mut self, index: usize, failure: Failure, now: Instant) {
+        let detail = tls_detail(&mut self.slots[index], failure);
         if self.slots[index].check.is_some() {
-            return self.check_done(index, false, failure.reason(), now);
+            let why = format!("{}{detail}", failure.reason());
+            return self.check_done(index, false, &why, now);
         }
         // A request may go out again if nothing of it went out, or if it
         // is idempotent (nginx's rule for proxy_next_upstream).
@@ -658,6 +786,7 @@ impl Upstreams {
             Failure::BadHead(_) => 3,
             Failure::BrokenBody => 4,
             Failure::TooLargeToBuffer { .. } => 5,
+            Failure::Tls => 6,
         };
         if self.slots[index].client.is_some() {
             self.counters(index).failures[reason].add(1);
@@ -684,7 +813,7 @@ impl Upstreams {
         let pool = &mut self.pools[slot.pool];
         let addr = slot.addr;
         self.notes.push(format!(
-            "upstream {}: peer {addr}: {}",
+            "upstream {}: peer {addr}: {}{detail}",
             pool.config.name,
             failure.reason()
         ));
@@ -796,6 +925,7 @@ impl Upstreams {
     fn release(&mut self, index: usize) {
         let slot = &mut self.slots[index];
         debug_assert_eq!(slot.in_flight, 0);
+        debug_assert!(slot.link.is_none(), "a link goes with its socket");
         slot.state = SlotState::Free;
         slot.fd = None;
         slot.client = None;
@@ -840,6 +970,8 @@ impl Upstreams {
                     config.send_timeout,
                     config.read_timeout,
                 ];
+                slot.tls.clone_from(&config.tls);
+                slot.tls_failure = None;
                 slot.generation = self.generation;
                 slot.client = None;
                 slot.check = Some((pool, peer));
@@ -1012,7 +1144,9 @@ impl Upstreams {
     pub fn splice(&mut self, client: u32, min: u64) -> Option<(RawFd, u64)> {
         let index = self.slot_of(client)?;
         let slot = &mut self.slots[index];
-        if slot.state != SlotState::Live || slot.failure.is_some() {
+        // A TLS upstream's bytes on the socket are ciphertext: its body is
+        // relayed through the buffer, decrypted, never spliced.
+        if slot.state != SlotState::Live || slot.failure.is_some() || slot.tls.is_some() {
             return None;
         }
         let fd = slot.fd?;
@@ -1109,6 +1243,73 @@ impl Upstreams {
             status,
             at.saturating_duration_since(slot.started).as_secs_f64(),
         ))
+    }
+}
+
+/// Steps [`Upstreams::tls_op`] takes at most for one slot before it asks
+/// for an operation or has nothing to do: each step moves one of the
+/// machine's two loans or one of the link's events.
+const TLS_STEPS_MAX: usize = 64;
+
+/// A TLS slot's TCP connect completed: its link starts the handshake (the
+/// ClientHello is its first send). A link that cannot be made (rustls
+/// refusing its configuration: not expected) fails the handshake.
+fn start_link(slot: &mut Slot) {
+    debug_assert!(slot.link.is_none());
+    let tls = slot.tls.as_ref().expect("a TLS slot");
+    let Some((cipher_in, cipher_out)) = slot.cipher.take() else {
+        slot.tls_failure = Some("no TLS buffers left for this connection".into());
+        return slot.conn.on(UpstreamEvent::TlsFailed);
+    };
+    let name = tls.name_of(slot.peer).clone();
+    match Link::client(&tls.config, name, cipher_in, cipher_out) {
+        Ok(link) => slot.link = Some(Box::new(link)),
+        Err(err) => {
+            slot.tls_failure = Some(format!("cannot start a TLS session: {err}"));
+            slot.conn.on(UpstreamEvent::TlsFailed);
+        }
+    }
+}
+
+/// The socket is being closed: the link gives the machine its loans back
+/// (cancelled) and asks for nothing more; its ciphertext operations come
+/// back through `complete` before the close is submitted.
+fn abandon_link(slot: &mut Slot) {
+    let Some(link) = &mut slot.link else {
+        return;
+    };
+    link.abandon();
+    while let Some(intent) = link.poll() {
+        match intent {
+            LinkIntent::Received { buf, result } => {
+                slot.conn.on(UpstreamEvent::Received { buf, result })
+            }
+            LinkIntent::Sent { buf, result } => slot.conn.on(UpstreamEvent::Sent { buf, result }),
+            LinkIntent::Established => {}
+            other => unreachable!("an abandoned link asked for {other:?}"),
+        }
+    }
+}
+
+/// The socket closed: the link (nothing of it in flight any more) gives
+/// its buffers back for the slot's next TLS connection.
+fn retire_link(slot: &mut Slot) {
+    abandon_link(slot);
+    if let Some(link) = slot.link.take() {
+        debug_assert!(!link.in_flight());
+        slot.cipher = Some(link.into_buffers());
+    }
+}
+
+/// What a failure's log line adds for a TLS slot: the link's reason, or
+/// that a connect timed out in the handshake.
+fn tls_detail(slot: &mut Slot, failure: Failure) -> String {
+    match (slot.tls_failure.take(), &slot.link) {
+        (Some(why), _) => format!(": {why}"),
+        (None, Some(link)) if failure == Failure::ConnectTimeout && link.handshaking() => {
+            " (in the TLS handshake)".into()
+        }
+        _ => String::new(),
     }
 }
 

@@ -69,7 +69,7 @@ fn forwarded_head(tls: TlsFacts) -> String {
     let now = sim.now;
     // Socket, connect, send: a handful of operations, bounded.
     for _ in 0..8 {
-        let Some((index, op)) = sim.policy.upstream_poll() else {
+        let Some((index, op)) = sim.policy.upstream_poll(now) else {
             break;
         };
         let done = match op {

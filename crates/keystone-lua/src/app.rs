@@ -515,8 +515,8 @@ impl AppTable {
             .collect();
         let allow_c_modules = string_list(source, &app, "allow_c_modules")?;
         let statics = static_dirs(source, &app)?;
-        let upstreams =
-            crate::upstreams::read_upstreams(&app).map_err(|message| shape(source, message))?;
+        let upstreams = crate::upstreams::read_upstreams(&app, source.dir.as_deref())
+            .map_err(|message| shape(source, message))?;
         Ok(AppTable {
             routes,
             init_worker,

@@ -3,16 +3,25 @@
 //! at load: an unknown pool field, a bad peer, balance name or bound is a
 //! load error naming `upstreams.NAME.FIELD` (exit 2 at start; on reload the
 //! old app keeps serving).
+//!
+//! TLS: `tls = true` makes the pool speak HTTPS to its peers; `sni` (a DNS
+//! name sent to every peer instead of its own host), `verify` (default
+//! true) and `ca` (a PEM file, relative to the app's directory like other
+//! paths, whose certificates replace the system roots) need it. Its trust
+//! is read here, at load: an unreadable `ca` fails the load naming the
+//! file.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use keystone_upstream::{
-    parse_peer, Balance, HealthCheck, PoolConfig, KEEPALIVE_MAX, RETRIES_MAX, TIMEOUT_MAX_SECS,
+    parse_peer, Balance, HealthCheck, PoolConfig, TlsOptions, KEEPALIVE_MAX, RETRIES_MAX,
+    TIMEOUT_MAX_SECS,
 };
 use mlua::{Table, Value};
 
 /// A pool's known fields.
-const POOL_FIELDS: [&str; 10] = [
+const POOL_FIELDS: [&str; 14] = [
     "peers",
     "balance",
     "keepalive",
@@ -23,11 +32,16 @@ const POOL_FIELDS: [&str; 10] = [
     "max_fails",
     "fail_timeout",
     "health_check",
+    "tls",
+    "sni",
+    "verify",
+    "ca",
 ];
 
 /// Reads `upstreams`; absent is no pools. Errors are messages the loader
-/// turns into a load error for the app's file.
-pub(crate) fn read_upstreams(app: &Table) -> Result<Vec<PoolConfig>, String> {
+/// turns into a load error for the app's file. `dir`: where relative `ca`
+/// paths start (the app's directory; `None`: the working directory).
+pub(crate) fn read_upstreams(app: &Table, dir: Option<&Path>) -> Result<Vec<PoolConfig>, String> {
     let table = match app.get::<Value>("upstreams").map_err(|e| e.to_string())? {
         Value::Nil => return Ok(Vec::new()),
         Value::Table(table) => table,
@@ -51,13 +65,13 @@ pub(crate) fn read_upstreams(app: &Table) -> Result<Vec<PoolConfig>, String> {
                 pool.type_name()
             ));
         };
-        pools.push(read_pool(&name, &pool)?);
+        pools.push(read_pool(&name, &pool, dir)?);
     }
     pools.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(pools)
 }
 
-fn read_pool(name: &str, pool: &Table) -> Result<PoolConfig, String> {
+fn read_pool(name: &str, pool: &Table, dir: Option<&Path>) -> Result<PoolConfig, String> {
     for pair in pool.pairs::<Value, Value>() {
         let (key, _) = pair.map_err(|e| e.to_string())?;
         let known =
@@ -168,7 +182,52 @@ fn read_pool(name: &str, pool: &Table) -> Result<PoolConfig, String> {
         }
     }
     config.validate().map_err(|e| e.message)?;
+    read_tls(&mut config, &field, dir)?;
     Ok(config)
+}
+
+/// `tls = true` and its companions `sni`, `verify` and `ca`.
+fn read_tls(
+    config: &mut PoolConfig,
+    field: &dyn Fn(&str) -> Result<Value, String>,
+    dir: Option<&Path>,
+) -> Result<(), String> {
+    let at = |key: &str| format!("upstreams.{}.{key}", config.name);
+    let tls = boolean(&field("tls")?, &at("tls"))?.unwrap_or(false);
+    let options = TlsOptions {
+        sni: string(&field("sni")?, &at("sni"))?,
+        verify: boolean(&field("verify")?, &at("verify"))?,
+        ca: string(&field("ca")?, &at("ca"))?.map(|path| {
+            let path = PathBuf::from(path);
+            match dir {
+                Some(base) if path.is_relative() => base.join(path),
+                _ => path,
+            }
+        }),
+    };
+    if !tls {
+        let given = [
+            ("sni", options.sni.is_some()),
+            ("verify", options.verify.is_some()),
+            ("ca", options.ca.is_some()),
+        ];
+        if let Some((key, _)) = given.iter().find(|(_, given)| *given) {
+            return Err(format!("{} needs tls = true", at(key)));
+        }
+        return Ok(());
+    }
+    config.enable_tls(options).map_err(|e| e.message)
+}
+
+fn boolean(value: &Value, at: &str) -> Result<Option<bool>, String> {
+    match value {
+        Value::Nil => Ok(None),
+        Value::Boolean(b) => Ok(Some(*b)),
+        other => Err(format!(
+            "{at} must be true or false, got {}",
+            other.type_name()
+        )),
+    }
 }
 
 fn string(value: &Value, at: &str) -> Result<Option<String>, String> {

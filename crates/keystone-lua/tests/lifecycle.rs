@@ -256,3 +256,100 @@ fn upstreams_are_read_and_checked_at_load() {
         assert!(err.contains("test_app.lua"), "{upstreams}: {err}");
     }
 }
+
+#[test]
+fn tls_pools_are_read_and_their_mistakes_named() {
+    let app = r#"return {
+      upstreams = {
+        plain = { peers = { "127.0.0.1:9001" } },
+        secure = { peers = { "localhost:9443", "127.0.0.1:9444" }, tls = true },
+        named = { peers = { "127.0.0.1:9445" }, tls = true, sni = "api.test", verify = false },
+      },
+      routes = {},
+    }"#;
+    let (loaded, _) = load(&source(app), &LuaConfig::default());
+    let pool = |name: &str| {
+        loaded
+            .upstreams
+            .iter()
+            .find(|pool| pool.name == name)
+            .unwrap()
+    };
+    assert!(pool("plain").tls.is_none(), "cleartext unless asked");
+    let secure = pool("secure").tls.as_ref().unwrap();
+    assert!(secure.verify, "verified by default");
+    assert_eq!((secure.sni.as_deref(), secure.ca.as_deref()), (None, None));
+    let names: Vec<String> = secure
+        .names
+        .iter()
+        .map(|name| name.to_str().into_owned())
+        .collect();
+    assert_eq!(names, ["localhost", "127.0.0.1"], "each peer's own host");
+    let named = pool("named").tls.as_ref().unwrap();
+    assert!(!named.verify);
+    assert_eq!(named.sni.as_deref(), Some("api.test"));
+    assert_eq!(named.names[0].to_str(), "api.test");
+
+    // `ca` is relative to the app's directory; an unreadable one fails
+    // the load naming the file.
+    let dir = temp_dir("tls-ca");
+    write_files(
+        &dir,
+        &[(
+            "app.lua",
+            r#"return { routes = {}, upstreams = {
+              api = { peers = { "127.0.0.1:9443" }, tls = true, ca = "certs/ca.pem" },
+            } }"#,
+        )],
+    );
+    let in_dir = AppSource::read(&dir.join("app.lua")).unwrap();
+    let err = try_load(&in_dir, &LuaConfig::default()).err().unwrap();
+    let expected = format!(
+        "upstreams.api.ca: cannot read {}",
+        dir.join("certs/ca.pem").display()
+    );
+    assert!(err.contains(&expected), "{err}");
+    assert!(err.contains("app.lua"), "{err}");
+
+    let refused = [
+        (
+            r#"{ api = { peers = { "127.0.0.1:1" }, sni = "api.test" } }"#,
+            "upstreams.api.sni needs tls = true",
+        ),
+        (
+            r#"{ api = { peers = { "127.0.0.1:1" }, verify = false } }"#,
+            "upstreams.api.verify needs tls = true",
+        ),
+        (
+            r#"{ api = { peers = { "127.0.0.1:1" }, tls = false, ca = "ca.pem" } }"#,
+            "upstreams.api.ca needs tls = true",
+        ),
+        (
+            r#"{ api = { peers = { "127.0.0.1:1" }, tls = "yes" } }"#,
+            "upstreams.api.tls must be true or false, got string",
+        ),
+        (
+            r#"{ api = { peers = { "127.0.0.1:1" }, tls = true, verify = 0 } }"#,
+            "upstreams.api.verify must be true or false, got integer",
+        ),
+        (
+            r#"{ api = { peers = { "127.0.0.1:1" }, tls = true, sni = 7 } }"#,
+            "upstreams.api.sni must be a string",
+        ),
+        (
+            r#"{ api = { peers = { "127.0.0.1:1" }, tls = true, sni = "10.1.1.1" } }"#,
+            "upstreams.api.sni: \"10.1.1.1\" is an IP address",
+        ),
+        (
+            r#"{ api = { peers = { "127.0.0.1:1" }, tls = true, verify = false, ca = "ca.pem" } }"#,
+            "upstreams.api.ca: a CA has no use with verify = false",
+        ),
+    ];
+    for (upstreams, message) in refused {
+        let app = format!("return {{ upstreams = {upstreams}, routes = {{}} }}");
+        let err = try_load(&source(&app), &LuaConfig::default())
+            .err()
+            .unwrap_or_else(|| panic!("{upstreams} loaded"));
+        assert!(err.contains(message), "{upstreams}: {err}");
+    }
+}

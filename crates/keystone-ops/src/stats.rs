@@ -105,14 +105,16 @@ pub struct WorkerStats {
 /// has a few pools of a few peers each.
 pub const PEER_COUNTERS_MAX: usize = 64;
 
-/// Why a proxied request failed, as `/metrics` labels it.
-pub const UPSTREAM_FAILURES: [&str; 6] = [
+/// Why a proxied request failed, as `/metrics` labels it (`tls`: a TLS
+/// pool's handshake failed, its certificate unverified among the reasons).
+pub const UPSTREAM_FAILURES: [&str; 7] = [
     "connect",
     "timeout",
     "closed",
     "bad_head",
     "broken_body",
     "too_large",
+    "tls",
 ];
 
 /// One upstream peer's counters (one worker's share).

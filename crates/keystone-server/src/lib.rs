@@ -81,8 +81,12 @@ fn check(path: &std::path::Path, config: &keystone_lua::LuaConfig) -> ExitCode {
                         }
                     })
                     .collect();
+                let tls = pool
+                    .tls
+                    .as_ref()
+                    .map_or_else(String::new, |tls| format!(", {}", tls.describe()));
                 println!(
-                    "  upstream {} ({:?}, keepalive {}, retries {}): {}",
+                    "  upstream {} ({:?}, keepalive {}, retries {}{tls}): {}",
                     pool.name,
                     pool.balance,
                     pool.keepalive,

@@ -897,7 +897,7 @@ impl Worker {
     /// wake can free room an upstream was waiting for).
     fn pump_upstreams(&mut self) {
         loop {
-            while let Some((index, op)) = self.policy.upstream_poll() {
+            while let Some((index, op)) = self.policy.upstream_poll(self.now) {
                 let owner = self.upstream_base + index as u32;
                 match op {
                     UpstreamOp::Socket { addr } => self.reactor.socket(owner, addr),

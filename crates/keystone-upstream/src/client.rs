@@ -57,6 +57,10 @@ pub enum UpstreamEvent {
     Received { buf: SpareLoan, result: i32 },
     /// [`UpstreamConn::timeout`] passed with no progress.
     TimedOut,
+    /// The connection's TLS handshake failed (refused, an unverified
+    /// certificate, the server gone): for a TLS pool the connect completes
+    /// only once its handshake did, so the connect timeout bounds both.
+    TlsFailed,
 }
 
 /// Which of the pool's timeouts applies now (nginx's `proxy_*_timeout`:
@@ -98,6 +102,9 @@ pub enum Failure {
     /// mid-body, or its chunked framing was malformed. The client's
     /// response is cut off: its connection closes without a false end.
     BrokenBody,
+    /// The TLS handshake failed (the pool has `tls = true`): nothing was
+    /// sent, so another peer may be tried.
+    Tls,
 }
 
 impl Failure {
@@ -120,6 +127,7 @@ impl Failure {
             Failure::Refused
                 | Failure::ConnectFailed(_)
                 | Failure::ConnectTimeout
+                | Failure::Tls
                 | Failure::ClosedBeforeHead { any_byte: false }
                 | Failure::SendFailed(_)
         )
@@ -138,6 +146,7 @@ impl Failure {
             Failure::BadHead(_) => "malformed response head",
             Failure::TooLargeToBuffer { .. } => "response body larger than ctx.upstream_buffer",
             Failure::BrokenBody => "response body cut short",
+            Failure::Tls => "TLS handshake failed",
         }
     }
 }
@@ -644,6 +653,11 @@ impl UpstreamConn {
                     }
                     0 => self.closed(false),
                     _ => self.closed(true),
+                }
+            }
+            UpstreamEvent::TlsFailed => {
+                if self.phase == (Phase::Connecting { asked: true }) {
+                    self.phase = Phase::Failed(Failure::Tls);
                 }
             }
             UpstreamEvent::TimedOut => {

@@ -2,7 +2,8 @@
 //!
 //! Job: the declaration of upstream pools as the app table gives them
 //! ([`PoolConfig`], validated once at load: peers resolved, names and
-//! bounds checked), the per-worker choice of a peer ([`Balancer`]: round
+//! bounds checked; a `tls = true` pool's trust read and its peers' TLS
+//! names settled, [`PoolTls`], built by keystone-tls), the per-worker choice of a peer ([`Balancer`]: round
 //! robin, least connections, consistent hashing by key, with nginx's
 //! passive health: `max_fails` failures within `fail_timeout` take a peer
 //! out for `fail_timeout`), and the request head sent to it
@@ -19,7 +20,7 @@
 //!
 //! Never depends on: keystone-router, keystone-exchange, keystone-lua,
 //! keystone-response, keystone-files, keystone-conn, keystone-app,
-//! keystone-reactor, keystone-ebpf, keystone-ops, keystone-tls, keystone-server.
+//! keystone-reactor, keystone-ebpf, keystone-ops, keystone-server.
 
 mod balance;
 mod client;
@@ -32,8 +33,8 @@ pub use client::{
     RESPONSE_HEAD_MAX,
 };
 pub use config::{
-    parse_peer, Balance, ConfigError, HealthCheck, PoolConfig, KEEPALIVE_MAX, PEERS_MAX,
-    RETRIES_MAX, TIMEOUT_MAX_SECS,
+    parse_peer, Balance, ConfigError, HealthCheck, PoolConfig, PoolTls, TlsOptions, KEEPALIVE_MAX,
+    PEERS_MAX, RETRIES_MAX, TIMEOUT_MAX_SECS,
 };
 pub use forward::{
     is_hop_by_hop, write_forward_head, ForwardError, ForwardFraming, ForwardRequest, Scheme,

@@ -334,6 +334,44 @@ fn failures_map_to_their_status_and_retry_rule() {
 }
 
 #[test]
+fn a_failed_tls_handshake_is_a_failed_connect() {
+    // The pump tells the machine `Connected` only after the handshake, so
+    // the connect timeout bounds both; a handshake that fails instead is
+    // TlsFailed: 502, another peer may be tried, the request kept for it.
+    let mut upstream = conn();
+    upstream.request_buffer().append(GET).unwrap();
+    upstream.start(false, false);
+    assert!(matches!(upstream.poll(), Some(UpstreamIntent::Connect)));
+    assert_eq!(upstream.timeout(), Some(Wait::Connect));
+    upstream.on(UpstreamEvent::TlsFailed);
+    assert_eq!(upstream.outcome(), Some(Err(Failure::Tls)));
+    assert_eq!(Failure::Tls.status(), 502);
+    assert!(Failure::Tls.before_any_response());
+    assert_eq!(Failure::Tls.reason(), "TLS handshake failed");
+    assert!(!upstream.sent_any());
+    assert!(
+        upstream.retry_fresh(),
+        "the same request goes to another peer"
+    );
+    assert!(matches!(upstream.poll(), Some(UpstreamIntent::Connect)));
+
+    // After the handshake it means nothing: the machine's own reads say
+    // how a broken session ends.
+    let mut upstream = conn();
+    let got = run(&mut upstream, GET, Some(0), &[Step::Hang], false);
+    upstream.on(UpstreamEvent::TlsFailed);
+    assert_eq!(upstream.outcome(), None);
+    upstream.on(UpstreamEvent::Received {
+        buf: got.hanging.unwrap(),
+        result: -104,
+    });
+    assert_eq!(
+        upstream.outcome(),
+        Some(Err(Failure::ClosedBeforeHead { any_byte: false }))
+    );
+}
+
+#[test]
 fn each_wait_has_its_timeout() {
     // The connect never completes.
     let mut upstream = conn();
