@@ -115,6 +115,10 @@ pub const UNSAFE_ALLOWED: &[(&str, &str)] = &[
         "counting #[global_allocator] shim (GlobalAlloc is an unsafe trait)",
     ),
     (
+        "crates/keystone-server/tests/zero_alloc_proxy_tls.rs",
+        "counting #[global_allocator] shim (GlobalAlloc is an unsafe trait)",
+    ),
+    (
         "benches/benches/micro.rs",
         "counting #[global_allocator] shim for allocations per request",
     ),
