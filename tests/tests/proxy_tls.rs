@@ -31,9 +31,15 @@ const HANDSHAKES: &str = "keystone_tls_connections_total{path=\"userspace\"}";
 
 /// A backend with a TLS listener serving `pair`, and its admin address.
 fn backend(pair: &keystone_tests::tls::CertPair) -> (TlsServer, SocketAddr) {
+    backend_with(pair, &[])
+}
+
+fn backend_with(pair: &keystone_tests::tls::CertPair, extra: &[&str]) -> (TlsServer, SocketAddr) {
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let admin_arg = admin.to_string();
-    let server = TlsServer::start(BACKEND, &[pair], &["--admin", &admin_arg]);
+    let mut args = vec!["--admin", &admin_arg];
+    args.extend_from_slice(extra);
+    let server = TlsServer::start(BACKEND, &[pair], &args);
     (server, admin)
 }
 
@@ -308,4 +314,65 @@ fn check_lists_tls_pools_and_an_unreadable_ca_fails_the_load() {
         "{}",
         out.all()
     );
+}
+
+#[test]
+fn a_pooled_connection_the_backend_closed_is_not_reused() {
+    let ca = Authority::new();
+    let pair = ca.issue("backend", KeyKind::EcdsaP256, &["backend.test"]);
+    // The backend closes idle connections after a second: close_notify,
+    // then its FIN, which the pooled connection's probe receive reads.
+    let (backend, admin) = backend_with(&pair, &["--keepalive-timeout", "1"]);
+    let declaration = format!(
+        r#"secure = {{ peers = {{ "127.0.0.1:{}" }}, tls = true, sni = "backend.test", ca = "{}" }}"#,
+        backend.tls_port(),
+        lua_path(ca.cert())
+    );
+    let (front, _) = front(&declaration, "secure");
+    let mut client = front.raw();
+    assert_eq!(get(&mut client, "/hello").status, 200);
+    std::thread::sleep(Duration::from_millis(2500));
+    for _ in 0..3 {
+        let response = get(&mut client, "/hello");
+        assert_eq!(response.status, 200, "{response:?}");
+        assert_eq!(response.body_str(), "hello over https sni=backend.test");
+    }
+    assert_eq!(
+        metric(admin, HANDSHAKES),
+        2,
+        "one new connection after the close"
+    );
+    assert_no_panic(&front.log(), "after the backend closed a pooled connection");
+}
+
+#[test]
+fn a_handshake_that_never_answers_is_a_connect_timeout() {
+    // A peer that accepts the TCP connection and never says a word.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let silent = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        std::thread::sleep(Duration::from_secs(3));
+        drop(stream);
+    });
+    let declaration = format!(
+        r#"silent = {{ peers = {{ "127.0.0.1:{port}" }}, tls = true, sni = "backend.test", connect_timeout = 1, retries = 0 }}"#
+    );
+    let (front, _) = front(&declaration, "silent");
+    let started = std::time::Instant::now();
+    let response = keystone_tests::curl(&[&front.url("/hello")]);
+    assert_eq!(response.status, 504, "{response:?}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+    let log = front.wait_for_log("connect timed out", Duration::from_secs(5));
+    assert!(
+        log.contains(&format!(
+            "upstream silent: peer 127.0.0.1:{port}: connect timed out (in the TLS handshake)"
+        )),
+        "{log}"
+    );
+    silent.join().unwrap();
 }
