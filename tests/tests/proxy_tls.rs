@@ -376,3 +376,54 @@ fn a_handshake_that_never_answers_is_a_connect_timeout() {
     );
     silent.join().unwrap();
 }
+
+#[test]
+fn active_health_checks_speak_tls_too() {
+    let ca = Authority::new();
+    let stranger = Authority::new();
+    let pair = ca.issue("backend", KeyKind::EcdsaP256, &["backend.test"]);
+    let (backend, admin) = backend(&pair);
+    let port = backend.tls_port();
+    let app = format!(
+        r#"return {{
+      upstreams = {{
+        good = {{ peers = {{ "127.0.0.1:{port}" }}, tls = true, sni = "backend.test", ca = "{ca}",
+                 health_check = {{ path = "/hello", interval = 0.3 }} }},
+        bad = {{ peers = {{ "127.0.0.1:{port}" }}, tls = true, sni = "backend.test", ca = "{stranger}",
+                health_check = {{ path = "/hello", interval = 0.3 }} }},
+      }},
+      routes = {{ ["GET /{{pool}}"] = function(ctx)
+        ctx.upstream = ctx.params.pool
+        ctx.upstream_path = "/hello"
+      end }},
+    }}"#,
+        ca = lua_path(ca.cert()),
+        stranger = lua_path(stranger.cert()),
+    );
+    let front = Server::start(Some(&app), &[]);
+    let log = front.wait_for_log(
+        "health check /hello TLS handshake failed",
+        Duration::from_secs(5),
+    );
+    assert!(
+        log.contains(&format!(
+            "upstream bad: peer 127.0.0.1:{port}: health check /hello TLS handshake failed: invalid peer certificate"
+        )),
+        "{log}"
+    );
+    assert!(!log.contains("upstream good: peer"), "{log}");
+    // The good pool's checks (run from the once-a-second tick, each on a
+    // connection of its own) shook hands.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(metric(admin, HANDSHAKES) >= 1);
+    let response = keystone_tests::curl(&[&front.url("/good")]);
+    assert_eq!(response.status, 200, "{response:?}");
+    assert_eq!(response.body_str(), "hello over https sni=backend.test");
+    // The bad pool's only peer is out of rotation: 502 without a connect.
+    assert_eq!(keystone_tests::curl(&[&front.url("/bad")]).status, 502);
+    assert!(
+        front.log().contains("upstream bad: no live peer"),
+        "{}",
+        front.log()
+    );
+}

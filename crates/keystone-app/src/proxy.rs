@@ -999,7 +999,12 @@ impl Upstreams {
             return self.check_done(index, passed, "answered", now);
         }
         if let Some(Err(failure)) = slot.conn.outcome() {
-            self.check_done(index, false, failure.reason(), now);
+            let why = format!(
+                "{}{}",
+                failure.reason(),
+                tls_detail(&mut self.slots[index], failure)
+            );
+            self.check_done(index, false, &why, now);
         }
     }
 
