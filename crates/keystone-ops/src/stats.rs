@@ -84,8 +84,7 @@ pub struct WorkerStats {
     /// kernel ended it (a completion-ring overflow ends multishot
     /// operations).
     pub tick_rearmed: Counter,
-    /// TLS handshakes finished (every one encrypts in user space: the
-    /// kernel-TLS hand-off is not implemented).
+    /// TLS handshakes finished (user space and kernel TLS together).
     pub tls_handshakes: Counter,
     /// Of those, connections whose sends the kernel seals (kernel TLS).
     pub tls_kernel: Counter,
