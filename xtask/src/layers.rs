@@ -46,6 +46,10 @@ pub const LAYER_DAG: &[(&str, Allowed)] = &[
     ("keystone-parser", Allowed::Only(&["keystone-ringbuf"])),
     // Assigns meaning to spans; never sees the parser's internals.
     ("keystone-router", Allowed::Only(&["keystone-ringbuf"])),
+    // TLS as a byte transform between the ring and the connection: it
+    // lends and takes back the byte layer's loans and knows no HTTP; the
+    // worker submits what it asks for.
+    ("keystone-tls", Allowed::Only(&["keystone-ringbuf"])),
     // Binds the memory contract over bytes, structure and route.
     (
         "keystone-exchange",
@@ -102,10 +106,6 @@ pub const LAYER_DAG: &[(&str, Allowed)] = &[
     // The io_uring proactor knows no HTTP: it sees the byte layer only for
     // the loans its operations carry.
     ("keystone-reactor", Allowed::Only(&["keystone-ringbuf"])),
-    // TLS as a byte transform between the ring and the connection: it
-    // lends and takes back the byte layer's loans and knows no HTTP; the
-    // worker submits what it asks for.
-    ("keystone-tls", Allowed::Only(&["keystone-ringbuf"])),
     // Kernel-side steering knows no HTTP either.
     ("keystone-ebpf", Allowed::Only(&[])),
     // Operator tooling: counters, metrics, admin listener, access-log
