@@ -77,7 +77,7 @@ impl Connection {
             &complete,
             self.slot,
             self.peer,
-            &self.tls,
+            crate::connection::facts_of(&self.tls),
             started,
         );
         let decided = match cx.policy.answer(&request) {
@@ -134,7 +134,7 @@ impl Connection {
             complete,
             self.slot,
             self.peer,
-            &self.tls,
+            crate::connection::facts_of(&self.tls),
             started,
         );
         cx.policy.answered(&request, &commit.committed);

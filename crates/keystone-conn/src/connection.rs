@@ -190,8 +190,10 @@ pub struct Connection {
     pub(crate) send: RingBuffer,
     pub(crate) peer: Option<SocketAddr>,
     /// The connection's TLS facts ([`Connection::set_tls`]); cleartext
-    /// unless the driver says otherwise.
-    pub(crate) tls: TlsFacts,
+    /// unless the driver says otherwise. Boxed (262 bytes with the server
+    /// name) and made only for a slot's first TLS connection, then kept:
+    /// a cleartext slot costs a pointer, not the facts.
+    pub(crate) tls: Option<Box<TlsFacts>>,
     pub(crate) phase: Phase,
     pub(crate) reading: Reading,
     /// The parser's incremental state for the head being received.
@@ -235,7 +237,7 @@ impl Connection {
             recv,
             send,
             peer: None,
-            tls: TlsFacts::CLEARTEXT,
+            tls: None,
             phase: Phase::Free,
             reading: Reading::Idle,
             progress: Progress::NEW,
@@ -268,7 +270,9 @@ impl Connection {
         debug_assert!(matches!(self.tail, Tail::None) && self.closes_len == 0);
         debug_assert!(self.receiving == Lane::Idle && self.output == Output::Idle);
         self.peer = peer;
-        self.tls = TlsFacts::CLEARTEXT;
+        if let Some(tls) = &mut self.tls {
+            **tls = TlsFacts::CLEARTEXT;
+        }
         self.phase = Phase::Open;
         self.reading = Reading::Idle;
         self.progress = Progress::NEW;
@@ -311,19 +315,27 @@ impl Connection {
     /// bodies go through the send buffer instead.
     pub fn set_tls(&mut self, facts: TlsFacts) {
         assert_ne!(self.phase, Phase::Free, "set_tls on a free slot");
+        let now = facts_of(&self.tls);
         assert!(
-            facts.is_encrypted() || !self.tls.is_encrypted(),
+            facts.is_encrypted() || !now.is_encrypted(),
             "an encrypted connection cannot become cleartext"
         );
-        // Set before any answer: no splice can be under way already.
-        debug_assert!(matches!(self.tail, Tail::None), "set_tls with a tail");
+        // Encryption starts before any answer: no splice can be under way
+        // (later calls only add facts, or let splicing start again).
+        debug_assert!(
+            now.is_encrypted() || matches!(self.tail, Tail::None),
+            "set_tls with a tail"
+        );
         debug_assert!(!matches!(self.output, Output::SpliceIn | Output::SpliceOut));
-        self.tls = facts;
+        match &mut self.tls {
+            Some(tls) => **tls = facts,
+            None => self.tls = Some(Box::new(facts)),
+        }
     }
 
     /// The connection's TLS facts (cleartext unless the driver set them).
     pub fn tls(&self) -> &TlsFacts {
-        &self.tls
+        facts_of(&self.tls)
     }
 
     /// Which timeout applies now.
@@ -1012,12 +1024,12 @@ impl Connection {
         // A connection encrypted in user space needs its bytes to pass
         // through the driver's encryption: no splice, the file is read
         // through the send buffer (a kernel TLS socket seals spliced bytes).
-        let pipe = if len > FILE_READ_BYTES_MAX && self.tls.allows_splice() {
+        let pipe = if len > FILE_READ_BYTES_MAX && facts_of(&self.tls).allows_splice() {
             cx.shared.pipes.take()
         } else {
             None
         };
-        debug_assert!(pipe.is_none() || self.tls.allows_splice());
+        debug_assert!(pipe.is_none() || facts_of(&self.tls).allows_splice());
         self.tail = Tail::File(FileTail {
             file,
             offset,
@@ -1031,3 +1043,11 @@ impl Connection {
 /// Linux's `ECANCELED`: a cancelled operation completes with its negation
 /// (this crate has no libc dependency outside the `sim` driver).
 const ECANCELED: i32 = 125;
+
+/// What a cleartext connection is bound with.
+static CLEARTEXT: TlsFacts = TlsFacts::CLEARTEXT;
+
+/// A connection's TLS facts from its (boxed, optional) field.
+pub(crate) fn facts_of(tls: &Option<Box<TlsFacts>>) -> &TlsFacts {
+    tls.as_deref().unwrap_or(&CLEARTEXT)
+}

@@ -135,7 +135,7 @@ impl Connection {
             &complete,
             self.slot,
             self.peer,
-            &self.tls,
+            crate::connection::facts_of(&self.tls),
             pending.started,
         );
         let answer = cx.policy.proxy_head(&request);
@@ -424,7 +424,7 @@ impl Connection {
         if !raw || tail.splice.is_some() {
             return;
         }
-        if !self.tls.allows_splice() {
+        if !crate::connection::facts_of(&self.tls).allows_splice() {
             // The body must pass through the driver's encryption: policy
             // is not asked, so the upstream side relays it by copy.
             return;
