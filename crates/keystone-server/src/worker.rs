@@ -70,6 +70,13 @@ const SQPOLL_IDLE_MS: u32 = 50;
 /// not starve the connections already established).
 const TLS_HANDSHAKES_MAX: u32 = 512;
 
+/// Ciphertext buffer pairs mapped at a time, as TLS connections need them:
+/// a worker with many slots and few TLS connections keeps neither the pool's
+/// bookkeeping (about 140 bytes a pair) nor the mappings of pairs it never
+/// uses; 64 pairs are 3.6 MiB of address space, one growth per 64 TLS
+/// connections open at once.
+const CIPHER_BUFFERS_PER_GROWTH: u32 = 64;
+
 /// How long an exiting worker waits for its last log batches to land.
 const LOG_LANDING: std::time::Duration = std::time::Duration::from_millis(1500);
 
@@ -222,7 +229,11 @@ struct Worker {
     tls: Option<Arc<ServerConfig>>,
     kernel_tls: bool,
     /// Ciphertext buffers for TLS connections (a pair per connection).
-    cipher_buffers: Vec<(RingBuffer, RingBuffer)>,
+    /// Each with its cooling mark: free at the last tick with pages
+    /// touched, so given back at the next if still free (as a free slot's).
+    cipher_buffers: Vec<(RingBuffer, RingBuffer, bool)>,
+    /// Pairs that may still be made (`--max-connections` in all).
+    cipher_buffers_left: u32,
     handshakes: u32,
     wake: OwnedFd,
     tick: Option<OpId>,
@@ -279,19 +290,12 @@ impl Worker {
                 handshaking: false,
             })
             .collect();
-        // Address space for every slot's ciphertext, touched only by TLS
-        // connections (none without a TLS listener).
+        // Ciphertext buffers are made as TLS connections need them, up to
+        // one pair per slot (none without a TLS listener).
         let tls_slots = if config.listeners.iter().any(|l| l.tls) {
             config.max_connections
         } else {
             0
-        };
-        let cipher_buffers = if tls_slots > 0 {
-            let ins = split_slab(tls_slots, CIPHER_IN_BYTES).map_err(|e| e.to_string())?;
-            let outs = split_slab(tls_slots, CIPHER_OUT_BYTES).map_err(|e| e.to_string())?;
-            ins.into_iter().zip(outs).collect()
-        } else {
-            Vec::new()
         };
         let access = config.access_log.map(AccessLog::new);
         let mut policy = AppPolicy::load(
@@ -369,7 +373,8 @@ impl Worker {
             listeners: config.listeners,
             tls: config.tls,
             kernel_tls: config.kernel_tls,
-            cipher_buffers,
+            cipher_buffers: Vec::new(),
+            cipher_buffers_left: tls_slots,
             handshakes: 0,
             wake: config.wake,
             tick: None,
@@ -863,7 +868,8 @@ impl Worker {
                 self.handshakes -= 1;
             }
             slot.net_send = None;
-            self.cipher_buffers.push(link.into_buffers());
+            let (cipher_in, cipher_out) = link.into_buffers();
+            self.cipher_buffers.push((cipher_in, cipher_out, false));
         }
         slot.fd = -1;
         slot.socket_close = None;
@@ -1060,14 +1066,43 @@ impl Worker {
         self.submit_intents(index);
     }
 
+    /// Maps the next [`CIPHER_BUFFERS_PER_GROWTH`] pairs of ciphertext
+    /// buffers (two `mmap`s; address space until TLS connections touch it).
+    fn grow_cipher_buffers(&mut self) {
+        let count = CIPHER_BUFFERS_PER_GROWTH.min(self.cipher_buffers_left);
+        if count == 0 {
+            return;
+        }
+        let made = split_slab(count, CIPHER_IN_BYTES)
+            .and_then(|ins| Ok((ins, split_slab(count, CIPHER_OUT_BYTES)?)));
+        match made {
+            Ok((ins, outs)) => {
+                self.cipher_buffers_left -= count;
+                self.cipher_buffers.extend(
+                    ins.into_iter()
+                        .zip(outs)
+                        .map(|(cipher_in, cipher_out)| (cipher_in, cipher_out, false)),
+                );
+            }
+            Err(err) => crate::log!(
+                Level::Error,
+                Some(self.index),
+                "TLS ciphertext buffers: {err}"
+            ),
+        }
+    }
+
     /// A link for a connection accepted on a TLS listener, while the
     /// handshake bound allows.
     fn new_link(&mut self) -> Option<Box<Link>> {
         if self.handshakes >= TLS_HANDSHAKES_MAX {
             return None;
         }
+        if self.cipher_buffers.is_empty() {
+            self.grow_cipher_buffers();
+        }
         let config = self.tls.as_ref()?;
-        let (cipher_in, cipher_out) = self.cipher_buffers.pop()?;
+        let (cipher_in, cipher_out, _) = self.cipher_buffers.pop()?;
         match Link::new(config, cipher_in, cipher_out) {
             Ok(mut link) => {
                 if self.kernel_tls {
@@ -1140,6 +1175,16 @@ impl Worker {
                 slot.conn.release_free_memory();
             } else {
                 slot.cooling = slot.registered || slot.conn.touched();
+            }
+        }
+        // The same for pooled TLS ciphertext buffers (the pool is LIFO:
+        // churning connections reuse the warm ones first).
+        for (cipher_in, cipher_out, cooling) in &mut self.cipher_buffers {
+            if std::mem::take(cooling) {
+                cipher_in.release_idle();
+                cipher_out.release_idle();
+            } else {
+                *cooling = cipher_in.touched() || cipher_out.touched();
             }
         }
         while let Some((pipe, holding)) = self.shared.pipes.take_dirty() {
