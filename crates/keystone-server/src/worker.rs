@@ -252,6 +252,8 @@ struct Worker {
     /// Pipes being drained: the splice, the pipe, the bytes it held.
     draining_pipes: Vec<(OpId, Pipe, u32)>,
     completions: Vec<Done>,
+    /// This turn's ClientHellos, completed after its other completions.
+    hellos: Vec<Done>,
     expired: Vec<u32>,
     /// Reactor owners from here on are upstream connections
     /// (`owner - upstream_base` is the policy's upstream slot).
@@ -388,6 +390,7 @@ impl Worker {
             dev_null: dev_null.into(),
             draining_pipes: Vec::with_capacity(PIPES_PER_WORKER),
             completions: Vec::with_capacity(COMPLETIONS_PER_PUMP),
+            hellos: Vec::with_capacity(COMPLETIONS_PER_PUMP),
             expired: Vec::with_capacity(config.max_connections as usize),
             upstream_base: config.max_connections,
             woken: Vec::with_capacity(UPSTREAM_CONNECTIONS_MAX),
@@ -408,9 +411,20 @@ impl Worker {
             self.shared.date.refresh();
             self.now = Instant::now();
             let mut completions = std::mem::take(&mut self.completions);
+            let mut hellos = std::mem::take(&mut self.hellos);
             for done in completions.drain(..) {
+                // A ClientHello costs a signature (hundreds of µs): the
+                // turn's requests are answered before new handshakes.
+                if self.brings_client_hello(&done) {
+                    hellos.push(done);
+                } else {
+                    self.complete(done);
+                }
+            }
+            for done in hellos.drain(..) {
                 self.complete(done);
             }
+            self.hellos = hellos;
             self.completions = completions;
             self.pump_upstreams();
             self.write_access_log(false);
@@ -462,6 +476,18 @@ impl Worker {
             self.write_log();
         }
         Ok(())
+    }
+
+    /// Whether `done` is the first receive of a TLS connection (its
+    /// ClientHello, or its end).
+    fn brings_client_hello(&self, done: &Done) -> bool {
+        done.owner != WORKER
+            && done.owner < self.upstream_base
+            && matches!(done.op, Op::Recv { .. })
+            && self.slots[done.owner as usize]
+                .link
+                .as_ref()
+                .is_some_and(|link| link.fresh())
     }
 
     fn complete(&mut self, done: Done) {

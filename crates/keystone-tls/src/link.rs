@@ -429,6 +429,12 @@ impl Link {
         (cipher_in, cipher_out)
     }
 
+    /// Whether nothing was received yet: the next receive brings the
+    /// ClientHello, whose answer costs a key exchange and a signature.
+    pub fn fresh(&self) -> bool {
+        self.stage == Stage::Fresh
+    }
+
     /// Whether the handshake is still under way (or not begun).
     pub fn handshaking(&self) -> bool {
         matches!(self.stage, Stage::Fresh | Stage::Handshaking)
