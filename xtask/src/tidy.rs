@@ -107,16 +107,8 @@ pub const UNSAFE_ALLOWED: &[(&str, &str)] = &[
         "counting #[global_allocator] shim (GlobalAlloc is an unsafe trait)",
     ),
     (
-        "crates/keystone-server/tests/zero_alloc.rs",
-        "counting #[global_allocator] shim (GlobalAlloc is an unsafe trait)",
-    ),
-    (
-        "crates/keystone-server/tests/zero_alloc_tls.rs",
-        "counting #[global_allocator] shim (GlobalAlloc is an unsafe trait)",
-    ),
-    (
-        "crates/keystone-server/tests/zero_alloc_proxy_tls.rs",
-        "counting #[global_allocator] shim (GlobalAlloc is an unsafe trait)",
+        "crates/keystone-server/tests/support/counting.rs",
+        "counting #[global_allocator] shim shared by the zero_alloc* proofs (GlobalAlloc is an unsafe trait)",
     ),
     (
         "benches/benches/micro.rs",
