@@ -35,6 +35,7 @@ const LAYER_CRATES: &[&str] = &[
     "keystone-upstream",
     "keystone-tls",
     "keystone-app",
+    "keystone-spec",
 ];
 
 /// The layer DAG (mirrored in ARCHITECTURE.md). A workspace crate missing
@@ -132,6 +133,23 @@ pub const LAYER_DAG: &[(&str, Allowed)] = &[
             "keystone-ops",
             "keystone-upstream",
             "keystone-tls",
+        ]),
+    ),
+    // `keystone test`: spec files drive the app (its policy, its Lua
+    // state) through the connection machine in memory; it executes the
+    // connection's and the upstream side's intents itself, so it never
+    // sees the reactor, the kernel programs or the server.
+    (
+        "keystone-spec",
+        Allowed::Only(&[
+            "keystone-ringbuf",
+            "keystone-parser",
+            "keystone-lua",
+            "keystone-response",
+            "keystone-conn",
+            "keystone-app",
+            "keystone-ops",
+            "keystone-upstream",
         ]),
     ),
     // The thin wiring crate: every layer, nothing above it.

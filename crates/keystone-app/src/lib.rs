@@ -13,7 +13,7 @@
 //! counted per state, and a retired state goes when its count is 0.
 //!
 //! Never depends on: keystone-files, keystone-reactor,
-//! keystone-ebpf, keystone-server. It performs no I/O on the request path:
+//! keystone-ebpf, keystone-spec, keystone-server. It performs no I/O on the request path:
 //! log lines go to the function the worker gives it.
 
 mod proxy;
@@ -341,6 +341,37 @@ impl AppPolicy {
         if self.states[0].lua.id() != owner {
             self.drop_unpinned_retired();
         }
+    }
+
+    /// The pools as the app declares them (peers resolved), or as
+    /// [`AppPolicy::set_pool`] replaced them.
+    pub fn pools(&self) -> &[keystone_upstream::PoolConfig] {
+        &self.pool_configs
+    }
+
+    /// Replaces the pool of `pool.name` for the requests that follow, and
+    /// relays upstream bodies by copy from then on: for in-process drivers
+    /// (`keystone test` points a pool at its fake), whose upstream
+    /// connections are no sockets to splice from. Err when the app declares
+    /// no pool of that name.
+    pub fn set_pool(&mut self, pool: keystone_upstream::PoolConfig) -> Result<(), String> {
+        let Some(index) = self.pool_configs.iter().position(|p| p.name == pool.name) else {
+            let names: Vec<&str> = self.pool_configs.iter().map(|p| p.name.as_str()).collect();
+            return Err(format!(
+                "the app declares no upstream '{}' (it declares: {})",
+                pool.name,
+                if names.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.join(", ")
+                }
+            ));
+        };
+        self.pool_configs[index] = pool;
+        let reloaded = self.upstreams.reload(&self.pool_configs);
+        debug_assert!(reloaded, "a worker with pools has upstream connections");
+        self.upstreams.relay_only();
+        Ok(())
     }
 
     /// Upstream connections this worker may have (reactor owners).

@@ -236,6 +236,8 @@ pub struct Upstreams {
     generation: u32,
     /// This worker's counters (the per-peer ones are written here).
     stats: Arc<WorkerStats>,
+    /// Bodies are relayed by copy, never spliced ([`Upstreams::relay_only`]).
+    relay_only: bool,
 }
 
 impl Upstreams {
@@ -323,7 +325,15 @@ impl Upstreams {
             notes: Vec::new(),
             generation: 0,
             stats,
+            relay_only: false,
         })
+    }
+
+    /// Response bodies are relayed through the buffer, never spliced: for
+    /// in-process drivers whose upstream connections are no sockets
+    /// (`keystone test`). The client gets the same bytes either way.
+    pub fn relay_only(&mut self) {
+        self.relay_only = true;
     }
 
     fn counters(&self, index: usize) -> &PeerCounters {
@@ -1151,7 +1161,11 @@ impl Upstreams {
         let slot = &mut self.slots[index];
         // A TLS upstream's bytes on the socket are ciphertext: its body is
         // relayed through the buffer, decrypted, never spliced.
-        if slot.state != SlotState::Live || slot.failure.is_some() || slot.tls.is_some() {
+        if self.relay_only
+            || slot.state != SlotState::Live
+            || slot.failure.is_some()
+            || slot.tls.is_some()
+        {
             return None;
         }
         let fd = slot.fd?;

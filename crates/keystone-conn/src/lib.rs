@@ -22,7 +22,7 @@
 //! never what the answer is.
 //!
 //! Never depends on: keystone-router, keystone-lua, keystone-app, keystone-reactor,
-//! keystone-ebpf, keystone-ops, keystone-upstream, keystone-tls, keystone-server.
+//! keystone-ebpf, keystone-ops, keystone-upstream, keystone-tls, keystone-spec, keystone-server.
 //!
 //! # Driving a connection
 //! After every [`Event`] given to [`Connection::on`], call

@@ -11,7 +11,7 @@
 //! exchange only points at them), parsing, routing, Lua, serialization, I/O.
 //!
 //! Never depends on: keystone-lua, keystone-response, keystone-files, keystone-conn, keystone-app,
-//! keystone-reactor, keystone-ebpf, keystone-ops, keystone-upstream, keystone-tls, keystone-server.
+//! keystone-reactor, keystone-ebpf, keystone-ops, keystone-upstream, keystone-tls, keystone-spec, keystone-server.
 //!
 //! # Lifetime contract
 //! [`HttpExchange::bind`] points the exchange at one request; the views stay

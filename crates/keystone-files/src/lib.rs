@@ -20,7 +20,7 @@
 //!
 //! Never depends on: keystone-ringbuf, keystone-router, keystone-exchange,
 //! keystone-lua, keystone-reactor, keystone-ebpf, keystone-conn, keystone-app,
-//! keystone-ops, keystone-upstream, keystone-tls, keystone-server (direct edges; keystone-response, used for
+//! keystone-ops, keystone-upstream, keystone-tls, keystone-spec, keystone-server (direct edges; keystone-response, used for
 //! `format_imf` and `content_range`, itself sits above keystone-exchange).
 //!
 //! # Architecture invariant

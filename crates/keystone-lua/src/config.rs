@@ -72,6 +72,14 @@ impl LuaConfig {
         Ok(())
     }
 
+    /// `package.path` and `package.cpath` as `require` would search them
+    /// from `dir` (none: the trees and the environment only), for Lua
+    /// states that are not an app's (the spec files' of `keystone test`).
+    pub fn package_paths(&self, dir: Option<&Path>) -> Result<(String, String), String> {
+        let paths = SearchPaths::build(self, dir, &[]).map_err(|err| err.message)?;
+        Ok((paths.lua.join(";"), paths.c.join(";")))
+    }
+
     /// The hermetic default plus `LUA_PATH` and `LUA_CPATH` from the process
     /// environment.
     pub fn from_env() -> LuaConfig {

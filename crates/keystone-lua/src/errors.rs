@@ -186,6 +186,20 @@ pub struct Repeats<'a> {
     pub count: u64,
 }
 
+/// Forgets every site on this thread: the next failure anywhere is
+/// reported whole. For in-process test drivers (`keystone test`), where
+/// each test must see its handler's traceback however recently the same
+/// line failed in the test before.
+pub fn forget_sites() {
+    SITES.with(|sites| {
+        if let Some(sites) = sites.borrow_mut().as_mut() {
+            for site in sites.iter_mut() {
+                site.live = false;
+            }
+        }
+    });
+}
+
 /// Hands every site whose window has passed by `now` with repeats counted
 /// to `summary`, and frees it. Call about once a second (the worker's
 /// tick).

@@ -12,7 +12,7 @@
 //! handler reads them (`ffi.string` over a span of the request buffer).
 //!
 //! Never depends on: keystone-response, keystone-files, keystone-conn, keystone-app, keystone-reactor,
-//! keystone-ebpf, keystone-ops, keystone-tls, keystone-server. Lua code never performs
+//! keystone-ebpf, keystone-ops, keystone-tls, keystone-spec, keystone-server. Lua code never performs
 //! I/O: this crate hands the engine an [`Outcome`], the engine commits it.
 
 mod abi;
@@ -28,7 +28,9 @@ pub use app::{
 };
 pub use budget::interrupt_running_handler;
 pub use config::{LuaConfig, DEFAULT_LUA_CPATH, DEFAULT_LUA_PATH};
-pub use errors::{take_repeats as take_repeated_errors, Repeats, ERROR_WINDOW};
+pub use errors::{
+    forget_sites as forget_error_sites, take_repeats as take_repeated_errors, Repeats, ERROR_WINDOW,
+};
 pub use pulse::{Pulse, Watchdog};
 
 use std::mem::ManuallyDrop;

@@ -527,7 +527,7 @@ return function(ex_addr, fns, layout, messages)
   local function traceback(err)
     local message = tostring(err)
     if wants_trace(ex, message, #message) == 0 then return message end
-    return debug_traceback(message, 2)
+    return debug_traceback(message, 1)
   end
 
   -- The body of the last request stays referenced until the next dispatch,

@@ -20,7 +20,7 @@
 //!
 //! Never depends on: keystone-ringbuf, keystone-parser, keystone-router,
 //! keystone-exchange, keystone-lua, keystone-reactor, keystone-conn, keystone-app,
-//! keystone-files, keystone-upstream, keystone-tls, keystone-server.
+//! keystone-files, keystone-upstream, keystone-tls, keystone-spec, keystone-server.
 
 // Nothing here needs `unsafe`: the access log owns its descriptor as a
 // `File`, and the ring's write of a batch is the worker's.

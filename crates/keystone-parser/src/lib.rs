@@ -18,7 +18,7 @@
 //!
 //! Never depends on: keystone-router, keystone-exchange, keystone-lua,
 //! keystone-response, keystone-files, keystone-conn, keystone-app, keystone-reactor, keystone-ebpf,
-//! keystone-ops, keystone-upstream, keystone-tls, keystone-server (layer 2 only sees layer 1,
+//! keystone-ops, keystone-upstream, keystone-tls, keystone-spec, keystone-server (layer 2 only sees layer 1,
 //! `keystone-ringbuf`, for `Span`).
 //!
 //! # Implementation notes

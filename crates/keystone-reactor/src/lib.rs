@@ -17,7 +17,7 @@
 //!
 //! Never depends on: keystone-parser, keystone-router, keystone-exchange,
 //! keystone-lua, keystone-response, keystone-files, keystone-conn, keystone-app,
-//! keystone-ebpf, keystone-ops, keystone-upstream, keystone-tls, keystone-server. The reactor knows no HTTP;
+//! keystone-ebpf, keystone-ops, keystone-upstream, keystone-tls, keystone-spec, keystone-server. The reactor knows no HTTP;
 //! it sees keystone-ringbuf only for the loan types it carries.
 //!
 //! # Lifetimes the types do not show

@@ -15,7 +15,7 @@
 //!
 //! Never allocates; never performs I/O. Never depends on: keystone-router,
 //! keystone-lua, keystone-files, keystone-conn, keystone-app, keystone-reactor, keystone-ebpf,
-//! keystone-ops, keystone-upstream, keystone-tls, keystone-server.
+//! keystone-ops, keystone-upstream, keystone-tls, keystone-spec, keystone-server.
 
 mod content_range;
 mod date;

@@ -11,7 +11,7 @@
 //!
 //! Never depends on: keystone-parser, keystone-exchange, keystone-lua,
 //! keystone-response, keystone-files, keystone-conn, keystone-app, keystone-reactor, keystone-ebpf,
-//! keystone-ops, keystone-upstream, keystone-tls, keystone-server (layer 3 sees only layer 1,
+//! keystone-ops, keystone-upstream, keystone-tls, keystone-spec, keystone-server (layer 3 sees only layer 1,
 //! `keystone-ringbuf`, for `Span`; it takes the path as bytes).
 //!
 //! # Implementation notes

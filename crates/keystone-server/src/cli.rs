@@ -32,6 +32,9 @@ pub enum Command {
         #[command(flatten)]
         lua: LuaArgs,
     },
+    /// Run an app's spec files (busted's describe/it/assert) through the
+    /// real engine in memory: no sockets, no server.
+    Test(TestArgs),
     /// Live per-worker figures of a running server, read from its admin
     /// listener every second.
     Stats(StatsArgs),
@@ -41,6 +44,31 @@ pub enum Command {
         #[arg(long)]
         pid: i32,
     },
+}
+
+/// `keystone test` flags.
+#[derive(Debug, clap::Args)]
+pub struct TestArgs {
+    /// Spec files, or directories searched for `*_spec.lua` (default: spec/).
+    pub paths: Vec<PathBuf>,
+    /// Run only the tests whose full name (describe and it names joined by
+    /// spaces) matches this Lua pattern; plain text matches itself.
+    #[arg(long, value_name = "TEXT")]
+    pub filter: Option<String>,
+    /// Also write the results as JUnit XML to PATH (for CI).
+    #[arg(long, value_name = "PATH")]
+    pub junit: Option<PathBuf>,
+    /// Show the engine's log (the app's prints and errors) of every test,
+    /// not only of failing ones.
+    #[arg(long, short)]
+    pub verbose: bool,
+    /// Module resolution and sandbox options, as for `serve`.
+    #[command(flatten)]
+    pub lua: LuaArgs,
+    /// Milliseconds of wall time a Lua handler may run before it is stopped
+    /// (503), as for `serve`.
+    #[arg(long, default_value_t = defaults::LUA_BUDGET_MS, value_parser = clap::value_parser!(u64).range(10..))]
+    pub lua_budget_ms: u64,
 }
 
 /// `keystone stats` flags.

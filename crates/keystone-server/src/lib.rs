@@ -12,6 +12,7 @@ pub mod cli;
 pub mod log;
 mod serve;
 mod sys;
+mod test_cmd;
 mod watchdog;
 mod worker;
 
@@ -35,6 +36,7 @@ pub fn run(cli: cli::Cli) -> ExitCode {
         cli::Command::Check { app, lua } => check(&app, &lua.config()),
         cli::Command::Reload { pid } => reload(pid),
         cli::Command::Stats(args) => stats(&args),
+        cli::Command::Test(args) => test_cmd::test(args),
     }
 }
 

@@ -18,7 +18,7 @@
 //! Never depends on: keystone-parser, keystone-router, keystone-exchange,
 //! keystone-lua, keystone-response, keystone-files, keystone-conn,
 //! keystone-reactor, keystone-ebpf, keystone-ops, keystone-app,
-//! keystone-upstream, keystone-server (it knows bytes, not HTTP, and
+//! keystone-upstream, keystone-spec, keystone-server (it knows bytes, not HTTP, and
 //! executes nothing: the worker submits what it asks for).
 
 pub mod client;

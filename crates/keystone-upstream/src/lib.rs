@@ -20,7 +20,7 @@
 //!
 //! Never depends on: keystone-router, keystone-exchange, keystone-lua,
 //! keystone-response, keystone-files, keystone-conn, keystone-app,
-//! keystone-reactor, keystone-ebpf, keystone-ops, keystone-server.
+//! keystone-reactor, keystone-ebpf, keystone-ops, keystone-spec, keystone-server.
 
 mod balance;
 mod client;

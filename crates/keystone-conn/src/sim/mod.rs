@@ -8,8 +8,9 @@
 //! `RESOLVE_BENEATH` does); pipes are byte queues.
 //!
 //! This is test support: it performs real file I/O synchronously and
-//! allocates freely. Never compiled into the server (the feature is only
-//! enabled by tests and fuzz targets).
+//! allocates freely. The server's event loop never uses it: the feature is
+//! enabled by tests, fuzz targets and keystone-spec, whose `keystone test`
+//! drives apps through it.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
@@ -34,6 +35,8 @@ pub use fake::{pattern, write_site, FakePolicy, BIG, FILE_NAMES, STREAM_CHUNKS};
 const FAKE_FD_BASE: RawFd = 1 << 20;
 /// Pipes a simulated worker has.
 const PIPES: usize = 2;
+/// What a reset peer makes sends and receives fail with.
+const ECONNRESET: i32 = 104;
 
 /// One connection and its simulated peer.
 pub struct Sim<P> {
@@ -51,6 +54,10 @@ pub struct Sim<P> {
     peer_closed: bool,
     /// The peer stopped reading: sends wait.
     peer_stalled: bool,
+    /// The peer reset the connection: sends and receives fail.
+    peer_reset: bool,
+    /// Past this many bytes sent, the peer resets the connection.
+    output_limit: usize,
     recv_sizes: Vec<usize>,
     recv_turn: usize,
     send_sizes: Vec<usize>,
@@ -109,6 +116,8 @@ impl<P: Policy> Sim<P> {
             inbound: VecDeque::new(),
             peer_closed: false,
             peer_stalled: false,
+            peer_reset: false,
+            output_limit: usize::MAX,
             recv_sizes: Vec::new(),
             recv_turn: 0,
             send_sizes: Vec::new(),
@@ -127,6 +136,46 @@ impl<P: Policy> Sim<P> {
         };
         sim.run();
         sim
+    }
+
+    /// The peer goes and another connects from `peer`: the open connection
+    /// (if any) sees its peer close, as a FIN makes it, and closes; then
+    /// the slot is opened again, as a worker reuses a slot for the next
+    /// accept. What the old peer was sent is dropped.
+    pub fn reconnect(&mut self, peer: std::net::SocketAddr) {
+        if !self.conn.is_free() {
+            self.peer_stalled = false;
+            self.close_input();
+            // A lingering close waits out its deadline.
+            for _ in 0..16 {
+                if self.conn.is_free() {
+                    break;
+                }
+                match self.conn.deadline() {
+                    Some(at) => self.advance(at.saturating_duration_since(self.now)),
+                    None => break,
+                }
+            }
+            assert!(
+                self.conn.is_free(),
+                "the connection did not close at its peer's FIN"
+            );
+        }
+        self.inbound.clear();
+        self.peer_closed = false;
+        self.peer_stalled = false;
+        self.peer_reset = false;
+        self.recv_turn = 0;
+        self.send_turn = 0;
+        self.waiting_recv = None;
+        self.waiting_send = None;
+        self.events.clear();
+        self.output.clear();
+        self.closed = false;
+        self.write_shut = false;
+        let config = self.shared.config;
+        self.conn.open(Some(peer), self.now, &config);
+        self.run();
     }
 
     /// Registers `path` as the directory behind descriptor `dir` (a
@@ -165,6 +214,18 @@ impl<P: Policy> Sim<P> {
     pub fn stall_peer(&mut self, stalled: bool) {
         self.peer_stalled = stalled;
         self.run();
+    }
+
+    /// Once more than `bytes` were sent, the peer resets the connection
+    /// (sends and receives fail with `ECONNRESET`): bounds what an endless
+    /// response costs a driver.
+    pub fn limit_output(&mut self, bytes: usize) {
+        self.output_limit = bytes;
+    }
+
+    /// Everything sent so far (not taken).
+    pub fn output(&self) -> &[u8] {
+        &self.output
     }
 
     /// Time passes; a deadline that passed is delivered.
@@ -213,7 +274,9 @@ impl<P: Policy> Sim<P> {
         // connection makes progress on each event; the cap catches a loop.
         for _ in 0..1_000_000 {
             self.execute_intents();
-            if self.waiting_recv.is_some() && (!self.inbound.is_empty() || self.peer_closed) {
+            if self.waiting_recv.is_some()
+                && (!self.inbound.is_empty() || self.peer_closed || self.peer_reset)
+            {
                 let buf = self.waiting_recv.take().expect("checked");
                 self.receive(buf);
                 continue;
@@ -276,7 +339,7 @@ impl<P: Policy> Sim<P> {
             Executed::Recv(buf) => {
                 self.count("recv");
                 assert!(self.waiting_recv.is_none(), "two receives in flight");
-                if self.inbound.is_empty() && !self.peer_closed {
+                if self.inbound.is_empty() && !self.peer_closed && !self.peer_reset {
                     self.waiting_recv = Some(buf);
                 } else {
                     self.receive(buf);
@@ -395,6 +458,13 @@ impl<P: Policy> Sim<P> {
     }
 
     fn receive(&mut self, mut buf: SpareLoan) {
+        if self.peer_reset {
+            self.events.push_back(Event::Received {
+                buf,
+                result: -ECONNRESET,
+            });
+            return;
+        }
         if self.inbound.is_empty() {
             assert!(self.peer_closed);
             self.events.push_back(Event::Received { buf, result: 0 });
@@ -431,6 +501,16 @@ impl<P: Policy> Sim<P> {
     }
 
     fn transmit(&mut self, buf: SendBuf) {
+        if self.output.len() > self.output_limit {
+            self.peer_reset = true;
+        }
+        if self.peer_reset {
+            self.events.push_back(Event::Sent {
+                buf,
+                result: -ECONNRESET,
+            });
+            return;
+        }
         let bytes = match &buf {
             SendBuf::Buffer(loan) => loan.as_slice(),
             SendBuf::Pinned(pinned) => pinned.as_slice(),

@@ -1,0 +1,394 @@
+//! One app under test: its policy (`AppPolicy`, loaded as `serve` loads
+//! it: the sandbox, the rocks trees, the upstream pools) behind
+//! keystone-conn's state machine, driven in memory by keystone-conn's
+//! `sim` driver; and the fake upstreams its pools are pointed at.
+//!
+//! A request is one connection: the slot is opened from the request's
+//! client address, its bytes are fed, and the machine, the policy and the
+//! upstream side are pumped until nothing more happens. What the
+//! connection sent is the response. A fake upstream is no socket: the
+//! operations the upstream side asks for (socket, connect, send, receive,
+//! cancel, close) are executed here, and the bytes the engine sends are
+//! parsed back into the request a backend would see and handed to the
+//! spec's function; its answer is serialized into the bytes the engine
+//! then receives and parses, as it would a backend's.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::fd::RawFd;
+use std::sync::Arc;
+use std::time::Instant;
+
+use keystone_app::{AppPolicy, UpstreamDone, UpstreamOp};
+use keystone_conn::sim::Sim;
+use keystone_conn::Config;
+use keystone_lua::{AppSource, LuaConfig, Pulse};
+use keystone_ops::stats::WorkerStats;
+use keystone_ringbuf::{SendBuf, SpareLoan};
+use keystone_upstream::{PoolConfig, UpstreamEvent};
+
+use crate::http::{self, ForwardedRequest};
+use crate::log;
+
+/// The client address a request comes from unless it names one
+/// (`remote_addr`): the simulated peer's.
+pub const DEFAULT_PEER: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 40000);
+
+/// A response larger than this is cut off and the request fails: an
+/// endless stream would otherwise be pulled forever. 64 MiB is far past
+/// any response a test means to compare.
+pub const RESPONSE_BYTES_MAX: usize = 64 << 20;
+
+/// Fake upstream connections get descriptor numbers from here (they name
+/// no descriptor; the upstream side only carries them back).
+const FAKE_FD_BASE: RawFd = 1 << 22;
+
+/// The address a faked pool is pointed at: TEST-NET-1 (RFC 5737, never
+/// routed), one port per pool, so the address says which fake answers.
+fn fake_addr(pool: usize) -> SocketAddr {
+    let port = 20000 + u16::try_from(pool).expect("fewer than 40,000 pools");
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), port)
+}
+
+/// What a fake upstream answers one request with.
+pub enum FakeAnswer {
+    /// These bytes (a serialized response).
+    Bytes(Vec<u8>),
+    /// Nothing: the connection closes without an answer.
+    Close,
+}
+
+/// The spec side: what the fakes of an app's pools answer. Implemented by
+/// the Lua bindings (a pool's fake is a Lua function).
+pub trait Fakes {
+    /// Whether pool `pool` (by name) has a fake now.
+    fn has(&self, pool: &str) -> bool;
+    /// Pool `pool`'s fake answers `request`; an error fails the request
+    /// that caused it (it is reported once the request settled).
+    fn answer(&mut self, pool: &str, request: ForwardedRequest) -> Result<FakeAnswer, String>;
+}
+
+/// One fake upstream connection (the upstream side's slot `index`).
+struct FakeConn {
+    pool: Option<String>,
+    /// Bytes the engine sent that are not yet a whole request.
+    request: Vec<u8>,
+    /// Answer bytes the engine has not received yet.
+    response: VecDeque<u8>,
+    /// The fake closed after its answer (or instead of one).
+    eof: bool,
+    /// A receive waiting for answer bytes.
+    parked: Option<SpareLoan>,
+}
+
+/// What one request produced.
+pub struct Exchanged {
+    /// Every byte the connection sent.
+    pub raw: Vec<u8>,
+    /// The connection closed (or shut its write side) by itself.
+    pub closed: bool,
+}
+
+/// An app under test.
+pub struct AppUnderTest {
+    source: AppSource,
+    lua: LuaConfig,
+    config: Config,
+    pulse: Arc<Pulse>,
+    sim: Option<Sim<AppPolicy>>,
+    /// The pools as the app declares them (from the last load).
+    declared: Vec<PoolConfig>,
+    /// Which pools are pointed at their fake now (by index in `declared`).
+    pointed: Vec<bool>,
+    conns: HashMap<usize, FakeConn>,
+    /// Requests served (for the runner's summary).
+    pub requests: u64,
+}
+
+impl AppUnderTest {
+    /// Loads `source` once (a load error is returned, with `file:line`).
+    pub fn load(
+        source: AppSource,
+        lua: LuaConfig,
+        config: Config,
+        pulse: Arc<Pulse>,
+    ) -> Result<AppUnderTest, String> {
+        let mut app = AppUnderTest {
+            source,
+            lua,
+            config,
+            pulse,
+            sim: None,
+            declared: Vec::new(),
+            pointed: Vec::new(),
+            conns: HashMap::new(),
+            requests: 0,
+        };
+        app.ensure_loaded()?;
+        Ok(app)
+    }
+
+    /// The names of the app's pools.
+    pub fn pool_names(&self) -> Vec<String> {
+        self.declared.iter().map(|pool| pool.name.clone()).collect()
+    }
+
+    /// Drops the app's state: the next request loads the app afresh (its
+    /// globals, its `init_worker`, its pools' health and connections).
+    pub fn reset(&mut self) {
+        self.sim = None;
+        self.conns.clear();
+    }
+
+    fn ensure_loaded(&mut self) -> Result<(), String> {
+        if self.sim.is_some() {
+            return Ok(());
+        }
+        let stats = Arc::new(WorkerStats::default());
+        let mut policy = AppPolicy::load(
+            0,
+            &self.source,
+            &self.lua,
+            stats,
+            Arc::clone(&self.pulse),
+            None,
+            log::capture,
+        )?;
+        policy.set_body_limit(self.config.limits.max_body_bytes)?;
+        self.declared = policy.pools().to_vec();
+        self.pointed = vec![false; self.declared.len()];
+        self.conns.clear();
+        let mut sim = Sim::new(policy, self.config);
+        sim.limit_output(RESPONSE_BYTES_MAX);
+        self.sim = Some(sim);
+        Ok(())
+    }
+
+    /// Points each pool that has a fake at it, and each that has none
+    /// back at its declared peers.
+    fn point_pools(&mut self, fakes: &dyn Fakes) -> Result<(), String> {
+        let sim = self.sim.as_mut().expect("loaded");
+        for (index, declared) in self.declared.iter().enumerate() {
+            let faked = fakes.has(&declared.name);
+            if faked == self.pointed[index] {
+                continue;
+            }
+            let pool = if faked {
+                let addr = fake_addr(index);
+                PoolConfig {
+                    peers: vec![addr],
+                    peer_names: vec![format!("fake:{}", declared.name)],
+                    tls: None,
+                    health_check: None,
+                    ..declared.clone()
+                }
+            } else {
+                declared.clone()
+            };
+            sim.policy.set_pool(pool)?;
+            self.pointed[index] = faked;
+        }
+        Ok(())
+    }
+
+    /// Sends `bytes` from `peer` on a fresh connection and returns what it
+    /// answered once nothing more happens. A fake's error is returned after
+    /// the exchange settled (the request got what a dead backend gets).
+    pub fn exchange(
+        &mut self,
+        bytes: &[u8],
+        peer: SocketAddr,
+        fakes: &mut dyn Fakes,
+    ) -> Result<Exchanged, String> {
+        self.ensure_loaded()?;
+        self.point_pools(fakes)?;
+        self.requests += 1;
+        let mut failure = None;
+        let sim = self.sim.as_mut().expect("loaded");
+        sim.reconnect(peer);
+        sim.feed(bytes);
+        pump(sim, &mut self.conns, &self.declared, fakes, &mut failure);
+        if !sim.closed() && !sim.write_shut() && !http::has_response(sim.output()) {
+            // Nothing (whole) came back for what was sent: the client
+            // half-closes, as `printf ... | nc` does.
+            sim.close_input();
+            pump(sim, &mut self.conns, &self.declared, fakes, &mut failure);
+        }
+        let closed = sim.closed() || sim.write_shut();
+        let raw = sim.take_output();
+        if let Some(message) = failure {
+            return Err(message);
+        }
+        if raw.len() > RESPONSE_BYTES_MAX {
+            return Err(format!(
+                "the response passed {} MiB and was cut off (an endless stream?)",
+                RESPONSE_BYTES_MAX >> 20
+            ));
+        }
+        Ok(Exchanged { raw, closed })
+    }
+}
+
+/// Runs the upstream side and the connection until neither has more.
+fn pump(
+    sim: &mut Sim<AppPolicy>,
+    conns: &mut HashMap<usize, FakeConn>,
+    declared: &[PoolConfig],
+    fakes: &mut dyn Fakes,
+    failure: &mut Option<String>,
+) {
+    let mut woken = Vec::new();
+    // Bounded like the sim's own loop: each turn moves bytes or ends a
+    // connection; the cap turns a livelock into a failed request.
+    for _ in 0..100_000 {
+        let mut progressed = false;
+        while let Some((index, op)) = sim.policy.upstream_poll(Instant::now()) {
+            progressed = true;
+            execute(sim, conns, declared, fakes, failure, index, op);
+        }
+        sim.policy.upstream_wakes(&mut woken);
+        if !woken.is_empty() {
+            woken.clear();
+            progressed = true;
+            sim.upstream();
+        }
+        if !progressed {
+            return;
+        }
+    }
+    failure.get_or_insert_with(|| "the engine never settled".to_string());
+}
+
+/// Executes one upstream operation for slot `index` against the fakes.
+fn execute(
+    sim: &mut Sim<AppPolicy>,
+    conns: &mut HashMap<usize, FakeConn>,
+    declared: &[PoolConfig],
+    fakes: &mut dyn Fakes,
+    failure: &mut Option<String>,
+    index: usize,
+    op: UpstreamOp,
+) {
+    const ECONNREFUSED: i32 = 111;
+    const ECANCELED: i32 = 125;
+    let now = Instant::now();
+    let policy = &mut sim.policy;
+    match op {
+        UpstreamOp::Socket { .. } => {
+            conns.insert(
+                index,
+                FakeConn {
+                    pool: None,
+                    request: Vec::new(),
+                    response: VecDeque::new(),
+                    eof: false,
+                    parked: None,
+                },
+            );
+            let fd = FAKE_FD_BASE + index as RawFd;
+            policy.upstream_complete(index, UpstreamDone::Socket { result: fd }, now);
+        }
+        UpstreamOp::Connect { addr, .. } => {
+            let pool = (0..declared.len())
+                .find(|&pool| fake_addr(pool) == addr)
+                .map(|pool| declared[pool].name.clone())
+                .filter(|name| fakes.has(name));
+            let result = if pool.is_some() {
+                0
+            } else {
+                let name = declared
+                    .iter()
+                    .find(|pool| pool.peers.contains(&addr))
+                    .map_or("?", |pool| pool.name.as_str());
+                log::note(format_args!(
+                    "keystone test: upstream '{name}' has no fake (app:upstream) — \
+                     the connect to {addr} is refused"
+                ));
+                -ECONNREFUSED
+            };
+            if let Some(conn) = conns.get_mut(&index) {
+                conn.pool = pool;
+            }
+            let done = UpstreamDone::Event(UpstreamEvent::Connected { result });
+            policy.upstream_complete(index, done, now);
+        }
+        UpstreamOp::Send { buf, .. } => {
+            let bytes = match &buf {
+                SendBuf::Buffer(loan) => loan.as_slice(),
+                SendBuf::Pinned(pinned) => pinned.as_slice(),
+            };
+            let n = bytes.len();
+            let conn = conns.get_mut(&index).expect("a send on a made socket");
+            conn.request.extend_from_slice(bytes);
+            let done = UpstreamDone::Event(UpstreamEvent::Sent {
+                buf,
+                result: n as i32,
+            });
+            policy.upstream_complete(index, done, now);
+            serve(conn, fakes, failure);
+            deliver_parked(policy, conn, index, now);
+        }
+        UpstreamOp::Recv { buf, .. } => {
+            let conn = conns.get_mut(&index).expect("a receive on a made socket");
+            assert!(conn.parked.is_none(), "two receives in flight");
+            conn.parked = Some(buf);
+            deliver_parked(policy, conn, index, now);
+        }
+        UpstreamOp::Cancel { .. } => {
+            if let Some(buf) = conns.get_mut(&index).and_then(|conn| conn.parked.take()) {
+                let done = UpstreamDone::Event(UpstreamEvent::Received {
+                    buf,
+                    result: -ECANCELED,
+                });
+                policy.upstream_complete(index, done, now);
+            }
+            policy.upstream_complete(index, UpstreamDone::Cancelled, now);
+        }
+        UpstreamOp::Close { .. } => {
+            conns.remove(&index);
+            policy.upstream_complete(index, UpstreamDone::Closed, now);
+        }
+    }
+}
+
+/// Answers every whole request the engine sent on `conn`.
+fn serve(conn: &mut FakeConn, fakes: &mut dyn Fakes, failure: &mut Option<String>) {
+    while !conn.eof {
+        let Some(pool) = conn.pool.clone() else {
+            return;
+        };
+        let Some((request, used)) = http::parse_forwarded(&conn.request) else {
+            return;
+        };
+        conn.request.drain(..used);
+        match fakes.answer(&pool, request) {
+            Ok(FakeAnswer::Bytes(bytes)) => conn.response.extend(bytes),
+            Ok(FakeAnswer::Close) => conn.eof = true,
+            Err(message) => {
+                failure.get_or_insert(message);
+                conn.eof = true;
+            }
+        }
+    }
+}
+
+/// Completes `conn`'s waiting receive when it has bytes or the fake closed.
+fn deliver_parked(policy: &mut AppPolicy, conn: &mut FakeConn, index: usize, now: Instant) {
+    if conn.parked.is_none() || (conn.response.is_empty() && !conn.eof) {
+        return;
+    }
+    let mut buf = conn.parked.take().expect("checked");
+    let n = conn.response.len().min(buf.len() as usize);
+    for (slot, byte) in buf.as_mut_slice()[..n]
+        .iter_mut()
+        .zip(conn.response.drain(..n))
+    {
+        *slot = byte;
+    }
+    let done = UpstreamDone::Event(UpstreamEvent::Received {
+        buf,
+        result: n as i32,
+    });
+    policy.upstream_complete(index, done, now);
+}
