@@ -1369,6 +1369,47 @@ struct Report {
     rounds: Vec<[Vec<Sample>; 3]>,
     syscalls: [Result<SyscallFigure>; 3],
     rss: [Result<RssFigure>; 3],
+    /// `keystone test`'s `app:request` per second on one core, per round.
+    in_process: Result<Vec<f64>>,
+}
+
+/// Requests `benches/spec/throughput_spec.lua` makes per round.
+const IN_PROCESS_REQUESTS: u32 = 200_000;
+
+/// Runs `keystone test benches/spec` pinned to the server core and reads
+/// its summary's `(N requests in T s)`: requests per second through
+/// `app:request`, the whole engine in memory (the spec's own loop and the
+/// `res` tables included).
+fn measure_in_process(root: &Path, keystone: &Path) -> Result<f64> {
+    let output = Command::new("taskset")
+        .args(["-c", SERVER_CORE])
+        .arg(keystone)
+        .args(["test", "benches/spec"])
+        .env(
+            "KEYSTONE_SPEC_BENCH_REQUESTS",
+            IN_PROCESS_REQUESTS.to_string(),
+        )
+        .current_dir(root)
+        .output()
+        .context("running keystone test benches/spec")?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    ensure!(
+        output.status.success(),
+        "keystone test benches/spec failed: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    parse_in_process(&stdout).with_context(|| format!("no summary in: {stdout}"))
+}
+
+/// `... (200000 requests in 1.93 s)` → requests per second.
+fn parse_in_process(summary: &str) -> Option<f64> {
+    let tail = summary.rsplit_once('(')?.1;
+    let mut words = tail.split_whitespace();
+    let requests: f64 = words.next()?.parse().ok()?;
+    let _ = words.next()?; // "requests"
+    let _ = words.next()?; // "in"
+    let seconds: f64 = words.next()?.parse().ok()?;
+    (seconds > 0.0).then(|| requests / seconds)
 }
 
 /// `cargo xtask bench [--quick] [--rounds N] [--seconds N]`.
@@ -1473,6 +1514,16 @@ fn run_in(root: &Path, dir: &Path, options: &Options) -> Result<Report> {
     let syscalls = std::array::from_fn(|index| count_syscalls(&servers[index], dir));
     println!("==> RSS with {IDLE_CONNECTIONS} idle keep-alive connections");
     let rss = std::array::from_fn(|index| measure_idle_rss(&servers[index]));
+    println!(
+        "==> keystone test: app:request in process ({IN_PROCESS_REQUESTS} requests per round)"
+    );
+    let keystone = options
+        .keystone
+        .clone()
+        .unwrap_or_else(|| root.join("target/release/keystone"));
+    let in_process = (1..=options.rounds)
+        .map(|_| measure_in_process(root, &keystone))
+        .collect();
     Ok(Report {
         options: options.clone(),
         date,
@@ -1480,6 +1531,7 @@ fn run_in(root: &Path, dir: &Path, options: &Options) -> Result<Report> {
         rounds,
         syscalls,
         rss,
+        in_process,
     })
 }
 
@@ -1691,7 +1743,17 @@ fn targets(report: &Report) -> Vec<Target> {
             rss(KEYSTONE).zip(rss(NGINX)).map(|(k, n)| k / n),
             1.0,
         ),
+        at_least(
+            "keystone test: app:request per second on one core",
+            in_process_median(report),
+            20_000.0,
+        ),
     ]
+}
+
+fn in_process_median(report: &Report) -> Option<f64> {
+    let mut rounds = report.in_process.as_ref().ok()?.clone();
+    (!rounds.is_empty()).then(|| median(&mut rounds))
 }
 
 fn render_markdown(report: &Report) -> String {
@@ -1714,6 +1776,21 @@ fn render_markdown(report: &Report) -> String {
     render_ratios(&mut md, report);
     render_failures(&mut md, report);
     render_syscalls_and_rss(&mut md, report);
+    match &report.in_process {
+        Ok(rounds) => {
+            let list: Vec<String> = rounds.iter().map(|r| format!("{r:.0}")).collect();
+            let _ = writeln!(
+                md,
+                "`keystone test` in process (benches/spec, GET /users/7 through `app:request`, \
+                 core {SERVER_CORE}): {:.0} requests/s median (rounds: {}).\n",
+                in_process_median(report).unwrap_or(0.0),
+                list.join(", ")
+            );
+        }
+        Err(error) => {
+            let _ = writeln!(md, "`keystone test` in process: failed: {error:#}\n");
+        }
+    }
     let _ = writeln!(
         md,
         "| target (reported, never asserted) | measured | limit | met |"
@@ -1968,6 +2045,10 @@ fn render_json(report: &Report) -> Value {
         "client_core": CLIENT_CORE,
         "scenarios": scenarios,
         "servers": servers,
+        "in_process_requests_per_s": match &report.in_process {
+            Ok(rounds) => json!({"median": in_process_median(report), "rounds": rounds}),
+            Err(error) => json!({"error": format!("{error:#}")}),
+        },
         "targets": targets,
     })
 }
@@ -1975,6 +2056,13 @@ fn render_json(report: &Report) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn in_process_summary_parses() {
+        let out = ".\n1 passed, 0 failed (200000 requests in 2.00 s)\n";
+        assert_eq!(parse_in_process(out), Some(100_000.0));
+        assert_eq!(parse_in_process("1 passed, 0 failed"), None);
+    }
 
     const WRK_OUTPUT: &str = "Running 2s test @ http://127.0.0.1:18555/
   1 threads and 64 connections

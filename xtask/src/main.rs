@@ -27,7 +27,7 @@ tasks:
   run [ARGS...]   build and serve the example app (keystone serve [ARGS...]),
                   127.0.0.1:8080 unless ARGS say otherwise
   test            packages, fmt, clippy, check-layers, tidy, BPF up-to-date,
-                  cargo test
+                  cargo test, the examples' specs (keystone test)
   check-layers    check workspace dependency edges against the layer DAG
   tidy            check the house rules: unsafe allowlist, # Safety docs,
                   `Never depends on:` vs the DAG, //! docs, no skipped tests
@@ -217,6 +217,41 @@ fn cargo_test(root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The bundled examples whose `spec/` `cargo xtask test` runs.
+const EXAMPLES_WITH_SPECS: &[&str] = &["hello", "cjson", "rocks", "gateway"];
+
+/// The bundled examples' spec files through `keystone test`, each run from
+/// its example's directory with no PATH (so `spec/` is found as a user's
+/// would be). examples/rocks needs its rock in the tree its app names,
+/// installed as its header says.
+fn example_specs(root: &Path) -> Result<()> {
+    run_checked(
+        cargo()
+            .current_dir(root)
+            .args(["build", "-p", "keystone-server"]),
+    )?;
+    run_checked(
+        Command::new("luarocks")
+            .args(["--lua-version=5.1", "--tree"])
+            .arg(root.join("examples/rocks/lua_modules"))
+            .args(["make", "keystone-helpers-0.1-1.rockspec"])
+            .current_dir(root.join("lua-rocks")),
+    )?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let keystone = target.join("debug/keystone");
+    for example in EXAMPLES_WITH_SPECS {
+        println!("keystone test (examples/{example})");
+        run_checked(
+            Command::new(&keystone)
+                .arg("test")
+                .current_dir(root.join("examples").join(example)),
+        )?;
+    }
+    Ok(())
+}
+
 /// `cargo xtask test`: each step prints a header; the first failure stops
 /// the run and names its step.
 fn test(root: &Path) -> Result<()> {
@@ -256,6 +291,10 @@ fn test(root: &Path) -> Result<()> {
             Box::new(|| ebpf::check_up_to_date(root)),
         ),
         ("cargo test", Box::new(|| cargo_test(root))),
+        (
+            "example specs (keystone test)",
+            Box::new(|| example_specs(root)),
+        ),
     ];
     let count = steps.len();
     for (index, (name, step)) in steps.iter().enumerate() {
