@@ -266,9 +266,26 @@ impl UserData for AppHandle {
             })?;
             state.used = true;
             let AppState { app, fakes, .. } = &mut *state;
-            let exchanged = app
-                .exchange(&bytes, peer, fakes)
-                .map_err(mlua::Error::runtime)?;
+            // An engine bug must fail this test, not end the run: the panic
+            // is caught, the app's state dropped (it may be mid-request),
+            // and the test reports it.
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                app.exchange(&bytes, peer, fakes)
+            }));
+            let exchanged = match outcome {
+                Ok(result) => result.map_err(mlua::Error::runtime)?,
+                Err(panic) => {
+                    app.reset();
+                    let what = panic
+                        .downcast_ref::<String>()
+                        .map(String::as_str)
+                        .or_else(|| panic.downcast_ref::<&str>().copied())
+                        .unwrap_or("a panic");
+                    return Err(mlua::Error::runtime(format!(
+                        "the engine failed on this request ({what}); please report it"
+                    )));
+                }
+            };
             drop(state);
             response_table(lua, &exchanged.raw, head, exchanged.closed)
         });
