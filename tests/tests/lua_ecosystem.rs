@@ -616,3 +616,35 @@ fn stream_in_flight_across_a_reload_completes_from_its_own_state() {
     assert_eq!(body_len, CHUNKS * 65536, "every byte of the stream arrived");
     assert!(!server.log().contains("stream aborted"), "{}", server.log());
 }
+
+/// An app whose load never ends: its chunk (or its `init_worker`) loops.
+const LOOPING_APP: &str = "local n = 0\nwhile true do n = n + 1 end\nreturn { routes = {} }\n";
+
+#[test]
+fn an_app_that_never_finishes_loading_is_stopped_by_the_budget() {
+    // At start: exit 2 naming the line, instead of a server that never
+    // binds and no longer answers SIGTERM.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = keystone_tests::write_file(dir.path(), "app.lua", LOOPING_APP);
+    let out = keystone_tests::run_keystone(&[
+        "serve",
+        path.to_str().expect("utf-8"),
+        "--lua-budget-ms",
+        "200",
+        "--listen",
+        &format!("127.0.0.1:{}", keystone_tests::free_port()),
+    ]);
+    assert_eq!(out.code, Some(2), "{}", out.all());
+    assert!(out.all().contains("app.lua:2:"), "{}", out.all());
+    assert!(out.all().contains("time budget"), "{}", out.all());
+    assert!(!out.timed_out, "{}", out.all());
+
+    // At reload: logged, and the running app goes on serving.
+    let server = Server::start(Some(&versioned_app(1)), &["--lua-budget-ms", "200"]);
+    fs::write(server.app_path(), LOOPING_APP).expect("writing the looping app");
+    server.hangup();
+    let log = server.wait_for_log("reload failed", RELOAD_TIMEOUT);
+    assert!(log.contains("time budget"), "{log}");
+    let response = keystone_tests::request(server.addr(), "GET /v HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(response.body_str(), "v1 0");
+}

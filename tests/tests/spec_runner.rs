@@ -289,8 +289,18 @@ end)
     let out = keystone_test(dir.path(), &["--filter", "counts"]);
     assert_eq!(out.code, Some(0), "{}", out.all());
     assert!(out.stdout.contains("1 passed, 0 failed"), "{}", out.stdout);
+    // Plain text matches itself even where it is no valid Lua pattern.
+    let out = keystone_test(dir.path(), &["--filter", "<on purpose>"]);
+    assert_eq!(out.code, Some(1), "{}", out.all());
+    assert!(out.stdout.contains("0 passed, 1 failed"), "{}", out.stdout);
     let out = keystone_test(dir.path(), &["--filter", "[unclosed"]);
-    assert_eq!(out.code, Some(2), "{}", out.all());
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert!(
+        out.stdout
+            .contains("no test's name matches --filter \"[unclosed\""),
+        "{}",
+        out.stdout
+    );
 }
 
 #[test]
@@ -381,6 +391,17 @@ const CASES: &[(&str, &str)] = &[
     ("ip", "GET /ip HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"),
 ];
 
+/// The two apps' copies of a file must have one validator (`ETag` and
+/// `Last-Modified` come from the modification time).
+fn same_mtime(path: &Path) {
+    let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_780_000_000);
+    fs::File::options()
+        .write(true)
+        .open(path)
+        .and_then(|file| file.set_modified(when))
+        .expect("set the file's mtime");
+}
+
 /// `Date` differs by the second it was made; everything else must not.
 fn normalize(bytes: &[u8]) -> String {
     let text = String::from_utf8_lossy(bytes);
@@ -409,6 +430,7 @@ fn identical_bytes_to_serve_over_tcp_for_a_table_of_requests() {
         "hello.txt",
         "hello, static world\n",
     );
+    same_mtime(&dir.path().join("public/hello.txt"));
     let out_dir = dir.path().join("out");
     fs::create_dir(&out_dir).expect("out dir");
     // The spec sends every case and writes what came back, byte for byte.
@@ -451,6 +473,7 @@ end
         "hello.txt",
         "hello, static world\n",
     );
+    same_mtime(&served_dir.join("public/hello.txt"));
     let mut differences = BTreeMap::new();
     for (name, raw) in CASES {
         let mut client = RawClient::connect(server.addr());
@@ -470,5 +493,111 @@ end
     assert!(
         differences.is_empty(),
         "keystone test and keystone serve answered differently: {differences:#?}"
+    );
+}
+
+/// A pool whose peer names cannot resolve here, pointed at fakes that
+/// behave like backends: closing, hanging, close-delimited, failing inside.
+const FAKES_APP: &str = r#"
+return {
+  upstreams = {
+    orders = { peers = { "orders.internal.invalid:8080" }, read_timeout = 5 },
+  },
+  routes = {
+    ["* /o"] = function(ctx) ctx.upstream = "orders" end,
+  },
+}
+"#;
+
+#[test]
+fn fakes_behave_like_backends_and_fail_where_they_assert() {
+    let spec = r#"local app = keystone.app("../app.lua", { keep_state = true })
+describe("fakes", function()
+  setup(function() app:upstream("orders", "from setup") end)
+  it("a setup's fake lasts for the block (1)", function()
+    assert.equal("from setup", app:request({ path = "/o" }).body)
+  end)
+  it("a setup's fake lasts for the block (2)", function()
+    assert.equal("from setup", app:request({ path = "/o" }).body)
+  end)
+  it("a fake that closed does not poison the next one", function()
+    app:upstream("orders", function() return nil end)
+    assert.equal(502, app:request({ path = "/o" }).status)
+    app:upstream("orders", function() return "ok" end)
+    assert.equal("ok", app:request({ path = "/o" }).body)
+  end)
+  it("a close-delimited raw answer ends with the close", function()
+    app:upstream("orders", { raw = "HTTP/1.1 200 OK\r\n\r\nuntil-close" })
+    local res = app:request { path = "/o" }
+    assert.equal("until-close", res.body)
+    assert.is_true(res.complete)
+  end)
+  it("a fake that never answers is the pool's timeout: 504", function()
+    app:upstream("orders", { raw = "", close = false })
+    assert.equal(504, app:request({ path = "/o" }).status)
+  end)
+  it("a status alone", function()
+    app:upstream("orders", 404)
+    assert.equal(404, app:request({ path = "/o" }).status)
+  end)
+  it("an assertion inside a fake fails at its own line", function()
+    app:upstream("orders", function(req)
+      assert.equal("/elsewhere", req.path)
+    end)
+    app:request { path = "/o" }
+  end)
+  it("binary values \255 print escaped", function()
+    print("printed by the spec")
+    assert.equal("\255\254", "\255\253")
+  end)
+end)
+"#;
+    let dir = project(FAKES_APP, "fakes_spec.lua", spec);
+    let junit = dir.path().join("reports/ci/junit.xml");
+    let junit_arg = junit.display().to_string();
+    let out = keystone_test(dir.path(), &["--junit", &junit_arg]);
+    assert_eq!(out.code, Some(1), "{}", out.all());
+    assert!(out.stdout.contains("6 passed, 2 failed"), "{}", out.stdout);
+    // The assertion in the fake is a failure (not an error) at its line, 32.
+    assert!(
+        out.stdout.contains(
+            "spec/fakes_spec.lua:32: fakes an assertion inside a fake fails at its own line: \
+             expected: \"/elsewhere\", actual: \"/o\""
+        ),
+        "{}",
+        out.stdout
+    );
+    assert!(!out.stdout.contains("runtime error"), "{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains(r#"expected: "\255\254", actual: "\255\253""#),
+        "{}",
+        out.stdout
+    );
+    // The spec's print comes in order, before the report.
+    let printed = out.stdout.find("printed by the spec").expect("printed");
+    assert!(
+        printed < out.stdout.find("6 passed").expect("summary"),
+        "{}",
+        out.stdout
+    );
+    let xml = fs::read_to_string(&junit).expect("junit written into a new directory");
+    assert!(xml.contains("failures=\"2\" errors=\"0\""), "{xml}");
+}
+
+#[test]
+fn an_app_that_never_finishes_loading_is_stopped_by_the_budget() {
+    let dir = project(
+        "while true do end\nreturn { routes = {} }\n",
+        "loop_spec.lua",
+        "local app = keystone.app(\"../app.lua\")\nit(\"never\", function() end)\n",
+    );
+    let out = keystone_test(dir.path(), &["--lua-budget-ms", "100"]);
+    assert_eq!(out.code, Some(2), "{}", out.all());
+    assert!(
+        out.stdout
+            .contains("keystone.app: app.lua:1: handler exceeded its time budget"),
+        "{}",
+        out.stdout
     );
 }

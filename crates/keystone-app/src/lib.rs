@@ -177,7 +177,7 @@ impl AppPolicy {
         access: Option<AccessLog>,
         log: Log,
     ) -> Result<AppPolicy, String> {
-        let app = load_app(worker, source, lua, log)?;
+        let app = load_app(worker, source, lua, log, &pulse)?;
         AppPolicy::new(worker, app, stats, pulse, access, log)
     }
 
@@ -186,7 +186,7 @@ impl AppPolicy {
     /// forget in the cache; `None` when it failed (the old app keeps
     /// serving).
     pub fn reload_source(&mut self, source: &AppSource, lua: &LuaConfig) -> Option<Vec<u32>> {
-        let loaded = load_app(self.worker, source, lua, self.log);
+        let loaded = load_app(self.worker, source, lua, self.log, &self.pulse);
         let routes = loaded.as_ref().map_or(0, |app| app.routes.len());
         match loaded.and_then(|app| self.reload(app)) {
             Ok(old) => {
@@ -888,11 +888,15 @@ fn thousands(n: u64) -> impl std::fmt::Display {
 
 /// The log of a policy driven outside a server (tests, fuzzing).
 /// Loads `source`, Lua's `print` lines going to `log` at info level.
+/// Loads `source` for `worker`, its chunk and `init_worker` under the
+/// worker's handler budget (a load that never ends is stopped, and the old
+/// app keeps serving).
 fn load_app(
     worker: u32,
     source: &AppSource,
     lua: &LuaConfig,
     log: Log,
+    pulse: &Pulse,
 ) -> Result<LoadedApp, String> {
     let print = move |line: &str| {
         log(&LogLine {
@@ -903,7 +907,7 @@ fn load_app(
             message: format_args!("lua: {line}"),
         })
     };
-    LoadedApp::load_with(source, worker, lua, print).map_err(|err| err.to_string())
+    LoadedApp::load_budgeted(source, worker, lua, print, Some(pulse)).map_err(|err| err.to_string())
 }
 
 /// At every load: a pool with `verify = false` is named in a warning (its

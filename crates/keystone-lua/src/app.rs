@@ -236,6 +236,21 @@ impl LoadedApp {
         config: &LuaConfig,
         log: impl Fn(&str) + 'static,
     ) -> Result<LoadedApp, LoadError> {
+        LoadedApp::load_budgeted(source, worker, config, log, None)
+    }
+
+    /// [`LoadedApp::load_with`], with the app's own code — its chunk and
+    /// `init_worker` — run under the handler budget of `pulse` (the
+    /// worker's): a load that loops forever is stopped by the watchdog like
+    /// a handler, and fails with the budget error and its traceback; the
+    /// old app, if any, goes on. `None`: no budget (nothing samples it).
+    pub fn load_budgeted(
+        source: &AppSource,
+        worker: u32,
+        config: &LuaConfig,
+        log: impl Fn(&str) + 'static,
+        pulse: Option<&crate::Pulse>,
+    ) -> Result<LoadedApp, LoadError> {
         let guard = ExchangeGuard(NonNull::from(Box::leak(HttpExchange::new_boxed(worker))));
         // The state is created by LuaJIT itself (`luaL_newstate`), so Lua
         // objects live in LuaJIT's own allocator (mmap'd arenas), not the
@@ -267,7 +282,8 @@ impl LoadedApp {
             UserCode::Sandbox { env, .. } => chunk.set_environment(env.clone()),
             UserCode::Unsafe => chunk,
         };
-        let app = AppTable::read(source, chunk.call(()).map_err(lua_error)?)?;
+        let returned = UserCall::enter(pulse, state.0).run(|| chunk.call(()));
+        let app = AppTable::read(source, returned.map_err(lua_error)?, config)?;
         if !app.rocks_trees.is_empty() || !app.allow_c_modules.is_empty() {
             let paths = SearchPaths::build(config, dir, &app.rocks_trees)
                 .map_err(|e| shape(source, e.message))?;
@@ -283,8 +299,8 @@ impl LoadedApp {
             .call::<()>((handlers, pool_names))
             .map_err(engine)?;
         if let Some(init_worker) = app.init_worker {
-            init_worker
-                .call::<()>(worker)
+            UserCall::enter(pulse, state.0)
+                .run(|| init_worker.call::<()>(worker))
                 .map_err(|err| LoadError::Lua {
                     message: format!(
                         "init_worker failed on worker {worker}: {}",
@@ -309,6 +325,32 @@ impl LoadedApp {
             upstreams,
             files_dir: source.dir.clone().unwrap_or_else(|| PathBuf::from(".")),
         })
+    }
+}
+
+/// The app's own code running during a load, under the budget when there
+/// is a pulse: the pulse says "inside Lua" (odd) and the state is the one
+/// a budget signal interrupts, as for a handler.
+struct UserCall<'a> {
+    pulse: Option<&'a crate::Pulse>,
+    state: *mut mlua::ffi::lua_State,
+}
+
+impl<'a> UserCall<'a> {
+    fn enter(pulse: Option<&'a crate::Pulse>, state: *mut mlua::ffi::lua_State) -> UserCall<'a> {
+        UserCall { pulse, state }
+    }
+
+    fn run<T>(self, call: impl FnOnce() -> T) -> T {
+        let Some(pulse) = self.pulse else {
+            return call();
+        };
+        pulse.enter_handler();
+        let running = crate::budget::Running::enter(self.state);
+        let result = call();
+        running.leave();
+        pulse.leave_handler();
+        result
     }
 }
 
@@ -458,7 +500,7 @@ struct AppTable {
 }
 
 impl AppTable {
-    fn read(source: &AppSource, app: Value) -> Result<AppTable, LoadError> {
+    fn read(source: &AppSource, app: Value, config: &LuaConfig) -> Result<AppTable, LoadError> {
         let Value::Table(app) = app else {
             return Err(shape(
                 source,
@@ -515,8 +557,9 @@ impl AppTable {
             .collect();
         let allow_c_modules = string_list(source, &app, "allow_c_modules")?;
         let statics = static_dirs(source, &app)?;
-        let upstreams = crate::upstreams::read_upstreams(&app, source.dir.as_deref())
-            .map_err(|message| shape(source, message))?;
+        let upstreams =
+            crate::upstreams::read_upstreams(&app, source.dir.as_deref(), config.unresolved_peers)
+                .map_err(|message| shape(source, message))?;
         Ok(AppTable {
             routes,
             init_worker,

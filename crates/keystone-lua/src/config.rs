@@ -53,6 +53,11 @@ pub struct LuaConfig {
     pub lua_path: Option<String>,
     /// `LUA_CPATH`; `None` when unset (the default C path applies).
     pub lua_cpath: Option<String>,
+    /// A pool's peer whose name does not resolve here is kept, with the
+    /// unspecified address, instead of failing the load: `keystone test`
+    /// points pools at fakes, and a spec must load on a machine that
+    /// cannot resolve the production names. `serve` never sets it.
+    pub unresolved_peers: bool,
 }
 
 impl LuaConfig {

@@ -41,7 +41,13 @@ const POOL_FIELDS: [&str; 14] = [
 /// Reads `upstreams`; absent is no pools. Errors are messages the loader
 /// turns into a load error for the app's file. `dir`: where relative `ca`
 /// paths start (the app's directory; `None`: the working directory).
-pub(crate) fn read_upstreams(app: &Table, dir: Option<&Path>) -> Result<Vec<PoolConfig>, String> {
+/// `unresolved`: a peer name that does not resolve is kept with the
+/// unspecified address ([`crate::LuaConfig::unresolved_peers`]).
+pub(crate) fn read_upstreams(
+    app: &Table,
+    dir: Option<&Path>,
+    unresolved: bool,
+) -> Result<Vec<PoolConfig>, String> {
     let table = match app.get::<Value>("upstreams").map_err(|e| e.to_string())? {
         Value::Nil => return Ok(Vec::new()),
         Value::Table(table) => table,
@@ -65,13 +71,31 @@ pub(crate) fn read_upstreams(app: &Table, dir: Option<&Path>) -> Result<Vec<Pool
                 pool.type_name()
             ));
         };
-        pools.push(read_pool(&name, &pool, dir)?);
+        pools.push(read_pool(&name, &pool, dir, unresolved)?);
     }
     pools.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(pools)
 }
 
-fn read_pool(name: &str, pool: &Table, dir: Option<&Path>) -> Result<PoolConfig, String> {
+/// `host:port` with a DNS-name host and a valid port: what an unresolved
+/// peer may be (an address or a malformed entry is still an error).
+fn names_a_host(text: &str) -> bool {
+    text.rsplit_once(':').is_some_and(|(host, port)| {
+        !host.is_empty()
+            && host.parse::<std::net::IpAddr>().is_err()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+            && port.parse::<u16>().is_ok_and(|port| port > 0)
+    })
+}
+
+fn read_pool(
+    name: &str,
+    pool: &Table,
+    dir: Option<&Path>,
+    unresolved: bool,
+) -> Result<PoolConfig, String> {
     for pair in pool.pairs::<Value, Value>() {
         let (key, _) = pair.map_err(|e| e.to_string())?;
         let known =
@@ -102,7 +126,14 @@ fn read_pool(name: &str, pool: &Table, dir: Option<&Path>) -> Result<PoolConfig,
                     ));
                 };
                 let text = text.to_string_lossy();
-                let addr = parse_peer(&text).map_err(|e| format!("{}: {e}", at("peers")))?;
+                let addr = match parse_peer(&text) {
+                    Ok(addr) => addr,
+                    Err(_) if unresolved && names_a_host(&text) => {
+                        let port = text.rsplit_once(':').and_then(|(_, p)| p.parse().ok());
+                        std::net::SocketAddr::from(([0, 0, 0, 0], port.unwrap_or(0)))
+                    }
+                    Err(e) => return Err(format!("{}: {e}", at("peers"))),
+                };
                 config.peer_names.push(text);
                 config.peers.push(addr);
             }

@@ -69,6 +69,19 @@ pub struct TestArgs {
     /// (503), as for `serve`.
     #[arg(long, default_value_t = defaults::LUA_BUDGET_MS, value_parser = clap::value_parser!(u64).range(10..))]
     pub lua_budget_ms: u64,
+    /// Largest request body buffered whole, in bytes (413 above), as for
+    /// `serve`; `keystone.app(path, { max_body_bytes = N })` sets one app's.
+    #[arg(long, default_value_t = keystone_parser::Limits::default().max_body_bytes)]
+    pub max_body_bytes: u64,
+    /// Largest request head, in bytes (431 above), as for `serve`.
+    #[arg(long, default_value_t = keystone_parser::Limits::default().max_header_bytes, value_parser = clap::value_parser!(u32).range(256..=1_048_576))]
+    pub max_header_bytes: u32,
+    /// Most request headers accepted (431 above), as for `serve`.
+    #[arg(long, default_value_t = keystone_parser::Limits::default().max_headers, value_parser = clap::value_parser!(u16).range(1..=keystone_parser::HEADERS_CAPACITY as i64))]
+    pub max_headers: u16,
+    /// Longest request target, in bytes (414 above), as for `serve`.
+    #[arg(long, default_value_t = keystone_parser::Limits::default().max_uri_bytes, value_parser = clap::value_parser!(u32).range(16..=1_048_576))]
+    pub max_uri_bytes: u32,
 }
 
 /// `keystone stats` flags.

@@ -16,7 +16,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use keystone_ebpf::{EbpfMode, Observer, ReuseportSteering};
-use keystone_lua::{AppSource, LoadedApp, LuaConfig};
+use keystone_lua::{AppSource, LuaConfig};
 use keystone_parser::Limits;
 use keystone_reactor::BatchWriter;
 
@@ -98,7 +98,8 @@ pub fn serve(args: ServeArgs) -> ExitCode {
     if let Err(err) = lua.check_trees() {
         return fail(err);
     }
-    if let Err(err) = LoadedApp::load_with(&app, 0, &lua, |_| {}) {
+    if let Err(err) = watchdog::load_checked(&app, &lua, Duration::from_millis(args.lua_budget_ms))
+    {
         return fail(err);
     }
     let workers = args
@@ -336,6 +337,7 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         reloads,
         app,
         lua,
+        lua_budget: Duration::from_millis(args.lua_budget_ms),
         tls_pairs,
         log_path: thread_log::reopenable(args.log.as_deref()),
         access_log_path: thread_log::reopenable(args.access_log.as_deref()),
@@ -410,6 +412,8 @@ struct Fleet {
     reloads: Vec<mpsc::Sender<worker::Reload>>,
     app: AppSource,
     lua: LuaConfig,
+    /// `--lua-budget-ms`: also bounds the check of an app at SIGHUP.
+    lua_budget: Duration,
     /// The TLS listeners' certificate/key pairs, read again on SIGHUP.
     tls_pairs: Vec<keystone_tls::CertPair>,
     /// `--log` and `--access-log` when they are files (reopened on SIGHUP).
@@ -501,7 +505,7 @@ impl Fleet {
             None => Ok(self.app.clone()), // bundled: nothing to re-read
         };
         let checked =
-            source.and_then(|s| LoadedApp::load_with(&s, 0, &self.lua, |_| {}).map(|_| s));
+            source.and_then(|s| watchdog::load_checked(&s, &self.lua, self.lua_budget).map(|_| s));
         match checked {
             Ok(source) => {
                 crate::log!(

@@ -34,24 +34,41 @@ struct Shared {
     started: Instant,
 }
 
-/// A pool's fake: a function of the request, or one fixed answer.
+/// A pool's fake: a function of the request, or one fixed answer (a
+/// table, a body string or a status).
 #[derive(Clone)]
 enum Fake {
     Function(Function),
-    Answer(Table),
+    Answer(Value),
 }
 
-/// The fakes of one app: those set outside any test last for the file,
-/// those set inside one for that test.
+/// The fakes of one app: those set outside any test (or in a `setup`)
+/// last for the file, those set inside one for that test.
 struct FakeTable {
     lua: mlua::WeakLua,
     file: HashMap<String, Fake>,
     test: HashMap<String, Fake>,
+    /// Bumped at every change ([`Fakes::version`]).
+    version: u64,
+    /// The first error a fake raised during the current request: raised
+    /// again by `app:request` as it was (an assertion's failure keeps its
+    /// own `file:line`).
+    failure: Option<Value>,
 }
 
 impl FakeTable {
     fn get(&self, pool: &str) -> Option<&Fake> {
         self.test.get(pool).or_else(|| self.file.get(pool))
+    }
+
+    fn changed(&mut self) {
+        self.version += 1;
+    }
+
+    fn fail(&mut self, lua: &Lua, message: String) {
+        if self.failure.is_none() {
+            self.failure = lua.create_string(message).ok().map(Value::String);
+        }
     }
 }
 
@@ -60,19 +77,43 @@ impl Fakes for FakeTable {
         self.get(pool).is_some()
     }
 
-    fn answer(&mut self, pool: &str, request: ForwardedRequest) -> Result<FakeAnswer, String> {
+    fn version(&self) -> u64 {
+        self.version
+    }
+
+    fn answer(&mut self, pool: &str, request: ForwardedRequest) -> Option<FakeAnswer> {
         let fake = self.get(pool).cloned().expect("asked for a fake it has");
         let lua = self.lua.upgrade();
         let answer = match fake {
-            Fake::Answer(table) => Value::Table(table),
+            Fake::Answer(value) => value,
             Fake::Function(function) => {
-                let req = forwarded_table(&lua, &request).map_err(|e| e.to_string())?;
-                function
-                    .call::<Value>(req)
-                    .map_err(|err| format!("upstream '{pool}' fake failed: {}", message(&err)))?
+                let called = forwarded_table(&lua, &request).and_then(|req| {
+                    let keystone: Table = lua.globals().get("keystone")?;
+                    let call: Function = keystone.get("_call_fake")?;
+                    call.call::<(bool, Value)>((function, req))
+                });
+                match called {
+                    Ok((true, answer)) => answer,
+                    Ok((false, error)) => {
+                        if self.failure.is_none() {
+                            self.failure = Some(error);
+                        }
+                        return None;
+                    }
+                    Err(err) => {
+                        self.fail(&lua, format!("upstream '{pool}' fake: {}", message(&err)));
+                        return None;
+                    }
+                }
             }
         };
-        answer_bytes(&answer).map_err(|err| format!("upstream '{pool}' fake: {err}"))
+        match answer_bytes(&answer) {
+            Ok(answer) => Some(answer),
+            Err(err) => {
+                self.fail(&lua, format!("upstream '{pool}' fake: {err}"));
+                None
+            }
+        }
     }
 }
 
@@ -83,16 +124,21 @@ struct AppState {
     fakes: FakeTable,
     /// Requests since the last (re)load: a reset before any is a no-op.
     used: bool,
+    /// What the load wrote to the log (its `init_worker`'s prints): shown
+    /// with the first test, which uses that load.
+    load_log: Vec<String>,
 }
 
-/// The handle a spec holds.
+/// The handle a spec holds (`keystone.app` wraps it in a table whose
+/// methods raise what this returns as errors).
 struct AppHandle {
     state: Rc<RefCell<AppState>>,
     shared: Rc<Shared>,
 }
 
-/// Installs `keystone.app`, `keystone._begin_test`, `keystone._end_test`
-/// and `keystone._clock` into `keystone`.
+/// Installs `keystone._app` (wrapped as `keystone.app` by the glue),
+/// `keystone._begin_test`, `_end_test`, `_set_scope`, `_clock` and
+/// `_requests` into `keystone`.
 pub fn install(lua: &Lua, keystone: &Table, settings: Settings) -> mlua::Result<()> {
     let shared = Rc::new(Shared {
         settings,
@@ -102,9 +148,12 @@ pub fn install(lua: &Lua, keystone: &Table, settings: Settings) -> mlua::Result<
     });
     let app_shared = Rc::clone(&shared);
     keystone.set(
-        "app",
+        "_app",
         lua.create_function(move |lua, (path, opts): (String, Option<Table>)| {
-            open_app(lua, &app_shared, &path, opts.as_ref())
+            Ok(match open_app(lua, &app_shared, &path, opts.as_ref()) {
+                Ok(handle) => (Some(handle), None),
+                Err(message) => (None, Some(message)),
+            })
         })?,
     )?;
     let begin_shared = Rc::clone(&shared);
@@ -112,15 +161,21 @@ pub fn install(lua: &Lua, keystone: &Table, settings: Settings) -> mlua::Result<
         "_begin_test",
         lua.create_function(move |_, ()| {
             begin_shared.in_test.set(true);
+            keystone_lua::forget_error_sites();
+            drop(log::take());
             each_app(&begin_shared, |state| {
                 state.fakes.test.clear();
+                state.fakes.changed();
+                state.fakes.failure = None;
                 if !state.keep_state && state.used {
                     state.app.reset();
                     state.used = false;
+                    state.load_log.clear();
+                }
+                for line in state.load_log.drain(..) {
+                    log::push(line);
                 }
             });
-            keystone_lua::forget_error_sites();
-            drop(log::take());
             Ok(())
         })?,
     )?;
@@ -129,8 +184,19 @@ pub fn install(lua: &Lua, keystone: &Table, settings: Settings) -> mlua::Result<
         "_end_test",
         lua.create_function(move |lua, ()| {
             end_shared.in_test.set(false);
-            each_app(&end_shared, |state| state.fakes.test.clear());
+            each_app(&end_shared, |state| {
+                state.fakes.test.clear();
+                state.fakes.changed();
+            });
             lua.create_sequence_from(log::take())
+        })?,
+    )?;
+    let scope_shared = Rc::clone(&shared);
+    keystone.set(
+        "_set_scope",
+        lua.create_function(move |_, test: bool| {
+            scope_shared.in_test.set(test);
+            Ok(())
         })?,
     )?;
     let clock_shared = Rc::clone(&shared);
@@ -166,51 +232,59 @@ fn open_app(
     shared: &Rc<Shared>,
     path: &str,
     opts: Option<&Table>,
-) -> mlua::Result<AppHandle> {
-    let keystone: Table = lua.globals().get("keystone")?;
-    let dir: Option<String> = keystone.get("_spec_dir")?;
+) -> Result<AppHandle, String> {
+    let lua_error = |err: mlua::Error| format!("keystone.app: {}", message(&err));
+    let keystone: Table = lua.globals().get("keystone").map_err(lua_error)?;
+    let dir: Option<String> = keystone.get("_spec_dir").map_err(lua_error)?;
     let path = resolve(dir.as_deref(), path);
     let mut lua_config = shared.settings.lua.clone();
     let mut config = shared.settings.config;
     let mut keep_state = false;
     if let Some(opts) = opts {
-        keep_state = opts.get::<Option<bool>>("keep_state")?.unwrap_or(false);
-        for tree in opts
-            .get::<Option<Vec<String>>>("rocks_trees")?
-            .unwrap_or_default()
-        {
-            lua_config.rocks_trees.push(resolve(dir.as_deref(), &tree));
-        }
-        lua_config.allow_c_modules.extend(
-            opts.get::<Option<Vec<String>>>("allow_c_modules")?
-                .unwrap_or_default(),
-        );
-        if let Some(unsafe_lua) = opts.get::<Option<bool>>("unsafe_lua")? {
-            lua_config.unsafe_lua = unsafe_lua;
-        }
-        let limits = &mut config.limits;
-        if let Some(n) = opts.get::<Option<u64>>("max_body_bytes")? {
-            limits.max_body_bytes = n;
-        }
-        if let Some(n) = opts.get::<Option<u32>>("max_header_bytes")? {
-            limits.max_header_bytes = n.max(256);
-        }
-        if let Some(n) = opts.get::<Option<u16>>("max_headers")? {
-            limits.max_headers = n.clamp(1, keystone_parser::HEADERS_CAPACITY as u16);
-        }
-        if let Some(n) = opts.get::<Option<u32>>("max_uri_bytes")? {
-            limits.max_uri_bytes = n.max(16);
-        }
+        let mut read = || -> mlua::Result<()> {
+            keep_state = opts.get::<Option<bool>>("keep_state")?.unwrap_or(false);
+            for tree in opts
+                .get::<Option<Vec<String>>>("rocks_trees")?
+                .unwrap_or_default()
+            {
+                lua_config.rocks_trees.push(resolve(dir.as_deref(), &tree));
+            }
+            lua_config.allow_c_modules.extend(
+                opts.get::<Option<Vec<String>>>("allow_c_modules")?
+                    .unwrap_or_default(),
+            );
+            if let Some(unsafe_lua) = opts.get::<Option<bool>>("unsafe_lua")? {
+                lua_config.unsafe_lua = unsafe_lua;
+            }
+            let limits = &mut config.limits;
+            if let Some(n) = opts.get::<Option<u64>>("max_body_bytes")? {
+                limits.max_body_bytes = n;
+            }
+            if let Some(n) = opts.get::<Option<u32>>("max_header_bytes")? {
+                limits.max_header_bytes = n.max(256);
+            }
+            if let Some(n) = opts.get::<Option<u16>>("max_headers")? {
+                limits.max_headers = n.clamp(1, keystone_parser::HEADERS_CAPACITY as u16);
+            }
+            if let Some(n) = opts.get::<Option<u32>>("max_uri_bytes")? {
+                limits.max_uri_bytes = n.max(16);
+            }
+            Ok(())
+        };
+        read().map_err(|err| format!("keystone.app: bad options: {}", message(&err)))?;
     }
-    lua_config.check_trees().map_err(mlua::Error::runtime)?;
-    let source = AppSource::read(&path).map_err(|err| mlua::Error::runtime(err.to_string()))?;
+    lua_config
+        .check_trees()
+        .map_err(|err| format!("keystone.app: {err}"))?;
+    let source = AppSource::read(&path).map_err(|err| format!("keystone.app: {err}"))?;
+    let mark = log::mark();
     let app = AppUnderTest::load(
         source,
         lua_config,
         config,
         Arc::clone(&shared.settings.pulse),
     )
-    .map_err(|err| mlua::Error::runtime(format!("keystone.app: {err}")))?;
+    .map_err(|err| format!("keystone.app: {err}"))?;
     let state = Rc::new(RefCell::new(AppState {
         app,
         keep_state,
@@ -218,8 +292,11 @@ fn open_app(
             lua: lua.weak(),
             file: HashMap::new(),
             test: HashMap::new(),
+            version: 0,
+            failure: None,
         },
         used: false,
+        load_log: log::since(mark),
     }));
     shared.apps.borrow_mut().push(Rc::downgrade(&state));
     Ok(AppHandle {
@@ -257,74 +334,23 @@ fn resolve(dir: Option<&str>, path: &str) -> PathBuf {
 
 impl UserData for AppHandle {
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        // Each returns its value, or nil and the error (and, for a
+        // request, whether a fake raised it): the glue raises it from the
+        // spec's own frame, so no Rust error wrapping reaches the report.
         methods.add_method("request", |lua, this, request: Table| {
-            let (bytes, head, peer) = request_bytes(lua, &request)?;
-            let mut state = this.state.try_borrow_mut().map_err(|_| {
-                mlua::Error::runtime(
-                    "app:request called from inside one of this app's upstream fakes",
-                )
-            })?;
-            state.used = true;
-            let AppState { app, fakes, .. } = &mut *state;
-            // An engine bug must fail this test, not end the run: the panic
-            // is caught, the app's state dropped (it may be mid-request),
-            // and the test reports it.
-            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                app.exchange(&bytes, peer, fakes)
-            }));
-            let exchanged = match outcome {
-                Ok(result) => result.map_err(mlua::Error::runtime)?,
-                Err(panic) => {
-                    app.reset();
-                    let what = panic
-                        .downcast_ref::<String>()
-                        .map(String::as_str)
-                        .or_else(|| panic.downcast_ref::<&str>().copied())
-                        .unwrap_or("a panic");
-                    return Err(mlua::Error::runtime(format!(
-                        "the engine failed on this request ({what}); please report it"
-                    )));
+            Ok(match this.request(lua, &request) {
+                Ok(res) => (Some(res), None, false),
+                Err(Failure::Fake(error)) => (None, Some(error), true),
+                Err(Failure::Engine(text)) => {
+                    (None, Some(Value::String(lua.create_string(text)?)), false)
                 }
-            };
-            drop(state);
-            response_table(lua, &exchanged.raw, head, exchanged.closed)
+            })
         });
         methods.add_method("upstream", |_, this, (pool, fake): (String, Value)| {
-            let mut state = this.state.try_borrow_mut().map_err(|_| {
-                mlua::Error::runtime("app:upstream called from inside an upstream fake")
-            })?;
-            let names = state.app.pool_names();
-            if !names.contains(&pool) {
-                return Err(mlua::Error::runtime(format!(
-                    "app:upstream: the app declares no upstream '{pool}' (it declares: {})",
-                    if names.is_empty() {
-                        "none".to_string()
-                    } else {
-                        names.join(", ")
-                    }
-                )));
-            }
-            let fake = match fake {
-                Value::Function(function) => Some(Fake::Function(function)),
-                Value::Table(table) => Some(Fake::Answer(table)),
-                Value::Nil => None,
-                other => {
-                    return Err(mlua::Error::runtime(format!(
-                        "app:upstream: the fake is a function or an answer table, not a {}",
-                        other.type_name()
-                    )))
-                }
-            };
-            let scope = if this.shared.in_test.get() {
-                &mut state.fakes.test
-            } else {
-                &mut state.fakes.file
-            };
-            match fake {
-                Some(fake) => scope.insert(pool, fake),
-                None => scope.remove(&pool),
-            };
-            Ok(())
+            Ok(match this.upstream(pool, fake) {
+                Ok(()) => (true, None),
+                Err(message) => (false, Some(message)),
+            })
         });
         methods.add_method("reset", |_, this, ()| {
             if let Ok(mut state) = this.state.try_borrow_mut() {
@@ -333,6 +359,99 @@ impl UserData for AppHandle {
             }
             Ok(())
         });
+    }
+}
+
+/// Why `app:request` failed.
+enum Failure {
+    /// A fake raised this (an assertion's failure object, or a message).
+    Fake(Value),
+    /// The request could not be made or the engine could not answer.
+    Engine(String),
+}
+
+impl AppHandle {
+    fn request(&self, lua: &Lua, request: &Table) -> Result<Table, Failure> {
+        let lua_error =
+            |err: mlua::Error| Failure::Engine(format!("app:request: {}", message(&err)));
+        let (bytes, head, peer) = request_bytes(lua, request).map_err(lua_error)?;
+        let mut state = self.state.try_borrow_mut().map_err(|_| {
+            Failure::Engine(
+                "app:request called from inside one of this app's upstream fakes".into(),
+            )
+        })?;
+        state.used = true;
+        state.fakes.failure = None;
+        let AppState { app, fakes, .. } = &mut *state;
+        // An engine bug must fail this test, not end the run: the panic is
+        // caught, the app's state dropped (it may be mid-request), and the
+        // test reports it.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            app.exchange(&bytes, peer, fakes)
+        }));
+        let exchanged = match outcome {
+            Ok(result) => result.map_err(Failure::Engine)?,
+            Err(panic) => {
+                app.reset();
+                let what = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("a panic");
+                return Err(Failure::Engine(format!(
+                    "the engine failed on this request ({what}); please report it"
+                )));
+            }
+        };
+        if let Some(error) = state.fakes.failure.take() {
+            return Err(Failure::Fake(error));
+        }
+        drop(state);
+        response_table(lua, &exchanged.raw, head, exchanged.closed).map_err(lua_error)
+    }
+
+    fn upstream(&self, pool: String, fake: Value) -> Result<(), String> {
+        let mut state = self
+            .state
+            .try_borrow_mut()
+            .map_err(|_| "app:upstream called from inside an upstream fake".to_string())?;
+        let names = state.app.pool_names();
+        if !names.contains(&pool) {
+            return Err(format!(
+                "app:upstream: the app declares no upstream '{pool}' (it declares: {})",
+                if names.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.join(", ")
+                }
+            ));
+        }
+        let fake = match fake {
+            Value::Function(function) => Some(Fake::Function(function)),
+            Value::Nil => None,
+            answer @ (Value::Table(_) | Value::String(_) | Value::Integer(_)) => {
+                Some(Fake::Answer(answer))
+            }
+            Value::Number(n) if n.fract() == 0.0 => Some(Fake::Answer(Value::Number(n))),
+            other => {
+                return Err(format!(
+                    "app:upstream: the fake is a function or an answer (a table, a body string \
+                     or a status), not a {}",
+                    other.type_name()
+                ))
+            }
+        };
+        let scope = if self.shared.in_test.get() {
+            &mut state.fakes.test
+        } else {
+            &mut state.fakes.file
+        };
+        match fake {
+            Some(fake) => scope.insert(pool, fake),
+            None => scope.remove(&pool),
+        };
+        state.fakes.changed();
+        Ok(())
     }
 }
 
@@ -425,7 +544,8 @@ fn request_bytes(lua: &Lua, t: &Table) -> mlua::Result<(Vec<u8>, bool, SocketAdd
         content_length: has_body && !framed,
         host,
     };
-    Ok((spec.write(), method.eq_ignore_ascii_case("HEAD"), peer))
+    // Methods are case-sensitive (RFC 9110 §9.1): only `HEAD` is a HEAD.
+    Ok((spec.write(), method == "HEAD", peer))
 }
 
 fn parse_peer(text: &str) -> mlua::Result<SocketAddr> {
@@ -587,21 +707,25 @@ fn answer_bytes(answer: &Value) -> Result<FakeAnswer, String> {
     let table = match answer {
         Value::Nil | Value::Boolean(false) => return Ok(FakeAnswer::Close),
         Value::String(body) => {
-            return Ok(FakeAnswer::Bytes(http::write_response(
-                200,
-                &[],
-                &body.as_bytes(),
-                None,
-            )))
+            let bytes = http::write_response(200, &[], &body.as_bytes(), None);
+            return Ok(FakeAnswer::Bytes {
+                bytes,
+                close: false,
+            });
         }
         Value::Integer(status) => {
-            let status = status_of(*status)?;
-            return Ok(FakeAnswer::Bytes(http::write_response(
-                status,
-                &[],
-                b"",
-                None,
-            )));
+            let bytes = http::write_response(status_of(*status)?, &[], b"", None);
+            return Ok(FakeAnswer::Bytes {
+                bytes,
+                close: false,
+            });
+        }
+        Value::Number(status) if status.fract() == 0.0 => {
+            let bytes = http::write_response(status_of(*status as i64)?, &[], b"", None);
+            return Ok(FakeAnswer::Bytes {
+                bytes,
+                close: false,
+            });
         }
         Value::Table(table) => table,
         other => {
@@ -612,9 +736,21 @@ fn answer_bytes(answer: &Value) -> Result<FakeAnswer, String> {
         }
     };
     let get = |key: &str| table.get::<Value>(key).map_err(|e| e.to_string());
+    // `close = true`: the fake hangs up after its answer (a response framed
+    // by the close, an HTTP/1.0 backend). A raw answer closes unless it
+    // says `close = false`: its framing is the fake's own.
+    let close = match get("close")? {
+        Value::Boolean(close) => Some(close),
+        Value::Nil => None,
+        other => return Err(format!("close is a boolean, not a {}", other.type_name())),
+    };
     if let Value::String(raw) = get("raw")? {
-        return Ok(FakeAnswer::Bytes(raw.as_bytes().to_vec()));
+        return Ok(FakeAnswer::Bytes {
+            bytes: raw.as_bytes().to_vec(),
+            close: close.unwrap_or(true),
+        });
     }
+    let close = close.unwrap_or(false);
     let status = match get("status")? {
         Value::Nil => 200,
         Value::Integer(n) => status_of(n)?,
@@ -622,33 +758,24 @@ fn answer_bytes(answer: &Value) -> Result<FakeAnswer, String> {
         other => return Err(format!("status is a number, not a {}", other.type_name())),
     };
     let headers = header_pairs(&get("headers")?).map_err(|e| e.to_string())?;
-    match get("body")? {
-        Value::Nil => Ok(FakeAnswer::Bytes(http::write_response(
-            status, &headers, b"", None,
-        ))),
-        Value::String(body) => Ok(FakeAnswer::Bytes(http::write_response(
-            status,
-            &headers,
-            &body.as_bytes(),
-            None,
-        ))),
+    let bytes = match get("body")? {
+        Value::Nil => http::write_response(status, &headers, b"", None),
+        Value::String(body) => http::write_response(status, &headers, &body.as_bytes(), None),
         Value::Table(chunks) => {
             let mut list = Vec::new();
             for chunk in chunks.sequence_values::<mlua::String>() {
                 list.push(chunk.map_err(|e| e.to_string())?.as_bytes().to_vec());
             }
-            Ok(FakeAnswer::Bytes(http::write_response(
-                status,
-                &headers,
-                b"",
-                Some(&list),
-            )))
+            http::write_response(status, &headers, b"", Some(&list))
         }
-        other => Err(format!(
-            "body is a string or a list of strings, not a {}",
-            other.type_name()
-        )),
-    }
+        other => {
+            return Err(format!(
+                "body is a string or a list of strings, not a {}",
+                other.type_name()
+            ))
+        }
+    };
+    Ok(FakeAnswer::Bytes { bytes, close })
 }
 
 fn status_of(n: i64) -> Result<u16, String> {

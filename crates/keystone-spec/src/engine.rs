@@ -17,7 +17,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::RawFd;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use keystone_app::{AppPolicy, UpstreamDone, UpstreamOp};
 use keystone_conn::sim::Sim;
@@ -53,8 +53,10 @@ fn fake_addr(pool: usize) -> SocketAddr {
 
 /// What a fake upstream answers one request with.
 pub enum FakeAnswer {
-    /// These bytes (a serialized response).
-    Bytes(Vec<u8>),
+    /// These bytes (a serialized response); then the connection closes
+    /// when `close` (a response framed by the close, or one that says
+    /// `Connection: close`).
+    Bytes { bytes: Vec<u8>, close: bool },
     /// Nothing: the connection closes without an answer.
     Close,
 }
@@ -64,13 +66,19 @@ pub enum FakeAnswer {
 pub trait Fakes {
     /// Whether pool `pool` (by name) has a fake now.
     fn has(&self, pool: &str) -> bool;
-    /// Pool `pool`'s fake answers `request`; an error fails the request
-    /// that caused it (it is reported once the request settled).
-    fn answer(&mut self, pool: &str, request: ForwardedRequest) -> Result<FakeAnswer, String>;
+    /// Bumped whenever a fake is set or removed: the pools are pointed
+    /// again (fresh balancers, so a peer an earlier fake failed is
+    /// healthy for the new one).
+    fn version(&self) -> u64;
+    /// Pool `pool`'s fake answers `request`. `None`: the fake failed (it
+    /// keeps why); the connection closes unanswered.
+    fn answer(&mut self, pool: &str, request: ForwardedRequest) -> Option<FakeAnswer>;
 }
 
 /// One fake upstream connection (the upstream side's slot `index`).
 struct FakeConn {
+    /// The engine sent a whole request here (and so waits for an answer).
+    asked: bool,
     pool: Option<String>,
     /// Bytes the engine sent that are not yet a whole request.
     request: Vec<u8>,
@@ -99,8 +107,8 @@ pub struct AppUnderTest {
     sim: Option<Sim<AppPolicy>>,
     /// The pools as the app declares them (from the last load).
     declared: Vec<PoolConfig>,
-    /// Which pools are pointed at their fake now (by index in `declared`).
-    pointed: Vec<bool>,
+    /// The fakes' version the pools were last pointed for.
+    pointed: Option<u64>,
     conns: HashMap<usize, FakeConn>,
     /// Requests served (for the runner's summary).
     pub requests: u64,
@@ -121,7 +129,7 @@ impl AppUnderTest {
             pulse,
             sim: None,
             declared: Vec::new(),
-            pointed: Vec::new(),
+            pointed: None,
             conns: HashMap::new(),
             requests: 0,
         };
@@ -157,7 +165,7 @@ impl AppUnderTest {
         )?;
         policy.set_body_limit(self.config.limits.max_body_bytes)?;
         self.declared = policy.pools().to_vec();
-        self.pointed = vec![false; self.declared.len()];
+        self.pointed = None;
         self.conns.clear();
         let mut sim = Sim::new(policy, self.config);
         sim.limit_output(RESPONSE_BYTES_MAX);
@@ -166,14 +174,14 @@ impl AppUnderTest {
     }
 
     /// Points each pool that has a fake at it, and each that has none
-    /// back at its declared peers.
+    /// back at its declared peers, once per change of the fakes.
     fn point_pools(&mut self, fakes: &dyn Fakes) -> Result<(), String> {
+        if self.pointed == Some(fakes.version()) {
+            return Ok(());
+        }
         let sim = self.sim.as_mut().expect("loaded");
         for (index, declared) in self.declared.iter().enumerate() {
             let faked = fakes.has(&declared.name);
-            if faked == self.pointed[index] {
-                continue;
-            }
             let pool = if faked {
                 let addr = fake_addr(index);
                 PoolConfig {
@@ -187,9 +195,23 @@ impl AppUnderTest {
                 declared.clone()
             };
             sim.policy.set_pool(pool)?;
-            self.pointed[index] = faked;
         }
+        self.pointed = Some(fakes.version());
         Ok(())
+    }
+
+    /// The longest an upstream of this app waits for anything: past it,
+    /// every wait has timed out.
+    fn longest_wait(&self) -> Duration {
+        self.declared
+            .iter()
+            .map(|pool| {
+                pool.connect_timeout
+                    .max(pool.send_timeout)
+                    .max(pool.read_timeout)
+            })
+            .max()
+            .unwrap_or_default()
     }
 
     /// Sends `bytes` from `peer` on a fresh connection and returns what it
@@ -204,11 +226,26 @@ impl AppUnderTest {
         self.ensure_loaded()?;
         self.point_pools(fakes)?;
         self.requests += 1;
+        let longest = self.longest_wait();
         let mut failure = None;
         let sim = self.sim.as_mut().expect("loaded");
         sim.reconnect(peer);
         sim.feed(bytes);
         pump(sim, &mut self.conns, &self.declared, fakes, &mut failure);
+        if !http::has_response(sim.output()) && self.conns.values().any(FakeConn::awaited) {
+            // A fake left the engine waiting (it answered nothing whole and
+            // kept the connection): the pool's timeouts pass, as they
+            // would for a backend that hangs, and the client gets the
+            // engine's 504.
+            let later = Instant::now() + longest + Duration::from_secs(1);
+            log::note(format_args!(
+                "keystone test: an upstream fake left its connection waiting; \
+                 the pool's timeout ({} s) is taken as passed",
+                longest.as_secs()
+            ));
+            sim.policy.tick(later);
+            pump(sim, &mut self.conns, &self.declared, fakes, &mut failure);
+        }
         if !sim.closed() && !sim.write_shut() && !http::has_response(sim.output()) {
             // Nothing (whole) came back for what was sent: the client
             // half-closes, as `printf ... | nc` does.
@@ -217,6 +254,11 @@ impl AppUnderTest {
         }
         let closed = sim.closed() || sim.write_shut();
         let raw = sim.take_output();
+        if raw.is_empty() {
+            log::note(format_args!(
+                "keystone test: the connection closed without sending anything"
+            ));
+        }
         if let Some(message) = failure {
             return Err(message);
         }
@@ -245,7 +287,7 @@ fn pump(
         let mut progressed = false;
         while let Some((index, op)) = sim.policy.upstream_poll(Instant::now()) {
             progressed = true;
-            execute(sim, conns, declared, fakes, failure, index, op);
+            execute(sim, conns, declared, fakes, index, op);
         }
         sim.policy.upstream_wakes(&mut woken);
         if !woken.is_empty() {
@@ -266,7 +308,6 @@ fn execute(
     conns: &mut HashMap<usize, FakeConn>,
     declared: &[PoolConfig],
     fakes: &mut dyn Fakes,
-    failure: &mut Option<String>,
     index: usize,
     op: UpstreamOp,
 ) {
@@ -279,6 +320,7 @@ fn execute(
             conns.insert(
                 index,
                 FakeConn {
+                    asked: false,
                     pool: None,
                     request: Vec::new(),
                     response: VecDeque::new(),
@@ -326,7 +368,7 @@ fn execute(
                 result: n as i32,
             });
             policy.upstream_complete(index, done, now);
-            serve(conn, fakes, failure);
+            serve(conn, fakes);
             deliver_parked(policy, conn, index, now);
         }
         UpstreamOp::Recv { buf, .. } => {
@@ -352,8 +394,15 @@ fn execute(
     }
 }
 
+impl FakeConn {
+    /// The engine waits here for an answer that will never come.
+    fn awaited(&self) -> bool {
+        self.asked && self.parked.is_some() && self.response.is_empty() && !self.eof
+    }
+}
+
 /// Answers every whole request the engine sent on `conn`.
-fn serve(conn: &mut FakeConn, fakes: &mut dyn Fakes, failure: &mut Option<String>) {
+fn serve(conn: &mut FakeConn, fakes: &mut dyn Fakes) {
     while !conn.eof {
         let Some(pool) = conn.pool.clone() else {
             return;
@@ -362,13 +411,13 @@ fn serve(conn: &mut FakeConn, fakes: &mut dyn Fakes, failure: &mut Option<String
             return;
         };
         conn.request.drain(..used);
+        conn.asked = true;
         match fakes.answer(&pool, request) {
-            Ok(FakeAnswer::Bytes(bytes)) => conn.response.extend(bytes),
-            Ok(FakeAnswer::Close) => conn.eof = true,
-            Err(message) => {
-                failure.get_or_insert(message);
-                conn.eof = true;
+            Some(FakeAnswer::Bytes { bytes, close }) => {
+                conn.response.extend(bytes);
+                conn.eof = close;
             }
+            Some(FakeAnswer::Close) | None => conn.eof = true,
         }
     }
 }

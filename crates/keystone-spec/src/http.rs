@@ -105,7 +105,8 @@ pub fn parse_response(bytes: &[u8], head_request: bool) -> Result<Option<Respons
         } else if chunked(&fields) {
             match dechunk(rest) {
                 Some((body, used)) => (body, true, used),
-                None => (rest.to_vec(), false, rest.len()),
+                // Cut short: the whole chunks that came.
+                None => (dechunk_partial(rest), false, rest.len()),
             }
         } else if let Some(length) = content_length(&fields) {
             let take = rest.len().min(length);
@@ -288,6 +289,29 @@ pub fn dechunk(bytes: &[u8]) -> Option<(Vec<u8>, usize)> {
     }
 }
 
+/// The data of the whole chunks at the start of a chunked body that was
+/// cut short.
+fn dechunk_partial(bytes: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    let mut at = 0;
+    while let Some(end) = find_crlf(&bytes[at..]).map(|n| n + at) {
+        let Some(size) = std::str::from_utf8(&bytes[at..end])
+            .ok()
+            .and_then(|line| line.split(';').next())
+            .and_then(|size| usize::from_str_radix(size.trim(), 16).ok())
+        else {
+            break;
+        };
+        let start = end + 2;
+        if size == 0 || bytes.len() < start + size + 2 {
+            break;
+        }
+        body.extend_from_slice(&bytes[start..start + size]);
+        at = start + size + 2;
+    }
+    body
+}
+
 fn find_crlf(bytes: &[u8]) -> Option<usize> {
     bytes.windows(2).position(|pair| pair == b"\r\n")
 }
@@ -324,6 +348,13 @@ mod tests {
             .unwrap()
             .expect("whole");
         assert!(!cut.complete);
+        let cut = parse_response(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n5\r\nde",
+            false,
+        )
+        .unwrap()
+        .expect("whole");
+        assert_eq!((cut.body.as_slice(), cut.complete), (&b"abc"[..], false));
         assert!(parse_response(b"HTTP/1.1 200 OK\r\n", false)
             .unwrap()
             .is_none());

@@ -38,6 +38,35 @@ use mlua::{Function, Table};
 /// module the runner drives (`load`, `run`).
 const RUNTIME: &str = include_str!("runtime.lua");
 
+/// What spec files call: `keystone.app` and its handle's methods, which
+/// raise the errors the Rust side returns from the spec's own frame (so a
+/// report names the spec's line, not the engine's), and the protected call
+/// a fake runs in (its error, an assertion's failure object included,
+/// travels back unchanged).
+const GLUE: &str = r#"
+local raw_app, error, setmetatable, type, pcall = keystone._app, error, setmetatable, type, pcall
+local App = {}
+App.__index = App
+function App:request(t)
+  if type(t) ~= "table" then error("app:request takes a table { method, path, ... } or { raw = ... }", 2) end
+  local res, err, from_fake = self._handle:request(t)
+  if res == nil then error(err, from_fake and 0 or 2) end
+  return res
+end
+function App:upstream(name, fake)
+  local ok, err = self._handle:upstream(name, fake)
+  if not ok then error(err, 2) end
+end
+function App:reset() self._handle:reset() end
+function keystone.app(path, opts)
+  if type(path) ~= "string" then error("keystone.app takes the app's path", 2) end
+  local handle, err = raw_app(path, opts)
+  if not handle then error(err, 2) end
+  return setmetatable({ _handle = handle }, App)
+end
+function keystone._call_fake(fake, req) return pcall(fake, req) end
+"#;
+
 /// Where spec files are looked for when no path is given.
 pub const DEFAULT_SPEC_DIR: &str = "spec";
 /// What names a spec file inside a searched directory.
@@ -89,6 +118,17 @@ pub fn run(options: Options, out: &mut dyn Write, err: &mut dyn Write) -> Verdic
             return Verdict::NotLoaded;
         }
     };
+    // A report that cannot be written is known before anything runs.
+    if let Some(path) = &options.junit {
+        if let Err(e) = report::prepare_junit(path) {
+            let _ = writeln!(
+                err,
+                "keystone test: cannot write --junit {}: {e}",
+                path.display()
+            );
+            return Verdict::NotLoaded;
+        }
+    }
     let lua = state::spec_state();
     let module = match prepare(&lua, options.settings) {
         Ok(module) => module,
@@ -102,9 +142,12 @@ pub fn run(options: Options, out: &mut dyn Write, err: &mut dyn Write) -> Verdic
     let load: Function = module.get("load").expect("runtime exports load");
     for file in &files {
         let name = file.display().to_string();
-        match load.call::<(bool, Option<String>)>(name.as_str()) {
+        match load.call::<(bool, Option<mlua::String>)>(name.as_str()) {
             Ok((true, _)) => {}
-            Ok((false, message)) => load_errors.push((name, message.unwrap_or_default())),
+            Ok((false, message)) => load_errors.push((
+                name,
+                message.map_or_else(String::new, |m| m.to_string_lossy()),
+            )),
             Err(e) => load_errors.push((name, bindings::message(&e))),
         }
     }
@@ -130,6 +173,12 @@ pub fn run(options: Options, out: &mut dyn Write, err: &mut dyn Write) -> Verdic
         requests,
         elapsed,
     );
+    if let (Some(filter), true) = (&options.filter, results.is_empty()) {
+        let _ = writeln!(
+            out,
+            "keystone test: no test's name matches --filter {filter:?}"
+        );
+    }
     if let Some(path) = &options.junit {
         if let Err(e) = report::write_junit(path, &results, &load_errors, elapsed) {
             let _ = writeln!(
@@ -160,9 +209,32 @@ fn prepare(lua: &mlua::Lua, settings: Settings) -> mlua::Result<Table> {
     let package: Table = lua.globals().get("package")?;
     package.set("path", path)?;
     package.set("cpath", cpath)?;
+    // The spec's `print` and `io.write` and the report share one stream
+    // in order: Lua's C stdio unbuffered, `print` through Rust's stdout.
+    lua.load("io.stdout:setvbuf('no')").exec()?;
+    lua.globals().set(
+        "print",
+        lua.create_function(|lua, args: mlua::MultiValue| {
+            let tostring: Function = lua.globals().get("tostring")?;
+            let mut line = Vec::new();
+            for (i, value) in args.into_iter().enumerate() {
+                if i > 0 {
+                    line.push(b'\t');
+                }
+                let text: mlua::String = tostring.call(value)?;
+                line.extend_from_slice(&text.as_bytes());
+            }
+            line.push(b'\n');
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(&line);
+            let _ = out.flush();
+            Ok(())
+        })?,
+    )?;
     let keystone = lua.create_table()?;
     lua.globals().set("keystone", &keystone)?;
     bindings::install(lua, &keystone, settings)?;
+    lua.load(GLUE).set_name("=[keystone-spec glue]").exec()?;
     lua.load(RUNTIME)
         .set_name("=[keystone-spec runtime]")
         .call::<Table>(())
@@ -180,7 +252,8 @@ fn run_tests(
     }
     let progress = lua
         .create_function(|_, result: Table| {
-            let status: String = result.get("status")?;
+            let status: mlua::String = result.get("status")?;
+            let status = status.to_string_lossy();
             let mark = match status.as_str() {
                 "passed" => '.',
                 "pending" => '*',

@@ -26,6 +26,28 @@ pub fn note(message: std::fmt::Arguments<'_>) {
     LINES.with(|lines| lines.borrow_mut().push(format!("info {message}")));
 }
 
+/// A line of the app's, kept again (a load's lines shown with the test
+/// that uses that load).
+pub fn push(line: String) {
+    LINES.with(|lines| lines.borrow_mut().push(line));
+}
+
+/// Where the log is now, for [`since`].
+pub fn mark() -> usize {
+    LINES.with(|lines| lines.borrow().len())
+}
+
+/// Copies of the lines kept after `mark` (they stay kept).
+pub fn since(mark: usize) -> Vec<String> {
+    LINES.with(|lines| {
+        lines
+            .borrow()
+            .get(mark..)
+            .map(<[String]>::to_vec)
+            .unwrap_or_default()
+    })
+}
+
 /// The lines kept since the last take.
 pub fn take() -> Vec<String> {
     LINES.with(|lines| std::mem::take(&mut *lines.borrow_mut()))

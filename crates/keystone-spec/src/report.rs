@@ -43,21 +43,33 @@ pub struct TestResult {
 impl TestResult {
     /// Reads a result table of the runtime's `run`.
     pub fn from_lua(t: &Table) -> mlua::Result<TestResult> {
-        let status = match t.get::<String>("status")?.as_str() {
+        // Names and messages are Lua strings: any bytes (a binary body in
+        // a failed comparison). Shown lossily, never refused.
+        let text = |key: &str| -> mlua::Result<Option<String>> {
+            Ok(t.get::<Option<mlua::String>>(key)?
+                .map(|s| s.to_string_lossy()))
+        };
+        let status = match text("status")?.unwrap_or_default().as_str() {
             "passed" => Status::Passed,
             "pending" => Status::Pending,
             "error" => Status::Error,
             _ => Status::Failed,
         };
+        let mut log = Vec::new();
+        if let Some(lines) = t.get::<Option<Table>>("log")? {
+            for line in lines.sequence_values::<mlua::String>() {
+                log.push(line?.to_string_lossy());
+            }
+        }
         Ok(TestResult {
-            file: t.get("file")?,
-            name: t.get("name")?,
+            file: text("file")?.unwrap_or_default(),
+            name: text("name")?.unwrap_or_default(),
             line: t.get::<Option<u32>>("line")?.unwrap_or(0),
             status,
-            message: t.get("message")?,
-            location: t.get("location")?,
-            details: t.get("details")?,
-            log: t.get::<Option<Vec<String>>>("log")?.unwrap_or_default(),
+            message: text("message")?,
+            location: text("location")?,
+            details: text("details")?,
+            log,
             time: t.get::<Option<f64>>("time")?.unwrap_or(0.0),
         })
     }
@@ -105,13 +117,18 @@ pub fn print(
                 }
             }
         } else if result.status == Status::Pending {
-            let why = result
-                .message
-                .as_deref()
-                .map_or(String::new(), |m| format!(": {m}"));
+            let why = result.message.as_deref().map_or(String::new(), |m| {
+                format!(": {}", m.strip_prefix("pending: ").unwrap_or(m))
+            });
             let _ = writeln!(
                 out,
                 "{}:{}: {}: pending{why}",
+                result.file, result.line, result.name
+            );
+        } else if verbose && !result.log.is_empty() {
+            let _ = writeln!(
+                out,
+                "{}:{}: {}: passed",
                 result.file, result.line, result.name
             );
         }
@@ -143,6 +160,20 @@ pub fn print(
 
 fn first_line(text: &str) -> &str {
     text.lines().next().unwrap_or("")
+}
+
+/// Makes `path`'s directory and checks the file can be written, before
+/// the run (CI asks for `reports/junit.xml` in a fresh checkout).
+pub fn prepare_junit(path: &Path) -> std::io::Result<()> {
+    if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map(drop)
 }
 
 /// JUnit XML: one `testsuite` per spec file, a `testcase` per test, a

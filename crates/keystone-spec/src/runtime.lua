@@ -43,8 +43,26 @@ local function cut(s, n)
 end
 
 local ESC = { ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t", ['"'] = '\\"', ["\\"] = "\\\\" }
+-- Whether s is UTF-8 (well-formed sequences of 2-4 bytes; no range checks).
+local function utf8ish(s)
+  local i, n = 1, #s
+  while i <= n do
+    local c = byte(s, i)
+    local len = c < 0x80 and 1 or c >= 0xF0 and c < 0xF8 and 4 or c >= 0xE0 and 3 or c >= 0xC2 and c < 0xE0 and 2 or 0
+    if len == 0 then return false end
+    for j = i + 1, i + len - 1 do
+      local d = byte(s, j)
+      if not d or d < 0x80 or d >= 0xC0 then return false end
+    end
+    i = i + len
+  end
+  return true
+end
 local function quote(s)
-  local body = gsub(cut(s, LIMIT), '[%z\1-\31"\\\127]', function(c) return ESC[c] or format("\\%03d", byte(c)) end)
+  -- Bytes that are no UTF-8 (a binary body) are shown as \ddd, so two
+  -- different binary strings never print alike.
+  local class = utf8ish(s) and '[%z\1-\31"\\\127]' or '[%z\1-\31"\\\127-\255]'
+  local body = gsub(cut(s, LIMIT), class, function(c) return ESC[c] or format("\\%03d", byte(c)) end)
   if #s > LIMIT then return '"' .. body .. '…" (' .. #s .. " bytes)" end
   return '"' .. body .. '"'
 end
@@ -328,12 +346,16 @@ local function fail(text, msg)
 end
 
 -- The traceback without this file's frames or the runner below the xpcall.
+local GLUE = "[keystone-spec glue]:"
 local function clean_traceback(tb)
   local lines, out = {}, {}
   for l in gmatch(tb, "[^\n]+") do lines[#lines + 1] = l end
   for i, l in ipairs(lines) do
     if find(l, "[C]: in function 'xpcall'", 1, true) and find(lines[i + 1] or RUNTIME, RUNTIME, 1, true) then break end
-    if not find(l, RUNTIME, 1, true) and l ~= "\t(tail call): ?" then out[#out + 1] = l end
+    -- The glue's frames (and the `error` it raises with) are no user code.
+    local glue = find(l, GLUE, 1, true)
+      or (find(l, "[C]: in function 'error'", 1, true) and find(lines[i + 1] or "", GLUE, 1, true))
+    if not glue and not find(l, RUNTIME, 1, true) and l ~= "\t(tail call): ?" then out[#out + 1] = l end
   end
   return #out > 1 and concat(out, "\n") or nil
 end
@@ -499,6 +521,10 @@ local function resolve(key, neg)
   local f = cache[neg][name]
   if not f then
     f = function(...)
+      -- luassert's rule: a missing argument is a mistake in the test, not a nil.
+      if def.n and select("#", ...) < def.n then
+        fail("assert." .. name .. " takes " .. def.n .. " arguments, got " .. select("#", ...))
+      end
       local ok, text, msg = def.check(neg, ...)
       if not ok then
         if def.n then msg = select(def.n + 1, ...) end
@@ -662,10 +688,13 @@ local function run_test(t, index, last, state)
     if not s then
       s = {}
       state[blk] = s
+      -- What a setup sets up (an upstream fake) outlasts this test.
+      keystone._set_scope(false)
       for _, fn in ipairs(blk.setup) do
         s.failure = protect(fn)
         if s.failure then break end
       end
+      keystone._set_scope(true)
     end
     if s.failure then apply(r, s.failure, "setup"); break end
   end
@@ -683,7 +712,9 @@ local function run_test(t, index, last, state)
   for j = #chain, 1, -1 do -- teardowns of the blocks this test ends
     local blk = chain[j]
     if last[blk] == index and state[blk] then
+      keystone._set_scope(false)
       for _, fn in ipairs(blk.teardown) do apply(r, protect(fn), "teardown") end
+      keystone._set_scope(true)
     end
   end
   running = false
@@ -696,15 +727,21 @@ end
 function M.run(options)
   options = options or {}
   local filter, on_result = options.filter, options.on_result
-  if filter ~= nil then
-    local perr = type(filter) ~= "string" and "expected a string" or pattern_error(filter)
-    if perr then error("invalid --filter pattern: " .. perr, 0) end
+  -- A filter matches a name that contains it as plain text, or that its
+  -- Lua pattern matches when it is a valid one: "GET /users (cached)"
+  -- and "^users .*json" both do what they say.
+  if filter ~= nil and type(filter) ~= "string" then
+    error("invalid --filter: expected a string", 0)
   end
+  local as_pattern = filter ~= nil and pattern_error(filter) == nil
   local selected = {}
   for _, file in ipairs(files) do
     for _, t in ipairs(file.tests) do
-      local ok, hit = pcall(find, t.name, filter or "")
-      if not ok then error("invalid --filter pattern: " .. gsub(tostring(hit), "^.-:%d+: ", ""), 0) end
+      local hit = filter == nil or find(t.name, filter, 1, true)
+      if not hit and as_pattern then
+        local ok, found = pcall(find, t.name, filter)
+        hit = ok and found
+      end
       if hit then selected[#selected + 1] = t end
     end
   end
