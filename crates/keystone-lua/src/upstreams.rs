@@ -128,9 +128,12 @@ fn read_pool(
                 let text = text.to_string_lossy();
                 let addr = match parse_peer(&text) {
                     Ok(addr) => addr,
+                    // One address of 0.0.0.0/8 (never a destination) per
+                    // entry, so two unresolved names are two peers.
                     Err(_) if unresolved && names_a_host(&text) => {
                         let port = text.rsplit_once(':').and_then(|(_, p)| p.parse().ok());
-                        std::net::SocketAddr::from(([0, 0, 0, 0], port.unwrap_or(0)))
+                        let placeholder = std::net::Ipv4Addr::from(index as u32);
+                        std::net::SocketAddr::from((placeholder, port.unwrap_or(0)))
                     }
                     Err(e) => return Err(format!("{}: {e}", at("peers"))),
                 };

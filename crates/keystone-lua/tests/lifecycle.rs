@@ -353,3 +353,36 @@ fn tls_pools_are_read_and_their_mistakes_named() {
         assert!(err.contains(message), "{upstreams}: {err}");
     }
 }
+
+#[test]
+fn unresolvable_peer_names_load_only_when_asked() {
+    let app = r#"return {
+      upstreams = { api = { peers = { "a.internal.invalid:8080", "b.internal.invalid:8080" } } },
+      routes = {},
+    }"#;
+    let err = support::try_load(&support::source(app), &keystone_lua::LuaConfig::default())
+        .err()
+        .expect("an unresolvable name fails the load");
+    assert!(err.contains("cannot resolve the name"), "{err}");
+    // `keystone test` points pools at fakes: the names stay, each entry
+    // its own placeholder peer.
+    let config = keystone_lua::LuaConfig {
+        unresolved_peers: true,
+        ..keystone_lua::LuaConfig::default()
+    };
+    let (loaded, _) = support::load(&support::source(app), &config);
+    let api = &loaded.upstreams[0];
+    assert_eq!(
+        api.peer_names,
+        ["a.internal.invalid:8080", "b.internal.invalid:8080"]
+    );
+    assert_eq!(api.peers.len(), 2);
+    assert_ne!(api.peers[0], api.peers[1]);
+    assert!(api
+        .peers
+        .iter()
+        .all(|p| p.port() == 8080 && !p.ip().is_unspecified()));
+    // An address or a malformed entry is still refused.
+    let bad = r#"return { upstreams = { api = { peers = { "nohost" } } }, routes = {} }"#;
+    assert!(support::try_load(&support::source(bad), &config).is_err());
+}
