@@ -589,6 +589,15 @@ local function pending(name, fn)
   add_test(name, nil)
 end
 
+-- busted's `finally(fn)`: inside a test, fn runs once the test ends,
+-- whether it passed or not (before the after_each hooks).
+local finalizers = nil
+local function finally(fn)
+  if not running or finalizers == nil then error("finally() is called inside a test", 2) end
+  if not callable(fn) then error("finally() needs a function", 2) end
+  finalizers[#finalizers + 1] = fn
+end
+
 local function hook(kind, what)
   return function(fn)
     declaring(what)
@@ -600,6 +609,9 @@ end
 
 local globals = {
   describe = describe, context = describe, it = it, test = it, pending = pending, assert = chains[false],
+  -- Every test already gets a fresh app; busted's insulate/expose only
+  -- scope the spec's own globals, which these blocks share like describe.
+  insulate = describe, expose = describe, finally = finally,
   before_each = hook("before", "before_each"), after_each = hook("after", "after_each"),
   setup = hook("setup", "setup"), teardown = hook("teardown", "teardown"),
 }
@@ -704,7 +716,11 @@ local function run_test(t, index, last, state)
         if r.status == "passed" then apply(r, protect(fn), "before_each") end
       end
     end
+    finalizers = {}
     if r.status == "passed" then apply(r, protect(t.fn)) end
+    local registered = finalizers
+    finalizers = nil
+    for k = #registered, 1, -1 do apply(r, protect(registered[k]), "finally") end
     for j = #chain, 1, -1 do
       for _, fn in ipairs(chain[j].after) do apply(r, protect(fn), "after_each") end
     end
