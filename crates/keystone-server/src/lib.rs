@@ -18,7 +18,7 @@ mod worker;
 
 use std::process::ExitCode;
 
-use keystone_lua::{AppSource, LoadedApp};
+use keystone_lua::AppSource;
 
 /// The bundled example app, served when `keystone serve` gets no APP.
 pub const EXAMPLE_APP: &str = include_str!("../../../examples/hello/app.lua");
@@ -62,8 +62,12 @@ fn check(path: &std::path::Path, config: &keystone_lua::LuaConfig) -> ExitCode {
         eprintln!("keystone: {err}");
         return ExitCode::from(EXIT_USAGE);
     }
-    let loaded = AppSource::read(path)
-        .and_then(|source| LoadedApp::load_with(&source, 0, config, |line| eprintln!("{line}")));
+    // Bounded like `serve`'s own check: an app that never finishes loading
+    // is reported, not waited for.
+    let budget = std::time::Duration::from_millis(cli::defaults::LUA_BUDGET_MS);
+    let loaded = AppSource::read(path).and_then(|source| {
+        watchdog::load_checked(&source, config, budget, |line| eprintln!("{line}"))
+    });
     match loaded {
         Ok(app) => {
             println!("{}: ok, {} routes", path.display(), app.routes.len());

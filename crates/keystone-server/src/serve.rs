@@ -98,8 +98,12 @@ pub fn serve(args: ServeArgs) -> ExitCode {
     if let Err(err) = lua.check_trees() {
         return fail(err);
     }
-    if let Err(err) = watchdog::load_checked(&app, &lua, Duration::from_millis(args.lua_budget_ms))
-    {
+    if let Err(err) = watchdog::load_checked(
+        &app,
+        &lua,
+        Duration::from_millis(args.lua_budget_ms),
+        |_| {},
+    ) {
         return fail(err);
     }
     let workers = args
@@ -504,8 +508,9 @@ impl Fleet {
             Some(_) => AppSource::read(&self.app.path),
             None => Ok(self.app.clone()), // bundled: nothing to re-read
         };
-        let checked =
-            source.and_then(|s| watchdog::load_checked(&s, &self.lua, self.lua_budget).map(|_| s));
+        let checked = source.and_then(|s| {
+            watchdog::load_checked(&s, &self.lua, self.lua_budget, |_| {}).map(|_| s)
+        });
         match checked {
             Ok(source) => {
                 crate::log!(

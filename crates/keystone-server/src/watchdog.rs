@@ -90,8 +90,9 @@ pub fn load_checked(
     source: &AppSource,
     lua: &LuaConfig,
     budget: Duration,
+    print: impl Fn(&str) + 'static,
 ) -> Result<LoadedApp, LoadError> {
     let pulse = Arc::new(Pulse::default());
     let _sampler = Sampler::start(&pulse, budget);
-    LoadedApp::load_budgeted(source, 0, lua, |_| {}, Some(&pulse))
+    LoadedApp::load_budgeted(source, 0, lua, print, Some(&pulse))
 }
