@@ -601,3 +601,71 @@ fn an_app_that_never_finishes_loading_is_stopped_by_the_budget() {
         out.stdout
     );
 }
+
+const TWO_PEERS_APP: &str = r#"
+return {
+  upstreams = { api = { peers = { "10.0.0.1:80", "10.0.0.2:80" }, retries = 1 } },
+  routes = {
+    ["GET /p"] = function(ctx)
+      ctx.upstream = "api"
+      ctx.on_response = function(ctx) ctx.headers["X-Addr"] = ctx.upstream_addr end
+    end,
+  },
+}
+"#;
+
+#[test]
+fn fakes_answer_as_each_peer_and_the_runner_refuses_what_would_mislead() {
+    let spec = r#"package.path = "spec/?.lua;" .. package.path
+local app = require "support.app"
+it("a failed peer fails over to the next, as under serve", function()
+  local asked = {}
+  app:upstream("api", function(req)
+    asked[#asked + 1] = req.peer
+    if req.peer == "10.0.0.1:80" then return nil end
+    return "from " .. req.peer
+  end)
+  local res = app:request { path = "/p" }
+  assert.equal("from 10.0.0.2:80", res.body)
+  assert.equal("10.0.0.2:80", res.headers["x-addr"])
+  assert.same({ "10.0.0.1:80", "10.0.0.2:80" }, asked)
+end)
+it("a body short of its length is cut short, as a backend's would be", function()
+  app:upstream("api", { headers = { ["Content-Length"] = "10" }, body = "abc" })
+  local res = app:request { path = "/p" }
+  assert.is_false(res.complete)
+  assert.is_true(res.closed)
+end)
+it("has no error", function()
+  assert.has_no.errors(function() end)
+  assert.has_error(function() error("x") end)
+end)
+it("a misspelt field", function()
+  assert.error_matches(function() app:request { pth = "/p" } end, "unknown field 'pth'")
+  assert.error_matches(function() app:request { body = "", json = {} } end, "not both")
+  assert.error_matches(function()
+    app:request { path = "/p", headers = { X = "a\r\nX-Evil: 1" } }
+  end, "CR, LF or NUL")
+end)
+it("os.exit would lose the report", function()
+  assert.error_matches(function() os.exit(0) end, "without its report")
+end)
+it("json says what came instead", function()
+  app:upstream("api", { headers = { ["Content-Type"] = "text/html" }, body = "<h1>oops</h1>" })
+  assert.error_matches(function() app:request({ path = "/p" }):json() end,
+    'status 200, Content%-Type text/html, body "<h1>oops</h1>"')
+end)
+"#;
+    let dir = project(TWO_PEERS_APP, "peers_spec.lua", spec);
+    // The app is opened by a helper module, relative to the helper.
+    fs::create_dir(dir.path().join("spec/support")).expect("support dir");
+    write_file(
+        &dir.path().join("spec/support"),
+        "app.lua",
+        "local app = keystone.app(\"../../app.lua\")\nreturn app\n",
+    );
+    // Named twice: run once.
+    let out = keystone_test(dir.path(), &["spec", "spec/peers_spec.lua"]);
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert!(out.stdout.contains("6 passed, 0 failed"), "{}", out.stdout);
+}

@@ -374,6 +374,12 @@ impl AppPolicy {
         Ok(())
     }
 
+    /// The pool and peer index upstream connection `index` is for
+    /// ([`Upstreams::target_of`]).
+    pub fn upstream_target(&self, index: usize) -> Option<(&str, usize)> {
+        self.upstreams.target_of(index)
+    }
+
     /// Upstream connections this worker may have (reactor owners).
     pub fn upstream_capacity(&self) -> usize {
         self.upstreams.capacity()

@@ -1241,6 +1241,15 @@ impl Upstreams {
         self.by_client.get(client as usize).copied().flatten()
     }
 
+    /// Upstream slot `index`'s pool (its name) and peer (its index in the
+    /// pool): which backend an operation of that slot is for, for drivers
+    /// that answer as the backends (`keystone test`'s fakes).
+    pub fn target_of(&self, index: usize) -> Option<(&str, usize)> {
+        let slot = self.slots.get(index)?;
+        let pool = self.pools.get(slot.pool)?;
+        Some((pool.config.name.as_str(), slot.peer))
+    }
+
     /// The peer serving client `client` (the last one tried).
     pub fn peer_of(&self, client: u32) -> Option<SocketAddr> {
         Some(self.slots[self.slot_of(client)?].addr)

@@ -149,12 +149,16 @@ pub fn install(lua: &Lua, keystone: &Table, settings: Settings) -> mlua::Result<
     let app_shared = Rc::clone(&shared);
     keystone.set(
         "_app",
-        lua.create_function(move |lua, (path, opts): (String, Option<Table>)| {
-            Ok(match open_app(lua, &app_shared, &path, opts.as_ref()) {
-                Ok(handle) => (Some(handle), None),
-                Err(message) => (None, Some(message)),
-            })
-        })?,
+        lua.create_function(
+            move |lua, (path, opts, dir): (String, Option<Table>, Option<String>)| {
+                Ok(
+                    match open_app(lua, &app_shared, &path, opts.as_ref(), dir) {
+                        Ok(handle) => (Some(handle), None),
+                        Err(message) => (None, Some(message)),
+                    },
+                )
+            },
+        )?,
     )?;
     let begin_shared = Rc::clone(&shared);
     keystone.set(
@@ -232,10 +236,17 @@ fn open_app(
     shared: &Rc<Shared>,
     path: &str,
     opts: Option<&Table>,
+    caller_dir: Option<String>,
 ) -> Result<AppHandle, String> {
     let lua_error = |err: mlua::Error| format!("keystone.app: {}", message(&err));
     let keystone: Table = lua.globals().get("keystone").map_err(lua_error)?;
-    let dir: Option<String> = keystone.get("_spec_dir").map_err(lua_error)?;
+    let from_caller = caller_dir.is_some();
+    let dir = match caller_dir {
+        Some(dir) => Some(dir),
+        None => keystone
+            .get::<Option<String>>("_spec_dir")
+            .map_err(lua_error)?,
+    };
     let path = resolve(dir.as_deref(), path);
     let mut lua_config = shared.settings.lua.clone();
     let mut config = shared.settings.config;
@@ -276,7 +287,17 @@ fn open_app(
     lua_config
         .check_trees()
         .map_err(|err| format!("keystone.app: {err}"))?;
-    let source = AppSource::read(&path).map_err(|err| format!("keystone.app: {err}"))?;
+    let source = AppSource::read(&path).map_err(|err| {
+        // A helper module's `return keystone.app(...)` is a tail call: Lua
+        // keeps no frame of the helper, so the path was taken from the spec.
+        let hint = if from_caller {
+            ""
+        } else {
+            " (resolved from the spec file's directory: the caller is unknown, as for \
+             `return keystone.app(...)` in a module; assign it to a local first)"
+        };
+        format!("keystone.app: {err}{hint}")
+    })?;
     let mark = log::mark();
     let app = AppUnderTest::load(
         source,
@@ -457,7 +478,40 @@ impl AppHandle {
 
 /// The bytes of the request `t` describes, whether it is a `HEAD`, and the
 /// client address.
+/// The fields a request table may have.
+const REQUEST_FIELDS: &[&str] = &[
+    "method",
+    "path",
+    "query",
+    "headers",
+    "body",
+    "json",
+    "version",
+    "remote_addr",
+    "host",
+    "raw",
+];
+
 fn request_bytes(lua: &Lua, t: &Table) -> mlua::Result<(Vec<u8>, bool, SocketAddr)> {
+    // A misspelt field would silently send `GET /`.
+    for pair in t.pairs::<Value, Value>() {
+        let (key, _) = pair?;
+        let known =
+            matches!(&key, Value::String(k) if REQUEST_FIELDS.contains(&&*k.to_string_lossy()));
+        if !known {
+            return Err(mlua::Error::runtime(format!(
+                "unknown field {} (a request has: {})",
+                match &key {
+                    Value::String(k) => format!("'{}'", k.to_string_lossy()),
+                    other => format!("of type {}", other.type_name()),
+                },
+                REQUEST_FIELDS.join(", ")
+            )));
+        }
+    }
+    if t.contains_key("json")? && t.contains_key("body")? {
+        return Err(mlua::Error::runtime("give either body or json, not both"));
+    }
     let peer = match t.get::<Option<String>>("remote_addr")? {
         Some(text) => parse_peer(&text)?,
         None => DEFAULT_PEER,
@@ -582,6 +636,21 @@ fn header_pairs(value: &Value) -> mlua::Result<Vec<(String, String)>> {
         }
     }
     pairs.sort_by_key(|pair| pair.0.to_ascii_lowercase());
+    // Bytes that would end the field line (or the head) are refused: a
+    // header value must not smuggle a second header in.
+    for (name, value) in &pairs {
+        let bad_name = name.is_empty() || name.bytes().any(|b| b <= b' ' || b == b':' || b >= 0x7F);
+        if bad_name || value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+            return Err(mlua::Error::runtime(format!(
+                "header {name:?}: {}",
+                if bad_name {
+                    "not a valid field name"
+                } else {
+                    "the value holds CR, LF or NUL (use raw = ... for hand-made bytes)"
+                }
+            )));
+        }
+    }
     Ok(pairs)
 }
 
@@ -691,7 +760,9 @@ fn forwarded_table(lua: &Lua, request: &ForwardedRequest) -> mlua::Result<Table>
     req.set("method", request.method.as_str())?;
     req.set("target", request.target.as_str())?;
     req.set("path", request.path.as_str())?;
-    req.set("query", request.query.as_deref())?;
+    // As `ctx.query`: "" when the target has none.
+    req.set("query", request.query.as_deref().unwrap_or(""))?;
+    req.set("peer", request.peer.as_str())?;
     req.set("headers", headers_table(lua, &keystone, &request.headers)?)?;
     req.set("header_list", header_list(lua, &request.headers)?)?;
     req.set("body", lua.create_string(&request.body)?)?;

@@ -15,6 +15,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
+
 use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -44,13 +45,6 @@ pub const RESPONSE_BYTES_MAX: usize = 64 << 20;
 /// no descriptor; the upstream side only carries them back).
 const FAKE_FD_BASE: RawFd = 1 << 22;
 
-/// The address a faked pool is pointed at: TEST-NET-1 (RFC 5737, never
-/// routed), one port per pool, so the address says which fake answers.
-fn fake_addr(pool: usize) -> SocketAddr {
-    let port = 20000 + u16::try_from(pool).expect("fewer than 40,000 pools");
-    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), port)
-}
-
 /// What a fake upstream answers one request with.
 pub enum FakeAnswer {
     /// These bytes (a serialized response); then the connection closes
@@ -77,9 +71,13 @@ pub trait Fakes {
 
 /// One fake upstream connection (the upstream side's slot `index`).
 struct FakeConn {
-    /// The engine sent a whole request here (and so waits for an answer).
-    asked: bool,
+    /// The fake's last answer is not whole by its own framing (no head, or
+    /// a body short of its length) and the connection stays: the engine
+    /// waits for the rest.
+    incomplete: bool,
+    /// The pool (when it has a fake) and the peer, as the app names it.
     pool: Option<String>,
+    peer: String,
     /// Bytes the engine sent that are not yet a whole request.
     request: Vec<u8>,
     /// Answer bytes the engine has not received yet.
@@ -180,13 +178,13 @@ impl AppUnderTest {
             return Ok(());
         }
         let sim = self.sim.as_mut().expect("loaded");
-        for (index, declared) in self.declared.iter().enumerate() {
+        for declared in &self.declared {
             let faked = fakes.has(&declared.name);
+            // A faked pool keeps its peers (balancing, retries, failover
+            // and `ctx.upstream_addr` stay the app's), speaks cleartext to
+            // the fake and runs no active checks.
             let pool = if faked {
-                let addr = fake_addr(index);
                 PoolConfig {
-                    peers: vec![addr],
-                    peer_names: vec![format!("fake:{}", declared.name)],
                     tls: None,
                     health_check: None,
                     ..declared.clone()
@@ -232,16 +230,15 @@ impl AppUnderTest {
         sim.reconnect(peer);
         sim.feed(bytes);
         pump(sim, &mut self.conns, &self.declared, fakes, &mut failure);
-        if !http::has_response(sim.output()) && self.conns.values().any(FakeConn::awaited) {
+        if self.conns.values().any(FakeConn::awaited) {
             // A fake left the engine waiting (it answered nothing whole and
             // kept the connection): the pool's timeouts pass, as they
             // would for a backend that hangs, and the client gets the
             // engine's 504.
             let later = Instant::now() + longest + Duration::from_secs(1);
             log::note(format_args!(
-                "keystone test: an upstream fake left its connection waiting; \
-                 the pool's timeout ({} s) is taken as passed",
-                longest.as_secs()
+                "keystone test: an upstream fake left the engine waiting for its answer; \
+                 the pool's timeouts are taken as passed"
             ));
             sim.policy.tick(later);
             pump(sim, &mut self.conns, &self.declared, fakes, &mut failure);
@@ -320,8 +317,9 @@ fn execute(
             conns.insert(
                 index,
                 FakeConn {
-                    asked: false,
+                    incomplete: false,
                     pool: None,
+                    peer: String::new(),
                     request: Vec::new(),
                     response: VecDeque::new(),
                     eof: false,
@@ -332,25 +330,28 @@ fn execute(
             policy.upstream_complete(index, UpstreamDone::Socket { result: fd }, now);
         }
         UpstreamOp::Connect { addr, .. } => {
-            let pool = (0..declared.len())
-                .find(|&pool| fake_addr(pool) == addr)
-                .map(|pool| declared[pool].name.clone())
-                .filter(|name| fakes.has(name));
-            let result = if pool.is_some() {
+            let (name, peer) = policy
+                .upstream_target(index)
+                .map(|(name, peer)| (name.to_string(), peer))
+                .unwrap_or_default();
+            let peer_name = declared
+                .iter()
+                .find(|pool| pool.name == name)
+                .and_then(|pool| pool.peer_names.get(peer).cloned())
+                .unwrap_or_else(|| addr.to_string());
+            let faked = fakes.has(&name);
+            let result = if faked {
                 0
             } else {
-                let name = declared
-                    .iter()
-                    .find(|pool| pool.peers.contains(&addr))
-                    .map_or("?", |pool| pool.name.as_str());
                 log::note(format_args!(
                     "keystone test: upstream '{name}' has no fake (app:upstream) — \
-                     the connect to {addr} is refused"
+                     the connect to {peer_name} is refused"
                 ));
                 -ECONNREFUSED
             };
             if let Some(conn) = conns.get_mut(&index) {
-                conn.pool = pool;
+                conn.pool = faked.then_some(name);
+                conn.peer = peer_name;
             }
             let done = UpstreamDone::Event(UpstreamEvent::Connected { result });
             policy.upstream_complete(index, done, now);
@@ -397,7 +398,7 @@ fn execute(
 impl FakeConn {
     /// The engine waits here for an answer that will never come.
     fn awaited(&self) -> bool {
-        self.asked && self.parked.is_some() && self.response.is_empty() && !self.eof
+        self.incomplete && self.parked.is_some() && self.response.is_empty() && !self.eof
     }
 }
 
@@ -407,13 +408,16 @@ fn serve(conn: &mut FakeConn, fakes: &mut dyn Fakes) {
         let Some(pool) = conn.pool.clone() else {
             return;
         };
-        let Some((request, used)) = http::parse_forwarded(&conn.request) else {
+        let Some((mut request, used)) = http::parse_forwarded(&conn.request) else {
             return;
         };
         conn.request.drain(..used);
-        conn.asked = true;
+        request.peer = conn.peer.clone();
+        let head = request.method == "HEAD";
         match fakes.answer(&pool, request) {
             Some(FakeAnswer::Bytes { bytes, close }) => {
+                conn.incomplete = !close
+                    && !matches!(http::parse_response(&bytes, head), Ok(Some(r)) if r.complete);
                 conn.response.extend(bytes);
                 conn.eof = close;
             }

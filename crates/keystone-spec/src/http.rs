@@ -145,6 +145,8 @@ pub struct ForwardedRequest {
     pub body: Vec<u8>,
     /// The exact bytes.
     pub raw: Vec<u8>,
+    /// The peer it was sent to, as the app names it (filled by the engine).
+    pub peer: String,
 }
 
 /// The first whole request in `bytes` and how many bytes it took.
@@ -181,6 +183,7 @@ pub fn parse_forwarded(bytes: &[u8]) -> Option<(ForwardedRequest, usize)> {
             headers: fields,
             body,
             raw: bytes[..total].to_vec(),
+            peer: String::new(),
         },
         total,
     ))

@@ -58,13 +58,22 @@ function App:upstream(name, fake)
   if not ok then error(err, 2) end
 end
 function App:reset() self._handle:reset() end
+local getinfo, match, sub = debug.getinfo, string.match, string.sub
 function keystone.app(path, opts)
   if type(path) ~= "string" then error("keystone.app takes the app's path", 2) end
-  local handle, err = raw_app(path, opts)
+  -- Relative to the file that calls it (a spec, or a helper it requires).
+  local caller = getinfo(2, "S")
+  local source = caller and caller.what ~= "tail" and caller.source or ""
+  local dir = sub(source, 1, 1) == "@" and (match(sub(source, 2), "^(.*)[/\\]") or ".") or nil
+  local handle, err = raw_app(path, opts, dir)
   if not handle then error(err, 2) end
   return setmetatable({ _handle = handle }, App)
 end
 function keystone._call_fake(fake, req) return pcall(fake, req) end
+-- Ending the process from a spec would end the run without its report.
+os.exit = function()
+  error("os.exit() would end the run without its report: fail the test instead", 2)
+end
 "#;
 
 /// Where spec files are looked for when no path is given.
@@ -289,7 +298,7 @@ pub fn spec_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
     } else {
         paths.to_vec()
     };
-    let mut files = Vec::new();
+    let mut files: Vec<PathBuf> = Vec::new();
     for path in &paths {
         match std::fs::metadata(path) {
             Ok(meta) if meta.is_dir() => {
@@ -310,6 +319,9 @@ pub fn spec_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
             Err(e) => return Err(format!("{}: {e}", path.display())),
         }
     }
+    // A file named twice (or inside a directory also named) runs once.
+    let mut seen = std::collections::HashSet::new();
+    files.retain(|file| seen.insert(std::fs::canonicalize(file).unwrap_or_else(|_| file.clone())));
     Ok(files)
 }
 

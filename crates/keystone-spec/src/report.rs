@@ -63,7 +63,8 @@ impl TestResult {
         }
         Ok(TestResult {
             file: text("file")?.unwrap_or_default(),
-            name: text("name")?.unwrap_or_default(),
+            // A name reaches the terminal: no escape sequences in it.
+            name: printable(&text("name")?.unwrap_or_default()),
             line: t.get::<Option<u32>>("line")?.unwrap_or(0),
             status,
             message: text("message")?,
@@ -80,6 +81,19 @@ impl TestResult {
             .clone()
             .unwrap_or_else(|| format!("{}:{}", self.file, self.line))
     }
+}
+
+/// `text` with control characters shown as `\u{..}` escapes.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// The console report.

@@ -314,7 +314,16 @@ keystone.Headers = {
   __index = function(t, k) if type(k) == "string" then return rawget(t, lower(k)) end end,
   __newindex = function(t, k, v) rawset(t, type(k) == "string" and lower(k) or k, v) end,
 }
-keystone.Response = { __index = { json = function(self) return keystone.json_decode(self.body) end } }
+keystone.Response = { __index = { json = function(self)
+  local ok, value = pcall(keystone.json_decode, self.body)
+  if ok then return value end
+  -- Say what came instead: an HTML error page is the usual surprise.
+  local body = tostring(self.body or "")
+  local snippet = #body > 120 and sub(body, 1, 120) .. "…" or body
+  error(format("res:json(): %s (status %s, Content-Type %s, body %s)",
+    gsub(tostring(value), "^.-:%d+: ", ""), tostring(self.status),
+    tostring(self.headers and self.headers["content-type"]), quote(snippet)), 2)
+end } }
 
 ----------------------------------------------------------- spec state ----
 
@@ -475,7 +484,7 @@ defs.matches = { check = function(neg, pattern, s, ...)
   return false, "expected a string " .. (neg and "not " or "") .. "matching " .. fmt(pattern) .. ", actual: " .. fmt(s), msg
 end }
 
-defs.error = { n = 2, check = function(neg, f, expected)
+defs.error = { n = 2, min = 1, check = function(neg, f, expected)
   if not callable(f) then return false, "expected a function, actual: " .. fmt(f) end
   local ok, e = pcall(f)
   local want = expected ~= nil and " " .. fmt(expected) or ""
@@ -522,8 +531,10 @@ local function resolve(key, neg)
   if not f then
     f = function(...)
       -- luassert's rule: a missing argument is a mistake in the test, not a nil.
-      if def.n and select("#", ...) < def.n then
-        fail("assert." .. name .. " takes " .. def.n .. " arguments, got " .. select("#", ...))
+      local least = def.min or def.n
+      if least and select("#", ...) < least then
+        fail("assert." .. name .. " takes " .. least .. " argument" .. (least > 1 and "s" or "")
+          .. ", got " .. select("#", ...))
       end
       local ok, text, msg = def.check(neg, ...)
       if not ok then
