@@ -46,6 +46,38 @@ pub enum Command {
     },
 }
 
+/// Request limits (`serve` and `test`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct LimitArgs {
+    /// Largest request body buffered whole, in bytes: a handler reads it as
+    /// `ctx.request.body`. A larger one is 413, unless the app declares
+    /// upstreams: then it streams to the backend when the handler proxies
+    /// the request (see --max-proxy-body-bytes).
+    #[arg(long, default_value_t = keystone_parser::Limits::default().max_body_bytes)]
+    pub max_body_bytes: u64,
+    /// Largest request head (request line + headers), in bytes (431 above).
+    #[arg(long, default_value_t = keystone_parser::Limits::default().max_header_bytes, value_parser = clap::value_parser!(u32).range(256..=1_048_576))]
+    pub max_header_bytes: u32,
+    /// Most request headers accepted (431 above).
+    #[arg(long, default_value_t = keystone_parser::Limits::default().max_headers, value_parser = clap::value_parser!(u16).range(1..=keystone_parser::HEADERS_CAPACITY as i64))]
+    pub max_headers: u16,
+    /// Longest request target, in bytes (414 above).
+    #[arg(long, default_value_t = keystone_parser::Limits::default().max_uri_bytes, value_parser = clap::value_parser!(u32).range(16..=1_048_576))]
+    pub max_uri_bytes: u32,
+}
+
+impl LimitArgs {
+    /// These flags as the parser's limits.
+    pub fn limits(&self) -> keystone_parser::Limits {
+        keystone_parser::Limits {
+            max_header_bytes: self.max_header_bytes,
+            max_headers: self.max_headers,
+            max_uri_bytes: self.max_uri_bytes,
+            max_body_bytes: self.max_body_bytes,
+        }
+    }
+}
+
 /// `keystone test` flags.
 #[derive(Debug, clap::Args)]
 pub struct TestArgs {
@@ -69,19 +101,10 @@ pub struct TestArgs {
     /// (503), as for `serve`.
     #[arg(long, default_value_t = defaults::LUA_BUDGET_MS, value_parser = clap::value_parser!(u64).range(10..))]
     pub lua_budget_ms: u64,
-    /// Largest request body buffered whole, in bytes (413 above), as for
-    /// `serve`; `keystone.app(path, { max_body_bytes = N })` sets one app's.
-    #[arg(long, default_value_t = keystone_parser::Limits::default().max_body_bytes)]
-    pub max_body_bytes: u64,
-    /// Largest request head, in bytes (431 above), as for `serve`.
-    #[arg(long, default_value_t = keystone_parser::Limits::default().max_header_bytes, value_parser = clap::value_parser!(u32).range(256..=1_048_576))]
-    pub max_header_bytes: u32,
-    /// Most request headers accepted (431 above), as for `serve`.
-    #[arg(long, default_value_t = keystone_parser::Limits::default().max_headers, value_parser = clap::value_parser!(u16).range(1..=keystone_parser::HEADERS_CAPACITY as i64))]
-    pub max_headers: u16,
-    /// Longest request target, in bytes (414 above), as for `serve`.
-    #[arg(long, default_value_t = keystone_parser::Limits::default().max_uri_bytes, value_parser = clap::value_parser!(u32).range(16..=1_048_576))]
-    pub max_uri_bytes: u32,
+    /// Request limits, as for `serve`; `keystone.app(path, { max_body_bytes
+    /// = N, ... })` sets one app's.
+    #[command(flatten)]
+    pub limits: LimitArgs,
 }
 
 /// `keystone stats` flags.
@@ -176,25 +199,13 @@ pub struct ServeArgs {
     /// new connections wait in the kernel's backlog.
     #[arg(long, default_value_t = defaults::MAX_CONNECTIONS, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_connections: u32,
-    /// Largest request body buffered whole, in bytes: a handler reads it as
-    /// `ctx.request.body`. A larger one is 413, unless the app declares
-    /// upstreams: then it streams to the backend when the handler proxies
-    /// the request (see --max-proxy-body-bytes).
-    #[arg(long, default_value_t = keystone_parser::Limits::default().max_body_bytes)]
-    pub max_body_bytes: u64,
     /// Largest request body streamed to an upstream, in bytes (413 above).
     /// It is never buffered whole: memory per connection stays one window.
     #[arg(long, default_value_t = keystone_conn::MAX_PROXY_BODY_BYTES)]
     pub max_proxy_body_bytes: u64,
-    /// Largest request head (request line + headers), in bytes (431 above).
-    #[arg(long, default_value_t = keystone_parser::Limits::default().max_header_bytes, value_parser = clap::value_parser!(u32).range(256..=1_048_576))]
-    pub max_header_bytes: u32,
-    /// Most request headers accepted (431 above).
-    #[arg(long, default_value_t = keystone_parser::Limits::default().max_headers, value_parser = clap::value_parser!(u16).range(1..=keystone_parser::HEADERS_CAPACITY as i64))]
-    pub max_headers: u16,
-    /// Longest request target, in bytes (414 above).
-    #[arg(long, default_value_t = keystone_parser::Limits::default().max_uri_bytes, value_parser = clap::value_parser!(u32).range(16..=1_048_576))]
-    pub max_uri_bytes: u32,
+    /// Request limits (413, 431, 414 above them).
+    #[command(flatten)]
+    pub limits: LimitArgs,
     /// eBPF connection steering: auto (fall back with a warning), require
     /// (exit 2 when the kernel refuses), off (kernel reuseport hashing).
     #[arg(long, default_value = "auto")]

@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use keystone_ebpf::{EbpfMode, Observer, ReuseportSteering};
 use keystone_lua::{AppSource, LuaConfig};
-use keystone_parser::Limits;
 use keystone_reactor::BatchWriter;
 
 use keystone_ops::admin;
@@ -109,12 +108,7 @@ pub fn serve(args: ServeArgs) -> ExitCode {
     let workers = args
         .workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32));
-    let limits = Limits {
-        max_header_bytes: args.max_header_bytes,
-        max_headers: args.max_headers,
-        max_uri_bytes: args.max_uri_bytes,
-        max_body_bytes: args.max_body_bytes,
-    };
+    let limits = args.limits.limits();
     // Everything the configuration names is opened or checked before the
     // first socket is bound: a bad flag exits 2 and no connection is ever
     // accepted first (the kernel completes handshakes once a socket

@@ -35,12 +35,7 @@ pub fn test(args: TestArgs) -> ExitCode {
         settings: Settings {
             lua,
             config: keystone_conn::Config {
-                limits: keystone_parser::Limits {
-                    max_body_bytes: args.max_body_bytes,
-                    max_header_bytes: args.max_header_bytes,
-                    max_headers: args.max_headers,
-                    max_uri_bytes: args.max_uri_bytes,
-                },
+                limits: args.limits.limits(),
                 ..keystone_conn::Config::default()
             },
             pulse,
