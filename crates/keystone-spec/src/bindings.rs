@@ -65,6 +65,12 @@ impl FakeTable {
         self.version += 1;
     }
 
+    /// The current test's fakes go (those of the file stay).
+    fn end_test(&mut self) {
+        self.test.clear();
+        self.changed();
+    }
+
     fn fail(&mut self, lua: &Lua, message: String) {
         if self.failure.is_none() {
             self.failure = lua.create_string(message).ok().map(Value::String);
@@ -129,6 +135,16 @@ struct AppState {
     load_log: Vec<String>,
 }
 
+impl AppState {
+    /// The next request loads the app afresh (what the old load logged is
+    /// no longer this state's).
+    fn reset(&mut self) {
+        self.app.reset();
+        self.used = false;
+        self.load_log.clear();
+    }
+}
+
 /// The handle a spec holds (`keystone.app` wraps it in a table whose
 /// methods raise what this returns as errors).
 struct AppHandle {
@@ -168,13 +184,10 @@ pub fn install(lua: &Lua, keystone: &Table, settings: Settings) -> mlua::Result<
             keystone_lua::forget_error_sites();
             drop(log::take());
             each_app(&begin_shared, |state| {
-                state.fakes.test.clear();
-                state.fakes.changed();
+                state.fakes.end_test();
                 state.fakes.failure = None;
                 if !state.keep_state && state.used {
-                    state.app.reset();
-                    state.used = false;
-                    state.load_log.clear();
+                    state.reset();
                 }
                 for line in state.load_log.drain(..) {
                     log::push(line);
@@ -188,10 +201,7 @@ pub fn install(lua: &Lua, keystone: &Table, settings: Settings) -> mlua::Result<
         "_end_test",
         lua.create_function(move |lua, ()| {
             end_shared.in_test.set(false);
-            each_app(&end_shared, |state| {
-                state.fakes.test.clear();
-                state.fakes.changed();
-            });
+            each_app(&end_shared, |state| state.fakes.end_test());
             lua.create_sequence_from(log::take())
         })?,
     )?;
@@ -375,8 +385,7 @@ impl UserData for AppHandle {
         });
         methods.add_method("reset", |_, this, ()| {
             if let Ok(mut state) = this.state.try_borrow_mut() {
-                state.app.reset();
-                state.used = false;
+                state.reset();
             }
             Ok(())
         });
