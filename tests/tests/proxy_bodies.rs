@@ -365,6 +365,58 @@ fn a_chunked_body_past_the_limit_is_forwarded_chunked() {
 }
 
 #[test]
+fn a_chunked_body_past_the_limit_in_one_read_is_still_past_the_limit() {
+    let (addr, seen) = backend();
+    let server = Server::start(Some(&app(addr)), &["--max-body-bytes", "4096"]);
+    let body = vec![b'x'; 5000];
+    let mut framed = format!("{:x}\r\n", body.len()).into_bytes();
+    framed.extend_from_slice(&body);
+    framed.extend_from_slice(b"\r\n0\r\n\r\n");
+    // Head and whole body in one write: the handler is not shown 5000
+    // bytes under a 4096-byte limit, as for a `Content-Length` body.
+    let mut client = server.raw();
+    let mut request =
+        b"POST /local HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    request.extend_from_slice(&framed);
+    client.send(&request);
+    assert_eq!(client.read_response().body_str(), "local nil");
+    // Proxied: streamed, so forwarded chunked, and the handler saw no body.
+    let mut client = server.raw();
+    let mut request =
+        b"POST /up/count HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    request.extend_from_slice(&framed);
+    client.send(&request);
+    let response = client.read_response();
+    assert_eq!(response.status, 200, "{}", server.log());
+    assert_eq!(
+        response.body_str(),
+        format!("len=5000 hash={:x} framing=chunked", fnv(FNV_START, &body))
+    );
+    let head = seen.heads.lock().unwrap().last().cloned().unwrap();
+    assert!(head.contains("X-Body-Seen: nil\r\n"), "{head}");
+    // The same connection goes on: a pipelined request behind a streamed
+    // body keeps its place.
+    client.send(b"POST /up/count HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc");
+    assert_eq!(
+        client.read_response().body_str(),
+        format!("len=3 hash={:x} framing=length", fnv(FNV_START, b"abc"))
+    );
+    // An app without upstreams refuses it with 413, as before.
+    let local = Server::start(
+        Some(
+            r#"return { routes = { ["POST /local"] = function(ctx) ctx.body = "local " .. tostring(ctx.request.body and #ctx.request.body) end } }"#,
+        ),
+        &["--max-body-bytes", "4096"],
+    );
+    let mut client = local.raw();
+    let mut request =
+        b"POST /local HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    request.extend_from_slice(&framed);
+    client.send(&request);
+    assert_eq!(client.read_response().status, 413);
+}
+
+#[test]
 fn an_echo_backend_relays_both_ways_at_once() {
     let (addr, _) = backend();
     let server = Server::start(Some(&app(addr)), &[]);

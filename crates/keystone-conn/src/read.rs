@@ -307,9 +307,12 @@ impl Connection {
                 *decoded += progress.decoded_len;
                 // Past the buffered limit (what arrived, or what a chunk's
                 // size line announces), or a buffer the body fills: stream.
-                let outgrown = decoder.declared_total() > max_body_bytes
-                    || (self.recv.spare() == 0 && self.recv.head() == 0);
-                if streams && !progress.consumed_all && outgrown {
+                // A body over the limit streams even when all of it came in
+                // one read: the handler never sees more than the limit, as
+                // for a `Content-Length` one.
+                let over_limit = decoder.declared_total() > max_body_bytes;
+                let filled = self.recv.spare() == 0 && self.recv.head() == 0;
+                if streams && (over_limit || (!progress.consumed_all && filled)) {
                     let Reading::Body(body) = std::mem::replace(&mut self.reading, Reading::Head)
                     else {
                         unreachable!("matched above")
