@@ -284,6 +284,17 @@ fn requests_are_forwarded_rebuilt_and_answered() {
     );
     // The client connection stays usable for local routes too.
     assert_eq!(get(&mut client, "/ping", "").body_str(), "pong");
+    // An HTTP/1.0 request may come without Host; it goes upstream as
+    // HTTP/1.1, which needs one: the pool's name, as nginx's `$proxy_host`.
+    let mut old = server.raw();
+    old.send(b"GET /api/users/8 HTTP/1.0\r\n\r\n");
+    let bytes = old.expect_closed("an HTTP/1.0 request without Host");
+    assert!(bytes.starts_with(b"HTTP/1.1 200 OK\r\n"), "{bytes:?}");
+    let head = seen.heads.lock().unwrap().last().cloned().unwrap();
+    assert!(
+        head.starts_with("GET /users/8 HTTP/1.1\r\nHost: api\r\n"),
+        "{head}"
+    );
     assert_no_panic(&server.log(), "after proxying");
 }
 

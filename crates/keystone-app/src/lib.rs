@@ -783,6 +783,7 @@ fn start_proxy(
         client: request.peer.map(|peer| peer.ip()),
         scheme: Scheme::of(request.tls.is_encrypted()),
         websocket,
+        default_host: b"",
     };
     let headers = head
         .headers()
@@ -804,7 +805,11 @@ fn start_proxy(
             0
         },
     };
-    upstreams.start(start, |buffer| {
+    upstreams.start(start, |buffer, pool_name| {
+        let forward = ForwardRequest {
+            default_host: pool_name.as_bytes(),
+            ..forward
+        };
         let Ok(len) = write_forward_head(&forward, headers, overrides, buffer.spare_mut()) else {
             return false;
         };

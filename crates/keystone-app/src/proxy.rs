@@ -381,12 +381,13 @@ impl Upstreams {
 
     /// Starts `request`: picks a peer, takes a pooled connection or a free
     /// slot, and has `write` put the forwarded request into its send
-    /// buffer. `Err(status)` when nothing can take it (the reason is in
+    /// buffer (it is given the pool's name, the `Host` of a request that
+    /// has none). `Err(status)` when nothing can take it (the reason is in
     /// `notes`).
     pub fn start(
         &mut self,
         request: Start<'_>,
-        write: impl FnOnce(&mut RingBuffer) -> bool,
+        write: impl FnOnce(&mut RingBuffer, &str) -> bool,
     ) -> Result<(), u16> {
         let Start {
             client,
@@ -445,7 +446,7 @@ impl Upstreams {
             }
         };
         let slot = &mut self.slots[index];
-        if !write(slot.conn.request_buffer()) {
+        if !write(slot.conn.request_buffer(), &self.pools[pool].config.name) {
             slot.conn.request_buffer().reset_for_reuse();
             if connected {
                 self.close(index);

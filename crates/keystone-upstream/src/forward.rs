@@ -65,6 +65,11 @@ pub struct ForwardRequest<'a> {
     pub scheme: Scheme,
     /// A WebSocket handshake: `Connection: upgrade` and `Upgrade` pass.
     pub websocket: bool,
+    /// The `Host` sent when neither the client (an HTTP/1.0 request may
+    /// have none) nor policy gave one: the request goes out as HTTP/1.1,
+    /// which requires it (RFC 9112 §3.2). nginx's `$proxy_host`: the
+    /// pool's name.
+    pub default_host: &'a [u8],
 }
 
 /// The head did not fit `out`.
@@ -86,7 +91,8 @@ use keystone_parser::text::list_has;
 /// `X-Forwarded-Proto` (set anew: the request's scheme, or policy's value
 /// when it set one — or none when it removed it —, never both).
 /// `X-Forwarded-For` keeps the client's list and appends the client's
-/// address; `Host` passes as received.
+/// address; `Host` passes as received (`request.default_host` when there
+/// is none).
 pub fn write_forward_head<'h, H, O>(
     request: &ForwardRequest<'_>,
     headers: H,
@@ -128,6 +134,23 @@ where
             continue;
         }
         w.line(name, value);
+    }
+    // Policy's last write of `Host` decides (a removal sends the default),
+    // else the client's.
+    let has_host = overrides
+        .clone()
+        .filter(|(name, _)| name.eq_ignore_ascii_case(b"host"))
+        .last()
+        .map_or_else(
+            || {
+                headers
+                    .clone()
+                    .any(|(name, _)| name.eq_ignore_ascii_case(b"host"))
+            },
+            |(_, value)| value.is_some(),
+        );
+    if !has_host && !request.default_host.is_empty() {
+        w.line(b"Host", request.default_host);
     }
     for (index, (name, value)) in overrides.clone().enumerate() {
         // The last write of a name wins, as in `ctx.headers`.
@@ -295,6 +318,7 @@ mod tests {
         client: None,
         scheme: Scheme::Http,
         websocket: false,
+        default_host: b"api",
     };
 
     #[test]
@@ -413,6 +437,31 @@ mod tests {
         }
         assert_eq!(Scheme::of(true), Scheme::Https);
         assert_eq!(Scheme::of(false), Scheme::Http);
+    }
+
+    /// An HTTP/1.0 client may send no `Host`; the forwarded HTTP/1.1
+    /// request always has one: the client's, policy's, else the pool's
+    /// name.
+    #[test]
+    fn a_request_without_host_gets_the_pools_name() {
+        let host_lines = |headers: &[(&str, &str)], overrides: &[(&str, Option<&str>)]| {
+            let got = head(&GET, headers, overrides);
+            got.split("\r\n")
+                .filter(|line| line.to_ascii_lowercase().starts_with("host:"))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(host_lines(&[], &[]), ["Host: api"]);
+        assert_eq!(host_lines(&[("host", "h")], &[]), ["host: h"]);
+        assert_eq!(host_lines(&[], &[("Host", Some("p"))]), ["Host: p"]);
+        assert_eq!(
+            host_lines(&[("Host", "h")], &[("Host", None)]),
+            ["Host: api"]
+        );
+        assert_eq!(
+            host_lines(&[("Host", "h")], &[("Host", Some("p"))]),
+            ["Host: p"]
+        );
     }
 
     #[test]
