@@ -811,10 +811,21 @@ fn on_response_sees_the_upstream_answer_and_changes_it() {
         Some("text/plain"),
         "the upstream's, kept"
     );
-    // A body set in on_response replaces the upstream's.
+    // A body set in on_response replaces the upstream's; the upstream's
+    // headers stay (the hook's writes win by name), its framing and
+    // hop-by-hop fields do not.
     let response = get(&mut client, "/replaced", "");
     assert_eq!(response.status, 418);
     assert_eq!(response.body_str(), "replaced 200");
+    assert_eq!(response.header("x-backend"), Some("rust"), "{response:?}");
+    assert_eq!(response.header("x-hop"), None, "{response:?}");
+    assert_eq!(response.header("content-length"), Some("12"));
+    let content_types = response
+        .headers
+        .iter()
+        .filter(|(name, _)| name.eq_ignore_ascii_case("content-type"))
+        .count();
+    assert_eq!(content_types, 1, "{response:?}");
     // A failing hook: 500, logged; the connection goes on.
     let response = get(&mut client, "/hook-fails", "");
     assert_eq!(response.status, 500);

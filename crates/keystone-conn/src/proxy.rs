@@ -92,6 +92,27 @@ fn passes_to_client(name: &[u8], connection_names: &[&[u8]]) -> bool {
 /// at most this many are honoured, which covers every real header.
 const CONNECTION_NAMES_MAX: usize = 8;
 
+/// The field names the upstream head's `Connection` headers list (the
+/// first [`CONNECTION_NAMES_MAX`]), and how many there are.
+fn connection_names<'a>(
+    head: &ResponseHead,
+    bytes: &'a [u8],
+) -> ([&'a [u8]; CONNECTION_NAMES_MAX], usize) {
+    let mut named: [&[u8]; CONNECTION_NAMES_MAX] = [&[]; CONNECTION_NAMES_MAX];
+    let mut named_len = 0;
+    for header in head.headers() {
+        if header.name.slice(bytes).eq_ignore_ascii_case(b"connection") {
+            for token in keystone_parser::text::list_elements(header.value.slice(bytes)) {
+                if named_len < CONNECTION_NAMES_MAX {
+                    named[named_len] = token;
+                    named_len += 1;
+                }
+            }
+        }
+    }
+    (named, named_len)
+}
+
 impl Connection {
     /// Policy took the request upstream: wait for the answer.
     pub(crate) fn start_proxy(&mut self, complete: &Complete, framing: Framing, started: Instant) {
@@ -153,12 +174,14 @@ impl Connection {
                 close: false,
             },
             ProxyHead::Ready {
+                head,
+                bytes,
                 policy: Some(exchange),
-                ..
             } if exchange.response_body().is_some() => {
-                // `ctx.on_response` answered itself: its status, headers
-                // and body, the upstream's body discarded (the upstream
-                // connection closes). A string body only.
+                // `ctx.on_response` answered itself: its status and body,
+                // the upstream's headers as for a relayed answer (its
+                // writes win by name), the upstream's body discarded (the
+                // upstream connection closes). A string body only.
                 let body = exchange.response_body().unwrap_or_default();
                 let status = u16::try_from(exchange.status).unwrap_or(500);
                 let spec = HeadSpec {
@@ -167,10 +190,14 @@ impl Connection {
                     default_content_type: keystone_response::DEFAULT_CONTENT_TYPE,
                     extra: &[],
                 };
+                let (named, named_len) = connection_names(head, bytes);
+                let headers = merged_headers(head, bytes, Some(exchange), |name| {
+                    passes_to_client(name, &named[..named_len])
+                });
                 let room = self.send.spare() as usize;
                 match write_head_spec(
                     &spec,
-                    exchange.response_headers(),
+                    headers,
                     framing,
                     &cx.shared.date,
                     self.send.spare_mut(),
@@ -252,19 +279,7 @@ impl Connection {
                     default_content_type: b"",
                     extra: &[],
                 };
-                let mut named: [&[u8]; CONNECTION_NAMES_MAX] = [&[]; CONNECTION_NAMES_MAX];
-                let mut named_len = 0;
-                for header in head.headers() {
-                    if header.name.slice(bytes).eq_ignore_ascii_case(b"connection") {
-                        for token in keystone_parser::text::list_elements(header.value.slice(bytes))
-                        {
-                            if named_len < CONNECTION_NAMES_MAX {
-                                named[named_len] = token;
-                                named_len += 1;
-                            }
-                        }
-                    }
-                }
+                let (named, named_len) = connection_names(head, bytes);
                 let headers = merged_headers(head, bytes, policy, |name| {
                     passes_to_client(name, &named[..named_len])
                 });
