@@ -139,10 +139,16 @@ return function(ex_addr, fns, layout, messages)
     end
   end
 
-  local function header_error(code, name, value)
+  -- `upstream`: the error is of a ctx.upstream_headers write (a request
+  -- header for the backend), else of ctx.headers.
+  local function header_error(code, name, value, upstream)
     local got = ""
     if code == BAD_CONTENT_LENGTH then got = ", got '" .. tostring(value) .. "'" end
-    error((messages[code] or "response header error") .. " (header '" .. tostring(name) .. "'" .. got .. ")", 3)
+    local message = messages[code] or "response header error"
+    if upstream then
+      message = "ctx.upstream_headers: " .. message:gsub("response header", "request header")
+    end
+    error(message .. " (header '" .. tostring(name) .. "'" .. got .. ")", 3)
   end
 
   local function proxy(mt)
@@ -230,7 +236,7 @@ return function(ex_addr, fns, layout, messages)
     __newindex = read_only("ctx.request"),
   }
 
-  local function set_one(name, value)
+  local function set_one(name, value, what)
     local tv = type(value)
     if tv == "number" then
       if value == floor(value) and value >= -EXACT_INTEGER_MAX and value <= EXACT_INTEGER_MAX then
@@ -239,7 +245,7 @@ return function(ex_addr, fns, layout, messages)
         value = tostring(value)
       end
     elseif tv ~= "string" then
-      error("ctx.headers['" .. name .. "'] must be a string, number, list of strings or nil, got " .. tv, 3)
+      error((what or "ctx.headers") .. "['" .. name .. "'] must be a string, number, list of strings or nil, got " .. tv, 3)
     end
     return value
   end
@@ -293,14 +299,26 @@ return function(ex_addr, fns, layout, messages)
       if rawget(t, GEN) ~= ex.generation then expired() end
       check_name("ctx.upstream_headers", k)
       local rc
+      if type(v) == "table" then
+        -- A list goes as one field, its values joined as RFC 9110 §5.3
+        -- combines repeated fields (`Cookie` with "; ", RFC 6265 §5.4);
+        -- an empty list removes the field, as nil does.
+        local parts = {}
+        for i, item in ipairs(v) do parts[i] = set_one(k, item, "ctx.upstream_headers") end
+        if #parts == 0 then
+          v = nil
+        else
+          v = concat(parts, k:lower() == "cookie" and "; " or ", ")
+        end
+      end
       if v == nil then
         rc = set_upstream_header(ex, k, #k, nil, 0)
       else
-        local value = set_one(k, v)
+        local value = set_one(k, v, "ctx.upstream_headers")
         rc = set_upstream_header(ex, k, #k, value, #value)
         v = value
       end
-      if rc < 0 then header_error(rc, k, v) end
+      if rc < 0 then header_error(rc, k, v, true) end
       rawset(t, "\0" .. k:lower(), v)
     end,
   }

@@ -417,6 +417,15 @@ fn ctx_upstream_fields() {
             ["GET /crlf-path"] = function(ctx) ctx.upstream_path = "/a\r\nX: y" end,
             ["GET /bad-header"] = function(ctx) ctx.upstream_headers["X-A"] = "a\r\nb" end,
             ["GET /reserved"] = function(ctx) ctx.upstream_headers["Transfer-Encoding"] = "chunked" end,
+            ["GET /bad-type"] = function(ctx) ctx.upstream_headers["X-A"] = true end,
+            ["GET /list"] = function(ctx)
+              ctx.upstream_headers["X-List"] = { "a", 2, "c" }
+              ctx.upstream_headers["Cookie"] = { "a=1", "b=2" }
+              ctx.upstream_headers["X-Gone"] = "x"
+              ctx.upstream_headers["X-Gone"] = {}
+              ctx.body = ctx.upstream_headers["x-list"] .. "|" .. ctx.upstream_headers["cookie"]
+                .. "|" .. tostring(ctx.upstream_headers["x-gone"])
+            end,
           },
         }"#,
     );
@@ -424,12 +433,27 @@ fn ctx_upstream_fields() {
     assert_eq!(response.body, "auth|/v2/users?id=7|42|bob");
     let response = run(&mut app, b"GET /none HTTP/1.1\r\nHost: h\r\n\r\n").unwrap();
     assert_eq!(response.body, "nil");
+    // A list is one field, joined as repeated fields combine.
+    let response = run(&mut app, b"GET /list HTTP/1.1\r\nHost: h\r\n\r\n").unwrap();
+    assert_eq!(response.body, "a, 2, c|a=1; b=2|nil");
     for (path, message) in [
         ("/unknown", "no upstream named 'nope' (known: api, auth)"),
         ("/bad-path", "ctx.upstream_path must start with '/'"),
         ("/crlf-path", "ctx.upstream_path must start with '/'"),
-        ("/bad-header", "X-A"),
-        ("/reserved", "Transfer-Encoding"),
+        (
+            "/bad-header",
+            "ctx.upstream_headers: invalid request header value (CR, LF, NUL, control bytes and \
+             leading or trailing spaces are not allowed) (header 'X-A')",
+        ),
+        (
+            "/reserved",
+            "ctx.upstream_headers: this request header is computed by keystone and cannot be set \
+             (header 'Transfer-Encoding')",
+        ),
+        (
+            "/bad-type",
+            "ctx.upstream_headers['X-A'] must be a string, number, list of strings or nil, got boolean",
+        ),
     ] {
         let request = format!("GET {path} HTTP/1.1\r\nHost: h\r\n\r\n");
         let Err(error) = run(&mut app, request.as_bytes()) else {
