@@ -274,6 +274,7 @@ pub fn serve(args: ServeArgs) -> ExitCode {
                 None => None,
             },
             sqpoll: args.sqpoll,
+            recv_registered: args.recv_registered,
         };
         reloads.push(reload_tx);
         wakes.push(wake);

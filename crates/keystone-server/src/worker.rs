@@ -134,6 +134,8 @@ pub struct WorkerConfig {
     pub access_log: Option<OwnedFd>,
     /// Use a submission-polling kernel thread.
     pub sqpoll: bool,
+    /// Receive into registered windows (`--recv-registered`).
+    pub recv_registered: bool,
 }
 
 /// What SIGHUP brings a worker: the app compiled again (when it loads),
@@ -319,17 +321,22 @@ impl Worker {
             config.sqpoll.then_some(SQPOLL_IDLE_MS),
         )
         .map_err(|e| format!("io_uring setup failed: {e}{}", memlock_hint(&e)))?;
-        // Slots past the kernel's table size (16,384) read unregistered.
+        // Slots past the kernel's table size (16,384) read unregistered;
+        // without `--recv-registered`, every slot does.
         let fixed_slots = config.max_connections.min(REGISTERED_BUFFERS_MAX);
-        let fixed_slots = match reactor.register_buffer_table(fixed_slots) {
-            Ok(()) => fixed_slots,
-            Err(err) => {
-                crate::log!(
-                    Level::Warn,
-                    Some(index),
-                    "io_uring registered buffers unavailable ({err}); receiving into unregistered buffers"
-                );
-                0
+        let fixed_slots = if !config.recv_registered {
+            0
+        } else {
+            match reactor.register_buffer_table(fixed_slots) {
+                Ok(()) => fixed_slots,
+                Err(err) => {
+                    crate::log!(
+                        Level::Warn,
+                        Some(index),
+                        "io_uring registered buffers unavailable ({err}); receiving into unregistered buffers"
+                    );
+                    0
+                }
             }
         };
         let pipes = (0..PIPES_PER_WORKER)
