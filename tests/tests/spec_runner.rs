@@ -250,6 +250,34 @@ end)
     );
 }
 
+/// A failing `teardown` is its own error ("<block> teardown", at the
+/// teardown's line), as busted reports it: the block's last test keeps its
+/// own result.
+#[test]
+fn a_failing_teardown_is_reported_apart_from_the_last_test() {
+    let spec = r#"local app = keystone.app("../app.lua")
+describe("api", function()
+  teardown(function()
+    error("cleanup broke")
+  end)
+  it("first", function() assert.equal(200, app:request({ path = "/hits" }).status) end)
+  it("last", function() assert.equal(200, app:request({ path = "/hits" }).status) end)
+end)
+"#;
+    let dir = project(COUNTER_APP, "td_spec.lua", spec);
+    let out = keystone_test(dir.path(), &["--verbose"]);
+    assert_eq!(out.code, Some(1), "{}", out.all());
+    assert!(out.stdout.contains("2 passed, 1 failed"), "{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains("spec/td_spec.lua:4: api teardown: teardown failed:"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("cleanup broke"), "{}", out.stdout);
+    assert!(!out.stdout.contains("api last: teardown"), "{}", out.stdout);
+}
+
 #[test]
 fn filter_junit_and_pending() {
     let spec = r#"local app = keystone.app("../app.lua")

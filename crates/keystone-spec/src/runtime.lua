@@ -736,19 +736,37 @@ local function run_test(t, index, last, state)
       for _, fn in ipairs(chain[j].after) do apply(r, protect(fn), "after_each") end
     end
   end
-  for j = #chain, 1, -1 do -- teardowns of the blocks this test ends
+  -- Teardowns of the blocks this test ends. A failing one is reported
+  -- apart, as busted does ("<block> teardown"): the test passed or failed
+  -- on its own.
+  local torn
+  for j = #chain, 1, -1 do
     local blk = chain[j]
     if last[blk] == index and state[blk] then
+      local names, b = {}, blk
+      while b.parent do insert(names, 1, b.name); b = b.parent end
+      insert(names, "teardown")
+      local tr = { file = t.file.path, name = concat(names, " "), line = t.line, status = "passed", log = {}, time = 0 }
       keystone._set_scope(false)
-      for _, fn in ipairs(blk.teardown) do apply(r, protect(fn), "teardown") end
+      for _, fn in ipairs(blk.teardown) do
+        local before = tr.status
+        apply(tr, protect(fn), "teardown")
+        if before == "passed" and tr.status ~= "passed" then tr.line = getinfo(fn, "S").linedefined end
+      end
       keystone._set_scope(true)
+      if tr.status == "pending" then tr.status = "passed" end
+      if tr.status ~= "passed" then
+        if not tr.location then tr.location = t.file.path .. ":" .. tr.line end
+        torn = torn or {}
+        torn[#torn + 1] = tr
+      end
     end
   end
   running = false
   r.log = keystone._end_test() or {}
   r.time = keystone._clock() - t0
   if r.status ~= "passed" and not r.location then r.location = t.file.path .. ":" .. t.line end
-  return r
+  return r, torn
 end
 
 function M.run(options)
@@ -781,9 +799,13 @@ function M.run(options)
   end
   local results, state = {}, {}
   for i, t in ipairs(selected) do
-    local r = run_test(t, i, last, state)
+    local r, torn = run_test(t, i, last, state)
     results[#results + 1] = r
     if on_result then on_result(r) end
+    for _, tr in ipairs(torn or {}) do
+      results[#results + 1] = tr
+      if on_result then on_result(tr) end
+    end
   end
   return results
 end
