@@ -503,6 +503,59 @@ fn static_file_over_tls_is_byte_exact() {
     assert_no_panic(&server.log(), "static file over TLS");
 }
 
+/// Clients that give up on a large download (they close with the file
+/// still coming: their kernel resets the connection) leave no connection
+/// behind: each one's failed send, shutdown and close complete and its
+/// slot and descriptor go back. They used to wait for ever for a shutdown
+/// the broken link never asked for.
+#[test]
+fn clients_that_reset_mid_download_leave_no_connection_behind() {
+    const SCRIPT: &str = r#"
+import socket, ssl, sys, time
+port, cafile = int(sys.argv[1]), sys.argv[2]
+context = ssl.create_default_context(cafile=cafile)
+for i in range(8):
+    tls = context.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10), server_hostname="a.test")
+    tls.sendall(b"GET /files/big.bin HTTP/1.1\r\nHost: a.test\r\n\r\n")
+    tls.recv(1000)
+    # The server fills the socket buffers and waits on its send; then
+    # the client closes with most of the file unread (a reset).
+    time.sleep(0.2)
+    tls.close()
+print("gave up 8 times")
+"#;
+    let fixture = Fixture::new();
+    fs::write(
+        fixture.site.path().join("big.bin"),
+        vec![7u8; STATIC_FILE_BYTES],
+    )
+    .expect("writing big.bin");
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin_arg = admin.to_string();
+    let server = fixture.start(&["--admin", &admin_arg]);
+    let port = server.tls_port().to_string();
+    let output = python(SCRIPT, &[&port, fixture.ca_path()], COMMAND_TIMEOUT);
+    assert_eq!(output.code, Some(0), "python client:\n{}", output.all());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let open = keystone_tests::metric(admin, "keystone_connections_open");
+        if open == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{open} connections still open 10 s after their clients reset\n{}",
+            server.log()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    // The server goes on serving the file whole.
+    let whole = server.curl(fixture.ca.cert(), "a.test", "/files/big.bin", &[]);
+    assert_eq!(whole.status, 200);
+    assert_eq!(whole.body.len(), STATIC_FILE_BYTES);
+    assert_no_panic(&server.log(), "clients that reset mid-download");
+}
+
 /// Compares two bodies, reporting lengths and the first difference rather
 /// than a megabyte of bytes.
 fn assert_same_bytes(got: &[u8], expected: &[u8], what: &str) {

@@ -457,6 +457,10 @@ impl Link {
     }
 
     /// Whether a ciphertext receive or send is in flight.
+    pub fn debug_state(&self) -> String {
+        format!("net_recv={} net_send={} plain_recv={} plain_send={} stage={:?} closing={:?} net_error={:?} abandoned={} peer_closed={} pending={} cipher_out={} recv_done={} sent_done={}", self.net_recv, self.net_send, self.plain_recv.is_some(), self.plain_send.is_some(), self.stage, self.closing, self.net_error, self.abandoned, self.peer_closed, self.pending.is_some(), self.cipher_out.len(), self.recv_done.is_some(), self.sent_done.is_some())
+    }
+
     pub fn in_flight(&self) -> bool {
         self.net_recv || self.net_send
     }
@@ -604,6 +608,14 @@ impl Link {
         }
         if let Some((buf, result)) = self.sent_done.take() {
             return Some(LinkIntent::Sent { buf, result });
+        }
+        if self.net_error.is_some() && !self.abandoned && self.closing == Closing::Wanted {
+            // The connection waits for its shutdown to complete before it
+            // closes: on a broken socket the close_notify cannot go, but
+            // the shutdown still does (it fails, and the connection
+            // aborts). Without it the connection would wait for ever.
+            self.closing = Closing::Asked;
+            return Some(LinkIntent::Shutdown);
         }
         if self.net_error.is_some() || self.abandoned {
             return None;

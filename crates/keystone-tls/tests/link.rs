@@ -27,6 +27,8 @@ struct Peer {
     pending_recv: Option<SpareLoan>,
     /// Flip the last byte of what the client sends next (a forged record).
     tamper: bool,
+    /// Sends fail as on a socket the peer reset.
+    fail_sends: bool,
 }
 
 fn setup(names: &[&str]) -> (tempfile::TempDir, Arc<rustls::ServerConfig>, RootCertStore) {
@@ -73,6 +75,7 @@ impl Peer {
             shut_down: false,
             pending_recv: None,
             tamper: false,
+            fail_sends: false,
         }
     }
 
@@ -112,6 +115,9 @@ impl Peer {
                         loan.as_mut_slice()[..n].copy_from_slice(&out[..n]);
                         assert_eq!(n, out.len(), "the test's flights fit one receive");
                         self.link.on_received(loan, n as i32);
+                    }
+                    LinkIntent::Send(buf) if self.fail_sends => {
+                        self.link.on_sent(buf, -104); // ECONNRESET
                     }
                     LinkIntent::Send(buf) => {
                         let (ptr, len) = buf.ptr_len();
@@ -475,4 +481,36 @@ fn a_lingering_close_reads_until_the_peers_close_notify() {
     peer.client.send_close_notify();
     peer.run();
     assert_eq!(peer.recv_result, Some(0), "the lingering read ends");
+}
+
+#[test]
+fn a_shutdown_after_the_peer_reset_still_completes() {
+    // The client resets while a response is on its way: the send fails.
+    // The connection then shuts its side and waits for that shutdown
+    // before it closes; the close_notify cannot go, but the shutdown must
+    // still be asked for (it was not, and the connection, its slot and
+    // its descriptor waited for ever).
+    let (_dir, config, roots) = setup(&["a.test"]);
+    let mut peer = Peer::new(&config, client(&roots, "a.test"));
+    let request = b"GET /big HTTP/1.1\r\nHost: a.test\r\n\r\n";
+    peer.client.writer().write_all(request).unwrap();
+    peer.want_bytes();
+    peer.run();
+    assert_eq!(peer.received, request);
+    peer.fail_sends = true;
+    peer.send_bytes(&[b'x'; 20_000]);
+    peer.run();
+    assert_eq!(
+        peer.sent_result,
+        Some(-104),
+        "the send fails with the reset"
+    );
+    assert!(!peer.shut_down);
+    peer.link.shutdown();
+    peer.run();
+    assert!(
+        peer.shut_down,
+        "the shutdown is asked for on the broken socket"
+    );
+    assert!(!peer.link.in_flight());
 }
