@@ -776,15 +776,6 @@ fn start_proxy(
         _ => (ForwardFraming::Length(body.len() as u64), None),
     };
     let websocket = is_websocket_handshake(request);
-    let forward = ForwardRequest {
-        method: request.method(),
-        target,
-        framing,
-        client: request.peer.map(|peer| peer.ip()),
-        scheme: Scheme::of(request.tls.is_encrypted()),
-        websocket,
-        default_host: b"",
-    };
     let headers = head
         .headers()
         .iter()
@@ -807,8 +798,13 @@ fn start_proxy(
     };
     upstreams.start(start, |buffer, pool_name| {
         let forward = ForwardRequest {
+            method: request.method(),
+            target,
+            framing,
+            client: request.peer.map(|peer| peer.ip()),
+            scheme: Scheme::of(request.tls.is_encrypted()),
+            websocket,
             default_host: pool_name.as_bytes(),
-            ..forward
         };
         let Ok(len) = write_forward_head(&forward, headers, overrides, buffer.spare_mut()) else {
             return false;
