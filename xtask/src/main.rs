@@ -2,8 +2,9 @@
 //! `.cargo/config.toml`); if `cargo xtask test` passes locally, CI passes.
 //!
 //! Owns: the layer DAG and its check (`layers`), the house rules a machine
-//! can check (`tidy`), the Debian package lists (`debian`), and the
-//! deterministic BPF build (`ebpf`).
+//! can check (`tidy`), the Debian package lists (`debian`), the
+//! deterministic BPF build (`ebpf`), and the kernel TLS check on a real
+//! kernel under QEMU (`ktls`).
 //!
 //! Never depends on: any Keystone crate. It drives the workspace through
 //! `cargo` and reads it through `cargo metadata`, so a broken layer crate
@@ -12,6 +13,7 @@
 mod bench;
 mod debian;
 mod ebpf;
+mod ktls;
 mod layers;
 mod tidy;
 
@@ -27,7 +29,9 @@ tasks:
   run [ARGS...]   build and serve the example app (keystone serve [ARGS...]),
                   127.0.0.1:8080 unless ARGS say otherwise
   test            packages, fmt, clippy, check-layers, tidy, BPF up-to-date,
-                  cargo test, the examples' specs (keystone test)
+                  cargo test, the examples' specs (keystone test), ktls
+  ktls            kernel TLS on a real kernel: boots Debian's kernel (TLS
+                  module) under QEMU and runs xtask/ktls/guest.sh in it
   check-layers    check workspace dependency edges against the layer DAG
   tidy            check the house rules: unsafe allowlist, # Safety docs,
                   `Never depends on:` vs the DAG, //! docs, no skipped tests
@@ -66,11 +70,12 @@ fn main() -> ExitCode {
         ("build-ebpf", []) => ebpf::build(&root),
         ("check-ebpf", []) => ebpf::check_up_to_date(&root),
         ("bench", rest) => bench::run(&root, rest),
+        ("ktls", []) => ktls::run(&root),
         ("help" | "-h" | "--help", []) => {
             print!("{USAGE}");
             return ExitCode::SUCCESS;
         }
-        ("test" | "check-layers" | "tidy" | "build-ebpf" | "check-ebpf", extra) => {
+        ("test" | "check-layers" | "tidy" | "build-ebpf" | "check-ebpf" | "ktls", extra) => {
             eprintln!("cargo xtask {task}: takes no arguments, got {extra:?}\n");
             eprint!("{USAGE}");
             return ExitCode::from(EXIT_USAGE);
@@ -90,7 +95,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn cargo() -> Command {
+pub(crate) fn cargo() -> Command {
     // The cargo that runs us, so a toolchain override applies to the steps.
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
 }
@@ -294,6 +299,10 @@ fn test(root: &Path) -> Result<()> {
         (
             "example specs (keystone test)",
             Box::new(|| example_specs(root)),
+        ),
+        (
+            "kernel TLS on a real kernel (QEMU)",
+            Box::new(|| ktls::run(root)),
         ),
     ];
     let count = steps.len();
