@@ -23,7 +23,12 @@ head -c 200000 /dev/urandom > body.bin
 cat > app/app.lua <<'EOF'
 return {
   static = { ["/public/"] = "./public" },
+  upstreams = { files = { peers = { "127.0.0.1:9001" } } },
   routes = {
+    ["GET /up/{*path}"] = function(ctx)
+      ctx.upstream = "files"
+      ctx.upstream_path = "/" .. ctx.params.path
+    end,
     ["GET /hello"] = function(ctx)
       ctx.body = "hello " .. ctx.scheme .. " " .. (ctx.tls and ctx.tls.protocol or "-")
     end,
@@ -38,6 +43,8 @@ return {
   },
 }
 EOF
+(cd app/public && exec python3 -m http.server --bind 127.0.0.1 9001 > /dev/null 2>&1) &
+BACKEND=$!
 "$K" serve app/app.lua --listen 127.0.0.1:8080 --tls-listen 127.0.0.1:8443 \
   --tls-cert cert.pem --tls-key key.pem --admin 127.0.0.1:9090 --workers 1 \
   > server.log 2>&1 &
@@ -61,6 +68,7 @@ for v in "1.3 TLS_AES_128_GCM_SHA256" "1.3 TLS_AES_256_GCM_SHA384" "1.3 TLS_CHAC
   [ "$($C $P $U/public/big.bin | sum)" = "$big" ] && ok "$v: 1 MiB static file intact" || bad "$v: 1 MiB static file differs"
   [ "$($C $P $U/public/small.bin | sum)" = "$small" ] && ok "$v: 3000-byte static file intact" || bad "$v: small static file differs"
   [ "$($C $P --data-binary @body.bin $U/echo | sum)" = "$body" ] && ok "$v: 200000-byte body echoed" || bad "$v: body echo differs"
+  [ "$($C $P $U/up/big.bin | sum)" = "$big" ] && ok "$v: 1 MiB proxied body intact" || bad "$v: proxied body differs"
   n=$($C $P $U/stream | wc -c); [ "$n" = 64000 ] && ok "$v: streamed 64000 bytes" || bad "$v: stream gave $n bytes"
 done
 r=$($C $U/hello $U/public/small.bin $U/hello -w '|%{num_connects}' -o /dev/null -o /dev/null -o /dev/null)
@@ -94,6 +102,8 @@ k=$(echo "$m" | sed -n 's/^keystone_tls_connections_total{path="ktls"} //p')
 u=$(echo "$m" | sed -n 's/^keystone_tls_connections_total{path="userspace"} //p')
 [ "${k:-0}" -gt 20 ] && [ "${u:-1}" = 0 ] && ok "metrics: $k connections on ktls, $u in user space" \
   || bad "metrics: ktls ${k:-?}, userspace ${u:-?}"
+sp=$(echo "$m" | sed -n 's/^keystone_proxied_spliced_bytes_total //p')
+[ "${sp:-0}" -ge 6291456 ] && ok "proxied bodies spliced through kernel TLS: $sp bytes" || bad "proxied bytes spliced: ${sp:-?}"
 open=$(echo "$m" | sed -n 's/^keystone_connections_open //p')
 [ "${open:-1}" = 0 ] && ok "no connection left open" || bad "connections open: ${open:-?}"
 tx=$(awk '$1 == "TlsTxSw" {print $2}' /proc/net/tls_stat); rx=$(awk '$1 == "TlsRxSw" {print $2}' /proc/net/tls_stat)
@@ -102,6 +112,7 @@ de=$(awk '$1 == "TlsDecryptError" {print $2}' /proc/net/tls_stat)
   || bad "tls_stat TlsTxSw ${tx:-?} TlsRxSw ${rx:-?}"
 [ "${de:-1}" = 0 ] && ok "TlsDecryptError 0" || bad "TlsDecryptError ${de:-?}"
 kill -TERM $PID; wait $PID; st=$?
+kill $BACKEND
 [ $st = 0 ] && ok "server drained and exited 0" || bad "server exit $st"
 if grep -q " error \| warn " server.log; then echo "--- server log"; cat server.log; fi
 [ $fail = 0 ] && echo "KTLS RESULT: pass" || echo "KTLS RESULT: FAIL"
