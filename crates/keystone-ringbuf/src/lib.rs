@@ -330,6 +330,7 @@ impl RingBuffer {
             region: self.base,
             offset: self.tail,
             len: self.spare(),
+            skipped: 0,
         }
     }
 
@@ -351,6 +352,7 @@ impl RingBuffer {
             loan.region == self.base && loan.offset == self.tail,
             "a loan returned to the wrong buffer"
         );
+        assert_eq!(loan.skipped, 0, "a loan returned while advanced");
         assert!(
             received <= loan.len,
             "received {received} > lent {}",

@@ -31,29 +31,53 @@ pub struct SpareLoan {
     pub(crate) region: NonNull<u8>,
     pub(crate) offset: u32,
     pub(crate) len: u32,
+    /// Bytes at the loan's front set aside by [`advance`](Self::advance):
+    /// the pointer, length and slice start past them.
+    pub(crate) skipped: u32,
 }
 
 impl SpareLoan {
     /// Where the bytes go (for the ring: stable until the loan is returned).
     pub fn as_mut_ptr(&self) -> *mut u8 {
-        // SAFETY: `offset` is at most the region's capacity (checked when
-        // lent), so the pointer stays inside (or one past) the region.
-        unsafe { self.region.as_ptr().add(self.offset as usize) }
+        // SAFETY: `offset + skipped` is at most the region's capacity
+        // (checked when lent and advanced), so the pointer stays inside (or
+        // one past) the region.
+        unsafe {
+            self.region
+                .as_ptr()
+                .add(self.offset as usize + self.skipped as usize)
+        }
     }
 
-    /// Bytes lent.
+    /// Bytes lent (past any set aside by [`advance`](Self::advance)).
     pub fn len(&self) -> u32 {
-        self.len
+        self.len - self.skipped
     }
 
-    /// Whether nothing is lent (never: lending needs spare bytes).
+    /// Whether nothing is lent (never: lending needs spare bytes, and
+    /// `advance` leaves at least one).
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
     }
 
     /// Offset of the first lent byte in its buffer's region.
     pub fn offset(&self) -> u32 {
-        self.offset
+        self.offset + self.skipped
+    }
+
+    /// Sets the loan's first `n` bytes aside: a receive continuing after
+    /// bytes already written into it (a TLS link keeps the front of a
+    /// record there while the rest arrives). At least one byte stays.
+    pub fn advance(&mut self, n: u32) {
+        assert!(n < self.len(), "advance {n} of a {}-byte loan", self.len());
+        self.skipped += n;
+    }
+
+    /// Undoes every [`advance`](Self::advance): the whole loan again, as it
+    /// must be to go back to its buffer. Returns the bytes that were set
+    /// aside.
+    pub fn rewind(&mut self) -> u32 {
+        std::mem::take(&mut self.skipped)
     }
 
     /// The lent bytes, for a driver that fills them itself (tests, an
@@ -63,7 +87,7 @@ impl SpareLoan {
         // when lent); the buffer refuses to read, write or move it until the
         // loan comes back, the mapping is alive (`_mapping`), anonymous
         // memory is initialised, and `&mut self` makes this the only borrow.
-        unsafe { std::slice::from_raw_parts_mut(self.as_mut_ptr(), self.len as usize) }
+        unsafe { std::slice::from_raw_parts_mut(self.as_mut_ptr(), self.len() as usize) }
     }
 }
 
@@ -72,6 +96,7 @@ impl std::fmt::Debug for SpareLoan {
         f.debug_struct("SpareLoan")
             .field("offset", &self.offset)
             .field("len", &self.len)
+            .field("skipped", &self.skipped)
             .finish()
     }
 }

@@ -487,6 +487,39 @@ fn a_spare_loan_is_filled_in_place_and_returned() {
 }
 
 #[test]
+fn an_advanced_spare_loan_writes_past_its_front_and_goes_back_rewound() {
+    let mut buffer = one_buffer(SLOT_BYTES);
+    buffer.append(b"GET ").expect("room");
+    let mut loan = buffer.lend_spare();
+    loan.as_mut_slice()[..2].copy_from_slice(b"/ ");
+    loan.advance(2);
+    assert_eq!((loan.offset(), loan.len()), (6, SLOT_BYTES - 6));
+    assert_eq!(loan.as_mut_slice().len(), (SLOT_BYTES - 6) as usize);
+    loan.as_mut_slice()[..4].copy_from_slice(b"HTTP");
+    assert_eq!(loan.rewind(), 2);
+    assert_eq!((loan.offset(), loan.len()), (4, SLOT_BYTES - 4));
+    buffer.return_spare(loan, 6);
+    assert_eq!(buffer.unconsumed(), b"GET / HTTP");
+}
+
+#[test]
+#[should_panic(expected = "a loan returned while advanced")]
+fn an_advanced_loan_cannot_go_back_unrewound() {
+    let mut buffer = one_buffer(SLOT_BYTES);
+    let mut loan = buffer.lend_spare();
+    loan.advance(1);
+    buffer.return_spare(loan, 1);
+}
+
+#[test]
+#[should_panic(expected = "advance")]
+fn a_loan_cannot_be_advanced_past_its_end() {
+    let mut buffer = one_buffer(SLOT_BYTES);
+    let mut loan = buffer.lend_spare();
+    loan.advance(SLOT_BYTES);
+}
+
+#[test]
 fn an_unsent_loan_lets_appends_go_on_and_consumes_what_was_sent() {
     let mut buffer = one_buffer(SLOT_BYTES);
     buffer.append(b"first").expect("room");

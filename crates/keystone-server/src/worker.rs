@@ -739,7 +739,8 @@ impl Worker {
                         continue;
                     }
                     Intent::CancelRecv => {
-                        // With the kernel opening records, the ring's
+                        // With the kernel opening records, or the link
+                        // receiving ciphertext straight into it, the ring's
                         // receive holds the connection's own loan.
                         if link.cancel_recv() {
                             if let Some(recv) = slot.recv {

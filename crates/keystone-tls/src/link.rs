@@ -19,16 +19,26 @@
 //!
 //! rustls runs the handshake, fed one whole record at a time so it never
 //! holds a byte past the handshake's last; then it hands over the traffic
-//! keys and [`RecordLayer`] seals and opens records in place: after the
-//! handshake nothing is allocated per record, and the only copies are the
-//! encryption's own (plaintext into the ciphertext buffer, decrypted
-//! plaintext into the connection's buffer).
+//! keys and [`RecordLayer`] seals and opens records: after the handshake
+//! nothing is allocated per record.
+//!
+//! Copies: a send's plaintext is sealed into the ciphertext buffer (the
+//! encryption writes the records there: the connection's bytes have no
+//! room for headers and tags between them). A receive goes straight into
+//! the connection's own loan when it can hold a whole record
+//! ([`DIRECT_RECV_MIN_BYTES`]): the records are opened there, each one's
+//! plaintext decrypted to just after the previous one's, so the request
+//! bytes the connection parses are the decryption's output, copied by
+//! nothing. Only a record cut by the end of a receive is carried (its
+//! ciphertext, at most one record) in the link's buffer to the front of
+//! the next loan; a smaller loan gets its bytes the buffered way (records
+//! received into the link's buffer, opened there, copied out).
 //!
 //! Bounded: ciphertext is received only while the connection waits for
 //! plaintext (or the handshake needs it) and no opened record is waiting,
-//! into a fixed buffer; a send encrypts at most [`PLAIN_STEP_BYTES`] of the
-//! connection's bytes at a time, into a fixed buffer, and is reported done
-//! only when that ciphertext has left.
+//! into a fixed buffer or the connection's loan; a send encrypts at most
+//! [`PLAIN_STEP_BYTES`] of the connection's bytes at a time, into a fixed
+//! buffer, and is reported done only when that ciphertext has left.
 //!
 //! Not handled after the handshake: a TLS 1.3 KeyUpdate from the client
 //! (its next keys are rustls' to derive, and rustls' buffered connection
@@ -43,14 +53,19 @@ use rustls::{ClientConfig, ClientConnection, Connection, ServerConfig, ServerCon
 
 use crate::records::{
     record_len, KernelKeys, RecordError, RecordLayer, CONTENT_ALERT, CONTENT_APPLICATION_DATA,
-    CONTENT_HANDSHAKE, CRYPTO_INFO_MAX, HEADER_BYTES, MAX_OVERHEAD, MAX_PLAINTEXT, SOL_TCP,
-    SOL_TLS, TCP_ULP, TLS_RX, TLS_TX, ULP_TLS,
+    CONTENT_HANDSHAKE, CRYPTO_INFO_MAX, HEADER_BYTES, MAX_OVERHEAD, MAX_PLAINTEXT,
+    MAX_RECORD_BYTES, SOL_TCP, SOL_TLS, TCP_ULP, TLS_RX, TLS_TX, ULP_TLS,
 };
 
 /// Ciphertext receive buffer per TLS connection: one full TLS record
 /// (16 KiB of plaintext plus its header, tag and padding allowance) fits,
 /// so a record never needs two receives because of the buffer.
 pub const CIPHER_IN_BYTES: u32 = 18 * 1024;
+
+/// A connection's receive loan at least this long takes ciphertext
+/// directly (the longest record a peer may send fits it whole, so a record
+/// never waits for room); a shorter one is filled from the link's buffer.
+pub const DIRECT_RECV_MIN_BYTES: u32 = MAX_RECORD_BYTES as u32;
 
 /// Plaintext encrypted per step of a send: two full records, so a large
 /// body leaves in 32 KiB sends (the connection's own file and body pieces
@@ -264,6 +279,14 @@ pub struct Link {
     net_send: bool,
     /// The connection's receive, waiting for plaintext.
     plain_recv: Option<SpareLoan>,
+    /// The connection's receive taken for ciphertext (see the module's
+    /// "Copies"), the first `.1` bytes of it the front of a record still
+    /// arriving; not in the ring.
+    direct: Option<(SpareLoan, u32)>,
+    /// That loan is in the ring's receive, past its first `filled` bytes.
+    direct_in_ring: Option<u32>,
+    /// The connection cancelled its receive while the loan was in the ring.
+    direct_cancelled: bool,
     /// The connection's send, and how many of its bytes were encrypted
     /// (`None`: none yet).
     plain_send: Option<(SendBuf, Option<u32>)>,
@@ -361,6 +384,9 @@ impl Link {
             net_recv: false,
             net_send: false,
             plain_recv: None,
+            direct: None,
+            direct_in_ring: None,
+            direct_cancelled: false,
             plain_send: None,
             recv_done: None,
             sent_done: None,
@@ -457,10 +483,6 @@ impl Link {
     }
 
     /// Whether a ciphertext receive or send is in flight.
-    pub fn debug_state(&self) -> String {
-        format!("net_recv={} net_send={} plain_recv={} plain_send={} stage={:?} closing={:?} net_error={:?} abandoned={} peer_closed={} pending={} cipher_out={} recv_done={} sent_done={}", self.net_recv, self.net_send, self.plain_recv.is_some(), self.plain_send.is_some(), self.stage, self.closing, self.net_error, self.abandoned, self.peer_closed, self.pending.is_some(), self.cipher_out.len(), self.recv_done.is_some(), self.sent_done.is_some())
-    }
-
     pub fn in_flight(&self) -> bool {
         self.net_recv || self.net_send
     }
@@ -511,6 +533,13 @@ impl Link {
         if let Some(buf) = self.plain_recv.take() {
             self.recv_done = Some((buf, -ECANCELED));
         }
+        if let Some((buf, filled)) = self.direct.take() {
+            self.give_back_direct(buf, filled, -ECANCELED);
+        }
+        if self.direct_in_ring.is_some() {
+            self.direct_cancelled = true;
+            return true;
+        }
         self.offload.recv_through
     }
 
@@ -548,8 +577,29 @@ impl Link {
     // --- from the ring ---------------------------------------------------
 
     /// A ciphertext receive completed.
-    pub fn on_received(&mut self, buf: SpareLoan, result: i32) {
+    pub fn on_received(&mut self, mut buf: SpareLoan, result: i32) {
         self.net_recv = false;
+        if let Some(filled) = self.direct_in_ring.take() {
+            let skipped = buf.rewind();
+            debug_assert_eq!(skipped, filled);
+            let cancelled = std::mem::take(&mut self.direct_cancelled);
+            match result {
+                r if r > 0 => self.open_direct(buf, filled + r as u32, cancelled),
+                0 => {
+                    // A record cut by the end of the stream is dropped.
+                    self.peer_closed = true;
+                    self.recv_done = Some((buf, 0));
+                }
+                r => {
+                    if r != -ECANCELED {
+                        self.net_error = Some(r);
+                    }
+                    self.give_back_direct(buf, filled, r);
+                }
+            }
+            self.progress();
+            return;
+        }
         if std::mem::take(&mut self.offload.recv_through) {
             // The kernel opened it: plaintext, or -EIO for a record that is
             // not application data (the peer's alert, close_notify among
@@ -646,6 +696,14 @@ impl Link {
         if self.closing == Closing::Wanted && self.drained() {
             self.closing = Closing::Asked;
             return Some(LinkIntent::Shutdown);
+        }
+        if !self.net_recv && !self.peer_closed {
+            if let Some((mut buf, filled)) = self.direct.take() {
+                buf.advance(filled);
+                self.net_recv = true;
+                self.direct_in_ring = Some(filled);
+                return Some(LinkIntent::Recv(buf));
+            }
         }
         if !self.net_recv && self.wants_ciphertext() {
             if self.cipher_in.spare() == 0 && self.cipher_in.head() > 0 {
@@ -1078,6 +1136,20 @@ impl Link {
             }
             return;
         }
+        if self.direct_fits() {
+            let mut buf = self.plain_recv.take().expect("checked");
+            // What the link's buffer holds (a record's front, or records
+            // that came with the handshake's last) moves to the loan's front.
+            let held = self.cipher_in.len();
+            if held > 0 {
+                buf.as_mut_slice()[..held as usize].copy_from_slice(self.cipher_in.unconsumed());
+                self.cipher_in.consume(held);
+            }
+            self.open_direct(buf, held, false);
+            if self.recv_done.is_some() || self.plain_recv.is_none() {
+                return;
+            }
+        }
         if self.stage == Stage::Open {
             self.open_next();
         }
@@ -1121,6 +1193,136 @@ impl Link {
             Some(result) => self.recv_done = Some((buf, result)),
             None => self.plain_recv = Some(buf),
         }
+    }
+
+    /// Whether the connection's waiting receive takes ciphertext directly.
+    fn direct_fits(&self) -> bool {
+        let Some(buf) = &self.plain_recv else {
+            return false;
+        };
+        self.stage == Stage::Open
+            && self.offload.rx == Step::No
+            && self.offload.in_flight != Some(Option_::Rx)
+            && self.pending.is_none()
+            && !self.net_recv
+            && !self.peer_closed
+            && self.net_error.is_none()
+            && buf.len() >= DIRECT_RECV_MIN_BYTES
+            && buf.len() >= self.cipher_in.len()
+    }
+
+    /// Opens every whole record in the first `filled` bytes of the
+    /// connection's loan, the plaintext gathered at its front; the loan
+    /// goes back with it, or waits for the rest of its first record.
+    fn open_direct(&mut self, mut buf: SpareLoan, filled: u32, cancelled: bool) {
+        let filled = filled as usize;
+        let bytes = buf.as_mut_slice();
+        let (mut plain, mut at) = (0, 0);
+        let mut failure = None;
+        while let Session::Records(layer) = &mut self.session {
+            let opened = match layer.open_to(&mut bytes[..filled], plain, at) {
+                Ok(Some(opened)) => opened,
+                Ok(None) => break,
+                Err(RecordError::Overflow) => {
+                    failure = Some(("record overflow".to_string(), ALERT_RECORD_OVERFLOW));
+                    break;
+                }
+                Err(err) => {
+                    failure = Some((format!("record refused: {err:?}"), ALERT_BAD_RECORD_MAC));
+                    break;
+                }
+            };
+            at += opened.record_len;
+            let content = &bytes[opened.start..opened.start + opened.len];
+            match opened.content_type {
+                CONTENT_APPLICATION_DATA => plain += opened.len,
+                CONTENT_ALERT if content == ALERT_CLOSE_NOTIFY => {
+                    self.peer_closed = true;
+                    at = filled;
+                    break;
+                }
+                // A warning other than close_notify (user_canceled) is
+                // ignored; a fatal one ends the connection.
+                CONTENT_ALERT if content.first() == Some(&2) => {
+                    self.fail("the peer sent a fatal alert".into(), None);
+                    break;
+                }
+                CONTENT_ALERT => {}
+                CONTENT_HANDSHAKE if self.role == Role::Client => {
+                    match skip_tickets(content, self.ticket_left) {
+                        Ok(left) => self.ticket_left = left,
+                        Err(why) => {
+                            failure = Some((why.into(), ALERT_UNEXPECTED_MESSAGE));
+                            break;
+                        }
+                    }
+                }
+                _ => {
+                    failure = Some((
+                        "a handshake message after the handshake (KeyUpdate or renegotiation)"
+                            .into(),
+                        ALERT_UNEXPECTED_MESSAGE,
+                    ));
+                    break;
+                }
+            }
+        }
+        if let Some((why, alert)) = failure {
+            self.fail(why, Some(alert));
+        }
+        if self.stage == Stage::Failed {
+            // The connection reads the reset once the alert has left.
+            buf.rewind();
+            self.plain_recv = Some(buf);
+            return;
+        }
+        let rest = filled - at;
+        if plain > 0 || self.peer_closed {
+            // The front of the next record waits in the link's buffer.
+            if rest > 0 && !self.carry(&bytes[at..filled]) {
+                return self.overflow_direct(buf);
+            }
+            self.recv_done = Some((buf, plain as i32));
+            return;
+        }
+        if at > 0 {
+            // Only control records (a ticket, a warning): the record still
+            // arriving moves to the front.
+            bytes.copy_within(at..filled, 0);
+        }
+        if cancelled {
+            return self.give_back_direct(buf, rest as u32, -ECANCELED);
+        }
+        if rest as u32 >= buf.len() {
+            // Cannot be (the loan holds the longest record), but a loan
+            // that cannot take more must not be received into.
+            return self.overflow_direct(buf);
+        }
+        self.direct = Some((buf, rest as u32));
+    }
+
+    /// Keeps ciphertext in the link's buffer (empty here: its bytes moved
+    /// to the loan); false when it does not fit.
+    fn carry(&mut self, bytes: &[u8]) -> bool {
+        debug_assert!(self.cipher_in.is_empty());
+        self.cipher_in.compact();
+        self.cipher_in.append(bytes).is_ok()
+    }
+
+    /// The loan back to the connection with `result`; its first `filled`
+    /// bytes (the front of a record) stay with the link.
+    fn give_back_direct(&mut self, mut buf: SpareLoan, filled: u32, result: i32) {
+        buf.rewind();
+        if filled > 0 && !self.carry(&buf.as_mut_slice()[..filled as usize]) {
+            return self.overflow_direct(buf);
+        }
+        self.recv_done = Some((buf, result));
+    }
+
+    fn overflow_direct(&mut self, mut buf: SpareLoan) {
+        buf.rewind();
+        self.fail("record overflow".into(), Some(ALERT_RECORD_OVERFLOW));
+        self.plain_recv = Some(buf);
     }
 
     /// Answers the connection's send once its ciphertext has left.

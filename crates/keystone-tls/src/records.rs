@@ -1,6 +1,7 @@
 //! The record layer after the handshake: rustls negotiates and hands over
 //! the traffic keys (`dangerous_extract_secrets`), and records are sealed
-//! and opened here, in place, with `ring`'s AEADs — the same keys a kernel
+//! in place and opened in place or to an earlier offset of the same
+//! buffer ([`RecordLayer::open_to`]) with `ring`'s AEADs — the same keys a kernel
 //! TLS socket would take, and no heap allocation per record (rustls' own
 //! record layer allocates a buffer for every record it seals or opens).
 //!
@@ -26,6 +27,8 @@ pub const MAX_PLAINTEXT: usize = 16384;
 /// The most a record's body may exceed its plaintext by: TLS 1.3 allows
 /// 256 bytes of expansion (type byte, padding, tag), TLS 1.2 2,048.
 const MAX_EXPANSION: usize = 2048;
+/// The longest record a peer may send, header included.
+pub const MAX_RECORD_BYTES: usize = HEADER_BYTES + MAX_PLAINTEXT + MAX_EXPANSION;
 /// Most bytes one sealed record adds to its plaintext.
 pub const MAX_OVERHEAD: usize = HEADER_BYTES + EXPLICIT_NONCE_BYTES + TAG_BYTES + 1;
 /// Records sealed with one key before the connection must stop: AES-GCM's
@@ -58,8 +61,7 @@ pub enum RecordError {
 }
 
 /// An opened record: its real content type and where its plaintext lies
-/// in the bytes it was opened in (the record's own bytes, decrypted in
-/// place).
+/// in the bytes it was opened in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Opened {
     /// The content type.
@@ -211,45 +213,70 @@ impl RecordLayer {
     }
 
     /// Opens the record at the front of `bytes` in place: `Ok(None)` while
-    /// it has not all arrived.
+    /// it has not all arrived. Its plaintext lands at the record's first
+    /// byte (`Opened::start` is 0).
     pub fn open(&mut self, bytes: &mut [u8]) -> Result<Option<Opened>, RecordError> {
-        let Some(body_len) = record_len(bytes)? else {
+        self.open_to(bytes, 0, 0)
+    }
+
+    /// Opens the record at `bytes[record..]`, its plaintext decrypted to
+    /// `bytes[to..]` (`to <= record`): the AEAD reads each ciphertext block
+    /// and writes its plaintext that many bytes earlier, in the one pass
+    /// (ring's `open_within`), so the records of one receive end up as one
+    /// run of plaintext at the buffer's front with no copy beyond the
+    /// decryption. `Ok(None)` while the record has not all arrived;
+    /// `Opened::start` is `to`.
+    pub fn open_to(
+        &mut self,
+        bytes: &mut [u8],
+        to: usize,
+        record: usize,
+    ) -> Result<Option<Opened>, RecordError> {
+        debug_assert!(to <= record && record <= bytes.len());
+        let Some(body_len) = record_len(&bytes[record..])? else {
             return Ok(None);
         };
         let record_len = HEADER_BYTES + body_len;
-        if bytes.len() < record_len {
+        if bytes.len() - record < record_len {
             return Ok(None);
         }
-        let wire_type = bytes[0];
-        let record = &mut bytes[..record_len];
-        let (head, body) = record.split_at_mut(HEADER_BYTES);
-        let (nonce, body, body_start) = match self.protection {
+        // The header is additional data (TLS 1.3) and the explicit nonce
+        // part of the nonce (TLS 1.2 AES-GCM): both are read before the
+        // plaintext may overwrite them.
+        let mut header = [0; HEADER_BYTES];
+        header.copy_from_slice(&bytes[record..record + HEADER_BYTES]);
+        let wire_type = header[0];
+        let (nonce, body_start) = match self.protection {
             Protection::Tls12Gcm => {
-                if body.len() < EXPLICIT_NONCE_BYTES + TAG_BYTES {
+                if body_len < EXPLICIT_NONCE_BYTES + TAG_BYTES {
                     return Err(RecordError::BadRecord);
                 }
                 let mut nonce = self.rx.iv;
-                nonce[4..].copy_from_slice(&body[..EXPLICIT_NONCE_BYTES]);
-                (
-                    nonce,
-                    &mut body[EXPLICIT_NONCE_BYTES..],
-                    HEADER_BYTES + EXPLICIT_NONCE_BYTES,
-                )
+                let explicit = record + HEADER_BYTES;
+                nonce[4..].copy_from_slice(&bytes[explicit..explicit + EXPLICIT_NONCE_BYTES]);
+                (nonce, HEADER_BYTES + EXPLICIT_NONCE_BYTES)
             }
-            _ => (self.rx.nonce(), body, HEADER_BYTES),
+            _ => (self.rx.nonce(), HEADER_BYTES),
         };
-        if body.len() < TAG_BYTES {
+        let sealed = record_len - body_start;
+        if sealed < TAG_BYTES {
             return Err(RecordError::BadRecord);
         }
-        let aad12 = self.tls12_aad(self.rx.seq, wire_type, body.len() - TAG_BYTES);
+        let aad12 = self.tls12_aad(self.rx.seq, wire_type, sealed - TAG_BYTES);
         let aad = match self.protection {
-            Protection::Tls13 => Aad::from(&head[..]),
+            Protection::Tls13 => Aad::from(&header[..]),
             _ => Aad::from(&aad12[..]),
         };
+        let in_out = &mut bytes[to..record + record_len];
         let plain = self
             .rx
             .key
-            .open_in_place(Nonce::assume_unique_for_key(nonce), aad, body)
+            .open_within(
+                Nonce::assume_unique_for_key(nonce),
+                aad,
+                in_out,
+                record - to + body_start..,
+            )
             .map_err(|_| RecordError::BadRecord)?;
         self.rx.seq += 1;
         let (content_type, len) = if self.protection == Protection::Tls13 {
@@ -269,7 +296,7 @@ impl RecordLayer {
         }
         Ok(Some(Opened {
             content_type,
-            start: body_start,
+            start: to,
             len,
             record_len,
         }))

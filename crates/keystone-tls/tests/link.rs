@@ -29,6 +29,18 @@ struct Peer {
     tamper: bool,
     /// Sends fail as on a socket the peer reset.
     fail_sends: bool,
+    /// The connection's loans are at most this long (`None`: its whole
+    /// spare buffer).
+    loan_max: Option<u32>,
+    /// A receive takes at most this many bytes (TCP cuts the stream
+    /// anywhere).
+    chunk: usize,
+    /// Ciphertext the client wrote that no receive has taken yet.
+    to_server: Vec<u8>,
+    /// Ciphertext receives made into the connection's own buffer, and into
+    /// the link's.
+    direct_recvs: usize,
+    buffered_recvs: usize,
 }
 
 fn setup(names: &[&str]) -> (tempfile::TempDir, Arc<rustls::ServerConfig>, RootCertStore) {
@@ -76,13 +88,51 @@ impl Peer {
             pending_recv: None,
             tamper: false,
             fail_sends: false,
+            loan_max: None,
+            chunk: usize::MAX,
+            to_server: Vec::new(),
+            direct_recvs: 0,
+            buffered_recvs: 0,
         }
     }
 
     /// The connection asks for bytes.
     fn want_bytes(&mut self) {
-        let loan = self.recv.lend_spare();
+        let loan = match self.loan_max {
+            Some(max) => self.recv.lend_spare_up_to(max),
+            None => self.recv.lend_spare(),
+        };
         self.link.recv(loan);
+    }
+
+    /// What the client has written, into a receive: `None` when nothing
+    /// is there (the receive stays in flight).
+    fn deliver(&mut self, mut loan: SpareLoan) -> Option<SpareLoan> {
+        while self.client.wants_write() {
+            self.client.write_tls(&mut self.to_server).unwrap();
+        }
+        let n = self
+            .to_server
+            .len()
+            .min(loan.len() as usize)
+            .min(self.chunk);
+        if n == 0 {
+            return Some(loan);
+        }
+        if std::mem::take(&mut self.tamper) {
+            *self.to_server.last_mut().unwrap() ^= 1;
+        }
+        let base = self.recv.base_ptr() as usize;
+        let at = loan.as_mut_ptr() as usize;
+        if (base..base + self.recv.capacity() as usize).contains(&at) {
+            self.direct_recvs += 1;
+        } else {
+            self.buffered_recvs += 1;
+        }
+        loan.as_mut_slice()[..n].copy_from_slice(&self.to_server[..n]);
+        self.to_server.drain(..n);
+        self.link.on_received(loan, n as i32);
+        None
     }
 
     /// The connection sends `bytes`.
@@ -100,21 +150,10 @@ impl Peer {
             while let Some(intent) = self.link.poll() {
                 moved = true;
                 match intent {
-                    LinkIntent::Recv(mut loan) => {
-                        let mut out = Vec::new();
-                        while self.client.wants_write() {
-                            self.client.write_tls(&mut out).unwrap();
-                        }
-                        let n = out.len().min(loan.len() as usize);
-                        if n == 0 {
-                            // Nothing to read yet: the receive stays in
-                            // flight; hand it back empty-handed later.
-                            self.pending_recv = Some(loan);
-                            continue;
-                        }
-                        loan.as_mut_slice()[..n].copy_from_slice(&out[..n]);
-                        assert_eq!(n, out.len(), "the test's flights fit one receive");
-                        self.link.on_received(loan, n as i32);
+                    LinkIntent::Recv(loan) => {
+                        // Nothing to read yet: the receive stays in flight
+                        // until the client writes.
+                        self.pending_recv = self.deliver(loan);
                     }
                     LinkIntent::Send(buf) if self.fail_sends => {
                         self.link.on_sent(buf, -104); // ECONNRESET
@@ -164,22 +203,9 @@ impl Peer {
                     self.client.process_new_packets().unwrap();
                 }
             }
-            if let Some(mut loan) = self.pending_recv.take() {
-                let mut out = Vec::new();
-                while self.client.wants_write() {
-                    self.client.write_tls(&mut out).unwrap();
-                }
-                if out.is_empty() {
-                    self.pending_recv = Some(loan);
-                } else {
-                    if std::mem::take(&mut self.tamper) {
-                        *out.last_mut().unwrap() ^= 1;
-                    }
-                    moved = true;
-                    let n = out.len();
-                    loan.as_mut_slice()[..n].copy_from_slice(&out);
-                    self.link.on_received(loan, n as i32);
-                }
+            if let Some(loan) = self.pending_recv.take() {
+                self.pending_recv = self.deliver(loan);
+                moved |= self.pending_recv.is_none();
             }
             if !moved {
                 return;
@@ -234,12 +260,28 @@ fn every_suite_both_versions_carries_requests_and_answers_both_ways() {
         (v12, TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384, 0xc02c),
         (v12, TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, 0xcca9),
     ] {
-        exchange(&config, client_with(&roots, version, suite), id);
+        // The connection's loans hold a whole record (ciphertext received
+        // straight into them), or do not (received into the link's buffer,
+        // copied out).
+        for loan_max in [None, Some(4096)] {
+            let peer = exchange(&config, client_with(&roots, version, suite), id, loan_max);
+            if loan_max.is_none() {
+                assert!(peer.direct_recvs >= 3, "{id:#x}: {}", peer.direct_recvs);
+            } else {
+                assert_eq!(peer.direct_recvs, 0, "{id:#x}");
+            }
+        }
     }
 }
 
-fn exchange(config: &Arc<rustls::ServerConfig>, client: ClientConnection, suite: u16) {
+fn exchange(
+    config: &Arc<rustls::ServerConfig>,
+    client: ClientConnection,
+    suite: u16,
+    loan_max: Option<u32>,
+) -> Peer {
     let mut peer = Peer::new(config, client);
+    peer.loan_max = loan_max;
     peer.want_bytes();
     peer.run();
     assert!(peer.established, "the handshake finished ({suite:#x})");
@@ -292,6 +334,80 @@ fn exchange(config: &Arc<rustls::ServerConfig>, client: ClientConnection, suite:
         0,
         "clean close"
     );
+    peer
+}
+
+#[test]
+fn records_cut_anywhere_by_the_receives_arrive_whole_and_in_order() {
+    use rustls::crypto::ring::cipher_suite::*;
+    let (_dir, config, roots) = setup(&["a.test"]);
+    // Three requests: a small one, one of two records, a tiny one — the
+    // records cut by receives of every length from one byte up.
+    let requests = [
+        b"GET /a HTTP/1.1\r\nHost: a.test\r\n\r\n".to_vec(),
+        [
+            &b"POST /b HTTP/1.1\r\nContent-Length: 20000\r\n\r\n"[..],
+            &[b'b'; 20000],
+        ]
+        .concat(),
+        b"GET /c HTTP/1.1\r\n\r\n".to_vec(),
+    ];
+    let all = requests.concat();
+    for (version, suite) in [
+        (&rustls::version::TLS13, TLS13_AES_128_GCM_SHA256),
+        (
+            &rustls::version::TLS12,
+            TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        ),
+        (&rustls::version::TLS13, TLS13_CHACHA20_POLY1305_SHA256),
+    ] {
+        for loan_max in [None, Some(1000)] {
+            for chunk in [
+                1,
+                2,
+                5,
+                21,
+                22,
+                100,
+                999,
+                4096,
+                16406,
+                16500,
+                30000,
+                usize::MAX,
+            ] {
+                let mut peer = Peer::new(&config, client_with(&roots, version, suite));
+                peer.loan_max = loan_max;
+                peer.want_bytes();
+                peer.run();
+                assert!(peer.established);
+                peer.chunk = chunk;
+                for request in &requests {
+                    peer.client.writer().write_all(request).unwrap();
+                }
+                // The connection takes what comes and asks again, as it
+                // does while a request is incomplete.
+                for _ in 0..100_000 {
+                    if peer.received.len() >= all.len() {
+                        break;
+                    }
+                    if peer.recv_result.take().is_some() {
+                        peer.want_bytes();
+                    }
+                    peer.run();
+                }
+                assert!(
+                    peer.received == all,
+                    "{suite:?} loans {loan_max:?} chunks of {chunk}: {} of {} bytes",
+                    peer.received.len(),
+                    all.len()
+                );
+                if loan_max.is_none() && chunk >= 100 {
+                    assert!(peer.direct_recvs > 0, "chunks of {chunk}");
+                }
+            }
+        }
+    }
 }
 
 #[test]
