@@ -630,3 +630,52 @@ fn a_shutdown_after_the_peer_reset_still_completes() {
     );
     assert!(!peer.link.in_flight());
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(40))]
+
+    /// Any mix of loan sizes (straight into the connection's buffer or
+    /// through the link's) and of receive lengths delivers the client's
+    /// stream whole and in order.
+    #[test]
+    fn any_mix_of_loans_and_cuts_delivers_the_stream(
+        writes in proptest::collection::vec(1usize..40_000, 1..5),
+        loans in proptest::collection::vec(proptest::option::of(1u32..40_000), 1..6),
+        chunks in proptest::collection::vec(1usize..50_000, 1..6),
+        suite in 0usize..3,
+    ) {
+        use rustls::crypto::ring::cipher_suite::*;
+        let (version, suite) = [
+            (&rustls::version::TLS13, TLS13_AES_128_GCM_SHA256),
+            (&rustls::version::TLS12, TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384),
+            (&rustls::version::TLS12, TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256),
+        ][suite];
+        let (_dir, config, roots) = setup(&["a.test"]);
+        let mut peer = Peer::new(&config, client_with(&roots, version, suite));
+        peer.want_bytes();
+        peer.run();
+        proptest::prop_assert!(peer.established);
+        peer.client.set_buffer_limit(None);
+        let mut all = Vec::new();
+        for (i, len) in writes.iter().enumerate() {
+            let bytes: Vec<u8> = (0..*len).map(|b| (b * 7 + i) as u8).collect();
+            peer.client.writer().write_all(&bytes).unwrap();
+            all.extend_from_slice(&bytes);
+        }
+        let mut step = 0;
+        for _ in 0..200_000 {
+            if peer.received.len() >= all.len() {
+                break;
+            }
+            if peer.recv_result.take().is_some() {
+                peer.loan_max = loans[step % loans.len()];
+                peer.chunk = chunks[step % chunks.len()];
+                step += 1;
+                peer.want_bytes();
+            }
+            peer.run();
+        }
+        proptest::prop_assert_eq!(peer.received.len(), all.len());
+        proptest::prop_assert!(peer.received == all);
+    }
+}
