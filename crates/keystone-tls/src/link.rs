@@ -1083,39 +1083,20 @@ impl Link {
                         record_len: opened.record_len,
                     });
                 }
-                CONTENT_ALERT => {
-                    let alert =
+                content_type => {
+                    let content =
                         &self.cipher_in.unconsumed()[opened.start..opened.start + opened.len];
-                    let close_notify = alert == ALERT_CLOSE_NOTIFY;
-                    let fatal = alert.first() == Some(&2);
+                    let control =
+                        control_record(self.role, &mut self.ticket_left, content_type, content);
                     self.cipher_in.consume(opened.record_len as u32);
-                    if close_notify {
-                        self.peer_closed = true;
-                        return;
-                    }
-                    // A warning other than close_notify (user_canceled)
-                    // is ignored; a fatal one ends the connection.
-                    if fatal {
-                        return self.fail("the peer sent a fatal alert".into(), None);
-                    }
-                }
-                CONTENT_HANDSHAKE if self.role == Role::Client => {
-                    let messages =
-                        &self.cipher_in.unconsumed()[opened.start..opened.start + opened.len];
-                    match skip_tickets(messages, self.ticket_left) {
-                        Ok(left) => {
-                            self.ticket_left = left;
-                            self.cipher_in.consume(opened.record_len as u32);
+                    match control {
+                        Control::Skip => {}
+                        Control::Closed => {
+                            self.peer_closed = true;
+                            return;
                         }
-                        Err(why) => return self.fail(why.into(), Some(ALERT_UNEXPECTED_MESSAGE)),
+                        Control::Refused(why, alert) => return self.fail(why.into(), alert),
                     }
-                }
-                _ => {
-                    return self.fail(
-                        "a handshake message after the handshake (KeyUpdate or renegotiation)"
-                            .into(),
-                        Some(ALERT_UNEXPECTED_MESSAGE),
-                    )
                 }
             }
         }
@@ -1224,11 +1205,14 @@ impl Link {
                 Ok(Some(opened)) => opened,
                 Ok(None) => break,
                 Err(RecordError::Overflow) => {
-                    failure = Some(("record overflow".to_string(), ALERT_RECORD_OVERFLOW));
+                    failure = Some(("record overflow".to_string(), Some(ALERT_RECORD_OVERFLOW)));
                     break;
                 }
                 Err(err) => {
-                    failure = Some((format!("record refused: {err:?}"), ALERT_BAD_RECORD_MAC));
+                    failure = Some((
+                        format!("record refused: {err:?}"),
+                        Some(ALERT_BAD_RECORD_MAC),
+                    ));
                     break;
                 }
             };
@@ -1236,39 +1220,24 @@ impl Link {
             let content = &bytes[opened.start..opened.start + opened.len];
             match opened.content_type {
                 CONTENT_APPLICATION_DATA => plain += opened.len,
-                CONTENT_ALERT if content == ALERT_CLOSE_NOTIFY => {
-                    self.peer_closed = true;
-                    at = filled;
-                    break;
-                }
-                // A warning other than close_notify (user_canceled) is
-                // ignored; a fatal one ends the connection.
-                CONTENT_ALERT if content.first() == Some(&2) => {
-                    self.fail("the peer sent a fatal alert".into(), None);
-                    break;
-                }
-                CONTENT_ALERT => {}
-                CONTENT_HANDSHAKE if self.role == Role::Client => {
-                    match skip_tickets(content, self.ticket_left) {
-                        Ok(left) => self.ticket_left = left,
-                        Err(why) => {
-                            failure = Some((why.into(), ALERT_UNEXPECTED_MESSAGE));
+                content_type => {
+                    match control_record(self.role, &mut self.ticket_left, content_type, content) {
+                        Control::Skip => {}
+                        Control::Closed => {
+                            self.peer_closed = true;
+                            at = filled;
+                            break;
+                        }
+                        Control::Refused(why, alert) => {
+                            failure = Some((why.to_string(), alert));
                             break;
                         }
                     }
                 }
-                _ => {
-                    failure = Some((
-                        "a handshake message after the handshake (KeyUpdate or renegotiation)"
-                            .into(),
-                        ALERT_UNEXPECTED_MESSAGE,
-                    ));
-                    break;
-                }
             }
         }
         if let Some((why, alert)) = failure {
-            self.fail(why, Some(alert));
+            self.fail(why, alert);
         }
         if self.stage == Stage::Failed {
             // The connection reads the reset once the alert has left.
@@ -1341,6 +1310,47 @@ impl Link {
         };
         let (buf, _) = self.plain_send.take().expect("checked");
         self.sent_done = Some((buf, result));
+    }
+}
+
+/// What a record other than application data means after the handshake.
+enum Control {
+    /// Nothing for the connection (a warning alert, a session ticket).
+    Skip,
+    /// The peer's `close_notify`: the stream ends.
+    Closed,
+    /// The connection ends: why, and the alert owed (none after the
+    /// peer's own fatal alert).
+    Refused(&'static str, Option<[u8; 2]>),
+}
+
+/// Reads one opened control record: alerts (close_notify ends the stream,
+/// a fatal one the connection, a warning is ignored), the session tickets
+/// a server sends a client (skipped), anything else — a KeyUpdate or
+/// renegotiation — refused.
+fn control_record(
+    role: Role,
+    ticket_left: &mut usize,
+    content_type: u8,
+    content: &[u8],
+) -> Control {
+    match content_type {
+        CONTENT_ALERT if content == ALERT_CLOSE_NOTIFY => Control::Closed,
+        CONTENT_ALERT if content.first() == Some(&2) => {
+            Control::Refused("the peer sent a fatal alert", None)
+        }
+        CONTENT_ALERT => Control::Skip,
+        CONTENT_HANDSHAKE if role == Role::Client => match skip_tickets(content, *ticket_left) {
+            Ok(left) => {
+                *ticket_left = left;
+                Control::Skip
+            }
+            Err(why) => Control::Refused(why, Some(ALERT_UNEXPECTED_MESSAGE)),
+        },
+        _ => Control::Refused(
+            "a handshake message after the handshake (KeyUpdate or renegotiation)",
+            Some(ALERT_UNEXPECTED_MESSAGE),
+        ),
     }
 }
 
