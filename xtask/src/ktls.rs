@@ -72,6 +72,13 @@ mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=524288 host /host || echo 
 for d in proc sys dev; do mount --bind /$d /host/$d; done
 mount -t tmpfs tmp /host/tmp
 mount -t tmpfs run /host/run
+# The workspace and the target directory again, on their own shares: a
+# checkout under /tmp is hidden by the fresh /tmp above.
+for share in ws tgt; do
+  DIR=$(sed -n "s/.*ks_$share=\([^ ]*\).*/\1/p" /proc/cmdline)
+  mkdir -p "/host$DIR" 2>/dev/null
+  mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=524288 $share "/host$DIR" || echo "KTLS FAIL: 9p mount of $DIR"
+done
 CMD=$(sed -n 's/.*ks_cmd=\([^ ]*\).*/\1/p' /proc/cmdline)
 BIN=$(sed -n 's/.*ks_bin=\([^ ]*\).*/\1/p' /proc/cmdline)
 ip link set lo up
@@ -95,17 +102,28 @@ pub fn run(root: &Path) -> Result<()> {
     ]))?;
     let keystone = target.join("debug/keystone");
     let guest = root.join("xtask/ktls/guest.sh");
-    for path in [&keystone, &guest] {
+    for path in [&keystone, &guest, &target, &root.to_path_buf()] {
         let text = path.to_str().unwrap_or("");
-        if text.is_empty() || text.contains(char::is_whitespace) {
-            bail!("{path:?}: the guest's kernel command line takes paths without spaces");
+        if text.is_empty() || text.contains(|c: char| c.is_whitespace() || c == ',') {
+            bail!("{path:?}: the guest's kernel command line and QEMU's -virtfs take paths without spaces or commas");
         }
     }
     let dir = target.join("ktls");
     std::fs::create_dir_all(&dir)?;
     let (vmlinux, modules) = kernel(&dir)?;
     let initrd = initramfs(&dir, &modules)?;
-    boot(&dir, &vmlinux, &initrd, &guest, &keystone)
+    let shares = Shares {
+        workspace: root.to_path_buf(),
+        target,
+    };
+    boot(&dir, &vmlinux, &initrd, &guest, &keystone, &shares)
+}
+
+/// The directories shared with the guest besides its root (read-only, at
+/// the same paths).
+struct Shares {
+    workspace: PathBuf,
+    target: PathBuf,
 }
 
 /// The kernel: downloaded and unpacked once under `dir`; returns its
@@ -350,12 +368,27 @@ fn decompressed(path: &Path) -> Result<Vec<u8>> {
 
 /// Boots the guest, echoes its `KTLS` lines (the whole console goes to
 /// `dir/console.log`) and fails unless the check passed.
-fn boot(dir: &Path, vmlinux: &Path, initrd: &Path, guest: &Path, keystone: &Path) -> Result<()> {
+fn boot(
+    dir: &Path,
+    vmlinux: &Path,
+    initrd: &Path,
+    guest: &Path,
+    keystone: &Path,
+    shares: &Shares,
+) -> Result<()> {
     let append = format!(
-        "console=ttyS0 quiet panic=-1 ks_cmd={} ks_bin={}",
+        "console=ttyS0 quiet panic=-1 ks_cmd={} ks_bin={} ks_ws={} ks_tgt={}",
         guest.display(),
-        keystone.display()
+        keystone.display(),
+        shares.workspace.display(),
+        shares.target.display()
     );
+    let share = |tag: &str, path: &Path| {
+        format!(
+            "local,path={},mount_tag={tag},security_model=none,readonly=on,multidevs=remap",
+            path.display()
+        )
+    };
     println!(
         "booting {} under QEMU (emulated; about 2-3 minutes)",
         vmlinux.display()
@@ -377,10 +410,9 @@ fn boot(dir: &Path, vmlinux: &Path, initrd: &Path, guest: &Path, keystone: &Path
         .arg(initrd)
         .arg("-append")
         .arg(&append)
-        .args([
-            "-virtfs",
-            "local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap",
-        ])
+        .args(["-virtfs", &share("host", Path::new("/"))])
+        .args(["-virtfs", &share("ws", &shares.workspace)])
+        .args(["-virtfs", &share("tgt", &shares.target)])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
