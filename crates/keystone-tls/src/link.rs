@@ -1061,14 +1061,9 @@ impl Link {
             let opened = match layer.open(bytes) {
                 Ok(Some(opened)) => opened,
                 Ok(None) => return,
-                Err(RecordError::Overflow) => {
-                    return self.fail("record overflow".into(), Some(ALERT_RECORD_OVERFLOW))
-                }
                 Err(err) => {
-                    return self.fail(
-                        format!("record refused: {err:?}"),
-                        Some(ALERT_BAD_RECORD_MAC),
-                    )
+                    let (why, alert) = refusal(err);
+                    return self.fail(why, Some(alert));
                 }
             };
             match opened.content_type {
@@ -1204,15 +1199,9 @@ impl Link {
             let opened = match layer.open_to(&mut bytes[..filled], plain, at) {
                 Ok(Some(opened)) => opened,
                 Ok(None) => break,
-                Err(RecordError::Overflow) => {
-                    failure = Some(("record overflow".to_string(), Some(ALERT_RECORD_OVERFLOW)));
-                    break;
-                }
                 Err(err) => {
-                    failure = Some((
-                        format!("record refused: {err:?}"),
-                        Some(ALERT_BAD_RECORD_MAC),
-                    ));
+                    let (why, alert) = refusal(err);
+                    failure = Some((why, Some(alert)));
                     break;
                 }
             };
@@ -1290,7 +1279,8 @@ impl Link {
 
     fn overflow_direct(&mut self, mut buf: SpareLoan) {
         buf.rewind();
-        self.fail("record overflow".into(), Some(ALERT_RECORD_OVERFLOW));
+        let (why, alert) = refusal(RecordError::Overflow);
+        self.fail(why, Some(alert));
         self.plain_recv = Some(buf);
     }
 
@@ -1310,6 +1300,15 @@ impl Link {
         };
         let (buf, _) = self.plain_send.take().expect("checked");
         self.sent_done = Some((buf, result));
+    }
+}
+
+/// Why a record the record layer refused ends the connection, and the
+/// alert that says so.
+fn refusal(err: RecordError) -> (String, [u8; 2]) {
+    match err {
+        RecordError::Overflow => ("record overflow".into(), ALERT_RECORD_OVERFLOW),
+        err => (format!("record refused: {err:?}"), ALERT_BAD_RECORD_MAC),
     }
 }
 
