@@ -96,9 +96,7 @@ poweroff -f
 /// `cargo xtask ktls`.
 pub fn run(root: &Path) -> Result<()> {
     debian::ensure(PACKAGES)?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
+    let target = crate::target_dir(root);
     run_checked(crate::cargo().current_dir(root).args([
         "build",
         "-p",

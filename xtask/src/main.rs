@@ -100,6 +100,13 @@ pub(crate) fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
 }
 
+/// Where cargo builds: `CARGO_TARGET_DIR`, else the workspace's `target`.
+pub(crate) fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+}
+
 /// Runs `command`, failing with its status when it does not succeed.
 pub(crate) fn run_checked(command: &mut Command) -> Result<()> {
     let status = command
@@ -242,10 +249,7 @@ fn example_specs(root: &Path) -> Result<()> {
             .args(["make", "keystone-helpers-0.1-1.rockspec"])
             .current_dir(root.join("lua-rocks")),
     )?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    let keystone = target.join("debug/keystone");
+    let keystone = target_dir(root).join("debug/keystone");
     for example in EXAMPLES_WITH_SPECS {
         println!("keystone test (examples/{example})");
         run_checked(
