@@ -139,7 +139,7 @@ impl Connection {
         );
         cx.policy.answered(&request, &commit.committed);
         self.recv.consume(complete.total);
-        if let Some(upload) = &mut self.upload {
+        if let Some(upload) = self.upload.as_mut() {
             // A streamed request's total is its head: the body behind it
             // is now at the buffer's front.
             debug_assert!(complete.streamed || upload.is_tunnel());
@@ -281,8 +281,12 @@ impl Connection {
         );
         match cx.policy.pin(self.slot) {
             Ok(pinned) => {
-                self.tail =
-                    crate::connection::Tail::Stream(StreamTail::new(pinned.owner, encoder, label));
+                self.tail
+                    .set(crate::connection::Tail::Stream(StreamTail::new(
+                        pinned.owner,
+                        encoder,
+                        label,
+                    )));
                 Commit { committed, close }
             }
             Err(err) => {

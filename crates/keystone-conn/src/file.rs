@@ -238,7 +238,7 @@ impl Connection {
                 }
             }
         };
-        self.reading = Reading::Answering(PendingFile {
+        self.answering.set(Some(PendingFile {
             body: complete.body,
             total: complete.total,
             framing,
@@ -247,7 +247,8 @@ impl Connection {
             step: Step::Open,
             is_index: false,
             follow: false,
-        });
+        }));
+        self.reading = Reading::Answering;
         None
     }
 
@@ -275,9 +276,10 @@ impl Connection {
         &mut self,
         cx: &'c mut Context<'_, P>,
     ) -> Option<Intent<'c>> {
-        let Reading::Answering(pending) = &mut self.reading else {
+        if !matches!(self.reading, Reading::Answering) {
             return None;
-        };
+        }
+        let pending = self.pending_mut();
         match pending.step {
             Step::Open => {
                 let is_index = pending.is_index;
@@ -404,17 +406,22 @@ impl Connection {
     }
 
     fn pending(&self) -> &PendingFile {
-        let Reading::Answering(pending) = &self.reading else {
-            unreachable!("no pending file answer")
-        };
-        pending
+        debug_assert!(matches!(self.reading, Reading::Answering));
+        self.answering.as_ref().expect("no pending file answer")
     }
 
     fn pending_mut(&mut self) -> &mut PendingFile {
-        let Reading::Answering(pending) = &mut self.reading else {
-            unreachable!("no pending file answer")
-        };
-        pending
+        debug_assert!(matches!(self.reading, Reading::Answering));
+        self.answering.as_mut().expect("no pending file answer")
+    }
+
+    /// Takes the pending answer out, the reading side back to idle.
+    fn take_pending(&mut self) -> Option<PendingFile> {
+        if !matches!(self.reading, Reading::Answering) {
+            return None;
+        }
+        self.reading = Reading::Idle;
+        self.answering.take()
     }
 
     /// The pending answer's path (the requested one, not its index).
@@ -442,8 +449,7 @@ impl Connection {
         cx: &mut Context<'_, P>,
         file: Result<FileRef, FileError>,
     ) {
-        let Reading::Answering(pending) = std::mem::replace(&mut self.reading, Reading::Idle)
-        else {
+        let Some(pending) = self.take_pending() else {
             unreachable!("no pending file")
         };
         self.reparse_taken_head(cx);
@@ -501,8 +507,7 @@ impl Connection {
 
     /// A pending answer the connection gives up on (it aborts).
     pub(crate) fn release_pending<P: Policy>(&mut self, cx: &mut Context<'_, P>) {
-        let Reading::Answering(pending) = std::mem::replace(&mut self.reading, Reading::Idle)
-        else {
+        let Some(pending) = self.take_pending() else {
             return;
         };
         match pending.step {

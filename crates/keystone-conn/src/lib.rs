@@ -37,6 +37,7 @@
 mod answer;
 mod connection;
 mod file;
+mod kept;
 mod proxy;
 mod read;
 mod stream;

@@ -235,12 +235,12 @@ impl Connection {
                     Ok(committed) => {
                         self.send.commit(committed.bytes as u32);
                         cx.policy.proxy_head_taken(self.slot);
-                        self.tail = Tail::Upstream(UpstreamTail {
+                        self.tail.set(Tail::Upstream(UpstreamTail {
                             encoder: Encoder::for_stream(None, 0),
                             label,
                             splice: None,
-                        });
-                        self.upload = Some(Upload::tunnel());
+                        }));
+                        self.upload.set(Some(Upload::tunnel()));
                         done = false;
                         Commit {
                             committed,
@@ -297,11 +297,11 @@ impl Connection {
                         self.send.commit(committed.bytes as u32);
                         cx.policy.proxy_head_taken(self.slot);
                         if relay {
-                            self.tail = Tail::Upstream(UpstreamTail {
+                            self.tail.set(Tail::Upstream(UpstreamTail {
                                 encoder,
                                 label,
                                 splice: None,
-                            });
+                            }));
                             done = false;
                             self.try_splice(cx);
                         }
@@ -375,7 +375,7 @@ impl Connection {
             {
                 return;
             }
-            let Tail::Upstream(tail) = &mut self.tail else {
+            let Some(Tail::Upstream(tail)) = self.tail.get_mut() else {
                 unreachable!("fill without an upstream body")
             };
             match cx.policy.proxy_body(slot) {
@@ -432,7 +432,7 @@ impl Connection {
     /// is free): decided as the head is relayed, before the upstream side
     /// reads more of it.
     fn try_splice<P: Policy>(&mut self, cx: &mut Context<'_, P>) {
-        let Tail::Upstream(tail) = &mut self.tail else {
+        let Some(Tail::Upstream(tail)) = self.tail.get_mut() else {
             return;
         };
         let raw = matches!(tail.encoder.body_length(), BodyLength::Known(_));
@@ -469,10 +469,10 @@ impl Connection {
         &mut self,
         cx: &mut Context<'_, P>,
     ) -> Option<Intent<'static>> {
-        let Tail::Upstream(UpstreamTail {
+        let Some(Tail::Upstream(UpstreamTail {
             splice: Some(splice),
             ..
-        }) = &mut self.tail
+        })) = self.tail.get_mut()
         else {
             return None;
         };
@@ -512,11 +512,11 @@ impl Connection {
         cx: &mut Context<'_, P>,
     ) {
         let slot = self.slot;
-        let Tail::Upstream(UpstreamTail {
+        let Some(Tail::Upstream(UpstreamTail {
             splice: Some(splice),
             encoder,
             ..
-        }) = &mut self.tail
+        })) = self.tail.get_mut()
         else {
             unreachable!("a proxied splice without its tail")
         };
@@ -547,7 +547,7 @@ impl Connection {
             self.reading = Reading::Idle;
             self.proxy_finished(cx);
         }
-        self.upload = None;
+        self.upload.clear();
     }
 }
 

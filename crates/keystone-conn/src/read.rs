@@ -86,8 +86,8 @@ impl Connection {
         // bounded by the bytes buffered.
         loop {
             if self.phase != Phase::Open
-                || !matches!(self.tail, Tail::None)
-                || matches!(self.reading, Reading::Answering(_) | Reading::Proxying(_))
+                || !matches!(*self.tail, Tail::None)
+                || matches!(self.reading, Reading::Answering | Reading::Proxying(_))
                 || self.upload.is_some()
             {
                 return;
@@ -175,7 +175,7 @@ impl Connection {
             }
             Ok(BodyReady::Streamed(upload)) => {
                 let head_len = cx.shared.head.head_len;
-                self.upload = Some(upload);
+                self.upload.set(Some(upload));
                 Complete {
                     body: Span::new(base + head_len, 0),
                     total: head_len,

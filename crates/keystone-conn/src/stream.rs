@@ -112,7 +112,7 @@ impl Connection {
 
     fn fill<P: Policy>(&mut self, cx: &mut Context<'_, P>) -> Filled {
         let slot = self.slot;
-        let Tail::Stream(stream) = &mut self.tail else {
+        let Some(Tail::Stream(stream)) = self.tail.get_mut() else {
             unreachable!("fill without a stream")
         };
         let mut empty_pulls = 0;

@@ -115,11 +115,11 @@ impl Connection {
     /// otherwise it is never read and the connection closes after the
     /// answer.
     pub(crate) fn after_streamed_answer<P: Policy>(&mut self, cx: &mut Context<'_, P>) {
-        let Some(upload) = &mut self.upload else {
+        let Some(upload) = self.upload.as_mut() else {
             return;
         };
         if !matches!(self.reading, Reading::Proxying(_)) {
-            self.upload = None;
+            self.upload.clear();
             if self.phase == Phase::Open {
                 self.phase = Phase::Finishing;
             }
@@ -178,7 +178,7 @@ impl Connection {
     /// chunked body is decoded in place.
     fn upload_frame<P: Policy>(&mut self, cx: &mut Context<'_, P>) -> Result<(), ParseError> {
         let limit = cx.shared.config.max_proxy_body_bytes;
-        let Some(upload) = &mut self.upload else {
+        let Some(upload) = self.upload.as_mut() else {
             return Ok(());
         };
         if upload.received_all {
@@ -215,7 +215,7 @@ impl Connection {
     pub(crate) fn push_upload<P: Policy>(&mut self, cx: &mut Context<'_, P>) {
         let slot = self.slot;
         loop {
-            let Some(upload) = &mut self.upload else {
+            let Some(upload) = self.upload.as_mut() else {
                 return;
             };
             if upload.pending == 0 {
@@ -238,7 +238,7 @@ impl Connection {
             .as_ref()
             .is_some_and(|upload| upload.received_all)
         {
-            self.upload = None;
+            self.upload.clear();
             cx.policy.proxy_upload_end(slot);
         }
     }
@@ -258,7 +258,7 @@ impl Connection {
     /// way the upstream request is abandoned (its connection closes, so
     /// the backend never sees the cut body as a whole one).
     pub(crate) fn abandon_upload<P: Policy>(&mut self, cx: &mut Context<'_, P>, status: u16) {
-        self.upload = None;
+        self.upload.clear();
         if matches!(self.reading, Reading::Proxying(_)) && self.phase == Phase::Open {
             self.refuse_proxied(cx, status);
         } else {
