@@ -191,4 +191,47 @@ mod tests {
         wheel.set(1, Some(start));
         assert_eq!(collect(&mut wheel, start + second * 3), vec![1]);
     }
+
+    /// Many owners setting, moving and clearing deadlines at random
+    /// (a fixed xorshift sequence) against a plain model: every owner
+    /// fires exactly on the first tick at or after its deadline, once.
+    #[test]
+    fn random_sets_moves_and_clears_fire_as_a_model_says() {
+        const OWNERS: u32 = 64;
+        let start = Instant::now();
+        let mut wheel = TimerWheel::new(OWNERS, start);
+        let mut model: Vec<Option<u64>> = vec![None; OWNERS as usize];
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut random = move |bound: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % bound
+        };
+        for now_secs in 1..400_u64 {
+            for _ in 0..random(40) {
+                let owner = random(u64::from(OWNERS)) as u32;
+                if random(5) == 0 {
+                    wheel.set(owner, None);
+                    model[owner as usize] = None;
+                } else {
+                    // Up to two laps ahead, at sub-second offsets.
+                    let at_ms = now_secs * 1000 + random(256_000);
+                    wheel.set(owner, Some(start + Duration::from_millis(at_ms)));
+                    model[owner as usize] = Some(at_ms.div_ceil(1000).max(now_secs + 1));
+                }
+                assert_eq!(wheel.due(owner), model[owner as usize]);
+            }
+            let now = start + Duration::from_secs(now_secs + 1);
+            let fired = collect(&mut wheel, now);
+            let mut expected: Vec<u32> = (0..OWNERS)
+                .filter(|&owner| model[owner as usize].is_some_and(|due| due <= now_secs + 1))
+                .collect();
+            expected.sort_unstable();
+            assert_eq!(fired, expected, "at {now_secs} s");
+            for owner in expected {
+                model[owner as usize] = None;
+            }
+        }
+    }
 }
