@@ -39,7 +39,7 @@ use keystone_ops::stats::WorkerStats;
 use keystone_parser::BodyFraming;
 use keystone_response::Committed;
 use keystone_ringbuf::Span;
-use keystone_router::{RouteMiss, Router};
+use keystone_router::{RouteMatch, RouteMiss, Router};
 use keystone_upstream::{write_forward_head, ForwardFraming, ForwardRequest, Scheme};
 
 /// One line for the worker's log.
@@ -465,11 +465,15 @@ impl Policy for AppPolicy {
                 allow: Some(self.router.server_allow().as_bytes()),
             };
         }
-        let found = self
-            .router
-            .lookup(request.method(), request.path(), request.head.path.offset);
-        let matched = match found {
-            Ok(matched) => matched,
+        let mut matched = RouteMatch::EMPTY;
+        let found = self.router.lookup_into(
+            request.method(),
+            request.path(),
+            request.head.path.offset,
+            &mut matched,
+        );
+        match found {
+            Ok(()) => {}
             Err(RouteMiss::NotFound) => {
                 return Answer::Canned {
                     status: 404,

@@ -280,6 +280,48 @@ fn param_spans_are_absolute() {
     assert_eq!(found.params()[0].value, Span::new(11, 4));
 }
 
+#[test]
+fn lookup_into_one_match_again_and_again_gives_each_lookups_answer() {
+    let router = router();
+    let mut found = RouteMatch::EMPTY;
+    router
+        .lookup_into(b"GET", b"/users/1234/posts/56", 0, &mut found)
+        .expect("two params");
+    assert_eq!(
+        found,
+        router.lookup(b"GET", b"/users/1234/posts/56", 0).unwrap()
+    );
+    assert_eq!(found.params().len(), 2);
+    // A static path after a parameter route: no parameters, whatever the
+    // match held before.
+    router
+        .lookup_into(b"GET", b"/users", 0, &mut found)
+        .expect("static");
+    assert_eq!(found.params(), &[]);
+    assert_eq!(
+        found.handler,
+        router.lookup(b"GET", b"/users", 0).unwrap().handler
+    );
+    router
+        .lookup_into(b"GET", b"/users/7", 9, &mut found)
+        .expect("one param");
+    assert_eq!(
+        found.params(),
+        &[Param {
+            name: "id",
+            value: Span::new(16, 1)
+        }]
+    );
+    assert_eq!(
+        router.lookup_into(b"GET", b"/nowhere", 0, &mut found),
+        Err(RouteMiss::NotFound)
+    );
+    assert!(matches!(
+        router.lookup_into(b"DELETE", b"/users", 0, &mut found),
+        Err(RouteMiss::MethodNotAllowed { .. })
+    ));
+}
+
 proptest! {
     #[test]
     fn every_literal_route_is_found(
