@@ -3,8 +3,21 @@
 /// Whether `name` is an RFC 9110 token (`tchar`+), the only legal header
 /// field name.
 pub fn valid_header_name(name: &[u8]) -> bool {
-    !name.is_empty() && name.iter().all(|&b| is_tchar(b))
+    !name.is_empty() && name.iter().all(|&b| TCHAR[usize::from(b)])
 }
+
+/// `is_tchar` as a table: one load per byte where the `matches!` is a
+/// chain of tests (this check was 7.6 % of the param-json round trip's
+/// samples when `set_header` still ran it three times).
+static TCHAR: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = is_tchar(b as u8);
+        b += 1;
+    }
+    table
+};
 
 /// Whether `value` is a legal field value: visible ASCII, obs-text, SP and
 /// HTAB; no CR, LF, NUL or other control bytes (they would split or end the

@@ -804,8 +804,10 @@ impl HttpExchange {
     pub fn set_header(&mut self, name: &[u8], value: &[u8]) -> Result<(), HeaderError> {
         check_settable(name)?;
         check_value(name, value)?;
-        self.remove_header(name)?;
-        self.add_header(name, value)
+        // Checked once here: the removal and the append below are the
+        // unchecked halves of `remove_header` and `add_header`.
+        self.remove_checked(name)?;
+        self.push_checked(name, value)
     }
 
     /// Appends a response header without removing earlier ones of the same
@@ -814,6 +816,11 @@ impl HttpExchange {
     pub fn add_header(&mut self, name: &[u8], value: &[u8]) -> Result<(), HeaderError> {
         check_settable(name)?;
         check_value(name, value)?;
+        self.push_checked(name, value)
+    }
+
+    /// `add_header` after its checks: `name` is settable and `value` valid.
+    fn push_checked(&mut self, name: &[u8], value: &[u8]) -> Result<(), HeaderError> {
         if is_content_length(name) && self.response_header(CONTENT_LENGTH).is_some() {
             return Err(HeaderError::InvalidContentLength);
         }
@@ -839,6 +846,11 @@ impl HttpExchange {
     /// Removes every response header named `name`.
     pub fn remove_header(&mut self, name: &[u8]) -> Result<(), HeaderError> {
         check_settable(name)?;
+        self.remove_checked(name)
+    }
+
+    /// `remove_header` after its check: `name` is settable.
+    fn remove_checked(&mut self, name: &[u8]) -> Result<(), HeaderError> {
         let count = self.response_header_count as usize;
         let mut kept = 0;
         for index in 0..count {

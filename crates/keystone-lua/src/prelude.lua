@@ -111,7 +111,6 @@ return function(ex_addr, fns, layout, messages)
   local set_upstream_header = ffi.cast("ks_set_fn", fns.set_upstream_header)
   local add_header = ffi.cast("ks_set_fn", fns.add_header)
 
-  local GEN = {} -- private key: the generation a ctx or proxy was made for
   local BODY_INLINE, BODY_FILE, BODY_STREAM = 0, 1, 2 -- keystone_exchange::BodyKind
   local handlers = {}
   local current_body, cur_params, cur_args, cur_request, cur_headers, cur_request_headers, cur_cookies
@@ -123,6 +122,10 @@ return function(ex_addr, fns, layout, messages)
   -- ctx.on_response: the function set by the last handler, and those the
   -- engine keeps (by connection) until the upstream's head arrives.
   local cur_on_response, last_on_response, cur_upstream_response
+  -- The generation the current proxies were made in: a proxy is live while
+  -- it is the current one of its kind and the exchange is not expired.
+  local cur_generation
+  local cur_upstream_response_headers
   local hooks = {}
 
   local function expired()
@@ -151,8 +154,14 @@ return function(ex_addr, fns, layout, messages)
     error(message .. " (header '" .. tostring(name) .. "'" .. got .. ")", 3)
   end
 
+  -- A proxy (ctx.headers, ctx.params, ...) is an empty table made on the
+  -- request's first access and remembered in its `cur_*` upvalue, which
+  -- every dispatch clears: a proxy is live exactly while it is the current
+  -- one, so the check is an identity comparison and the table needs no
+  -- private generation key (a key of its own would be a second allocation,
+  -- the table's hash part, on every request that touches a proxy).
   local function proxy(mt)
-    return setmetatable({ [GEN] = ex.generation }, mt)
+    return setmetatable({}, mt)
   end
 
   local function read_only(what)
@@ -164,11 +173,12 @@ return function(ex_addr, fns, layout, messages)
   -- A read-only proxy whose fields `find` locates (an engine function
   -- returning an index or a length, negative when absent) and `read` turns
   -- into a string.
-  local function lookup_mt(what, find, read)
+  -- `current()` is the live proxy of its kind (nil before the first access).
+  local function lookup_mt(what, find, read, current)
     return {
       __metatable = false, -- getmetatable(ctx) reveals nothing, setmetatable fails
       __index = function(t, k)
-        if rawget(t, GEN) ~= ex.generation then expired() end
+        if t ~= current() or cur_generation ~= ex.generation then expired() end
         check_name(what, k)
         local i = find(ex, k, #k)
         if i < 0 then return nil end
@@ -178,11 +188,15 @@ return function(ex_addr, fns, layout, messages)
     }
   end
 
-  local params_mt = lookup_mt("ctx.params", find_param, function(i) return span(ex.params[i].value) end)
-  local args_mt = lookup_mt("ctx.args", query_arg, function(n) return ffi_string(ex.scratch, n) end)
-  local cookies_mt = lookup_mt("ctx.cookies", find_cookie, function() return span(ex.found) end)
+  local params_mt = lookup_mt("ctx.params", find_param, function(i) return span(ex.params[i].value) end,
+    function() return cur_params end)
+  local args_mt = lookup_mt("ctx.args", query_arg, function(n) return ffi_string(ex.scratch, n) end,
+    function() return cur_args end)
+  local cookies_mt = lookup_mt("ctx.cookies", find_cookie, function() return span(ex.found) end,
+    function() return cur_cookies end)
   local request_headers_mt =
-    lookup_mt("ctx.request.headers", find_header, function(i) return span(ex.headers[i].value) end)
+    lookup_mt("ctx.request.headers", find_header, function(i) return span(ex.headers[i].value) end,
+      function() return cur_request_headers end)
 
   local request_fields = {
     method = function() return span(ex.method) end,
@@ -217,7 +231,7 @@ return function(ex_addr, fns, layout, messages)
   local tls_mt = {
     __metatable = false,
     __index = function(t, k)
-      if rawget(t, GEN) ~= ex.generation then expired() end
+      if t ~= cur_tls or cur_generation ~= ex.generation then expired() end
       local f = tls_fields[k]
       if f then return f() end
       return nil
@@ -228,7 +242,7 @@ return function(ex_addr, fns, layout, messages)
   local request_mt = {
     __metatable = false, -- getmetatable(ctx) reveals nothing, setmetatable fails
     __index = function(t, k)
-      if rawget(t, GEN) ~= ex.generation then expired() end
+      if t ~= cur_request or cur_generation ~= ex.generation then expired() end
       local f = request_fields[k]
       if f then return f() end
       return nil
@@ -253,7 +267,7 @@ return function(ex_addr, fns, layout, messages)
   local headers_mt = {
     __metatable = false, -- getmetatable(ctx) reveals nothing, setmetatable fails
     __index = function(t, k)
-      if rawget(t, GEN) ~= ex.generation then expired() end
+      if t ~= cur_headers or cur_generation ~= ex.generation then expired() end
       check_name("ctx.headers", k)
       local i = response_header(ex, k, #k)
       if i < 0 then return nil end
@@ -261,7 +275,7 @@ return function(ex_addr, fns, layout, messages)
       return ffi_string(ex.arena + h.value.offset, h.value.len)
     end,
     __newindex = function(t, k, v)
-      if rawget(t, GEN) ~= ex.generation then expired() end
+      if t ~= cur_headers or cur_generation ~= ex.generation then expired() end
       check_name("ctx.headers", k)
       local rc, value
       if v == nil then
@@ -291,12 +305,12 @@ return function(ex_addr, fns, layout, messages)
   local upstream_headers_mt = {
     __metatable = false,
     __index = function(t, k)
-      if rawget(t, GEN) ~= ex.generation then expired() end
+      if t ~= cur_upstream_headers or cur_generation ~= ex.generation then expired() end
       check_name("ctx.upstream_headers", k)
       return rawget(t, "\0" .. k:lower())
     end,
     __newindex = function(t, k, v)
-      if rawget(t, GEN) ~= ex.generation then expired() end
+      if t ~= cur_upstream_headers or cur_generation ~= ex.generation then expired() end
       check_name("ctx.upstream_headers", k)
       local rc
       if type(v) == "table" then
@@ -327,12 +341,11 @@ return function(ex_addr, fns, layout, messages)
     find_upstream_header, function(i)
       local h = ex.upstream_response_headers[i]
       return ffi_string(ex.upstream_base + h.value.offset, h.value.len)
-    end)
-  local cur_upstream_response_headers
+    end, function() return cur_upstream_response_headers end)
   local upstream_response_mt = {
     __metatable = false,
     __index = function(t, k)
-      if rawget(t, GEN) ~= ex.generation then expired() end
+      if t ~= cur_upstream_response or cur_generation ~= ex.generation then expired() end
       if k == "status" then return ex.upstream_status end
       -- The whole body, when the handler set ctx.upstream_buffer.
       if k == "body" then
@@ -563,12 +576,13 @@ return function(ex_addr, fns, layout, messages)
         nil, nil, nil, nil, nil, nil, nil
     cur_upstream_path, cur_upstream_key, cur_upstream_headers = nil, nil, nil
     cur_on_response, cur_upstream_response, cur_upstream_response_headers, cur_tls = nil, nil, nil, nil
+    cur_generation = ex.generation
     -- ctx holds its generation at [1]: a one-slot array part lives inside
-    -- the table's own allocation, where a `[GEN]` key needs a hash part of
-    -- its own. One LuaJIT allocation per request instead of two, and less
-    -- for the collector to sweep (criterion round-trip/plaintext, 5
-    -- alternating runs: medians 603 → 473 ns). Field names never reach
-    -- [1], so the index is as private in practice as GEN is.
+    -- the table's own allocation, where a private table key would need a
+    -- hash part of its own. One LuaJIT allocation per request instead of
+    -- two, and less for the collector to sweep (criterion
+    -- round-trip/plaintext, 5 alternating runs: medians 603 → 473 ns).
+    -- Field names never reach [1], so the index is private in practice.
     local ctx = setmetatable({ ex.generation }, ctx_mt)
     local ok, err = xpcall(handlers[index], traceback, ctx)
     last_body = current_body
@@ -643,6 +657,7 @@ return function(ex_addr, fns, layout, messages)
         nil, nil, nil, nil, nil, nil, nil
     cur_upstream_path, cur_upstream_key, cur_upstream_headers = nil, nil, nil
     cur_on_response, cur_upstream_response, cur_upstream_response_headers, cur_tls = nil, nil, nil, nil
+    cur_generation = ex.generation
     local ctx = setmetatable({ ex.generation }, ctx_mt)
     local ok, err = xpcall(hook, traceback, ctx)
     last_body = current_body

@@ -238,6 +238,86 @@ fn failed_request_leaves_no_state_for_the_next() {
     assert!(response.headers.is_empty());
 }
 
+/// A proxy is live only while it is its request's own: one kept from an
+/// earlier request fails even when the live request made a proxy of the
+/// same kind, and one used after the exchange expired (from a stream
+/// generator, before the next request) fails too.
+#[test]
+fn kept_proxies_expire() {
+    let mut app = load(
+        r#"local kept = {}
+        return { routes = {
+          ["GET /save/{id}"] = function(ctx)
+            kept.params, kept.headers, kept.args = ctx.params, ctx.headers, ctx.args
+            kept.request_headers = ctx.request.headers
+            ctx.body = "saved"
+          end,
+          ["GET /use/{id}"] = function(ctx)
+            -- The live request's own proxies first, then the kept ones.
+            local mine = ctx.params.id .. ctx.args.q .. ctx.request.headers["x-a"]
+            ctx.headers["X-Live"] = "1"
+            local results = { mine }
+            for _, f in ipairs({
+              function() return kept.params.id end,
+              function() kept.headers["X-Stale"] = "1" end,
+              function() return kept.headers["X-Live"] end,
+              function() return kept.args.q end,
+              function() return kept.request_headers["x-a"] end,
+            }) do
+              local ok, err = pcall(f)
+              results[#results + 1] = tostring(ok) .. ":" .. tostring(err):match("exchange expired") 
+            end
+            ctx.body = table.concat(results, " ")
+          end,
+          ["GET /stream"] = function(ctx)
+            local headers, params = ctx.headers, ctx.params
+            headers["X-Before"] = "1"
+            local step = 0
+            ctx.body = function()
+              step = step + 1
+              if step == 1 then return tostring(pcall(function() return headers["X-Before"] end)) end
+              if step == 2 then
+                local ok, err = pcall(function() headers["X-After"] = "1" end)
+                return tostring(ok) .. ":" .. tostring(err):match("exchange expired")
+              end
+              return nil
+            end
+          end,
+        } }"#,
+    );
+    run(
+        &mut app,
+        b"GET /save/1?q=a HTTP/1.1\r\nHost: h\r\nX-A: a\r\n\r\n",
+    )
+    .unwrap();
+    let response = run(
+        &mut app,
+        b"GET /use/2?q=b HTTP/1.1\r\nHost: h\r\nX-A: b\r\n\r\n",
+    )
+    .unwrap();
+    let expired = "false:exchange expired";
+    assert_eq!(
+        response.body,
+        format!("2bb {expired} {expired} {expired} {expired} {expired}")
+    );
+    assert_eq!(
+        response.headers,
+        vec![("X-Live".to_owned(), "1".to_owned())],
+        "a stale write did not touch the live request"
+    );
+
+    // The generator runs after the exchange expired (support::respond
+    // expires it), as the engine's pulls do.
+    run(&mut app, b"GET /stream HTTP/1.1\r\nHost: h\r\n\r\n").unwrap();
+    app.lua.pin_body(7).unwrap();
+    let mut chunks = Vec::new();
+    while let keystone_lua::Pull::Chunk(bytes) = app.lua.pull(7) {
+        chunks.push(String::from_utf8_lossy(bytes.as_slice()).into_owned());
+    }
+    assert_eq!(chunks, vec!["false".to_owned(), expired.to_owned()]);
+    app.lua.unpin_body(7);
+}
+
 #[test]
 fn kept_ctx_expires() {
     let mut app = load(
