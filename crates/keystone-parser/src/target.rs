@@ -119,15 +119,16 @@ pub(crate) enum RequestLine {
 /// Malformed), target form and an
 /// absolute-form authority (BadHost).
 ///
-/// One pass over the target: its bytes are classified, its first `?` and
-/// whether its path holds a `%` found in the same loop, so the split and
-/// the escape check only look again when they must.
+/// The line's end is found with `memchr`; then one pass over the target:
+/// its bytes are classified, its first `?` and whether its path holds a `%`
+/// found in the same loop, so the split and the escape check only look
+/// again when they must.
 pub(crate) fn check_request_line(buf: &[u8], limits: &Limits) -> Result<RequestLine, ParseError> {
     if buf == b"\r" {
         return Ok(RequestLine::Incomplete); // half of a leading empty line
     }
     let buf = skip_leading_empty_line(buf);
-    let line_end = buf.iter().position(|&byte| byte == b'\n');
+    let line_end = memchr::memchr(b'\n', buf);
     let line = match line_end {
         Some(end) => buf[..end].strip_suffix(b"\r").unwrap_or(&buf[..end]),
         None => buf,
