@@ -275,15 +275,16 @@ impl Router {
         path_offset: u32,
         found: &mut RouteMatch<'r>,
     ) -> Result<(), RouteMiss<'r>> {
-        let Ok(path_text) = std::str::from_utf8(path) else {
-            return Err(RouteMiss::NotFound);
-        };
         let table_index = match self.static_paths.get(path) {
             Some(&index) => {
                 found.param_count = 0;
                 index
             }
             None => {
+                // Only the tree needs text (a static key matched bytes).
+                let Ok(path_text) = std::str::from_utf8(path) else {
+                    return Err(RouteMiss::NotFound);
+                };
                 let matched = self.tree.at(path_text).map_err(|_| RouteMiss::NotFound)?;
                 // add() rejects keys with more than PARAMS_MAX parameters.
                 assert!(matched.params.len() <= PARAMS_MAX);
