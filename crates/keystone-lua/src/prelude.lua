@@ -156,10 +156,11 @@ return function(ex_addr, fns, layout, messages)
 
   -- A proxy (ctx.headers, ctx.params, ...) is an empty table made on the
   -- request's first access and remembered in its `cur_*` upvalue, which
-  -- every dispatch clears: a proxy is live exactly while it is the current
-  -- one, so the check is an identity comparison and the table needs no
-  -- private generation key (a key of its own would be a second allocation,
-  -- the table's hash part, on every request that touches a proxy).
+  -- every dispatch clears: a proxy is live while it is the current one of
+  -- its kind and `cur_generation` is still the exchange's (not expired).
+  -- Both are upvalue comparisons, so the table needs no private generation
+  -- key (a key of its own would be a second allocation, the table's hash
+  -- part, on every request that touches a proxy).
   local function proxy(mt)
     return setmetatable({}, mt)
   end
@@ -567,16 +568,22 @@ return function(ex_addr, fns, layout, messages)
   local last_body
   local pinned = {}
 
-  -- Runs handler `index` for the request bound in the exchange. Returns
-  -- true (the response is in the exchange), or false and the error with
-  -- its traceback. Returns no Lua values to the engine on success, so the
-  -- call costs the engine no allocation.
-  local function dispatch(index)
+  -- Forgets the last run's body, proxies and proxying strings before a run
+  -- over the exchange as bound now.
+  local function begin()
     current_body, cur_params, cur_args, cur_request, cur_headers, cur_request_headers, cur_cookies =
         nil, nil, nil, nil, nil, nil, nil
     cur_upstream_path, cur_upstream_key, cur_upstream_headers = nil, nil, nil
     cur_on_response, cur_upstream_response, cur_upstream_response_headers, cur_tls = nil, nil, nil, nil
     cur_generation = ex.generation
+  end
+
+  -- Runs handler `index` for the request bound in the exchange. Returns
+  -- true (the response is in the exchange), or false and the error with
+  -- its traceback. Returns no Lua values to the engine on success, so the
+  -- call costs the engine no allocation.
+  local function dispatch(index)
+    begin()
     -- ctx holds its generation at [1]: a one-slot array part lives inside
     -- the table's own allocation, where a private table key would need a
     -- hash part of its own. One LuaJIT allocation per request instead of
@@ -653,11 +660,7 @@ return function(ex_addr, fns, layout, messages)
     hooks[key] = nil
     if action ~= "run" then return true end
     if hook == nil then return false, "no ctx.on_response is kept for this request" end
-    current_body, cur_params, cur_args, cur_request, cur_headers, cur_request_headers, cur_cookies =
-        nil, nil, nil, nil, nil, nil, nil
-    cur_upstream_path, cur_upstream_key, cur_upstream_headers = nil, nil, nil
-    cur_on_response, cur_upstream_response, cur_upstream_response_headers, cur_tls = nil, nil, nil, nil
-    cur_generation = ex.generation
+    begin()
     local ctx = setmetatable({ ex.generation }, ctx_mt)
     local ok, err = xpcall(hook, traceback, ctx)
     last_body = current_body

@@ -265,12 +265,12 @@ fn kept_proxies_expire() {
               function() return kept.request_headers["x-a"] end,
             }) do
               local ok, err = pcall(f)
-              results[#results + 1] = tostring(ok) .. ":" .. tostring(err):match("exchange expired") 
+              results[#results + 1] = tostring(ok) .. ":" .. tostring(err):match("exchange expired")
             end
             ctx.body = table.concat(results, " ")
           end,
           ["GET /stream"] = function(ctx)
-            local headers, params = ctx.headers, ctx.params
+            local headers = ctx.headers
             headers["X-Before"] = "1"
             local step = 0
             ctx.body = function()
