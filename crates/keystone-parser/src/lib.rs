@@ -59,7 +59,7 @@ pub use error::ParseError;
 pub use keystone_ringbuf::Span;
 pub use request::{Parser, Progress};
 pub use response::{ResponseBody, ResponseHead, ResponseParser};
-pub use target::MAX_METHOD_BYTES;
+pub use target::{is_token_byte, MAX_METHOD_BYTES};
 
 /// Size of the header array handed to picohttpparser; the runtime
 /// `--max-headers` ([`Limits::max_headers`]) may not exceed it. 128 is

@@ -86,9 +86,10 @@ pub(crate) fn is_target_byte(byte: u8) -> bool {
     BYTE_CLASSES[usize::from(byte)] & TARGET != 0
 }
 
-/// RFC 9110 §5.6.2 `tchar`.
+/// RFC 9110 §5.6.2 `tchar`: a method's bytes, a chunk extension's and
+/// trailer's names here, a response header name in keystone-exchange.
 #[inline]
-pub(crate) fn is_token_byte(byte: u8) -> bool {
+pub fn is_token_byte(byte: u8) -> bool {
     BYTE_CLASSES[usize::from(byte)] & TOKEN != 0
 }
 
