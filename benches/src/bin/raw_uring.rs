@@ -17,17 +17,30 @@
 //! response of its own; `Connection: close` is ignored. It is a benchmark
 //! target for GETs, never a server.
 //!
-//! Usage: `raw-uring ADDR [FD_SLOTS [BODY_BYTES]]`, e.g.
-//! `raw-uring 127.0.0.1:8081 16384`. With BODY_BYTES, every response
+//! Usage: `raw-uring [--recv-multishot] ADDR [FD_SLOTS [BODY_BYTES]]`,
+//! e.g. `raw-uring 127.0.0.1:8081 16384`. With BODY_BYTES, every response
 //! carries a body of that many bytes instead (one canned response, sent
 //! once per request: the backend of the bench's large proxied-body row).
+//!
+//! `--recv-multishot` measures an I/O model Keystone does not use (yet):
+//! one multishot receive per connection, armed at accept, whose bytes land
+//! in a ring of provided buffers shared by all connections (each given
+//! back as soon as it is scanned), instead of one receive per request into
+//! the connection's own buffer. The bench never passes it; it is the
+//! floor that model would set (benches/README.md, thirteenth measurement).
+//! A receive may then complete while a send is out; its responses wait
+//! for that send.
 
+use std::alloc::{self, Layout};
 use std::io;
 use std::net::TcpListener;
 use std::os::fd::AsRawFd as _;
 use std::process::ExitCode;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU16, Ordering};
 
 use io_uring::squeue::Entry;
+use io_uring::types::BufRingEntry;
 use io_uring::{cqueue, opcode, types, IoUring, SubmissionQueue, Submitter};
 
 /// Receive buffer per connection: one page. A wrk ×16 pipelined burst of
@@ -61,6 +74,20 @@ const FD_SLOTS_DEFAULT: usize = 16 * 1024;
 /// space for buffers (touched only as connections use them).
 const FD_SLOTS_MAX: usize = 1024 * 1024;
 
+/// Provided buffers of `--recv-multishot`, `RECV_BYTES` each: a buffer is
+/// given back as soon as its bytes are scanned, so the ring only runs dry
+/// when more receives than this complete in one turn of the loop — at
+/// most one per connection, and the bench's largest row has 4,096 (a dry
+/// ring ends a connection's multishot receive with `ENOBUFS` and it is
+/// armed again; with 256 the 4,096-connection row lost to one receive per
+/// request, benches/README.md).
+/// Pages are touched only as buffers are used. A power of two, as the
+/// kernel requires.
+const PROVIDED_BUFFERS: u16 = 4096;
+const _: () = assert!(PROVIDED_BUFFERS.is_power_of_two());
+/// The provided-buffer group the multishot receives take from.
+const BUFFER_GROUP: u16 = 0;
+
 /// Operation tags in the high half of `user_data`; the fd is the low half.
 const TAG_ACCEPT: u64 = 1 << 32;
 const TAG_RECV: u64 = 2 << 32;
@@ -75,10 +102,84 @@ struct Connection {
     matched: u8,
     /// Bytes of the current send already written.
     sent: u32,
-    /// Bytes of the current send.
+    /// Bytes of the current send (0: no send is out).
     send_len: u32,
-    /// Body mode: responses still owed after the one being sent.
+    /// Responses still owed after the send that is out (body mode: one
+    /// per send; `--recv-multishot`: requests that arrived during it).
     owed: u32,
+}
+
+/// `--recv-multishot`'s ring of provided buffers: the ring's entries (one
+/// page-aligned allocation the kernel reads) and the buffers they name.
+struct ProvidedRing {
+    entries: NonNull<BufRingEntry>,
+    buffers: Vec<u8>,
+    /// Entries published so far (the ring's tail, wrapping).
+    tail: u16,
+}
+
+impl ProvidedRing {
+    fn layout() -> Layout {
+        let bytes = usize::from(PROVIDED_BUFFERS) * std::mem::size_of::<BufRingEntry>();
+        Layout::from_size_align(bytes, 4096).expect("a page-aligned ring layout")
+    }
+
+    fn new() -> ProvidedRing {
+        let layout = Self::layout();
+        // SAFETY: the layout has a non-zero size; the zeroed memory is a
+        // valid array of `BufRingEntry` (plain integers) and is freed only
+        // in `drop`, with the same layout.
+        let entries = unsafe { alloc::alloc_zeroed(layout) }.cast::<BufRingEntry>();
+        let entries = NonNull::new(entries).unwrap_or_else(|| alloc::handle_alloc_error(layout));
+        let mut ring = ProvidedRing {
+            entries,
+            buffers: vec![0; usize::from(PROVIDED_BUFFERS) * RECV_BYTES],
+            tail: 0,
+        };
+        for id in 0..PROVIDED_BUFFERS {
+            ring.give_back(id);
+        }
+        ring
+    }
+
+    /// The bytes a completion says buffer `id` received.
+    fn received(&self, id: u16, len: usize) -> &[u8] {
+        let start = usize::from(id) * RECV_BYTES;
+        &self.buffers[start..start + len]
+    }
+
+    /// Hands buffer `id` back to the kernel: the next entry names it, then
+    /// the tail moves past it (a release store, as liburing's
+    /// `io_uring_buf_ring_advance`).
+    fn give_back(&mut self, id: u16) {
+        assert!(id < PROVIDED_BUFFERS);
+        let index = usize::from(self.tail & (PROVIDED_BUFFERS - 1));
+        let address = self.buffers[usize::from(id) * RECV_BYTES..].as_ptr() as u64;
+        // SAFETY: `index` is inside the allocation of PROVIDED_BUFFERS
+        // entries; the kernel reads an entry only once the tail has moved
+        // past it, and this entry's old buffer was consumed (it is the one
+        // being given back, or the ring is being filled).
+        let entry = unsafe { &mut *self.entries.as_ptr().add(index) };
+        entry.set_addr(address);
+        entry.set_len(RECV_BYTES as u32);
+        entry.set_bid(id);
+        self.tail = self.tail.wrapping_add(1);
+        // SAFETY: the tail field lies in the first entry of the live,
+        // initialized ring; the kernel reads it concurrently, so it is
+        // written only through an atomic of its size and alignment.
+        unsafe {
+            let tail = BufRingEntry::tail(self.entries.as_ptr()).cast_mut();
+            AtomicU16::from_ptr(tail).store(self.tail, Ordering::Release);
+        }
+    }
+}
+
+impl Drop for ProvidedRing {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout; the io_uring that
+        // read it is dropped first (see `run`).
+        unsafe { alloc::dealloc(self.entries.as_ptr().cast(), Self::layout()) };
+    }
 }
 
 struct Responder {
@@ -92,6 +193,8 @@ struct Responder {
     /// Body mode: each request is answered by all of `canned`, one send
     /// sequence per response.
     body_mode: bool,
+    /// `--recv-multishot`: the provided buffers receives land in.
+    provided: Option<ProvidedRing>,
 }
 
 /// Counts complete `\r\n\r\n` sequences in `bytes`, continuing from
@@ -152,6 +255,37 @@ impl Responder {
             .user_data(TAG_RECV | fd as u64)
     }
 
+    fn recv_multishot(fd: i32) -> Entry {
+        opcode::RecvMulti::new(types::Fd(fd), BUFFER_GROUP)
+            .build()
+            .user_data(TAG_RECV | fd as u64)
+    }
+
+    /// The first receive of a connection, or the next one.
+    fn arm_recv(&mut self, fd: i32) -> Entry {
+        match self.provided {
+            Some(_) => Self::recv_multishot(fd),
+            None => self.recv(fd),
+        }
+    }
+
+    /// Starts the send of up to `count` responses (body mode: one, the
+    /// rest owed).
+    fn start_send(&mut self, fd: i32, count: u32) -> Entry {
+        let connection = &mut self.connections[fd as usize];
+        debug_assert!(count > 0 && connection.send_len == 0);
+        connection.sent = 0;
+        if self.body_mode {
+            connection.send_len = self.canned.len() as u32;
+            connection.owed = count - 1;
+        } else {
+            let now = count.min(RESPONSES_MAX as u32);
+            connection.send_len = now * RESPONSE.len() as u32;
+            connection.owed = count - now;
+        }
+        self.send(fd)
+    }
+
     fn send(&self, fd: i32) -> Entry {
         let connection = self.connections[fd as usize];
         debug_assert!(connection.sent < connection.send_len);
@@ -180,26 +314,51 @@ impl Responder {
                     return [rearm, Some(Self::close(result))];
                 }
                 self.connections[result as usize] = Connection::default();
-                [rearm, Some(self.recv(result))]
+                [rearm, Some(self.arm_recv(result))]
+            }
+            // The provided buffers ran dry this turn: receive again.
+            TAG_RECV if result == -libc::ENOBUFS && self.provided.is_some() => {
+                [Some(Self::recv_multishot(fd)), None]
             }
             TAG_RECV if result <= 0 => [Some(Self::close(fd)), None],
             TAG_RECV => {
-                let start = fd as usize * RECV_BYTES;
-                let received = &self.buffers[start..start + result as usize];
                 let connection = &mut self.connections[fd as usize];
-                let count = count_terminators(&mut connection.matched, received);
+                let (count, rearm) = match &mut self.provided {
+                    None => {
+                        let start = fd as usize * RECV_BYTES;
+                        let received = &self.buffers[start..start + result as usize];
+                        (count_terminators(&mut connection.matched, received), None)
+                    }
+                    Some(provided) => {
+                        let id = cqueue::buffer_select(flags)
+                            .expect("a multishot receive names its buffer");
+                        let count = count_terminators(
+                            &mut connection.matched,
+                            provided.received(id, result as usize),
+                        );
+                        provided.give_back(id);
+                        (
+                            count,
+                            (!cqueue::more(flags)).then(|| Self::recv_multishot(fd)),
+                        )
+                    }
+                };
                 assert!(count <= RESPONSES_MAX);
+                let count = count as u32;
                 if count == 0 {
-                    return [Some(self.recv(fd)), None];
+                    // Own buffers: receive again. Multishot: still armed
+                    // unless the kernel ended it.
+                    return [
+                        rearm.or_else(|| self.provided.is_none().then(|| self.recv(fd))),
+                        None,
+                    ];
                 }
-                connection.sent = 0;
-                if self.body_mode {
-                    connection.send_len = self.canned.len() as u32;
-                    connection.owed = count as u32 - 1;
-                } else {
-                    connection.send_len = (count * RESPONSE.len()) as u32;
+                if connection.send_len != 0 {
+                    // Multishot only: a send is out; these wait for it.
+                    connection.owed += count;
+                    return [rearm, None];
                 }
-                [Some(self.send(fd)), None]
+                [Some(self.start_send(fd, count)), rearm]
             }
             TAG_SEND if result < 0 => [Some(Self::close(fd)), None],
             TAG_SEND => {
@@ -209,12 +368,13 @@ impl Responder {
                 if connection.sent < connection.send_len {
                     return [Some(self.send(fd)), None];
                 }
+                connection.send_len = 0;
                 if connection.owed > 0 {
-                    connection.owed -= 1;
-                    connection.sent = 0;
-                    return [Some(self.send(fd)), None];
+                    let owed = std::mem::take(&mut connection.owed);
+                    return [Some(self.start_send(fd, owed)), None];
                 }
-                [Some(self.recv(fd)), None]
+                // Multishot: the receive is still armed.
+                [self.provided.is_none().then(|| self.recv(fd)), None]
             }
             TAG_CLOSE => [None, None],
             tag => unreachable!("unknown tag {tag:#x}"),
@@ -232,7 +392,7 @@ fn body_response(body_bytes: u32) -> Vec<u8> {
     response
 }
 
-fn run(address: &str, fd_slots: usize, body_bytes: Option<u32>) -> io::Result<()> {
+fn run(address: &str, fd_slots: usize, body_bytes: Option<u32>, multishot: bool) -> io::Result<()> {
     assert!(fd_slots > 0 && fd_slots <= FD_SLOTS_MAX);
     let listener = TcpListener::bind(address)?;
     // SAFETY: listen(2) on the fd `listener` owns and keeps open; calling it
@@ -250,6 +410,7 @@ fn run(address: &str, fd_slots: usize, body_bytes: Option<u32>) -> io::Result<()
             None => RESPONSE.repeat(RESPONSES_MAX),
         },
         body_mode: body_bytes.is_some(),
+        provided: multishot.then(ProvidedRing::new),
     };
     // Declared after `responder`, so dropped before it: no op can outlive
     // the buffers it names.
@@ -267,6 +428,19 @@ fn run(address: &str, fd_slots: usize, body_bytes: Option<u32>) -> io::Result<()
                 .build(RING_ENTRIES)
         })?;
     let (submitter, mut sq, mut cq) = ring.split();
+    if let Some(provided) = &responder.provided {
+        // SAFETY: the entries are a page-aligned array of PROVIDED_BUFFERS
+        // that `responder` keeps alive, and frees, only after the ring is
+        // dropped; every buffer they name lives as long.
+        unsafe {
+            submitter.register_buf_ring_with_flags(
+                provided.entries.as_ptr() as u64,
+                PROVIDED_BUFFERS,
+                BUFFER_GROUP,
+                0,
+            )
+        }?;
+    }
     push(&mut sq, &submitter, &responder.accept())?;
     eprintln!("raw-uring listening on {address}");
     // The event loop: the one loop meant to run until the process is killed.
@@ -295,13 +469,17 @@ fn run(address: &str, fd_slots: usize, body_bytes: Option<u32>) -> io::Result<()
 const BODY_BYTES_MAX: u32 = 64 << 20;
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let multishot = args.first().is_some_and(|arg| arg == "--recv-multishot");
+    if multishot {
+        args.remove(0);
+    }
     let (address, slots, body) = match args.as_slice() {
         [address] => (address.as_str(), None, None),
         [address, slots] => (address.as_str(), Some(slots), None),
         [address, slots, body] => (address.as_str(), Some(slots), Some(body)),
         _ => {
-            eprintln!("usage: raw-uring ADDR [FD_SLOTS [BODY_BYTES]]");
+            eprintln!("usage: raw-uring [--recv-multishot] ADDR [FD_SLOTS [BODY_BYTES]]");
             return ExitCode::from(2);
         }
     };
@@ -321,7 +499,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run(address, fd_slots, body_bytes) {
+    match run(address, fd_slots, body_bytes, multishot) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("raw-uring: {error}");
@@ -355,6 +533,83 @@ mod tests {
         check(&[b"\r\n\r\r\n\r\n"], &[1]);
         check(&[b"\r\n\n\r\n"], &[0]);
         check(&[b"", b"\r\n\r\n\r\n\r\n"], &[0, 2]);
+    }
+
+    /// Starts a responder on a free loopback port (its thread runs until
+    /// the test process exits) and connects to it.
+    fn start(multishot: bool) -> std::net::TcpStream {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|probe| probe.local_addr())
+            .expect("a free port")
+            .port();
+        let address = format!("127.0.0.1:{port}");
+        let serving = address.clone();
+        std::thread::spawn(move || run(&serving, 64, None, multishot));
+        for _ in 0..200 {
+            if let Ok(stream) = std::net::TcpStream::connect(&address) {
+                return stream;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("raw-uring did not listen on {address}");
+    }
+
+    /// Writes `chunks` (pausing between them, so each is its own receive)
+    /// and reads back `expected` canned responses, exactly.
+    fn answers(multishot: bool, chunks: &[&[u8]], expected: usize) {
+        use std::io::{Read as _, Write as _};
+        let mut stream = start(multishot);
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .expect("timeout");
+        for chunk in chunks {
+            stream.write_all(chunk).expect("write");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let mut received = vec![0; expected * RESPONSE.len()];
+        stream.read_exact(&mut received).expect("every response");
+        assert_eq!(received, RESPONSE.repeat(expected));
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_millis(100)))
+            .expect("timeout");
+        let mut more = [0; 1];
+        assert!(
+            stream.read(&mut more).is_err(),
+            "no response beyond the requests sent"
+        );
+    }
+
+    #[test]
+    fn answers_split_and_pipelined_requests_in_both_receive_modes() {
+        let burst = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n".repeat(300);
+        for multishot in [false, true] {
+            answers(multishot, &[b"GET / HTTP/1.1\r\n\r\n"], 1);
+            answers(
+                multishot,
+                &[b"GET / HTTP/1.1\r\n\r", b"\nGET / HT", b"TP/1.1\r\n\r\n"],
+                2,
+            );
+            // More than one receive buffer's worth at once: several
+            // receives, and with multishot some land while a send is out.
+            answers(multishot, &[&burst], 300);
+        }
+    }
+
+    #[test]
+    fn more_receives_than_provided_buffers_are_answered() {
+        use std::io::{Read as _, Write as _};
+        // One request per receive, each answered before the next is
+        // written: the ring only lasts if every buffer is given back.
+        let mut stream = start(true);
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .expect("timeout");
+        let mut received = vec![0; RESPONSE.len()];
+        for _ in 0..3 * usize::from(PROVIDED_BUFFERS) {
+            stream.write_all(b"GET / HTTP/1.1\r\n\r\n").expect("write");
+            stream.read_exact(&mut received).expect("a response");
+            assert_eq!(received, RESPONSE);
+        }
     }
 
     #[test]
