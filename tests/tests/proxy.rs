@@ -138,6 +138,24 @@ fn serve(stream: TcpStream, seen: &Seen, name: &str) {
                 return;
             }
             "/nocontent" => out.write_all(b"HTTP/1.1 204 No Content\r\nX-Backend: rust\r\n\r\n"),
+            // Interim answers before the final one, each in a write (a
+            // segment) of its own: an unasked 100 Continue and 103 Early
+            // Hints, as application servers send them.
+            "/interim" => {
+                let interims: [&[u8]; 2] = [
+                    b"HTTP/1.1 100 Continue\r\n\r\n",
+                    b"HTTP/1.1 103 Early Hints\r\nLink: </app.css>; rel=preload\r\n\r\n",
+                ];
+                for interim in interims {
+                    if out.write_all(interim).is_err() {
+                        return;
+                    }
+                    thread::sleep(Duration::from_millis(50));
+                }
+                let mut text = format!("{} {}|", head.split(' ').next().unwrap(), path).into_bytes();
+                text.extend_from_slice(&body);
+                reply(&mut out, "200 OK", "Content-Type: text/plain\r\n", &text)
+            }
             _ => {
                 let mut text = format!("{} {}", head.split(' ').next().unwrap(), path).into_bytes();
                 text.extend_from_slice(b"|");
@@ -296,6 +314,41 @@ fn requests_are_forwarded_rebuilt_and_answered() {
         "{head}"
     );
     assert_no_panic(&server.log(), "after proxying");
+}
+
+#[test]
+fn interim_answers_from_the_backend_are_skipped_and_expect_is_not_forwarded() {
+    let (server, seen) = start();
+    let mut client = server.raw();
+    client.send(
+        b"PUT /api/interim HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+    );
+    // The engine answers the client's Expect itself ...
+    let interim = client.read_response();
+    assert_eq!(interim.status, 100, "{interim:?}");
+    client.send(b"hello");
+    // ... and relays only the backend's final answer, whatever segments
+    // its interim ones came in.
+    let response = client.read_response();
+    assert_eq!(response.status, 200, "{response:?}\n{}", server.log());
+    assert_eq!(response.body_str(), "PUT /interim|hello");
+    assert_eq!(
+        response.header("link"),
+        None,
+        "an interim answer's fields leaked"
+    );
+    // The connections on both sides are still in step.
+    let again = get(&mut client, "/api/interim", "");
+    assert_eq!(again.status, 200);
+    assert_eq!(again.body_str(), "GET /interim|");
+    let heads = seen.heads.lock().unwrap();
+    assert_eq!(heads.len(), 2);
+    assert!(
+        heads
+            .iter()
+            .all(|head| !head.to_ascii_lowercase().contains("\nexpect:")),
+        "the client's Expect reached the backend: {heads:?}"
+    );
 }
 
 #[test]

@@ -706,8 +706,12 @@ impl UpstreamConn {
                     }
                     Ok(ParseStatus::Complete) if self.head.is_interim() => {
                         // 100 Continue and the like: skipped, the final
-                        // head follows.
+                        // head follows. Forgotten too: a parsed head that
+                        // is still counted reads as the final one waiting
+                        // to be taken, and no receive would be armed for
+                        // the head still to come.
                         self.recv.consume(self.head.head_len);
+                        self.head.head_len = 0;
                         continue;
                     }
                     Ok(ParseStatus::Complete) => break,

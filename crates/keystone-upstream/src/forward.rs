@@ -87,9 +87,11 @@ use keystone_parser::text::list_has;
 /// are policy's (`ctx.upstream_headers`): `Some(value)` sets or replaces a
 /// header by name (case-insensitive), `None` removes it. Dropped: the
 /// hop-by-hop fields and any field a `Connection` header names, the
-/// client's `Content-Length` (the engine writes the framing), and
-/// `X-Forwarded-Proto` (set anew: the request's scheme, or policy's value
-/// when it set one — or none when it removed it —, never both).
+/// client's `Content-Length` (the engine writes the framing), `Expect`
+/// (the engine answered the client's `100-continue` itself and sends the
+/// body without waiting for the upstream's; nginx's proxy drops it too),
+/// and `X-Forwarded-Proto` (set anew: the request's scheme, or policy's
+/// value when it set one — or none when it removed it —, never both).
 /// `X-Forwarded-For` keeps the client's list and appends the client's
 /// address; `Host` passes as received (`request.default_host` when there
 /// is none).
@@ -128,6 +130,7 @@ where
             && (name.eq_ignore_ascii_case(b"upgrade") || name.eq_ignore_ascii_case(b"connection"));
         let dropped = (!upgrade_passes && (is_hop_by_hop(name) || named_by_connection(name)))
             || name.eq_ignore_ascii_case(b"content-length")
+            || name.eq_ignore_ascii_case(b"expect")
             || name.eq_ignore_ascii_case(b"x-forwarded-proto")
             || overridden(name);
         if dropped || name.eq_ignore_ascii_case(b"x-forwarded-for") {
@@ -344,6 +347,7 @@ mod tests {
                 ("Proxy-Authorization", "Basic x"),
                 ("Proxy-Connection", "keep-alive"),
                 ("X-Forwarded-Proto", "https"),
+                ("Expect", "100-continue"),
                 ("Accept", "*/*"),
             ],
             &[],

@@ -186,6 +186,38 @@ fn length_chunked_and_close_delimited_bodies() {
             b"ok",
             true,
         ),
+        // An interim answer in a receive of its own (a backend answering
+        // `Expect` or sending 103 Early Hints before it has the final
+        // head): the next receive is armed for the final head.
+        (
+            &[
+                Step::Bytes(b"HTTP/1.1 100 Continue\r\n\r\n"),
+                Step::Bytes(b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok"),
+            ],
+            (201, Length(2)),
+            b"ok",
+            true,
+        ),
+        (
+            &[
+                Step::Bytes(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"),
+                Step::Bytes(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Le"),
+                Step::Bytes(b"ngth: 2\r\n\r\nok"),
+            ],
+            (200, Length(2)),
+            b"ok",
+            true,
+        ),
+        // Half an interim head, then its end and the final head.
+        (
+            &[
+                Step::Bytes(b"HTTP/1.1 100 Cont"),
+                Step::Bytes(b"inue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n"),
+            ],
+            (204, None),
+            b"",
+            true,
+        ),
         (
             &[Step::Bytes(
                 b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
