@@ -27,6 +27,8 @@ use keystone_ringbuf::{RingBuffer, SendBuf, Span, SpareLoan};
 /// Largest upstream response head: nginx's `proxy_buffer_size` is one page
 /// (4-8 KiB); 16 KiB takes the big-cookie answers of real backends.
 pub const RESPONSE_HEAD_MAX: u32 = 16 * 1024;
+// `Failure::reason` names the limit in words.
+const _: () = assert!(RESPONSE_HEAD_MAX == 16 * 1024);
 
 /// Largest response body `ctx.upstream_buffer` may ask to see whole: a
 /// JSON answer a policy transforms, not a download (nginx's
@@ -143,7 +145,21 @@ impl Failure {
             Failure::ReadTimeout => "read timed out",
             Failure::ClosedBeforeHead { .. } => "closed before the response head",
             Failure::SendFailed(_) => "sending the request failed",
-            Failure::BadHead(_) => "malformed response head",
+            Failure::BadHead(error) => match error {
+                // Each says what nginx's "upstream sent ..." would; all
+                // start alike, so one search finds them.
+                ParseError::HeadTooLarge { .. } => "malformed response head: larger than 16 KiB",
+                ParseError::TooManyHeaders { .. } => {
+                    "malformed response head: too many header lines"
+                }
+                ParseError::ConflictingFraming => {
+                    "malformed response head: both Content-Length and Transfer-Encoding"
+                }
+                ParseError::BadContentLength => "malformed response head: invalid Content-Length",
+                ParseError::ObsFold => "malformed response head: a folded header line",
+                ParseError::VersionNotSupported => "malformed response head: not HTTP/1.x",
+                _ => "malformed response head",
+            },
             Failure::TooLargeToBuffer { .. } => "response body larger than ctx.upstream_buffer",
             Failure::BrokenBody => "response body cut short",
             Failure::Tls => "TLS handshake failed",

@@ -366,6 +366,45 @@ fn failures_map_to_their_status_and_retry_rule() {
 }
 
 #[test]
+fn a_bad_head_says_what_is_wrong_with_it() {
+    let big_head: &'static [u8] = {
+        let mut head = b"HTTP/1.1 200 OK\r\nX-Big: ".to_vec();
+        head.resize(head.len() + RESPONSE_HEAD_MAX as usize, b'a');
+        head.extend_from_slice(b"\r\nContent-Length: 2\r\n\r\nok");
+        head.leak()
+    };
+    let rows: &[(&'static [u8], &str)] = &[
+        (big_head, "malformed response head: larger than 16 KiB"),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "malformed response head: both Content-Length and Transfer-Encoding",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok",
+            "malformed response head: invalid Content-Length",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nX-A: 1\r\n  folded\r\nContent-Length: 0\r\n\r\n",
+            "malformed response head: a folded header line",
+        ),
+        (b"SSH-2.0-OpenSSH_9\r\n\r\n", "malformed response head"),
+    ];
+    for &(bytes, reason) in rows {
+        let mut upstream = conn();
+        let got = run(&mut upstream, GET, Some(0), &[Step::Bytes(bytes)], false);
+        let Some(Err(failure @ Failure::BadHead(_))) = got.outcome else {
+            panic!(
+                "{:?}: {:?}",
+                String::from_utf8_lossy(&bytes[..40]),
+                got.outcome
+            );
+        };
+        assert_eq!(failure.reason(), reason, "{failure:?}");
+        assert_eq!(failure.status(), 502);
+    }
+}
+
+#[test]
 fn a_failed_tls_handshake_is_a_failed_connect() {
     // The pump tells the machine `Connected` only after the handshake, so
     // the connect timeout bounds both; a handshake that fails instead is
