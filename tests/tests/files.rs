@@ -360,7 +360,11 @@ fn static_prefixes_are_routes() {
         ("GET", "/assets/", 200, Some("<h1>index</h1>\n")),
         ("GET", "/assets/special", 200, Some("from lua")),
         ("GET", "/assets", 404, None),
-        ("GET", "/bare", 200, Some("<h1>index</h1>\n")),
+        // A directory without its slash is sent to it (nginx's 301), the
+        // slash-less prefix's own directory too.
+        ("GET", "/bare", 301, Some("Moved Permanently\n")),
+        ("GET", "/bare/", 200, Some("<h1>index</h1>\n")),
+        ("GET", "/assets/sub", 301, None),
         ("GET", "/bare/sub/a.txt", 200, Some("inner\n")),
         ("GET", "/bareX", 404, None),
         ("GET", "/", 200, Some("root")),
@@ -372,6 +376,18 @@ fn static_prefixes_are_routes() {
             assert_eq!(response.body_str(), *body, "{method} {path}");
         }
     }
+    for (path, location) in [
+        ("/bare", "/bare/"),
+        ("/assets/sub?page=2", "/assets/sub/?page=2"),
+    ] {
+        let moved = curl(&[&url(path)]);
+        assert_eq!(moved.status, 301, "{path}");
+        assert_eq!(moved.header("location"), Some(location), "{path}");
+    }
+    // Followed, the redirect lands on the index (curl -L resolves the
+    // relative Location against the request's URL).
+    let followed = keystone_tests::curl_body(&["-L", &url("/bare")]);
+    assert_eq!(followed, "<h1>index</h1>\n");
     let post = curl(&["-X", "POST", &url("/bare/style.css")]);
     assert_eq!(post.status, 405);
     assert_eq!(post.header("allow"), Some("GET, HEAD"));

@@ -15,8 +15,8 @@ use keystone_files::{
     NextStep, RelativePath, Validators, INDEX_FILE,
 };
 use keystone_response::{
-    has_body, write_head_around, write_head_spec, write_policy_lines, BodyLength, Framing,
-    HeadSpec, PolicyLines, CONTENT_RANGE_BYTES,
+    has_body, write_head_around, write_head_spec, write_policy_lines, write_redirect, BodyLength,
+    Committed, Framing, HeadSpec, PolicyLines, CONTENT_RANGE_BYTES,
 };
 use keystone_ringbuf::{PinnedBytes, Span};
 
@@ -190,6 +190,17 @@ impl Connection {
             Ok(path) => path,
             Err(err) => return Some(self.file_refused(cx, framing, source, err)),
         };
+        if let FileSource::Static { .. } = source {
+            // A prefix's own directory (`["/assets"]` asked as `/assets`)
+            // is a directory without its slash whatever the cache holds
+            // (its index is cached under `.`, the slash form's key too).
+            if path.as_bytes() == b"." && !self.asked_with_slash(cx) {
+                return Some(Commit {
+                    committed: self.queue_redirect(cx, framing),
+                    close: false,
+                });
+            }
+        }
         if let Some(handle) = cx.shared.files.lookup(root.id, &path, cx.now) {
             let lines = match source {
                 FileSource::Static { .. } => Lines::None,
@@ -250,6 +261,43 @@ impl Connection {
         }));
         self.reading = Reading::Answering;
         None
+    }
+
+    /// Whether the request's URL path (as sent, in the parsed head) ends
+    /// with a slash.
+    fn asked_with_slash<P: Policy>(&self, cx: &Context<'_, P>) -> bool {
+        cx.shared
+            .head
+            .path
+            .slice(self.recv.filled())
+            .ends_with(b"/")
+    }
+
+    /// `301` to the request's path with a slash added (and its query):
+    /// a directory asked for without one. A `Location` too long for the
+    /// send buffer's headroom (a `--max-uri-bytes` raised past it) is a
+    /// 414 instead.
+    fn queue_redirect<P: Policy>(
+        &mut self,
+        cx: &mut Context<'_, P>,
+        framing: Framing,
+    ) -> Committed {
+        let head = &cx.shared.head;
+        let bytes = self.recv.filled();
+        let question: &[u8] = if head.has_query { b"?" } else { b"" };
+        let location = [
+            head.path.slice(bytes),
+            b"/",
+            question,
+            head.query.slice(bytes),
+        ];
+        match write_redirect(&location, framing, &cx.shared.date, self.send.spare_mut()) {
+            Ok(committed) => {
+                self.send.commit(committed.bytes as u32);
+                committed
+            }
+            Err(_) => self.queue_error(cx, 414, None, framing),
+        }
     }
 
     /// A path refused before any open (traversal, NUL, too long).
@@ -393,6 +441,14 @@ impl Connection {
             }
             NextStep::OpenIndex => {
                 self.close_later(fd);
+                // A URL names a directory by its slash; without one, the
+                // client is sent there (the index is never opened, nor
+                // cached under the slash-less path).
+                if let PendingSource::Static { .. } = self.pending().source {
+                    if !path.as_bytes().ends_with(b"/") && path.as_bytes() != b"." {
+                        return self.finish_pending(cx, Err(FileError::DirectoryWithoutSlash));
+                    }
+                }
                 if let Err(err) = path.with_index() {
                     return self.finish_pending(cx, Err(err));
                 }
@@ -485,6 +541,10 @@ impl Connection {
                     declared: *declared,
                 },
             ),
+            (Err(FileError::DirectoryWithoutSlash), PendingSource::Static { .. }) => Commit {
+                committed: self.queue_redirect(cx, framing),
+                close: false,
+            },
             (Err(err), PendingSource::Static { .. }) => Commit {
                 committed: self.queue_error(cx, err.status(), None, framing),
                 close: false,

@@ -457,6 +457,39 @@ fn static_answers_confinement_index_conditionals_and_ranges() {
 }
 
 #[test]
+fn a_directory_without_its_slash_is_redirected_to_it() {
+    let site = site();
+    let mut sim = sim(site.path());
+    // Twice each: before and after the slash form's index is cached.
+    for round in 0..2 {
+        let out = {
+            sim.feed(&get("/static/docs"));
+            sim.take_output()
+        };
+        let responses = check_responses(&out).expect("well formed");
+        assert_eq!(responses[0].status, 301, "round {round}");
+        assert_eq!(header(&out, "location"), Some("/static/docs/"));
+        assert_eq!(responses[0].body, b"Moved Permanently\n");
+        let index = exchange(&mut sim, &get("/static/docs/"));
+        assert_eq!(index[0].status, 200, "round {round}");
+        assert_eq!(index[0].body, b"<h1>docs</h1>\n");
+    }
+    // The query goes along; a HEAD gets no body; the connection is kept
+    // (the next request, pipelined, is answered).
+    let out = {
+        sim.feed(b"HEAD /static/docs?a=1&b=%2F HTTP/1.1\r\nHost: t\r\n\r\nGET /static/style.css HTTP/1.1\r\nHost: t\r\n\r\n");
+        sim.take_output()
+    };
+    assert_eq!(header(&out, "location"), Some("/static/docs/?a=1&b=%2F"));
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.contains("\r\n\r\nHTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.ends_with("body{color:red}\n"), "{text}");
+    // A file is never redirected, nor a missing path.
+    assert_eq!(exchange(&mut sim, &get("/static/style.css"))[0].status, 200);
+    assert_eq!(exchange(&mut sim, &get("/static/nope"))[0].status, 404);
+}
+
+#[test]
 fn small_files_leave_with_their_head_large_ones_are_spliced() {
     let site = site();
     let mut sim = sim(site.path());

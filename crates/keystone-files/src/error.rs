@@ -9,6 +9,10 @@ pub enum FileError {
     Forbidden,
     /// The OS failed otherwise.
     Io,
+    /// A directory asked for without its trailing slash: the client is
+    /// sent to the slash form (301, `Location` written by the caller), as
+    /// nginx and Apache do, so its index's relative links resolve.
+    DirectoryWithoutSlash,
 }
 
 impl FileError {
@@ -18,6 +22,7 @@ impl FileError {
             FileError::NotFound => 404,
             FileError::Forbidden => 403,
             FileError::Io => 500,
+            FileError::DirectoryWithoutSlash => 301,
         }
     }
 

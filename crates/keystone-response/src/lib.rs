@@ -450,12 +450,45 @@ pub fn write_error(
     date: &DateCache,
     out: &mut [u8],
 ) -> Result<Committed, ResponseError> {
+    let allow = allow.map(|allow| [allow]);
+    let extra = allow.as_ref().map(|allow| (&b"Allow"[..], &allow[..]));
+    write_canned(status, extra, framing, date, out)
+}
+
+/// Writes a `301 Moved Permanently` to `location` (its parts written back
+/// to back, e.g. a path, `/` and `?query`): what a directory asked for
+/// without its trailing slash gets (nginx's and Apache's answer), so the
+/// relative links of its index resolve inside it. The parts are request
+/// bytes the parser accepted (no CR, LF or space).
+pub fn write_redirect(
+    location: &[&[u8]],
+    framing: Framing,
+    date: &DateCache,
+    out: &mut [u8],
+) -> Result<Committed, ResponseError> {
+    write_canned(301, Some((b"Location", location)), framing, date, out)
+}
+
+/// A canned response with at most one field of its own (`name`, and its
+/// value in parts).
+fn write_canned(
+    status: u16,
+    extra: Option<(&[u8], &[&[u8]])>,
+    framing: Framing,
+    date: &DateCache,
+    out: &mut [u8],
+) -> Result<Committed, ResponseError> {
     debug_assert!(status >= 200, "canned responses are final");
     let mut w = Writer::new(out);
     status_line(&mut w, status);
     engine_headers(&mut w, date, framing);
-    if let Some(allow) = allow {
-        w.header(b"Allow", allow);
+    if let Some((name, parts)) = extra {
+        w.put(name);
+        w.put(b": ");
+        for part in parts {
+            w.put(part);
+        }
+        w.put(b"\r\n");
     }
     let reason = reason(status).as_bytes();
     let body_len = reason.len() as u64 + 1;

@@ -148,6 +148,30 @@ fn canned_errors() {
 }
 
 #[test]
+fn redirects_carry_their_location_in_parts() {
+    let mut out = [0u8; 512];
+    let committed =
+        write_redirect(&[b"/docs", b"/", b"?", b"page=2"], KEEP, &date(), &mut out).unwrap();
+    let response = text(&out[..committed.bytes]);
+    assert!(
+        response.starts_with("HTTP/1.1 301 Moved Permanently\r\n"),
+        "{response}"
+    );
+    assert!(
+        response.contains("\r\nLocation: /docs/?page=2\r\n"),
+        "{response}"
+    );
+    assert!(
+        response.ends_with("Content-Length: 18\r\n\r\nMoved Permanently\n"),
+        "{response}"
+    );
+    assert_eq!(committed.status, 301);
+    // Too long for `out`: an error, never a cut Location.
+    let long = [b'a'; 600];
+    assert!(write_redirect(&[&long[..], b"/"], KEEP, &date(), &mut out).is_err());
+}
+
+#[test]
 fn chunk_headers() {
     let cases: &[(usize, &str)] = &[
         (1, "1\r\n"),
