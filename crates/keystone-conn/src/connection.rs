@@ -566,6 +566,7 @@ impl Connection {
     /// one send), then the tail.
     fn poll_output<P: Policy>(&mut self, cx: &mut Context<'_, P>) -> Option<Intent<'static>> {
         debug_assert_eq!(self.output, Output::Idle);
+        self.copy_kept_file(cx);
         if let Tail::File(file) = &*self.tail {
             if file.pipe.is_none() && file.remaining > 0 {
                 let room = self.send.spare();
@@ -768,12 +769,52 @@ impl Connection {
         self.after_output(cx);
     }
 
+    /// A small cached file whose bytes the open-file cache kept is copied
+    /// into the send buffer behind its head, whole: no read.
+    fn copy_kept_file<P: Policy>(&mut self, cx: &mut Context<'_, P>) {
+        let Some(Tail::File(file)) = self.tail.get_mut() else {
+            return;
+        };
+        let FileRef::Cached(handle) = &file.file else {
+            return;
+        };
+        if file.pipe.is_some() || file.remaining == 0 {
+            return;
+        }
+        let Some(kept) = cx.shared.files.content(handle) else {
+            return;
+        };
+        let start = file.offset as usize;
+        let end = start.saturating_add(file.remaining as usize);
+        if end > kept.len() || file.remaining > u64::from(self.send.spare()) {
+            return; // the read below takes it as it comes
+        }
+        self.send
+            .append(&kept[start..end])
+            .expect("room checked above");
+        file.offset = end as u64;
+        file.remaining = 0;
+        self.release_tail(cx);
+    }
+
     fn on_file_read<P: Policy>(&mut self, buf: SpareLoan, result: i32, cx: &mut Context<'_, P>) {
         debug_assert_eq!(self.output, Output::FileRead);
         self.output = Output::Idle;
         self.output_cancelled = false;
         let read = result.max(0) as u32;
+        let landed = buf.offset();
         self.send.return_spare(buf, read);
+        if let Some(Tail::File(FileTail {
+            file: FileRef::Cached(handle),
+            offset: 0,
+            ..
+        })) = self.tail.get_mut()
+        {
+            // A whole small file is kept for the entry's next hits (the
+            // cache checks it is the whole file).
+            let bytes = &self.send.filled()[landed as usize..(landed + read) as usize];
+            cx.shared.files.keep_content(handle, bytes);
+        }
         if self.phase != Phase::Open && self.phase != Phase::Finishing {
             return;
         }

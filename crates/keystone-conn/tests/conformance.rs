@@ -367,6 +367,56 @@ fn static_files_use_the_open_file_cache_within_its_validity() {
 }
 
 #[test]
+fn a_small_cached_file_is_kept_and_served_without_a_read() {
+    let site = site();
+    let css = site.path().join("public/style.css");
+    let mut sim = sim(site.path());
+    let first = exchange(&mut sim, &get("/static/style.css"));
+    assert_eq!(first[0].body, b"body{color:red}\n");
+    assert_eq!(sim.counts["read_file"], 1);
+    for _ in 0..3 {
+        let again = exchange(&mut sim, &get("/static/style.css"));
+        assert_eq!(again[0].body, b"body{color:red}\n");
+    }
+    assert_eq!(
+        sim.counts["read_file"], 1,
+        "hits answered from the kept bytes"
+    );
+    assert_eq!(
+        sim.counts["send"], 4,
+        "head and body still leave in one send"
+    );
+    // A range of a kept file comes from memory too.
+    let range = exchange(
+        &mut sim,
+        b"GET /static/style.css HTTP/1.1\r\nHost: t\r\nRange: bytes=5-9\r\n\r\n",
+    );
+    assert_eq!((range[0].status, &range[0].body[..]), (206, &b"color"[..]));
+    assert_eq!(sim.counts["read_file"], 1);
+    // Changed in place inside the cache's window: served as it was kept,
+    // bytes and validators agreeing; past the window, the new bytes.
+    std::fs::write(&css, b"BODY{COLOR:RED}\n").unwrap();
+    let kept = exchange(&mut sim, &get("/static/style.css"));
+    assert_eq!(kept[0].body, b"body{color:red}\n");
+    sim.advance(FILE_CACHE_VALID);
+    let fresh = exchange(&mut sim, &get("/static/style.css"));
+    assert_eq!(fresh[0].body, b"BODY{COLOR:RED}\n");
+    assert_eq!(
+        sim.counts["read_file"], 2,
+        "a new open reads and keeps again"
+    );
+    let again = exchange(&mut sim, &get("/static/style.css"));
+    assert_eq!(again[0].body, b"BODY{COLOR:RED}\n");
+    assert_eq!(sim.counts["read_file"], 2);
+    // A file policy chose is kept alike (its headers are policy's).
+    for _ in 0..2 {
+        let small = exchange(&mut sim, &get("/file/small.bin"));
+        assert_eq!(small[0].body, pattern(10 * 1024));
+    }
+    assert_eq!(sim.counts["read_file"], 3);
+}
+
+#[test]
 fn static_answers_confinement_index_conditionals_and_ranges() {
     let site = site();
     let mut sim = sim(site.path());

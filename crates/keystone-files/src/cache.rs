@@ -10,7 +10,11 @@
 //! the size and validators read at open (nginx's `open_file_cache_valid`
 //! makes the same trade). Past the window, [`FileCache::lookup`] misses;
 //! the caller opens and stats again and [`FileCache::insert`] replaces the
-//! entry. A file rewritten *in place* (same inode, truncated) can make the
+//! entry. A small file's bytes ([`CONTENT_BYTES_MAX`]) are kept with its
+//! entry from the first answer that read it whole
+//! ([`FileCache::keep_content`]) and served from memory for the rest of
+//! the window: a file changed in place inside it is served as it was,
+//! bytes and validators agreeing. A file rewritten *in place* (same inode, truncated) can make the
 //! old descriptor read fewer bytes than its cached size: the sender must
 //! treat a short read as the end of the connection, as it must without a
 //! cache too. A deleted file's descriptor (and its disk blocks) stays open
@@ -55,6 +59,14 @@ pub const KEY_BYTES_MAX: usize = 255;
 /// `RLIMIT_NOFILE` a file server is given. nginx's examples use 1,000 to
 /// 10,000 (`open_file_cache max=`).
 pub const ENTRIES_MAX: u16 = 16_384;
+
+/// Largest file whose bytes an entry keeps (its first whole read), so a
+/// hit is answered from memory with no read at all. Why 32 KiB: files up
+/// to it are read into the send buffer whole anyway (keystone-conn's
+/// `FILE_READ_BYTES_MAX`, measured); larger ones are spliced. The cache's
+/// byte area is `entries × CONTENT_BYTES_MAX` of address space, resident
+/// only as small files are kept (256 entries: at most 8 MiB per worker).
+pub const CONTENT_BYTES_MAX: u32 = 32 * 1024;
 
 /// An empty index cell.
 const NO_ENTRY: u16 = u16::MAX;
@@ -138,6 +150,8 @@ struct Entry {
     root: u32,
     key_len: u8,
     key: [u8; KEY_BYTES_MAX],
+    /// Bytes of the file kept in the entry's part of `contents` (0: none).
+    content_len: u32,
 }
 
 impl Entry {
@@ -157,6 +171,8 @@ impl Entry {
 /// staleness rule and root ids.
 pub struct FileCache {
     entries: Box<[Entry]>,
+    /// `CONTENT_BYTES_MAX` bytes per entry: the kept files.
+    contents: Box<[u8]>,
     /// Open-addressing index: `NO_ENTRY` or an index into `entries`.
     index: Box<[u16]>,
     /// Free entries, a stack of indices into `entries`; `free_count` used.
@@ -184,10 +200,14 @@ impl FileCache {
             root: 0,
             key_len: 0,
             key: [0; KEY_BYTES_MAX],
+            content_len: 0,
         };
         let index_cells = (usize::from(entries) * 2).next_power_of_two();
         FileCache {
             entries: vec![empty; usize::from(entries)].into_boxed_slice(),
+            // Zeroed pages from the allocator's fresh mapping: resident
+            // only once written.
+            contents: vec![0; usize::from(entries) * CONTENT_BYTES_MAX as usize].into_boxed_slice(),
             index: vec![NO_ENTRY; index_cells].into_boxed_slice(),
             // Popped from the end: entry 0 is used first.
             free: (0..entries).rev().collect(),
@@ -240,6 +260,39 @@ impl FileCache {
         self.entries[usize::from(handle.entry)]
             .file()
             .expect("a held entry has a file")
+    }
+
+    /// The file's bytes, when an earlier answer kept them
+    /// ([`FileCache::keep_content`]): a hit needs no read then.
+    pub fn content(&self, handle: &Handle) -> Option<&[u8]> {
+        assert!(self.holds(handle), "stale file-cache handle {handle:?}");
+        let entry = &self.entries[usize::from(handle.entry)];
+        let len = entry.content_len as usize;
+        (len > 0).then(|| &self.contents_of(handle.entry)[..len])
+    }
+
+    /// Keeps `bytes`, a whole read of the file behind `handle` (its size
+    /// as stated at open, at most [`CONTENT_BYTES_MAX`]), for the entry's
+    /// later hits. Anything else (a part, a file that changed size, a
+    /// large one) is not kept; an entry keeps its first whole read.
+    pub fn keep_content(&mut self, handle: &Handle, bytes: &[u8]) {
+        let size = self.get(handle).meta.size;
+        let entry = usize::from(handle.entry);
+        if bytes.is_empty()
+            || bytes.len() as u64 != size
+            || bytes.len() > CONTENT_BYTES_MAX as usize
+            || self.entries[entry].content_len > 0
+        {
+            return;
+        }
+        let start = entry * CONTENT_BYTES_MAX as usize;
+        self.contents[start..start + bytes.len()].copy_from_slice(bytes);
+        self.entries[entry].content_len = bytes.len() as u32;
+    }
+
+    fn contents_of(&self, entry: u16) -> &[u8] {
+        let start = usize::from(entry) * CONTENT_BYTES_MAX as usize;
+        &self.contents[start..start + CONTENT_BYTES_MAX as usize]
     }
 
     /// Whether `handle` is a live use of this cache (not released, its
@@ -346,6 +399,8 @@ impl FileCache {
         entry.root = root;
         entry.key_len = key.len() as u8;
         entry.key[..key.len()].copy_from_slice(key);
+        // A new open: bytes kept from the old one are not its.
+        entry.content_len = 0;
         let generation = entry.generation;
         self.link(target);
         Insert::Cached {

@@ -45,7 +45,9 @@ mod meta;
 mod path;
 mod validators;
 
-pub use cache::{CachedFile, FileCache, Handle, Insert, ENTRIES_MAX, KEY_BYTES_MAX};
+pub use cache::{
+    CachedFile, FileCache, Handle, Insert, CONTENT_BYTES_MAX, ENTRIES_MAX, KEY_BYTES_MAX,
+};
 pub use conditional::{decide, not_modified, range, Conditions, Decision, RangeAnswer};
 pub use error::FileError;
 pub use meta::{content_type, FileKind, FileMeta, NextStep, OCTET_STREAM};

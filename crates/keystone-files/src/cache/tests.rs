@@ -651,3 +651,44 @@ proptest! {
         run_model(capacity, valid_for_secs, &ops);
     }
 }
+
+#[test]
+fn whole_small_files_are_kept_with_their_entry_and_forgotten_with_it() {
+    let mut f = Fixture::new(2);
+    // `meta(fd)`: a file's size is its descriptor number here.
+    let (handle, _) = f.cached(1, "a.css", 5, 0);
+    assert_eq!(f.cache.content(&handle), None);
+    f.cache.keep_content(&handle, b"abc");
+    assert_eq!(f.cache.content(&handle), None, "a part is not kept");
+    f.cache.keep_content(&handle, b"hello");
+    assert_eq!(f.cache.content(&handle), Some(&b"hello"[..]));
+    f.cache.keep_content(&handle, b"HELLO");
+    assert_eq!(
+        f.cache.content(&handle),
+        Some(&b"hello"[..]),
+        "the first whole read stays"
+    );
+    assert_eq!(f.cache.release(handle), None);
+    let hit = f.lookup(1, "a.css", 1).expect("fresh");
+    assert_eq!(f.cache.content(&hit), Some(&b"hello"[..]));
+    assert_eq!(f.cache.release(hit), None);
+    // Revalidated: the new open's entry holds none of the old bytes.
+    let (fresh, close) = f.cached(1, "a.css", 6, 20);
+    assert_eq!(close, Some(5));
+    assert_eq!(f.cache.content(&fresh), None);
+    assert_eq!(f.cache.release(fresh), None);
+    // An entry evicted for another file starts empty too.
+    let (other, _) = f.cached(1, "b.css", 3, 21);
+    f.cache.keep_content(&other, b"bbb");
+    assert_eq!(f.cache.release(other), None);
+    let (third, evicted) = f.cached(1, "c.css", 4, 22);
+    assert!(evicted.is_some());
+    assert_eq!(f.cache.content(&third), None);
+    assert_eq!(f.cache.release(third), None);
+    // Too large to keep, whole or not.
+    let size = CONTENT_BYTES_MAX as i32 + 1;
+    let (big, _) = f.cached(2, "big.bin", size, 23);
+    f.cache.keep_content(&big, &vec![7; size as usize]);
+    assert_eq!(f.cache.content(&big), None);
+    assert_eq!(f.cache.release(big), None);
+}
