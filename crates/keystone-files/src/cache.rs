@@ -14,7 +14,8 @@
 //! entry from the first answer that read it whole
 //! ([`FileCache::keep_content`]) and served from memory for the rest of
 //! the window: a file changed in place inside it is served as it was,
-//! bytes and validators agreeing. A file rewritten *in place* (same inode, truncated) can make the
+//! bytes and validators agreeing. A larger file rewritten *in place*
+//! (same inode, truncated) can make the
 //! old descriptor read fewer bytes than its cached size: the sender must
 //! treat a short read as the end of the connection, as it must without a
 //! cache too. A deleted file's descriptor (and its disk blocks) stays open
@@ -268,7 +269,7 @@ impl FileCache {
         assert!(self.holds(handle), "stale file-cache handle {handle:?}");
         let entry = &self.entries[usize::from(handle.entry)];
         let len = entry.content_len as usize;
-        (len > 0).then(|| &self.contents_of(handle.entry)[..len])
+        (len > 0).then(|| &self.contents[content_area(handle.entry)][..len])
     }
 
     /// Keeps `bytes`, a whole read of the file behind `handle` (its size
@@ -285,14 +286,8 @@ impl FileCache {
         {
             return;
         }
-        let start = entry * CONTENT_BYTES_MAX as usize;
-        self.contents[start..start + bytes.len()].copy_from_slice(bytes);
+        self.contents[content_area(handle.entry)][..bytes.len()].copy_from_slice(bytes);
         self.entries[entry].content_len = bytes.len() as u32;
-    }
-
-    fn contents_of(&self, entry: u16) -> &[u8] {
-        let start = usize::from(entry) * CONTENT_BYTES_MAX as usize;
-        &self.contents[start..start + CONTENT_BYTES_MAX as usize]
     }
 
     /// Whether `handle` is a live use of this cache (not released, its
@@ -585,6 +580,12 @@ impl FileCache {
         self.index[hole] = NO_ENTRY;
         self.cached_count -= 1;
     }
+}
+
+/// Where entry `entry`'s kept bytes live in `FileCache::contents`.
+fn content_area(entry: u16) -> std::ops::Range<usize> {
+    let start = usize::from(entry) * CONTENT_BYTES_MAX as usize;
+    start..start + CONTENT_BYTES_MAX as usize
 }
 
 /// FNV-1a (64-bit) over the root id and the path bytes.
