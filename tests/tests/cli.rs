@@ -129,6 +129,38 @@ fn bad_flags_exit_2_naming_the_flag() {
             code: 2,
             output_contains: strings(&["--drain-timeout"]),
         },
+        // A timeout beyond a day is refused at start: unchecked, it overflowed
+        // the first deadline (`Instant` + timeout) and a worker panicked.
+        Case {
+            args: strings(&["serve", "--header-timeout", "9300000000000000000"]),
+            code: 2,
+            output_contains: strings(&["--header-timeout", "1..=86400"]),
+        },
+        Case {
+            args: strings(&["serve", "--send-timeout", "86401"]),
+            code: 2,
+            output_contains: strings(&["--send-timeout", "1..=86400"]),
+        },
+        Case {
+            args: strings(&["serve", "--keepalive-timeout", "18446744073709551614"]),
+            code: 2,
+            output_contains: strings(&["--keepalive-timeout"]),
+        },
+        Case {
+            args: strings(&["serve", "--body-timeout", "100000"]),
+            code: 2,
+            output_contains: strings(&["--body-timeout"]),
+        },
+        Case {
+            args: strings(&["serve", "--drain-timeout", "18446744073709551615"]),
+            code: 2,
+            output_contains: strings(&["--drain-timeout", "0..=86400"]),
+        },
+        Case {
+            args: strings(&["serve", "--lua-budget-ms", "18446744073709551615"]),
+            code: 2,
+            output_contains: strings(&["--lua-budget-ms"]),
+        },
         Case {
             args: strings(&["serve", "--ebpf", "sometimes"]),
             code: 2,
@@ -271,6 +303,25 @@ fn bad_configuration_exits_2_before_the_port_accepts() {
         (&["--rocks-tree", not_a_dir], "cannot read --rocks-tree"),
         (&["--admin", "localhost:nine"], "--admin"),
         (&["--log", directory], "cannot open --log"),
+        // One address, two listeners: SO_REUSEPORT would let both bind and
+        // split its connections between them at random.
+        (
+            &["--listen", "127.0.0.1:18999", "--listen", "127.0.0.1:18999"],
+            "--listen 127.0.0.1:18999 is given twice",
+        ),
+        (
+            &[
+                "--listen",
+                "127.0.0.1:18999",
+                "--tls-listen",
+                "127.0.0.1:18999",
+                "--tls-cert",
+                "c",
+                "--tls-key",
+                "k",
+            ],
+            "127.0.0.1:18999 is given to both --listen and --tls-listen",
+        ),
     ];
     for (flags, message) in cases {
         let held = TcpListener::bind("127.0.0.1:0").expect("bind");

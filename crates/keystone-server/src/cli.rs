@@ -99,7 +99,7 @@ pub struct TestArgs {
     pub lua: LuaArgs,
     /// Milliseconds of wall time a Lua handler may run before it is stopped
     /// (503), as for `serve`.
-    #[arg(long, default_value_t = defaults::LUA_BUDGET_MS, value_parser = clap::value_parser!(u64).range(10..))]
+    #[arg(long, default_value_t = defaults::LUA_BUDGET_MS, value_parser = clap::value_parser!(u64).range(10..=defaults::LUA_BUDGET_MS_MAX))]
     pub lua_budget_ms: u64,
     /// Request limits, as for `serve`; `keystone.app(path, { max_body_bytes
     /// = N, ... })` sets one app's.
@@ -170,6 +170,13 @@ pub mod defaults {
     pub const DRAIN_TIMEOUT_SECS: u64 = 10;
     /// A handler is policy, not computation: a second of CPU is a runaway.
     pub const LUA_BUDGET_MS: u64 = 1000;
+    /// The longest timeout any flag takes, seconds: a day, as for an
+    /// upstream pool's timeouts. Far beyond any useful wait, and far below
+    /// what a deadline (`Instant` + the timeout) can hold: a larger value
+    /// is refused at start, never an overflow at the first connection.
+    pub const TIMEOUT_SECS_MAX: u64 = 86_400;
+    /// The longest `--lua-budget-ms`: the same day.
+    pub const LUA_BUDGET_MS_MAX: u64 = TIMEOUT_SECS_MAX * 1000;
 }
 
 /// `keystone serve` flags.
@@ -211,22 +218,22 @@ pub struct ServeArgs {
     #[arg(long, default_value = "auto")]
     pub ebpf: EbpfMode,
     /// Seconds to finish in-flight requests after SIGTERM/SIGINT.
-    #[arg(long, default_value_t = defaults::DRAIN_TIMEOUT_SECS)]
+    #[arg(long, default_value_t = defaults::DRAIN_TIMEOUT_SECS, value_parser = clap::value_parser!(u64).range(0..=defaults::TIMEOUT_SECS_MAX))]
     pub drain_timeout: u64,
     /// Module resolution and sandbox options.
     #[command(flatten)]
     pub lua: LuaArgs,
     /// Seconds a client has to send a whole request head (408 after).
-    #[arg(long, default_value_t = Timeouts::default().header.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = Timeouts::default().header.as_secs(), value_parser = clap::value_parser!(u64).range(1..=defaults::TIMEOUT_SECS_MAX))]
     pub header_timeout: u64,
     /// Seconds allowed between two reads of a request body (408 after).
-    #[arg(long, default_value_t = Timeouts::default().body.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = Timeouts::default().body.as_secs(), value_parser = clap::value_parser!(u64).range(1..=defaults::TIMEOUT_SECS_MAX))]
     pub body_timeout: u64,
     /// Seconds an idle keep-alive connection stays open.
-    #[arg(long, default_value_t = Timeouts::default().idle.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = Timeouts::default().idle.as_secs(), value_parser = clap::value_parser!(u64).range(1..=defaults::TIMEOUT_SECS_MAX))]
     pub keepalive_timeout: u64,
     /// Seconds allowed between two writes to a client that stopped reading.
-    #[arg(long, default_value_t = Timeouts::default().send.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = Timeouts::default().send.as_secs(), value_parser = clap::value_parser!(u64).range(1..=defaults::TIMEOUT_SECS_MAX))]
     pub send_timeout: u64,
     /// Responses one connection may have queued but not yet sent; further
     /// pipelined requests wait in the receive buffer.
@@ -234,7 +241,7 @@ pub struct ServeArgs {
     pub max_pipeline: u32,
     /// Milliseconds of wall time a Lua handler may run before it is stopped
     /// (503); catches runaway loops, JIT-compiled ones included.
-    #[arg(long, default_value_t = defaults::LUA_BUDGET_MS, value_parser = clap::value_parser!(u64).range(10..))]
+    #[arg(long, default_value_t = defaults::LUA_BUDGET_MS, value_parser = clap::value_parser!(u64).range(10..=defaults::LUA_BUDGET_MS_MAX))]
     pub lua_budget_ms: u64,
     /// Admin listener for /metrics, /health and /stats.json (off by default;
     /// keep it on loopback).

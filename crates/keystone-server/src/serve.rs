@@ -139,6 +139,9 @@ pub fn serve(args: ServeArgs) -> ExitCode {
             false,
         ));
     }
+    if let Err(message) = distinct(&addrs) {
+        return fail(message);
+    }
     let tls_pairs = match tls_pairs(&args) {
         Ok(pairs) => pairs,
         Err(message) => return fail(message),
@@ -660,6 +663,26 @@ fn tls_pairs(args: &ServeArgs) -> Result<Vec<keystone_tls::CertPair>, String> {
             key: key.clone(),
         })
         .collect())
+}
+
+/// Fails when one address is named twice (`--listen`, `--tls-listen`,
+/// both): our own listeners' SO_REUSEPORT would let both bind, and the
+/// kernel would then split that address's connections between them at
+/// random (half the HTTPS clients handed to the cleartext listener). nginx
+/// refuses it too ("duplicate listen"). Port 0 is a fresh port each time.
+fn distinct(addrs: &[(SocketAddr, bool)]) -> Result<(), String> {
+    let flag = |tls: bool| if tls { "--tls-listen" } else { "--listen" };
+    for (at, (addr, tls)) in addrs.iter().enumerate() {
+        let earlier = addrs[..at].iter().find(|(seen, _)| seen == addr);
+        if let (Some((_, first)), true) = (earlier, addr.port() != 0) {
+            return Err(if first == tls {
+                format!("{} {addr} is given twice", flag(*tls))
+            } else {
+                format!("{addr} is given to both --listen and --tls-listen: one port speaks one protocol")
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Fails when something already listens on `addr`. Our listeners use
