@@ -666,23 +666,40 @@ fn ctx_reports_scheme_and_tls() {
 
 /// Cleartext HTTP sent to the TLS port: a 400 in the clear saying so
 /// (nginx: "The plain HTTP request was sent to HTTPS port"), then close.
+/// Each such request counts once in `keystone_tls_plain_http_total`; a
+/// HEAD gets the 400's head alone.
 #[test]
 fn cleartext_request_to_tls_port_gets_400() {
     let fixture = Fixture::new();
-    let server = fixture.start(&[]);
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin_arg = admin.to_string();
+    let server = fixture.start(&["--admin", &admin_arg]);
+    for n in 1..=3 {
+        let mut client = RawClient::connect(server.tls_addr());
+        client.send(b"GET /hello HTTP/1.1\r\nHost: a.test\r\n\r\n");
+        let response = client.read_response();
+        assert_eq!(response.status, 400, "{response:?}");
+        assert!(
+            response
+                .body_str()
+                .to_ascii_lowercase()
+                .contains("https port"),
+            "the 400 does not say the port is HTTPS: {:?}",
+            response.body_str()
+        );
+        client.expect_closed("after the plain-HTTP 400");
+        assert_eq!(
+            keystone_tests::metric(admin, "keystone_tls_plain_http_total"),
+            n,
+            "counted once per cleartext request"
+        );
+    }
     let mut client = RawClient::connect(server.tls_addr());
-    client.send(b"GET /hello HTTP/1.1\r\nHost: a.test\r\n\r\n");
-    let response = client.read_response();
+    client.send(b"HEAD /hello HTTP/1.0\r\n\r\n");
+    let response = client.read_response_to("HEAD");
     assert_eq!(response.status, 400, "{response:?}");
-    assert!(
-        response
-            .body_str()
-            .to_ascii_lowercase()
-            .contains("https port"),
-        "the 400 does not say the port is HTTPS: {:?}",
-        response.body_str()
-    );
-    client.expect_closed("after the plain-HTTP 400");
+    let rest = client.expect_closed("after the plain-HTTP 400 to a HEAD");
+    assert!(rest.is_empty(), "a HEAD's 400 carries a body: {rest:?}");
     let after = server.curl(fixture.ca.cert(), "a.test", "/hello", &[]);
     assert_eq!(after.body_str(), "hello over https");
 }

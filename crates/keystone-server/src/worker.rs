@@ -694,7 +694,7 @@ impl Worker {
             if link.take_failure().is_some() {
                 self.stats.tls_failed.add(1);
             }
-            if link.plain_http() && matches!(event, Event::Received { result: 0, .. }) {
+            if link.take_plain_http() {
                 self.stats.tls_plain_http.add(1);
             }
             let mut cx = Context {

@@ -87,6 +87,24 @@ Connection: close\r\n\
 \r\n\
 400 The plain HTTP request was sent to HTTPS port\n";
 
+/// [`PLAIN_HTTP_RESPONSE`]'s head alone: the answer to a `HEAD` (a
+/// response to HEAD has no body, RFC 9110 §9.3.2).
+pub const PLAIN_HTTP_RESPONSE_HEAD: &[u8] = PLAIN_HTTP_RESPONSE
+    .split_at(head_len(PLAIN_HTTP_RESPONSE))
+    .0;
+
+/// Where a response's head ends (after its blank line).
+const fn head_len(response: &[u8]) -> usize {
+    let mut at = 0;
+    while at + 4 <= response.len() {
+        if matches!(response.split_at(at).1, [b'\r', b'\n', b'\r', b'\n', ..]) {
+            return at + 4;
+        }
+        at += 1;
+    }
+    response.len()
+}
+
 /// The first record of a TLS connection is a handshake record.
 const CONTENT_TYPE_HANDSHAKE: u8 = 0x16;
 
@@ -300,6 +318,8 @@ pub struct Link {
     net_error: Option<i32>,
     /// Why TLS failed, not yet taken (for the counters).
     failure: Option<String>,
+    /// The client spoke cleartext HTTP and nobody was told yet.
+    plain_http_untold: bool,
     /// The connection closed its socket: no ciphertext operation is asked
     /// for again (loans still come back).
     abandoned: bool,
@@ -394,6 +414,7 @@ impl Link {
             peer_closed: false,
             net_error: None,
             failure: None,
+            plain_http_untold: false,
             ticket_left: 0,
             abandoned: false,
             offload: Offload {
@@ -469,6 +490,13 @@ impl Link {
     /// Whether the client spoke cleartext HTTP to this TLS port.
     pub fn plain_http(&self) -> bool {
         self.stage == Stage::PlainHttp
+    }
+
+    /// Whether the client spoke cleartext HTTP to this TLS port, told once
+    /// (for the counter: the connection may read the end of stream that
+    /// follows the courtesy 400 more than once).
+    pub fn take_plain_http(&mut self) -> bool {
+        std::mem::take(&mut self.plain_http_untold)
     }
 
     /// Why TLS failed, once (for the log and the counters).
@@ -833,10 +861,16 @@ impl Link {
             let first = self.cipher_in.unconsumed()[0];
             if first != CONTENT_TYPE_HANDSHAKE && first.is_ascii_uppercase() {
                 self.stage = Stage::PlainHttp;
+                self.plain_http_untold = true;
+                let answer = if self.cipher_in.unconsumed().starts_with(b"HEAD ") {
+                    PLAIN_HTTP_RESPONSE_HEAD
+                } else {
+                    PLAIN_HTTP_RESPONSE
+                };
                 let all = self.cipher_in.len();
                 self.cipher_in.consume(all);
                 self.cipher_out
-                    .append(PLAIN_HTTP_RESPONSE)
+                    .append(answer)
                     .expect("a fresh send buffer holds the 400");
                 return;
             }

@@ -440,6 +440,8 @@ fn cleartext_http_gets_the_courtesy_400_in_the_clear() {
     assert!(link.poll().is_none(), "nothing more while the 400 leaves");
     link.on_sent(buf, len);
     assert!(link.plain_http());
+    assert!(link.take_plain_http(), "told once");
+    assert!(!link.take_plain_http(), "and only once");
     match link.poll() {
         Some(LinkIntent::Received { buf, result: 0 }) => recv.return_spare(buf, 0),
         other => panic!("the connection reads its end, got {other:?}"),
