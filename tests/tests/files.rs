@@ -29,6 +29,7 @@ fn app(public: &Path) -> String {
   static = {{ ["/assets/"] = "{}" }},
   routes = {{
     ["GET /file"] = function(ctx) ctx.headers["X-Policy"] = "yes"; ctx.body = {{ file = "page.txt" }} end,
+    ["PUT /file"] = function(ctx) ctx.body = {{ file = "page.txt" }} end,
     ["GET /missing-file"] = function(ctx) ctx.body = {{ file = "nope.txt" }} end,
     ["GET /escape-file"] = function(ctx) ctx.body = {{ file = "../../etc/passwd" }} end,
     ["GET /abs-link-file"] = function(ctx) ctx.body = {{ file = "abs-page.txt" }} end,
@@ -107,6 +108,36 @@ fn static_files_with_validators_ranges_and_confinement() {
             200,
             Some("body{color:red}\n"),
         ),
+        // If-Range's date form: exactly the Last-Modified date (RFC 9110
+        // §13.1.5), or an older one.
+        (
+            &["-H", &format!("If-Range: {last_modified}"), "-r", "0-3"],
+            206,
+            Some("body"),
+        ),
+        (
+            &["-H", "If-Range: Thu, 01 Jan 1970 00:00:00 GMT", "-r", "0-3"],
+            200,
+            Some("body{color:red}\n"),
+        ),
+        // If-Match and If-Unmodified-Since (RFC 9110 §13.1.1, §13.1.4).
+        (
+            &["-H", &format!("If-Match: {etag}"), "-r", "0-3"],
+            206,
+            Some("body"),
+        ),
+        (&["-H", "If-Match: \"stale\""], 412, Some("")),
+        (&["-H", "If-Match: *"], 200, Some("body{color:red}\n")),
+        (
+            &["-H", &format!("If-Unmodified-Since: {last_modified}")],
+            200,
+            Some("body{color:red}\n"),
+        ),
+        (
+            &["-H", "If-Unmodified-Since: Thu, 01 Jan 1970 00:00:00 GMT"],
+            412,
+            Some(""),
+        ),
     ];
     for (args, status, body) in cases {
         let mut all: Vec<&str> = args.to_vec();
@@ -146,6 +177,23 @@ fn static_files_with_validators_ranges_and_confinement() {
         assert!(!response.body_str().contains("secret"), "{path}");
     }
     assert_eq!(curl(&["-X", "POST", &url("/assets/style.css")]).status, 405);
+
+    // A policy's file on another method than GET: a matching
+    // If-None-Match is a 412, never a 304, and a range does not apply.
+    let page = curl(&[&url("/file")]);
+    let page_etag = page.header("etag").expect("etag").to_owned();
+    let put = |extra: &[&str]| {
+        let target = url("/file");
+        let mut args = vec!["-X", "PUT"];
+        args.extend_from_slice(extra);
+        args.push(&target);
+        curl(&args)
+    };
+    let matched = format!("If-None-Match: {page_etag}");
+    assert_eq!(put(&["-H", &matched]).status, 412);
+    let ranged = put(&["-r", "0-3"]);
+    assert_eq!(ranged.status, 200);
+    assert_eq!(ranged.body_str(), "policy page\n");
 }
 
 #[test]

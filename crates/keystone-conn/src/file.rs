@@ -625,11 +625,15 @@ impl Connection {
                     .find(|h| h.name.slice(bytes).eq_ignore_ascii_case(name))
                     .map(|h| h.value.slice(bytes))
             };
+            let method = head.method.slice(bytes);
             let conditions = Conditions {
+                if_match: header(b"if-match"),
+                if_unmodified_since: header(b"if-unmodified-since"),
                 if_none_match: header(b"if-none-match"),
                 if_modified_since: header(b"if-modified-since"),
                 if_range: header(b"if-range"),
                 range: header(b"range"),
+                other_method: method != b"GET" && method != b"HEAD",
             };
             let decision = decide(&meta, &validators, &conditions);
             status = decision.status();
@@ -643,7 +647,7 @@ impl Connection {
             (b"Content-Range", &content_range[..content_range_len]),
         ];
         let extra_count = match (status, content_range_len) {
-            (304, _) => {
+            (304 | 412, _) => {
                 extra[2] = extra[1];
                 2
             }

@@ -1,11 +1,12 @@
 //! Conditional requests and single ranges (RFC 9110 §13 and §14) against
 //! a file's validators: what a `200` file response becomes.
 //!
-//! Not promised: multiple ranges (`bytes=0-1,5-6`) are answered with the
-//! whole file, which RFC 9110 §14.2 allows; `If-Match` and
-//! `If-Unmodified-Since` are not evaluated; `If-Range` is compared with the
-//! strong ETag's bytes only (a date in `If-Range` never matches, so such a
-//! request gets the whole file, which is always a correct answer).
+//! The preconditions are evaluated in RFC 9110 §13.2.2's order:
+//! `If-Match`, else `If-Unmodified-Since` (a failure → 412), then
+//! `If-None-Match`, else `If-Modified-Since` (a match → 304 for GET and
+//! HEAD, 412 for another method), then `If-Range` and `Range` (GET and
+//! HEAD only). Not promised: multiple ranges (`bytes=0-1,5-6`) are answered
+//! with the whole file, which RFC 9110 §14.2 allows.
 
 use std::time::UNIX_EPOCH;
 
@@ -18,6 +19,10 @@ use crate::{FileMeta, Validators};
 /// them (trimmed header values, `None` when absent).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Conditions<'a> {
+    /// `If-Match`.
+    pub if_match: Option<&'a [u8]>,
+    /// `If-Unmodified-Since`.
+    pub if_unmodified_since: Option<&'a [u8]>,
     /// `If-None-Match`.
     pub if_none_match: Option<&'a [u8]>,
     /// `If-Modified-Since`.
@@ -26,6 +31,11 @@ pub struct Conditions<'a> {
     pub if_range: Option<&'a [u8]>,
     /// `Range`.
     pub range: Option<&'a [u8]>,
+    /// The method is neither GET nor HEAD (a file body policy gave another
+    /// route): a matching `If-None-Match` is a 412, not a 304, and
+    /// `If-Modified-Since`, `If-Range` and `Range` do not apply (RFC 9110
+    /// §13.1.2, §13.1.3, §14.2).
+    pub other_method: bool,
 }
 
 /// What a `200` file response becomes; [`Decision::status`] maps it.
@@ -45,6 +55,10 @@ pub enum Decision {
     /// 416: the range starts past the end; no body, `Content-Range:
     /// bytes */SIZE`.
     Unsatisfiable,
+    /// 412: `If-Match` or `If-Unmodified-Since` failed (the client's copy
+    /// is not the current one), or `If-None-Match` matched on a method
+    /// other than GET and HEAD; no body.
+    PreconditionFailed,
 }
 
 impl Decision {
@@ -55,6 +69,7 @@ impl Decision {
             Decision::NotModified => 304,
             Decision::Partial { .. } => 206,
             Decision::Unsatisfiable => 416,
+            Decision::PreconditionFailed => 412,
         }
     }
 
@@ -68,7 +83,9 @@ impl Decision {
                 debug_assert!(start + len <= size);
                 (start, len)
             }
-            Decision::NotModified | Decision::Unsatisfiable => (0, 0),
+            Decision::NotModified | Decision::Unsatisfiable | Decision::PreconditionFailed => {
+                (0, 0)
+            }
         }
     }
 
@@ -80,28 +97,49 @@ impl Decision {
                 content_range(Some((start, start + len - 1)), size, out)
             }
             Decision::Unsatisfiable => content_range(None, size, out),
-            Decision::Full | Decision::NotModified => 0,
+            Decision::Full | Decision::NotModified | Decision::PreconditionFailed => 0,
         }
     }
 }
 
-/// What [`decide`] does for a file response with status 200: conditionals
-/// first (a match → 304); otherwise, when `If-Range` is absent or equal to
-/// the ETag's bytes, the range; with a mismatched `If-Range`, the whole file.
-/// Responses with another status (policy's choice) are sent whole and never
-/// decided.
+/// What [`decide`] does for a file response with status 200: the
+/// preconditions in RFC 9110 §13.2.2's order (a failed `If-Match` or
+/// `If-Unmodified-Since` → 412; a matching `If-None-Match` or
+/// `If-Modified-Since` → 304, or 412 for a method other than GET and
+/// HEAD); otherwise, when `If-Range` is absent or holds (the ETag, or
+/// exactly the `Last-Modified` date: §13.1.5, as nginx compares it), the
+/// range; with an `If-Range` that does not hold, the whole file. Responses
+/// with another status (policy's choice) are sent whole and never decided.
 pub fn decide(meta: &FileMeta, validators: &Validators, conditions: &Conditions<'_>) -> Decision {
+    if !precondition_holds(
+        validators,
+        meta.mtime_secs,
+        conditions.if_match,
+        conditions.if_unmodified_since,
+    ) {
+        return Decision::PreconditionFailed;
+    }
+    let if_modified_since = conditions
+        .if_modified_since
+        .filter(|_| !conditions.other_method);
     if not_modified(
         validators,
         meta.mtime_secs,
         conditions.if_none_match,
-        conditions.if_modified_since,
+        if_modified_since,
     ) {
-        return Decision::NotModified;
+        return if conditions.other_method {
+            Decision::PreconditionFailed
+        } else {
+            Decision::NotModified
+        };
+    }
+    if conditions.other_method {
+        return Decision::Full;
     }
     if conditions
         .if_range
-        .is_some_and(|tag| tag != validators.etag())
+        .is_some_and(|validator| !range_validator_holds(validator, validators, meta.mtime_secs))
     {
         return Decision::Full;
     }
@@ -130,16 +168,52 @@ pub fn not_modified(
             tag == b"*" || weak_eq(tag, validators.etag())
         });
     }
-    let Some(since) = if_modified_since.and_then(|value| std::str::from_utf8(trim_ows(value)).ok())
-    else {
-        return false;
-    };
-    match httpdate::parse_http_date(since) {
-        Ok(time) => time
-            .duration_since(UNIX_EPOCH)
-            .is_ok_and(|since| mtime_secs <= since.as_secs()),
-        Err(_) => false,
+    if_modified_since
+        .and_then(http_date_secs)
+        .is_some_and(|since| mtime_secs <= since)
+}
+
+/// Whether the request's own preconditions let it go on (false → 412).
+/// `If-Match` (RFC 9110 §13.1.1): `*`, or a comma list of which one tag is
+/// strongly equal to the ETag (a `W/` tag never is). Without it,
+/// `If-Unmodified-Since` (§13.1.4): holds unless the date parses and the
+/// file is newer; a date that does not parse is ignored.
+pub fn precondition_holds(
+    validators: &Validators,
+    mtime_secs: u64,
+    if_match: Option<&[u8]>,
+    if_unmodified_since: Option<&[u8]>,
+) -> bool {
+    if let Some(list) = if_match {
+        return list.split(|&byte| byte == b',').any(|tag| {
+            let tag = trim_ows(tag);
+            tag == b"*" || tag == validators.etag()
+        });
     }
+    match if_unmodified_since.and_then(http_date_secs) {
+        Some(since) => mtime_secs <= since,
+        None => true,
+    }
+}
+
+/// Whether an `If-Range` validator holds (RFC 9110 §13.1.5): an entity tag
+/// strongly equal to the ETag, or a date exactly the `Last-Modified` one.
+fn range_validator_holds(validator: &[u8], validators: &Validators, mtime_secs: u64) -> bool {
+    let validator = trim_ows(validator);
+    if validator.starts_with(b"\"") || validator.starts_with(b"W/") {
+        return validator == validators.etag();
+    }
+    http_date_secs(validator) == Some(mtime_secs)
+}
+
+/// An HTTP-date's seconds since the epoch (any of RFC 9110 §5.6.7's three
+/// forms); `None` when it does not parse.
+fn http_date_secs(value: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(trim_ows(value)).ok()?;
+    let time = httpdate::parse_http_date(text).ok()?;
+    time.duration_since(UNIX_EPOCH)
+        .ok()
+        .map(|since| since.as_secs())
 }
 
 /// RFC 9110 §8.8.3.2 weak comparison: the opaque tags are equal, whether
@@ -424,13 +498,142 @@ mod tests {
                 },
                 Decision::Full,
             ),
+            // A date exactly the Last-Modified one: the range applies
+            // (RFC 9110 §13.1.5); an earlier or later date, or garbage: the
+            // whole file.
             (
                 Conditions {
                     if_range: Some(SAME_DATE.as_bytes()),
                     range: range_0_9,
                     ..Conditions::default()
                 },
+                partial,
+            ),
+            (
+                Conditions {
+                    if_range: Some(b"Sunday, 06-Nov-94 08:49:37 GMT"),
+                    range: range_0_9,
+                    ..Conditions::default()
+                },
+                partial,
+            ),
+            (
+                Conditions {
+                    if_range: Some(LATER_DATE.as_bytes()),
+                    range: range_0_9,
+                    ..Conditions::default()
+                },
                 Decision::Full,
+            ),
+            (
+                Conditions {
+                    if_range: Some(EARLIER_DATE.as_bytes()),
+                    range: range_0_9,
+                    ..Conditions::default()
+                },
+                Decision::Full,
+            ),
+            (
+                Conditions {
+                    if_range: Some(b"yesterday"),
+                    range: range_0_9,
+                    ..Conditions::default()
+                },
+                Decision::Full,
+            ),
+            // If-Match: `*`, the tag, or a list holding it goes on; another
+            // tag or a weak form of ours (compared strongly) is a 412, which
+            // wins over If-None-Match and the range.
+            (
+                Conditions {
+                    if_match: Some(b"*"),
+                    range: range_0_9,
+                    ..Conditions::default()
+                },
+                partial,
+            ),
+            (
+                Conditions {
+                    if_match: Some(b"\"x\", \"2ebc98a1-64\""),
+                    ..Conditions::default()
+                },
+                Decision::Full,
+            ),
+            (
+                Conditions {
+                    if_match: Some(b"\"old\""),
+                    if_none_match: Some(b"\"old\""),
+                    range: range_0_9,
+                    ..Conditions::default()
+                },
+                Decision::PreconditionFailed,
+            ),
+            (
+                Conditions {
+                    if_match: Some(b"W/\"2ebc98a1-64\""),
+                    ..Conditions::default()
+                },
+                Decision::PreconditionFailed,
+            ),
+            // If-Unmodified-Since: the file is not newer (same or later
+            // date) goes on; newer is a 412; garbage is ignored; If-Match
+            // present overrides it.
+            (
+                Conditions {
+                    if_unmodified_since: Some(SAME_DATE.as_bytes()),
+                    range: range_0_9,
+                    ..Conditions::default()
+                },
+                partial,
+            ),
+            (
+                Conditions {
+                    if_unmodified_since: Some(EARLIER_DATE.as_bytes()),
+                    ..Conditions::default()
+                },
+                Decision::PreconditionFailed,
+            ),
+            (
+                Conditions {
+                    if_unmodified_since: Some(b"not a date"),
+                    ..Conditions::default()
+                },
+                Decision::Full,
+            ),
+            (
+                Conditions {
+                    if_match: etag,
+                    if_unmodified_since: Some(EARLIER_DATE.as_bytes()),
+                    ..Conditions::default()
+                },
+                Decision::Full,
+            ),
+            // Another method than GET or HEAD: a matching If-None-Match is
+            // a 412; If-Modified-Since and the range do not apply.
+            (
+                Conditions {
+                    if_none_match: etag,
+                    other_method: true,
+                    ..Conditions::default()
+                },
+                Decision::PreconditionFailed,
+            ),
+            (
+                Conditions {
+                    if_modified_since: Some(SAME_DATE.as_bytes()),
+                    range: range_0_9,
+                    other_method: true,
+                    ..Conditions::default()
+                },
+                Decision::Full,
+            ),
+            (
+                Conditions {
+                    if_match: Some(b"\"old\""),
+                    other_method: true,
+                    ..Conditions::default()
+                },
+                Decision::PreconditionFailed,
             ),
             (
                 Conditions {
@@ -473,6 +676,7 @@ mod tests {
                     if_modified_since: Some(LATER_DATE.as_bytes()),
                     if_range: etag,
                     range: range_0_9,
+                    ..Conditions::default()
                 },
                 partial,
             ),
@@ -508,6 +712,7 @@ mod tests {
                 "bytes 0-0/100",
             ),
             (Decision::Unsatisfiable, 416, (0, 0), "bytes */100"),
+            (Decision::PreconditionFailed, 412, (0, 0), ""),
         ];
         for (decision, status, body, content_range) in rows {
             assert_eq!(decision.status(), *status, "{decision:?}");

@@ -48,7 +48,9 @@ mod validators;
 pub use cache::{
     CachedFile, FileCache, Handle, Insert, CONTENT_BYTES_MAX, ENTRIES_MAX, KEY_BYTES_MAX,
 };
-pub use conditional::{decide, not_modified, range, Conditions, Decision, RangeAnswer};
+pub use conditional::{
+    decide, not_modified, precondition_holds, range, Conditions, Decision, RangeAnswer,
+};
 pub use error::FileError;
 pub use meta::{content_type, FileKind, FileMeta, NextStep, OCTET_STREAM};
 pub use path::{RelativePath, INDEX_FILE, PATH_BYTES_MAX};
