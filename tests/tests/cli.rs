@@ -199,6 +199,57 @@ fn check_lists_routes_of_a_valid_app() {
     check(&case);
 }
 
+/// `check` lists static directories too; two prefixes for one location
+/// (`/a` and `/a/`) are refused, since one directory would never be
+/// served; a directory's path is shown as written (`./nope`, not
+/// `././nope`).
+#[test]
+fn check_lists_static_directories_and_refuses_one_location_twice() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("public")).expect("public");
+    std::fs::create_dir_all(dir.path().join("other")).expect("other");
+    write_file(
+        dir.path(),
+        "app.lua",
+        r#"return { static = { ["/assets/"] = "./public" }, routes = {} }"#,
+    );
+    let output = keystone_tests::run_keystone_in(&["check", "app.lua"], Some(dir.path()));
+    assert_eq!(output.code, Some(0), "{}", output.all());
+    assert!(
+        output.stdout.contains("static /assets/: ./public"),
+        "{}",
+        output.all()
+    );
+    write_file(
+        dir.path(),
+        "twice.lua",
+        r#"return { static = { ["/a/"] = "./public", ["/a"] = "./other" }, routes = {} }"#,
+    );
+    write_file(
+        dir.path(),
+        "missing.lua",
+        r#"return { static = { ["/a/"] = "./nope" }, routes = {} }"#,
+    );
+    for command in ["check", "serve"] {
+        let output = keystone_tests::run_keystone_in(&[command, "twice.lua"], Some(dir.path()));
+        let all = output.all();
+        assert_eq!(output.code, Some(2), "{command}: {all}");
+        assert!(
+            all.contains("name the same location")
+                && all.contains("\"/a\"")
+                && all.contains("\"/a/\""),
+            "{command}: {all}"
+        );
+        let output = keystone_tests::run_keystone_in(&[command, "missing.lua"], Some(dir.path()));
+        let all = output.all();
+        assert_eq!(output.code, Some(2), "{command}: {all}");
+        assert!(
+            all.contains("static[\"/a/\"]: ./nope is not a directory"),
+            "{command}: {all}"
+        );
+    }
+}
+
 #[test]
 fn check_and_serve_reject_bad_apps_with_file_and_line() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -612,15 +612,31 @@ fn static_dirs(source: &AppSource, app: &Table) -> Result<Vec<(String, PathBuf)>
                 format!("static prefix \"{prefix}\" must start with '/'"),
             ));
         }
-        let dir = PathBuf::from(dir.to_string_lossy());
-        let dir = match (&source.dir, dir.is_absolute()) {
-            (Some(base), false) => base.join(dir),
-            _ => dir,
+        let written = PathBuf::from(dir.to_string_lossy());
+        let dir = match &source.dir {
+            // An app in the working directory: its paths as written, never
+            // `././public`.
+            Some(base) if !written.is_absolute() && base != Path::new(".") => base.join(&written),
+            _ => written,
         };
         if !dir.is_dir() {
             return Err(shape(
                 source,
                 format!("static[\"{prefix}\"]: {} is not a directory", dir.display()),
+            ));
+        }
+        // `"/a"` and `"/a/"` name one location: two directories for it
+        // would leave one never served (nginx: "duplicate location").
+        let location = prefix.trim_end_matches('/');
+        if let Some((other, _)) = out
+            .iter()
+            .find(|(other, _): &&(String, PathBuf)| other.trim_end_matches('/') == location)
+        {
+            return Err(shape(
+                source,
+                format!(
+                    "static prefixes \"{other}\" and \"{prefix}\" name the same location: keep one"
+                ),
             ));
         }
         out.push((prefix, dir));

@@ -74,6 +74,9 @@ fn check(path: &std::path::Path, config: &keystone_lua::LuaConfig) -> ExitCode {
             for route in &app.routes {
                 println!("  {route}");
             }
+            for (prefix, dir) in &app.statics {
+                println!("  static {prefix}: {}", dir.display());
+            }
             for pool in &app.upstreams {
                 let peers: Vec<String> = pool
                     .peer_names
