@@ -149,7 +149,8 @@ impl Connection {
             cx.shared.head.path.slice(self.recv.filled()),
         );
         let complete = pending.complete();
-        let framing = pending.framing;
+        // The drain may have begun while the upstream was answering.
+        let framing = self.drain_framing(cx, pending.framing, complete.total);
         let request = request_view(
             &self.recv,
             &cx.shared.head,

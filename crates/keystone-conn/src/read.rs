@@ -192,12 +192,32 @@ impl Connection {
             head_request: head.method.slice(self.recv.filled()) == b"HEAD",
             minor_version: head.minor_version,
         };
+        let framing = self.drain_framing(cx, framing, complete.total);
         let streamed = complete.streamed;
         let taken = self.answer(cx, complete, framing);
         if streamed {
             self.after_streamed_answer(cx);
         }
         taken
+    }
+
+    /// `framing` as a drain leaves it: once the worker drains, the answer
+    /// to the last request the buffer holds (`total` bytes at its front)
+    /// says `Connection: close` and the connection closes after it, so no
+    /// client sends a request into a close it could not see coming (RFC
+    /// 9112 §9.6; nginx stops keep-alive when it exits). Requests already
+    /// pipelined behind it are still answered, the last of them closing.
+    pub(crate) fn drain_framing<P: Policy>(
+        &self,
+        cx: &Context<'_, P>,
+        framing: Framing,
+        total: u32,
+    ) -> Framing {
+        let last = self.recv.unconsumed().len() <= total as usize;
+        Framing {
+            keep_alive: framing.keep_alive && !(cx.draining && last),
+            ..framing
+        }
     }
 
     /// A request the engine refuses: its error, then the connection closes

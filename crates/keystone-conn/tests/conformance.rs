@@ -666,6 +666,32 @@ fn draining_closes_idle_connections_and_finishes_busy_ones() {
     assert!(busy.write_shut(), "then it closes");
 }
 
+/// Requests answered once the drain has begun: the last one the buffer
+/// holds says `Connection: close` (a client must not send into a close it
+/// cannot see coming), those pipelined before it stay keep-alive.
+#[test]
+fn answers_given_while_draining_close_after_the_last_buffered_request() {
+    let site = site();
+    let config = Config {
+        max_pipeline: 1,
+        ..Config::default()
+    };
+    let mut sim = sim_with(config, site.path());
+    sim.stall_peer(true);
+    let mut input = get("/big");
+    input.extend(get("/"));
+    input.extend(get("/"));
+    sim.feed(&input);
+    sim.drain();
+    sim.stall_peer(false);
+    let responses = check_responses(&sim.take_output()).expect("well formed");
+    assert_eq!(responses.len(), 3, "every buffered request is answered");
+    assert!(!responses[0].close, "answered before the drain began");
+    assert!(!responses[1].close, "a request is pipelined behind it");
+    assert!(responses[2].close, "the last answer while draining closes");
+    assert!(sim.write_shut(), "then it closes");
+}
+
 #[test]
 fn the_peer_closing_mid_request_closes_without_an_answer() {
     let site = site();
