@@ -250,6 +250,24 @@ fn check_lists_static_directories_and_refuses_one_location_twice() {
     }
 }
 
+/// Recursion through a C function that calls back into Lua while the app
+/// loads: a load error with its line (exit 2), never a crashed process.
+#[test]
+fn recursion_through_c_functions_at_load_is_an_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = "local function f(s) return (s:gsub(\".\", f)) end\n\
+               return { init_worker = function() f(\"x\") end, routes = {} }\n";
+    let path = write_file(dir.path(), "app.lua", app);
+    let output = run_keystone(&["check", path.to_str().expect("utf-8")]);
+    let all = output.all();
+    assert_no_panic(&all, "check");
+    assert_eq!(output.code, Some(2), "{all}");
+    assert!(
+        all.contains("app.lua:1: C stack overflow (string.gsub nested too deeply)"),
+        "{all}"
+    );
+}
+
 #[test]
 fn check_and_serve_reject_bad_apps_with_file_and_line() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -51,6 +51,23 @@ const APP: &str = r#"return {
     ["GET /status-1000"] = function(ctx) ctx.status = 1000 end,
     ["GET /status-99"] = function(ctx) ctx.status = 99 end,
     ["GET /status-100"] = function(ctx) ctx.status = 100 ctx.body = "X-Injected: interim" end,
+    -- Recursion through C functions that call back into Lua: LuaJIT does
+    -- not bound the C stack, the engine does (a 500, never a dead process).
+    ["GET /c-gsub"] = function(ctx) local function f(s) return (s:gsub(".", f)) end ctx.body = f("x") end,
+    ["GET /c-gsub-table"] = function(ctx)
+      local t; t = setmetatable({}, { __index = function() return (string.gsub("x", ".", t)) end })
+      ctx.body = string.gsub("x", ".", t)
+    end,
+    ["GET /c-format"] = function(ctx)
+      local mt = {}; mt.__tostring = function(v) return ("%s"):format(v) end
+      ctx.body = string.format("%s", setmetatable({}, mt))
+    end,
+    ["GET /c-sort"] = function(ctx) local function f() table.sort({ 3, 2, 1 }, function(a, b) f() return a < b end) end f() end,
+    ["GET /c-resume"] = function(ctx)
+      local function f() local ok, err = coroutine.resume(coroutine.create(f)) if not ok then error(err, 0) end end
+      f()
+    end,
+    ["GET /c-wrap"] = function(ctx) local function f() coroutine.wrap(f)() end f() end,
   },
 }
 "#;
@@ -966,6 +983,26 @@ const FAILING: &[Failing] = &[
     // An interim status can never be a final response: a client would wait
     // for another one. Refused where it is set, with the line.
     failing("/status-100", Some("ctx.status = 100"), "got 100"),
+    failing(
+        "/c-gsub",
+        Some("/c-gsub\"]"),
+        "C stack overflow (string.gsub",
+    ),
+    failing(
+        "/c-gsub-table",
+        Some("__index = function() return"),
+        "C stack overflow (string.gsub",
+    ),
+    // Reached through a tail call from C: no position, the traceback has it.
+    failing("/c-format", None, "C stack overflow (string.format"),
+    // The comparator's Lua frames fill LuaJIT's own stack first.
+    failing("/c-sort", Some("/c-sort\"]"), "stack overflow"),
+    failing("/c-resume", None, "C stack overflow (coroutine.resume"),
+    failing(
+        "/c-wrap",
+        Some("/c-wrap\"]"),
+        "C stack overflow (coroutine.resume",
+    ),
 ];
 
 fn check_failing(server: &Server, keep_alive: &mut RawClient, case: &Failing) {

@@ -410,6 +410,8 @@ pub(crate) fn functions(lua: &Lua) -> mlua::Result<Table> {
     for (name, f) in sets {
         table.set(name, pointer(f as usize))?;
     }
+    let room: extern "C" fn() -> i32 = crate::cstack::c_stack_room;
+    table.set("c_stack_room", pointer(room as usize))?;
     Ok(table)
 }
 

@@ -19,6 +19,7 @@ mod abi;
 mod app;
 mod budget;
 mod config;
+mod cstack;
 mod errors;
 mod pulse;
 mod upstreams;
@@ -28,6 +29,7 @@ pub use app::{
 };
 pub use budget::interrupt_running_handler;
 pub use config::{LuaConfig, DEFAULT_LUA_CPATH, DEFAULT_LUA_PATH};
+pub use cstack::{C_STACK_MARGIN_BYTES, LUA_THREAD_STACK_BYTES};
 pub use errors::{
     forget_sites as forget_error_sites, take_repeats as take_repeated_errors, Repeats, ERROR_WINDOW,
 };

@@ -10,8 +10,8 @@
 
 local ffi = require("ffi")
 local debug_traceback = debug.traceback
-local setmetatable, rawget, rawset, type, tostring, tonumber, error, xpcall, pairs, ipairs =
-    setmetatable, rawget, rawset, type, tostring, tonumber, error, xpcall, pairs, ipairs
+local setmetatable, rawget, rawset, type, tostring, tonumber, error, xpcall, pairs, ipairs, select =
+    setmetatable, rawget, rawset, type, tostring, tonumber, error, xpcall, pairs, ipairs, select
 local concat = table.concat
 local floor = math.floor
 local format = string.format
@@ -77,7 +77,69 @@ typedef int32_t (*ks_find_fn)(HttpExchange *, const char *, size_t);
 typedef int32_t (*ks_set_fn)(HttpExchange *, const char *, size_t, const char *, size_t);
 ]]
 
+-- C library functions that call back into Lua nest on the thread's C
+-- stack, which LuaJIT does not bound (cstack.rs): recursion through one
+-- (`f` calling `s:gsub(".", f)`) would run off the stack and end the
+-- process. Each is replaced, in the real globals and so for the sandbox's
+-- copies and the string methods alike, by an entry that first asks the
+-- engine whether the C stack has room (`room() == 1`); when not, it is a
+-- Lua error, a 500 like any other. Coroutine resumes are bounded by count
+-- too (as PUC Lua's LUAI_MAXCCALLS does): each nests a few hundred bytes,
+-- and thousands of nested coroutines unwinding one error through
+-- `coroutine.wrap` would spend the handler's budget on the message.
+local COROUTINE_NESTING_MAX = 200
+local function guard_c_calls(room)
+  local gsub, raw_format, sort = string.gsub, string.format, table.sort
+  local co_create, co_resume = coroutine.create, coroutine.resume
+  local function overflow(what)
+    error("C stack overflow (" .. what .. " nested too deeply)", 3)
+  end
+  string.gsub = function(s, pattern, repl, n)
+    local kind = type(repl)
+    if kind ~= "string" and kind ~= "number" and room() == 0 then overflow("string.gsub") end
+    return gsub(s, pattern, repl, n)
+  end
+  string.format = function(fmt, ...)
+    if select("#", ...) > 0 and room() == 0 then overflow("string.format") end
+    return raw_format(fmt, ...)
+  end
+  table.sort = function(t, comp)
+    if room() == 0 then overflow("table.sort") end
+    return sort(t, comp)
+  end
+  local resuming = 0
+  local function resumed(...)
+    resuming = resuming - 1
+    return ...
+  end
+  local function resume(co, ...)
+    if type(co) ~= "thread" then
+      error("bad argument #1 to 'resume' (coroutine expected, got " .. type(co) .. ")", 2)
+    end
+    if resuming >= COROUTINE_NESTING_MAX or room() == 0 then
+      return false, "C stack overflow (coroutine.resume nested too deeply)"
+    end
+    resuming = resuming + 1
+    return resumed(co_resume(co, ...))
+  end
+  coroutine.resume = resume
+  -- coroutine.wrap over the guarded resume; an error inside propagates as
+  -- the real wrap's does (a string with the caller's position prepended,
+  -- any other value as it is).
+  local function wrapped(ok, ...)
+    if ok then return ... end
+    local message = ...
+    if type(message) == "string" then error(message, 2) end
+    error(message, 0)
+  end
+  coroutine.wrap = function(f)
+    local co = co_create(f)
+    return function(...) return wrapped(resume(co, ...)) end
+  end
+end
+
 return function(ex_addr, fns, layout, messages)
+  guard_c_calls(ffi.cast("int (*)(void)", fns.c_stack_room))
   -- The Rust side passes its own layout; refuse to run on a mismatch rather
   -- than read the wrong bytes.
   assert(ffi.sizeof("HttpExchange") == layout.size,

@@ -366,7 +366,11 @@ fn spawn(
 ) -> Result<(), String> {
     let (ready_tx, ready_rx) = mpsc::channel();
     let index = config.index;
-    let builder = std::thread::Builder::new().name(format!("keystone-w{index}"));
+    // The worker runs user Lua: its C stack is the one C functions that
+    // call back into Lua nest on (keystone_lua::LUA_THREAD_STACK_BYTES).
+    let builder = std::thread::Builder::new()
+        .name(format!("keystone-w{index}"))
+        .stack_size(keystone_lua::LUA_THREAD_STACK_BYTES);
     builder
         .spawn(move || {
             sys::pin_to_core(index, workers);
