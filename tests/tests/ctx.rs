@@ -303,6 +303,22 @@ fn remote_addr_is_the_client_ip() {
     assert_eq!(response.body_str(), "127.0.0.1");
 }
 
+/// `ctx.headers["Server"]` replaces the engine's banner (one `Server`
+/// line), as `ngx.header.Server` does; without it, `Server: keystone`.
+#[test]
+fn a_server_header_replaces_the_engines() {
+    let app = r#"return { routes = {
+      ["GET /own"] = function(ctx) ctx.headers["Server"] = "my-app/1.0" ctx.body = "x" end,
+      ["GET /plain"] = function(ctx) ctx.body = "x" end,
+    } }"#;
+    let server = Server::start(Some(app), &[]);
+    let own = curl(&[&server.url("/own")]);
+    assert_eq!(own.header_count("server"), 1, "{own:?}");
+    assert_eq!(own.header("server"), Some("my-app/1.0"));
+    let plain = curl(&[&server.url("/plain")]);
+    assert_eq!(plain.header("server"), Some("keystone"));
+}
+
 #[test]
 fn cookies_are_read_and_set_as_a_browser_expects() {
     let app = r#"return { routes = {

@@ -410,6 +410,8 @@ fn bodyless_responses() {
         ("GET", "/status-with-body/204", 204),
         ("GET", "/status/304", 304),
         ("GET", "/status-with-body/304", 304),
+        // 205 Reset Content: no content (RFC 9110 §15.3.6), length 0.
+        ("GET", "/status-with-body/205", 205),
     ];
     for &(method, path, status) in cases {
         let what = format!("{method} {path}");
@@ -432,6 +434,10 @@ fn bodyless_responses() {
         }
         if method == "HEAD" {
             assert_eq!(response.header("content-length"), Some("4"), "{what}");
+        }
+        if status == 205 {
+            assert_eq!(response.header("content-length"), Some("0"), "{what}");
+            assert!(response.body.is_empty(), "{what}: {response:?}");
         }
         let follow = client.try_read_response_to("GET").unwrap_or_else(|error| {
             panic!("{what}: body bytes leaked into the next response: {error}")

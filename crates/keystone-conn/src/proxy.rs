@@ -559,8 +559,8 @@ fn merged_headers<'a>(
     head: &'a ResponseHead,
     bytes: &'a [u8],
     policy: Option<&'a keystone_exchange::HttpExchange>,
-    passes: impl Fn(&[u8]) -> bool + 'a,
-) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + 'a {
+    passes: impl Fn(&[u8]) -> bool + Clone + 'a,
+) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + Clone + 'a {
     let overridden = move |name: &[u8]| {
         policy.is_some_and(|exchange| {
             exchange

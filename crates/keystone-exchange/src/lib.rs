@@ -903,7 +903,7 @@ impl HttpExchange {
     }
 
     /// Response headers in the order they were set.
-    pub fn response_headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+    pub fn response_headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> + Clone + '_ {
         self.response_headers[..self.response_header_count as usize]
             .iter()
             .filter(|h| h.value != REMOVED)

@@ -16,6 +16,8 @@ pub struct DateCache {
     lines: [u8; ENGINE_LINES_BYTES],
 }
 
+/// The engine's `Server` line, first of [`DateCache::engine_lines`].
+const SERVER_LINE: &[u8] = b"Server: keystone\r\n";
 /// What precedes the date in [`DateCache::engine_lines`].
 const ENGINE_LINES_PREFIX: &[u8] = b"Server: keystone\r\nDate: ";
 /// The length of [`DateCache::engine_lines`].
@@ -67,6 +69,12 @@ impl DateCache {
     /// The `Server` and `Date` lines, CRLF-terminated.
     pub fn engine_lines(&self) -> &[u8] {
         &self.lines
+    }
+
+    /// The `Date` line alone, CRLF-terminated (for a head whose policy set
+    /// its own `Server`).
+    pub fn date_line(&self) -> &[u8] {
+        &self.lines[SERVER_LINE.len()..]
     }
 }
 

@@ -78,9 +78,11 @@ pub struct Framing {
     pub minor_version: u8,
 }
 
-/// Whether a response with `status` to a request carries body bytes.
+/// Whether a response with `status` to a request carries body bytes: not
+/// to a HEAD, not 1xx, 204 or 304, and not 205 (RFC 9110 §15.3.6: "MUST
+/// NOT generate content"; its head says `Content-Length: 0`).
 pub fn has_body(status: u16, head_request: bool) -> bool {
-    !(head_request || status < 200 || status == 204 || status == 304)
+    !(head_request || status < 200 || status == 204 || status == 205 || status == 304)
 }
 
 /// Default `Content-Type` when policy sets none (nginx's `default_type`).
@@ -124,6 +126,8 @@ pub struct PolicyLines {
     pub len: usize,
     /// Policy set a `Content-Type` (no default is added then).
     pub has_content_type: bool,
+    /// Policy set a `Server` (the engine's is left out then).
+    pub has_server: bool,
 }
 
 /// A fixed-buffer writer that fails instead of growing.
@@ -196,8 +200,15 @@ fn status_line(w: &mut Writer<'_>, status: u16) {
     w.put(b"\r\n");
 }
 
-fn engine_headers(w: &mut Writer<'_>, date: &DateCache, framing: Framing) {
-    w.put(date.engine_lines());
+/// `Server: keystone` (unless policy set its own `Server`, which replaces
+/// it, as `ngx.header.Server` does), `Date`, and the framing's
+/// `Connection`.
+fn engine_headers(w: &mut Writer<'_>, date: &DateCache, framing: Framing, policy_server: bool) {
+    w.put(if policy_server {
+        date.date_line()
+    } else {
+        date.engine_lines()
+    });
     if !framing.keep_alive {
         w.header(b"Connection", b"close");
     } else if framing.minor_version == 0 {
@@ -268,7 +279,7 @@ pub fn policy_status(exchange: &HttpExchange) -> Result<u16, ResponseError> {
 /// `HttpExchange::declared_length`), and none at all for 204 and 304.
 pub fn write_head_spec<'h>(
     spec: &HeadSpec<'_>,
-    headers: impl Iterator<Item = (&'h [u8], &'h [u8])>,
+    headers: impl Iterator<Item = (&'h [u8], &'h [u8])> + Clone,
     framing: Framing,
     date: &DateCache,
     out: &mut [u8],
@@ -276,9 +287,10 @@ pub fn write_head_spec<'h>(
     debug_assert!(spec.status >= 200);
     let mut w = Writer::new(out);
     status_line(&mut w, spec.status);
-    engine_headers(&mut w, date, framing);
-    let has_content_type = policy_lines(&mut w, headers);
-    head_suffix(&mut w, spec, has_content_type);
+    let policy_server = headers.clone().any(|(name, _)| is_server(name));
+    engine_headers(&mut w, date, framing, policy_server);
+    let seen = policy_lines(&mut w, headers);
+    head_suffix(&mut w, spec, seen.has_content_type);
     Ok(committed(spec, w.finish()?))
 }
 
@@ -316,12 +328,9 @@ pub fn write_policy_lines<'h>(
     out: &mut [u8],
 ) -> Result<PolicyLines, ResponseError> {
     let mut w = Writer::new(out);
-    let has_content_type = policy_lines(&mut w, headers);
+    let seen = policy_lines(&mut w, headers);
     let len = w.finish()?;
-    Ok(PolicyLines {
-        len,
-        has_content_type,
-    })
+    Ok(PolicyLines { len, ..seen })
 }
 
 /// Completes a head whose policy lines ([`write_policy_lines`]) sit at
@@ -346,7 +355,7 @@ pub fn write_head_around(
     let mut prefix = [0u8; HEAD_PREFIX_BYTES_MAX];
     let mut w = Writer::new(&mut prefix);
     status_line(&mut w, spec.status);
-    engine_headers(&mut w, date, framing);
+    engine_headers(&mut w, date, framing, lines.has_server);
     let prefix_len = w
         .finish()
         .expect("status line and engine headers fit the prefix");
@@ -366,20 +375,29 @@ pub fn write_head_around(
 }
 
 /// Policy's headers, `Content-Length` excepted; whether one was
-/// `Content-Type`.
+/// `Content-Type` and one `Server` (`len` is left 0 for the caller).
 fn policy_lines<'h>(
     w: &mut Writer<'_>,
     headers: impl Iterator<Item = (&'h [u8], &'h [u8])>,
-) -> bool {
-    let mut has_content_type = false;
+) -> PolicyLines {
+    let mut seen = PolicyLines {
+        len: 0,
+        has_content_type: false,
+        has_server: false,
+    };
     for (name, value) in headers {
         if is_content_length(name) {
             continue;
         }
-        has_content_type |= name.eq_ignore_ascii_case(b"content-type");
+        seen.has_content_type |= name.eq_ignore_ascii_case(b"content-type");
+        seen.has_server |= is_server(name);
         w.header(name, value);
     }
-    has_content_type
+    seen
+}
+
+fn is_server(name: &[u8]) -> bool {
+    name.eq_ignore_ascii_case(b"server")
 }
 
 /// The engine's extra headers, the default `Content-Type`, the framing
@@ -398,6 +416,8 @@ fn head_suffix(w: &mut Writer<'_>, spec: &HeadSpec<'_>, has_content_type: bool) 
             w.header(b"Content-Type", spec.default_content_type);
         }
         match spec.length {
+            // 205's content is none, whatever policy gave.
+            _ if spec.status == 205 => w.put(b"Content-Length: 0\r\n"),
             BodyLength::Known(len) => {
                 w.put(b"Content-Length: ");
                 w.put_u64(len);
@@ -411,7 +431,7 @@ fn head_suffix(w: &mut Writer<'_>, spec: &HeadSpec<'_>, has_content_type: bool) 
 }
 
 fn committed(spec: &HeadSpec<'_>, bytes: usize) -> Committed {
-    let body = if spec.status == 204 || spec.status == 304 {
+    let body = if matches!(spec.status, 204 | 205 | 304) {
         BodyLength::Known(0)
     } else {
         spec.length
@@ -481,7 +501,7 @@ fn write_canned(
     debug_assert!(status >= 200, "canned responses are final");
     let mut w = Writer::new(out);
     status_line(&mut w, status);
-    engine_headers(&mut w, date, framing);
+    engine_headers(&mut w, date, framing, false);
     if let Some((name, parts)) = extra {
         w.put(name);
         w.put(b": ");

@@ -70,6 +70,51 @@ fn head_policy_headers_and_close() {
     assert!(head.ends_with("Content-Length: 0\r\n\r\n"));
 }
 
+/// A `Server` policy set replaces the engine's (one `Server` line, as
+/// `ngx.header.Server` gives), in one step and in two.
+#[test]
+fn policy_server_replaces_the_engines() {
+    let mut ex = HttpExchange::new_boxed(0);
+    ex.set_header(b"server", b"my-app/1.0").unwrap();
+    let mut out = [0u8; 512];
+    let n = write_head(&ex, 0, KEEP, &date(), &mut out).unwrap().bytes;
+    let head = text(&out[..n]);
+    assert_eq!(head.matches("erver: ").count(), 1, "{head}");
+    assert!(
+        head.starts_with(
+            "HTTP/1.1 200 OK\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nserver: my-app/1.0\r\n"
+        ),
+        "{head}"
+    );
+    let spec = HeadSpec {
+        status: 200,
+        length: BodyLength::Known(0),
+        default_content_type: DEFAULT_CONTENT_TYPE,
+        extra: &[],
+    };
+    let mut two = [0u8; 512];
+    let lines = write_policy_lines(ex.response_headers(), &mut two[100..]).expect("fits");
+    assert!(lines.has_server);
+    let m = write_head_around(&spec, 100, lines, KEEP, &date(), &mut two)
+        .expect("fits")
+        .bytes;
+    assert_eq!(text(&two[..m]), head);
+}
+
+/// 205 Reset Content carries no content (RFC 9110 §15.3.6): its head says
+/// `Content-Length: 0` whatever body policy gave, and no body follows.
+#[test]
+fn reset_content_says_length_0() {
+    let mut ex = HttpExchange::new_boxed(0);
+    ex.status = 205;
+    let mut out = [0u8; 512];
+    let committed = write_head(&ex, 3, KEEP, &date(), &mut out).unwrap();
+    let head = text(&out[..committed.bytes]);
+    assert!(head.ends_with("Content-Length: 0\r\n\r\n"), "{head}");
+    assert_eq!(committed.body, BodyLength::Known(0));
+    assert!(!has_body(205, false));
+}
+
 #[test]
 fn head_no_length_for_204_and_304() {
     for status in [204u32, 304] {
