@@ -34,6 +34,10 @@ struct PeerState {
     window_start: Option<Instant>,
     /// Out of rotation until then.
     down_until: Option<Instant>,
+    /// Taken out by an active health check (not by passive failures): a
+    /// quick recovery never brings it back, only a passing check or the
+    /// end of `down_until`.
+    checked_down: bool,
     /// Requests in flight to it from this worker (least_conn).
     active: u32,
 }
@@ -129,11 +133,28 @@ impl Balancer {
                     .find(|&peer| usable(self, peer))
             }
         };
-        let peer = chosen.ok_or(NoPeer)?;
+        let Some(peer) = chosen else {
+            self.recover_if_all_down(now);
+            return Err(NoPeer);
+        };
         if self.balance != Balance::Hash {
             self.next = (peer + 1) % count;
         }
         Ok(peer)
+    }
+
+    /// nginx's quick recovery: when every peer is down by passive
+    /// failures alone, this request gets its 502, and they are all back in
+    /// rotation for the next ("all peers failed, mark them as live"), so a
+    /// short outage of the whole pool costs requests, not `fail_timeout`.
+    fn recover_if_all_down(&mut self, now: Instant) {
+        let all_passive = (0..self.peers.len())
+            .all(|peer| self.is_down(peer, now) && !self.states[peer].checked_down);
+        if all_passive {
+            for state in &mut self.states {
+                state.down_until = None;
+            }
+        }
     }
 
     /// A request to `peer` starts (least_conn counts it).
@@ -144,9 +165,17 @@ impl Balancer {
     /// A request to `peer` ended with `outcome` at `now`. nginx's passive
     /// health: `max_fails` failures within `fail_timeout` take the peer
     /// out for `fail_timeout`; a success forgets the failures; `max_fails
-    /// = 0` never takes a peer out.
+    /// = 0` never takes a peer out, and neither does any failure the only
+    /// peer of a pool has (nginx: "such a server will never be considered
+    /// unavailable": with nowhere else to go, refusing to try it only
+    /// turns a hiccup into `fail_timeout` of 502s).
     pub fn end(&mut self, peer: usize, outcome: Outcome, now: Instant) {
-        let (max_fails, fail_timeout) = (self.max_fails, self.fail_timeout);
+        let max_fails = if self.peers.len() == 1 {
+            0
+        } else {
+            self.max_fails
+        };
+        let fail_timeout = self.fail_timeout;
         let state = &mut self.states[peer];
         state.active = state.active.saturating_sub(1);
         match outcome {
@@ -166,6 +195,7 @@ impl Balancer {
                 state.fails += 1;
                 if state.fails >= max_fails {
                     state.down_until = Some(now + fail_timeout);
+                    state.checked_down = false;
                     state.fails = 0;
                     state.window_start = None;
                 }
@@ -178,6 +208,7 @@ impl Balancer {
     pub fn take_out(&mut self, peer: usize, now: Instant) {
         let state = &mut self.states[peer];
         state.down_until = Some(now + self.fail_timeout);
+        state.checked_down = true;
         state.fails = 0;
         state.window_start = None;
     }
@@ -186,6 +217,7 @@ impl Balancer {
     pub fn revive(&mut self, peer: usize) {
         let state = &mut self.states[peer];
         state.down_until = None;
+        state.checked_down = false;
         state.fails = 0;
         state.window_start = None;
     }
@@ -259,7 +291,7 @@ mod tests {
     #[test]
     fn failures_spread_over_more_than_fail_timeout_do_not_count_together() {
         let now = Instant::now();
-        let mut balancer = Balancer::new(&pool(Balance::RoundRobin, 1));
+        let mut balancer = Balancer::new(&pool(Balance::RoundRobin, 2));
         balancer.end(0, Outcome::Failure, now);
         balancer.end(0, Outcome::Failure, now + Duration::from_secs(11));
         assert!(!balancer.is_down(0, now + Duration::from_secs(11)));
@@ -268,21 +300,63 @@ mod tests {
         assert!(!balancer.is_down(0, now + Duration::from_secs(13)));
         balancer.end(0, Outcome::Failure, now + Duration::from_secs(14));
         assert!(balancer.is_down(0, now + Duration::from_secs(14)));
+        let mut other_tried = Tried::default();
+        other_tried.insert(1);
         assert_eq!(
-            balancer.pick(b"", &Tried::default(), now + Duration::from_secs(14)),
+            balancer.pick(b"", &other_tried, now + Duration::from_secs(14)),
             Err(NoPeer)
         );
         balancer.revive(0);
         assert_eq!(
-            balancer.pick(b"", &Tried::default(), now + Duration::from_secs(14)),
+            balancer.pick(b"", &other_tried, now + Duration::from_secs(14)),
             Ok(0)
+        );
+    }
+
+    /// nginx: the only server of a group is never considered unavailable.
+    #[test]
+    fn the_only_peer_of_a_pool_is_never_taken_out() {
+        let now = Instant::now();
+        let mut balancer = Balancer::new(&pool(Balance::RoundRobin, 1));
+        for _ in 0..5 {
+            balancer.begin(0);
+            balancer.end(0, Outcome::Failure, now);
+        }
+        assert!(!balancer.is_down(0, now));
+        assert_eq!(balancer.pick(b"", &Tried::default(), now), Ok(0));
+    }
+
+    /// Every peer down by passive failures: this request gets no peer, the
+    /// next finds them all back (nginx's quick recovery); a peer an active
+    /// check took out stays out.
+    #[test]
+    fn a_pool_down_by_failures_alone_recovers_for_the_next_request() {
+        let now = Instant::now();
+        let mut balancer = Balancer::new(&pool(Balance::RoundRobin, 2));
+        for peer in [0, 1, 0, 1] {
+            balancer.end(peer, Outcome::Failure, now);
+        }
+        assert!(balancer.is_down(0, now) && balancer.is_down(1, now));
+        let none = Tried::default();
+        assert_eq!(balancer.pick(b"", &none, now), Err(NoPeer));
+        assert!(!balancer.is_down(0, now) && !balancer.is_down(1, now));
+        assert!(balancer.pick(b"", &none, now).is_ok());
+
+        balancer.take_out(0, now);
+        balancer.end(1, Outcome::Failure, now);
+        balancer.end(1, Outcome::Failure, now);
+        assert_eq!(balancer.pick(b"", &none, now), Err(NoPeer));
+        assert!(balancer.is_down(0, now), "checked down: not recovered");
+        assert!(
+            balancer.is_down(1, now),
+            "the pool is not down by failures alone"
         );
     }
 
     #[test]
     fn max_fails_zero_never_takes_a_peer_out() {
         let now = Instant::now();
-        let mut config = pool(Balance::RoundRobin, 1);
+        let mut config = pool(Balance::RoundRobin, 2);
         config.max_fails = 0;
         let mut balancer = Balancer::new(&config);
         for _ in 0..10 {
