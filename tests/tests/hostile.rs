@@ -171,17 +171,26 @@ const FRAMING: &[Vector] = &[
         None,
         true,
     ),
+    // Only chunked is decoded: any other coding is 501 (nginx too), never
+    // a compressed body handed on as if it were plain.
     row(
         "Transfer-Encoding gzip alone",
         b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\n\r\n",
-        400,
+        501,
+        None,
+        true,
+    ),
+    row(
+        "gzip then chunked",
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        501,
         None,
         true,
     ),
     row(
         "chunked not the final coding",
         b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\n0\r\n\r\n",
-        400,
+        501,
         None,
         true,
     ),

@@ -206,6 +206,13 @@ impl ResponseParser {
                     }
                     transfer_encoding = true;
                     last_coding_chunked = coding.eq_ignore_ascii_case(b"chunked");
+                    // Only chunked is decoded: relayed undecoded, a `gzip,
+                    // chunked` body would reach the client as compressed
+                    // bytes nothing says are compressed (nginx: "upstream
+                    // sent unknown Transfer-Encoding", 502).
+                    if !last_coding_chunked {
+                        return Err(ParseError::UnsupportedTransferEncoding);
+                    }
                 }
             } else if name.eq_ignore_ascii_case(b"connection") {
                 for option in value.split(|&byte| byte == b',').map(trim_ows) {

@@ -28,8 +28,12 @@ struct TransferCodings {
     last_is_chunked: bool,
 }
 
-/// Codings RFC 9112 §7 registers; anything else is 501.
-const KNOWN_CODINGS: [&[u8]; 5] = [b"chunked", b"gzip", b"deflate", b"compress", b"identity"];
+/// The one transfer coding the engine decodes; anything else (`gzip`,
+/// `deflate`, `compress`, retired `identity`, unknown ones) is 501 (RFC
+/// 9112 §6.1: a coding the server does not understand), as nginx answers:
+/// accepted undecoded, a `gzip, chunked` body reached the handler, or an
+/// upstream with no `Content-Encoding`, as raw compressed bytes.
+const KNOWN_CODINGS: [&[u8]; 1] = [b"chunked"];
 
 impl HeaderFacts {
     /// Records one header; `value` is already trimmed and `value_span` is

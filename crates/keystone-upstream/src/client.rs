@@ -157,6 +157,9 @@ impl Failure {
                 }
                 ParseError::BadContentLength => "malformed response head: invalid Content-Length",
                 ParseError::ObsFold => "malformed response head: a folded header line",
+                ParseError::UnsupportedTransferEncoding => {
+                    "malformed response head: a transfer coding other than chunked"
+                }
                 ParseError::VersionNotSupported => "malformed response head: not HTTP/1.x",
                 _ => "malformed response head",
             },

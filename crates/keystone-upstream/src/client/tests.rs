@@ -387,6 +387,10 @@ fn a_bad_head_says_what_is_wrong_with_it() {
             b"HTTP/1.1 200 OK\r\nX-A: 1\r\n  folded\r\nContent-Length: 0\r\n\r\n",
             "malformed response head: a folded header line",
         ),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            "malformed response head: a transfer coding other than chunked",
+        ),
         (b"SSH-2.0-OpenSSH_9\r\n\r\n", "malformed response head"),
     ];
     for &(bytes, reason) in rows {
