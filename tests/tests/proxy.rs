@@ -313,6 +313,29 @@ fn requests_are_forwarded_rebuilt_and_answered() {
         head.starts_with("GET /users/8 HTTP/1.1\r\nHost: api\r\n"),
         "{head}"
     );
+    // An absolute-form target's authority is the host, whatever Host says
+    // (RFC 9112 §3.2.2): the backend never sees the client's other name.
+    for host in ["Host: evil.example\r\n", "Host:\r\n"] {
+        let mut absolute = server.raw();
+        absolute.send(
+            format!(
+                "GET http://good.example/api/users/9 HTTP/1.1\r\n{host}Connection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        let bytes = absolute.expect_closed("an absolute-form request");
+        assert!(
+            bytes.starts_with(b"HTTP/1.1 200 OK\r\n"),
+            "{host:?}: {bytes:?}"
+        );
+        let head = seen.heads.lock().unwrap().last().cloned().unwrap();
+        assert!(head.starts_with("GET /users/9 HTTP/1.1\r\n"), "{head}");
+        assert!(
+            head.contains("\r\nHost: good.example\r\n"),
+            "{host:?}: {head}"
+        );
+        assert!(!head.contains("evil"), "{head}");
+    }
     assert_no_panic(&server.log(), "after proxying");
 }
 

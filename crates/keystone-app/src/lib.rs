@@ -780,6 +780,10 @@ fn start_proxy(
         _ => (ForwardFraming::Length(body.len() as u64), None),
     };
     let websocket = is_websocket_handshake(request);
+    // An absolute-form target (`GET http://a.example/x`): the parser took
+    // its authority as the host, over any Host header.
+    let absolute_form = !request.target().starts_with(b"/") && request.target() != b"*";
+    let authority = absolute_form.then(|| head.host.slice(request.bytes));
     let headers = head
         .headers()
         .iter()
@@ -809,6 +813,7 @@ fn start_proxy(
             scheme: Scheme::of(request.tls.is_encrypted()),
             websocket,
             default_host: pool_name.as_bytes(),
+            authority,
         };
         let Ok(len) = write_forward_head(&forward, headers, overrides, buffer.spare_mut()) else {
             return false;

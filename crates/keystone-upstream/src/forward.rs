@@ -70,6 +70,10 @@ pub struct ForwardRequest<'a> {
     /// which requires it (RFC 9112 §3.2). nginx's `$proxy_host`: the
     /// pool's name.
     pub default_host: &'a [u8],
+    /// An absolute-form target's authority (`GET http://a.example/x`):
+    /// it is the request's host, whatever `Host` says (RFC 9112 §3.2.2),
+    /// so it is sent as `Host` in place of the client's.
+    pub authority: Option<&'a [u8]>,
 }
 
 /// The head did not fit `out`.
@@ -93,8 +97,9 @@ use keystone_parser::text::list_has;
 /// and `X-Forwarded-Proto` (set anew: the request's scheme, or policy's
 /// value when it set one — or none when it removed it —, never both).
 /// `X-Forwarded-For` keeps the client's list and appends the client's
-/// address; `Host` passes as received (`request.default_host` when there
-/// is none).
+/// address; `Host` passes as received (`request.authority` in its place
+/// for an absolute-form target; `request.default_host` when there is
+/// none).
 pub fn write_forward_head<'h, H, O>(
     request: &ForwardRequest<'_>,
     headers: H,
@@ -136,7 +141,10 @@ where
         if dropped || name.eq_ignore_ascii_case(b"x-forwarded-for") {
             continue;
         }
-        w.line(name, value);
+        match request.authority {
+            Some(authority) if name.eq_ignore_ascii_case(b"host") => w.line(name, authority),
+            _ => w.line(name, value),
+        }
     }
     // Policy's last write of `Host` decides (a removal sends the default),
     // else the client's.
@@ -152,8 +160,19 @@ where
             },
             |(_, value)| value.is_some(),
         );
-    if !has_host && !request.default_host.is_empty() {
-        w.line(b"Host", request.default_host);
+    let client_has_host = headers
+        .clone()
+        .any(|(name, _)| name.eq_ignore_ascii_case(b"host"));
+    match request.authority {
+        // An absolute-form request without a Host line (HTTP/1.0): its
+        // authority is the host.
+        Some(authority) if !has_host && !client_has_host && !overridden(b"host") => {
+            w.line(b"Host", authority);
+        }
+        _ if !has_host && !request.default_host.is_empty() => {
+            w.line(b"Host", request.default_host);
+        }
+        _ => {}
     }
     for (index, (name, value)) in overrides.clone().enumerate() {
         // The last write of a name wins, as in `ctx.headers`.
@@ -322,6 +341,7 @@ mod tests {
         scheme: Scheme::Http,
         websocket: false,
         default_host: b"api",
+        authority: None,
     };
 
     #[test]
@@ -464,6 +484,29 @@ mod tests {
         );
         assert_eq!(
             host_lines(&[("Host", "h")], &[("Host", Some("p"))]),
+            ["Host: p"]
+        );
+        // An absolute-form target: its authority is the host, whatever
+        // (or whether) the client's Host said; policy still decides last.
+        let absolute = ForwardRequest {
+            authority: Some(b"good.example"),
+            ..GET
+        };
+        let host_lines = |headers: &[(&str, &str)], overrides: &[(&str, Option<&str>)]| {
+            let got = head(&absolute, headers, overrides);
+            got.split("\r\n")
+                .filter(|line| line.to_ascii_lowercase().starts_with("host:"))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            host_lines(&[("Host", "evil.example")], &[]),
+            ["Host: good.example"]
+        );
+        assert_eq!(host_lines(&[("Host", "")], &[]), ["Host: good.example"]);
+        assert_eq!(host_lines(&[], &[]), ["Host: good.example"]);
+        assert_eq!(
+            host_lines(&[("Host", "evil.example")], &[("Host", Some("p"))]),
             ["Host: p"]
         );
     }
