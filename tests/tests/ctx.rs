@@ -319,6 +319,39 @@ fn a_server_header_replaces_the_engines() {
     assert_eq!(plain.header("server"), Some("keystone"));
 }
 
+/// A header sent on several lines is one list (RFC 9110 §5.3), joined in
+/// order with `, ` (`; ` for Cookie); empty lines add nothing.
+#[test]
+fn repeated_request_headers_read_as_one_list() {
+    let app = r#"return { routes = {
+      ["GET /h/{name}"] = function(ctx) ctx.body = tostring(ctx.request.headers[ctx.params.name]) end,
+    } }"#;
+    let server = Server::start(Some(app), &[]);
+    let mut client = server.raw();
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "x-forwarded-for",
+            "X-Forwarded-For: 1.1.1.1\r\nX-Forwarded-For: 2.2.2.2, 3.3.3.3\r\n",
+            "1.1.1.1, 2.2.2.2, 3.3.3.3",
+        ),
+        ("x-a", "X-A:\r\nX-A: second\r\n", "second"),
+        (
+            "x-a",
+            "X-A: one\r\nX-B: other\r\nx-a:\r\nX-A: three\r\n",
+            "one, three",
+        ),
+        ("cookie", "Cookie: a=1\r\nCookie: b=2\r\n", "a=1; b=2"),
+        ("x-a", "X-A: only\r\n", "only"),
+        ("x-a", "X-A:\r\n", ""),
+        ("x-missing", "X-A: a\r\n", "nil"),
+    ];
+    for (name, lines, expected) in cases {
+        client.send(format!("GET /h/{name} HTTP/1.1\r\nHost: t\r\n{lines}\r\n").as_bytes());
+        let response = client.read_response();
+        assert_eq!(response.body_str(), *expected, "{lines:?}");
+    }
+}
+
 #[test]
 fn cookies_are_read_and_set_as_a_browser_expects() {
     let app = r#"return { routes = {

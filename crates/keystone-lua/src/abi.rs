@@ -43,8 +43,18 @@ fn result_code(result: Result<(), HeaderError>) -> i32 {
     }
 }
 
-/// Index of the first request header named `name` (ASCII case-insensitive),
-/// -1 when there is none.
+/// What [`find_header`] adds to the length of a value it joined into the
+/// scratch: above any header index (at most `MAX_HEADERS_LIMIT`), so the
+/// prelude tells an index from a joined length.
+pub(crate) const HEADER_JOINED: i32 = 1 << 20;
+
+/// The request header named `name` (ASCII case-insensitive): the index of
+/// its line when one has it (the value is read in place), -1 when none
+/// does. Several lines are one list (RFC 9110 §5.3, as nginx's `$http_*`
+/// since 1.23): their non-empty values are joined with `, ` (`; ` for
+/// `Cookie`, RFC 6265 §5.4) into the exchange's scratch, and
+/// [`HEADER_JOINED`] plus the joined length is returned; when the list
+/// does not fit the scratch (8 KiB), the first non-empty line's index.
 ///
 /// # Safety
 /// The prelude (`prelude.lua`, through `ks_find_fn`) guarantees:
@@ -62,12 +72,44 @@ unsafe extern "C" fn find_header(ex: *mut HttpExchange, name: *const u8, len: us
     // SAFETY: the prelude passes its exchange and a live Lua string.
     let (ex, name) = unsafe { (exchange(ex), bytes(name, len)) };
     let count = ex.header_count as usize;
-    let found = (0..count).find(|&i| {
-        // SAFETY: `headers` holds `header_count` entries while bound.
-        let header = unsafe { &*ex.headers.add(i) };
-        ex.request_bytes(header.name).eq_ignore_ascii_case(name)
-    });
-    index_or_missing(found)
+    // SAFETY: `headers` holds `header_count` entries while bound.
+    let header = |i: usize| unsafe { *ex.headers.add(i) };
+    let named = |i: &usize| ex.request_bytes(header(*i).name).eq_ignore_ascii_case(name);
+    let Some(first) = (0..count).find(named) else {
+        return -1;
+    };
+    let mut lines = (first..count)
+        .filter(named)
+        .filter(|&i| !ex.request_bytes(header(i).value).is_empty());
+    let (Some(one), Some(two)) = (lines.next(), lines.next()) else {
+        // One line, or one with a value among empty ones.
+        return (first..count)
+            .filter(named)
+            .find(|&i| !ex.request_bytes(header(i).value).is_empty())
+            .unwrap_or(first) as i32;
+    };
+    let separator: &[u8] = if name.eq_ignore_ascii_case(b"cookie") {
+        b"; "
+    } else {
+        b", "
+    };
+    // Joined on the stack first: the lines are read from the exchange the
+    // scratch belongs to.
+    let mut out = [0u8; keystone_exchange::SCRATCH_BYTES];
+    let mut joined = 0;
+    for (n, i) in [one, two].into_iter().chain(lines).enumerate() {
+        let value = ex.request_bytes(header(i).value);
+        let extra = if n == 0 { 0 } else { separator.len() };
+        if joined + extra + value.len() > out.len() {
+            return one as i32;
+        }
+        out[joined..joined + extra].copy_from_slice(&separator[..extra]);
+        joined += extra;
+        out[joined..joined + value.len()].copy_from_slice(value);
+        joined += value.len();
+    }
+    ex.scratch[..joined].copy_from_slice(&out[..joined]);
+    HEADER_JOINED + joined as i32
 }
 
 /// Index of the route parameter named `name`, -1 when the route has none.
@@ -541,6 +583,7 @@ pub(crate) fn layout(lua: &Lua) -> mlua::Result<Table> {
     layout.set("tls_protocols", lua.create_table_from(TLS_PROTOCOL_NAMES)?)?;
     layout.set("tls_ciphers", lua.create_table_from(TLS_CIPHER_NAMES)?)?;
     layout.set("upstream_buffer_max", keystone_upstream::BUFFERED_BODY_MAX)?;
+    layout.set("header_joined", HEADER_JOINED)?;
     layout.set("offsets", offsets)?;
     Ok(layout)
 }

@@ -112,19 +112,26 @@ mod tests {
     #[test]
     fn room_runs_out_before_the_stack_does() {
         // A frame is 4 KiB and some: refusal comes within a frame or two
-        // of the bound that holds.
+        // of the bound that holds. (glibc may hand a thread a cached stack
+        // larger than asked: the bound that holds is read from the stack
+        // the thread really got.)
         const SLACK: usize = 32 * 1024;
-        let (left, _) = refused_on(768 * 1024);
-        assert!(
-            (C_STACK_MARGIN_BYTES - SLACK..=C_STACK_MARGIN_BYTES).contains(&left),
-            "a small stack refused with {left} bytes left"
-        );
-        let (left, used) = refused_on(LUA_THREAD_STACK_BYTES);
-        assert!(
-            (C_STACK_USED_MAX_BYTES..C_STACK_USED_MAX_BYTES + SLACK).contains(&used),
-            "a large stack refused with {used} bytes used"
-        );
-        assert!(left > C_STACK_MARGIN_BYTES);
+        for asked in [768 * 1024, LUA_THREAD_STACK_BYTES] {
+            let (left, used) = refused_on(asked);
+            let stack = left + used;
+            if stack < C_STACK_USED_MAX_BYTES + C_STACK_MARGIN_BYTES {
+                assert!(
+                    (C_STACK_MARGIN_BYTES - SLACK..=C_STACK_MARGIN_BYTES).contains(&left),
+                    "a {stack}-byte stack refused with {left} bytes left"
+                );
+            } else {
+                assert!(
+                    (C_STACK_USED_MAX_BYTES..C_STACK_USED_MAX_BYTES + SLACK).contains(&used),
+                    "a {stack}-byte stack refused with {used} bytes used"
+                );
+                assert!(left > C_STACK_MARGIN_BYTES);
+            }
+        }
         assert_eq!(c_stack_room(), 1, "a shallow stack has room");
     }
 }

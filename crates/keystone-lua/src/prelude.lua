@@ -257,9 +257,14 @@ return function(ex_addr, fns, layout, messages)
     function() return cur_args end)
   local cookies_mt = lookup_mt("ctx.cookies", find_cookie, function() return span(ex.found) end,
     function() return cur_cookies end)
+  -- A header's line read in place, or (several lines) their list joined
+  -- in the scratch: find_header's HEADER_JOINED plus its length.
+  local HEADER_JOINED = layout.header_joined
   local request_headers_mt =
-    lookup_mt("ctx.request.headers", find_header, function(i) return span(ex.headers[i].value) end,
-      function() return cur_request_headers end)
+    lookup_mt("ctx.request.headers", find_header, function(i)
+      if i >= HEADER_JOINED then return ffi_string(ex.scratch, i - HEADER_JOINED) end
+      return span(ex.headers[i].value)
+    end, function() return cur_request_headers end)
 
   local request_fields = {
     method = function() return span(ex.method) end,

@@ -188,22 +188,35 @@ where
             }
         }
     }
-    // X-Forwarded-For: the client's list (or policy's), then the client.
-    let incoming = overrides
+    // X-Forwarded-For: policy's list, or every one of the client's lines
+    // joined in order (RFC 9110 §5.3: one list, its order kept; nginx's
+    // `$proxy_add_x_forwarded_for`), then the client.
+    let mut put_list = |w: &mut Out<'_>, list: &[u8]| {
+        if list.is_empty() {
+            return;
+        }
+        w.put(if forwarded_for {
+            b", "
+        } else {
+            b"X-Forwarded-For: "
+        });
+        w.put(list);
+        forwarded_for = true;
+    };
+    let policy_list = overrides
         .clone()
         .filter(|(name, _)| name.eq_ignore_ascii_case(b"x-forwarded-for"))
         .last()
-        .map(|(_, value)| value)
-        .unwrap_or_else(|| {
-            headers
-                .clone()
-                .find(|(name, _)| name.eq_ignore_ascii_case(b"x-forwarded-for"))
-                .map(|(_, value)| value)
-        });
-    if let Some(list) = incoming.filter(|list| !list.is_empty()) {
-        w.put(b"X-Forwarded-For: ");
-        w.put(list);
-        forwarded_for = true;
+        .map(|(_, value)| value);
+    match policy_list {
+        Some(list) => put_list(&mut w, list.unwrap_or_default()),
+        None => {
+            for (name, value) in headers.clone() {
+                if name.eq_ignore_ascii_case(b"x-forwarded-for") {
+                    put_list(&mut w, value);
+                }
+            }
+        }
     }
     if let Some(client) = request.client {
         w.put(if forwarded_for {
@@ -407,6 +420,31 @@ mod tests {
             "GET /v2/users?id=7 HTTP/1.1\r\nHost: h\r\nx-user: 42\r\nX-New: 2\r\n\
              X-Forwarded-For: 203.0.113.5, 2001:db8::1\r\nX-Forwarded-Proto: https\r\n\
              Transfer-Encoding: chunked\r\n\r\n"
+        );
+        // Several client lines are one list, joined in order (an empty one
+        // adds nothing); policy's write replaces them all.
+        let lines = [
+            ("X-Forwarded-For", "203.0.113.7"),
+            ("X-Forwarded-For", ""),
+            ("X-Forwarded-For", "198.51.100.9, 192.0.2.1"),
+        ];
+        let xff = |overrides: &[(&str, Option<&str>)]| {
+            let got = head(&request, &lines, overrides);
+            got.split("\r\n")
+                .find(|line| line.starts_with("X-Forwarded-For"))
+                .map(str::to_string)
+        };
+        assert_eq!(
+            xff(&[]).as_deref(),
+            Some("X-Forwarded-For: 203.0.113.7, 198.51.100.9, 192.0.2.1, 2001:db8::1")
+        );
+        assert_eq!(
+            xff(&[("X-Forwarded-For", Some("10.0.0.1"))]).as_deref(),
+            Some("X-Forwarded-For: 10.0.0.1, 2001:db8::1")
+        );
+        assert_eq!(
+            xff(&[("X-Forwarded-For", None)]).as_deref(),
+            Some("X-Forwarded-For: 2001:db8::1")
         );
     }
 
