@@ -191,7 +191,8 @@ return function(ex_addr, fns, layout, messages)
   local hooks = {}
 
   local function expired()
-    error("exchange expired: ctx was kept beyond the request it was made for", 3)
+    error("exchange expired: ctx is valid only while its handler runs (a stream generator"
+      .. " or a ctx kept for later must copy what it needs first: local path = ctx.path)", 3)
   end
 
   local function span(s)

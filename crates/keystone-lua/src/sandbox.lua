@@ -132,7 +132,11 @@ return function(log, lua_templates, c_templates, allowed_names)
     error("collectgarbage: only collectgarbage('count') is available in the Keystone sandbox", 2)
   end
 
-  local function load_text(text, name)
+  -- `chunk_env`: the environment the chunk runs in (LuaJIT's `load`
+  -- takes one, and with `setfenv` gone it is the only way to choose it:
+  -- template engines such as lua-resty-template rely on it); the
+  -- sandbox's own when nil.
+  local function load_text(text, name, chunk_env)
     if type(text) ~= "string" then
       return nil, "load: only source strings are accepted in the sandbox"
     end
@@ -141,11 +145,20 @@ return function(log, lua_templates, c_templates, allowed_names)
     end
     local f, err = loadstring(text, name)
     if not f then return nil, err end
-    setfenv(f, env)
+    setfenv(f, chunk_env or env)
     return f
   end
-  env.loadstring = load_text
-  env.load = function(chunk, name)
+  env.loadstring = function(text, name) return load_text(text, name) end
+  env.load = function(chunk, name, mode, chunk_env)
+    if mode ~= nil and type(mode) ~= "string" then
+      error("bad argument #3 to 'load' (string expected, got " .. type(mode) .. ")", 2)
+    end
+    if mode ~= nil and not find(mode, "t", 1, true) then
+      return nil, "load: mode '" .. mode .. "' allows no source text, and bytecode is not allowed in the sandbox"
+    end
+    if chunk_env ~= nil and type(chunk_env) ~= "table" then
+      error("bad argument #4 to 'load' (table expected, got " .. type(chunk_env) .. ")", 2)
+    end
     if type(chunk) == "function" then
       local parts, total = {}, 0
       while true do
@@ -163,7 +176,7 @@ return function(log, lua_templates, c_templates, allowed_names)
       chunk = concat(parts)
       if name == nil then name = "=(load)" end
     end
-    return load_text(chunk, name)
+    return load_text(chunk, name, chunk_env)
   end
 
   -- Search state, replaced by `configure`; `fixed` backs the read-only

@@ -100,6 +100,24 @@ const ESCAPES: &[(&str, &str)] = &[
         "assert(load(function() return {} end))",
         "reader function must return a string",
     ),
+    // `load`'s mode and environment are honoured, never a way back to
+    // bytecode or to the real globals.
+    (
+        "assert(load(string.dump(function() end), 'x', 'bt', {}))",
+        "bytecode is not allowed",
+    ),
+    (
+        "assert(load('return 1', 'x', 'b'))",
+        "allows no source text",
+    ),
+    (
+        "return load('return 1', 'x', 't', 5)",
+        "bad argument #4 to 'load'",
+    ),
+    (
+        "return load('return io', 'x', 't', {})().open",
+        "attempt to index a nil value",
+    ),
     (
         "assert(load(function() return ('x'):rep(1024 * 1024) end))",
         "reader returned more than",
@@ -203,6 +221,27 @@ fn escapes_are_refused_and_the_state_keeps_working() {
 }
 
 /// What the sandbox holds and lacks, read from inside, in one report.
+/// `load(chunk, name, mode, env)` runs the chunk in `env` (as LuaJIT's
+/// does; template engines build their environments this way), the
+/// sandbox's own without it.
+#[test]
+fn load_runs_a_chunk_in_the_environment_it_is_given() {
+    let (mut app, _log) = load(
+        &source(
+            r##"return { routes = { ["GET /"] = function(ctx)
+              local view = { greeting = "hello" }
+              local f = assert(load("return greeting, tostring", "=view", "t", view))
+              local greeting, tostring_seen = f()
+              local g = assert(load(function() return nil end, "=empty"))
+              local h = assert(load("return type(string.rep)", "=plain"))
+              ctx.body = greeting .. " " .. tostring(tostring_seen) .. " " .. select("#", g()) .. " " .. h()
+            end } }"##,
+        ),
+        &LuaConfig::default(),
+    );
+    assert_eq!(get(&mut app, "/").unwrap(), "hello nil 0 function");
+}
+
 #[test]
 fn sandbox_inventory() {
     let (mut app, log) = load(
