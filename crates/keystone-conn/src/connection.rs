@@ -232,6 +232,11 @@ pub struct Connection {
     pub(crate) progressed: bool,
     /// When the current idle period began.
     pub(crate) idle_since: Instant,
+    /// `served` when it began: an idle period resumed with no request
+    /// answered since (its receive cancelled to give the pages back, then
+    /// armed again) keeps its start, so the keep-alive timeout counts from
+    /// the last answer, not from the release.
+    pub(crate) idle_served: u32,
     /// A read returned bytes since the connection was accepted or its
     /// memory was released: its reads deserve a registered window.
     pub(crate) warm: bool,
@@ -268,6 +273,7 @@ impl Connection {
             timer_at: None,
             progressed: false,
             idle_since: now,
+            idle_served: 0,
             warm: false,
             release: Release::None,
             shutdown: Shutdown::None,
@@ -299,6 +305,7 @@ impl Connection {
         self.timer = Timer::None;
         self.timer_at = None;
         self.idle_since = now;
+        self.idle_served = 0;
         self.warm = false;
         self.release = Release::None;
         self.shutdown = Shutdown::None;
@@ -1021,8 +1028,11 @@ impl Connection {
             Timer::Header => Some(now + timeouts.header),
             Timer::Body => Some(now + timeouts.body),
             Timer::Idle => {
-                self.idle_since = now;
-                Some(now + timeouts.idle)
+                if self.idle_served != self.served {
+                    self.idle_served = self.served;
+                    self.idle_since = now;
+                }
+                Some(self.idle_since + timeouts.idle)
             }
             Timer::Send => Some(now + timeouts.send),
             Timer::Linger => Some(now + LINGER_TIMEOUT),

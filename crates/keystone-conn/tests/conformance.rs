@@ -615,6 +615,20 @@ fn idle_connections_give_their_memory_back_then_time_out() {
     sim.advance(Duration::from_secs(6));
     assert!(sim.closed(), "keep-alive timeout");
     assert!(sim.take_output().is_empty(), "closed silently");
+
+    // The release does not restart the keep-alive clock: it counts from
+    // the last answer (5 s), not from the release (1 s + 5 s).
+    let mut sim = sim_with(config, site.path());
+    exchange(&mut sim, &get("/"));
+    sim.advance(IDLE_RELEASE_AFTER);
+    assert_eq!(sim.counts["release_idle"], 1);
+    sim.advance(Duration::from_secs(4) - Duration::from_millis(100));
+    assert!(!sim.closed(), "closed before the keep-alive timeout");
+    sim.advance(Duration::from_millis(200));
+    assert!(
+        sim.closed(),
+        "the keep-alive timeout counts from the last answer"
+    );
 }
 
 #[test]
