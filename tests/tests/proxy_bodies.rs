@@ -469,6 +469,7 @@ fn a_streamed_body_that_is_not_proxied_is_answered_unread() {
     let response = client.read_response();
     assert_eq!(response.status, 401);
     assert_eq!(response.body_str(), "who are you?");
+    assert!(response.closes(), "the answer says it closes: {response:?}");
     client.expect_closed("a streamed body that was not read");
     // Allowed: `100 Continue`, then the body goes through.
     let mut client = server.raw();

@@ -92,6 +92,17 @@ impl Connection {
         if !matches!(decided, Decided::Exchange { .. }) {
             cx.policy.expire();
         }
+        // A streamed body the engine answers itself is never read: the
+        // connection closes after the answer, which says so (RFC 9112
+        // §9.6), so no client sends its next request into the close.
+        let framing = if complete.streamed && !matches!(decided, Decided::Proxy) {
+            Framing {
+                keep_alive: false,
+                ..framing
+            }
+        } else {
+            framing
+        };
         let commit = match decided {
             Decided::Done(commit) => commit,
             Decided::Static { root, path } => {
