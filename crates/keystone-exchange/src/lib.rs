@@ -377,6 +377,14 @@ impl PeerAddr {
 /// Headers policy may not set because the engine computes them; checked
 /// case-insensitively. `Content-Length` is not among them: policy may
 /// declare a body's length (see [`HttpExchange::declared_length`]).
+/// Beyond [`RESERVED_HEADERS`], what a request to an upstream leaves to
+/// the engine: `TE` and `Trailer` (hop-by-hop: what this connection
+/// accepts is the engine's business) and `Expect` (the engine answered the
+/// client's and sends the body unasked; an upstream told to expect would
+/// wait for a `100 Continue` nobody reads). `Proxy-*` policy may set, for
+/// an upstream that is itself a forward proxy (the client's are dropped).
+const UPSTREAM_RESERVED_HEADERS: [&[u8]; 3] = [b"te", b"trailer", b"expect"];
+
 const RESERVED_HEADERS: [&[u8]; 5] = [
     b"transfer-encoding",
     b"connection",
@@ -729,6 +737,7 @@ impl HttpExchange {
         }
         if RESERVED_HEADERS
             .iter()
+            .chain(&UPSTREAM_RESERVED_HEADERS)
             .any(|r| name.eq_ignore_ascii_case(r))
             || is_content_length(name)
         {

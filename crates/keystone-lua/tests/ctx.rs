@@ -497,6 +497,8 @@ fn ctx_upstream_fields() {
             ["GET /crlf-path"] = function(ctx) ctx.upstream_path = "/a\r\nX: y" end,
             ["GET /bad-header"] = function(ctx) ctx.upstream_headers["X-A"] = "a\r\nb" end,
             ["GET /reserved"] = function(ctx) ctx.upstream_headers["Transfer-Encoding"] = "chunked" end,
+            ["GET /reserved-te"] = function(ctx) ctx.upstream_headers["TE"] = "trailers" end,
+            ["GET /reserved-expect"] = function(ctx) ctx.upstream_headers["Expect"] = "100-continue" end,
             ["GET /bad-type"] = function(ctx) ctx.upstream_headers["X-A"] = true end,
             ["GET /list"] = function(ctx)
               ctx.upstream_headers["X-List"] = { "a", 2, "c" }
@@ -529,6 +531,16 @@ fn ctx_upstream_fields() {
             "/reserved",
             "ctx.upstream_headers: this request header is computed by keystone and cannot be set \
              (header 'Transfer-Encoding')",
+        ),
+        (
+            "/reserved-te",
+            "ctx.upstream_headers: this request header is computed by keystone and cannot be set \
+             (header 'TE')",
+        ),
+        (
+            "/reserved-expect",
+            "ctx.upstream_headers: this request header is computed by keystone and cannot be set \
+             (header 'Expect')",
         ),
         (
             "/bad-type",
