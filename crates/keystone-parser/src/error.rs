@@ -42,6 +42,12 @@ pub enum ParseError {
     BadChunk,
     /// An `Expect` other than `100-continue` (RFC 9110 §10.1.1: 417).
     ExpectationFailed,
+    /// A `.` or `..` segment in the path, written or percent-encoded
+    /// (`/a/../b`, `/a/%2e%2e/b`): routes and upstream paths are matched
+    /// and built from the path as sent, so a dot-segment would reach a
+    /// route (or a backend, which resolves it) other than the one its
+    /// text names. Clients resolve them before sending (RFC 3986 §5.2.4).
+    DotSegment,
 }
 
 impl ParseError {
@@ -57,6 +63,7 @@ impl ParseError {
             | ParseError::BadHost
             | ParseError::MethodTooLong { .. }
             | ParseError::ObsFold
+            | ParseError::DotSegment
             | ParseError::BadChunk => 400,
             ParseError::HeadTooLarge { .. } | ParseError::TooManyHeaders { .. } => 431,
             ParseError::UriTooLong { .. } => 414,
@@ -85,6 +92,7 @@ impl fmt::Display for ParseError {
             }
             ParseError::BadTransferEncoding => f.write_str("invalid Transfer-Encoding"),
             ParseError::UnsupportedTransferEncoding => f.write_str("unsupported transfer coding"),
+            ParseError::DotSegment => f.write_str("a dot-segment in the path"),
             ParseError::MissingHost => f.write_str("HTTP/1.1 request without Host"),
             ParseError::DuplicateHost => f.write_str("more than one Host header"),
             ParseError::BadHost => f.write_str("invalid Host"),

@@ -285,6 +285,9 @@ fn split_target_at(
     // An absolute-form authority ends at a '/' before any '?'
     // (`absolute_form_path_start`), so the target's first '?' is the path's.
     debug_assert!(question.is_none_or(|position| position >= path_start));
+    if has_dot_segment(&target[path_start..question.unwrap_or(target.len())]) {
+        return Err(ParseError::DotSegment);
+    }
     Ok(match question {
         Some(position) => TargetParts {
             path_start,
@@ -298,6 +301,24 @@ fn split_target_at(
             query_start: None,
             authority,
         },
+    })
+}
+
+/// Whether a segment of `path` is `.` or `..`, each dot written or
+/// percent-encoded (`%2e`, `%2E`).
+pub(crate) fn has_dot_segment(path: &[u8]) -> bool {
+    path.split(|&byte| byte == b'/').any(|segment| {
+        let mut rest = segment;
+        let mut dots = 0;
+        while !rest.is_empty() {
+            rest = match rest {
+                [b'.', tail @ ..] => tail,
+                [b'%', b'2', e, tail @ ..] if e.eq_ignore_ascii_case(&b'e') => tail,
+                _ => return false,
+            };
+            dots += 1;
+        }
+        (1..=2).contains(&dots)
     })
 }
 

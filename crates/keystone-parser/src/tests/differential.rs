@@ -145,6 +145,10 @@ proptest! {
 
     #[test]
     fn valid_requests_match_httparse((input, method, target, minor_version, headers) in valid_request()) {
+        // Dot-segments are refused on purpose (ParseError::DotSegment):
+        // httparse leaves them to its caller.
+        let path = target.split('?').next().unwrap_or_default();
+        prop_assume!(!crate::target::has_dot_segment(path.as_bytes()));
         let expected_len = oracle(&input).expect("httparse accepts").expect("complete");
         let mut parser = Parser::new();
         let mut head = Head::new();

@@ -126,6 +126,22 @@ fn complete_requests() {
     let h = "Host: a\r\n";
     let rows: Vec<(String, Ok)> = vec![
         (format!("GET / HTTP/1.1\r\n{h}\r\n"), GET11),
+        // Dots that are not whole segments, and dot-segments in the query.
+        (
+            format!("GET /.well-known/a..b/.c/.../%2ex HTTP/1.1\r\n{h}\r\n"),
+            Ok {
+                path: "/.well-known/a..b/.c/.../%2ex",
+                ..GET11
+            },
+        ),
+        (
+            format!("GET /p?/../x HTTP/1.1\r\n{h}\r\n"),
+            Ok {
+                path: "/p",
+                query: Some("/../x"),
+                ..GET11
+            },
+        ),
         (
             format!("GET /p?q=1 HTTP/1.1\r\n{h}\r\n"),
             Ok {
@@ -474,6 +490,16 @@ fn rejected_requests() {
         (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunkedx\r\n\r\n", UnsupportedTransferEncoding),
         (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: br, chunked\r\n\r\n", UnsupportedTransferEncoding),
         (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", BadTransferEncoding),
+        // Dot-segments, written or percent-encoded, in origin- and
+        // absolute-form paths (never in the query).
+        (b"GET /a/../b HTTP/1.1\r\nHost: a\r\n\r\n", DotSegment),
+        (b"GET /a/./b HTTP/1.1\r\nHost: a\r\n\r\n", DotSegment),
+        (b"GET /.. HTTP/1.1\r\nHost: a\r\n\r\n", DotSegment),
+        (b"GET /a/.. HTTP/1.1\r\nHost: a\r\n\r\n", DotSegment),
+        (b"GET /a/%2e%2E/b HTTP/1.1\r\nHost: a\r\n\r\n", DotSegment),
+        (b"GET /a/.%2e?x HTTP/1.1\r\nHost: a\r\n\r\n", DotSegment),
+        (b"GET /%2E HTTP/1.1\r\nHost: a\r\n\r\n", DotSegment),
+        (b"GET http://a/x/../y HTTP/1.1\r\nHost: a\r\n\r\n", DotSegment),
     ];
     for &(input, expected) in rows {
         check(input, expected);
