@@ -506,12 +506,20 @@ mod tests {
     /// name.
     #[test]
     fn a_request_without_host_gets_the_pools_name() {
-        let host_lines = |headers: &[(&str, &str)], overrides: &[(&str, Option<&str>)]| {
-            let got = head(&GET, headers, overrides);
-            got.split("\r\n")
+        // The Host lines `request` is forwarded with.
+        fn host_lines_of(
+            request: &ForwardRequest<'_>,
+            headers: &[(&str, &str)],
+            overrides: &[(&str, Option<&str>)],
+        ) -> Vec<String> {
+            head(request, headers, overrides)
+                .split("\r\n")
                 .filter(|line| line.to_ascii_lowercase().starts_with("host:"))
                 .map(str::to_string)
-                .collect::<Vec<_>>()
+                .collect()
+        }
+        let host_lines = |headers: &[(&str, &str)], overrides: &[(&str, Option<&str>)]| {
+            host_lines_of(&GET, headers, overrides)
         };
         assert_eq!(host_lines(&[], &[]), ["Host: api"]);
         assert_eq!(host_lines(&[("host", "h")], &[]), ["host: h"]);
@@ -531,11 +539,7 @@ mod tests {
             ..GET
         };
         let host_lines = |headers: &[(&str, &str)], overrides: &[(&str, Option<&str>)]| {
-            let got = head(&absolute, headers, overrides);
-            got.split("\r\n")
-                .filter(|line| line.to_ascii_lowercase().starts_with("host:"))
-                .map(str::to_string)
-                .collect::<Vec<_>>()
+            host_lines_of(&absolute, headers, overrides)
         };
         assert_eq!(
             host_lines(&[("Host", "evil.example")], &[]),
