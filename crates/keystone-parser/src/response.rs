@@ -8,7 +8,7 @@
 //! to desynchronise the next hop), as are differing lengths and obs-fold.
 
 use libc::{c_char, c_int, size_t};
-use picohttpparser_sys::{phr_header, phr_parse_response};
+use picohttpparser_sys::{phr_header, phr_parse_headers, phr_parse_response};
 
 use crate::text::{parse_decimal, trim_ows, trim_ows_end};
 use crate::{HeaderSpan, ParseError, ParseStatus, Span, HEADERS_CAPACITY};
@@ -119,22 +119,53 @@ impl ResponseParser {
         let mut reason: *const c_char = std::ptr::null();
         let mut reason_len: size_t = 0;
         let mut header_count: size_t = HEADERS_CAPACITY;
-        // SAFETY: window is a live slice; every out pointer is a valid
-        // local; the header array holds HEADERS_CAPACITY entries, the count
-        // passed in. last_len 0: the whole window is scanned (a response
-        // head is read once or twice, never dripped by an attacker we face).
-        let result = unsafe {
-            phr_parse_response(
-                window.as_ptr().cast::<c_char>(),
-                window.len(),
-                &mut minor_version,
-                &mut status,
-                &mut reason,
-                &mut reason_len,
-                self.headers.as_mut_ptr(),
-                &mut header_count,
-                0,
-            )
+        if bare_status_line_pending(window) {
+            return Ok(ParseStatus::Partial);
+        }
+        let result = match bare_status_line(window) {
+            // `HTTP/1.1 200` with no reason phrase (nor its space): RFC
+            // 9112 §4 makes the phrase optional and nginx, curl and
+            // browsers take it; this picohttpparser wants the space, so
+            // the line is read here and the fields by phr_parse_headers.
+            Some((version, code, line_len)) => {
+                minor_version = version;
+                status = code;
+                let rest = &window[line_len..];
+                // SAFETY: `rest` is a live slice; the header array holds
+                // HEADERS_CAPACITY entries, the count passed in.
+                let fields = unsafe {
+                    phr_parse_headers(
+                        rest.as_ptr().cast::<c_char>(),
+                        rest.len(),
+                        self.headers.as_mut_ptr(),
+                        &mut header_count,
+                        0,
+                    )
+                };
+                if fields > 0 {
+                    fields + line_len as c_int
+                } else {
+                    fields
+                }
+            }
+            // SAFETY: window is a live slice; every out pointer is a
+            // valid local; the header array holds HEADERS_CAPACITY
+            // entries, the count passed in. last_len 0: the whole window
+            // is scanned (a response head is read once or twice, never
+            // dripped by an attacker we face).
+            None => unsafe {
+                phr_parse_response(
+                    window.as_ptr().cast::<c_char>(),
+                    window.len(),
+                    &mut minor_version,
+                    &mut status,
+                    &mut reason,
+                    &mut reason_len,
+                    self.headers.as_mut_ptr(),
+                    &mut header_count,
+                    0,
+                )
+            },
         };
         assert!(header_count <= HEADERS_CAPACITY);
         let head_len = match result {
@@ -236,5 +267,38 @@ impl ResponseParser {
             && head.body != ResponseBody::UntilClose
             && (head.minor_version == 1 || keep_alive);
         Ok(ParseStatus::Complete)
+    }
+}
+
+/// A status line without a reason phrase, `HTTP/1.D DDD` then CRLF (or a
+/// bare LF, as picohttpparser takes line ends): its minor version, code
+/// and length; `None` for any other start (phr_parse_response reads it).
+fn bare_status_line(window: &[u8]) -> Option<(c_int, c_int, usize)> {
+    let end = window.iter().position(|&byte| byte == b'\n')?;
+    let line = &window[..end];
+    status_code_only(line.strip_suffix(b"\r").unwrap_or(line))
+        .map(|(minor, code)| (minor, code, end + 1))
+}
+
+/// Whether `window` is a bare status line still waiting for its line end
+/// (`HTTP/1.1 200` or `HTTP/1.1 200\r`): picohttpparser would call it
+/// malformed, wanting a space.
+fn bare_status_line_pending(window: &[u8]) -> bool {
+    !window.contains(&b'\n')
+        && status_code_only(window.strip_suffix(b"\r").unwrap_or(window)).is_some()
+}
+
+/// `HTTP/1.D DDD` alone: its minor version and code.
+fn status_code_only(line: &[u8]) -> Option<(c_int, c_int)> {
+    match line {
+        [b'H', b'T', b'T', b'P', b'/', b'1', b'.', minor @ b'0'..=b'9', b' ', code @ ..]
+            if code.len() == 3 && code.iter().all(u8::is_ascii_digit) =>
+        {
+            let code = code
+                .iter()
+                .fold(0, |sum, digit| sum * 10 + c_int::from(digit - b'0'));
+            Some((c_int::from(minor - b'0'), code))
+        }
+        _ => None,
     }
 }

@@ -91,6 +91,15 @@ fn framing_and_keep_alive() {
             Length(0),
             true,
         ),
+        // No reason phrase, not even its space (RFC 9112 §4: optional).
+        (
+            b"HTTP/1.1 200\r\nContent-Length: 2\r\n\r\n",
+            false,
+            200,
+            Length(2),
+            true,
+        ),
+        (b"HTTP/1.0 404\r\n\r\n", false, 404, UntilClose, false),
     ];
     for &(input, head_request, status, body, keep_alive) in rows {
         let name = String::from_utf8_lossy(input);
