@@ -81,12 +81,11 @@ unsafe extern "C" fn find_header(ex: *mut HttpExchange, name: *const u8, len: us
     let mut lines = (first..count)
         .filter(named)
         .filter(|&i| !ex.request_bytes(header(i).value).is_empty());
-    let (Some(one), Some(two)) = (lines.next(), lines.next()) else {
-        // One line, or one with a value among empty ones.
-        return (first..count)
-            .filter(named)
-            .find(|&i| !ex.request_bytes(header(i).value).is_empty())
-            .unwrap_or(first) as i32;
+    let (one, two) = match (lines.next(), lines.next()) {
+        (Some(one), Some(two)) => (one, two),
+        // One line with a value (among empty ones, perhaps), or only
+        // empty ones.
+        (one, _) => return one.unwrap_or(first) as i32,
     };
     let separator: &[u8] = if name.eq_ignore_ascii_case(b"cookie") {
         b"; "

@@ -148,28 +148,19 @@ where
     }
     // Policy's last write of `Host` decides (a removal sends the default),
     // else the client's.
-    let has_host = overrides
+    let policy_host = overrides
         .clone()
         .filter(|(name, _)| name.eq_ignore_ascii_case(b"host"))
         .last()
-        .map_or_else(
-            || {
-                headers
-                    .clone()
-                    .any(|(name, _)| name.eq_ignore_ascii_case(b"host"))
-            },
-            |(_, value)| value.is_some(),
-        );
+        .map(|(_, value)| value.is_some());
     let client_has_host = headers
         .clone()
         .any(|(name, _)| name.eq_ignore_ascii_case(b"host"));
-    match request.authority {
+    match (policy_host, request.authority) {
         // An absolute-form request without a Host line (HTTP/1.0): its
         // authority is the host.
-        Some(authority) if !has_host && !client_has_host && !overridden(b"host") => {
-            w.line(b"Host", authority);
-        }
-        _ if !has_host && !request.default_host.is_empty() => {
+        (None, Some(authority)) if !client_has_host => w.line(b"Host", authority),
+        _ if !policy_host.unwrap_or(client_has_host) && !request.default_host.is_empty() => {
             w.line(b"Host", request.default_host);
         }
         _ => {}
