@@ -48,7 +48,8 @@ pub const PARAMS_MAX: usize = keystone_router::PARAMS_MAX;
 /// 64 covers every real response we know of (cookies included) and keeps the
 /// table a fixed 1 KiB.
 pub const RESPONSE_HEADERS_MAX: usize = 64;
-/// Bytes of response header names and values per request. Beyond it
+/// Bytes of response header names and values per request (what is live:
+/// a replaced value's bytes are reclaimed). Beyond it
 /// `set_header` fails with [`HeaderError::ArenaFull`] (→ 500): a response head
 /// larger than this is a bug in the policy, not a use case.
 pub const RESPONSE_ARENA_BYTES: usize = 8 * 1024;
@@ -748,6 +749,13 @@ impl HttpExchange {
                 return Err(HeaderError::InvalidValue);
             }
         }
+        let value_len = value.map_or(0, <[u8]>::len);
+        let replaced = self.upstream_headers[..self.upstream_header_count as usize]
+            .iter()
+            .filter(|header| self.arena_bytes(header.name).eq_ignore_ascii_case(name));
+        if !self.fits_replacing(replaced, name.len() + value_len) {
+            return Err(HeaderError::ArenaFull); // the earlier write stays
+        }
         let count = self.upstream_header_count as usize;
         let mut kept = 0;
         for index in 0..count {
@@ -761,12 +769,8 @@ impl HttpExchange {
         if kept >= UPSTREAM_HEADERS_MAX {
             return Err(HeaderError::TooMany);
         }
-        let start = self.arena_len as usize;
-        let value_len = value.map_or(0, <[u8]>::len);
+        let start = self.reserve(name.len() + value_len)?;
         let end = start + name.len() + value_len;
-        if end > RESPONSE_ARENA_BYTES {
-            return Err(HeaderError::ArenaFull);
-        }
         self.arena[start..start + name.len()].copy_from_slice(name);
         let value_span = match value {
             Some(value) => {
@@ -813,6 +817,18 @@ impl HttpExchange {
     pub fn set_header(&mut self, name: &[u8], value: &[u8]) -> Result<(), HeaderError> {
         check_settable(name)?;
         check_value(name, value)?;
+        // In `on_response` the removal leaves a marker (the name) behind.
+        let marker = if self.has_upstream_response() {
+            name.len()
+        } else {
+            0
+        };
+        let replaced = self.response_headers[..self.response_header_count as usize]
+            .iter()
+            .filter(|header| self.arena_bytes(header.name).eq_ignore_ascii_case(name));
+        if !self.fits_replacing(replaced, marker + name.len() + value.len()) {
+            return Err(HeaderError::ArenaFull); // the earlier value stays
+        }
         // Checked once here: the removal and the append below are the
         // unchecked halves of `remove_header` and `add_header`.
         self.remove_checked(name)?;
@@ -836,11 +852,8 @@ impl HttpExchange {
         if self.response_header_count as usize >= RESPONSE_HEADERS_MAX {
             return Err(HeaderError::TooMany);
         }
-        let start = self.arena_len as usize;
+        let start = self.reserve(name.len() + value.len())?;
         let end = start + name.len() + value.len();
-        if end > RESPONSE_ARENA_BYTES {
-            return Err(HeaderError::ArenaFull);
-        }
         self.arena[start..start + name.len()].copy_from_slice(name);
         self.arena[start + name.len()..end].copy_from_slice(value);
         self.response_headers[self.response_header_count as usize] = ResponseHeader {
@@ -873,11 +886,8 @@ impl HttpExchange {
         if self.has_upstream_response() && kept < RESPONSE_HEADERS_MAX {
             // In `on_response`, a removal must reach the upstream's copy
             // too: it is remembered as an entry without a value.
-            let start = self.arena_len as usize;
+            let start = self.reserve(name.len())?;
             let end = start + name.len();
-            if end > RESPONSE_ARENA_BYTES {
-                return Err(HeaderError::ArenaFull);
-            }
             self.arena[start..end].copy_from_slice(name);
             self.response_headers[kept] = ResponseHeader {
                 name: Span::new(start as u32, name.len() as u32),
@@ -943,6 +953,98 @@ impl HttpExchange {
     fn arena_bytes(&self, span: Span) -> &[u8] {
         &self.arena[span.offset as usize..span.end() as usize]
     }
+
+    /// Where `len` new bytes go in the arena: behind what is used, after
+    /// the dead bytes replaced and removed headers left are squeezed out
+    /// when that is what it takes ([`HttpExchange::compact_arena`]).
+    fn reserve(&mut self, len: usize) -> Result<usize, HeaderError> {
+        if self.arena_len as usize + len > RESPONSE_ARENA_BYTES {
+            self.compact_arena();
+        }
+        let start = self.arena_len as usize;
+        if start + len > RESPONSE_ARENA_BYTES {
+            return Err(HeaderError::ArenaFull);
+        }
+        Ok(start)
+    }
+
+    /// Whether `added` bytes fit once the entries `replaced` are gone
+    /// (checked before a replacement removes anything, so a refused one
+    /// leaves the earlier value in place).
+    fn fits_replacing<'a>(
+        &self,
+        replaced: impl Iterator<Item = &'a ResponseHeader>,
+        added: usize,
+    ) -> bool {
+        let freed: usize = replaced.map(entry_bytes).sum();
+        let live: usize = self.response_headers[..self.response_header_count as usize]
+            .iter()
+            .chain(&self.upstream_headers[..self.upstream_header_count as usize])
+            .map(entry_bytes)
+            .sum();
+        live - freed + added <= RESPONSE_ARENA_BYTES
+    }
+
+    /// Moves every live entry's bytes to the front of the arena, in arena
+    /// order, and fixes their spans: replacing a header leaves its old
+    /// bytes behind, and a handler overwriting one header in a loop (a
+    /// counter, a retry) must not run out of arena for that. No
+    /// allocation: the entries are ordered by offset in a stack array.
+    /// The prelude reads spans afresh on every access, so none it holds
+    /// goes stale.
+    fn compact_arena(&mut self) {
+        const ENTRIES: usize = RESPONSE_HEADERS_MAX + UPSTREAM_HEADERS_MAX;
+        const _: () = assert!(RESPONSE_HEADERS_MAX <= u8::MAX as usize);
+        const _: () = assert!(UPSTREAM_HEADERS_MAX <= u8::MAX as usize);
+        let mut order = [(0u32, false, 0u8); ENTRIES];
+        let mut entries = 0;
+        let tables = [
+            (false, self.response_header_count as usize),
+            (true, self.upstream_header_count as usize),
+        ];
+        for (upstream, count) in tables {
+            for index in 0..count {
+                let header = if upstream {
+                    &self.upstream_headers[index]
+                } else {
+                    &self.response_headers[index]
+                };
+                order[entries] = (header.name.offset, upstream, index as u8);
+                entries += 1;
+            }
+        }
+        order[..entries].sort_unstable();
+        let mut cursor = 0u32;
+        for &(from, upstream, index) in &order[..entries] {
+            let header = if upstream {
+                &mut self.upstream_headers[usize::from(index)]
+            } else {
+                &mut self.response_headers[usize::from(index)]
+            };
+            let len = entry_bytes(header) as u32;
+            // A name and its value are written side by side, always.
+            debug_assert!(header.value == REMOVED || header.value.offset == from + header.name.len);
+            self.arena
+                .copy_within(from as usize..(from + len) as usize, cursor as usize);
+            header.name.offset = cursor;
+            if header.value != REMOVED {
+                header.value.offset = cursor + header.name.len;
+            }
+            cursor += len;
+        }
+        self.arena_len = cursor;
+    }
+}
+
+/// Bytes one header entry holds in the arena: its name, and its value
+/// unless it marks a removal.
+fn entry_bytes(header: &ResponseHeader) -> usize {
+    let value = if header.value == REMOVED {
+        0
+    } else {
+        header.value.len
+    };
+    (header.name.len + value) as usize
 }
 
 /// The response header that declares a body's length, lower-case.

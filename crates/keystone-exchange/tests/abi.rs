@@ -350,6 +350,55 @@ fn response_header_limits_at_and_past() {
 }
 
 #[test]
+fn headers_overwritten_many_times_never_fill_the_arena() {
+    // A handler that sets one header in a loop (a counter, a retry) leaves
+    // the old values' bytes behind; the arena squeezes them out, so only
+    // what is live counts against its limit.
+    let mut ex = HttpExchange::new_boxed(0);
+    ex.add_header(b"Set-Cookie", b"a=1").unwrap();
+    ex.set_upstream_header(b"X-Up", Some(b"first")).unwrap();
+    let value = vec![b'v'; 1000];
+    for i in 0..100 {
+        let counter = format!("{i}");
+        ex.set_header(b"X-Counter", counter.as_bytes()).unwrap();
+        ex.set_header(b"X-Big", &value).unwrap();
+        ex.set_upstream_header(b"X-Up", Some(counter.as_bytes()))
+            .unwrap();
+    }
+    ex.add_header(b"Set-Cookie", b"b=2").unwrap();
+    let headers: Vec<(Vec<u8>, Vec<u8>)> = ex
+        .response_headers()
+        .map(|(name, value)| (name.to_vec(), value.to_vec()))
+        .collect();
+    assert_eq!(
+        headers,
+        vec![
+            (b"Set-Cookie".to_vec(), b"a=1".to_vec()),
+            (b"X-Counter".to_vec(), b"99".to_vec()),
+            (b"X-Big".to_vec(), value.clone()),
+            (b"Set-Cookie".to_vec(), b"b=2".to_vec()),
+        ],
+        "order and values kept through compaction"
+    );
+    let upstream: Vec<_> = ex.upstream_overrides().collect();
+    assert_eq!(upstream, vec![(&b"X-Up"[..], Some(&b"99"[..]))]);
+    // 100 KiB of values went through an 8 KiB arena.
+    // What cannot fit even then is refused, and a refused replacement
+    // leaves the earlier value in place.
+    let huge = vec![b'h'; keystone_exchange::RESPONSE_ARENA_BYTES];
+    assert_eq!(ex.set_header(b"X-Big", &huge), Err(HeaderError::ArenaFull));
+    assert_eq!(ex.response_header(b"x-big"), Some(&value[..]));
+    assert_eq!(
+        ex.set_upstream_header(b"X-Up", Some(&huge)),
+        Err(HeaderError::ArenaFull)
+    );
+    assert_eq!(
+        ex.upstream_overrides().collect::<Vec<_>>(),
+        vec![(&b"X-Up"[..], Some(&b"99"[..]))]
+    );
+}
+
+#[test]
 fn peer_addresses_are_plain_bytes_in_the_abi() {
     assert_eq!(align_of::<PeerAddr>(), 2);
     let cases = ["192.0.2.7:4711", "[2001:db8::1]:80"];
