@@ -83,8 +83,17 @@ impl RouterBuilder {
 
     /// Freezes the table and precomputes every `Allow` value.
     pub fn build(mut self) -> Router {
-        for table in &mut self.tables {
-            table.allow = allow_value(table);
+        for (path, &index) in &self.static_paths {
+            let text = std::str::from_utf8(path).expect("route paths are text");
+            if let Ok(matched) = self.param_tree.at(text) {
+                self.tables[index].fallback = Some(*matched.value);
+            }
+        }
+        let allows: Vec<String> = (0..self.tables.len())
+            .map(|index| allow_value(&self.tables, index))
+            .collect();
+        for (table, allow) in self.tables.iter_mut().zip(allows) {
+            table.allow = allow;
         }
         let server_allow = server_allow_value(&self.tables);
         Router {
@@ -124,13 +133,18 @@ fn insert_error(key: &str, error: matchit::InsertError) -> RouteError {
     }
 }
 
-/// Sorted, comma-separated methods; HEAD whenever GET is there.
-fn allow_value(table: &MethodTable) -> String {
-    let methods: Vec<&[u8]> = table
-        .by_method
-        .iter()
-        .map(|(method, _)| method.as_bytes())
-        .collect();
+/// Sorted, comma-separated methods of table `index` and of its fallback
+/// (a static path answers those too); HEAD whenever GET is there.
+fn allow_value(tables: &[MethodTable], index: usize) -> String {
+    let table = &tables[index];
+    let mut methods: Vec<&[u8]> = Vec::new();
+    for source in std::iter::once(table).chain(table.fallback.map(|at| &tables[at])) {
+        for (method, _) in &source.by_method {
+            if !methods.contains(&method.as_bytes()) {
+                methods.push(method.as_bytes());
+            }
+        }
+    }
     join_methods(methods)
 }
 

@@ -165,7 +165,12 @@ pub(crate) struct MethodTable {
     pub(crate) by_method: Vec<(Method, u32)>,
     /// Handler for key method "*".
     pub(crate) any_method: Option<u32>,
-    /// Precomputed `Allow` value.
+    /// For a static path's table: the parameter pattern's table the same
+    /// path also matches (`/users/{id}` for `/users/me`), which answers
+    /// the methods this one has no handler for — a static route shadows a
+    /// parameter route only for its own methods.
+    pub(crate) fallback: Option<usize>,
+    /// Precomputed `Allow` value (the fallback's methods included).
     pub(crate) allow: String,
 }
 
@@ -280,31 +285,53 @@ impl Router {
                 found.param_count = 0;
                 index
             }
-            None => {
-                // Only the tree needs text (a static key matched bytes).
-                let Ok(path_text) = std::str::from_utf8(path) else {
-                    return Err(RouteMiss::NotFound);
-                };
-                let matched = self.tree.at(path_text).map_err(|_| RouteMiss::NotFound)?;
-                // add() rejects keys with more than PARAMS_MAX parameters.
-                assert!(matched.params.len() <= PARAMS_MAX);
-                for (slot, (name, value)) in found.params.iter_mut().zip(matched.params.iter()) {
-                    let start = value.as_ptr() as usize - path.as_ptr() as usize;
-                    debug_assert!(start + value.len() <= path.len());
-                    *slot = Param {
-                        name,
-                        value: Span::new(path_offset + start as u32, value.len() as u32),
-                    };
-                }
-                found.param_count = matched.params.len() as u8;
-                *matched.value
-            }
+            None => self.tree_match(path, path_offset, found)?,
         };
         let table = &self.tables[table_index];
-        found.handler = table.handler(method).ok_or(RouteMiss::MethodNotAllowed {
+        if let Some(handler) = table.handler(method) {
+            found.handler = handler;
+            return Ok(());
+        }
+        if let Some(fallback) = table.fallback {
+            if let Some(handler) = self.tables[fallback].handler(method) {
+                // The static path is also the parameter route's: its
+                // parameters are found as for any other path.
+                let index = self.tree_match(path, path_offset, found)?;
+                debug_assert_eq!(index, fallback);
+                found.handler = handler;
+                return Ok(());
+            }
+        }
+        Err(RouteMiss::MethodNotAllowed {
             allow: &table.allow,
-        })?;
-        Ok(())
+        })
+    }
+
+    /// Matches `path` against the parameter patterns; writes the
+    /// parameters into `found` and returns the pattern's table.
+    fn tree_match<'r>(
+        &'r self,
+        path: &[u8],
+        path_offset: u32,
+        found: &mut RouteMatch<'r>,
+    ) -> Result<usize, RouteMiss<'r>> {
+        // Only the tree needs text (a static key matched bytes).
+        let Ok(path_text) = std::str::from_utf8(path) else {
+            return Err(RouteMiss::NotFound);
+        };
+        let matched = self.tree.at(path_text).map_err(|_| RouteMiss::NotFound)?;
+        // add() rejects keys with more than PARAMS_MAX parameters.
+        assert!(matched.params.len() <= PARAMS_MAX);
+        for (slot, (name, value)) in found.params.iter_mut().zip(matched.params.iter()) {
+            let start = value.as_ptr() as usize - path.as_ptr() as usize;
+            debug_assert!(start + value.len() <= path.len());
+            *slot = Param {
+                name,
+                value: Span::new(path_offset + start as u32, value.len() as u32),
+            };
+        }
+        found.param_count = matched.params.len() as u8;
+        Ok(*matched.value)
     }
 
     /// The `Allow` value for `OPTIONS *` (RFC 9110 §9.3.7: the server's
