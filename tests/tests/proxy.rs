@@ -24,6 +24,8 @@ struct Seen {
     sick: std::sync::atomic::AtomicBool,
     /// Health checks seen.
     checks: AtomicU32,
+    /// `/waitclose`: how long after the request the proxy hung up.
+    hung_up_after: Mutex<Option<Duration>>,
 }
 
 /// A keep-alive HTTP/1.1 backend; the path picks the behaviour.
@@ -122,6 +124,24 @@ fn serve(stream: TcpStream, seen: &Seen, name: &str) {
                     }
                 }
                 Ok(())
+            }
+            // No answer: waits (up to 5 s) for the proxy to hang up.
+            "/waitclose" => {
+                let asked = Instant::now();
+                let stream = reader.get_mut();
+                stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let mut byte = [0u8; 1];
+                if matches!(stream.read(&mut byte), Ok(0)) {
+                    *seen.hung_up_after.lock().unwrap() = Some(asked.elapsed());
+                }
+                return;
+            }
+            // The head and half the body at once, the rest 700 ms later
+            // (within the pool's 1-s read_timeout).
+            "/slowbody" => {
+                let _ = out.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nslow");
+                thread::sleep(Duration::from_millis(700));
+                out.write_all(b"ly, ")
             }
             // Half a head, then silence past read_timeout.
             "/stallhead" => {
@@ -230,6 +250,14 @@ fn app(backend: SocketAddr, dead: u16) -> String {
     ["GET /hook-fails"] = function(ctx)
       ctx.upstream = "api"
       ctx.on_response = function(ctx) error("hook boom") end
+    end,
+    ["GET /hook-file"] = function(ctx)
+      ctx.upstream = "api"
+      ctx.on_response = function(ctx) ctx.body = {{ file = "index.html" }} end
+    end,
+    ["GET /hook-stream"] = function(ctx)
+      ctx.upstream = "api"
+      ctx.on_response = function(ctx) ctx.body = function() return nil end end
     end,
     ["GET /no-upstream-response"] = function(ctx)
       ctx.body = tostring(ctx.upstream_response) .. "," .. tostring(ctx.upstream_addr)
@@ -630,6 +658,120 @@ fn the_access_log_names_the_upstream() {
     assert_eq!(upstream(lines[2]), ["-", "-", "-"], "{}", lines[2]);
 }
 
+/// A proxied body's line is written when the body is over, as nginx
+/// writes it: `$body_bytes_sent` is what went out (a body cut short shows
+/// it) and `$request_time` runs to the end of the body, while
+/// `$upstream_response_time` stays the time to the upstream's head.
+#[test]
+fn a_proxied_line_is_written_when_its_body_is_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("access.log");
+    let (server, _) = start_with(&["--access-log", path.to_str().unwrap()]);
+    let big = curl(&[&server.url("/api/big")]);
+    assert_eq!((big.status, big.body.len()), (200, 2_000_000));
+    let mut client = server.raw();
+    client.send(b"GET /api/truncated HTTP/1.1\r\nHost: h\r\n\r\n");
+    let keystone_tests::Ending::Closed(cut) = client.read_to_end() else {
+        panic!("a cut body closes the connection")
+    };
+    assert!(
+        cut.ends_with(b"only ten b"),
+        "{}",
+        String::from_utf8_lossy(&cut)
+    );
+    assert_eq!(curl(&[&server.url("/api/slowbody")]).body_str(), "slowly, ");
+    assert_eq!(
+        curl(&[&server.url("/api/chunked")]).body_str(),
+        "hello, world"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        if text.lines().count() >= 4 || Instant::now() > deadline {
+            break text;
+        }
+        thread::sleep(Duration::from_millis(100));
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    // `"GET /x HTTP/1.1" 200 BYTES "-" "agent" TIME PEER STATUS TIME`
+    let fields = |line: &str| -> (u64, f64, f64) {
+        let after = line.split("HTTP/1.1\" ").nth(1).unwrap();
+        let bytes = after.split(' ').nth(1).unwrap().parse().unwrap();
+        let tail: Vec<&str> = line.rsplitn(5, ' ').collect();
+        (bytes, tail[3].parse().unwrap(), tail[0].parse().unwrap())
+    };
+    assert!(lines[0].contains("/api/big"), "{}", lines[0]);
+    assert_eq!(fields(lines[0]).0, 2_000_000, "{}", lines[0]);
+    assert!(lines[1].contains("/api/truncated"), "{}", lines[1]);
+    assert!(
+        lines[1].contains("\" 200 10 "),
+        "the ten bytes sent: {}",
+        lines[1]
+    );
+    let (bytes, request_time, upstream_time) = fields(lines[2]);
+    assert_eq!(bytes, 8, "{}", lines[2]);
+    assert!(request_time >= 0.65, "to the body's end: {}", lines[2]);
+    assert!(upstream_time < 0.5, "to the upstream's head: {}", lines[2]);
+    assert_eq!(
+        fields(lines[3]).0,
+        12,
+        "a chunked relay's payload: {}",
+        lines[3]
+    );
+}
+
+/// A client that goes away while its request waits for the upstream is
+/// seen at once (a receive stays armed while proxying): the upstream
+/// connection is closed instead of waited on, the line says 499 as nginx's
+/// does, and the peer is not blamed. Bytes a pipelining client sends
+/// meanwhile wait for their turn.
+#[test]
+fn a_client_that_leaves_before_the_upstream_answers_is_logged_499() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("access.log");
+    let (server, seen) = start_with(&["--access-log", path.to_str().unwrap()]);
+    let mut client = server.raw();
+    client.send(b"GET /api/waitclose HTTP/1.1\r\nHost: h\r\n\r\n");
+    thread::sleep(Duration::from_millis(300));
+    drop(client);
+    let deadline = Instant::now() + Duration::from_secs(4);
+    while seen.hung_up_after.lock().unwrap().is_none() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
+    let hung_up = seen
+        .hung_up_after
+        .lock()
+        .unwrap()
+        .expect("the proxy hung up");
+    assert!(hung_up < Duration::from_secs(2), "after {hung_up:?}");
+    // A pipelined request behind a slow one is answered in its turn.
+    let mut client = server.raw();
+    client.send(b"GET /api/pause HTTP/1.1\r\nHost: h\r\n\r\n");
+    thread::sleep(Duration::from_millis(200));
+    client.send(b"GET /api/after HTTP/1.1\r\nHost: h\r\n\r\n");
+    assert_eq!(client.read_response().body_str(), "after a pause");
+    assert_eq!(client.read_response().body_str(), "GET /after|");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        if text.lines().count() >= 3 || Instant::now() > deadline {
+            break text;
+        }
+        thread::sleep(Duration::from_millis(100));
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].contains("/api/waitclose HTTP/1.1\" 499 0 "),
+        "{text}"
+    );
+    let fields: Vec<&str> = lines[0].rsplitn(4, ' ').collect();
+    assert!(fields[2].starts_with("127.0.0.1:"), "{}", lines[0]);
+    assert_eq!(fields[1], "-", "no upstream status: {}", lines[0]);
+    assert!(lines[1].contains("/api/pause HTTP/1.1\" 200 13 "), "{text}");
+    assert!(lines[2].contains("/api/after HTTP/1.1\" 200 "), "{text}");
+}
+
 #[test]
 fn a_reload_moves_new_requests_and_lets_old_ones_finish() {
     let (first, _) = backend_named("first");
@@ -908,6 +1050,14 @@ fn on_response_sees_the_upstream_answer_and_changes_it() {
     // A failing hook: 500, logged; the connection goes on.
     let response = get(&mut client, "/hook-fails", "");
     assert_eq!(response.status, 500);
+    // A file or generator body is a handler's: in on_response it is an
+    // error at the assignment (500), never the path sent as the body or
+    // the generator dropped for the upstream's body.
+    for path in ["/hook-file", "/hook-stream"] {
+        let response = get(&mut client, path, "");
+        assert_eq!(response.status, 500, "{path}: {response:?}");
+        assert!(!response.body_str().contains("index.html"), "{path}");
+    }
     assert_eq!(get(&mut client, "/ping", "").body_str(), "pong");
     assert_eq!(
         get(&mut client, "/no-upstream-response", "").body_str(),
@@ -924,6 +1074,14 @@ fn on_response_sees_the_upstream_answer_and_changes_it() {
     }
     let log = server.wait_for_log("ctx.on_response failed", Duration::from_secs(5));
     assert!(log.contains("hook boom"), "{log}");
+    for got in ["{ file = ... }", "a generator function"] {
+        assert!(
+            log.contains(&format!(
+                "ctx.body in ctx.on_response must be a string or nil, got {got}"
+            )),
+            "{log}"
+        );
+    }
     assert_no_panic(&log, "after on_response");
 }
 

@@ -633,7 +633,7 @@ impl Policy for AppPolicy {
         }
     }
 
-    fn answered(&mut self, request: &Request<'_>, committed: &Committed) {
+    fn answered(&mut self, request: &Request<'_>, committed: &Committed, body_follows: bool) {
         self.stats.response(committed.status);
         let Some(log) = &mut self.access else { return };
         // Read the clock only for a line that is written: a clock read
@@ -652,12 +652,30 @@ impl Policy for AppPolicy {
             upstream: self.upstreams.log_entry(request.slot, now).map(
                 |(addr, status, response_time)| access_log::UpstreamEntry {
                     addr,
-                    status,
+                    // The client left before the upstream answered: it
+                    // gave no status (`-`, as nginx logs it).
+                    status: if committed.status == keystone_conn::CLIENT_CLOSED_REQUEST {
+                        0
+                    } else {
+                        status
+                    },
                     response_time,
                 },
             ),
         };
-        log.record(&entry);
+        if body_follows {
+            // Written when the body is over (`body_done`), with what of it
+            // went out.
+            log.hold(request.slot, &entry, request.started);
+        } else {
+            log.record(&entry);
+        }
+    }
+
+    fn body_done(&mut self, slot: u32, body_bytes: u64) {
+        if let Some(log) = &mut self.access {
+            log.release(slot, body_bytes, Instant::now());
+        }
     }
 
     fn refused(&mut self, committed: &Committed) {

@@ -148,7 +148,9 @@ impl Connection {
             crate::connection::facts_of(&self.tls),
             started,
         );
-        cx.policy.answered(&request, &commit.committed);
+        let body_follows = !matches!(*self.tail, crate::connection::Tail::None);
+        cx.policy
+            .answered(&request, &commit.committed, body_follows);
         self.recv.consume(complete.total);
         if let Some(upload) = self.upload.as_mut() {
             // A streamed request's total is its head: the body behind it

@@ -128,6 +128,8 @@ pub(crate) enum Tail {
     Pinned {
         /// The bytes still to send (`None` while a send of them is out).
         rest: Option<keystone_ringbuf::PinnedBytes>,
+        /// All of them, as pinned.
+        length: u64,
         /// Who keeps them.
         owner: PinOwner,
     },
@@ -155,6 +157,8 @@ pub(crate) struct FileTail {
     pub(crate) offset: u64,
     /// Bytes still to move from the file.
     pub(crate) remaining: u64,
+    /// Bytes to send from the file in all (`remaining` at the start).
+    pub(crate) length: u64,
     /// The pipe it is spliced through; `None`: read into the send buffer.
     pub(crate) pipe: Option<Pipe>,
     /// Bytes sitting in the pipe, not yet sent.
@@ -208,6 +212,10 @@ pub struct Connection {
     /// The parser's incremental state for the head being received.
     pub(crate) progress: Progress,
     pub(crate) receiving: Lane,
+    /// The receive in flight was armed while an upstream's head was
+    /// awaited ([`Connection::poll_probe`]): it may sit behind buffered
+    /// bytes, which reads otherwise never do.
+    pub(crate) probing: bool,
     pub(crate) output: Output,
     /// The output in flight was asked to cancel.
     pub(crate) output_cancelled: bool,
@@ -261,6 +269,7 @@ impl Connection {
             reading: Reading::Idle,
             progress: Progress::NEW,
             receiving: Lane::Idle,
+            probing: false,
             output: Output::Idle,
             output_cancelled: false,
             file_busy: false,
@@ -470,6 +479,19 @@ impl Connection {
         if matches!(self.phase, Phase::Aborting) {
             return self.poll_abort(cx);
         }
+        if self.probing
+            && self.receiving == Lane::Busy
+            && !matches!(self.reading, Reading::Proxying(_))
+            && (!self.recv.is_empty() || self.upload.is_some())
+        {
+            // The answer is in and bytes wait behind it (a pipelined
+            // request, or a tunnel's first bytes): they are taken only
+            // with no receive lent (the probe may never complete, and a
+            // tunnel cuts what it forwards out of the buffer), so the
+            // probe is called back.
+            self.receiving = Lane::Cancelling;
+            return Some(Intent::CancelRecv);
+        }
         if self.upload.is_some() {
             // Only the streamed body is read until the proxied request ends.
             return self.poll_upload();
@@ -481,7 +503,8 @@ impl Connection {
             return None;
         }
         if let Reading::Proxying(_) = self.reading {
-            return None; // the upstream's head is awaited
+            // The upstream's head is awaited.
+            return self.poll_probe();
         }
         if self.phase != Phase::Open {
             // Memory is released with the connection.
@@ -541,6 +564,21 @@ impl Connection {
             && self.need_more
             && matches!(*self.tail, Tail::None)
             && self.upload.is_none()
+    }
+
+    /// While the upstream's head is awaited, a receive stays armed into
+    /// the room behind the request, so a client that goes away (a FIN or
+    /// a reset) is seen at once, as nginx sees it, and the upstream request
+    /// is abandoned instead of being waited for. What a pipelining client
+    /// sends meanwhile stays buffered for its turn; a full buffer arms
+    /// nothing (no compaction: the request's bytes are in use).
+    fn poll_probe(&mut self) -> Option<Intent<'static>> {
+        if self.phase != Phase::Open || self.receiving != Lane::Idle || self.recv.spare() == 0 {
+            return None;
+        }
+        self.receiving = Lane::Busy;
+        self.probing = true;
+        Some(Intent::Recv(self.recv.lend_spare()))
     }
 
     fn poll_recv<P: Policy>(&mut self, cx: &mut Context<'_, P>) -> Option<Intent<'static>> {
@@ -682,6 +720,7 @@ impl Connection {
     fn on_received<P: Policy>(&mut self, buf: SpareLoan, result: i32, cx: &mut Context<'_, P>) {
         debug_assert_ne!(self.receiving, Lane::Idle, "a receive nobody asked for");
         self.receiving = Lane::Idle;
+        let probed = std::mem::replace(&mut self.probing, false);
         let received = result.max(0) as u32;
         match self.phase {
             Phase::Open => {}
@@ -705,6 +744,15 @@ impl Connection {
             self.release = Release::Requested;
             return;
         }
+        if result == -ECANCELED && probed {
+            // A probe called back: what waited behind the answer is taken
+            // now.
+            self.recv.return_spare(buf, 0);
+            if self.upload.is_some() {
+                return self.upload_received(cx);
+            }
+            return self.drive(cx);
+        }
         if result <= 0 && self.upload.is_some() {
             // The client went away: the end of an upgraded connection, or
             // a body broken off in the middle.
@@ -725,6 +773,15 @@ impl Connection {
             self.phase = Phase::Aborting;
             return;
         }
+        if result <= 0 && matches!(self.reading, Reading::Proxying(_)) {
+            // The client left before the upstream answered: nginx's 499,
+            // and the upstream request is abandoned (its connection
+            // closed, not counted against the peer).
+            self.recv.return_spare(buf, 0);
+            self.phase = Phase::Aborting;
+            self.release_proxy(cx);
+            return;
+        }
         if result <= 0 {
             // EOF or error: whatever is queued is still sent, then close.
             self.recv.return_spare(buf, 0);
@@ -737,6 +794,9 @@ impl Connection {
         self.release = Release::None;
         if self.upload.is_some() {
             return self.upload_received(cx);
+        }
+        if matches!(self.reading, Reading::Proxying(_)) {
+            return; // pipelined bytes: they wait for the answer in progress
         }
         self.need_more = false;
         self.drive(cx);
@@ -975,24 +1035,41 @@ impl Connection {
 
     /// Lets go of the response's tail: a pinned body or a generator is
     /// unpinned, a file released, its pipe given back.
+    /// Policy hears how many of the body's bytes were queued for the
+    /// client (for the access log).
     pub(crate) fn release_tail<P: Policy>(&mut self, cx: &mut Context<'_, P>) {
-        match self.tail.take() {
-            Tail::None => {}
-            Tail::Pinned { owner, .. } => cx.policy.unpin(owner, self.slot),
-            Tail::Stream(stream) => cx.policy.unpin(stream.owner, self.slot),
+        let moved = match self.tail.take() {
+            Tail::None => return,
+            Tail::Pinned {
+                owner,
+                rest,
+                length,
+            } => {
+                cx.policy.unpin(owner, self.slot);
+                // A send still out (`None`) counts as taken.
+                length - rest.map_or(0, |rest| rest.len() as u64)
+            }
+            Tail::Stream(stream) => {
+                cx.policy.unpin(stream.owner, self.slot);
+                stream.moved
+            }
             Tail::Upstream(tail) => {
                 if let Some(splice) = tail.splice {
                     cx.shared.pipes.give_back(splice.pipe, splice.in_pipe);
                 }
+                cx.policy.body_done(self.slot, tail.moved);
                 self.proxy_finished(cx);
+                return;
             }
             Tail::File(file) => {
                 if let Some(pipe) = file.pipe {
                     cx.shared.pipes.give_back(pipe, file.in_pipe);
                 }
                 self.release_file(file.file, cx);
+                file.length - file.remaining - u64::from(file.in_pipe)
             }
-        }
+        };
+        cx.policy.body_done(self.slot, moved);
     }
 
     /// Gives a file back to the cache, or queues its descriptor's close.
@@ -1074,6 +1151,7 @@ impl Connection {
     pub(crate) fn pin_tail(&mut self, pinned: Pinned) {
         debug_assert!(matches!(*self.tail, Tail::None));
         self.tail.set(Tail::Pinned {
+            length: pinned.bytes.len() as u64,
             rest: Some(pinned.bytes),
             owner: pinned.owner,
         });
@@ -1101,6 +1179,7 @@ impl Connection {
             file,
             offset,
             remaining: len,
+            length: len,
             pipe,
             in_pipe: 0,
         }));

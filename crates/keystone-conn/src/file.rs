@@ -11,12 +11,13 @@ use std::os::fd::RawFd;
 use std::time::Instant;
 
 use keystone_files::{
-    content_type, decide, Conditions, FileCache, FileError, FileKind, FileMeta, Handle, Insert,
-    NextStep, RelativePath, Validators, INDEX_FILE,
+    content_type, decide, http_date_secs, Conditions, Current, FileCache, FileError, FileKind,
+    FileMeta, Handle, Insert, NextStep, RelativePath, Validators, INDEX_FILE,
 };
+use keystone_parser::text::trim_ows;
 use keystone_response::{
-    has_body, write_head_around, write_head_spec, write_policy_lines, write_redirect, BodyLength,
-    Committed, Framing, HeadSpec, PolicyLines, CONTENT_RANGE_BYTES,
+    has_body, policy_line, write_head_around, write_head_spec, write_policy_lines, write_redirect,
+    BodyLength, Committed, Framing, HeadSpec, PolicyLines, CONTENT_RANGE_BYTES,
 };
 use keystone_ringbuf::{PinnedBytes, Span};
 
@@ -616,44 +617,104 @@ impl Connection {
         let (mut offset, mut len) = (0, meta.size);
         let mut content_range = [0u8; CONTENT_RANGE_BYTES];
         let mut content_range_len = 0;
-        if status == 200 {
-            let bytes = self.recv.filled();
-            let head = &cx.shared.head;
-            let header = |name: &[u8]| {
-                head.headers()
-                    .iter()
-                    .find(|h| h.name.slice(bytes).eq_ignore_ascii_case(name))
-                    .map(|h| h.value.slice(bytes))
+        // Policy's validators replace the file's: its ETag and
+        // Last-Modified are the ones sent and the ones conditionals are
+        // checked against; its Accept-Ranges or Content-Range turns ranges
+        // off (it manages them). The engine writes what policy did not.
+        let set_by_policy = {
+            let stashed: &[u8] = match &lines {
+                Lines::Stashed {
+                    lines_at, lines, ..
+                } => {
+                    let at = (*lines_at - self.send.tail()) as usize;
+                    &self.send.spare_mut()[at..at + lines.len]
+                }
+                Lines::None | Lines::Exchange => &[],
             };
-            let method = head.method.slice(bytes);
-            let conditions = Conditions {
-                if_match: header(b"if-match"),
-                if_unmodified_since: header(b"if-unmodified-since"),
-                if_none_match: header(b"if-none-match"),
-                if_modified_since: header(b"if-modified-since"),
-                if_range: header(b"if-range"),
-                range: header(b"range"),
-                other_method: method != b"GET" && method != b"HEAD",
+            let exchange = matches!(lines, Lines::Exchange).then(|| cx.policy.exchange());
+            let policy = |name: &[u8]| match exchange {
+                Some(exchange) => exchange
+                    .response_headers()
+                    .find(|(found, _)| found.eq_ignore_ascii_case(name))
+                    .map(|(_, value)| value),
+                None => policy_line(stashed, name),
             };
-            let decision = decide(&meta, &validators, &conditions);
-            status = decision.status();
-            (offset, len) = decision.body(meta.size);
-            content_range_len = decision.content_range(meta.size, &mut content_range);
-        }
-        let mut extra: [(&[u8], &[u8]); 4] = [
-            (b"ETag", validators.etag()),
-            (b"Last-Modified", validators.last_modified()),
-            (b"Accept-Ranges", b"bytes"),
-            (b"Content-Range", &content_range[..content_range_len]),
-        ];
-        let extra_count = match (status, content_range_len) {
-            (304 | 412, _) => {
-                extra[2] = extra[1];
-                2
+            let (etag, last_modified) = (policy(b"ETag"), policy(b"Last-Modified"));
+            let accept_ranges = policy(b"Accept-Ranges");
+            let own_ranges = policy(b"Content-Range").is_some();
+            if status == 200 {
+                let bytes = self.recv.filled();
+                let head = &cx.shared.head;
+                let header = |name: &[u8]| {
+                    head.headers()
+                        .iter()
+                        .find(|h| h.name.slice(bytes).eq_ignore_ascii_case(name))
+                        .map(|h| h.value.slice(bytes))
+                };
+                let method = head.method.slice(bytes);
+                let conditions = Conditions {
+                    if_match: header(b"if-match"),
+                    if_unmodified_since: header(b"if-unmodified-since"),
+                    if_none_match: header(b"if-none-match"),
+                    if_modified_since: header(b"if-modified-since"),
+                    if_range: header(b"if-range"),
+                    range: header(b"range"),
+                    other_method: method != b"GET" && method != b"HEAD",
+                };
+                let own = validators.current(&meta);
+                let current = Current {
+                    etag: etag.unwrap_or(own.etag),
+                    modified_secs: match last_modified {
+                        Some(date) => http_date_secs(date),
+                        None => own.modified_secs,
+                    },
+                    ranges: !own_ranges
+                        && accept_ranges.is_none_or(|value| {
+                            value
+                                .split(|&byte| byte == b',')
+                                .any(|unit| trim_ows(unit).eq_ignore_ascii_case(b"bytes"))
+                        }),
+                };
+                let decision = decide(meta.size, &current, &conditions);
+                status = decision.status();
+                (offset, len) = decision.body(meta.size);
+                if !own_ranges {
+                    content_range_len = decision.content_range(meta.size, &mut content_range);
+                }
             }
-            (_, 0) => 3,
-            _ => 4,
+            [
+                etag.is_some(),
+                last_modified.is_some(),
+                accept_ranges.is_some(),
+            ]
         };
+        let candidates: [(&[u8], &[u8], bool); 4] = [
+            (b"ETag", validators.etag(), !set_by_policy[0]),
+            (
+                b"Last-Modified",
+                validators.last_modified(),
+                !set_by_policy[1],
+            ),
+            // Not on a 304 or 412: they carry no representation.
+            (
+                b"Accept-Ranges",
+                b"bytes",
+                !set_by_policy[2] && !matches!(status, 304 | 412),
+            ),
+            (
+                b"Content-Range",
+                &content_range[..content_range_len],
+                content_range_len > 0,
+            ),
+        ];
+        let mut extra: [(&[u8], &[u8]); 4] = [(b"", b""); 4];
+        let mut extra_count = 0;
+        for (name, value, wanted) in candidates {
+            if wanted {
+                extra[extra_count] = (name, value);
+                extra_count += 1;
+            }
+        }
         let spec = HeadSpec {
             status,
             length: BodyLength::Known(len),

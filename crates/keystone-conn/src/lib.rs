@@ -55,6 +55,7 @@ pub use keystone_files::{FileCache, FileMeta};
 pub use keystone_ringbuf::{PinnedBytes, SendBuf, SpareLoan};
 
 pub use connection::Connection;
+pub use proxy::CLIENT_CLOSED_REQUEST;
 pub use timer::Timer;
 
 use keystone_exchange::{HttpExchange, PeerAddr, TlsFacts};
@@ -518,7 +519,18 @@ pub trait Policy {
     fn unpin(&mut self, owner: PinOwner, slot: u32);
 
     /// The request's response head is committed (counters, access log).
-    fn answered(&mut self, request: &Request<'_>, committed: &Committed);
+    /// `body_follows`: its body is not all behind the head in the send
+    /// buffer (a tail follows: a generator, a file, pinned bytes, a
+    /// proxied body or a tunnel), and [`Policy::body_done`] will say when
+    /// it is over.
+    fn answered(&mut self, request: &Request<'_>, committed: &Committed, body_follows: bool);
+
+    /// The body that followed the head of connection `slot`'s last answer
+    /// is over — sent, broken off, or let go as the connection closed —
+    /// with `body_bytes` of it queued for the client.
+    fn body_done(&mut self, slot: u32, body_bytes: u64) {
+        let _ = (slot, body_bytes);
+    }
 
     /// A request the engine refused before policy saw it (a framing error,
     /// a limit) was answered with `committed` (counters only: there is no

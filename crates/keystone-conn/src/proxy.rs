@@ -16,8 +16,8 @@ use std::time::Instant;
 
 use keystone_parser::{ResponseBody, ResponseHead};
 use keystone_response::{
-    has_body, write_head_spec, write_switching_head, BodyLength, Encoder, Framing, HeadSpec,
-    FRAME_OVERHEAD_BYTES,
+    has_body, write_head_spec, write_switching_head, BodyLength, Committed, Encoder, Framing,
+    HeadSpec, FRAME_OVERHEAD_BYTES,
 };
 use keystone_ringbuf::Span;
 
@@ -29,6 +29,11 @@ use crate::upload::Upload;
 use crate::{
     Connection, Context, Intent, Level, Pipe, Policy, ProxyBody, ProxyHead, STREAM_QUEUE_BYTES,
 };
+
+/// The status an access-log line gives a proxied request whose client
+/// went away before the upstream answered: nginx's non-standard 499
+/// ("client closed request"), which log tooling knows. Never sent.
+pub const CLIENT_CLOSED_REQUEST: u16 = 499;
 
 /// A proxied request waiting for its upstream's head.
 #[derive(Debug)]
@@ -56,6 +61,8 @@ impl PendingProxy {
 pub(crate) struct UpstreamTail {
     encoder: Encoder,
     label: RequestLabel,
+    /// Body bytes queued for the client so far (the access log's).
+    pub(crate) moved: u64,
     /// The rest of the body moves socket → pipe → socket.
     pub(crate) splice: Option<Spliced>,
 }
@@ -239,6 +246,7 @@ impl Connection {
                         self.tail.set(Tail::Upstream(UpstreamTail {
                             encoder: Encoder::for_stream(None, 0),
                             label,
+                            moved: 0,
                             splice: None,
                         }));
                         self.upload.set(Some(Upload::tunnel()));
@@ -301,6 +309,7 @@ impl Connection {
                             self.tail.set(Tail::Upstream(UpstreamTail {
                                 encoder,
                                 label,
+                                moved: 0,
                                 splice: None,
                             }));
                             done = false;
@@ -385,6 +394,7 @@ impl Connection {
                     let take = tail.encoder.admit(bytes.len().min(room)).take;
                     let framed = tail.encoder.frame(&bytes[..take], self.send.spare_mut());
                     self.send.commit(framed as u32);
+                    tail.moved += take as u64;
                     cx.policy.proxy_consumed(slot, take as u32);
                 }
                 ProxyBody::Waiting => return,
@@ -516,6 +526,7 @@ impl Connection {
         let Some(Tail::Upstream(UpstreamTail {
             splice: Some(splice),
             encoder,
+            moved: queued,
             ..
         })) = self.tail.get_mut()
         else {
@@ -536,16 +547,36 @@ impl Connection {
             }
         } else {
             splice.in_pipe -= moved.min(splice.in_pipe);
+            *queued += u64::from(moved);
             if result <= 0 && matches!(self.phase, Phase::Open | Phase::Finishing) {
                 self.phase = Phase::Aborting; // the client is gone
             }
         }
     }
 
-    /// A proxied request the connection gives up on (it aborts).
+    /// A proxied request the connection gives up on (it aborts: the
+    /// client went away before the upstream's head). Its access-log line
+    /// says 499, nginx's "client closed request".
     pub(crate) fn release_proxy<P: Policy>(&mut self, cx: &mut Context<'_, P>) {
-        if let Reading::Proxying(_) = self.reading {
-            self.reading = Reading::Idle;
+        if let Reading::Proxying(pending) = std::mem::replace(&mut self.reading, Reading::Idle) {
+            if self.reparses_taken_head(cx) {
+                let complete = pending.complete();
+                let request = request_view(
+                    &self.recv,
+                    &cx.shared.head,
+                    &complete,
+                    self.slot,
+                    self.peer,
+                    crate::connection::facts_of(&self.tls),
+                    pending.started,
+                );
+                let committed = Committed {
+                    bytes: 0,
+                    status: CLIENT_CLOSED_REQUEST,
+                    body: BodyLength::Known(0),
+                };
+                cx.policy.answered(&request, &committed, false);
+            }
             self.proxy_finished(cx);
         }
         self.upload.clear();

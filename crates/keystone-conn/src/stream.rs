@@ -10,8 +10,19 @@ use keystone_ringbuf::PinnedBytes;
 use crate::connection::{Phase, Tail};
 use crate::{Connection, Context, Level, PinOwner, Policy, Pulled, STREAM_QUEUE_BYTES};
 
-/// Consecutive empty chunks accepted before a generator counts as stuck.
-const STREAM_EMPTY_PULLS_MAX: u32 = 1000;
+/// Consecutive empty chunks accepted before a generator counts as stuck:
+/// a pull that produces nothing is a generator's way to skip (a filtered
+/// row), but one that only ever skips would be pulled forever. Equal to
+/// [`STREAM_PULLS_PER_FILL`], so the worker's time in one stream between
+/// two sends is bounded the same way whatever the generator returns.
+const STREAM_EMPTY_PULLS_MAX: u32 = STREAM_PULLS_PER_FILL;
+
+/// Pulls made for one stream before the bytes they produced are sent: the
+/// handler budget bounds each pull, this bounds how many run back to back
+/// while every other connection of the worker waits. 64 chunks of even
+/// 512 bytes fill [`STREAM_QUEUE_BYTES`]; a generator of tiny chunks sends
+/// them in several sends instead of holding the worker.
+pub(crate) const STREAM_PULLS_PER_FILL: u32 = 64;
 
 /// Bytes of `METHOD /path` a stream keeps for its log lines; a longer
 /// request line is cut (log lines are for people, and this keeps the label
@@ -69,6 +80,8 @@ pub(crate) struct StreamTail {
     /// holds the part that fits, and the stream aborts once it is queued.
     overrun: bool,
     label: RequestLabel,
+    /// Body bytes queued for the client so far (the access log's).
+    pub(crate) moved: u64,
 }
 
 impl StreamTail {
@@ -79,6 +92,7 @@ impl StreamTail {
             pending: None,
             overrun: false,
             label,
+            moved: 0,
         }
     }
 }
@@ -115,9 +129,11 @@ impl Connection {
         let Some(Tail::Stream(stream)) = self.tail.get_mut() else {
             unreachable!("fill without a stream")
         };
-        let mut empty_pulls = 0;
+        let (mut empty_pulls, mut pulls) = (0, 0);
         // Each pass frames bytes, or pulls once; bounded by the send
-        // buffer's room and STREAM_EMPTY_PULLS_MAX empty pulls.
+        // buffer's room and STREAM_PULLS_PER_FILL pulls (empty pulls end
+        // the stream at STREAM_EMPTY_PULLS_MAX: with nothing queued there
+        // is no send to come back after).
         loop {
             if self.send.spare() as usize <= FRAME_OVERHEAD_BYTES {
                 return Filled::More;
@@ -129,6 +145,7 @@ impl Connection {
                     .encoder
                     .frame(&chunk.as_slice()[..take], self.send.spare_mut());
                 self.send.commit(framed as u32);
+                stream.moved += take as u64;
                 chunk.advance(take);
                 if !chunk.is_empty() {
                     stream.pending = Some(chunk);
@@ -139,9 +156,12 @@ impl Connection {
                 // The declared bytes are all queued (logged when found).
                 return Filled::Failed;
             }
-            if self.send.len() >= STREAM_QUEUE_BYTES {
+            if self.send.len() >= STREAM_QUEUE_BYTES
+                || (pulls >= STREAM_PULLS_PER_FILL && !self.send.is_empty())
+            {
                 return Filled::More;
             }
+            pulls += 1;
             match cx.policy.pull(stream.owner, slot) {
                 Pulled::Chunk(chunk) if chunk.is_empty() => {
                     empty_pulls += 1;

@@ -8,7 +8,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use keystone_conn::sim::{
-    check_responses, normalize, pattern, write_site, FakePolicy, Response, Sim, BIG,
+    check_responses, normalize, pattern, write_site, FakePolicy, Response, Sim, BIG, POLICY_ETAG,
+    POLICY_LAST_MODIFIED, TINY_CHUNKS,
 };
 use keystone_conn::{Config, Root, Timeouts, FILE_CACHE_VALID, IDLE_RELEASE_AFTER};
 use keystone_parser::Limits;
@@ -311,6 +312,24 @@ fn streams_are_pulled_as_the_socket_drains_and_their_length_is_enforced() {
 }
 
 #[test]
+fn a_generator_of_tiny_chunks_is_pulled_a_bounded_number_of_times_per_send() {
+    // Each pull is bounded by the handler budget; between two sends a
+    // stream gets at most 64 pulls, however small its chunks, so it
+    // cannot hold the worker for 32 KiB of one-byte chunks.
+    let site = site();
+    let mut sim = sim(site.path());
+    sim.stall_peer(true);
+    sim.feed(&get("/tiny-stream"));
+    assert_eq!(sim.policy.pulls, 64, "pulls before the first send");
+    sim.stall_peer(false);
+    let responses = check_responses(&sim.take_output()).expect("well-formed");
+    assert_eq!(responses.len(), 1);
+    assert_eq!(responses[0].body, vec![b'x'; TINY_CHUNKS]);
+    assert_eq!(sim.policy.pins, 0);
+    assert_eq!(sim.policy.pulls as usize, TINY_CHUNKS + 1, "and the end");
+}
+
+#[test]
 fn a_failing_or_stuck_generator_aborts_without_a_terminating_chunk() {
     let site = site();
     for path in ["/failing-stream", "/empty-stream"] {
@@ -593,6 +612,76 @@ fn policy_files_carry_policy_headers_whether_the_cache_hits_or_not() {
 }
 
 #[test]
+fn validators_policy_sets_on_a_file_replace_the_files_own() {
+    // As `ngx.header.ETag` does: one ETag and one Last-Modified, policy's,
+    // and the conditionals are checked against them; policy's
+    // `Accept-Ranges: none` turns ranges off. The same whether the file
+    // was opened (policy's lines stashed) or came from the cache.
+    let site = site();
+    let mut sim = sim(site.path());
+    let count = |raw: &[u8], name: &str| {
+        String::from_utf8_lossy(raw)
+            .lines()
+            .filter(|line| {
+                line.split(':')
+                    .next()
+                    .is_some_and(|found| found.eq_ignore_ascii_case(name))
+            })
+            .count()
+    };
+    for round in ["opened", "cached"] {
+        sim.feed(&get("/file-validated/page.txt"));
+        let out = sim.take_output();
+        assert_eq!(header(&out, "etag"), Some(POLICY_ETAG), "{round}");
+        assert_eq!(
+            header(&out, "last-modified"),
+            Some(POLICY_LAST_MODIFIED),
+            "{round}"
+        );
+        assert_eq!(header(&out, "accept-ranges"), Some("none"), "{round}");
+        for name in ["etag", "last-modified", "accept-ranges"] {
+            assert_eq!(count(&out, name), 1, "{round}: one {name}");
+        }
+        assert!(out.ends_with(b"policy page\n"), "{round}");
+    }
+    let with = |line: &str| -> Vec<u8> {
+        format!("GET /file-validated/page.txt HTTP/1.1\r\nHost: t\r\n{line}\r\n\r\n").into_bytes()
+    };
+    let rows: &[(String, u16)] = &[
+        (format!("If-None-Match: {POLICY_ETAG}"), 304),
+        (format!("If-None-Match: W/{POLICY_ETAG}"), 304),
+        // If-Match compares with policy's ETag, strongly.
+        (format!("If-Match: {POLICY_ETAG}"), 200),
+        ("If-Match: \"other\"".to_string(), 412),
+        (format!("If-Modified-Since: {POLICY_LAST_MODIFIED}"), 304),
+        (
+            "If-Unmodified-Since: Sun, 06 Nov 1994 08:49:36 GMT".to_string(),
+            412,
+        ),
+        ("Range: bytes=0-3".to_string(), 200),
+    ];
+    for (line, status) in rows {
+        let responses = exchange(&mut sim, &with(line));
+        assert_eq!(responses[0].status, *status, "{line}");
+        if *status == 304 {
+            let out = {
+                sim.feed(&with(line));
+                sim.take_output()
+            };
+            assert_eq!(count(&out, "etag"), 1, "{line}: {out:?}");
+            assert_eq!(header(&out, "etag"), Some(POLICY_ETAG));
+        }
+    }
+    // The file's own validators, where policy set none.
+    let plain = exchange(
+        &mut sim,
+        b"GET /file/page.txt HTTP/1.1\r\nHost: t\r\nRange: bytes=0-3\r\n\r\n",
+    );
+    assert_eq!(plain[0].status, 206);
+    assert_eq!(sim.policy.pins, 0);
+}
+
+#[test]
 fn idle_connections_give_their_memory_back_then_time_out() {
     let site = site();
     let config = Config {
@@ -784,4 +873,54 @@ fn handler_statuses_and_policy_headers_reach_the_wire() {
     let responses = exchange(&mut sim, &get("/fail"));
     assert_eq!(responses[0].status, 500);
     assert!(!sim.write_shut(), "a failed handler keeps the connection");
+}
+
+/// The access log's line for a response whose body follows its head is
+/// written when that body is over, with how much of it went out: a stream's
+/// chunks (its head declared no length), a declared length left short, a
+/// generator that failed, a file spliced or read, pinned bytes, and a body
+/// the client stopped taking. An answer all in the send buffer is logged as
+/// it is committed.
+#[test]
+fn each_line_counts_the_body_that_went_out() {
+    let site = site();
+    let mut sim = sim(site.path());
+    exchange(&mut sim, &get("/"));
+    exchange(&mut sim, &get("/stream"));
+    exchange(&mut sim, &get("/big"));
+    exchange(&mut sim, &get("/file/big.bin"));
+    exchange(&mut sim, &get("/static/big.bin"));
+    exchange(&mut sim, &get("/file/small.bin"));
+    assert_eq!(sim.policy.held, None);
+    let logged = sim.policy.logged.clone();
+    assert_eq!(logged[1], (200, 18), "chunk1chunk2chunk3: {logged:?}");
+    assert_eq!(logged[2], (200, BIG.len() as u64), "{logged:?}");
+    assert_eq!(logged[3], (200, 300_000), "{logged:?}");
+    assert_eq!(logged[4], (200, 150_000), "{logged:?}");
+    assert_eq!(logged[5], (200, 10 * 1024), "{logged:?}");
+    assert_eq!(logged.len(), 6, "{logged:?}");
+    for (path, sent) in [("/declared/20", 10), ("/failing-stream", 5)] {
+        let mut sim = sim_with(Config::default(), site.path());
+        sim.feed(&get(path));
+        assert!(sim.write_shut(), "{path}");
+        assert_eq!(sim.policy.logged, [(200, sent)], "{path}");
+    }
+    // The client resets the connection 40 KB into a 300-KB file and a
+    // 100-KB pinned body: the line says how far each got.
+    for (path, length) in [("/file/big.bin", 300_000), ("/big", 100_000)] {
+        let mut sim = sim_with(Config::default(), site.path());
+        sim.send_sizes(vec![16_384]);
+        sim.limit_output(40_000);
+        sim.feed(&get(path));
+        sim.advance(Duration::from_secs(1));
+        assert!(sim.closed(), "{path}: {} sent", sim.output().len());
+        assert_eq!(sim.policy.held, None, "{path}");
+        let [(200, sent)] = sim.policy.logged[..] else {
+            panic!("{path}: {:?}", sim.policy.logged)
+        };
+        assert!(
+            (1..length).contains(&sent),
+            "{path}: {sent} of the body went out before the reset"
+        );
+    }
 }

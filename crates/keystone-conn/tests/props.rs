@@ -92,6 +92,10 @@ proptest! {
         split.close_input();
         prop_assert!(split.closed());
         prop_assert_eq!(split.policy.pins, 0);
+        // The same access-log lines, each written once its body was over.
+        whole.close_input();
+        prop_assert_eq!(split.policy.held, None);
+        prop_assert_eq!(&split.policy.logged, &whole.policy.logged);
         prop_assert_eq!(split.open_files(), usize::from(split.shared.files.cached_count()));
     }
 
@@ -126,6 +130,7 @@ proptest! {
         conn.close_input();
         prop_assert!(conn.closed());
         prop_assert_eq!(conn.policy.pins, 0);
+        prop_assert_eq!(conn.policy.held, None, "a line never written");
         prop_assert_eq!(conn.open_files(), usize::from(conn.shared.files.cached_count()));
     }
 }

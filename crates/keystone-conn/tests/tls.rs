@@ -213,7 +213,7 @@ impl Policy for Proxying {
 
     fn unpin(&mut self, _owner: PinOwner, _slot: u32) {}
 
-    fn answered(&mut self, _request: &Request<'_>, _committed: &Committed) {}
+    fn answered(&mut self, _request: &Request<'_>, _committed: &Committed, _follows: bool) {}
 
     fn refused(&mut self, _committed: &Committed) {}
 

@@ -102,6 +102,36 @@ impl Decision {
     }
 }
 
+/// What a request's conditions are checked against: the file's own
+/// validators ([`Validators::current`]), or those policy set on its
+/// response (a policy `ETag` or `Last-Modified` replaces the file's, as
+/// `ngx.header.ETag` does in OpenResty, and the conditionals follow it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Current<'a> {
+    /// The entity tag the response carries, quotes included; empty: none,
+    /// which no listed tag matches (`*` still does: the file exists).
+    pub etag: &'a [u8],
+    /// Its `Last-Modified` as seconds since the epoch; `None`: no date the
+    /// date conditions can be compared with (they are then ignored, and
+    /// an `If-Range` date never holds).
+    pub modified_secs: Option<u64>,
+    /// Byte ranges are served: false when policy's `Accept-Ranges` says
+    /// otherwise (`none`) or policy wrote its own `Content-Range`.
+    pub ranges: bool,
+}
+
+impl Validators {
+    /// What conditions are checked against when the response carries
+    /// these validators (a file of `meta`).
+    pub fn current(&self, meta: &FileMeta) -> Current<'_> {
+        Current {
+            etag: self.etag(),
+            modified_secs: Some(meta.mtime_secs),
+            ranges: true,
+        }
+    }
+}
+
 /// What [`decide`] does for a file response with status 200: the
 /// preconditions in RFC 9110 §13.2.2's order (a failed `If-Match` or
 /// `If-Unmodified-Since` → 412; a matching `If-None-Match` or
@@ -110,40 +140,31 @@ impl Decision {
 /// exactly the `Last-Modified` date: §13.1.5, as nginx compares it), the
 /// range; with an `If-Range` that does not hold, the whole file. Responses
 /// with another status (policy's choice) are sent whole and never decided.
-pub fn decide(meta: &FileMeta, validators: &Validators, conditions: &Conditions<'_>) -> Decision {
-    if !precondition_holds(
-        validators,
-        meta.mtime_secs,
-        conditions.if_match,
-        conditions.if_unmodified_since,
-    ) {
+/// `size` is the file's.
+pub fn decide(size: u64, current: &Current<'_>, conditions: &Conditions<'_>) -> Decision {
+    if !precondition_holds(current, conditions.if_match, conditions.if_unmodified_since) {
         return Decision::PreconditionFailed;
     }
     let if_modified_since = conditions
         .if_modified_since
         .filter(|_| !conditions.other_method);
-    if not_modified(
-        validators,
-        meta.mtime_secs,
-        conditions.if_none_match,
-        if_modified_since,
-    ) {
+    if not_modified(current, conditions.if_none_match, if_modified_since) {
         return if conditions.other_method {
             Decision::PreconditionFailed
         } else {
             Decision::NotModified
         };
     }
-    if conditions.other_method {
+    if conditions.other_method || !current.ranges {
         return Decision::Full;
     }
     if conditions
         .if_range
-        .is_some_and(|validator| !range_validator_holds(validator, validators, meta.mtime_secs))
+        .is_some_and(|validator| !range_validator_holds(validator, current))
     {
         return Decision::Full;
     }
-    match range(conditions.range, meta.size) {
+    match range(conditions.range, size) {
         RangeAnswer::Full => Decision::Full,
         RangeAnswer::Partial { start, len } => Decision::Partial { start, len },
         RangeAnswer::Unsatisfiable => Decision::Unsatisfiable,
@@ -157,20 +178,23 @@ pub fn decide(meta: &FileMeta, validators: &Validators, conditions: &Conditions<
 /// date parses and the file is not newer than it; a date that does not
 /// parse is ignored (§13.1.3).
 pub fn not_modified(
-    validators: &Validators,
-    mtime_secs: u64,
+    current: &Current<'_>,
     if_none_match: Option<&[u8]>,
     if_modified_since: Option<&[u8]>,
 ) -> bool {
     if let Some(list) = if_none_match {
         return list.split(|&byte| byte == b',').any(|tag| {
             let tag = trim_ows(tag);
-            tag == b"*" || weak_eq(tag, validators.etag())
+            tag == b"*" || (!current.etag.is_empty() && weak_eq(tag, current.etag))
         });
     }
-    if_modified_since
-        .and_then(http_date_secs)
-        .is_some_and(|since| mtime_secs <= since)
+    match (
+        if_modified_since.and_then(http_date_secs),
+        current.modified_secs,
+    ) {
+        (Some(since), Some(modified)) => modified <= since,
+        _ => false,
+    }
 }
 
 /// Whether the request's own preconditions let it go on (false → 412).
@@ -179,36 +203,41 @@ pub fn not_modified(
 /// `If-Unmodified-Since` (§13.1.4): holds unless the date parses and the
 /// file is newer; a date that does not parse is ignored.
 pub fn precondition_holds(
-    validators: &Validators,
-    mtime_secs: u64,
+    current: &Current<'_>,
     if_match: Option<&[u8]>,
     if_unmodified_since: Option<&[u8]>,
 ) -> bool {
     if let Some(list) = if_match {
         return list.split(|&byte| byte == b',').any(|tag| {
             let tag = trim_ows(tag);
-            tag == b"*" || tag == validators.etag()
+            tag == b"*"
+                || (!current.etag.is_empty() && tag == current.etag && !tag.starts_with(b"W/"))
         });
     }
-    match if_unmodified_since.and_then(http_date_secs) {
-        Some(since) => mtime_secs <= since,
-        None => true,
+    match (
+        if_unmodified_since.and_then(http_date_secs),
+        current.modified_secs,
+    ) {
+        (Some(since), Some(modified)) => modified <= since,
+        _ => true,
     }
 }
 
 /// Whether an `If-Range` validator holds (RFC 9110 §13.1.5): an entity tag
 /// strongly equal to the ETag, or a date exactly the `Last-Modified` one.
-fn range_validator_holds(validator: &[u8], validators: &Validators, mtime_secs: u64) -> bool {
+fn range_validator_holds(validator: &[u8], current: &Current<'_>) -> bool {
     let validator = trim_ows(validator);
     if validator.starts_with(b"\"") || validator.starts_with(b"W/") {
-        return validator == validators.etag();
+        return !current.etag.is_empty()
+            && !validator.starts_with(b"W/")
+            && validator == current.etag;
     }
-    http_date_secs(validator) == Some(mtime_secs)
+    http_date_secs(validator).is_some_and(|date| current.modified_secs == Some(date))
 }
 
 /// An HTTP-date's seconds since the epoch (any of RFC 9110 §5.6.7's three
 /// forms); `None` when it does not parse.
-fn http_date_secs(value: &[u8]) -> Option<u64> {
+pub fn http_date_secs(value: &[u8]) -> Option<u64> {
     let text = std::str::from_utf8(trim_ows(value)).ok()?;
     let time = httpdate::parse_http_date(text).ok()?;
     time.duration_since(UNIX_EPOCH)
@@ -316,8 +345,7 @@ mod tests {
     ) {
         let validators = Validators::new(&META);
         let got = not_modified(
-            &validators,
-            META.mtime_secs,
+            &validators.current(&META),
             if_none_match.map(str::as_bytes),
             if_modified_since.map(str::as_bytes),
         );
@@ -367,8 +395,7 @@ mod tests {
         let garbage = [0xff, 0xfe];
         let validators = Validators::new(&META);
         assert!(!not_modified(
-            &validators,
-            META.mtime_secs,
+            &validators.current(&META),
             None,
             Some(&garbage)
         ));
@@ -445,7 +472,7 @@ mod tests {
     fn check_decide(conditions: Conditions<'_>, expected: Decision) {
         let validators = Validators::new(&META);
         assert_eq!(
-            decide(&META, &validators, &conditions),
+            decide(META.size, &validators.current(&META), &conditions),
             expected,
             "{conditions:?}"
         );

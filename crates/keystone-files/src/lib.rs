@@ -49,7 +49,8 @@ pub use cache::{
     CachedFile, FileCache, Handle, Insert, CONTENT_BYTES_MAX, ENTRIES_MAX, KEY_BYTES_MAX,
 };
 pub use conditional::{
-    decide, not_modified, precondition_holds, range, Conditions, Decision, RangeAnswer,
+    decide, http_date_secs, not_modified, precondition_holds, range, Conditions, Current, Decision,
+    RangeAnswer,
 };
 pub use error::FileError;
 pub use meta::{content_type, FileKind, FileMeta, NextStep, OCTET_STREAM};

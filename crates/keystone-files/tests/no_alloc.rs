@@ -77,7 +77,7 @@ fn decide_one(raw_path: &[u8], meta: &FileMeta, conditions: &Conditions<'_>) -> 
     let index = path.with_index().expect("short paths have an index");
     let kind = content_type(path.as_bytes()).len() + content_type(index.as_bytes()).len();
     let validators = Validators::new(meta);
-    let decision = decide(meta, &validators, conditions);
+    let decision = decide(meta.size, &validators.current(meta), conditions);
     let mut content_range = [0u8; CONTENT_RANGE_BYTES];
     let len = decision.content_range(meta.size, &mut content_range);
     (

@@ -177,6 +177,8 @@ return function(ex_addr, fns, layout, messages)
   local handlers = {}
   local current_body, cur_params, cur_args, cur_request, cur_headers, cur_request_headers, cur_cookies
   local cur_tls
+  -- True while a ctx.on_response runs (its ctx.body is a string or nil).
+  local in_on_response = false
   -- Proxying: the pool names (index + 1 is what ex.upstream holds), and the
   -- strings handed to the engine, kept alive until the next dispatch.
   local upstream_index, upstream_names = {}, {}
@@ -532,6 +534,11 @@ return function(ex_addr, fns, layout, messages)
       elseif tv ~= "string" and tv ~= "nil" then
         error("ctx.body must be a string, { file = path }, a generator function or nil, got " .. tv, 3)
       end
+      if in_on_response and kind ~= BODY_INLINE then
+        -- The upstream's head is answered from the send path: a string
+        -- replaces its body; files and generators are a handler's.
+        error("ctx.body in ctx.on_response must be a string or nil, got " .. (tv == "table" and "{ file = ... }" or "a generator function"), 3)
+      end
       -- The string (or generator) stays referenced as `current_body`, so
       -- the pointer handed to the engine stays valid.
       current_body = (kind == BODY_FILE) and bytes or v
@@ -730,7 +737,9 @@ return function(ex_addr, fns, layout, messages)
     if hook == nil then return false, "no ctx.on_response is kept for this request" end
     begin()
     local ctx = setmetatable({ ex.generation }, ctx_mt)
+    in_on_response = true
     local ok, err = xpcall(hook, traceback, ctx)
+    in_on_response = false
     last_body = current_body
     current_body = nil
     if not ok then return false, err end

@@ -10,13 +10,19 @@
 //! the 502/504 Keystone answered when none came) and the seconds from the
 //! request to the upstream's answer.
 //!
-//! `$body_bytes_sent` is the body length the response declared (0 for a
-//! chunked or close-delimited stream, whose length is not known when the
-//! line is written; a stream's policy-declared `Content-Length` even when
-//! the generator then aborts it — unlike nginx, which counts bytes sent);
-//! `$request_time` is the seconds (ms resolution) from the moment the
-//! request was complete in the buffer to the moment its response was
-//! committed (handler and serialization; not the network). Lines collect in
+//! A response whose body is all behind its head in the send buffer is
+//! logged as it is committed: `$body_bytes_sent` is its length. One whose
+//! body follows (a generator, a file, a large string sent from where Lua
+//! keeps it, a proxied body, a tunnel) is logged when that body is over,
+//! as nginx logs a request when it ends: `$body_bytes_sent` counts the body
+//! bytes that were queued for the client (payload bytes, without chunk
+//! framing), so a body cut short — the upstream or the generator broke
+//! off, the client left — shows how far it got. The line is kept meanwhile
+//! in a buffer of the connection slot's own, reused ([`AccessLog::hold`],
+//! [`AccessLog::release`]). `$request_time` is the seconds (ms resolution)
+//! from the moment the request was complete in the buffer to the moment
+//! the line is written: its response committed, or its body over.
+//! `$time_local` is when the line is written. Lines collect in
 //! a fixed buffer per worker and reach the file in batches through the
 //! reactor (an io_uring write when 32 KiB are ready, and once a second),
 //! never blocking the worker. While one batch is being written the next
@@ -27,6 +33,7 @@
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::os::fd::{OwnedFd, RawFd};
+use std::time::Instant;
 
 use crate::batches::Batches;
 
@@ -66,7 +73,8 @@ pub struct Entry<'a> {
 pub struct UpstreamEntry {
     /// The peer (the last one tried).
     pub addr: SocketAddr,
-    /// Its status, or the one Keystone answered when it gave none.
+    /// Its status, or the one Keystone answered when it gave none; 0
+    /// (written `-`) when the client left before it answered.
     pub status: u16,
     /// Seconds from the request to the upstream's answer.
     pub response_time: f64,
@@ -81,6 +89,28 @@ pub struct AccessLog {
     failed: bool,
     time: TimeLocal,
     line: Vec<u8>,
+    /// Per connection slot: the line of a response whose body is still
+    /// going (grown to the highest slot seen; each buffer is reused).
+    held: Vec<Held>,
+}
+
+/// A line waiting for its response's body to end: written but for
+/// `$time_local`, `$body_bytes_sent` and `$request_time`.
+#[derive(Default)]
+struct Held {
+    /// `$remote_addr`, then from `] "$request" $status ` on, then from
+    /// ` "$http_referer"` to the user agent's closing quote.
+    text: Vec<u8>,
+    /// End of `$remote_addr` in `text`.
+    peer_end: usize,
+    /// End of the part before `$body_bytes_sent`.
+    status_end: usize,
+    /// When the request was complete.
+    started: Option<Instant>,
+    /// The body length the head declared (written if the slot is reused
+    /// before the body's end is heard: nothing better is known).
+    declared: u64,
+    upstream: Option<UpstreamEntry>,
 }
 
 impl AccessLog {
@@ -93,6 +123,7 @@ impl AccessLog {
             failed: false,
             time: TimeLocal::default(),
             line: Vec::with_capacity(LINE_BYTES_MAX),
+            held: Vec::new(),
         }
     }
 
@@ -101,39 +132,68 @@ impl AccessLog {
         self.time.refresh();
         self.line.clear();
         let mut line = LineWriter(&mut self.line);
-        match entry.peer {
-            Some(peer) => {
-                let _ = write!(line, "{}", peer.ip());
-            }
-            None => line.push(b"-"),
-        }
+        write_peer(&mut line, entry.peer);
         line.push(b" - - [");
         line.push(self.time.text());
-        line.push(b"] \"");
-        line.escaped(entry.method);
-        line.push(b" ");
-        line.escaped(entry.target);
-        let _ = write!(
-            line,
-            " HTTP/1.{}\" {} {} \"",
-            entry.minor_version, entry.status, entry.body_bytes
-        );
-        line.escaped(entry.referer.unwrap_or(b"-"));
-        line.push(b"\" \"");
-        line.escaped(entry.user_agent.unwrap_or(b"-"));
-        let _ = write!(line, "\" {:.3}", entry.request_time);
-        match entry.upstream {
-            Some(upstream) => {
-                let _ = write!(
-                    line,
-                    " {} {} {:.3}",
-                    upstream.addr, upstream.status, upstream.response_time
-                );
-            }
-            None => line.push(b" - - -"),
+        write_request(&mut line, entry);
+        let _ = write!(line, "{}", entry.body_bytes);
+        write_agents(&mut line, entry);
+        end_line(&mut self.line, entry.request_time, entry.upstream);
+        self.push_line();
+    }
+
+    /// Keeps the line of `entry`, a response whose body follows its head,
+    /// under connection `slot` until [`AccessLog::release`] says how much
+    /// of the body went out. A line still held there (its end never heard)
+    /// is written first, with its declared length. No allocation once the
+    /// slot's buffer has grown to its lines.
+    pub fn hold(&mut self, slot: u32, entry: &Entry<'_>, started: Instant) {
+        let slot = slot as usize;
+        if slot >= self.held.len() {
+            self.held.resize_with(slot + 1, Held::default);
         }
-        self.line.truncate(LINE_BYTES_MAX - 1);
-        self.line.push(b'\n');
+        if self.held[slot].started.is_some() {
+            let declared = self.held[slot].declared;
+            self.release(slot as u32, declared, Instant::now());
+        }
+        let held = &mut self.held[slot];
+        held.text.clear();
+        let mut line = LineWriter(&mut held.text);
+        write_peer(&mut line, entry.peer);
+        held.peer_end = line.0.len();
+        write_request(&mut line, entry);
+        held.status_end = line.0.len();
+        write_agents(&mut line, entry);
+        held.started = Some(started);
+        held.declared = entry.body_bytes;
+        held.upstream = entry.upstream;
+    }
+
+    /// The body behind the head of the line held under `slot` is over,
+    /// `body_bytes` of it sent: the line is written. Nothing is held
+    /// (the response's line was written when it was committed): nothing.
+    pub fn release(&mut self, slot: u32, body_bytes: u64, now: Instant) {
+        let Some(held) = self.held.get_mut(slot as usize) else {
+            return;
+        };
+        let Some(started) = held.started.take() else {
+            return;
+        };
+        self.time.refresh();
+        self.line.clear();
+        let mut line = LineWriter(&mut self.line);
+        line.push(&held.text[..held.peer_end]);
+        line.push(b" - - [");
+        line.push(self.time.text());
+        line.push(&held.text[held.peer_end..held.status_end]);
+        let _ = write!(line, "{body_bytes}");
+        line.push(&held.text[held.status_end..]);
+        let request_time = now.saturating_duration_since(started).as_secs_f64();
+        end_line(&mut self.line, request_time, held.upstream);
+        self.push_line();
+    }
+
+    fn push_line(&mut self) {
         if !self.batches.push(&self.line) {
             self.dropped += 1;
         }
@@ -188,9 +248,66 @@ impl AccessLog {
 
     /// Writes what is left synchronously (at exit). A failure is dropped:
     /// the process is exiting, and a failing file was reported already.
+    /// Lines still held (a response cut at exit) go with their declared
+    /// length.
     pub fn flush_blocking(&mut self) {
+        let now = Instant::now();
+        for slot in 0..self.held.len() {
+            let declared = self.held[slot].declared;
+            self.release(slot as u32, declared, now);
+        }
         self.batches.flush_blocking();
     }
+}
+
+/// `$remote_addr`.
+fn write_peer(line: &mut LineWriter<'_>, peer: Option<SocketAddr>) {
+    match peer {
+        Some(peer) => {
+            let _ = write!(line, "{}", peer.ip());
+        }
+        None => line.push(b"-"),
+    }
+}
+
+/// `] "$request" $status ` (after `$time_local`).
+fn write_request(line: &mut LineWriter<'_>, entry: &Entry<'_>) {
+    line.push(b"] \"");
+    line.escaped(entry.method);
+    line.push(b" ");
+    line.escaped(entry.target);
+    let _ = write!(line, " HTTP/1.{}\" {} ", entry.minor_version, entry.status);
+}
+
+/// ` "$http_referer" "$http_user_agent"` (after `$body_bytes_sent`).
+fn write_agents(line: &mut LineWriter<'_>, entry: &Entry<'_>) {
+    line.push(b" \"");
+    line.escaped(entry.referer.unwrap_or(b"-"));
+    line.push(b"\" \"");
+    line.escaped(entry.user_agent.unwrap_or(b"-"));
+    line.push(b"\"");
+}
+
+/// ` $request_time` and the upstream fields, then the newline (the line
+/// cut to [`LINE_BYTES_MAX`]).
+fn end_line(text: &mut Vec<u8>, request_time: f64, upstream: Option<UpstreamEntry>) {
+    let mut line = LineWriter(text);
+    let _ = write!(line, " {request_time:.3}");
+    match upstream {
+        Some(upstream) if upstream.status == 0 => {
+            let _ = write!(line, " {} - {:.3}", upstream.addr, upstream.response_time);
+        }
+        Some(upstream) => {
+            let _ = write!(
+                line,
+                " {} {} {:.3}",
+                upstream.addr, upstream.status, upstream.response_time
+            );
+        }
+        None => line.push(b" - - -"),
+    }
+    text.truncate(LINE_BYTES_MAX - 1);
+    text.push(b'\n');
 }
 
 struct LineWriter<'a>(&'a mut Vec<u8>);
@@ -342,6 +459,59 @@ mod tests {
             line.ends_with("\" 0.000 10.0.0.7:9001 201 0.046\n"),
             "{line}"
         );
+    }
+
+    #[test]
+    fn a_held_line_is_written_with_what_its_body_sent() {
+        let mut log = AccessLog::new(dev_null());
+        let started = Instant::now();
+        let proxied = Entry {
+            peer: Some("10.1.2.3:4000".parse().unwrap()),
+            status: 200,
+            body_bytes: 100,
+            user_agent: Some(b"agent \"x\""),
+            upstream: Some(UpstreamEntry {
+                addr: "10.0.0.7:9001".parse().unwrap(),
+                status: 200,
+                response_time: 0.25,
+            }),
+            ..entry()
+        };
+        log.hold(3, &proxied, started);
+        assert!(log.take_batch(true).is_none(), "held, not written");
+        log.release(3, 10, started + std::time::Duration::from_millis(1500));
+        let line = String::from_utf8(log.take_batch(true).unwrap()).unwrap();
+        let (peer, rest) = line.split_once(" - - [").unwrap();
+        assert_eq!(peer, "10.1.2.3");
+        assert_eq!(
+            rest.split_once("] ").unwrap().1,
+            "\"GET / HTTP/1.1\" 200 10 \"-\" \"agent \\x22x\\x22\" 1.500 10.0.0.7:9001 200 0.250\n"
+        );
+        let _ = log.written(line.into_bytes(), 0);
+        // Released twice, or for a slot never held: nothing.
+        log.release(3, 10, Instant::now());
+        log.release(99, 10, Instant::now());
+        assert!(log.take_batch(true).is_none());
+        // A slot reused before its body's end was heard: the old line goes
+        // with its declared length; one held at exit goes at the flush.
+        log.hold(3, &proxied, started);
+        log.hold(
+            3,
+            &Entry {
+                status: 206,
+                ..entry()
+            },
+            started,
+        );
+        let file = tempfile::NamedTempFile::new().unwrap();
+        log.reopen(file.reopen().unwrap().into());
+        log.flush_blocking();
+        let written = std::fs::read_to_string(file.path()).unwrap();
+        let statuses: Vec<&str> = written
+            .lines()
+            .map(|line| line.split("\" ").nth(1).unwrap().trim_end_matches(" \"-"))
+            .collect();
+        assert_eq!(statuses, ["200 100", "206 0"], "{written}");
     }
 
     #[test]

@@ -333,6 +333,22 @@ pub fn write_policy_lines<'h>(
     Ok(PolicyLines { len, ..seen })
 }
 
+/// The value of the first line named `name` (case-insensitive) among
+/// lines [`write_policy_lines`] wrote: they are `Name: value\r\n` each, and
+/// a value holds no CR or LF (the exchange refuses one).
+pub fn policy_line<'a>(lines: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    lines
+        .split(|&byte| byte == b'\n')
+        .filter_map(|line| line.strip_suffix(b"\r"))
+        .find_map(|line| {
+            let colon = line.iter().position(|&byte| byte == b':')?;
+            let (found, value) = line.split_at(colon);
+            found
+                .eq_ignore_ascii_case(name)
+                .then(|| value[1..].strip_prefix(b" ").unwrap_or(&value[1..]))
+        })
+}
+
 /// Completes a head whose policy lines ([`write_policy_lines`]) sit at
 /// `out[lines_at..lines_at + lines.len]`: the status line and engine
 /// headers go at `out[0..]`, the lines move right behind them (a

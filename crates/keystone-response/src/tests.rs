@@ -406,3 +406,25 @@ fn a_head_completed_around_stashed_policy_lines_equals_the_one_step_head() {
         Err(ResponseError::HeadTooLarge { capacity: 100 })
     );
 }
+
+#[test]
+fn a_stashed_line_is_found_by_its_name() {
+    let mut ex = HttpExchange::new_boxed(0);
+    ex.add_header(b"X-One", b"1").expect("valid");
+    ex.add_header(b"etag", b"\"v2\"").expect("valid");
+    ex.add_header(b"ETag", b"\"second\"").expect("valid");
+    ex.add_header(b"X-Empty", b"").expect("valid");
+    let mut out = [0u8; 256];
+    let lines = write_policy_lines(ex.response_headers(), &mut out).expect("fits");
+    let lines = &out[..lines.len];
+    assert_eq!(
+        policy_line(lines, b"ETag"),
+        Some(&b"\"v2\""[..]),
+        "the first"
+    );
+    assert_eq!(policy_line(lines, b"x-one"), Some(&b"1"[..]));
+    assert_eq!(policy_line(lines, b"X-Empty"), Some(&b""[..]));
+    assert_eq!(policy_line(lines, b"X-On"), None, "whole names only");
+    assert_eq!(policy_line(lines, b"Last-Modified"), None);
+    assert_eq!(policy_line(b"", b"ETag"), None);
+}

@@ -68,9 +68,12 @@ pub fn pattern(len: usize) -> Vec<u8> {
 /// - `GET /declared/N` → a stream declaring `Content-Length: N` that
 ///   produces 10 bytes (exact at 10, short below... overrun above);
 /// - `GET /empty-stream` → a generator that only returns empty chunks;
+/// - `GET /tiny-stream` → [`TINY_CHUNKS`] one-byte chunks;
 /// - `GET /failing-stream` → one chunk, then the generator fails;
 /// - `GET /file/NAME` → policy's file `NAME` beneath `files`, with a policy
 ///   header; `GET /file-declared/N/NAME` declares `Content-Length: N`;
+///   `GET /file-validated/NAME` sets policy's [`POLICY_ETAG`],
+///   [`POLICY_LAST_MODIFIED`] and `Accept-Ranges: none`;
 /// - `GET /static/PATH` → `PATH` beneath `statics`;
 /// - `GET /status/N` → status N with body `s`;
 /// - `GET /h` → two policy headers;
@@ -94,10 +97,17 @@ pub struct FakePolicy {
     pub pins: u32,
     /// Every answered response: (status, announced body bytes).
     pub answered: Vec<(u16, u64)>,
+    /// The access log's lines: (status, body bytes), written as an answer
+    /// is committed, or, for one whose body followed, when it was over.
+    pub logged: Vec<(u16, u64)>,
+    /// The status of an answer whose body is still going (its line held).
+    pub held: Option<u16>,
     /// Statuses of requests refused before policy saw them.
     pub refused: Vec<u16>,
     /// Lines logged.
     pub logs: Vec<String>,
+    /// Generator pulls made.
+    pub pulls: u32,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -121,6 +131,14 @@ enum StreamEnd {
     Error,
 }
 
+/// The ETag policy gives `GET /file-validated/NAME`.
+pub const POLICY_ETAG: &str = "\"policy-v1\"";
+/// The Last-Modified policy gives `GET /file-validated/NAME`.
+pub const POLICY_LAST_MODIFIED: &str = "Sun, 06 Nov 1994 08:49:37 GMT";
+
+/// How many one-byte chunks `GET /tiny-stream` produces.
+pub const TINY_CHUNKS: usize = 1000;
+
 /// The 10 bytes a declared-length stream produces, in two chunks.
 const DECLARED_CHUNKS: [&[u8]; 2] = [b"01234", b"56789"];
 
@@ -136,8 +154,11 @@ impl FakePolicy {
             statics,
             pins: 0,
             answered: Vec::new(),
+            logged: Vec::new(),
+            held: None,
             refused: Vec::new(),
             logs: Vec::new(),
+            pulls: 0,
         }
     }
 
@@ -195,6 +216,7 @@ impl FakePolicy {
             }
             "/stream" => self.stream(request.slot, STREAM_CHUNKS.to_vec(), StreamEnd::Nil, 0),
             "/empty-stream" => self.stream(request.slot, Vec::new(), StreamEnd::Nil, u32::MAX),
+            "/tiny-stream" => self.stream(request.slot, vec![b"x"; TINY_CHUNKS], StreamEnd::Nil, 0),
             "/failing-stream" => self.stream(request.slot, vec![b"first"], StreamEnd::Error, 0),
             "/h" => {
                 self.exchange
@@ -244,6 +266,17 @@ impl FakePolicy {
             let (n, name) = rest.split_once('/').ok_or(404u16)?;
             (Some(n), name)
         } else if let Some(name) = text.strip_prefix("/file/") {
+            (None, name)
+        } else if let Some(name) = text.strip_prefix("/file-validated/") {
+            for (header, value) in [
+                ("ETag", POLICY_ETAG),
+                ("last-modified", POLICY_LAST_MODIFIED),
+                ("Accept-Ranges", "none"),
+            ] {
+                self.exchange
+                    .set_header(header.as_bytes(), value.as_bytes())
+                    .expect("valid");
+            }
             (None, name)
         } else {
             return Err(404);
@@ -333,6 +366,7 @@ impl Policy for FakePolicy {
     fn pull(&mut self, owner: PinOwner, slot: u32) -> Pulled {
         assert_eq!(owner, PinOwner(1));
         let stream = self.streams.get_mut(&slot).expect("a pinned stream");
+        self.pulls += 1;
         if stream.empty_left > 0 {
             stream.empty_left -= 1;
             return Pulled::Chunk(PinnedBytes::empty());
@@ -355,9 +389,23 @@ impl Policy for FakePolicy {
         self.streams.remove(&slot);
     }
 
-    fn answered(&mut self, _request: &Request<'_>, committed: &Committed) {
+    fn answered(&mut self, _request: &Request<'_>, committed: &Committed, body_follows: bool) {
         self.answered
             .push((committed.status, committed.body_bytes()));
+        assert!(self.held.is_none(), "answered while a body was still going");
+        if body_follows {
+            self.held = Some(committed.status);
+        } else {
+            self.logged.push((committed.status, committed.body_bytes()));
+        }
+    }
+
+    fn body_done(&mut self, _slot: u32, body_bytes: u64) {
+        let status = self
+            .held
+            .take()
+            .expect("body_done without a body that followed");
+        self.logged.push((status, body_bytes));
     }
 
     fn refused(&mut self, committed: &Committed) {

@@ -28,7 +28,10 @@ mod check;
 mod fake;
 
 pub use check::{check_responses, check_responses_aborted, normalize, Response};
-pub use fake::{pattern, write_site, FakePolicy, BIG, FILE_NAMES, STREAM_CHUNKS};
+pub use fake::{
+    pattern, write_site, FakePolicy, BIG, FILE_NAMES, POLICY_ETAG, POLICY_LAST_MODIFIED,
+    STREAM_CHUNKS, TINY_CHUNKS,
+};
 
 /// Descriptors the simulator hands out for files and pipes start here
 /// (well above anything a test process has open).
@@ -393,6 +396,15 @@ impl<P: Policy> Sim<P> {
             }
             Executed::SpliceOut { from, len } => {
                 self.count("splice");
+                if self.output.len() > self.output_limit {
+                    self.peer_reset = true;
+                }
+                if self.peer_reset {
+                    self.events.push_back(Event::Spliced {
+                        result: -ECONNRESET,
+                    });
+                    return;
+                }
                 let size = self.next_send_size(len as usize);
                 let pipe = self.pipes.get_mut(&(from + 1)).expect("a pipe's read end");
                 let n = (len as usize).min(pipe.len()).min(size);
