@@ -321,6 +321,12 @@ impl Connection {
     }
 
     /// The open or stat a pending file answer needs next.
+    ///
+    /// Out of line: the paths it builds are 4-KiB values on its stack, and
+    /// inlined into the driver's intent loop (run twice per request, file
+    /// or not) they made that loop's frame 12 KiB, probed page by page on
+    /// every call.
+    #[inline(never)]
     pub(crate) fn poll_file<'c, P: Policy>(
         &mut self,
         cx: &'c mut Context<'_, P>,
