@@ -17,7 +17,7 @@
 //! response of its own; `Connection: close` is ignored. It is a benchmark
 //! target for GETs, never a server.
 //!
-//! Usage: `raw-uring [--recv-multishot] ADDR [FD_SLOTS [BODY_BYTES]]`,
+//! Usage: `raw-uring [--recv-multishot | --linked] ADDR [FD_SLOTS [BODY_BYTES]]`,
 //! e.g. `raw-uring 127.0.0.1:8081 16384`. With BODY_BYTES, every response
 //! carries a body of that many bytes instead (one canned response, sent
 //! once per request: the backend of the bench's large proxied-body row).
@@ -30,6 +30,13 @@
 //! floor that model would set (benches/README.md, thirteenth measurement).
 //! A receive may then complete while a send is out; its responses wait
 //! for that send.
+//!
+//! `--linked` measures another: a send that answers everything received
+//! goes out with `MSG_WAITALL` and `IOSQE_IO_LINK | IOSQE_CQE_SKIP_SUCCESS`,
+//! the connection's next receive linked behind it, so a request costs one
+//! completion instead of two (a failed or short send posts its error and
+//! the receive behind it completes cancelled, which closes). The bench
+//! never passes it either (benches/README.md, fourteenth measurement).
 
 use std::alloc::{self, Layout};
 use std::io;
@@ -41,7 +48,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 
 use io_uring::squeue::Entry;
 use io_uring::types::BufRingEntry;
-use io_uring::{cqueue, opcode, types, IoUring, SubmissionQueue, Submitter};
+use io_uring::{cqueue, opcode, squeue, types, IoUring, SubmissionQueue, Submitter};
 
 /// Receive buffer per connection: one page. A wrk ×16 pipelined burst of
 /// ~40-byte GETs is ~700 bytes, so a page holds several bursts.
@@ -195,6 +202,9 @@ struct Responder {
     body_mode: bool,
     /// `--recv-multishot`: the provided buffers receives land in.
     provided: Option<ProvidedRing>,
+    /// `--linked`: a send that answers everything received goes out with
+    /// the next receive linked behind it and no completion of its own.
+    linked: bool,
 }
 
 /// Counts complete `\r\n\r\n` sequences in `bytes`, continuing from
@@ -291,6 +301,7 @@ impl Responder {
         debug_assert!(connection.sent < connection.send_len);
         let bytes = &self.canned[connection.sent as usize..connection.send_len as usize];
         opcode::Send::new(types::Fd(fd), bytes.as_ptr(), bytes.len() as u32)
+            .flags(if self.linked { libc::MSG_WAITALL } else { 0 })
             .build()
             .user_data(TAG_SEND | fd as u64)
     }
@@ -358,8 +369,19 @@ impl Responder {
                     connection.owed += count;
                     return [rearm, None];
                 }
-                [Some(self.start_send(fd, count)), rearm]
+                let send = self.start_send(fd, count);
+                if self.linked && self.connections[fd as usize].owed == 0 {
+                    // The receive starts when the whole send is done
+                    // (`MSG_WAITALL`); a send that fails posts its error
+                    // and cancels the receive, whose completion closes.
+                    self.connections[fd as usize].send_len = 0;
+                    let send = send.flags(squeue::Flags::IO_LINK | squeue::Flags::SKIP_SUCCESS);
+                    return [Some(send), Some(self.recv(fd))];
+                }
+                [Some(send), rearm]
             }
+            // `--linked`: the failed send's receive, cancelled, closes.
+            TAG_SEND if self.linked && self.connections[fd as usize].send_len == 0 => [None, None],
             TAG_SEND if result < 0 => [Some(Self::close(fd)), None],
             TAG_SEND => {
                 let connection = &mut self.connections[fd as usize];
@@ -392,7 +414,13 @@ fn body_response(body_bytes: u32) -> Vec<u8> {
     response
 }
 
-fn run(address: &str, fd_slots: usize, body_bytes: Option<u32>, multishot: bool) -> io::Result<()> {
+fn run(
+    address: &str,
+    fd_slots: usize,
+    body_bytes: Option<u32>,
+    multishot: bool,
+    linked: bool,
+) -> io::Result<()> {
     assert!(fd_slots > 0 && fd_slots <= FD_SLOTS_MAX);
     let listener = TcpListener::bind(address)?;
     // SAFETY: listen(2) on the fd `listener` owns and keeps open; calling it
@@ -411,6 +439,7 @@ fn run(address: &str, fd_slots: usize, body_bytes: Option<u32>, multishot: bool)
         },
         body_mode: body_bytes.is_some(),
         provided: multishot.then(ProvidedRing::new),
+        linked,
     };
     // Declared after `responder`, so dropped before it: no op can outlive
     // the buffers it names.
@@ -474,12 +503,18 @@ fn main() -> ExitCode {
     if multishot {
         args.remove(0);
     }
+    let linked = !multishot && args.first().is_some_and(|arg| arg == "--linked");
+    if linked {
+        args.remove(0);
+    }
     let (address, slots, body) = match args.as_slice() {
         [address] => (address.as_str(), None, None),
         [address, slots] => (address.as_str(), Some(slots), None),
         [address, slots, body] => (address.as_str(), Some(slots), Some(body)),
         _ => {
-            eprintln!("usage: raw-uring [--recv-multishot] ADDR [FD_SLOTS [BODY_BYTES]]");
+            eprintln!(
+                "usage: raw-uring [--recv-multishot | --linked] ADDR [FD_SLOTS [BODY_BYTES]]"
+            );
             return ExitCode::from(2);
         }
     };
@@ -499,7 +534,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run(address, fd_slots, body_bytes, multishot) {
+    match run(address, fd_slots, body_bytes, multishot, linked) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("raw-uring: {error}");
@@ -537,14 +572,14 @@ mod tests {
 
     /// Starts a responder on a free loopback port (its thread runs until
     /// the test process exits) and connects to it.
-    fn start(multishot: bool) -> std::net::TcpStream {
+    fn start(multishot: bool, linked: bool) -> std::net::TcpStream {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|probe| probe.local_addr())
             .expect("a free port")
             .port();
         let address = format!("127.0.0.1:{port}");
         let serving = address.clone();
-        std::thread::spawn(move || run(&serving, 64, None, multishot));
+        std::thread::spawn(move || run(&serving, 64, None, multishot, linked));
         for _ in 0..200 {
             if let Ok(stream) = std::net::TcpStream::connect(&address) {
                 return stream;
@@ -556,9 +591,9 @@ mod tests {
 
     /// Writes `chunks` (pausing between them, so each is its own receive)
     /// and reads back `expected` canned responses, exactly.
-    fn answers(multishot: bool, chunks: &[&[u8]], expected: usize) {
+    fn answers((multishot, linked): (bool, bool), chunks: &[&[u8]], expected: usize) {
         use std::io::{Read as _, Write as _};
-        let mut stream = start(multishot);
+        let mut stream = start(multishot, linked);
         stream
             .set_read_timeout(Some(std::time::Duration::from_secs(5)))
             .expect("timeout");
@@ -580,18 +615,19 @@ mod tests {
     }
 
     #[test]
-    fn answers_split_and_pipelined_requests_in_both_receive_modes() {
+    fn answers_split_and_pipelined_requests_in_every_mode() {
         let burst = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n".repeat(300);
-        for multishot in [false, true] {
-            answers(multishot, &[b"GET / HTTP/1.1\r\n\r\n"], 1);
+        // (multishot, linked): the default, `--recv-multishot`, `--linked`.
+        for mode in [(false, false), (true, false), (false, true)] {
+            answers(mode, &[b"GET / HTTP/1.1\r\n\r\n"], 1);
             answers(
-                multishot,
+                mode,
                 &[b"GET / HTTP/1.1\r\n\r", b"\nGET / HT", b"TP/1.1\r\n\r\n"],
                 2,
             );
             // More than one receive buffer's worth at once: several
             // receives, and with multishot some land while a send is out.
-            answers(multishot, &[&burst], 300);
+            answers(mode, &[&burst], 300);
         }
     }
 
@@ -600,7 +636,7 @@ mod tests {
         use std::io::{Read as _, Write as _};
         // One request per receive, each answered before the next is
         // written: the ring only lasts if every buffer is given back.
-        let mut stream = start(true);
+        let mut stream = start(true, false);
         stream
             .set_read_timeout(Some(std::time::Duration::from_secs(5)))
             .expect("timeout");
