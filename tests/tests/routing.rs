@@ -16,6 +16,11 @@ const APP: &str = r#"return {
     ["POST /items"] = function(ctx) ctx.status = 201; ctx.body = "created" end,
     ["DELETE /items/{id}"] = function(ctx) ctx.body = "deleted " .. ctx.params.id end,
     ["PUT /items/{id}"] = function(ctx) ctx.body = "put " .. ctx.params.id end,
+    -- A pattern shadows another only for its own methods.
+    ["GET /docs/{id}/meta"] = function(ctx) ctx.body = "meta " .. ctx.params.id end,
+    ["POST /docs/{id}/{part}"] = function(ctx)
+      ctx.body = "part " .. ctx.params.id .. " " .. ctx.params.part
+    end,
   },
 }
 "#;
@@ -200,6 +205,35 @@ const CASES: &[Case] = &[
         status: 404,
         body: "",
         allow: &[],
+    },
+    Case {
+        method: "GET",
+        target: "/docs/7/meta",
+        status: 200,
+        body: "meta 7",
+        allow: &[],
+    },
+    // The best pattern (`/docs/{id}/meta`) has no POST: the next one does.
+    Case {
+        method: "POST",
+        target: "/docs/7/meta",
+        status: 200,
+        body: "part 7 meta",
+        allow: &[],
+    },
+    Case {
+        method: "DELETE",
+        target: "/docs/7/meta",
+        status: 405,
+        body: "",
+        allow: &["GET", "HEAD", "POST"],
+    },
+    Case {
+        method: "GET",
+        target: "/docs/7/other",
+        status: 405,
+        body: "",
+        allow: &["POST"],
     },
 ];
 

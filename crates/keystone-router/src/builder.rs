@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use crate::key::{parse_key, KeyMethod};
-use crate::{Method, MethodTable, RouteError, Router};
+use crate::{Method, MethodTable, RouteError, Router, ALLOW_SET_METHODS_MAX};
 
 /// Collects routes at start-up; `build` freezes them into a [`Router`].
 #[derive(Default)]
@@ -96,13 +96,81 @@ impl RouterBuilder {
             table.allow = allow;
         }
         let server_allow = server_allow_value(&self.tables);
+        let (method_trees, any_tree) = self.method_trees();
+        let allow_by_set = if method_trees.len() <= ALLOW_SET_METHODS_MAX {
+            (0..1usize << method_trees.len())
+                .map(|set| {
+                    let methods = method_trees
+                        .iter()
+                        .enumerate()
+                        .filter(|&(bit, _)| set & (1 << bit) != 0)
+                        .map(|(_, (method, _))| method.as_bytes())
+                        .collect();
+                    join_methods(methods)
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         Router {
             server_allow,
             tree: self.param_tree,
             static_paths: self.static_paths,
             tables: self.tables,
             routes: self.routes,
+            method_trees,
+            any_tree,
+            allow_by_set,
         }
+    }
+
+    /// One tree per method a route names (HEAD whenever GET is), sorted,
+    /// holding the parameter patterns with a handler for it; and one of
+    /// those with a `*` handler, for every other method.
+    fn method_trees(
+        &self,
+    ) -> (
+        Vec<(Method, matchit::Router<usize>)>,
+        matchit::Router<usize>,
+    ) {
+        let mut names: Vec<&[u8]> = Vec::new();
+        for table in &self.tables {
+            for (method, _) in &table.by_method {
+                if !names.contains(&method.as_bytes()) {
+                    names.push(method.as_bytes());
+                }
+            }
+        }
+        if names.contains(&&b"GET"[..]) && !names.contains(&&b"HEAD"[..]) {
+            names.push(b"HEAD");
+        }
+        names.sort_unstable();
+        let mut patterns: Vec<(usize, &str)> = self
+            .patterns
+            .iter()
+            .filter(|(path, _)| !self.static_paths.contains_key(path.as_bytes()))
+            .map(|(path, &index)| (index, path.as_str()))
+            .collect();
+        patterns.sort_unstable();
+        let tree_of = |answers: &dyn Fn(&MethodTable) -> bool| {
+            let mut tree = matchit::Router::new();
+            for &(index, path) in &patterns {
+                if answers(&self.tables[index]) {
+                    tree.insert(path, index)
+                        .expect("a subset of patterns that were all inserted together");
+                }
+            }
+            tree
+        };
+        let method_trees = names
+            .iter()
+            .map(|&name| {
+                let tree = tree_of(&|table| table.handler(name).is_some());
+                (Method::new(name), tree)
+            })
+            .collect();
+        let any_tree = tree_of(&|table| table.any_method.is_some());
+        (method_trees, any_tree)
     }
 }
 

@@ -24,6 +24,16 @@
 //! (static before parameter); any other path could never end on a static
 //! leaf, so leaving those out of the walked tree changes no answer.
 //!
+//! A pattern shadows another only for its own methods: when the best
+//! pattern for a path (static or not) has no handler for the method, the
+//! path is looked up again in that method's tree — the parameter patterns
+//! that answer it, one tree per method a route names (HEAD with GET), and
+//! one of the `*` patterns for every other method — so `POST /files/7/meta`
+//! reaches `POST /files/{id}/{part}` beside `GET /files/{id}/meta`. Only then is it
+//! 405, whose `Allow` lists every method some pattern answers for that
+//! path. Those second lookups happen only on that path, never for a
+//! request whose best pattern answers it.
+//!
 //! Not promised: "no allocation" holds for static paths and for parameter
 //! routes with at most 3 parameters whose lookup needs no backtracking.
 //! matchit 0.9 itself allocates (a) when a match has more than 3 parameters
@@ -166,16 +176,17 @@ pub(crate) struct MethodTable {
     /// Handler for key method "*".
     pub(crate) any_method: Option<u32>,
     /// For a static path's table: the parameter pattern's table the same
-    /// path also matches (`/users/{id}` for `/users/me`), which answers
-    /// the methods this one has no handler for — a static route shadows a
-    /// parameter route only for its own methods.
+    /// path also matches (`/users/{id}` for `/users/me`), whose methods
+    /// its `allow` lists too (the lookup itself goes through
+    /// [`Router::method_trees`]).
     pub(crate) fallback: Option<usize>,
-    /// Precomputed `Allow` value (the fallback's methods included).
+    /// Precomputed `Allow` value (the fallback's methods included): a
+    /// 405's when there are too many methods for [`Router::allow_by_set`].
     pub(crate) allow: String,
 }
 
 impl MethodTable {
-    fn handler(&self, method: &[u8]) -> Option<u32> {
+    pub(crate) fn handler(&self, method: &[u8]) -> Option<u32> {
         let exact = |wanted: &[u8]| {
             self.by_method
                 .iter()
@@ -241,7 +252,23 @@ pub struct Router {
     pub(crate) routes: Vec<(String, u32)>,
     /// Precomputed `Allow` of `OPTIONS *`.
     pub(crate) server_allow: String,
+    /// Per method a route names (HEAD whenever GET is), sorted: the
+    /// parameter patterns with a handler for it, for a path whose best
+    /// pattern has none.
+    pub(crate) method_trees: Vec<(Method, matchit::Router<usize>)>,
+    /// The same for every other method: the patterns with a `*` handler.
+    pub(crate) any_tree: matchit::Router<usize>,
+    /// `Allow` values by set of `method_trees` entries (bit `i` for entry
+    /// `i`), precomputed when there are at most [`ALLOW_SET_METHODS_MAX`]
+    /// of them; empty otherwise, and a 405 then lists the best pattern's
+    /// methods (and its static path's parameter pattern's).
+    pub(crate) allow_by_set: Vec<String>,
 }
+
+/// Most methods whose every combination gets a precomputed `Allow`
+/// ([`Router::allow_by_set`]): 2^10 short strings, built once. Apps name a
+/// handful (GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS is 7).
+pub(crate) const ALLOW_SET_METHODS_MAX: usize = 10;
 
 impl fmt::Debug for Router {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -292,19 +319,54 @@ impl Router {
             found.handler = handler;
             return Ok(());
         }
-        if let Some(fallback) = table.fallback {
-            if let Some(handler) = self.tables[fallback].handler(method) {
-                // The static path is also the parameter route's: its
-                // parameters are found as for any other path.
-                let index = self.tree_match(path, path_offset, found)?;
-                debug_assert_eq!(index, fallback);
-                found.handler = handler;
-                return Ok(());
-            }
+        self.shadowed(method, path, path_offset, table_index, found)
+    }
+
+    /// The best pattern for `path` (table `best`) has no handler for
+    /// `method`: the best of those that have one answers, with its own
+    /// parameters; else 405 with every method some pattern answers here.
+    #[cold]
+    fn shadowed<'r>(
+        &'r self,
+        method: &[u8],
+        path: &[u8],
+        path_offset: u32,
+        best: usize,
+        found: &mut RouteMatch<'r>,
+    ) -> Result<(), RouteMiss<'r>> {
+        let tree = self
+            .method_trees
+            .iter()
+            .find(|(named, _)| named.as_bytes() == method)
+            .map_or(&self.any_tree, |(_, tree)| tree);
+        if let Ok(index) = Self::tree_match_in(tree, path, path_offset, found) {
+            found.handler = self.tables[index]
+                .handler(method)
+                .expect("a method's tree holds only patterns with a handler for it");
+            return Ok(());
         }
         Err(RouteMiss::MethodNotAllowed {
-            allow: &table.allow,
+            allow: self.allow_for(path, best),
         })
+    }
+
+    /// The `Allow` of a 405 for `path`, whose best pattern is table `best`:
+    /// the methods of every pattern that matches it.
+    fn allow_for(&self, path: &[u8], best: usize) -> &str {
+        let table = &self.tables[best];
+        if self.allow_by_set.is_empty() {
+            return &table.allow;
+        }
+        let text = std::str::from_utf8(path).ok();
+        let mut set = 0;
+        for (bit, (named, tree)) in self.method_trees.iter().enumerate() {
+            let answers = table.handler(named.as_bytes()).is_some()
+                || text.is_some_and(|text| tree.at(text).is_ok());
+            if answers {
+                set |= 1 << bit;
+            }
+        }
+        &self.allow_by_set[set]
     }
 
     /// Matches `path` against the parameter patterns; writes the
@@ -315,11 +377,21 @@ impl Router {
         path_offset: u32,
         found: &mut RouteMatch<'r>,
     ) -> Result<usize, RouteMiss<'r>> {
+        Self::tree_match_in(&self.tree, path, path_offset, found)
+    }
+
+    /// [`Router::tree_match`] in `tree`.
+    fn tree_match_in<'r>(
+        tree: &'r matchit::Router<usize>,
+        path: &[u8],
+        path_offset: u32,
+        found: &mut RouteMatch<'r>,
+    ) -> Result<usize, RouteMiss<'r>> {
         // Only the tree needs text (a static key matched bytes).
         let Ok(path_text) = std::str::from_utf8(path) else {
             return Err(RouteMiss::NotFound);
         };
-        let matched = self.tree.at(path_text).map_err(|_| RouteMiss::NotFound)?;
+        let matched = tree.at(path_text).map_err(|_| RouteMiss::NotFound)?;
         // add() rejects keys with more than PARAMS_MAX parameters.
         assert!(matched.params.len() <= PARAMS_MAX);
         for (slot, (name, value)) in found.params.iter_mut().zip(matched.params.iter()) {

@@ -405,6 +405,197 @@ proptest! {
             prop_assert_eq!(ours, theirs, "path {}", path);
         }
     }
+
+    /// Routes with different methods: for any method and path, the router
+    /// answers what a matchit tree per method (holding every pattern with
+    /// a handler for it, literal ones included) answers; a miss is 405
+    /// when some method's tree matches, listing those methods, else 404.
+    #[test]
+    fn lookups_match_a_tree_per_method(
+        routes in proptest::collection::vec(
+            (
+                prop::sample::select(vec!["GET", "POST", "PUT"]),
+                proptest::collection::vec(
+                    prop_oneof![
+                        4 => prop::sample::select(vec!["a", "b", "me"]).prop_map(str::to_owned),
+                        2 => Just("{p}".to_owned()),
+                        1 => Just("{*rest}".to_owned()),
+                    ],
+                    1..4,
+                ),
+            ),
+            1..12,
+        ),
+        paths in proptest::collection::vec(
+            proptest::collection::vec(prop::sample::select(vec!["a", "b", "me", "zz"]), 1..5),
+            1..20,
+        ),
+    ) {
+        let methods = ["GET", "POST", "PUT"];
+        let mut builder = RouterBuilder::new();
+        let mut every = matchit::Router::new();
+        let mut per_method: Vec<matchit::Router<u32>> =
+            methods.iter().map(|_| matchit::Router::new()).collect();
+        let mut added: Vec<String> = Vec::new();
+        for (handler, (method, segments)) in routes.iter().enumerate() {
+            let named: Vec<String> = segments
+                .iter()
+                .enumerate()
+                .map(|(i, segment)| segment.replace("{p}", &format!("{{p{i}}}")))
+                .collect();
+            let path = format!("/{}", named.join("/"));
+            if builder.add(&format!("{method} {path}"), handler as u32).is_err() {
+                continue;
+            }
+            if !added.contains(&path) {
+                every.insert(path.as_str(), ()).expect("the builder accepted it");
+                added.push(path.clone());
+            }
+            let at = methods.iter().position(|m| m == method).expect("a method");
+            per_method[at].insert(path.as_str(), handler as u32).expect("a subset");
+        }
+        let router = builder.build();
+        for segments in &paths {
+            let path = format!("/{}", segments.join("/"));
+            for (at, method) in methods.iter().enumerate() {
+                let ours = match router.lookup(method.as_bytes(), path.as_bytes(), 0) {
+                    Ok(found) => {
+                        let params: Vec<(String, Vec<u8>)> = found
+                            .params()
+                            .iter()
+                            .map(|p| (p.name.to_owned(), p.value.slice(path.as_bytes()).to_vec()))
+                            .collect();
+                        Ok((found.handler, params))
+                    }
+                    Err(RouteMiss::NotFound) => Err(None),
+                    Err(RouteMiss::MethodNotAllowed { allow }) => Err(Some(allow.to_owned())),
+                };
+                let theirs = match per_method[at].at(&path) {
+                    Ok(matched) => {
+                        let params: Vec<(String, Vec<u8>)> = matched
+                            .params
+                            .iter()
+                            .map(|(name, value)| (name.to_owned(), value.as_bytes().to_vec()))
+                            .collect();
+                        Ok((*matched.value, params))
+                    }
+                    Err(_) if every.at(&path).is_err() => Err(None),
+                    Err(_) => {
+                        let mut allow: Vec<&str> = methods
+                            .iter()
+                            .zip(&per_method)
+                            .filter(|(_, tree)| tree.at(&path).is_ok())
+                            .map(|(m, _)| *m)
+                            .collect();
+                        if allow.contains(&"GET") {
+                            allow.push("HEAD");
+                        }
+                        allow.sort_unstable();
+                        Err(Some(allow.join(", ")))
+                    }
+                };
+                prop_assert_eq!(ours, theirs, "{} {}", method, path);
+            }
+        }
+    }
+}
+
+/// A pattern shadows another only for its own methods, whatever the two
+/// are (literal or with parameters): the best pattern that has a handler
+/// for the method answers; a 405 lists every method some pattern answers
+/// for that path. (matchit refuses a parameter and a catch-all in one
+/// position, so those never meet.)
+#[test]
+fn a_pattern_shadows_another_only_for_its_own_methods() {
+    use Expected::*;
+    let mut builder = RouterBuilder::new();
+    for (key, handler) in [
+        ("GET /files/{id}/meta", 1),
+        ("POST /files/{id}/{part}", 2),
+        ("GET /users/me", 3),
+        ("POST /users/{id}", 4),
+        ("PUT /users/{id}", 5),
+        ("GET /users/{id}/me", 6),
+        ("PATCH /users/{id}/{*rest}", 7),
+        ("GET /api/{version}/items", 8),
+        ("* /api/{version}/{*rest}", 9),
+    ] {
+        builder
+            .add(key, handler)
+            .unwrap_or_else(|error| panic!("{error}"));
+    }
+    let router = builder.build();
+    let rows: Vec<(&str, &str, Expected)> = vec![
+        ("GET", "/files/7/meta", Found(1, vec![("id", "7")])),
+        ("HEAD", "/files/7/meta", Found(1, vec![("id", "7")])),
+        (
+            "POST",
+            "/files/7/meta",
+            Found(2, vec![("id", "7"), ("part", "meta")]),
+        ),
+        ("GET", "/files/7/x", NotAllowed("POST")),
+        ("DELETE", "/files/7/meta", NotAllowed("GET, HEAD, POST")),
+        ("GET", "/users/me", Found(3, vec![])),
+        ("POST", "/users/me", Found(4, vec![("id", "me")])),
+        ("PUT", "/users/me", Found(5, vec![("id", "me")])),
+        ("DELETE", "/users/me", NotAllowed("GET, HEAD, POST, PUT")),
+        ("DELETE", "/users/42", NotAllowed("POST, PUT")),
+        ("GET", "/users/42/me", Found(6, vec![("id", "42")])),
+        (
+            "PATCH",
+            "/users/42/me",
+            Found(7, vec![("id", "42"), ("rest", "me")]),
+        ),
+        ("DELETE", "/users/42/me", NotAllowed("GET, HEAD, PATCH")),
+        ("GET", "/api/v1/items", Found(8, vec![("version", "v1")])),
+        (
+            "POST",
+            "/api/v1/items",
+            Found(9, vec![("version", "v1"), ("rest", "items")]),
+        ),
+        (
+            "BREW",
+            "/api/v1/items",
+            Found(9, vec![("version", "v1"), ("rest", "items")]),
+        ),
+        ("GET", "/nope", NotFound),
+    ];
+    for (method, path, expected) in rows {
+        check(&router, method, path, expected);
+    }
+}
+
+/// More methods than get a precomputed `Allow` per combination: a 405
+/// still answers, listing its best pattern's methods.
+#[test]
+fn many_methods_fall_back_to_the_best_patterns_allow() {
+    let mut builder = RouterBuilder::new();
+    let methods = [
+        "M0", "M1", "M2", "M3", "M4", "M5", "M6", "M7", "M8", "M9", "M10",
+    ];
+    assert!(methods.len() > ALLOW_SET_METHODS_MAX);
+    for (handler, method) in methods.iter().enumerate() {
+        builder
+            .add(&format!("{method} /r/{{id}}/x"), handler as u32)
+            .expect("valid");
+    }
+    builder.add("POST /r/{id}/{part}", 99).expect("valid");
+    let router = builder.build();
+    assert!(router.allow_by_set.is_empty());
+    check(
+        &router,
+        "POST",
+        "/r/1/x",
+        Expected::Found(99, vec![("id", "1"), ("part", "x")]),
+    );
+    // Past the limit the best pattern's own methods (POST, answered by
+    // the other pattern, is not listed).
+    check(
+        &router,
+        "GET",
+        "/r/1/x",
+        Expected::NotAllowed("M0, M1, M10, M2, M3, M4, M5, M6, M7, M8, M9"),
+    );
 }
 
 #[test]
