@@ -327,6 +327,17 @@ fn lookup_into_one_match_again_and_again_gives_each_lookups_answer() {
     ));
 }
 
+/// A route pattern of generated segments, its parameters named by
+/// position (`{p}` third is `{p2}`), so one position never has two names.
+fn pattern_of(segments: &[String]) -> String {
+    let named: Vec<String> = segments
+        .iter()
+        .enumerate()
+        .map(|(i, segment)| segment.replace("{p}", &format!("{{p{i}}}")))
+        .collect();
+    format!("/{}", named.join("/"))
+}
+
 proptest! {
     #[test]
     fn every_literal_route_is_found(
@@ -372,13 +383,7 @@ proptest! {
         let mut builder = RouterBuilder::new();
         let mut reference = matchit::Router::new();
         for (handler, segments) in routes.iter().enumerate() {
-            // Name parameters by position, so one position never has two names.
-            let named: Vec<String> = segments
-                .iter()
-                .enumerate()
-                .map(|(i, segment)| segment.replace("{p}", &format!("{{p{i}}}")))
-                .collect();
-            let path = format!("/{}", named.join("/"));
+            let path = pattern_of(segments);
             let accepted = builder.add(&format!("GET {path}"), handler as u32).is_ok();
             let in_reference = reference.insert(path.as_str(), handler as u32).is_ok();
             prop_assert_eq!(accepted, in_reference, "same verdict for {}", path);
@@ -438,12 +443,7 @@ proptest! {
             methods.iter().map(|_| matchit::Router::new()).collect();
         let mut added: Vec<String> = Vec::new();
         for (handler, (method, segments)) in routes.iter().enumerate() {
-            let named: Vec<String> = segments
-                .iter()
-                .enumerate()
-                .map(|(i, segment)| segment.replace("{p}", &format!("{{p{i}}}")))
-                .collect();
-            let path = format!("/{}", named.join("/"));
+            let path = pattern_of(segments);
             if builder.add(&format!("{method} {path}"), handler as u32).is_err() {
                 continue;
             }

@@ -731,28 +731,17 @@ impl Worker {
             // second binding first cost a copy whose wide loads stalled on
             // the narrow stores that built it: 2-3 % of the worker's user
             // time); a TLS connection's passes its link first, out of line.
+            let mut executor = Executor {
+                reactor: &mut self.reactor,
+                fixed_slots: self.fixed_slots,
+                stats: &self.stats,
+                fixed_warned: &mut self.fixed_warned,
+                worker: self.index,
+            };
             let released = if slot.link.is_some() {
-                submit_through_link(
-                    &mut self.reactor,
-                    slot,
-                    owner,
-                    self.fixed_slots,
-                    &self.stats,
-                    &mut self.fixed_warned,
-                    self.index,
-                    intent,
-                )
+                submit_through_link(&mut executor, slot, owner, intent)
             } else {
-                execute(
-                    &mut self.reactor,
-                    slot,
-                    owner,
-                    self.fixed_slots,
-                    &self.stats,
-                    &mut self.fixed_warned,
-                    self.index,
-                    intent,
-                )
+                execute(&mut executor, slot, owner, intent)
             };
             if released {
                 let mut cx = Context {
@@ -1201,24 +1190,29 @@ impl Worker {
     }
 }
 
+/// The worker's fields an intent's execution needs besides the slot,
+/// borrowed apart from the slots and the connection's context.
+struct Executor<'w> {
+    reactor: &'w mut Reactor,
+    fixed_slots: u32,
+    stats: &'w WorkerStats,
+    fixed_warned: &'w mut bool,
+    worker: u32,
+}
+
 /// Executes one intent of a plain connection (or one its TLS link passed
 /// on). `true` for [`Intent::ReleaseIdle`], whose [`Event::Released`] the
 /// caller delivers once the intent's borrow of the context has ended.
 #[inline(always)]
-#[expect(
-    clippy::too_many_arguments,
-    reason = "the worker's disjoint fields, borrowed apart"
-)]
-fn execute(
-    reactor: &mut Reactor,
-    slot: &mut Slot,
-    owner: u32,
-    fixed_slots: u32,
-    stats: &WorkerStats,
-    fixed_warned: &mut bool,
-    worker: u32,
-    intent: Intent<'_>,
-) -> bool {
+fn execute(executor: &mut Executor<'_>, slot: &mut Slot, owner: u32, intent: Intent<'_>) -> bool {
+    let Executor {
+        reactor,
+        fixed_slots,
+        stats,
+        fixed_warned,
+        worker,
+    } = executor;
+    let (fixed_slots, worker) = (*fixed_slots, *worker);
     let fd = slot.fd;
     match intent {
         Intent::Recv(buf) => {
@@ -1312,20 +1306,13 @@ fn execute(
 /// A TLS connection's intent: its receives, sends, cancels and shutdown go
 /// to its link; the rest is executed as a plain connection's.
 #[inline(never)]
-#[expect(
-    clippy::too_many_arguments,
-    reason = "the worker's disjoint fields, borrowed apart"
-)]
 fn submit_through_link(
-    reactor: &mut Reactor,
+    executor: &mut Executor<'_>,
     slot: &mut Slot,
     owner: u32,
-    fixed_slots: u32,
-    stats: &WorkerStats,
-    fixed_warned: &mut bool,
-    worker: u32,
     intent: Intent<'_>,
 ) -> bool {
+    let reactor = &mut *executor.reactor;
     let fd = slot.fd;
     let link = slot.link.as_mut().expect("a TLS connection's link");
     match intent {
@@ -1359,29 +1346,9 @@ fn submit_through_link(
         }
         Intent::ReleaseIdle => {
             link.release_idle();
-            return execute(
-                reactor,
-                slot,
-                owner,
-                fixed_slots,
-                stats,
-                fixed_warned,
-                worker,
-                Intent::ReleaseIdle,
-            );
+            return execute(executor, slot, owner, Intent::ReleaseIdle);
         }
-        other => {
-            return execute(
-                reactor,
-                slot,
-                owner,
-                fixed_slots,
-                stats,
-                fixed_warned,
-                worker,
-                other,
-            )
-        }
+        other => return execute(executor, slot, owner, other),
     }
     false
 }
