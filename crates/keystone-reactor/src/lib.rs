@@ -521,10 +521,6 @@ impl Reactor {
         self.open_at(owner, dir, path, libc::RESOLVE_NO_MAGICLINKS, op)
     }
 
-    // Out of line: its 4-KiB path buffer would otherwise be built in the
-    // stack frame of every caller it is inlined into (the worker's intent
-    // loop, run twice per request), whose stack probe then touches a page.
-    #[inline(never)]
     fn open_at(&mut self, owner: Owner, dir: RawFd, path: &[u8], resolve: u64, op: Op) -> OpId {
         let mut buffer = self.paths.pop().unwrap_or_else(|| {
             Box::new(PathStorage {

@@ -729,8 +729,10 @@ impl Worker {
             // The intent is matched where `poll` left it: a plain
             // connection's goes straight to `execute` (moving it through a
             // second binding first cost a copy whose wide loads stalled on
-            // the narrow stores that built it: 2-3 % of the worker's user
-            // time); a TLS connection's passes its link first, out of line.
+            // the narrow stores that built it; with `poll_file` out of
+            // line, -2.3 % of the worker's user time, benches/README.md
+            // change 16); a TLS connection's passes its link first, out of
+            // line.
             let mut executor = Executor {
                 reactor: &mut self.reactor,
                 fixed_slots: self.fixed_slots,
