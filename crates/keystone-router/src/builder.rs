@@ -133,17 +133,8 @@ impl RouterBuilder {
         Vec<(Method, matchit::Router<usize>)>,
         matchit::Router<usize>,
     ) {
-        let mut names: Vec<&[u8]> = Vec::new();
-        for table in &self.tables {
-            for (method, _) in &table.by_method {
-                if !names.contains(&method.as_bytes()) {
-                    names.push(method.as_bytes());
-                }
-            }
-        }
-        if names.contains(&&b"GET"[..]) && !names.contains(&&b"HEAD"[..]) {
-            names.push(b"HEAD");
-        }
+        let mut names = named_methods(&self.tables);
+        add_head_with_get(&mut names);
         names.sort_unstable();
         let mut patterns: Vec<(usize, &str)> = self
             .patterns
@@ -220,7 +211,16 @@ fn allow_value(tables: &[MethodTable], index: usize) -> String {
 /// itself (the engine answers it). A `*` route accepts any method but
 /// names none, so it adds nothing a client could rely on.
 fn server_allow_value(tables: &[MethodTable]) -> String {
-    let mut methods: Vec<&[u8]> = vec![b"OPTIONS"];
+    let mut methods = named_methods(tables);
+    if !methods.contains(&&b"OPTIONS"[..]) {
+        methods.push(b"OPTIONS");
+    }
+    join_methods(methods)
+}
+
+/// Every method some route names, each once.
+fn named_methods(tables: &[MethodTable]) -> Vec<&[u8]> {
+    let mut methods: Vec<&[u8]> = Vec::new();
     for table in tables {
         for (method, _) in &table.by_method {
             if !methods.contains(&method.as_bytes()) {
@@ -228,13 +228,18 @@ fn server_allow_value(tables: &[MethodTable]) -> String {
             }
         }
     }
-    join_methods(methods)
+    methods
 }
 
-fn join_methods(mut methods: Vec<&[u8]>) -> String {
+/// HEAD is answered wherever GET is (the GET handler runs).
+fn add_head_with_get(methods: &mut Vec<&[u8]>) {
     if methods.contains(&&b"GET"[..]) && !methods.contains(&&b"HEAD"[..]) {
         methods.push(b"HEAD");
     }
+}
+
+fn join_methods(mut methods: Vec<&[u8]>) -> String {
+    add_head_with_get(&mut methods);
     methods.sort_unstable();
     let methods: Vec<&str> = methods
         .iter()
