@@ -315,6 +315,17 @@ impl LuaWorker {
         let _ = self.lua.gc_collect();
     }
 
+    /// Stops the collector (`false`) or lets it run again (`true`): while it
+    /// is stopped, [`LuaWorker::memory_kib`] grows by exactly what runs
+    /// allocate (used by tests that count a handler's allocations).
+    pub fn set_collecting(&self, collecting: bool) {
+        if collecting {
+            self.lua.gc_restart();
+        } else {
+            self.lua.gc_stop();
+        }
+    }
+
     fn from_parts(
         lua: Lua,
         [dispatch, pin, pull, respond]: [Function; 4],
