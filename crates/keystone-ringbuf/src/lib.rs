@@ -54,6 +54,25 @@ pub use loan::{BytesLoan, MappingGuard, PinnedBytes, SendBuf, SpareLoan};
 /// cheap next to receiving 64 KiB.
 pub const RELEASE_THRESHOLD_BYTES: u32 = 64 * 1024;
 
+/// The cache line: buffers start staggered by whole lines.
+const CACHE_LINE_BYTES: usize = 64;
+
+/// How many line offsets buffers start at, slot after slot, inside the first
+/// page of their regions.
+///
+/// Why: a buffer is reset to its start whenever it drains, so every
+/// request's bytes (and every response's head) sit in the buffer's first
+/// lines. Regions of 64 KiB (the send buffers) or of any multiple of the L2
+/// cache's way size would put all those first lines in one cache set, so
+/// only as many connections as the cache has ways (16 here) keep them cached:
+/// with 256 busy connections, parsing the request and writing the status
+/// line missed on nearly every request. Starting slot `i` at line `i % 64`
+/// of its region spreads the first lines over 64 sets (every set of the L1
+/// data cache, 64 of the L2's), so 64 times as many stay cached. Paired
+/// A/B, 256 connections: user time −6.5 %, total CPU −1.7 % (medians of 9
+/// rounds). 64 lines are one 4 KiB page.
+const CACHE_COLORS: usize = 64;
+
 /// A byte range inside one [`RingBuffer`] region: offsets are absolute from the
 /// region's base.
 #[repr(C)]
@@ -139,9 +158,12 @@ impl fmt::Display for RingError {
 
 impl std::error::Error for RingError {}
 
-/// Allocates ONE anonymous mapping of `slot_count * slot_bytes` bytes (pages
-/// are faulted in lazily, zero-filled) and splits it into `slot_count` disjoint
-/// [`RingBuffer`]s of `slot_bytes` each. Call once at start-up.
+/// Allocates ONE anonymous mapping (pages are faulted in lazily, zero-filled)
+/// and splits it into `slot_count` disjoint [`RingBuffer`]s of `slot_bytes`
+/// each. Each buffer has a page-aligned region of its own, `slot_bytes`
+/// plus [`CACHE_COLORS`] lines rounded up to whole pages, and starts
+/// `slot % CACHE_COLORS` lines into it (the lines before are never touched:
+/// they cost no memory). Call once at start-up.
 pub fn split_slab(slot_count: u32, slot_bytes: u32) -> Result<Vec<RingBuffer>, RingError> {
     let invalid = RingError::Map {
         slot_count,
@@ -151,8 +173,10 @@ pub fn split_slab(slot_count: u32, slot_bytes: u32) -> Result<Vec<RingBuffer>, R
     if slot_count == 0 || slot_bytes == 0 {
         return Err(invalid);
     }
+    let page_bytes = page_bytes();
+    let region_bytes = region_bytes(slot_bytes, page_bytes);
     let total_bytes = (slot_count as usize)
-        .checked_mul(slot_bytes as usize)
+        .checked_mul(region_bytes)
         .ok_or(invalid)?;
     let mut mapping = MmapOptions::new()
         .len(total_bytes)
@@ -163,15 +187,17 @@ pub fn split_slab(slot_count: u32, slot_bytes: u32) -> Result<Vec<RingBuffer>, R
             errno: error.raw_os_error().unwrap_or(libc::ENOMEM),
         })?;
     assert_eq!(mapping.len(), total_bytes);
-    let page_bytes = page_bytes();
     let mapping_base = mapping.as_mut_ptr();
     let mapping = Rc::new(mapping);
     let mut buffers = Vec::with_capacity(slot_count as usize);
     for slot_index in 0..slot_count as usize {
-        let region_offset = slot_index * slot_bytes as usize;
-        // SAFETY: region_offset + slot_bytes <= total_bytes (checked_mul above),
-        // so the pointer stays inside the mapping.
-        let base = unsafe { mapping_base.add(region_offset) };
+        let region_offset = slot_index * region_bytes;
+        let color = (slot_index % CACHE_COLORS) * CACHE_LINE_BYTES;
+        debug_assert!(color + slot_bytes as usize <= region_bytes);
+        // SAFETY: region_offset + color + slot_bytes <= region_offset +
+        // region_bytes <= total_bytes (checked_mul above), so the pointer and
+        // the whole buffer stay inside the mapping.
+        let base = unsafe { mapping_base.add(region_offset + color) };
         buffers.push(RingBuffer {
             mapping: Rc::clone(&mapping),
             base: NonNull::new(base).expect("mmap never returns null"),
@@ -190,6 +216,12 @@ pub fn split_slab(slot_count: u32, slot_bytes: u32) -> Result<Vec<RingBuffer>, R
     Ok(buffers)
 }
 
+/// The bytes of each buffer's region: `slot_bytes` after the most lines a
+/// start is staggered by, in whole pages.
+fn region_bytes(slot_bytes: u32, page_bytes: NonZeroUsize) -> usize {
+    (slot_bytes as usize + (CACHE_COLORS - 1) * CACHE_LINE_BYTES).next_multiple_of(page_bytes.get())
+}
+
 fn page_bytes() -> NonZeroUsize {
     // SAFETY: sysconf has no preconditions; it only reads a system constant.
     let page_bytes = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
@@ -206,7 +238,10 @@ pub struct RingBuffer {
     /// so it never aliases the region `base` points at.
     mapping: Rc<MmapMut>,
     base: NonNull<u8>,
-    /// Offset of `base` from the mapping's start, for page-aligned madvise.
+    /// Offset of this buffer's page-aligned region from the mapping's start,
+    /// for page-aligned madvise; `base` is a few cache lines into it (less
+    /// than a page: `base` modulo the page size) and the region,
+    /// [`region_bytes`] long, is this buffer's alone.
     region_offset: usize,
     page_bytes: NonZeroUsize,
     capacity: u32,
@@ -603,9 +638,8 @@ impl RingBuffer {
         self.high_water = 0;
     }
 
-    /// madvise(DONTNEED) over the whole pages from `region + page` up to the
-    /// page holding `high_water`. Pages shared with a neighbouring region
-    /// (slot_bytes not page-aligned) are kept intact.
+    /// madvise(DONTNEED) over the whole pages after the buffer's first page
+    /// of bytes up to the page holding `high_water`.
     fn release_pages(&mut self) {
         self.release_pages_from(self.page_bytes.get());
     }
@@ -614,19 +648,24 @@ impl RingBuffer {
         let keep_bytes = keep_bytes.max(self.pinned as usize);
         let page_bytes = self.page_bytes.get();
         let region_start = self.region_offset;
-        let start = (region_start + keep_bytes).next_multiple_of(page_bytes);
-        // The page holding the high-water mark is ours too unless it runs
-        // past the region's end (a neighbour's page when slots are not
-        // page-aligned).
-        let region_end = (region_start + self.capacity as usize) / page_bytes * page_bytes;
-        let end = (region_start + self.high_water as usize)
+        // The mapping and every region start on a page boundary.
+        let base = region_start + (self.base.as_ptr() as usize & (page_bytes - 1));
+        // Before `base` the region holds only unused colour lines: keeping
+        // nothing gives the first page back too.
+        let start = if keep_bytes == 0 {
+            region_start
+        } else {
+            (base + keep_bytes).next_multiple_of(page_bytes)
+        };
+        let region_end = region_start + region_bytes(self.capacity, self.page_bytes);
+        let end = (base + self.high_water as usize)
             .next_multiple_of(page_bytes)
             .min(region_end);
         if end <= start {
             return;
         }
-        debug_assert!(start >= region_start);
-        debug_assert!(end <= region_start + self.capacity as usize);
+        debug_assert!(start >= region_start && start.is_multiple_of(page_bytes));
+        debug_assert!(end <= region_end && end.is_multiple_of(page_bytes));
         // SAFETY: [start, end) is page-aligned and lies wholly inside this
         // buffer's region, which only this buffer accesses; we hold &mut self,
         // so no slice into it is live. DONTNEED on private anonymous memory

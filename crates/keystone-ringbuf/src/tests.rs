@@ -52,8 +52,10 @@ fn split_slab_regions_are_disjoint() {
         assert!(buffer.unconsumed().iter().all(|&b| b == index as u8 + 1));
     }
     let bases: Vec<usize> = buffers.iter().map(|b| b.base_ptr() as usize).collect();
+    // Each buffer ends before the next begins (regions are whole pages,
+    // starts staggered by cache lines: see buffers_start_on_staggered_cache_lines).
     for pair in bases.windows(2) {
-        assert_eq!(pair[1] - pair[0], 100);
+        assert!(pair[1] >= pair[0] + 100, "{pair:?}");
     }
 }
 
@@ -673,4 +675,54 @@ fn a_spare_loan_can_be_bounded_by_a_window() {
     let loan = buf.lend_spare_up_to(1 << 20);
     assert_eq!(loan.len(), 64 * 1024 - 100);
     buf.return_spare(loan, 0);
+}
+
+/// Buffers start staggered by cache lines, slot after slot, in regions
+/// that are page-aligned: the first lines of 64 consecutive buffers fall in
+/// 64 distinct cache sets (not all in one, as equal strides would put them).
+#[test]
+fn buffers_start_on_staggered_cache_lines() {
+    let page = page_bytes().get();
+    let buffers = split_slab(130, 64 * 1024).unwrap();
+    for (slot, buffer) in buffers.iter().enumerate() {
+        assert_eq!(
+            buffer.base_ptr() as usize % page,
+            (slot % 64) * 64,
+            "slot {slot}"
+        );
+    }
+    let mut lines: Vec<usize> = buffers[..64]
+        .iter()
+        .map(|b| b.base_ptr() as usize / 64 % 64)
+        .collect();
+    lines.sort_unstable();
+    lines.dedup();
+    assert_eq!(lines.len(), 64);
+}
+
+/// A staggered buffer's idle release gives back its region's first page
+/// too (the lines before its start are padding nobody touches), and never
+/// a neighbour's bytes.
+#[test]
+fn staggered_buffer_releases_its_first_page() {
+    let mut buffers = split_slab(8, 64 * 1024).unwrap();
+    let page = page_bytes().get();
+    buffers[4].append(&[0x11; 64 * 1024]).expect("room");
+    buffers[5].append(&[0x22; 100]).expect("room");
+    buffers[5].consume(100);
+    buffers[5].release_idle();
+    assert!(
+        buffers[5].spare_mut()[..page].iter().all(|&b| b == 0),
+        "the first page went back"
+    );
+    buffers[4].consume(64 * 1024);
+    buffers[4].append(&[0x33; 10]).expect("room");
+    let mut neighbour = [0u8; 64 * 1024];
+    neighbour[..10].fill(0x33);
+    neighbour[10..].fill(0x11);
+    assert_eq!(buffers[4].filled(), &neighbour[..10]);
+    assert!(
+        buffers[4].spare_mut().iter().all(|&b| b == 0x11),
+        "the neighbour kept its bytes"
+    );
 }
