@@ -62,11 +62,11 @@ const CACHE_LINE_BYTES: usize = 64;
 ///
 /// Why: a buffer is reset to its start whenever it drains, so every
 /// request's bytes (and every response's head) sit in the buffer's first
-/// lines. Regions of 64 KiB (the send buffers) or of any multiple of the L2
-/// cache's way size would put all those first lines in one cache set, so
-/// only as many connections as the cache has ways (16 here) keep them cached:
+/// lines. Regions of 64 KiB (the send buffers), or of any multiple of the
+/// L2 cache's way size, put all those first lines in one cache set, so only
+/// as many connections as the cache has ways (16 here) keep them cached:
 /// with 256 busy connections, parsing the request and writing the status
-/// line missed on nearly every request. Starting slot `i` at line `i % 64`
+/// line each cost 0.1–0.16 µs more per request than with 64. Starting slot `i` at line `i % 64`
 /// of its region spreads the first lines over 64 sets (every set of the L1
 /// data cache, 64 of the L2's), so 64 times as many stay cached. Paired
 /// A/B, 256 connections: user time −6.5 %, total CPU −1.7 % (medians of 9
