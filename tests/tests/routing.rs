@@ -21,6 +21,16 @@ const APP: &str = r#"return {
     ["POST /docs/{id}/{part}"] = function(ctx)
       ctx.body = "part " .. ctx.params.id .. " " .. ctx.params.part
     end,
+    -- WebDAV's methods: thirteen named in all, and a 405 still lists every
+    -- pattern that answers the path.
+    ["PATCH /dav/{name}/props"] = function(ctx) ctx.body = "props " .. ctx.params.name end,
+    ["PROPFIND /dav/{name}/{*rest}"] = function(ctx) ctx.body = "dav " .. ctx.params.name .. "/" .. ctx.params.rest end,
+    ["PROPPATCH /dav/{name}/{*rest}"] = function(ctx) ctx.body = "dav" end,
+    ["MKCOL /dav/{name}/{*rest}"] = function(ctx) ctx.body = "dav" end,
+    ["COPY /dav/{name}/{*rest}"] = function(ctx) ctx.body = "dav" end,
+    ["MOVE /dav/{name}/{*rest}"] = function(ctx) ctx.body = "dav" end,
+    ["LOCK /dav/{name}/{*rest}"] = function(ctx) ctx.body = "dav" end,
+    ["UNLOCK /dav/{name}/{*rest}"] = function(ctx) ctx.body = "dav" end,
   },
 }
 "#;
@@ -234,6 +244,29 @@ const CASES: &[Case] = &[
         status: 405,
         body: "",
         allow: &["POST"],
+    },
+    Case {
+        method: "PROPFIND",
+        target: "/dav/a/props",
+        status: 200,
+        body: "dav a/props",
+        allow: &[],
+    },
+    Case {
+        method: "GET",
+        target: "/dav/a/props",
+        status: 405,
+        body: "",
+        allow: &[
+            "COPY",
+            "LOCK",
+            "MKCOL",
+            "MOVE",
+            "PATCH",
+            "PROPFIND",
+            "PROPPATCH",
+            "UNLOCK",
+        ],
     },
 ];
 

@@ -107,6 +107,9 @@ pub struct AppPolicy {
     /// Per client connection: the Lua state keeping its `ctx.on_response`
     /// until the upstream's head arrives (each counts as a pin).
     hooks: Vec<Option<usize>>,
+    /// A 405's `Allow` value, written here from the router's set when one
+    /// is answered (boxed once: the policy stays small to move).
+    allow: Box<[u8; keystone_router::ALLOW_BYTES_MAX]>,
 }
 
 impl AppPolicy {
@@ -148,6 +151,7 @@ impl AppPolicy {
             next_root_id,
             bound: false,
             log,
+            allow: Box::new([0; keystone_router::ALLOW_BYTES_MAX]),
         })
     }
 
@@ -483,7 +487,7 @@ impl Policy for AppPolicy {
             Err(RouteMiss::MethodNotAllowed { allow }) => {
                 return Answer::Canned {
                     status: 405,
-                    allow: Some(allow.as_bytes()),
+                    allow: Some(allow.write_into(&mut self.allow[..])),
                 }
             }
         };

@@ -1,9 +1,9 @@
-//! Building the route table: validation, matchit insertion, Allow values.
+//! Building the route table: validation, matchit insertion, method trees.
 
 use std::collections::HashMap;
 
 use crate::key::{parse_key, KeyMethod};
-use crate::{Method, MethodTable, RouteError, Router, ALLOW_SET_METHODS_MAX};
+use crate::{Method, MethodTable, RouteError, Router, METHODS_MAX};
 
 /// Collects routes at start-up; `build` freezes them into a [`Router`].
 #[derive(Default)]
@@ -21,6 +21,9 @@ pub struct RouterBuilder {
     static_paths: crate::StaticPaths,
     tables: Vec<MethodTable>,
     routes: Vec<(String, u32)>,
+    /// Every method some route names so far, each once (bounded by
+    /// [`METHODS_MAX`]).
+    named: Vec<Method>,
 }
 
 impl RouterBuilder {
@@ -50,6 +53,18 @@ impl RouterBuilder {
                 {
                     return Err(duplicate);
                 }
+                if !self.named.iter().any(|named| named.as_bytes() == method) {
+                    let mut methods: Vec<&[u8]> = self.named.iter().map(Method::as_bytes).collect();
+                    methods.push(method);
+                    add_head_with_get(&mut methods);
+                    if methods.len() > METHODS_MAX {
+                        return Err(RouteError::TooManyMethods {
+                            key: key.to_string(),
+                        });
+                    }
+                    self.named.push(Method::new(method));
+                }
+                let table = &mut self.tables[table_index];
                 table.by_method.push((Method::new(method), handler));
             }
         }
@@ -82,36 +97,10 @@ impl RouterBuilder {
     }
 
     /// Freezes the table and precomputes every `Allow` value.
-    pub fn build(mut self) -> Router {
-        for (path, &index) in &self.static_paths {
-            let text = std::str::from_utf8(path).expect("route paths are text");
-            if let Ok(matched) = self.param_tree.at(text) {
-                self.tables[index].fallback = Some(*matched.value);
-            }
-        }
-        let allows: Vec<String> = (0..self.tables.len())
-            .map(|index| allow_value(&self.tables, index))
-            .collect();
-        for (table, allow) in self.tables.iter_mut().zip(allows) {
-            table.allow = allow;
-        }
+    pub fn build(self) -> Router {
         let server_allow = server_allow_value(&self.tables);
         let (method_trees, any_tree) = self.method_trees();
-        let allow_by_set = if method_trees.len() <= ALLOW_SET_METHODS_MAX {
-            (0..1usize << method_trees.len())
-                .map(|set| {
-                    let methods = method_trees
-                        .iter()
-                        .enumerate()
-                        .filter(|&(bit, _)| set & (1 << bit) != 0)
-                        .map(|(_, (method, _))| method.as_bytes())
-                        .collect();
-                    join_methods(methods)
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let method_names = method_trees.iter().map(|&(name, _)| name).collect();
         Router {
             server_allow,
             tree: self.param_tree,
@@ -120,7 +109,7 @@ impl RouterBuilder {
             routes: self.routes,
             method_trees,
             any_tree,
-            allow_by_set,
+            method_names,
         }
     }
 
@@ -190,21 +179,6 @@ fn insert_error(key: &str, error: matchit::InsertError) -> RouteError {
             reason: "rejected by the route tree",
         },
     }
-}
-
-/// Sorted, comma-separated methods of table `index` and of its fallback
-/// (a static path answers those too); HEAD whenever GET is there.
-fn allow_value(tables: &[MethodTable], index: usize) -> String {
-    let table = &tables[index];
-    let mut methods: Vec<&[u8]> = Vec::new();
-    for source in std::iter::once(table).chain(table.fallback.map(|at| &tables[at])) {
-        for (method, _) in &source.by_method {
-            if !methods.contains(&method.as_bytes()) {
-                methods.push(method.as_bytes());
-            }
-        }
-    }
-    join_methods(methods)
 }
 
 /// The `Allow` of `OPTIONS *`: every method some route names, plus OPTIONS

@@ -2,8 +2,8 @@
 //!
 //! Job: map `(method, path)` to a handler id and the path parameters, as
 //! spans into the request bytes, with a matchit radix tree built once at
-//! start-up; a miss is `NotFound` or `MethodNotAllowed` with a precomputed
-//! `Allow` value.
+//! start-up; a miss is `NotFound` or `MethodNotAllowed` with the set of
+//! methods its `Allow` lists.
 //!
 //! Owns: route key syntax (`"METHOD /path"`, `{param}`, `{*catch_all}`,
 //! `*` for any method), build-time validation with precise errors, and the
@@ -82,6 +82,9 @@ pub enum RouteError {
     Conflict { key: String, message: String },
     /// More than `PARAMS_MAX` parameters.
     TooManyParams { key: String },
+    /// The key's method would make more than [`METHODS_MAX`] distinct
+    /// methods (HEAD counted whenever GET is named).
+    TooManyMethods { key: String },
 }
 
 impl fmt::Display for RouteError {
@@ -93,6 +96,10 @@ impl fmt::Display for RouteError {
             RouteError::TooManyParams { key } => {
                 write!(f, "route {key:?} has more than {PARAMS_MAX} parameters")
             }
+            RouteError::TooManyMethods { key } => write!(
+                f,
+                "route {key:?}: the routes name more than {METHODS_MAX} distinct methods"
+            ),
         }
     }
 }
@@ -141,9 +148,65 @@ impl<'r> RouteMatch<'r> {
 pub enum RouteMiss<'r> {
     /// No route has this path: 404.
     NotFound,
-    /// The path exists for other methods: 405 with `Allow: {allow}`, e.g.
-    /// "GET, HEAD, POST" (sorted; HEAD listed whenever GET is).
-    MethodNotAllowed { allow: &'r str },
+    /// The path exists for other methods: 405 with `Allow:` the methods of
+    /// every pattern that matches it, e.g. "GET, HEAD, POST" (sorted; HEAD
+    /// listed whenever GET is).
+    MethodNotAllowed { allow: Allow<'r> },
+}
+
+/// Most distinct methods the routes may name, HEAD included whenever GET
+/// is: a 405's [`Allow`] is a set of them in one `u64`. Apps name a handful
+/// (GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS is 7; WebDAV adds 7).
+pub const METHODS_MAX: usize = 64;
+
+/// Bytes an [`Allow`] value can take: every method at its longest, each
+/// with its ", ".
+pub const ALLOW_BYTES_MAX: usize = METHODS_MAX * (METHOD_BYTES_MAX + 2);
+
+/// The methods a 405 lists: a set of the router's named methods (sorted).
+/// Written out only when a 405 is answered, into the caller's buffer, so a
+/// miss costs no allocation and no per-combination string exists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Allow<'r> {
+    names: &'r [Method],
+    set: u64,
+}
+
+impl<'r> Allow<'r> {
+    /// The methods in the set, in the router's sorted order.
+    pub fn methods(self) -> impl Iterator<Item = &'r [u8]> {
+        self.names
+            .iter()
+            .enumerate()
+            .filter(move |&(bit, _)| self.set & (1 << bit) != 0)
+            .map(|(_, name)| name.as_bytes())
+    }
+
+    /// Writes the header value ("GET, HEAD, POST") into `out` and returns
+    /// it. `out` of [`ALLOW_BYTES_MAX`] bytes always has room; a shorter
+    /// one gets the methods that fit whole.
+    pub fn write_into(self, out: &mut [u8]) -> &[u8] {
+        let mut len = 0;
+        for method in self.methods() {
+            let separator: &[u8] = if len == 0 { b"" } else { b", " };
+            let end = len + separator.len() + method.len();
+            if end > out.len() {
+                break;
+            }
+            out[len..len + separator.len()].copy_from_slice(separator);
+            out[end - method.len()..end].copy_from_slice(method);
+            len = end;
+        }
+        &out[..len]
+    }
+}
+
+impl fmt::Display for Allow<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut buffer = [0; ALLOW_BYTES_MAX];
+        let value = self.write_into(&mut buffer);
+        f.write_str(std::str::from_utf8(value).expect("methods are ASCII tokens"))
+    }
 }
 
 /// A method stored inline (at most `METHOD_BYTES_MAX` bytes).
@@ -175,14 +238,6 @@ pub(crate) struct MethodTable {
     pub(crate) by_method: Vec<(Method, u32)>,
     /// Handler for key method "*".
     pub(crate) any_method: Option<u32>,
-    /// For a static path's table: the parameter pattern's table the same
-    /// path also matches (`/users/{id}` for `/users/me`), whose methods
-    /// its `allow` lists too (the lookup itself goes through
-    /// [`Router::method_trees`]).
-    pub(crate) fallback: Option<usize>,
-    /// Precomputed `Allow` value (the fallback's methods included): a
-    /// 405's when there are too many methods for [`Router::allow_by_set`].
-    pub(crate) allow: String,
 }
 
 impl MethodTable {
@@ -258,17 +313,10 @@ pub struct Router {
     pub(crate) method_trees: Vec<(Method, matchit::Router<usize>)>,
     /// The same for every other method: the patterns with a `*` handler.
     pub(crate) any_tree: matchit::Router<usize>,
-    /// `Allow` values by set of `method_trees` entries (bit `i` for entry
-    /// `i`), precomputed when there are at most [`ALLOW_SET_METHODS_MAX`]
-    /// of them; empty otherwise, and a 405 then lists the best pattern's
-    /// methods (and its static path's parameter pattern's).
-    pub(crate) allow_by_set: Vec<String>,
+    /// The methods of `method_trees`, in its order: what an [`Allow`]'s
+    /// bits name.
+    pub(crate) method_names: Vec<Method>,
 }
-
-/// Most methods whose every combination gets a precomputed `Allow`
-/// ([`Router::allow_by_set`]): 2^10 short strings, built once. Apps name a
-/// handful (GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS is 7).
-pub(crate) const ALLOW_SET_METHODS_MAX: usize = 10;
 
 impl fmt::Debug for Router {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -352,11 +400,8 @@ impl Router {
 
     /// The `Allow` of a 405 for `path`, whose best pattern is table `best`:
     /// the methods of every pattern that matches it.
-    fn allow_for(&self, path: &[u8], best: usize) -> &str {
+    fn allow_for(&self, path: &[u8], best: usize) -> Allow<'_> {
         let table = &self.tables[best];
-        if self.allow_by_set.is_empty() {
-            return &table.allow;
-        }
         let text = std::str::from_utf8(path).ok();
         let mut set = 0;
         for (bit, (named, tree)) in self.method_trees.iter().enumerate() {
@@ -366,7 +411,10 @@ impl Router {
                 set |= 1 << bit;
             }
         }
-        &self.allow_by_set[set]
+        Allow {
+            names: &self.method_names,
+            set,
+        }
     }
 
     /// Matches `path` against the parameter patterns; writes the

@@ -68,7 +68,9 @@ fn check(router: &Router, method: &str, path: &str, expected: Expected) {
             Expected::Found(found.handler, params)
         }
         Err(RouteMiss::NotFound) => Expected::NotFound,
-        Err(RouteMiss::MethodNotAllowed { allow }) => Expected::NotAllowed(leak(allow)),
+        Err(RouteMiss::MethodNotAllowed { allow }) => {
+            Expected::NotAllowed(leak(&allow.to_string()))
+        }
     };
     assert_eq!(got, expected, "{method} {path}");
 }
@@ -468,7 +470,7 @@ proptest! {
                         Ok((found.handler, params))
                     }
                     Err(RouteMiss::NotFound) => Err(None),
-                    Err(RouteMiss::MethodNotAllowed { allow }) => Err(Some(allow.to_owned())),
+                    Err(RouteMiss::MethodNotAllowed { allow }) => Err(Some(allow.to_string())),
                 };
                 let theirs = match per_method[at].at(&path) {
                     Ok(matched) => {
@@ -565,15 +567,15 @@ fn a_pattern_shadows_another_only_for_its_own_methods() {
     }
 }
 
-/// More methods than get a precomputed `Allow` per combination: a 405
-/// still answers, listing its best pattern's methods.
+/// Many methods (WebDAV's and more): a 405's Allow still lists every
+/// method some pattern answers for the path, POST from the other pattern
+/// included.
 #[test]
-fn many_methods_fall_back_to_the_best_patterns_allow() {
+fn many_methods_list_every_pattern_that_answers() {
     let mut builder = RouterBuilder::new();
     let methods = [
-        "M0", "M1", "M2", "M3", "M4", "M5", "M6", "M7", "M8", "M9", "M10",
+        "M0", "M1", "M2", "M3", "M4", "M5", "M6", "M7", "M8", "M9", "M10", "PROPFIND",
     ];
-    assert!(methods.len() > ALLOW_SET_METHODS_MAX);
     for (handler, method) in methods.iter().enumerate() {
         builder
             .add(&format!("{method} /r/{{id}}/x"), handler as u32)
@@ -581,21 +583,61 @@ fn many_methods_fall_back_to_the_best_patterns_allow() {
     }
     builder.add("POST /r/{id}/{part}", 99).expect("valid");
     let router = builder.build();
-    assert!(router.allow_by_set.is_empty());
     check(
         &router,
         "POST",
         "/r/1/x",
         Expected::Found(99, vec![("id", "1"), ("part", "x")]),
     );
-    // Past the limit the best pattern's own methods (POST, answered by
-    // the other pattern, is not listed).
     check(
         &router,
         "GET",
         "/r/1/x",
-        Expected::NotAllowed("M0, M1, M10, M2, M3, M4, M5, M6, M7, M8, M9"),
+        Expected::NotAllowed("M0, M1, M10, M2, M3, M4, M5, M6, M7, M8, M9, POST, PROPFIND"),
     );
+    check(&router, "GET", "/r/1/y", Expected::NotAllowed("POST"));
+}
+
+/// The routes may name at most `METHODS_MAX` distinct methods (HEAD
+/// counted with GET): the next new one is refused with its key; a method
+/// already named is still accepted. An Allow of every method at its
+/// longest fits `ALLOW_BYTES_MAX`, and a short buffer gets whole methods.
+#[test]
+fn methods_are_bounded_and_their_allow_fits() {
+    let mut builder = RouterBuilder::new();
+    builder.add("GET /a/{id}", 0).expect("valid");
+    // GET and HEAD are two: 62 more fill the set.
+    for n in 0..METHODS_MAX - 2 {
+        builder
+            .add(&format!("LONGMETHODNAME{n:02} /a/{{id}}"), 1 + n as u32)
+            .expect("within the limit");
+    }
+    let err = builder.add("ONEMORE /a/{id}", 100).unwrap_err();
+    assert_eq!(
+        err,
+        RouteError::TooManyMethods {
+            key: "ONEMORE /a/{id}".to_string()
+        }
+    );
+    assert!(
+        err.to_string().contains("more than 64 distinct methods"),
+        "{err}"
+    );
+    builder
+        .add("GET /b", 101)
+        .expect("a named method is no new one");
+    let router = builder.build();
+    let Err(RouteMiss::MethodNotAllowed { allow }) = router.lookup(b"BREW", b"/a/1", 0) else {
+        panic!("405 expected");
+    };
+    assert_eq!(allow.methods().count(), METHODS_MAX);
+    let mut buffer = [0; ALLOW_BYTES_MAX];
+    let value = allow.write_into(&mut buffer);
+    assert_eq!(value.len(), allow.to_string().len());
+    assert!(value.starts_with(b"GET, HEAD, LONGMETHODNAME00, "));
+    assert!(value.ends_with(b", LONGMETHODNAME61"));
+    let mut short = [0; 12];
+    assert_eq!(allow.write_into(&mut short), b"GET, HEAD");
 }
 
 #[test]
