@@ -96,11 +96,10 @@ impl RouterBuilder {
         Ok(index)
     }
 
-    /// Freezes the table and precomputes every `Allow` value.
+    /// Freezes the table and builds the method trees.
     pub fn build(self) -> Router {
         let server_allow = server_allow_value(&self.tables);
-        let (method_trees, any_tree) = self.method_trees();
-        let method_names = method_trees.iter().map(|&(name, _)| name).collect();
+        let (method_names, method_trees, any_tree) = self.method_trees();
         Router {
             server_allow,
             tree: self.param_tree,
@@ -113,13 +112,14 @@ impl RouterBuilder {
         }
     }
 
-    /// One tree per method a route names (HEAD whenever GET is), sorted,
-    /// holding the parameter patterns with a handler for it; and one of
+    /// Every method a route names (HEAD whenever GET is), sorted; for each,
+    /// a tree of the parameter patterns with a handler for it; and one of
     /// those with a `*` handler, for every other method.
     fn method_trees(
         &self,
     ) -> (
-        Vec<(Method, matchit::Router<usize>)>,
+        Vec<Method>,
+        Vec<matchit::Router<usize>>,
         matchit::Router<usize>,
     ) {
         let mut names = named_methods(&self.tables);
@@ -144,13 +144,11 @@ impl RouterBuilder {
         };
         let method_trees = names
             .iter()
-            .map(|&name| {
-                let tree = tree_of(&|table| table.handler(name).is_some());
-                (Method::new(name), tree)
-            })
+            .map(|&name| tree_of(&|table| table.handler(name).is_some()))
             .collect();
         let any_tree = tree_of(&|table| table.any_method.is_some());
-        (method_trees, any_tree)
+        let method_names = names.into_iter().map(Method::new).collect();
+        (method_names, method_trees, any_tree)
     }
 }
 

@@ -307,15 +307,14 @@ pub struct Router {
     pub(crate) routes: Vec<(String, u32)>,
     /// Precomputed `Allow` of `OPTIONS *`.
     pub(crate) server_allow: String,
-    /// Per method a route names (HEAD whenever GET is), sorted: the
-    /// parameter patterns with a handler for it, for a path whose best
-    /// pattern has none.
-    pub(crate) method_trees: Vec<(Method, matchit::Router<usize>)>,
+    /// Every method a route names (HEAD whenever GET is), sorted: what an
+    /// [`Allow`]'s bits name.
+    pub(crate) method_names: Vec<Method>,
+    /// Per entry of `method_names`: the parameter patterns with a handler
+    /// for that method, for a path whose best pattern has none.
+    pub(crate) method_trees: Vec<matchit::Router<usize>>,
     /// The same for every other method: the patterns with a `*` handler.
     pub(crate) any_tree: matchit::Router<usize>,
-    /// The methods of `method_trees`, in its order: what an [`Allow`]'s
-    /// bits name.
-    pub(crate) method_names: Vec<Method>,
 }
 
 impl fmt::Debug for Router {
@@ -383,10 +382,10 @@ impl Router {
         found: &mut RouteMatch<'r>,
     ) -> Result<(), RouteMiss<'r>> {
         let tree = self
-            .method_trees
+            .method_names
             .iter()
-            .find(|(named, _)| named.as_bytes() == method)
-            .map_or(&self.any_tree, |(_, tree)| tree);
+            .position(|named| named.as_bytes() == method)
+            .map_or(&self.any_tree, |at| &self.method_trees[at]);
         if let Ok(index) = Self::tree_match_in(tree, path, path_offset, found) {
             found.handler = self.tables[index]
                 .handler(method)
@@ -404,7 +403,8 @@ impl Router {
         let table = &self.tables[best];
         let text = std::str::from_utf8(path).ok();
         let mut set = 0;
-        for (bit, (named, tree)) in self.method_trees.iter().enumerate() {
+        let trees = self.method_names.iter().zip(&self.method_trees);
+        for (bit, (named, tree)) in trees.enumerate() {
             let answers = table.handler(named.as_bytes()).is_some()
                 || text.is_some_and(|text| tree.at(text).is_ok());
             if answers {
