@@ -492,6 +492,25 @@ fn a_streamed_body_that_is_not_proxied_is_answered_unread() {
     client.send(b"POST /local HTTP/1.1\r\nHost: t\r\nContent-Length: 5000\r\n\r\n");
     let response = client.read_response();
     assert_eq!(response.body_str(), "local nil");
+    // The engine's own answers to one (no route, a route without the
+    // method) say so too: the body is never read, the connection closes.
+    for (request, status) in [
+        (
+            &b"POST /nowhere HTTP/1.1\r\nHost: t\r\nContent-Length: 10000000\r\n\r\n"[..],
+            404,
+        ),
+        (
+            &b"PUT /guarded HTTP/1.1\r\nHost: t\r\nContent-Length: 10000000\r\n\r\n"[..],
+            405,
+        ),
+    ] {
+        let mut client = server.raw();
+        client.send(request);
+        let response = client.read_response();
+        assert_eq!(response.status, status);
+        assert!(response.closes(), "the answer says it closes: {response:?}");
+        client.expect_closed("a streamed body the engine answered");
+    }
     // Past --max-proxy-body-bytes: 413 before anything reaches the backend.
     let server = Server::start(
         Some(&app(addr)),

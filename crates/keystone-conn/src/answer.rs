@@ -80,22 +80,11 @@ impl Connection {
             crate::connection::facts_of(&self.tls),
             started,
         );
-        let decided = match cx.policy.answer(&request) {
-            Answer::Canned { status, allow } => {
-                let committed = queue_canned(&mut self.send, cx.shared, status, allow, framing);
-                Decided::Done(Commit::keep(committed))
-            }
-            Answer::Exchange { files } => Decided::Exchange { files },
-            Answer::Static { root, path } => Decided::Static { root, path },
-            Answer::Proxy => Decided::Proxy,
-        };
-        if !matches!(decided, Decided::Exchange { .. }) {
-            cx.policy.expire();
-        }
         // A streamed body the engine answers itself is never read: the
         // connection closes after the answer, which says so (RFC 9112
-        // §9.6), so no client sends its next request into the close.
-        let framing = if complete.streamed && !matches!(decided, Decided::Proxy) {
+        // §9.6), so no client sends its next request into the close. The
+        // canned answers too (a 404 or 405 to a streamed POST).
+        let local_framing = if complete.streamed {
             Framing {
                 keep_alive: false,
                 ..framing
@@ -103,29 +92,39 @@ impl Connection {
         } else {
             framing
         };
-        let commit = match decided {
-            Decided::Done(commit) => commit,
-            Decided::Static { root, path } => {
-                let source = FileSource::Static { root, path };
-                match self.answer_file(cx, &complete, framing, source, None) {
-                    Some(commit) => commit,
-                    None => return Taken::Pending,
-                }
-            }
-            Decided::Exchange { files } => {
-                let committed = self.commit_exchange(cx, &complete, framing, files);
+        // The borrow of the policy an answer holds (a 405's `Allow`) ends
+        // inside each arm: the exchange expires once what it decided is
+        // committed (or, for the engine's own answers, at once).
+        let commit = match cx.policy.answer(&request) {
+            Answer::Exchange { files } => {
+                let committed = self.commit_exchange(cx, &complete, local_framing, files);
                 cx.policy.expire();
                 match committed {
                     Some(commit) => commit,
                     None => return Taken::Pending,
                 }
             }
-            Decided::Proxy => {
+            Answer::Canned { status, allow } => {
+                let committed =
+                    queue_canned(&mut self.send, cx.shared, status, allow, local_framing);
+                cx.policy.expire();
+                Commit::keep(committed)
+            }
+            Answer::Static { root, path } => {
+                cx.policy.expire();
+                let source = FileSource::Static { root, path };
+                match self.answer_file(cx, &complete, local_framing, source, None) {
+                    Some(commit) => commit,
+                    None => return Taken::Pending,
+                }
+            }
+            Answer::Proxy => {
+                cx.policy.expire();
                 self.start_proxy(&complete, framing, started);
                 return Taken::Pending;
             }
         };
-        self.finish_answer(cx, &complete, framing, commit, started);
+        self.finish_answer(cx, &complete, local_framing, commit, started);
         Taken::Answered
     }
 
@@ -407,17 +406,4 @@ pub(crate) fn queue_canned(
         .expect("send headroom holds a canned response");
     send.commit(committed.bytes as u32);
     committed
-}
-
-/// Policy's decision, once its borrow of the policy has ended.
-enum Decided {
-    Done(Commit),
-    Exchange {
-        files: crate::Root,
-    },
-    Static {
-        root: crate::Root,
-        path: keystone_ringbuf::Span,
-    },
-    Proxy,
 }

@@ -449,6 +449,13 @@ fn rejected_requests() {
         (b"GET / HTTP/1.1\r\nHost: a:80:80\r\n\r\n", BadHost),
         (b"GET / HTTP/1.1\r\nHost: :80\r\n\r\n", BadHost),
         (b"GET / HTTP/1.1\r\nHost: a%zz\r\n\r\n", BadHost),
+        (b"GET / HTTP/1.1\r\nHost: a%4\r\n\r\n", BadHost),
+        (b"GET / HTTP/1.1\r\nHost: a%\r\n\r\n", BadHost),
+        (b"GET / HTTP/1.1\r\nHost: a%4:80\r\n\r\n", BadHost),
+        (b"GET / HTTP/1.1\r\nHost: a:8%30\r\n\r\n", BadHost),
+        (b"GET / HTTP/1.1\r\nHost: a:%\r\n\r\n", BadHost),
+        (b"GET / HTTP/1.1\r\nHost: a]:80\r\n\r\n", BadHost),
+        (b"GET / HTTP/1.1\r\nHost: a\x80\r\n\r\n", BadHost),
         (b"GET / HTTP/1.1\r\nHost: caf\xc3\xa9\r\n\r\n", BadHost),
         (b"GET / HTTP/1.1\r\nHost: [::1\r\n\r\n", BadHost),
         (b"GET / HTTP/1.1\r\nHost: [zz]\r\n\r\n", BadHost),
@@ -810,6 +817,8 @@ fn host_values_and_the_authority_that_wins() {
         "xn--bcher-kva.example",
         "under_score.example",
         "a%2eb",
+        "a%2Eb:8080",
+        "%41",
         "a!$&'()*+;=~b",
     ];
     for host in accepted {
